@@ -1,0 +1,254 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""CPU backend kernels: OpenMP loops (prange, GIL released) over the C row kernels of kernels.c,
+and BLAS sgemm from scipy.linalg.cython_blas for every matrix product.
+
+No argument checking happens here: transformer.ops validates shapes, dtypes and ranges first.
+BLAS is always called single-threaded from inside our own parallel loops (the caller holds
+transformer._threads.blas_single_threaded()), so there is one thread pool, never two nested.
+"""
+from cython.parallel cimport prange, parallel
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+from libc.math cimport INFINITY
+from scipy.linalg.cython_blas cimport sgemm
+
+from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH,
+                      tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
+                      tf_online_softmax_tile, tf_attention_finalize)
+
+ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
+               "gelu_tanh": TF_ACT_GELU_TANH}
+
+# Attention tile sizes (queries x keys). Scratch per thread: BQ*BK + BQ*D + 2*BQ floats.
+cdef enum:
+    BQ = 64
+    BK = 64
+
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    static int _openmp(void) { return 1; }
+    #else
+    static int _openmp(void) { return 0; }
+    #endif
+    """
+    int _openmp()
+
+
+def openmp_enabled():
+    """True when the extension was compiled with OpenMP."""
+    return bool(_openmp())
+
+
+cdef inline void _gemm_nt(int M, int N, int K, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc) noexcept nogil:
+    # Row-major c (M, N) = alpha * a (M, K) @ b (N, K)^T + beta * c, as column-major
+    # c^T (N, M) = b^T... i.e. sgemm('T', 'N', N, M, K, b, a).
+    cdef char ta = b'T'
+    cdef char tb = b'N'
+    sgemm(&ta, &tb, &N, &M, &K, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+
+
+cdef inline void _gemm_nn(int M, int N, int K, float alpha, const float *a, int lda,
+                          const float *b, int ldb, float beta, float *c, int ldc) noexcept nogil:
+    # Row-major c (M, N) = alpha * a (M, K) @ b (K, N) + beta * c.
+    cdef char t = b'N'
+    sgemm(&t, &t, &N, &M, &K, &alpha, <float *>b, &ldb, <float *>a, &lda, &beta, c, &ldc)
+
+
+def linear(const float[:, ::1] x,            # IN  (N, K)
+           const float[:, ::1] weight,       # IN  (O, K), PyTorch nn.Linear layout
+           const float[::1] bias,            # IN  (O) or None
+           float[:, ::1] out,                # OUT (N, O)
+           str activation, int n_threads):
+    """out = act(x @ weight^T + bias). Each thread runs one single-threaded sgemm on its share of
+    rows (or of output columns when there are fewer rows than threads), then applies bias and
+    activation to the block it just wrote, while it is still in cache."""
+    cdef int N = x.shape[0], K = x.shape[1], O = weight.shape[0]
+    cdef int act = ACTIVATIONS[activation]
+    cdef const float *b = &bias[0] if bias is not None else NULL
+    cdef int split_rows = N >= 4 * n_threads
+    cdef int n_chunks = n_threads if n_threads > 1 else 1
+    cdef int chunk, r0, r1, c0, c1, r, step
+    if N == 0 or O == 0:
+        return
+    if split_rows:
+        step = (N + n_chunks - 1) // n_chunks
+    else:
+        step = (O + n_chunks - 1) // n_chunks
+        step = (step + 15) // 16 * 16
+    with nogil:
+        for chunk in prange(n_chunks, schedule="static", num_threads=n_threads):
+            if split_rows:
+                r0 = chunk * step
+                r1 = min(N, r0 + step)
+                c0 = 0
+                c1 = O
+            else:
+                r0 = 0
+                r1 = N
+                c0 = chunk * step
+                c1 = min(O, c0 + step)
+            if r1 <= r0 or c1 <= c0:
+                continue
+            _gemm_nt(r1 - r0, c1 - c0, K, 1.0, &x[r0, 0], K, &weight[c0, 0], K, 0.0,
+                     &out[r0, c0], O)
+            if b != NULL or act != TF_ACT_NONE:
+                for r in range(r0, r1):
+                    tf_bias_act_row(&out[r, c0], b + c0 if b != NULL else NULL, c1 - c0, act)
+
+
+def bias_act(float[:, ::1] x,               # IN/OUT (N, O)
+             const float[::1] bias,          # IN (O) or None
+             str activation, int n_threads):
+    """x = act(x + bias), in place, one row per iteration."""
+    cdef int N = x.shape[0], O = x.shape[1], r
+    cdef int act = ACTIVATIONS[activation]
+    cdef const float *b = &bias[0] if bias is not None else NULL
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_bias_act_row(&x[r, 0], b, O, act)
+
+
+def layer_norm(const float[:, ::1] x,          # IN  (N, C)
+               const float[:, ::1] residual,   # IN  (N, C) or None
+               const float[::1] gamma,         # IN  (C)
+               const float[::1] beta,          # IN  (C)
+               float eps,
+               float[:, ::1] out,              # OUT (N, C); may be x or residual
+               int n_threads):
+    """out = LayerNorm(x + residual), one row per iteration."""
+    cdef int N = x.shape[0], C = x.shape[1], r
+    cdef bint has_res = residual is not None
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_layer_norm_row(&x[r, 0], &residual[r, 0] if has_res else NULL, &gamma[0],
+                              &beta[0], eps, C, &out[r, 0])
+
+
+def softmax(const float[:, ::1] x,        # IN  (N, S)
+            const float[:, ::1] mask,     # IN  (N, S) additive, or None
+            float[:, ::1] out,            # OUT (N, S); may be x
+            int n_threads):
+    """out = softmax(x + mask) over the last axis, one row per iteration."""
+    cdef int N = x.shape[0], S = x.shape[1], r
+    cdef bint has_mask = mask is not None
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_softmax_row(&x[r, 0], &mask[r, 0] if has_mask else NULL, S, &out[r, 0])
+
+
+def embedding(const long[::1] input_ids,       # IN  (N) int64, checked in range
+              const long[::1] position_ids,    # IN  (N) int64
+              const long[::1] token_type_ids,  # IN  (N) int64 or None
+              const float[:, ::1] word,        # IN  (V, C)
+              const float[:, ::1] position,    # IN  (P, C)
+              const float[:, ::1] token_type,  # IN  (TV, C) or None
+              const float[::1] gamma,          # IN  (C) or None
+              const float[::1] beta,           # IN  (C) or None
+              float eps,
+              float[:, ::1] out,               # OUT (N, C)
+              int n_threads):
+    """out = LayerNorm(word[ids] + position[pos] + token_type[types]): gather, sum and norm fused
+    into one pass over each row."""
+    cdef int N = input_ids.shape[0], C = word.shape[1], r
+    cdef bint has_type = token_type is not None
+    cdef bint has_norm = gamma is not None
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_embed_row(&word[input_ids[r], 0], &position[position_ids[r], 0],
+                         &token_type[token_type_ids[r], 0] if has_type else NULL,
+                         &gamma[0] if has_norm else NULL, &beta[0] if has_norm else NULL,
+                         eps, C, &out[r, 0])
+
+
+def attention(const float[:, :, :, :] q,        # IN  (P, Tq_rows, H, D), any strides but the last
+              const float[:, :, :, :] k,        # IN  (P, Sk_rows, Hkv, D)
+              const float[:, :, :, :] v,        # IN  (P, Sk_rows, Hkv, D)
+              float[:, :, :, ::1] out,         # OUT (P, Tq_rows, H, D)
+              const int[::1] plane,            # IN  (n_seq) which P plane holds sequence s
+              const int[::1] q_start,          # IN  (n_seq) first query row of s in its plane
+              const int[::1] q_len,            # IN  (n_seq)
+              const int[::1] k_start,          # IN  (n_seq)
+              const int[::1] k_len,            # IN  (n_seq)
+              const float[:, ::1] key_bias,    # IN  (n_seq, max k_len) additive, or None
+              bint causal, float scale, int n_threads):
+    """Fused multi-head attention, softmax(scale * Q K^T + mask) V, tiled: each work item is one
+    (sequence, head, block of BQ queries); it streams blocks of BK keys, computes the score tile
+    and the P V update with sgemm on strided tiles, and keeps an online softmax (running max and
+    sum, FlashAttention-2 style), so memory is O(BQ * (BK + D)) per thread, never O(T * S).
+    Key blocks entirely in the causal future are skipped; causal queries are aligned to the end of
+    the keys (query i sees keys j <= i + k_len - q_len). Query head h reads key/value head
+    h // (H / Hkv) (grouped-query attention without copies)."""
+    cdef int n_seq = q_len.shape[0], H = q.shape[2], Hkv = k.shape[2], D = q.shape[3]
+    cdef int group = H // Hkv
+    cdef int max_t = 0, s, n_qb, item, n_items
+    for s in range(n_seq):
+        max_t = max(max_t, q_len[s])
+    n_qb = (max_t + BQ - 1) // BQ
+    n_items = n_seq * H * n_qb
+    if n_items == 0:
+        return
+    # Strides in elements: rows and heads (the last axis is contiguous).
+    cdef long qrs = q.strides[1] // 4, qhs = q.strides[2] // 4, qps = q.strides[0] // 4
+    cdef long krs = k.strides[1] // 4, khs = k.strides[2] // 4, kps = k.strides[0] // 4
+    cdef long vrs = v.strides[1] // 4, vhs = v.strides[2] // 4, vps = v.strides[0] // 4
+    cdef long ors = out.strides[1] // 4, ohs = out.strides[2] // 4, ops = out.strides[0] // 4
+    cdef const float *qb = &q[0, 0, 0, 0]
+    cdef const float *kb = &k[0, 0, 0, 0]
+    cdef const float *vb = &v[0, 0, 0, 0]
+    cdef float *ob = &out[0, 0, 0, 0]
+    cdef const float *kbias = &key_bias[0, 0] if key_bias is not None else NULL
+    cdef long kbias_stride = key_bias.shape[1] if key_bias is not None else 0
+    cdef float *scratch
+    cdef float *S
+    cdef float *acc
+    cdef float *m
+    cdef float *l
+    cdef int h, hk, qblk, t0, rows, T, Sk, s0, cols, diag, kstop, i
+    cdef const float *qp
+    cdef const float *kp
+    cdef const float *vp
+    cdef float *op
+    with nogil, parallel(num_threads=n_threads):
+        scratch = <float *>malloc(sizeof(float) * (BQ * BK + BQ * D + 2 * BQ))
+        S = scratch
+        acc = S + BQ * BK
+        m = acc + BQ * D
+        l = m + BQ
+        for item in prange(n_items, schedule="dynamic"):
+            s = item // (H * n_qb)
+            h = (item // n_qb) % H
+            qblk = item % n_qb
+            T = q_len[s]
+            Sk = k_len[s]
+            t0 = qblk * BQ
+            if t0 >= T:
+                continue
+            rows = min(BQ, T - t0)
+            hk = h // group
+            qp = qb + plane[s] * qps + (q_start[s] + t0) * qrs + h * qhs
+            op = ob + plane[s] * ops + (q_start[s] + t0) * ors + h * ohs
+            memset(acc, 0, sizeof(float) * rows * D)
+            for i in range(rows):
+                m[i] = -INFINITY
+                l[i] = 0
+            kstop = Sk
+            if causal:
+                # last key seen by the last query of this block
+                kstop = min(Sk, t0 + rows + Sk - T)
+            s0 = 0
+            while s0 < kstop:
+                cols = min(BK, kstop - s0)
+                kp = kb + plane[s] * kps + (k_start[s] + s0) * krs + hk * khs
+                vp = vb + plane[s] * vps + (k_start[s] + s0) * vrs + hk * vhs
+                _gemm_nt(rows, cols, D, scale, qp, <int>qrs, kp, <int>krs, 0.0, S, BK)
+                diag = t0 + Sk - T - s0
+                if tf_online_softmax_tile(S, BK, rows, cols, causal, diag,
+                                          kbias + s * kbias_stride + s0 if kbias != NULL else NULL,
+                                          m, l, acc, D) > 0:
+                    _gemm_nn(rows, D, cols, 1.0, S, BK, vp, <int>vrs, 1.0, acc, D)
+                s0 = s0 + BK
+            tf_attention_finalize(acc, l, rows, D, op, ors)
+        free(scratch)

@@ -1,0 +1,280 @@
+"""The one kernel interface: every op checks its arguments here, once, then dispatches to a
+backend (today `cpu`; the backend files hold only the math).
+
+Conventions: activations are float32 (other float dtypes are converted; anything else is a
+TypeError); shapes use the letters of DESIGN.md (B batch, T queries, S keys, C width, H heads,
+D head_dim, N packed rows). Every op takes `threads=None` (see transformer._threads).
+Errors: TypeError for a wrong dtype, ValueError for a wrong rank, shape or value, IndexError for
+an index out of range; the message names the argument and what was expected.
+"""
+import math
+
+import numpy as np
+
+from .._threads import blas_single_threaded, resolve_threads
+from . import cpu as _backend
+
+__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "layer_norm", "softmax",
+           "embedding", "attention", "attention_varlen", "ACTIVATIONS"]
+
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
+
+
+def _float32(name, a, ndim=None, min_ndim=None):
+    """a as a C-contiguous float32 array, or a clear error naming `name`."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise TypeError(f"{name} must have a floating dtype (float32 preferred), got {a.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {a.shape}")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _indices(name, a, upper, shape=None):
+    """a as a C-contiguous int64 array with 0 <= a < upper, or a clear error naming `name`."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= upper):
+        raise IndexError(f"{name} must lie in [0, {upper}), got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _activation(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    return activation
+
+
+def linear(x, weight, bias=None, activation=None, threads=None):
+    """act(x @ weight^T + bias), the nn.Linear layout (Vaswani et al. 2017, section 3.3).
+
+    x: (..., K) float; weight: (O, K); bias: (O,) or None; activation: None, "relu", "gelu"
+    (exact erf) or "gelu_tanh". Returns (..., O) float32. Matmul through BLAS sgemm, bias and
+    activation fused into the same pass over the output block."""
+    x = _float32("x", x, min_ndim=1)
+    weight = _float32("weight", weight, ndim=2)
+    if x.shape[-1] != weight.shape[1]:
+        raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]} "
+                         f"(weight shape {weight.shape} is (out_features, in_features))")
+    if bias is not None:
+        bias = _float32("bias", bias, ndim=1)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
+    _activation(activation)
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.empty((x2.shape[0], weight.shape[0]), np.float32)
+    with blas_single_threaded():
+        _backend.linear(x2, weight, bias, activation, out, resolve_threads(threads))
+    return out.reshape(x.shape[:-1] + (weight.shape[0],))
+
+
+def bias_act(x, bias=None, activation="gelu", threads=None):
+    """act(x + bias) for x (..., O), bias (O,) or None. Returns a new float32 array.
+    GELU exact: 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016); "gelu_tanh" its tanh form."""
+    x = _float32("x", x, min_ndim=1).copy()
+    if bias is not None:
+        bias = _float32("bias", bias, ndim=1)
+        if bias.shape[0] != x.shape[-1]:
+            raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
+    _activation(activation)
+    _backend.bias_act(x.reshape(-1, x.shape[-1]), bias, activation, resolve_threads(threads))
+    return x
+
+
+def gelu(x, threads=None):
+    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)); x (...) float. Returns float32."""
+    return bias_act(np.atleast_1d(x), None, "gelu", threads).reshape(np.shape(x))
+
+
+def gelu_tanh(x, threads=None):
+    """GELU, tanh approximation (GPT-2 "gelu_new"); x (...) float. Returns float32."""
+    return bias_act(np.atleast_1d(x), None, "gelu_tanh", threads).reshape(np.shape(x))
+
+
+def relu(x, threads=None):
+    """max(x, 0); x (...) float. Returns float32."""
+    return bias_act(np.atleast_1d(x), None, "relu", threads).reshape(np.shape(x))
+
+
+def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
+    """LayerNorm(x + residual) * weight + bias over the last axis (Ba et al. 2016).
+
+    x: (..., C) float; residual: same shape or None (the post-LN residual add, fused);
+    weight, bias: (C,); eps > 0. Returns (..., C) float32."""
+    x = _float32("x", x, min_ndim=1)
+    C = x.shape[-1]
+    weight = _float32("weight", weight, ndim=1)
+    bias = _float32("bias", bias, ndim=1)
+    if weight.shape != (C,) or bias.shape != (C,):
+        raise ValueError(f"weight and bias must have shape ({C},), got {weight.shape} and "
+                         f"{bias.shape}")
+    if residual is not None:
+        residual = _float32("residual", residual)
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
+        residual = residual.reshape(-1, C)
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    out = np.empty(x.shape, np.float32)
+    _backend.layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps), out.reshape(-1, C),
+                        resolve_threads(threads))
+    return out
+
+
+def softmax(x, mask=None, threads=None):
+    """softmax(x + mask) over the last axis. x: (..., S) float; mask: additive float mask
+    broadcastable to x (-inf removes an entry) or None. Rows whose every entry is -inf give zeros,
+    not NaN. Returns float32 of x's shape."""
+    x = _float32("x", x, min_ndim=1)
+    if mask is not None:
+        mask = _float32("mask", mask)
+        try:
+            mask = np.ascontiguousarray(np.broadcast_to(mask, x.shape))
+        except ValueError:
+            raise ValueError(f"mask of shape {mask.shape} does not broadcast to x {x.shape}")
+        mask = mask.reshape(-1, x.shape[-1])
+    out = np.empty(x.shape, np.float32)
+    _backend.softmax(x.reshape(-1, x.shape[-1]), mask, out.reshape(-1, x.shape[-1]),
+                     resolve_threads(threads))
+    return out
+
+
+def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None,
+              token_type_ids=None, token_type_embeddings=None, norm_weight=None, norm_bias=None,
+              eps=1e-12, threads=None):
+    """LayerNorm(word[input_ids] + position[position_ids] + token_type[token_type_ids]) (BERT,
+    Devlin et al. 2019, section 3; HF BertEmbeddings).
+
+    input_ids: (...) integer in [0, V); word_embeddings (V, C); position_embeddings (P, C);
+    position_ids: input_ids' shape, default arange over the last axis; token_type_ids: same shape
+    or None (type 0 when a token_type table is given); norm_weight/norm_bias (C,) or None for no
+    norm. Returns (..., C) float32. IndexError for any index out of its table."""
+    word = _float32("word_embeddings", word_embeddings, ndim=2)
+    V, C = word.shape
+    position = _float32("position_embeddings", position_embeddings, ndim=2)
+    if position.shape[1] != C:
+        raise ValueError(f"position_embeddings must have {C} columns, got {position.shape}")
+    ids = _indices("input_ids", input_ids, V)
+    if ids.ndim == 0:
+        raise ValueError("input_ids must have at least one dimension")
+    if position_ids is None:
+        if ids.shape[-1] > position.shape[0]:
+            raise ValueError(f"sequence length {ids.shape[-1]} exceeds the "
+                             f"{position.shape[0]} position embeddings")
+        position_ids = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
+    pos = _indices("position_ids", np.asarray(position_ids), position.shape[0], ids.shape)
+    token_type = types = None
+    if token_type_embeddings is not None:
+        token_type = _float32("token_type_embeddings", token_type_embeddings, ndim=2)
+        if token_type.shape[1] != C:
+            raise ValueError(f"token_type_embeddings must have {C} columns, got "
+                             f"{token_type.shape}")
+        if token_type_ids is None:
+            token_type_ids = np.zeros(ids.shape, np.int64)
+        types = _indices("token_type_ids", token_type_ids, token_type.shape[0], ids.shape)
+    elif token_type_ids is not None:
+        raise ValueError("token_type_ids given but the model has no token_type_embeddings")
+    if (norm_weight is None) != (norm_bias is None):
+        raise ValueError("norm_weight and norm_bias must be given together")
+    if norm_weight is not None:
+        norm_weight = _float32("norm_weight", norm_weight, ndim=1)
+        norm_bias = _float32("norm_bias", norm_bias, ndim=1)
+        if norm_weight.shape != (C,) or norm_bias.shape != (C,):
+            raise ValueError(f"norm_weight and norm_bias must have shape ({C},)")
+    out = np.empty(ids.shape + (C,), np.float32)
+    _backend.embedding(ids.reshape(-1), pos.reshape(-1),
+                       None if types is None else types.reshape(-1), word, position, token_type,
+                       norm_weight, norm_bias, float(eps), out.reshape(-1, C),
+                       resolve_threads(threads))
+    return out
+
+
+def _check_qkv(q, k, v, ndim, q_axes, k_axes):
+    """Shared checks of attention operands; the last axis (D) must be contiguous."""
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+            raise TypeError(f"{name} must be a float32 numpy array, got "
+                            f"{getattr(a, 'dtype', type(a).__name__)}")
+        if a.ndim != ndim:
+            raise ValueError(f"{name} must have shape {q_axes if name == 'q' else k_axes}, got "
+                             f"{a.shape}")
+        if a.strides[-1] != 4 or any(s % 4 for s in a.strides):
+            raise ValueError(f"{name} must be contiguous along its last axis (D)")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share head_dim D, got {q.shape[-1]} and {k.shape[-1]}")
+
+
+def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None):
+    """Multi-head scaled dot-product attention, softmax(Q K^T / sqrt(D) + mask) V (Vaswani et al.
+    2017, section 3.2.1), fused and tiled with an online softmax: memory O(block), not O(T S).
+
+    q: (B, H, T, D) float32; k, v: (B, Hkv, S, D) float32 with H a multiple of Hkv (grouped-query
+    attention); attention_mask: (B, S) of 0/1 (1 = a real key) or None; causal: query t sees keys
+    s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D).
+    Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
+    _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)")
+    B, H, T, D = q.shape
+    Bk, Hkv, S, _ = k.shape
+    if Bk != B:
+        raise ValueError(f"q and k must have the same batch size, got {B} and {Bk}")
+    if Hkv == 0 or H % Hkv:
+        raise ValueError(f"the {H} query heads must be a multiple of the {Hkv} key/value heads")
+    key_bias = None
+    if attention_mask is not None:
+        m = np.asarray(attention_mask)
+        if m.shape != (B, S):
+            raise ValueError(f"attention_mask must have shape (B, S) = {(B, S)}, got {m.shape}")
+        if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
+            raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
+        key_bias = np.where(m != 0, 0.0, -np.inf).astype(np.float32)
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    out = np.empty((B, T, H, D), np.float32)  # rows-major planes, returned as a (B, H, T, D) view
+    n = np.arange(B, dtype=np.int32)
+    zeros = np.zeros(B, np.int32)
+    with blas_single_threaded():
+        _backend.attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
+                           v.transpose(0, 2, 1, 3), out, n, zeros, np.full(B, T, np.int32),
+                           zeros, np.full(B, S, np.int32), key_bias, bool(causal), scale,
+                           resolve_threads(threads))
+    return out.transpose(0, 2, 1, 3)
+
+
+def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, threads=None):
+    """Attention over a ragged batch packed without padding (the varlen layout of FlashAttention):
+    sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q, k and v and attends only to itself.
+
+    q: (N, H, D) float32, k, v: (N, Hkv, D) float32 (views with any row/head strides, e.g. slices
+    of a fused QKV projection); cu_seqlens: (B+1,) non-decreasing integers from 0 to N;
+    out: optional (N, H, D) float32 C-contiguous array to write into. Returns out."""
+    _check_qkv(q, k, v, 3, "(N, H, D)", "(N, Hkv, D)")
+    N, H, D = q.shape
+    if k.shape[0] != N or H % k.shape[1]:
+        raise ValueError(f"k must have shape (N={N}, Hkv, D) with H={H} a multiple of Hkv, "
+                         f"got {k.shape}")
+    cu = np.asarray(cu_seqlens)
+    if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
+        raise ValueError("cu_seqlens must be a 1-D integer array of B+1 offsets")
+    if cu[0] != 0 or cu[-1] != N or np.any(np.diff(cu) < 0):
+        raise ValueError(f"cu_seqlens must rise from 0 to N={N}, got {cu.tolist()[:8]}...")
+    if out is None:
+        out = np.empty((N, H, D), np.float32)
+    elif out.shape != (N, H, D) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(N, H, D)}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
+    lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
+    with blas_single_threaded():
+        _backend.attention(q[None], k[None], v[None], out[None], np.zeros(len(lens), np.int32),
+                           starts, lens, starts, lens, None, bool(causal), scale,
+                           resolve_threads(threads))
+    return out

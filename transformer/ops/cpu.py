@@ -1,0 +1,43 @@
+"""CPU backend: the math only, on arguments that transformer.ops has already checked
+(float32, C-contiguous, shapes consistent, indices in range). Kernels live in csrc/cpu."""
+from .. import _cpu
+
+
+def linear(x, weight, bias, activation, out, threads):
+    """out (N, O) = act(x (N, K) @ weight (O, K)^T + bias (O))."""
+    _cpu.linear(x, weight, bias, out, activation, threads)
+    return out
+
+
+def bias_act(x, bias, activation, threads):
+    """x (N, O) = act(x + bias), in place."""
+    _cpu.bias_act(x, bias, activation, threads)
+    return x
+
+
+def layer_norm(x, residual, weight, bias, eps, out, threads):
+    """out (N, C) = LayerNorm(x + residual)."""
+    _cpu.layer_norm(x, residual, weight, bias, eps, out, threads)
+    return out
+
+
+def softmax(x, mask, out, threads):
+    """out (N, S) = softmax(x + mask) along the last axis."""
+    _cpu.softmax(x, mask, out, threads)
+    return out
+
+
+def embedding(input_ids, position_ids, token_type_ids, word, position, token_type,
+              weight, bias, eps, out, threads):
+    """out (N, C) = LayerNorm(word[ids] + position[pos] + token_type[types])."""
+    _cpu.embedding(input_ids, position_ids, token_type_ids, word, position, token_type,
+                   weight, bias, eps, out, threads)
+    return out
+
+
+def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
+              threads):
+    """Tiled attention over (P, rows, H, D) planes; see transformer._cpu.attention."""
+    _cpu.attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal,
+                   scale, threads)
+    return out

@@ -1,0 +1,96 @@
+"""float64 NumPy reference of every op in transformer.ops: the simple, obviously-correct twin
+that tests and the kernel lab compare against. Same signatures (minus `threads`), float64 math,
+float64 results."""
+import math
+
+import numpy as np
+from scipy.special import erf
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def linear(x, weight, bias=None, activation=None):
+    """act(x (..., K) @ weight (O, K)^T + bias (O))."""
+    y = _f64(x) @ _f64(weight).T
+    return bias_act(y, bias, activation)
+
+
+def bias_act(x, bias=None, activation="gelu"):
+    """act(x + bias): None, relu, gelu (erf), gelu_tanh."""
+    y = _f64(x) + (0.0 if bias is None else _f64(bias))
+    if activation == "relu":
+        return np.maximum(y, 0.0)
+    if activation == "gelu":
+        return 0.5 * y * (1.0 + erf(y / math.sqrt(2.0)))
+    if activation == "gelu_tanh":
+        return 0.5 * y * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y ** 3)))
+    return y
+
+
+def layer_norm(x, weight, bias, eps=1e-5, residual=None):
+    """LayerNorm(x + residual) * weight + bias over the last axis (biased variance)."""
+    y = _f64(x) + (0.0 if residual is None else _f64(residual))
+    mean = y.mean(-1, keepdims=True)
+    var = ((y - mean) ** 2).mean(-1, keepdims=True)
+    return (y - mean) / np.sqrt(var + eps) * _f64(weight) + _f64(bias)
+
+
+def softmax(x, mask=None):
+    """softmax(x + mask) over the last axis; rows entirely -inf give zeros."""
+    y = _f64(x) + (0.0 if mask is None else _f64(mask))
+    mx = y.max(-1, keepdims=True)
+    dead = ~np.isfinite(mx)
+    e = np.exp(y - np.where(dead, 0.0, mx))
+    s = e.sum(-1, keepdims=True)
+    return np.where(dead, 0.0, e / np.where(dead, 1.0, s))
+
+
+def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None,
+              token_type_ids=None, token_type_embeddings=None, norm_weight=None, norm_bias=None,
+              eps=1e-12):
+    """word[ids] + position[pos] (+ token_type[types]), then LayerNorm when weights are given."""
+    ids = np.asarray(input_ids)
+    if position_ids is None:
+        position_ids = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
+    y = _f64(word_embeddings)[ids] + _f64(position_embeddings)[np.asarray(position_ids)]
+    if token_type_embeddings is not None:
+        types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
+        y = y + _f64(token_type_embeddings)[types]
+    if norm_weight is not None:
+        y = layer_norm(y, norm_weight, norm_bias, eps)
+    return y
+
+
+def attention(q, k, v, attention_mask=None, causal=False, scale=None):
+    """softmax(scale Q K^T + mask) V with the full (B, H, T, S) score matrix.
+    q (B, H, T, D); k, v (B, Hkv, S, D); attention_mask (B, S) 0/1; causal aligned at the end."""
+    q, k, v = _f64(q), _f64(k), _f64(v)
+    B, H, T, D = q.shape
+    S = k.shape[2]
+    rep = H // k.shape[1]
+    k = np.repeat(k, rep, axis=1)
+    v = np.repeat(v, rep, axis=1)
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scores = scale * q @ k.transpose(0, 1, 3, 2)
+    bias = np.zeros((B, 1, T, S))
+    if attention_mask is not None:
+        bias = bias + np.where(np.asarray(attention_mask)[:, None, None, :] != 0, 0.0, -np.inf)
+    if causal:
+        t = np.arange(T)[:, None]
+        s = np.arange(S)[None, :]
+        bias = bias + np.where(s <= t + S - T, 0.0, -np.inf)
+    return softmax(scores, bias) @ v
+
+
+def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None):
+    """Packed ragged attention: sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1]."""
+    out = np.zeros(q.shape, np.float64)
+    for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]):
+        if b > a:
+            qs = _f64(q[a:b]).transpose(1, 0, 2)[None]
+            ks = _f64(k[a:b]).transpose(1, 0, 2)[None]
+            vs = _f64(v[a:b]).transpose(1, 0, 2)[None]
+            out[a:b] = attention(qs, ks, vs, None, causal, scale)[0].transpose(1, 0, 2)
+    return out
