@@ -1,0 +1,44 @@
+"""transformer: a compiled CPU Transformer inference engine for Python.
+
+    import transformer
+    model = transformer.load("path/to/all-MiniLM-L6-v2")
+    emb = model.embed_texts(["Hello world"])        # (1, 384) float32, L2-normalised
+"""
+import json
+import os
+
+__version__ = "0.1.0"
+
+__all__ = ["load", "__version__"]
+
+
+def load(path, device="cpu", dtype=None, threads=None):
+    """Load a model directory in the Hugging Face layout (config.json + model.safetensors, and
+    tokenizer.json when present); the family comes from config.json's model_type/architectures.
+
+    device: "cpu" (the only backend so far); dtype: None or "float32"; threads: kernel threads
+    (default OMP_NUM_THREADS, else every core available). Returns the family's model object
+    (e.g. transformer.models.bert.BertModel).
+    Raises FileNotFoundError for a missing path or file, ValueError for an unknown family, bad
+    config or unsupported device/dtype, transformer.weights.WeightsError for weights that do not
+    fit the config."""
+    from .models import family_for
+
+    if device != "cpu":
+        raise ValueError(f"device must be 'cpu' (the CUDA backend is not built yet), got "
+                         f"{device!r}")
+    if dtype not in (None, "float32"):
+        raise ValueError(f"dtype must be None or 'float32' on the CPU, got {dtype!r}")
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"model directory not found: {path}")
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise FileNotFoundError(f"{path}: no config.json")
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config_dict = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e})")
+    family = family_for(config_dict, config_path)
+    return family.from_pretrained(path, config_dict, threads=threads)

@@ -1,0 +1,31 @@
+"""Model families. Each family is one module that registers itself for the HF `model_type` and
+`architectures` it can load (CTranslate2's register_loader idea), so a new architecture is one
+new file."""
+_FAMILIES = {}
+
+
+def register_family(*model_types):
+    """Class decorator: the decorated family loads config.json files whose model_type is one of
+    `model_types`. The class provides `from_pretrained(path, config_dict, threads)`."""
+    def wrap(cls):
+        for t in model_types:
+            _FAMILIES[t] = cls
+        return cls
+    return wrap
+
+
+def family_for(config_dict, source="config.json"):
+    """The family class for an HF config dict (chosen by model_type, else by architectures).
+    Raises ValueError naming the unknown family and the known ones."""
+    from . import bert  # noqa: F401  (registers the families)
+
+    model_type = config_dict.get("model_type")
+    if model_type in _FAMILIES:
+        return _FAMILIES[model_type]
+    for arch in config_dict.get("architectures") or ():
+        for t, cls in _FAMILIES.items():
+            if arch.lower().startswith(t):
+                return cls
+    raise ValueError(f"{source}: unknown model family (model_type={model_type!r}, "
+                     f"architectures={config_dict.get('architectures')!r}); supported: "
+                     f"{sorted(_FAMILIES)}")

@@ -1,0 +1,51 @@
+"""Model hyper-parameters, one dataclass for every encoder (names from the paper and HF)."""
+from dataclasses import dataclass
+
+from ..ops import ACTIVATIONS
+
+# HF `hidden_act` strings -> our activation names
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_fast": "gelu_tanh", "relu": "relu"}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Hyper-parameters of an encoder stack (Vaswani et al. 2017, section 3.1; BERT, table 1).
+
+    vocab_size V, d_model C, n_heads H (head_dim D = C / H), n_layers L, d_ff F,
+    max_position_embeddings (longest T), type_vocab_size (0: no token types), activation of the
+    feed-forward block, layer_norm_eps, pre_norm (False: post-LN as BERT and the 2017 paper,
+    True: pre-LN with a final LayerNorm), pad_token_id.
+    Raises ValueError when a value is out of range or d_model is not a multiple of n_heads."""
+
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    d_ff: int
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    activation: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    pre_norm: bool = False
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff",
+                     "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"config d_model={self.d_model} must be a multiple of "
+                             f"n_heads={self.n_heads}")
+        if self.activation not in ACTIVATIONS or self.activation is None:
+            raise ValueError(f"config activation must be one of {ACTIVATIONS[1:]}, got "
+                             f"{self.activation!r}")
+        if not self.layer_norm_eps > 0:
+            raise ValueError(f"config layer_norm_eps must be positive, got {self.layer_norm_eps}")
+
+    @property
+    def head_dim(self):
+        """D = d_model / n_heads."""
+        return self.d_model // self.n_heads
