@@ -29,6 +29,7 @@ extensions = [
         sources=["csrc/cpu/_cpu.pyx", "csrc/cpu/kernels.c"],
         include_dirs=["csrc/cpu"],
         extra_compile_args=compile_args,
+        define_macros=[("TRANSFORMER_BUILD_FLAGS", '"%s"' % " ".join(compile_args))],
         extra_link_args=link_args,
     )
 ]

