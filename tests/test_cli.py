@@ -1,0 +1,62 @@
+"""The `transformer` command, run as a user would (python -m transformer)."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run(*args, check=True):
+    p = subprocess.run([sys.executable, "-m", "transformer", *map(str, args)],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}: {p.stderr}")
+    return p
+
+
+def test_info():
+    out = json.loads(run("info", "--json", "--threads", "3").stdout)
+    assert out["threads"] == 3 and out["openmp"] is True
+    assert "-O3" in out["build_flags"] and out["simd"] and out["blas"]
+
+
+def test_embed_json_lines_match_api(minilm_path, minilm):
+    p = run("embed", "Hello world", "A second sentence.", "--model", minilm_path,
+            "--threads", "1")
+    rows = [json.loads(line) for line in p.stdout.splitlines()]
+    assert [r["text"] for r in rows] == ["Hello world", "A second sentence."]
+    want = minilm.embed_texts(["Hello world", "A second sentence."])
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), want, atol=1e-6)
+
+
+def test_embed_file_to_npy(minilm_path, tmp_path, minilm):
+    src = tmp_path / "in.txt"
+    src.write_text("first line\n\nsecond line\nthird\n", encoding="utf-8")
+    out = tmp_path / "out.npy"
+    p = run("embed", "--input", src, "--output", out, "--model", minilm_path, "--batch-size", 2)
+    assert "embed: 3/3" in p.stderr  # progress on stderr
+    emb = np.load(out)
+    np.testing.assert_allclose(emb, minilm.embed_texts(["first line", "second line", "third"]),
+                               atol=1e-6)
+
+
+def test_search_finds_the_topic(minilm_path):
+    p = run("search", "how do I bake bread", "--input", ROOT / "examples" / "corpus.txt",
+            "--top-k", 3, "--json", "--model", minilm_path)
+    hits = [json.loads(line) for line in p.stdout.splitlines()]
+    assert len(hits) == 3
+    assert "bread" in hits[0]["text"].lower()
+    assert hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+def test_cli_errors(tmp_path):
+    p = run("embed", "--model", tmp_path / "missing", "hi", check=False)
+    assert p.returncode == 2 and "model directory not found" in p.stderr
+    p = run("embed", "--output", tmp_path / "x.csv", "hi", check=False)
+    assert p.returncode != 0 and "--output must end in .npy or .jsonl" in p.stderr
+    p = run("bogus", check=False)
+    assert p.returncode == 2
