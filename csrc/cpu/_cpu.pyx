@@ -8,13 +8,15 @@ transformer._threads.blas_single_threaded()), so there is one thread pool, never
 """
 from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm
 
 from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH,
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
-                      tf_online_softmax_tile, tf_attention_finalize)
+                      tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
+                      tf_rotary_row, tf_swiglu_row, tf_decode_attention_chunk,
+                      tf_decode_attention_combine)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH}
@@ -131,6 +133,115 @@ def layer_norm(const float[:, ::1] x,          # IN  (N, C)
         for r in prange(N, schedule="static", num_threads=n_threads):
             tf_layer_norm_row(&x[r, 0], &residual[r, 0] if has_res else NULL, &gamma[0],
                               &beta[0], eps, C, &out[r, 0])
+
+
+def rms_norm(const float[:, ::1] x,         # IN  (N, C)
+             const float[::1] weight,        # IN  (C)
+             float eps,
+             float[:, ::1] out,              # OUT (N, C); may be x
+             int n_threads):
+    """out = RMSNorm(x) * weight, one row per iteration."""
+    cdef int N = x.shape[0], C = x.shape[1], r
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_rms_norm_row(&x[r, 0], &weight[0], eps, C, &out[r, 0])
+
+
+def rotary(float[:, ::1] x,                  # IN/OUT (N, W): heads at columns [0, n_heads*D)
+           const long[::1] positions,        # IN  (N) int64, < P
+           const float[:, ::1] cos,          # IN  (P, D/2)
+           const float[:, ::1] sin,          # IN  (P, D/2)
+           int n_heads, int D, bint interleaved, int n_threads):
+    """Rotate the first n_heads heads of each row by its position, in place."""
+    cdef int N = x.shape[0], r
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_rotary_row(&x[r, 0], n_heads, D, D, &cos[positions[r], 0], &sin[positions[r], 0],
+                          interleaved)
+
+
+def swiglu(const float[:, ::1] gate_up,      # IN  (N, 2F): gate | up
+           float[:, ::1] out,                # OUT (N, F)
+           int n_threads):
+    """out = silu(gate) * up, one row per iteration."""
+    cdef int N = gate_up.shape[0], F = out.shape[1], r
+    with nogil:
+        for r in prange(N, schedule="static", num_threads=n_threads):
+            tf_swiglu_row(&gate_up[r, 0], F, &out[r, 0])
+
+
+def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/head strides
+                     const float[:, :, :, :] k,     # IN  (B, S_max, Hkv, D) KV cache
+                     const float[:, :, :, :] v,     # IN  (B, S_max, Hkv, D)
+                     const int[::1] lengths,        # IN  (B) keys of sequence b: [0, lengths[b])
+                     const float[:, ::1] key_bias,  # IN  (B, S_max) additive, or None
+                     float[:, :, ::1] out,          # OUT (B, H, D)
+                     float scale, int chunk, int n_threads):
+    """One new query per sequence against its cache, split over keys (split-K, as
+    flash-decoding): work items (sequence, KV head, chunk of `chunk` keys) each give a partial
+    max, sum and unnormalised output for the G = H / Hkv query heads that share that KV head (K/V
+    read once per group, never copied); a second loop combines the chunks of each query head."""
+    cdef int B = q.shape[0], H = q.shape[1], D = q.shape[2], Hkv = k.shape[2]
+    cdef int G = H // Hkv, max_len = 0, b
+    for b in range(B):
+        max_len = max(max_len, lengths[b])
+    cdef int n_split = max(1, (max_len + chunk - 1) // chunk)
+    cdef long n_items = <long>B * Hkv * n_split
+    cdef long qrs = q.strides[1] // 4, qbs = q.strides[0] // 4
+    cdef long kbs = k.strides[0] // 4, krs = k.strides[1] // 4, khs = k.strides[2] // 4
+    cdef long vbs = v.strides[0] // 4, vrs = v.strides[1] // 4, vhs = v.strides[2] // 4
+    cdef const float *qb = &q[0, 0, 0]
+    cdef const float *kb = &k[0, 0, 0, 0]
+    cdef const float *vb = &v[0, 0, 0, 0]
+    cdef const float *kbias = &key_bias[0, 0] if key_bias is not None else NULL
+    cdef long kbias_stride = key_bias.shape[1] if key_bias is not None else 0
+    # partials, indexed [b, h, split]: m and l (1 value), acc (D values)
+    cdef float *pm = <float *>malloc(sizeof(float) * B * H * n_split * (D + 2))
+    cdef float *pl = pm + <long>B * H * n_split
+    cdef float *pacc = pl + <long>B * H * n_split
+    cdef float *scores
+    cdef float *tm
+    cdef float *tl
+    cdef float *tacc
+    cdef long item
+    cdef int hk, c, j0, n, g, h, bh
+    if pm == NULL:
+        raise MemoryError()
+    with nogil, parallel(num_threads=n_threads):
+        scores = <float *>malloc(sizeof(float) * G * (chunk + 2 + D))
+        tm = scores + G * chunk
+        tl = tm + G
+        tacc = tl + G
+        for item in prange(n_items, schedule="dynamic"):
+            b = item // (Hkv * n_split)
+            hk = (item // n_split) % Hkv
+            c = item % n_split
+            j0 = c * chunk
+            n = min(chunk, lengths[b] - j0)
+            if n <= 0:
+                for g in range(G):
+                    h = hk * G + g
+                    pm[(b * H + h) * n_split + c] = -INFINITY
+                    pl[(b * H + h) * n_split + c] = 0
+                continue
+            tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
+                                      kb + b * kbs + j0 * krs + hk * khs, krs,
+                                      vb + b * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
+                                      kbias + b * kbias_stride + j0 if kbias != NULL else NULL,
+                                      scores, tm, tl, tacc)
+            for g in range(G):
+                h = hk * G + g
+                pm[(b * H + h) * n_split + c] = tm[g]
+                pl[(b * H + h) * n_split + c] = tl[g]
+                memcpy(pacc + ((<long>b * H + h) * n_split + c) * D, tacc + g * D,
+                       sizeof(float) * D)
+        free(scores)
+    with nogil:
+        for bh in prange(B * H, schedule="static", num_threads=n_threads):
+            tf_decode_attention_combine(pm + <long>bh * n_split, pl + <long>bh * n_split,
+                                        pacc + <long>bh * n_split * D, n_split, D,
+                                        &out[bh // H, bh % H, 0])
+    free(pm)
 
 
 def softmax(const float[:, ::1] x,        # IN  (N, S)

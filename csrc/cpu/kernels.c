@@ -36,6 +36,44 @@ void tf_layer_norm_row(const float *x, const float *res, const float *gamma, con
 }
 
 TF_CLONES
+void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out) {
+    float ss = 0.f;
+    for (int i = 0; i < n; i++) ss += x[i] * x[i];
+    const float r = 1.f / sqrtf(ss / (float)n + eps);
+    for (int i = 0; i < n; i++) out[i] = x[i] * r * weight[i];
+}
+
+TF_CLONES
+void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
+                   const float *sin_t, int interleaved) {
+    const int half = D / 2;
+    for (int h = 0; h < n_heads; h++) {
+        float *p = x + h * head_stride;
+        if (interleaved) {
+            for (int i = 0; i < half; i++) {
+                const float a = p[2 * i], b = p[2 * i + 1];
+                p[2 * i] = a * cos_t[i] - b * sin_t[i];
+                p[2 * i + 1] = a * sin_t[i] + b * cos_t[i];
+            }
+        } else {
+            for (int i = 0; i < half; i++) {
+                const float a = p[i], b = p[i + half];
+                p[i] = a * cos_t[i] - b * sin_t[i];
+                p[i + half] = b * cos_t[i] + a * sin_t[i];
+            }
+        }
+    }
+}
+
+TF_CLONES
+void tf_swiglu_row(const float *gate_up, int F, float *out) {
+    for (int i = 0; i < F; i++) {
+        const float g = gate_up[i];
+        out[i] = g / (1.f + expf(-g)) * gate_up[F + i];
+    }
+}
+
+TF_CLONES
 void tf_softmax_row(const float *x, const float *mask, int n, float *out) {
     float mx = -INFINITY;
     if (mask) {
@@ -141,4 +179,57 @@ void tf_attention_finalize(const float *acc, const float *l, int rows, int D, fl
             for (int d = 0; d < D; d++) o[d] = 0.f;
         }
     }
+}
+
+TF_CLONES
+void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
+                               const float *v, long ldv, int n, int D, float scale,
+                               const float *kbias, float *scores, float *m, float *l, float *acc) {
+    for (int g = 0; g < G; g++) {
+        const float *qg = q + g * ldq;
+        float *s = scores + (long)g * n;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            const float *kj = k + j * ldk;
+            float dot = 0.f;
+            for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
+            s[j] = dot * scale + (kbias ? kbias[j] : 0.f);
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        float *a = acc + (long)g * D;
+        for (int d = 0; d < D; d++) a[d] = 0.f;
+        m[g] = mx;
+        l[g] = 0.f;
+        if (mx == -INFINITY) continue; /* every key of the chunk masked */
+        float sum = 0.f;
+        for (int j = 0; j < n; j++) {
+            const float e = expf(s[j] - mx);
+            s[j] = e;
+            sum += e;
+        }
+        l[g] = sum;
+        for (int j = 0; j < n; j++) {
+            const float *vj = v + j * ldv;
+            const float p = s[j];
+            for (int d = 0; d < D; d++) a[d] += p * vj[d];
+        }
+    }
+}
+
+TF_CLONES
+void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
+                                 int D, float *out) {
+    float M = -INFINITY;
+    for (int c = 0; c < n_split; c++) M = m[c] > M ? m[c] : M;
+    for (int d = 0; d < D; d++) out[d] = 0.f;
+    if (M == -INFINITY) return;
+    float L = 0.f;
+    for (int c = 0; c < n_split; c++) {
+        if (m[c] == -INFINITY) continue;
+        const float w = expf(m[c] - M);
+        L += w * l[c];
+        for (int d = 0; d < D; d++) out[d] += w * acc[(long)c * D + d];
+    }
+    const float inv = 1.f / L;
+    for (int d = 0; d < D; d++) out[d] *= inv;
 }

@@ -20,6 +20,18 @@
 void tf_layer_norm_row(const float *x, const float *res, const float *gamma, const float *beta,
                        float eps, int n, float *out);
 
+/* out (n) = x / sqrt(mean(x^2) + eps) * weight (RMSNorm, Zhang & Sennrich 2019); out may alias x. */
+void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out);
+
+/* Rotary position embedding (RoFormer, Su et al. 2021) of n_heads heads of D values each, laid
+ * out with head stride `head_stride`, in place, for one position whose angles give cos/sin (D/2).
+ * interleaved: pairs (2i, 2i+1) (llama2.c, GPT-J); else pairs (i, i + D/2) (HF rotate_half). */
+void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
+                   const float *sin_t, int interleaved);
+
+/* out (F) = silu(gate_up[0:F]) * gate_up[F:2F] (SwiGLU, Shazeer 2020); out may alias gate_up. */
+void tf_swiglu_row(const float *gate_up, int F, float *out);
+
 /* out (n) = softmax(x + mask); mask may be NULL; a row whose every entry is -inf gives zeros. */
 void tf_softmax_row(const float *x, const float *mask, int n, float *out);
 
@@ -42,5 +54,18 @@ int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int
 
 /* out row i (D) = acc row i / l[i], or zeros where l[i] == 0 (every key masked). */
 void tf_attention_finalize(const float *acc, const float *l, int rows, int D, float *out, long ldo);
+
+/* Split-K decode attention for one (sequence, key/value head, chunk of keys): the G query heads
+ * of the group (q: G rows of D, stride ldq) against keys/values k, v (n rows of D, strides ldk,
+ * ldv); kbias (n) additive or NULL. Writes per query head the chunk's max m[g], sum l[g] and
+ * unnormalised acc[g*D..] = sum_j exp(s_j - m) v_j; `scores` is scratch of G*n floats. */
+void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
+                               const float *v, long ldv, int n, int D, float scale,
+                               const float *kbias, float *scores, float *m, float *l, float *acc);
+
+/* Combine n_split partial results (m, l: n_split; acc: n_split x D) of one query head into
+ * out (D) = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c; zeros when no key was seen. */
+void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
+                                 int D, float *out);
 
 #endif

@@ -3,6 +3,16 @@ cdef extern from "kernels.h" nogil:
     int TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH
     void tf_layer_norm_row(const float *x, const float *res, const float *gamma,
                            const float *beta, float eps, int n, float *out)
+    void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out)
+    void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
+                       const float *sin_t, int interleaved)
+    void tf_swiglu_row(const float *gate_up, int F, float *out)
+    void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
+                                   const float *v, long ldv, int n, int D, float scale,
+                                   const float *kbias, float *scores, float *m, float *l,
+                                   float *acc)
+    void tf_decode_attention_combine(const float *m, const float *l, const float *acc,
+                                     int n_split, int D, float *out)
     void tf_softmax_row(const float *x, const float *mask, int n, float *out)
     void tf_bias_act_row(float *x, const float *bias, int n, int act)
     void tf_embed_row(const float *word, const float *pos, const float *type, const float *gamma,

@@ -202,3 +202,71 @@ def test_embedding_bad_input(rng):
         ops.embedding(np.zeros((1, 7), int), word, pos)
     with pytest.raises(ValueError, match="token_type_ids given"):
         ops.embedding(np.zeros((1, 2), int), word, pos, token_type_ids=np.zeros((1, 2), int))
+
+
+# -- decoder ops: RMSNorm, rotary, SwiGLU, split-K decode attention ---------------------------
+
+@pytest.mark.parametrize("N,C", [(1, 1), (257, 120), (3, 64)])
+def test_rms_norm(backend, rng, N, C):
+    x, w = randn(rng, N, C) * 2, randn(rng, C)
+    out = backend.rms_norm(x, w, 1e-5, poison((N, C)), 2)
+    close(out, ref.rms_norm(x, w, 1e-5), np.float32)
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+@pytest.mark.parametrize("N,n_heads,D,extra", [(1, 1, 2, 0), (17, 12, 24, 24), (5, 3, 64, 7)])
+def test_rotary(rng, interleaved, N, n_heads, D, extra):
+    x = randn(rng, N, n_heads * D + extra)
+    pos = rng.integers(0, 300, N)
+    cos, sin = ops.rotary_tables(300, D, 10000.0)
+    want = ref.rotary(x, pos, n_heads, D, 10000.0, interleaved)
+    got = ops.rotary(x.copy(), pos, cos, sin, n_heads, interleaved)
+    close(got, want, np.float32, scale=10)  # angles up to 300 rad are rounded to float32
+    np.testing.assert_array_equal(got[:, n_heads * D:], x[:, n_heads * D:])  # columns past the heads untouched
+
+
+@pytest.mark.parametrize("N,F", [(1, 1), (33, 130)])
+def test_swiglu(backend, rng, N, F):
+    gu = randn(rng, N, 2 * F) * 3
+    close(backend.swiglu(gu, poison((N, F)), 2), ref.swiglu(gu), np.float32)
+
+
+@pytest.mark.parametrize("B,S,H,Hkv,D", [(1, 1, 1, 1, 4), (3, 300, 8, 2, 16), (2, 1030, 12, 12, 64),
+                                         (4, 65, 6, 3, 24)])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("chunk", [None, 7, 64])
+def test_decode_attention(rng, B, S, H, Hkv, D, masked, chunk):
+    qkv = randn(rng, B, H + 2 * Hkv, D)  # q a strided view of a fused projection
+    q = qkv[:, :H]
+    k, v = randn(rng, B, S, Hkv, D), randn(rng, B, S, Hkv, D)
+    lengths = rng.integers(0, S + 1, B)
+    lengths[0] = S
+    mask = (rng.random((B, S)) < 0.8).astype(np.int64) if masked else None
+    out = poison((B, H, D))
+    got = ops.decode_attention(q, k, v, lengths, mask, chunk=chunk, out=out, threads=2)
+    close(got, ref.decode_attention(q, k, v, lengths, mask), np.float32)
+
+
+def test_decode_matches_causal_attention(rng):
+    """The last row of causal attention over T tokens equals the decode step at T-1."""
+    B, H, T, D = 2, 4, 40, 16
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, H, T, D), randn(rng, B, H, T, D)
+    full = ops.attention(q, k, v, causal=True)
+    step = ops.decode_attention(np.ascontiguousarray(q[:, :, -1]), k.transpose(0, 2, 1, 3),
+                                v.transpose(0, 2, 1, 3), np.full(B, T))
+    close(step, full[:, :, -1], np.float32)
+
+
+def test_decoder_ops_bad_input(rng):
+    with pytest.raises(ValueError, match="head_dim must be even"):
+        ops.rotary_tables(10, 7)
+    cos, sin = ops.rotary_tables(10, 8)
+    with pytest.raises(IndexError, match="positions"):
+        ops.rotary(randn(rng, 2, 8), np.array([0, 10]), cos, sin, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        ops.rotary(randn(rng, 2, 8), np.array([0, 1]), cos, sin, 2)
+    with pytest.raises(ValueError, match="even last axis"):
+        ops.swiglu(randn(rng, 2, 7))
+    with pytest.raises(ValueError, match="lengths must lie"):
+        ops.decode_attention(randn(rng, 1, 2, 8), randn(rng, 1, 4, 2, 8), randn(rng, 1, 4, 2, 8),
+                             np.array([5]))

@@ -14,8 +14,9 @@ import numpy as np
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _backend
 
-__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "layer_norm", "softmax",
-           "embedding", "attention", "attention_varlen", "ACTIVATIONS"]
+__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "layer_norm", "rms_norm",
+           "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
+           "attention_varlen", "decode_attention", "ACTIVATIONS"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
 
@@ -126,6 +127,70 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
     out = np.empty(x.shape, np.float32)
     _backend.layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps), out.reshape(-1, C),
                         resolve_threads(threads))
+    return out
+
+
+def rms_norm(x, weight, eps=1e-6, threads=None):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis (RMSNorm, Zhang & Sennrich 2019;
+    HF LlamaRMSNorm). x: (..., C) float; weight: (C,); eps > 0. Returns (..., C) float32."""
+    x = _float32("x", x, min_ndim=1)
+    C = x.shape[-1]
+    weight = _float32("weight", weight, ndim=1)
+    if weight.shape != (C,):
+        raise ValueError(f"weight must have shape ({C},), got {weight.shape}")
+    if not eps > 0:
+        raise ValueError(f"eps must be positive, got {eps}")
+    out = np.empty(x.shape, np.float32)
+    _backend.rms_norm(x.reshape(-1, C), weight, float(eps), out.reshape(-1, C),
+                      resolve_threads(threads))
+    return out
+
+
+def rotary_tables(max_positions, head_dim, theta=10000.0):
+    """cos, sin tables (max_positions, head_dim/2) float32 of the rotary angles
+    pos * theta^(-2i/head_dim) (RoFormer, Su et al. 2021, eq. 15), computed in float64.
+    Raises ValueError for an odd head_dim or non-positive sizes."""
+    if head_dim < 2 or head_dim % 2:
+        raise ValueError(f"head_dim must be even and >= 2 for rotary embeddings, got {head_dim}")
+    if max_positions < 1 or not theta > 0:
+        raise ValueError("max_positions must be >= 1 and theta > 0")
+    inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None]
+    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+
+
+def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
+    """Rotary position embedding of the first n_heads heads of each row, in place.
+
+    x: (N, W) float32 C-contiguous, heads of D = 2 * cos.shape[1] values at columns
+    [0, n_heads * D) (e.g. the Q then K heads of a fused QKV row); positions: (N,) integers in
+    [0, P); cos, sin: (P, D/2) from rotary_tables. interleaved: rotate pairs (2i, 2i+1) as
+    llama2.c; else pairs (i, i + D/2), HF's rotate_half. Returns x."""
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
+            or not x.flags.c_contiguous:
+        raise TypeError("x must be a C-contiguous float32 array of shape (N, W)")
+    cos = _float32("cos", cos, ndim=2)
+    sin = _float32("sin", sin, ndim=2)
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos and sin must have the same shape, got {cos.shape}, {sin.shape}")
+    D = 2 * cos.shape[1]
+    if n_heads < 0 or n_heads * D > x.shape[1]:
+        raise ValueError(f"{n_heads} heads of {D} do not fit in rows of {x.shape[1]}")
+    pos = _indices("positions", np.asarray(positions), cos.shape[0], (x.shape[0],))
+    _backend.rotary(x, pos, cos, sin, int(n_heads), D, bool(interleaved),
+                    resolve_threads(threads))
+    return x
+
+
+def swiglu(gate_up, threads=None):
+    """SwiGLU activation silu(gate) * up (Shazeer 2020; HF LlamaMLP) of a fused gate|up
+    projection. gate_up: (..., 2F) float, gate first. Returns (..., F) float32."""
+    gate_up = _float32("gate_up", gate_up, min_ndim=1)
+    if gate_up.shape[-1] % 2:
+        raise ValueError(f"gate_up must have an even last axis (gate | up), got {gate_up.shape}")
+    F = gate_up.shape[-1] // 2
+    out = np.empty(gate_up.shape[:-1] + (F,), np.float32)
+    _backend.swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F), resolve_threads(threads))
     return out
 
 
@@ -277,4 +342,48 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, th
         _backend.attention(q[None], k[None], v[None], out[None], np.zeros(len(lens), np.int32),
                            starts, lens, starts, lens, None, bool(causal), scale,
                            resolve_threads(threads))
+    return out
+
+
+def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None, out=None,
+                     chunk=None, threads=None):
+    """Attention of one new query per sequence against its KV cache (the decode step), split
+    over keys across threads with a combine step (flash-decoding).
+
+    q: (B, H, D) float32 (any row/head strides, D contiguous); k_cache, v_cache:
+    (B, S_max, Hkv, D) float32 with H a multiple of Hkv (grouped-query attention reads each K/V
+    head once for its group); lengths: (B,) integers, sequence b attends to keys [0, lengths[b]);
+    attention_mask: (B, S_max) 0/1 or None; scale: default 1/sqrt(D); chunk: keys per work item
+    (default: enough items for every thread). Returns out (B, H, D) float32 (zeros for a sequence
+    with no key)."""
+    _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(B, S_max, Hkv, D)")
+    B, H, D = q.shape
+    if k_cache.ndim != 4 or k_cache.shape[0] != B or H % k_cache.shape[2]:
+        raise ValueError(f"k_cache must have shape (B={B}, S_max, Hkv, D) with H={H} a multiple "
+                         f"of Hkv, got {k_cache.shape}")
+    S_max = k_cache.shape[1]
+    lengths = np.asarray(lengths)
+    if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
+        raise ValueError(f"lengths must be ({B},) integers, got {lengths.shape} {lengths.dtype}")
+    if B and (lengths.min() < 0 or lengths.max() > S_max):
+        raise ValueError(f"lengths must lie in [0, {S_max}], got {lengths.tolist()}")
+    key_bias = None
+    if attention_mask is not None:
+        m = np.asarray(attention_mask)
+        if m.shape != (B, S_max):
+            raise ValueError(f"attention_mask must have shape {(B, S_max)}, got {m.shape}")
+        key_bias = np.where(m != 0, 0.0, -np.inf).astype(np.float32)
+    if out is None:
+        out = np.empty((B, H, D), np.float32)
+    elif out.shape != (B, H, D) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float32 array of shape {(B, H, D)}")
+    n = resolve_threads(threads)
+    if chunk is None:  # at least two work items per thread, at least 32 keys per item
+        items = B * k_cache.shape[2]
+        longest = int(lengths.max()) if B else 1
+        chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    if B:
+        _backend.decode_attention(q, k_cache, v_cache, np.ascontiguousarray(lengths, np.int32),
+                                  key_bias, out, scale, int(chunk), n)
     return out

@@ -21,6 +21,30 @@ def layer_norm(x, residual, weight, bias, eps, out, threads):
     return out
 
 
+def rms_norm(x, weight, eps, out, threads):
+    """out (N, C) = RMSNorm(x) * weight."""
+    _cpu.rms_norm(x, weight, eps, out, threads)
+    return out
+
+
+def rotary(x, positions, cos, sin, n_heads, head_dim, interleaved, threads):
+    """Rotate the first n_heads heads of each row of x (N, W) in place."""
+    _cpu.rotary(x, positions, cos, sin, n_heads, head_dim, interleaved, threads)
+    return x
+
+
+def swiglu(gate_up, out, threads):
+    """out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:]."""
+    _cpu.swiglu(gate_up, out, threads)
+    return out
+
+
+def decode_attention(q, k, v, lengths, key_bias, out, scale, chunk, threads):
+    """Split-K attention of one query per sequence against its KV cache."""
+    _cpu.decode_attention(q, k, v, lengths, key_bias, out, scale, chunk, threads)
+    return out
+
+
 def softmax(x, mask, out, threads):
     """out (N, S) = softmax(x + mask) along the last axis."""
     _cpu.softmax(x, mask, out, threads)

@@ -37,6 +37,36 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None):
     return (y - mean) / np.sqrt(var + eps) * _f64(weight) + _f64(bias)
 
 
+def rms_norm(x, weight, eps=1e-6):
+    """x / sqrt(mean(x^2) + eps) * weight over the last axis."""
+    x = _f64(x)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * _f64(weight)
+
+
+def rotary(x, positions, n_heads, head_dim, theta=10000.0, interleaved=False):
+    """Rotary embedding of the first n_heads heads of each row of x (N, W), angles computed here
+    from theta in float64 (RoFormer eq. 15 / HF rotate_half). Returns a new array."""
+    y = _f64(x).copy()
+    inv = theta ** (-np.arange(0, head_dim, 2) / head_dim)
+    ang = np.asarray(positions, np.float64)[:, None] * inv[None]  # (N, D/2)
+    c, s = np.cos(ang)[:, None], np.sin(ang)[:, None]
+    h = y[:, :n_heads * head_dim].reshape(len(y), n_heads, head_dim)
+    if interleaved:
+        a, b = h[..., 0::2].copy(), h[..., 1::2].copy()
+        h[..., 0::2], h[..., 1::2] = a * c - b * s, a * s + b * c
+    else:
+        a, b = h[..., :head_dim // 2].copy(), h[..., head_dim // 2:].copy()
+        h[..., :head_dim // 2], h[..., head_dim // 2:] = a * c - b * s, b * c + a * s
+    y[:, :n_heads * head_dim] = h.reshape(len(y), -1)
+    return y
+
+
+def swiglu(gate_up):
+    """silu(gate) * up for gate_up = [gate | up] on the last axis."""
+    g, u = np.split(_f64(gate_up), 2, axis=-1)
+    return g / (1.0 + np.exp(-g)) * u
+
+
 def softmax(x, mask=None):
     """softmax(x + mask) over the last axis; rows entirely -inf give zeros."""
     y = _f64(x) + (0.0 if mask is None else _f64(mask))
@@ -94,3 +124,19 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None):
             vs = _f64(v[a:b]).transpose(1, 0, 2)[None]
             out[a:b] = attention(qs, ks, vs, None, causal, scale)[0].transpose(1, 0, 2)
     return out
+
+
+def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None):
+    """One query per sequence (B, H, D) against k_cache/v_cache (B, S_max, Hkv, D) up to
+    lengths[b], through the full attention reference."""
+    q = _f64(q)
+    B, H, D = q.shape
+    out = np.zeros((B, H, D))
+    for b in range(B):
+        L = int(lengths[b])
+        k = _f64(k_cache[b, :L]).transpose(1, 0, 2)[None]
+        v = _f64(v_cache[b, :L]).transpose(1, 0, 2)[None]
+        m = None if attention_mask is None else np.asarray(attention_mask)[b:b + 1, :L]
+        if L:
+            out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
+    return np.nan_to_num(out)
