@@ -7,8 +7,9 @@ import os
 import numpy as np
 
 from ..tokenizer import Tokenizer
-from ..weights import WeightsError, check_tensors, read_safetensors
+from ..weights import WeightsError, check_tensors
 from . import register_family
+from ._hf import read_hf_weights
 from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes
 
@@ -113,11 +114,8 @@ class BertModel(EncoderModel):
         """Load config.json's BERT from `path` (model.safetensors, tokenizer.json optional).
         Raises FileNotFoundError, WeightsError or ValueError with the file and the problem."""
         config = config_from_hf(config_dict, os.path.join(path, "config.json"))
-        weights_path = os.path.join(path, "model.safetensors")
-        if not os.path.isfile(weights_path):
-            raise FileNotFoundError(f"{path}: no model.safetensors (only safetensors weights are "
-                                    "read; pickled .bin files are never loaded)")
-        weights = weights_from_hf(read_safetensors(weights_path), config, weights_path)
+        tensors, source = read_hf_weights(path)
+        weights = weights_from_hf(tensors, config, source)
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None
         if os.path.isfile(tok_path):

@@ -1,0 +1,87 @@
+"""Autoregressive generation over a model that exposes prefill / decode_step / new_cache:
+greedy, sampling (temperature, top-k, top-p, seed) and beam search with Hugging Face's semantics
+(transformers GenerationMixin: same tokens as HF generate on the same weights)."""
+import numpy as np
+
+from .beam import beam_search
+from .sampling import log_softmax, sample_next, warp
+
+__all__ = ["generate", "beam_search", "log_softmax", "sample_next", "warp"]
+
+
+def _check(name, value, ok, expected):
+    if not ok:
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+
+
+def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False,
+             temperature=1.0, top_k=0, top_p=1.0, num_beams=1, length_penalty=1.0,
+             early_stopping=False, eos_token_id=None, pad_token_id=None, seed=None,
+             num_return_sequences=1, streamer=None):
+    """Continue each prompt of input_ids (B, T) (left or right padded, attention_mask (B, T) of
+    0/1) by up to max_new_tokens tokens.
+
+    Greedy (default), sampling (do_sample: logits / temperature, then top_k (0 = off), then top_p
+    (1.0 = off), as HF's warpers; seed: int for reproducible draws), or beam search (num_beams > 1:
+    HF's vectorised beam search with length_penalty (score = sum log p / new_len**length_penalty)
+    and early_stopping False / True / "never"). eos_token_id: int or list (default: the model
+    config's); a sequence stops at its first eos; finished rows are filled with pad_token_id
+    (default: the config's, else the first eos). streamer: callable(tokens (B,) int64) called with
+    each new column (greedy and sampling).
+    Returns (B * num_return_sequences, T + n_new) int64: the prompt rows as given, then the new
+    tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
+    the model's positions."""
+    cfg = model.config
+    _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, (int, np.integer))
+           and max_new_tokens >= 1, "a positive integer")
+    _check("num_beams", num_beams, isinstance(num_beams, (int, np.integer)) and num_beams >= 1,
+           "a positive integer")
+    _check("num_return_sequences", num_return_sequences,
+           1 <= num_return_sequences <= max(1, num_beams) and (num_beams > 1 or do_sample
+                                                              or num_return_sequences == 1),
+           "between 1 and num_beams (or any count with do_sample)")
+    _check("temperature", temperature, temperature > 0, "positive")
+    _check("top_k", top_k, isinstance(top_k, (int, np.integer)) and top_k >= 0, "an integer >= 0")
+    _check("top_p", top_p, 0 < top_p <= 1, "in (0, 1]")
+    _check("early_stopping", early_stopping, early_stopping in (False, True, "never"),
+           "False, True or 'never'")
+    if eos_token_id is None:
+        eos = cfg.eos_token_ids
+    else:
+        eos = tuple(np.atleast_1d(eos_token_id).tolist())
+    if pad_token_id is None:
+        pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (
+            eos[0] if eos else 0)
+    ids, mask, lens = model._check_inputs(input_ids, attention_mask)
+    longest = int(lens.max()) + max_new_tokens
+    if longest > cfg.max_position_embeddings:
+        raise ValueError(f"a prompt of {lens.max()} tokens + max_new_tokens={max_new_tokens} "
+                         f"exceeds the model's {cfg.max_position_embeddings} positions")
+    if num_return_sequences > 1 and num_beams == 1:  # independent samples of each prompt
+        ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
+    if num_beams > 1:
+        rng = np.random.default_rng(seed) if do_sample else None
+        return beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty,
+                           early_stopping, eos, pad_token_id, num_return_sequences, rng)
+
+    rng = np.random.default_rng(seed)
+    B = ids.shape[0]
+    cache = model.new_cache(B, longest)
+    logits = model.prefill(ids, mask, cache)
+    eos_arr = np.array(eos, np.int64)
+    finished = np.zeros(B, bool)
+    new = []
+    for step in range(max_new_tokens):
+        if do_sample:
+            nxt = sample_next(warp(logits, temperature, top_k, top_p), rng)
+        else:
+            nxt = np.argmax(logits, axis=-1)
+        nxt = np.where(finished, pad_token_id, nxt).astype(np.int64)
+        new.append(nxt)
+        if streamer is not None:
+            streamer(nxt)
+        finished |= np.isin(nxt, eos_arr)
+        if finished.all() or step == max_new_tokens - 1:
+            break
+        logits = model.decode_step(nxt, cache)
+    return np.concatenate([ids, np.stack(new, 1)], axis=1)

@@ -1,0 +1,106 @@
+"""Beam search with the semantics of Hugging Face transformers' vectorised beam search
+(GenerationMixin._beam_search, transformers 4.50+/5.x): at each step the top
+max(2, 1 + n_eos) * num_beams continuations of all beams, the best num_beams unfinished ones keep
+running, candidates among the top num_beams that end (eos or length) join the finished
+hypotheses with score sum_logprobs / new_length ** length_penalty, and the search stops when no
+running beam can beat the worst finished one (the early_stopping heuristics)."""
+import numpy as np
+
+from .sampling import log_softmax
+
+NEG = -1.0e9
+
+
+def _top(scores, k):
+    """Indices (B, k) of the k largest scores per row, best first (ties: lower index first)."""
+    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+
+
+def _gather(a, idx):
+    """a (B, n, ...) gathered along axis 1 by idx (B, k)."""
+    return a[np.arange(a.shape[0])[:, None], idx]
+
+
+def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, early_stopping,
+                eos, pad_token_id, num_return_sequences, rng=None):
+    """Beam search over `model` (prefill / decode_step / new_cache). ids, mask: (B, T) prompts;
+    rng: a numpy Generator for beam sampling (candidates drawn without replacement), else None.
+    Returns (B * num_return_sequences, T + n_new) int64 sequences, best first per prompt."""
+    B, T = ids.shape
+    nb = num_beams
+    V = model.config.vocab_size
+    keep = max(2, 1 + len(eos)) * nb
+    top_mask = np.arange(keep) < nb
+    fill = (pad_token_id or eos[0]) if eos else -1  # HF's output_fill_value
+    eos_arr = np.array(eos, np.int64)
+    max_length = T + max_new_tokens
+    rows = np.arange(B)[:, None]
+
+    running = np.full((B, nb, max_length), fill, np.int64)
+    running[:, :, :T] = ids[:, None]
+    sequences = running.copy()
+    running_scores = np.zeros((B, nb))
+    running_scores[:, 1:] = NEG
+    beam_scores = np.full((B, nb), NEG)
+    finished = np.zeros((B, nb), bool)
+    improvable = np.ones((B, 1), bool)
+    running_idx = np.full((B, nb, max_new_tokens), -1, np.int64)
+    beam_idx = running_idx.copy()
+
+    lens = mask.sum(1)
+    cache = model.new_cache(B * nb, int(lens.max()) + max_new_tokens)
+    logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
+    cur = T
+    while True:
+        logp = log_softmax(logits).reshape(B, nb, V) + running_scores[:, :, None]
+        flat = logp.reshape(B, nb * V)
+        if rng is not None:
+            p = np.exp(log_softmax(flat))
+            cand = np.stack([rng.choice(nb * V, keep, replace=False, p=p[b]) for b in range(B)])
+        else:
+            cand = _top(flat, keep)
+        cand_logp = np.take_along_axis(flat, cand, -1)
+        parent, token = cand // V, cand % V
+        cand_seq = _gather(running, parent)
+        cand_seq[:, :, cur] = token
+        cand_idx = _gather(running_idx, parent)
+        cand_idx[:, :, cur - T] = parent + rows * nb
+        hits = np.isin(token, eos_arr) | (cur + 1 >= max_length)
+
+        # the best num_beams continuations that did not end keep running
+        run_logp = cand_logp + hits * NEG
+        nxt = _top(run_logp, nb)
+        running = _gather(cand_seq, nxt)
+        running_scores = _gather(run_logp, nxt)
+        running_idx = _gather(cand_idx, nxt)
+
+        # ended candidates among the top num_beams join the finished hypotheses
+        just_done = hits & top_mask[None]
+        done_scores = cand_logp / float(cur + 1 - T) ** length_penalty
+        done_scores = done_scores + (finished.all(1, keepdims=True) & (early_stopping is True)) * NEG
+        done_scores = done_scores + (~improvable) * NEG + (~just_done) * NEG
+        merged = np.concatenate([beam_scores, done_scores], 1)
+        best = _top(merged, nb)
+        sequences = _gather(np.concatenate([sequences, cand_seq], 1), best)
+        beam_scores = _gather(merged, best)
+        beam_idx = _gather(np.concatenate([beam_idx, cand_idx], 1), best)
+        finished = _gather(np.concatenate([finished, just_done], 1), best)
+
+        cache.reorder(running_idx[:, :, cur - T].ravel())
+        cur += 1
+        if early_stopping == "never" and length_penalty > 0:
+            best_len = max_length - T
+        else:
+            best_len = cur - T
+        best_possible = running_scores[:, :1] / float(best_len) ** length_penalty
+        worst_done = np.where(finished, beam_scores.min(1, keepdims=True), NEG)
+        improvable &= np.any(best_possible > worst_done, axis=1, keepdims=True)
+        open_beam = not (finished.all() and early_stopping is True)
+        if not (improvable.any() and open_beam and not hits.all()):
+            break
+        logits = model.decode_step(running[:, :, cur - 1].ravel(), cache)
+
+    sequences = sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
+    beam_idx = beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
+    n_new = int((beam_idx >= 0).sum(1).max())
+    return sequences[:, :T + n_new]

@@ -1,0 +1,310 @@
+"""Decoder-only stack (GPT-2, Llama, llama2.c): token (+ learned) embeddings, L pre-norm blocks of
+causal self-attention and feed-forward, a final norm and the LM head (Radford et al. 2019;
+Touvron et al. 2023), with a KV cache for generation.
+
+Ragged batches: prompts are packed to their real tokens (attention_mask == 1, left or right
+padding); every sequence is computed as if it were alone (positions count its real tokens from 0,
+as HF generate's position_ids = cumsum(attention_mask) - 1), attention is causal per sequence
+(ops.attention_varlen), and each sequence's keys/values go to its own rows of the KV cache, so the
+cache never holds padding.
+
+Our tensor names (what a family's name map produces); C = d_model, D = head_dim,
+Q = n_heads * D, K = n_kv_heads * D, F = d_ff; ".bias" tensors only when config.bias:
+  embeddings.word (V, C), embeddings.position (P, C) [learned positions only]
+  layers.{i}.norm1.weight (C) [.bias for LayerNorm]   before attention
+  layers.{i}.qkv.weight (Q + 2K, C) [.bias]           rows: Q heads | K heads | V heads
+  layers.{i}.out.weight (C, Q) [.bias]
+  layers.{i}.norm2.weight (C) [.bias]                 before the feed-forward block
+  layers.{i}.ff1.weight (F, C) or (2F, C) for SwiGLU, rows gate | up [.bias]
+  layers.{i}.ff2.weight (C, F) [.bias]
+  final_norm.weight (C) [.bias], lm_head.weight (V, C) (the same array as embeddings.word when tied)
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ops
+from .._threads import blas_single_threaded, resolve_threads
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a decoder-only model.
+
+    vocab_size V, d_model C, n_heads H, n_kv_heads Hkv (grouped-query attention when < H),
+    n_layers L, d_ff F, max_position_embeddings (longest sequence, prompt + new tokens),
+    head_dim D (default C / H), norm "layer_norm" or "rms_norm", norm_eps, activation "gelu_tanh",
+    "gelu", "relu" or "swiglu", positions "learned" or "rotary", rope_theta, rope_interleaved
+    (llama2.c pairs (2i, 2i+1); False: HF rotate_half), bias (linear layers carry biases),
+    tie_word_embeddings, bos/eos/pad token ids (eos_token_id may be a tuple).
+    Raises ValueError for inconsistent values."""
+
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    d_ff: int
+    n_kv_heads: int = None
+    max_position_embeddings: int = 1024
+    head_dim: int = None
+    norm: str = "layer_norm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_interleaved: bool = False
+    bias: bool = True
+    tie_word_embeddings: bool = True
+    bos_token_id: int = None
+    eos_token_id: object = None
+    pad_token_id: int = None
+
+    def __post_init__(self):
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"config d_model={self.d_model} must be a multiple of "
+                                 f"n_heads={self.n_heads} (or give head_dim)")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        for name in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers", "d_ff",
+                     "max_position_embeddings", "head_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"config n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
+        if self.norm not in ("layer_norm", "rms_norm"):
+            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
+        if self.activation not in ("gelu_tanh", "gelu", "relu", "swiglu"):
+            raise ValueError(f"config activation {self.activation!r} is not supported")
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"config positions must be 'learned' or 'rotary', got "
+                             f"{self.positions!r}")
+        if self.positions == "rotary" and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    @property
+    def eos_token_ids(self):
+        """The end-of-sequence ids as a tuple (empty when none)."""
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)
+
+
+def decoder_shapes(config):
+    """{our tensor name: shape} for a DecoderConfig (see the module docstring)."""
+    C, D, F = config.d_model, config.head_dim, config.d_ff
+    Q, K = config.n_heads * D, config.n_kv_heads * D
+    norm = [".weight", ".bias"] if config.norm == "layer_norm" else [".weight"]
+    shapes = {"embeddings.word": (config.vocab_size, C)}
+    if config.positions == "learned":
+        shapes["embeddings.position"] = (config.max_position_embeddings, C)
+    for i in range(config.n_layers):
+        p = f"layers.{i}."
+        F1 = 2 * F if config.activation == "swiglu" else F
+        for name, shape in (("qkv", (Q + 2 * K, C)), ("out", (C, Q)), ("ff1", (F1, C)),
+                            ("ff2", (C, F))):
+            shapes[p + name + ".weight"] = shape
+            if config.bias:
+                shapes[p + name + ".bias"] = shape[:1]
+        for n in ("norm1", "norm2"):
+            shapes.update({p + n + s: (C,) for s in norm})
+    shapes.update({"final_norm" + s: (C,) for s in norm})
+    shapes["lm_head.weight"] = (config.vocab_size, C)
+    return shapes
+
+
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_length` positions and written in
+    place: k, v (L, B, max_length, Hkv, D) float32; lengths (B,) int32, the positions filled per
+    sequence (ragged: sequence b owns rows [0, lengths[b]))."""
+
+    def __init__(self, config, batch_size, max_length):
+        shape = (config.n_layers, batch_size, max_length, config.n_kv_heads, config.head_dim)
+        self.k = np.empty(shape, np.float32)
+        self.v = np.empty(shape, np.float32)
+        self.lengths = np.zeros(batch_size, np.int32)
+        self.max_length = max_length
+
+    def reorder(self, index):
+        """Keep sequences `index` (B',) in that order (beam search): rows are gathered in place
+        along the batch axis of the preallocated arrays."""
+        index = np.asarray(index)
+        self.k[:, :len(index)] = self.k[:, index]
+        self.v[:, :len(index)] = self.v[:, index]
+        self.lengths[:len(index)] = self.lengths[index]
+
+
+class DecoderModel:
+    """A decoder-only language model: `model(input_ids, attention_mask)` -> logits (B, T, V)
+    float32; `model.generate(...)` -> token ids (see transformer.generation.generate).
+
+    config: DecoderConfig; weights: {our name: array} (module docstring); tokenizer: optional
+    object with encode(text) -> ids and decode(ids) -> text; threads: kernel threads."""
+
+    def __init__(self, config, weights, tokenizer=None, threads=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.threads = resolve_threads(threads)
+        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        if config.positions == "rotary":
+            self._cos, self._sin = ops.rotary_tables(config.max_position_embeddings,
+                                                     config.head_dim, config.rope_theta)
+
+    # -- building blocks --------------------------------------------------------------------------
+    def _norm(self, x, name):
+        w, cfg = self.weights, self.config
+        if cfg.norm == "rms_norm":
+            return ops.rms_norm(x, w[name + ".weight"], cfg.norm_eps, threads=self.threads)
+        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], cfg.norm_eps,
+                              threads=self.threads)
+
+    def _linear(self, x, name, activation=None):
+        w = self.weights
+        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
+                          threads=self.threads)
+
+    def _embed(self, ids, positions):
+        w = self.weights
+        if self.config.positions == "learned":
+            return ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions,
+                                 threads=self.threads)
+        return ops.embedding(ids, w["embeddings.word"], np.zeros((1, self.config.d_model),
+                             np.float32), np.zeros_like(ids), threads=self.threads)
+
+    def _stack(self, h, positions, attend):
+        """Run the L blocks on rows h (N, C) at `positions` (N,); attend(i, qkv (N, Q+2K)) ->
+        context (N, Q) does the attention of layer i (and stores K/V in the cache)."""
+        cfg, n = self.config, self.threads
+        H, Hkv = cfg.n_heads, cfg.n_kv_heads
+        for i in range(cfg.n_layers):
+            p = f"layers.{i}."
+            qkv = self._linear(self._norm(h, p + "norm1"), p + "qkv")
+            if cfg.positions == "rotary":
+                ops.rotary(qkv, positions, self._cos, self._sin, H + Hkv, cfg.rope_interleaved,
+                           threads=n)
+            h = h + self._linear(attend(i, qkv), p + "out")
+            x = self._norm(h, p + "norm2")
+            if cfg.activation == "swiglu":
+                f = ops.swiglu(self._linear(x, p + "ff1"), threads=n)
+            else:
+                f = self._linear(x, p + "ff1", cfg.activation)
+            h = h + self._linear(f, p + "ff2")
+        return self._norm(h, "final_norm")
+
+    def _split(self, qkv):
+        cfg = self.config
+        N, D, H, Hkv = qkv.shape[0], cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
+        q = qkv[:, :H * D].reshape(N, H, D)
+        k = qkv[:, H * D:(H + Hkv) * D].reshape(N, Hkv, D)
+        v = qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D)
+        return q, k, v
+
+    def logits(self, h):
+        """LM head: h (N, C) -> logits (N, V) float32."""
+        return ops.linear(h, self.weights["lm_head.weight"], threads=self.threads)
+
+    # -- prefill and decode -------------------------------------------------------------------------
+    def _check_inputs(self, input_ids, attention_mask):
+        ids = np.asarray(input_ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"input_ids must be an integer array, got dtype {ids.dtype}")
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must have shape (B, T) with T >= 1, got {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
+            raise IndexError(f"input_ids must lie in [0, {self.config.vocab_size}), got values in "
+                             f"[{ids.min()}, {ids.max()}]")
+        if attention_mask is None:
+            mask = np.ones(ids.shape, bool)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask must have the shape of input_ids {ids.shape}, "
+                                 f"got {mask.shape}")
+            if np.any((mask != 0) & (mask != 1)):
+                raise ValueError("attention_mask must hold only 0 and 1")
+            mask = mask.astype(bool)
+        lens = mask.sum(1)
+        if len(lens) and lens.min() == 0:
+            raise ValueError(f"attention_mask row {int(np.argmin(lens))} has no real token")
+        return ids.astype(np.int64), mask, lens
+
+    def prefill(self, input_ids, attention_mask=None, cache=None, all_logits=False):
+        """Run the prompts through the stack. input_ids, attention_mask: (B, T); cache: a fresh
+        KVCache (filled here with each sequence's real tokens) or None.
+        Returns logits (B, V) of each sequence's last real token, or with all_logits (N, V) for
+        every real token in packed order plus the flat indices of those tokens in (B*T,)."""
+        ids, mask, lens = self._check_inputs(input_ids, attention_mask)
+        if lens.max() > (cache.max_length if cache else self.config.max_position_embeddings):
+            raise ValueError(f"a prompt of {lens.max()} tokens does not fit the model's "
+                             f"{self.config.max_position_embeddings} positions"
+                             + (f" / the cache's {cache.max_length}" if cache else ""))
+        flat = np.flatnonzero(mask.ravel())
+        cu = np.concatenate([[0], np.cumsum(lens)])
+        positions = (np.cumsum(mask, 1) - 1).ravel()[flat]
+        seq = np.repeat(np.arange(len(lens)), lens)
+
+        def attend(i, qkv):
+            q, k, v = self._split(qkv)
+            if cache is not None:
+                cache.k[i, seq, positions] = k
+                cache.v[i, seq, positions] = v
+            return ops.attention_varlen(q, k, v, cu, causal=True,
+                                        threads=self.threads).reshape(len(q), -1)
+
+        with blas_single_threaded():
+            h = self._stack(self._embed(ids.ravel()[flat], positions), positions, attend)
+            if cache is not None:
+                cache.lengths[:len(lens)] = lens
+            if all_logits:
+                return self.logits(h), flat
+            return self.logits(np.ascontiguousarray(h[cu[1:] - 1]))
+
+    def decode_step(self, tokens, cache):
+        """One new token per sequence: tokens (B,) integers, appended at position
+        cache.lengths[b]. Returns logits (B, V) float32; the cache grows by one position."""
+        tokens = np.asarray(tokens, np.int64)
+        B = len(tokens)
+        positions = cache.lengths[:B].astype(np.int64)
+        if positions.max() >= cache.max_length:
+            raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
+        rows = np.arange(B)
+
+        def attend(i, qkv):
+            q, k, v = self._split(qkv)
+            cache.k[i, rows, positions] = k
+            cache.v[i, rows, positions] = v
+            return ops.decode_attention(q, cache.k[i, :B], cache.v[i, :B], positions + 1,
+                                        threads=self.threads).reshape(B, -1)
+
+        with blas_single_threaded():
+            h = self._stack(self._embed(tokens, positions), positions, attend)
+            cache.lengths[:B] += 1
+            return self.logits(h)
+
+    # -- public API ---------------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None):
+        """Logits (B, T, V) float32 for input_ids (B, T) integer in [0, V) with an optional
+        attention_mask (B, T) of 0/1 (left or right padding). Each sequence is computed as if alone
+        (positions count its real tokens); padded positions get logits 0.
+        Raises TypeError/ValueError/IndexError naming the bad argument."""
+        ids, mask, _ = self._check_inputs(input_ids, attention_mask)
+        logits, flat = self.prefill(ids, mask, all_logits=True)
+        out = np.zeros((ids.size, self.config.vocab_size), np.float32)
+        out[flat] = logits
+        return out.reshape(ids.shape + (-1,))
+
+    def new_cache(self, batch_size, max_length):
+        """A KVCache for batch_size sequences of up to max_length positions (capped at
+        max_position_embeddings)."""
+        return KVCache(self.config, batch_size,
+                       min(max_length, self.config.max_position_embeddings))
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """Continue each prompt; see transformer.generation.generate for the arguments.
+        Returns (B * num_return_sequences, T + new) int64: the prompts then the new tokens."""
+        from ..generation import generate
+        return generate(self, input_ids, attention_mask, **kwargs)
