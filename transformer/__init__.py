@@ -12,9 +12,11 @@ __version__ = "0.1.0"
 __all__ = ["load", "__version__"]
 
 
-def load(path, device="cpu", dtype=None, threads=None):
+def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     """Load a model directory in the Hugging Face layout (config.json + model.safetensors, and
-    tokenizer.json when present); the family comes from config.json's model_type/architectures.
+    tokenizer.json when present; the family comes from config.json's model_type/architectures),
+    or a llama2.c checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or
+    tok{vocab}.bin beside it).
 
     device: "cpu" (the only backend so far); dtype: None or "float32"; threads: kernel threads
     (default OMP_NUM_THREADS, else every core available). Returns the family's model object
@@ -30,6 +32,9 @@ def load(path, device="cpu", dtype=None, threads=None):
     if dtype not in (None, "float32"):
         raise ValueError(f"dtype must be None or 'float32' on the CPU, got {dtype!r}")
     path = os.fspath(path)
+    if os.path.isfile(path):
+        from .models.llama2c import Llama2cModel
+        return Llama2cModel.from_checkpoint(path, tokenizer=tokenizer, threads=threads)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     config_path = os.path.join(path, "config.json")
