@@ -15,7 +15,7 @@ from scipy.linalg.cython_blas cimport sgemm
 from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH,
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
-                      tf_rotary_row, tf_swiglu_row, tf_decode_attention_chunk,
+                      tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
                       tf_decode_attention_combine)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
@@ -25,6 +25,10 @@ ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
 cdef enum:
     BQ = 64
     BK = 64
+    # linear: up to SMALL_N rows go through tf_gemm_small (one pass over the weights) in blocks
+    # of SMALL_BLOCK output features; more rows go through sgemm
+    SMALL_N = 16
+    SMALL_BLOCK = 64
 
 
 cdef extern from *:
@@ -70,9 +74,11 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
            const float[::1] bias,            # IN  (O) or None
            float[:, ::1] out,                # OUT (N, O)
            str activation, int n_threads):
-    """out = act(x @ weight^T + bias). Each thread runs one single-threaded sgemm on its share of
-    rows (or of output columns when there are fewer rows than threads), then applies bias and
-    activation to the block it just wrote, while it is still in cache."""
+    """out = act(x @ weight^T + bias). Up to SMALL_N rows (decode steps): blocks of output features
+    across threads through tf_gemm_small, one pass over the weights. More rows: each thread runs
+    one single-threaded sgemm on its share of rows (or of output columns when there are fewer
+    rows than threads). Bias and activation are applied to each block right after it is written,
+    while it is still in cache."""
     cdef int N = x.shape[0], K = x.shape[1], O = weight.shape[0]
     cdef int act = ACTIVATIONS[activation]
     cdef const float *b = &bias[0] if bias is not None else NULL
@@ -80,6 +86,18 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
     cdef int n_chunks = n_threads if n_threads > 1 else 1
     cdef int chunk, r0, r1, c0, c1, r, step
     if N == 0 or O == 0:
+        return
+    if N <= SMALL_N:
+        with nogil:
+            for chunk in prange((O + SMALL_BLOCK - 1) // SMALL_BLOCK, schedule="static",
+                                num_threads=n_threads):
+                c0 = chunk * SMALL_BLOCK
+                c1 = min(O, c0 + SMALL_BLOCK)
+                tf_gemm_small(&x[0, 0], N, K, &weight[c0, 0], c1 - c0, &out[0, c0], O)
+                if b != NULL or act != TF_ACT_NONE:
+                    for r in range(N):
+                        tf_bias_act_row(&out[r, c0], b + c0 if b != NULL else NULL, c1 - c0,
+                                        act)
         return
     if split_rows:
         step = (N + n_chunks - 1) // n_chunks

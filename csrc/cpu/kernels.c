@@ -36,6 +36,39 @@ void tf_layer_norm_row(const float *x, const float *res, const float *gamma, con
 }
 
 TF_CLONES
+void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo) {
+    int o = 0;
+    for (; o + 4 <= O; o += 4) { /* four weight rows at a time: each x load feeds four FMAs */
+        const float *w0 = w + (long)o * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int n = 0; n < N; n++) {
+            const float *xn = x + (long)n * K;
+            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+            for (int k = 0; k < K; k++) {
+                const float v = xn[k];
+                a0 += v * w0[k];
+                a1 += v * w1[k];
+                a2 += v * w2[k];
+                a3 += v * w3[k];
+            }
+            float *on = out + (long)n * ldo + o;
+            on[0] = a0;
+            on[1] = a1;
+            on[2] = a2;
+            on[3] = a3;
+        }
+    }
+    for (; o < O; o++) {
+        const float *wo = w + (long)o * K;
+        for (int n = 0; n < N; n++) {
+            const float *xn = x + (long)n * K;
+            float a = 0.f;
+            for (int k = 0; k < K; k++) a += xn[k] * wo[k];
+            out[(long)n * ldo + o] = a;
+        }
+    }
+}
+
+TF_CLONES
 void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out) {
     float ss = 0.f;
     for (int i = 0; i < n; i++) ss += x[i] * x[i];

@@ -20,6 +20,11 @@
 void tf_layer_norm_row(const float *x, const float *res, const float *gamma, const float *beta,
                        float eps, int n, float *out);
 
+/* Skinny matmul for few rows (decode steps): out (N, O; row stride ldo) = x (N, K) @ w (O, K)^T,
+ * each row of w read from memory once and used for all N rows of x (which stay in cache), so the
+ * product costs one pass over the weights: the memory-bandwidth bound of batch-1 decoding. */
+void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo);
+
 /* out (n) = x / sqrt(mean(x^2) + eps) * weight (RMSNorm, Zhang & Sennrich 2019); out may alias x. */
 void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out);
 

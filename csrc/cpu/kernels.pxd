@@ -3,6 +3,7 @@ cdef extern from "kernels.h" nogil:
     int TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH
     void tf_layer_norm_row(const float *x, const float *res, const float *gamma,
                            const float *beta, float eps, int n, float *out)
+    void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo)
     void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out)
     void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
                        const float *sin_t, int interleaved)

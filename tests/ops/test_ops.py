@@ -35,6 +35,7 @@ def randn(rng, *shape, dtype=np.float32):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,K,O", [(1, 1, 1), (1, 384, 1536), (33, 120, 77), (257, 24, 130),
+                                   (16, 64, 67), (17, 24, 9), (8, 768, 131),
                                    (5, 64, 3)])
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
