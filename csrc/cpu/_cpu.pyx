@@ -89,7 +89,7 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
         return
     if N <= SMALL_N:
         with nogil:
-            for chunk in prange((O + SMALL_BLOCK - 1) // SMALL_BLOCK, schedule="static",
+            for chunk in prange((O + SMALL_BLOCK - 1) // SMALL_BLOCK, schedule="dynamic",
                                 num_threads=n_threads):
                 c0 = chunk * SMALL_BLOCK
                 c1 = min(O, c0 + SMALL_BLOCK)

@@ -35,36 +35,55 @@ void tf_layer_norm_row(const float *x, const float *res, const float *gamma, con
     for (int i = 0; i < n; i++) out[i] = (src[i] - mean) * rstd * gamma[i] + beta[i];
 }
 
+/* Dot products of 4 weight rows with 4 rows of x: out[r*ldo + j] = x_r . w_j. The 16
+ * accumulators vectorise along k; each loaded vector feeds 4 FMAs. */
+static inline void gemm_4x4(const float *x, int K, const float *w, float *out, long ldo) {
+    const float *x0 = x, *x1 = x + K, *x2 = x + 2L * K, *x3 = x + 3L * K;
+    const float *w0 = w, *w1 = w + K, *w2 = w + 2L * K, *w3 = w + 3L * K;
+    float a00 = 0.f, a01 = 0.f, a02 = 0.f, a03 = 0.f, a10 = 0.f, a11 = 0.f, a12 = 0.f, a13 = 0.f;
+    float a20 = 0.f, a21 = 0.f, a22 = 0.f, a23 = 0.f, a30 = 0.f, a31 = 0.f, a32 = 0.f, a33 = 0.f;
+    for (int k = 0; k < K; k++) {
+        const float u0 = w0[k], u1 = w1[k], u2 = w2[k], u3 = w3[k];
+        const float v0 = x0[k], v1 = x1[k], v2 = x2[k], v3 = x3[k];
+        a00 += v0 * u0; a01 += v0 * u1; a02 += v0 * u2; a03 += v0 * u3;
+        a10 += v1 * u0; a11 += v1 * u1; a12 += v1 * u2; a13 += v1 * u3;
+        a20 += v2 * u0; a21 += v2 * u1; a22 += v2 * u2; a23 += v2 * u3;
+        a30 += v3 * u0; a31 += v3 * u1; a32 += v3 * u2; a33 += v3 * u3;
+    }
+    out[0] = a00; out[1] = a01; out[2] = a02; out[3] = a03;
+    out += ldo;
+    out[0] = a10; out[1] = a11; out[2] = a12; out[3] = a13;
+    out += ldo;
+    out[0] = a20; out[1] = a21; out[2] = a22; out[3] = a23;
+    out += ldo;
+    out[0] = a30; out[1] = a31; out[2] = a32; out[3] = a33;
+}
+
+/* The same for one row of x and n_w (1..4) weight rows. */
+static inline void gemm_1x4(const float *x, int K, const float *w, int n_w, float *out) {
+    const float *w0 = w, *w1 = w + (n_w > 1 ? K : 0), *w2 = w + (n_w > 2 ? 2L * K : 0),
+                *w3 = w + (n_w > 3 ? 3L * K : 0);
+    float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+    for (int k = 0; k < K; k++) {
+        const float v = x[k];
+        a0 += v * w0[k];
+        a1 += v * w1[k];
+        a2 += v * w2[k];
+        a3 += v * w3[k];
+    }
+    const float a[4] = {a0, a1, a2, a3};
+    for (int j = 0; j < n_w; j++) out[j] = a[j];
+}
+
 TF_CLONES
 void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo) {
-    int o = 0;
-    for (; o + 4 <= O; o += 4) { /* four weight rows at a time: each x load feeds four FMAs */
-        const float *w0 = w + (long)o * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        for (int n = 0; n < N; n++) {
-            const float *xn = x + (long)n * K;
-            float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-            for (int k = 0; k < K; k++) {
-                const float v = xn[k];
-                a0 += v * w0[k];
-                a1 += v * w1[k];
-                a2 += v * w2[k];
-                a3 += v * w3[k];
-            }
-            float *on = out + (long)n * ldo + o;
-            on[0] = a0;
-            on[1] = a1;
-            on[2] = a2;
-            on[3] = a3;
-        }
-    }
-    for (; o < O; o++) {
+    for (int o = 0; o < O; o += 4) { /* 4 weight rows stay in L1 while every x row passes */
         const float *wo = w + (long)o * K;
-        for (int n = 0; n < N; n++) {
-            const float *xn = x + (long)n * K;
-            float a = 0.f;
-            for (int k = 0; k < K; k++) a += xn[k] * wo[k];
-            out[(long)n * ldo + o] = a;
-        }
+        const int n_w = O - o < 4 ? O - o : 4;
+        int n = 0;
+        if (n_w == 4)
+            for (; n + 4 <= N; n += 4) gemm_4x4(x + (long)n * K, K, wo, out + n * ldo + o, ldo);
+        for (; n < N; n++) gemm_1x4(x + (long)n * K, K, wo, n_w, out + n * ldo + o);
     }
 }
 
