@@ -12,14 +12,14 @@ from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
 from scipy.linalg.cython_blas cimport sgemm
 
-from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH,
+from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU,
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
                       tf_decode_attention_combine)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
-               "gelu_tanh": TF_ACT_GELU_TANH}
+               "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
 
 # Attention tile sizes (queries x keys). Scratch per thread: BQ*BK + BQ*D + 2*BQ floats.
 cdef enum:
@@ -191,6 +191,7 @@ def swiglu(const float[:, ::1] gate_up,      # IN  (N, 2F): gate | up
 def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/head strides
                      const float[:, :, :, :] k,     # IN  (B, S_max, Hkv, D) KV cache
                      const float[:, :, :, :] v,     # IN  (B, S_max, Hkv, D)
+                     const int[::1] kv_index,       # IN  (B) K/V plane of query row b, or None
                      const int[::1] lengths,        # IN  (B) keys of sequence b: [0, lengths[b])
                      const float[:, ::1] key_bias,  # IN  (B, S_max) additive, or None
                      float[:, :, ::1] out,          # OUT (B, H, D)
@@ -198,7 +199,8 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     """One new query per sequence against its cache, split over keys (split-K, as
     flash-decoding): work items (sequence, KV head, chunk of `chunk` keys) each give a partial
     max, sum and unnormalised output for the G = H / Hkv query heads that share that KV head (K/V
-    read once per group, never copied); a second loop combines the chunks of each query head."""
+    read once per group, never copied); a second loop combines the chunks of each query head.
+    kv_index lets several query rows share one K/V plane (beams over one source sentence)."""
     cdef int B = q.shape[0], H = q.shape[1], D = q.shape[2], Hkv = k.shape[2]
     cdef int G = H // Hkv, max_len = 0, b
     for b in range(B):
@@ -222,7 +224,8 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     cdef float *tl
     cdef float *tacc
     cdef long item
-    cdef int hk, c, j0, n, g, h, bh
+    cdef int hk, c, j0, n, g, h, bh, bk
+    cdef bint has_index = kv_index is not None
     if pm == NULL:
         raise MemoryError()
     with nogil, parallel(num_threads=n_threads):
@@ -235,6 +238,7 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
             hk = (item // n_split) % Hkv
             c = item % n_split
             j0 = c * chunk
+            bk = kv_index[b] if has_index else b
             n = min(chunk, lengths[b] - j0)
             if n <= 0:
                 for g in range(G):
@@ -243,9 +247,9 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                     pl[(b * H + h) * n_split + c] = 0
                 continue
             tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
-                                      kb + b * kbs + j0 * krs + hk * khs, krs,
-                                      vb + b * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
-                                      kbias + b * kbias_stride + j0 if kbias != NULL else NULL,
+                                      kb + bk * kbs + j0 * krs + hk * khs, krs,
+                                      vb + bk * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
+                                      kbias + bk * kbias_stride + j0 if kbias != NULL else NULL,
                                       scores, tm, tl, tacc)
             for g in range(G):
                 h = hk * G + g

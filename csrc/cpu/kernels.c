@@ -165,6 +165,9 @@ void tf_bias_act_row(float *x, const float *bias, int n, int act) {
             x[i] = 0.5f * v * (1.f + tanhf(0.79788456080286536f * (v + 0.044715f * v * v * v)));
         }
         break;
+    case TF_ACT_SILU:
+        for (int i = 0; i < n; i++) x[i] = x[i] / (1.f + expf(-x[i]));
+        break;
     default:
         break;
     }

@@ -15,6 +15,7 @@
 #define TF_ACT_RELU 1
 #define TF_ACT_GELU 2      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
 #define TF_ACT_GELU_TANH 3 /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) */
+#define TF_ACT_SILU 4      /* x sigmoid(x), a.k.a. swish */
 
 /* out (n) = layer_norm(x (+ res)) * gamma + beta; res may be NULL; out may alias x or res. */
 void tf_layer_norm_row(const float *x, const float *res, const float *gamma, const float *beta,

@@ -1,6 +1,6 @@
 # nogil C-level declarations of the row kernels in kernels.c (contracts in kernels.h).
 cdef extern from "kernels.h" nogil:
-    int TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH
+    int TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU
     void tf_layer_norm_row(const float *x, const float *res, const float *gamma,
                            const float *beta, float eps, int n, float *out)
     void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo)

@@ -52,7 +52,8 @@ def test_activations_front(rng, activation):
     x = randn(rng, 7, 257) * 4
     b = randn(rng, 257)
     close(ops.bias_act(x, b, activation), ref.bias_act(x, b, activation), np.float32)
-    fn = {"gelu": ops.gelu, "gelu_tanh": ops.gelu_tanh, "relu": ops.relu}[activation]
+    fn = {"gelu": ops.gelu, "gelu_tanh": ops.gelu_tanh, "relu": ops.relu,
+          "silu": ops.silu}[activation]
     close(fn(x[0]), ref.bias_act(x[0], None, activation), np.float32)
 
 
@@ -271,3 +272,28 @@ def test_decoder_ops_bad_input(rng):
     with pytest.raises(ValueError, match="lengths must lie"):
         ops.decode_attention(randn(rng, 1, 2, 8), randn(rng, 1, 4, 2, 8), randn(rng, 1, 4, 2, 8),
                              np.array([5]))
+
+
+def test_decode_attention_shared_planes(rng):
+    """kv_index: several query rows (beams) read one K/V plane (their source sentence)."""
+    B, Bkv, S, H, D = 6, 2, 50, 4, 8
+    q = randn(rng, B, H, D)
+    k, v = randn(rng, Bkv, S, H, D), randn(rng, Bkv, S, H, D)
+    index = np.array([0, 0, 0, 1, 1, 1])
+    lengths = np.array([50, 50, 50, 20, 20, 20])
+    mask = (rng.random((Bkv, S)) < 0.8).astype(np.int64)
+    got = ops.decode_attention(q, k, v, lengths, mask, kv_index=index)
+    close(got, ref.decode_attention(q, k, v, lengths, mask, kv_index=index), np.float32)
+
+
+@pytest.mark.parametrize("lens_q,lens_k", [([3, 1, 7], [5, 9, 1]), ([70], [130]), ([0, 4], [6, 0])])
+def test_attention_varlen_cross(rng, lens_q, lens_k):
+    """Cross-attention layout: queries and keys packed with their own offsets."""
+    H, D = 3, 16
+    cu_q, cu_k = (np.concatenate([[0], np.cumsum(x)]) for x in (lens_q, lens_k))
+    q = randn(rng, cu_q[-1], H, D)
+    kv = randn(rng, cu_k[-1], 2, H, D)
+    got = ops.attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_seqlens_k=cu_k,
+                               out=poison(q.shape))
+    want = ref.attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_seqlens_k=cu_k)
+    close(got, want, np.float32)

@@ -14,11 +14,11 @@ import numpy as np
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _backend
 
-__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "layer_norm", "rms_norm",
+__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "silu", "layer_norm", "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
            "attention_varlen", "decode_attention", "ACTIVATIONS"]
 
-ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh")
+ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
 
 def _float32(name, a, ndim=None, min_ndim=None):
@@ -98,6 +98,11 @@ def gelu(x, threads=None):
 def gelu_tanh(x, threads=None):
     """GELU, tanh approximation (GPT-2 "gelu_new"); x (...) float. Returns float32."""
     return bias_act(np.atleast_1d(x), None, "gelu_tanh", threads).reshape(np.shape(x))
+
+
+def silu(x, threads=None):
+    """SiLU / swish, x sigmoid(x) (Elfwing et al. 2017); x (...) float. Returns float32."""
+    return bias_act(np.atleast_1d(x), None, "silu", threads).reshape(np.shape(x))
 
 
 def relu(x, threads=None):
@@ -314,23 +319,42 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     return out.transpose(0, 2, 1, 3)
 
 
-def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, threads=None):
-    """Attention over a ragged batch packed without padding (the varlen layout of FlashAttention):
-    sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q, k and v and attends only to itself.
-
-    q: (N, H, D) float32, k, v: (N, Hkv, D) float32 (views with any row/head strides, e.g. slices
-    of a fused QKV projection); cu_seqlens: (B+1,) non-decreasing integers from 0 to N;
-    out: optional (N, H, D) float32 C-contiguous array to write into. Returns out."""
-    _check_qkv(q, k, v, 3, "(N, H, D)", "(N, Hkv, D)")
-    N, H, D = q.shape
-    if k.shape[0] != N or H % k.shape[1]:
-        raise ValueError(f"k must have shape (N={N}, Hkv, D) with H={H} a multiple of Hkv, "
-                         f"got {k.shape}")
-    cu = np.asarray(cu_seqlens)
+def _offsets(name, cu, N, B=None):
+    cu = np.asarray(cu)
     if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
-        raise ValueError("cu_seqlens must be a 1-D integer array of B+1 offsets")
+        raise ValueError(f"{name} must be a 1-D integer array of B+1 offsets")
+    if B is not None and cu.size != B + 1:
+        raise ValueError(f"{name} must have {B + 1} offsets like cu_seqlens, got {cu.size}")
     if cu[0] != 0 or cu[-1] != N or np.any(np.diff(cu) < 0):
-        raise ValueError(f"cu_seqlens must rise from 0 to N={N}, got {cu.tolist()[:8]}...")
+        raise ValueError(f"{name} must rise from 0 to {N}, got {cu.tolist()[:8]}...")
+    return cu
+
+
+def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu_seqlens_k=None,
+                     threads=None):
+    """Attention over a ragged batch packed without padding (the varlen layout of FlashAttention):
+    sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q (and of k, v unless cu_seqlens_k is
+    given) and attends only to its own keys.
+
+    q: (N, H, D) float32, k, v: (Nk, Hkv, D) float32 (views with any row/head strides, e.g. slices
+    of a fused QKV projection); cu_seqlens: (B+1,) non-decreasing integers from 0 to N;
+    cu_seqlens_k: (B+1,) offsets from 0 to Nk of each sequence's keys (cross-attention: the
+    decoder's queries against the encoder's rows), default cu_seqlens; causal: query t of a
+    sequence sees its keys s <= t + S_b - T_b; out: optional (N, H, D) float32 C-contiguous array
+    to write into. Returns out."""
+    _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)")
+    N, H, D = q.shape
+    if H % k.shape[1]:
+        raise ValueError(f"the {H} query heads must be a multiple of the {k.shape[1]} key/value "
+                         "heads")
+    cu = _offsets("cu_seqlens", cu_seqlens, N)
+    if cu_seqlens_k is None:
+        if k.shape[0] != N:
+            raise ValueError(f"k must have N={N} rows like q (or give cu_seqlens_k), got "
+                             f"{k.shape}")
+        cu_k = cu
+    else:
+        cu_k = _offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], cu.size - 1)
     if out is None:
         out = np.empty((N, H, D), np.float32)
     elif out.shape != (N, H, D) or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -338,28 +362,39 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, th
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
+    k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
+    k_lens = np.ascontiguousarray(np.diff(cu_k), dtype=np.int32)
     with blas_single_threaded():
         _backend.attention(q[None], k[None], v[None], out[None], np.zeros(len(lens), np.int32),
-                           starts, lens, starts, lens, None, bool(causal), scale,
+                           starts, lens, k_starts, k_lens, None, bool(causal), scale,
                            resolve_threads(threads))
     return out
 
 
 def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None, out=None,
-                     chunk=None, threads=None):
+                     chunk=None, kv_index=None, threads=None):
     """Attention of one new query per sequence against its KV cache (the decode step), split
     over keys across threads with a combine step (flash-decoding).
 
     q: (B, H, D) float32 (any row/head strides, D contiguous); k_cache, v_cache:
     (B, S_max, Hkv, D) float32 with H a multiple of Hkv (grouped-query attention reads each K/V
     head once for its group); lengths: (B,) integers, sequence b attends to keys [0, lengths[b]);
-    attention_mask: (B, S_max) 0/1 or None; scale: default 1/sqrt(D); chunk: keys per work item
-    (default: enough items for every thread). Returns out (B, H, D) float32 (zeros for a sequence
+    attention_mask: (Bkv, S_max) 0/1 or None; scale: default 1/sqrt(D); chunk: keys per work item
+    (default: enough items for every thread); kv_index: (B,) integers, query row b reads cache
+    plane kv_index[b] (several rows sharing one plane, e.g. the beams of one source sentence
+    against its encoder output), default b. Returns out (B, H, D) float32 (zeros for a sequence
     with no key)."""
-    _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(B, S_max, Hkv, D)")
+    _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(Bkv, S_max, Hkv, D)")
     B, H, D = q.shape
-    if k_cache.ndim != 4 or k_cache.shape[0] != B or H % k_cache.shape[2]:
-        raise ValueError(f"k_cache must have shape (B={B}, S_max, Hkv, D) with H={H} a multiple "
+    if kv_index is not None:
+        kv_index = np.ascontiguousarray(kv_index, dtype=np.int32)
+        if kv_index.shape != (B,) or (B and (kv_index.min() < 0
+                                             or kv_index.max() >= k_cache.shape[0])):
+            raise ValueError(f"kv_index must be ({B},) integers in [0, {k_cache.shape[0]})")
+    elif k_cache.shape[0] != B:
+        raise ValueError(f"k_cache must have B={B} planes (or give kv_index), got {k_cache.shape}")
+    if k_cache.ndim != 4 or H % k_cache.shape[2]:
+        raise ValueError(f"k_cache must have shape (Bkv, S_max, Hkv, D) with H={H} a multiple "
                          f"of Hkv, got {k_cache.shape}")
     S_max = k_cache.shape[1]
     lengths = np.asarray(lengths)
@@ -370,8 +405,9 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     key_bias = None
     if attention_mask is not None:
         m = np.asarray(attention_mask)
-        if m.shape != (B, S_max):
-            raise ValueError(f"attention_mask must have shape {(B, S_max)}, got {m.shape}")
+        if m.shape != (k_cache.shape[0], S_max):
+            raise ValueError(f"attention_mask must have shape {(k_cache.shape[0], S_max)}, got "
+                             f"{m.shape}")
         key_bias = np.where(m != 0, 0.0, -np.inf).astype(np.float32)
     if out is None:
         out = np.empty((B, H, D), np.float32)
@@ -384,6 +420,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if B:
-        _backend.decode_attention(q, k_cache, v_cache, np.ascontiguousarray(lengths, np.int32),
+        _backend.decode_attention(q, k_cache, v_cache, kv_index,
+                                  np.ascontiguousarray(lengths, np.int32),
                                   key_bias, out, scale, int(chunk), n)
     return out

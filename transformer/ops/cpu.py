@@ -39,9 +39,9 @@ def swiglu(gate_up, out, threads):
     return out
 
 
-def decode_attention(q, k, v, lengths, key_bias, out, scale, chunk, threads):
+def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads):
     """Split-K attention of one query per sequence against its KV cache."""
-    _cpu.decode_attention(q, k, v, lengths, key_bias, out, scale, chunk, threads)
+    _cpu.decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads)
     return out
 
 

@@ -24,6 +24,8 @@ def bias_act(x, bias=None, activation="gelu"):
         return np.maximum(y, 0.0)
     if activation == "gelu":
         return 0.5 * y * (1.0 + erf(y / math.sqrt(2.0)))
+    if activation == "silu":
+        return y / (1.0 + np.exp(-y))
     if activation == "gelu_tanh":
         return 0.5 * y * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (y + 0.044715 * y ** 3)))
     return y
@@ -114,29 +116,33 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None):
     return softmax(scores, bias) @ v
 
 
-def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None):
-    """Packed ragged attention: sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1]."""
+def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, cu_seqlens_k=None):
+    """Packed ragged attention: sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q and
+    cu_seqlens_k[b]:cu_seqlens_k[b+1] of k, v (default cu_seqlens)."""
+    cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
     out = np.zeros(q.shape, np.float64)
-    for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:]):
-        if b > a:
+    for a, b, c, d in zip(cu_seqlens[:-1], cu_seqlens[1:], cu_k[:-1], cu_k[1:]):
+        if b > a and d > c:
             qs = _f64(q[a:b]).transpose(1, 0, 2)[None]
-            ks = _f64(k[a:b]).transpose(1, 0, 2)[None]
-            vs = _f64(v[a:b]).transpose(1, 0, 2)[None]
+            ks = _f64(k[c:d]).transpose(1, 0, 2)[None]
+            vs = _f64(v[c:d]).transpose(1, 0, 2)[None]
             out[a:b] = attention(qs, ks, vs, None, causal, scale)[0].transpose(1, 0, 2)
     return out
 
 
-def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None):
-    """One query per sequence (B, H, D) against k_cache/v_cache (B, S_max, Hkv, D) up to
-    lengths[b], through the full attention reference."""
+def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None,
+                     kv_index=None):
+    """One query per sequence (B, H, D) against k_cache/v_cache (Bkv, S_max, Hkv, D) plane
+    kv_index[b] (default b) up to lengths[b], through the full attention reference."""
     q = _f64(q)
     B, H, D = q.shape
     out = np.zeros((B, H, D))
     for b in range(B):
         L = int(lengths[b])
-        k = _f64(k_cache[b, :L]).transpose(1, 0, 2)[None]
-        v = _f64(v_cache[b, :L]).transpose(1, 0, 2)[None]
-        m = None if attention_mask is None else np.asarray(attention_mask)[b:b + 1, :L]
+        p = b if kv_index is None else int(kv_index[b])
+        k = _f64(k_cache[p, :L]).transpose(1, 0, 2)[None]
+        v = _f64(v_cache[p, :L]).transpose(1, 0, 2)[None]
+        m = None if attention_mask is None else np.asarray(attention_mask)[p:p + 1, :L]
         if L:
             out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
     return np.nan_to_num(out)
