@@ -17,7 +17,8 @@ def _check(name, value, ok, expected):
 def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False,
              temperature=1.0, top_k=0, top_p=1.0, num_beams=1, length_penalty=1.0,
              early_stopping=False, eos_token_id=None, pad_token_id=None, seed=None,
-             num_return_sequences=1, streamer=None):
+             num_return_sequences=1, streamer=None, forced_bos_token_id=None,
+             forced_eos_token_id=None):
     """Continue each prompt of input_ids (B, T) (left or right padded, attention_mask (B, T) of
     0/1) by up to max_new_tokens tokens.
 
@@ -27,7 +28,9 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     and early_stopping False / True / "never"). eos_token_id: int or list (default: the model
     config's); a sequence stops at its first eos; finished rows are filled with pad_token_id
     (default: the config's, else the first eos). streamer: callable(tokens (B,) int64) called with
-    each new column (greedy and sampling).
+    each new column (greedy and sampling). forced_bos_token_id: the token forced when the sequence
+    holds one token (HF ForcedBOSTokenLogitsProcessor); forced_eos_token_id: the token forced at
+    the last step (ForcedEOSTokenLogitsProcessor).
     Returns (B * num_return_sequences, T + n_new) int64: the prompt rows as given, then the new
     tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
     the model's positions."""
@@ -59,10 +62,23 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
                          f"exceeds the model's {cfg.max_position_embeddings} positions")
     if num_return_sequences > 1 and num_beams == 1:  # independent samples of each prompt
         ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
+    T = ids.shape[1]
+
+    def force(scores, step):
+        """Forced first / last tokens: every other score -inf, the forced one 0."""
+        token = (forced_bos_token_id if T + step == 1 else None)
+        if step == max_new_tokens - 1 and forced_eos_token_id is not None:
+            token = forced_eos_token_id
+        if token is None:
+            return scores
+        forced = np.full_like(scores, -np.inf)
+        forced[:, token] = 0
+        return forced
+
     if num_beams > 1:
         rng = np.random.default_rng(seed) if do_sample else None
         return beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty,
-                           early_stopping, eos, pad_token_id, num_return_sequences, rng)
+                           early_stopping, eos, pad_token_id, num_return_sequences, rng, force)
 
     rng = np.random.default_rng(seed)
     B = ids.shape[0]
@@ -72,6 +88,7 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     finished = np.zeros(B, bool)
     new = []
     for step in range(max_new_tokens):
+        logits = force(logits, step)
         if do_sample:
             nxt = sample_next(warp(logits, temperature, top_k, top_p), rng)
         else:

@@ -22,9 +22,10 @@ def _gather(a, idx):
 
 
 def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, early_stopping,
-                eos, pad_token_id, num_return_sequences, rng=None):
+                eos, pad_token_id, num_return_sequences, rng=None, force=None):
     """Beam search over `model` (prefill / decode_step / new_cache). ids, mask: (B, T) prompts;
-    rng: a numpy Generator for beam sampling (candidates drawn without replacement), else None.
+    rng: a numpy Generator for beam sampling (candidates drawn without replacement), else None;
+    force: optional callable(log_probs (R, V), step) -> log_probs (forced tokens).
     Returns (B * num_return_sequences, T + n_new) int64 sequences, best first per prompt."""
     B, T = ids.shape
     nb = num_beams
@@ -52,7 +53,10 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
     cur = T
     while True:
-        logp = log_softmax(logits).reshape(B, nb, V) + running_scores[:, :, None]
+        logp = log_softmax(logits)
+        if force is not None:
+            logp = force(logp, cur - T)
+        logp = logp.reshape(B, nb, V) + running_scores[:, :, None]
         flat = logp.reshape(B, nb * V)
         if rng is not None:
             p = np.exp(log_softmax(flat))

@@ -58,6 +58,39 @@ def _int_array(name, a, shape=None):
     return a
 
 
+def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n):
+    """The L encoder blocks on packed rows h (N, C) with cu_seqlens cu (B+1,): self-attention and
+    feed-forward, post-LN (norm after each residual add) or pre-LN (norm before each sub-layer,
+    then `final_norm` when present). w: weights under `prefix` (module docstring names);
+    n: threads. Returns (N, C) float32."""
+    N, C = h.shape
+    ctx = np.empty((N, H, D), np.float32)
+    for i in range(n_layers):
+        p = f"{prefix}layers.{i}."
+        x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
+                           threads=n) if pre_norm else h
+        qkv = ops.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"], threads=n).reshape(N, 3, H, D)
+        ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n)
+        a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
+        if pre_norm:
+            h = h + a
+            x = ops.layer_norm(h, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, threads=n)
+        else:
+            h = x = ops.layer_norm(a, w[p + "norm1.weight"], w[p + "norm1.bias"], eps, residual=h,
+                                   threads=n)
+        f = ops.linear(x, w[p + "ff1.weight"], w[p + "ff1.bias"], activation, threads=n)
+        f = ops.linear(f, w[p + "ff2.weight"], w[p + "ff2.bias"], threads=n)
+        if pre_norm:
+            h = h + f
+        else:
+            h = ops.layer_norm(f, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, residual=h,
+                               threads=n)
+    if prefix + "final_norm.weight" in w:
+        h = ops.layer_norm(h, w[prefix + "final_norm.weight"], w[prefix + "final_norm.bias"], eps,
+                           threads=n)
+    return h
+
+
 class EncoderModel:
     """An encoder-only Transformer: `model(input_ids, attention_mask, token_type_ids)` -> last
     hidden state (B, T, C) float32; `model.embed(...)` -> sentence embeddings (B, C).
@@ -116,36 +149,12 @@ class EncoderModel:
     def _forward_packed(self, ids, positions, types, cu):
         """(N,) ids/positions/types and cu_seqlens -> hidden states (N, C) float32."""
         cfg, w, n = self.config, self.weights, self.threads
-        C, H, D, eps = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.layer_norm_eps
+        H, D, eps = cfg.n_heads, cfg.head_dim, cfg.layer_norm_eps
         h = ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions, types,
                           w.get("embeddings.token_type"), w.get("embeddings.norm.weight"),
                           w.get("embeddings.norm.bias"), eps, threads=n)
-        N = h.shape[0]
-        ctx = np.empty((N, H, D), np.float32)
-        for i in range(cfg.n_layers):
-            p = f"layers.{i}."
-            x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
-                               threads=n) if cfg.pre_norm else h
-            qkv = ops.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"], threads=n)
-            qkv = qkv.reshape(N, 3, H, D)
-            ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n)
-            a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
-            if cfg.pre_norm:
-                h = h + a
-                x = ops.layer_norm(h, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, threads=n)
-            else:
-                h = x = ops.layer_norm(a, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
-                                       residual=h, threads=n)
-            f = ops.linear(x, w[p + "ff1.weight"], w[p + "ff1.bias"], cfg.activation, threads=n)
-            f = ops.linear(f, w[p + "ff2.weight"], w[p + "ff2.bias"], threads=n)
-            if cfg.pre_norm:
-                h = h + f
-            else:
-                h = ops.layer_norm(f, w[p + "norm2.weight"], w[p + "norm2.bias"], eps,
-                                   residual=h, threads=n)
-        if cfg.pre_norm:
-            h = ops.layer_norm(h, w["final_norm.weight"], w["final_norm.bias"], eps, threads=n)
-        return h
+        return encoder_layers(w, "", cfg.n_layers, H, D, eps, cfg.activation, cfg.pre_norm, h, cu,
+                              n)
 
     # -- public API -----------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, truncate=False):

@@ -1,0 +1,498 @@
+"""Encoder-decoder Transformer (Vaswani et al. 2017, section 3.1): an encoder stack, a decoder
+stack with masked self-attention and cross-attention over the encoder output, and the LM head.
+Marian, BART and CTranslate2 TransformerBase/Big models are this class with different settings.
+
+encode() and decode-time state are separate (the Annotated Transformer's EncoderDecoder): the
+encoder runs once per request, the cross-attention K/V of every layer are computed once from its
+output and shared by all beams of a source sentence (decode_attention's kv_index), and the
+decoder's self-attention goes through the KV cache of transformer.models.decoder.
+
+Ragged batches are packed (as in the encoder-only and decoder-only stacks); positions are the
+column index in the padded (B, T) input, as Hugging Face's Marian/BART compute them.
+
+Our tensor names, C = d_model, F = d_ff ([opt] = depending on the config):
+  encoder.embeddings.word (Vs, C); encoder.embeddings.position (P, C) [learned positions, or a
+  stored sinusoid table used as it is];
+  encoder.embeddings.norm.weight / .bias [layernorm_embedding];
+  encoder.layers.{i}.{norm1, qkv, out, norm2, ff1, ff2}.* as transformer.models.encoder;
+  encoder.final_norm.weight / .bias [opt];
+  decoder.embeddings.word (Vt, C), decoder.embeddings.position, decoder.embeddings.norm.* as above;
+  decoder.layers.{i}.norm1.* (self-attention), qkv.weight (3C, C), qkv.bias, out.weight (C, C),
+  out.bias, norm_cross.*, cross_q.weight (C, C), cross_q.bias, cross_kv.weight (2C, C) (rows K | V),
+  cross_kv.bias, cross_out.weight (C, C), cross_out.bias, norm2.*, ff1.*, ff2.*;
+  decoder.final_norm.* [opt]; lm_head.weight (Vt, C); lm_head.bias (Vt) [opt: final_logits_bias].
+"""
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import ops
+from .._threads import blas_single_threaded, resolve_threads
+from .decoder import KVCache
+from .encoder import encoder_layers
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Hyper-parameters of an encoder-decoder model.
+
+    src_vocab_size, tgt_vocab_size, d_model C, n_heads H, encoder_layers, decoder_layers, d_ff F,
+    activation ("relu", "gelu", "gelu_tanh", "silu"), pre_norm (False: post-LN as the paper,
+    Marian and BART), encoder_final_norm / decoder_final_norm, layernorm_embedding (BART),
+    positions: "learned", or sinusoidal "sinusoidal_paper" (PE(p, 2i) = sin, PE(p, 2i+1) = cos,
+    frequencies 10000^(-2i/C)), "sinusoidal_marian" ([sin | cos], 10000^(-2i/C)) or
+    "sinusoidal_t2t" ([sin | cos], 10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2);
+    position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
+    max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
+    eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
+    generation defaults of the family). Raises ValueError for inconsistent values."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int
+    n_heads: int
+    encoder_layers: int
+    decoder_layers: int
+    d_ff: int
+    activation: str = "relu"
+    pre_norm: bool = False
+    encoder_final_norm: bool = False
+    decoder_final_norm: bool = False
+    layernorm_embedding: bool = False
+    positions: str = "sinusoidal_paper"
+    position_offset: int = 0
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = True
+    norm_eps: float = 1e-5
+    decoder_start_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+    bos_token_id: int = None
+    forced_bos_token_id: int = None
+    forced_eos_token_id: int = None
+
+    def __post_init__(self):
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "encoder_layers",
+                     "decoder_layers", "d_ff", "max_position_embeddings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"config d_model={self.d_model} must be a multiple of "
+                             f"n_heads={self.n_heads}")
+        if self.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
+            raise ValueError(f"config activation {self.activation!r} is not supported")
+        if self.positions not in ("learned", "sinusoidal_paper", "sinusoidal_marian",
+                                  "sinusoidal_t2t"):
+            raise ValueError(f"config positions {self.positions!r} is not supported")
+
+    @property
+    def head_dim(self):
+        """D = d_model / n_heads."""
+        return self.d_model // self.n_heads
+
+    # the names generation reads
+    @property
+    def vocab_size(self):
+        """Target vocabulary size (the LM head's width)."""
+        return self.tgt_vocab_size
+
+    @property
+    def eos_token_ids(self):
+        """The end-of-sequence ids as a tuple."""
+        return () if self.eos_token_id is None else (self.eos_token_id,)
+
+
+PRESETS = {  # Vaswani et al. 2017, table 3; ReLU, post-LN, sinusoidal positions, scaled embeddings
+    "transformer-base": dict(d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048),
+    "transformer-big": dict(d_model=1024, n_heads=16, encoder_layers=6, decoder_layers=6,
+                            d_ff=4096),
+}
+
+
+def preset(name, src_vocab_size, tgt_vocab_size, **overrides):
+    """Seq2SeqConfig of the paper's "transformer-base" (N=6, d_model=512, d_ff=2048, h=8) or
+    "transformer-big" (N=6, d_model=1024, d_ff=4096, h=16). Raises ValueError for another name."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
+    return Seq2SeqConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
+                         **dict(PRESETS[name], **overrides))
+
+
+def sinusoid_table(n_positions, C, kind):
+    """Sinusoidal position encodings (n_positions, C) float32 for position 0.. (Vaswani et al.
+    2017, section 3.5), in the layout `kind` (see Seq2SeqConfig.positions); computed in float64."""
+    pos = np.arange(n_positions, dtype=np.float64)[:, None]
+    half = C // 2
+    if kind == "sinusoidal_t2t":
+        inv = np.exp(-math.log(10000.0) * np.arange(half) / max(half - 1, 1))
+    else:
+        inv = 10000.0 ** (-2.0 * np.arange(half) / C)
+    ang = pos * inv[None]
+    table = np.zeros((n_positions, C))
+    if kind == "sinusoidal_paper":
+        table[:, 0:2 * half:2] = np.sin(ang)
+        table[:, 1:2 * half:2] = np.cos(ang)
+    else:
+        table[:, :half] = np.sin(ang)
+        table[:, half:2 * half] = np.cos(ang)
+    return table.astype(np.float32)
+
+
+def seq2seq_shapes(config, lm_head_bias=False):
+    """{our tensor name: shape} (module docstring) for a Seq2SeqConfig."""
+    C, F = config.d_model, config.d_ff
+    shapes = {}
+    for side, V, L in (("encoder", config.src_vocab_size, config.encoder_layers),
+                       ("decoder", config.tgt_vocab_size, config.decoder_layers)):
+        shapes[side + ".embeddings.word"] = (V, C)
+        if config.positions == "learned":
+            shapes[side + ".embeddings.position"] = (config.max_position_embeddings
+                                                     + config.position_offset, C)
+        if config.layernorm_embedding:
+            shapes.update({side + ".embeddings.norm.weight": (C,),
+                           side + ".embeddings.norm.bias": (C,)})
+        linears = {"qkv": (3 * C, C), "out": (C, C), "ff1": (F, C), "ff2": (C, F)}
+        norms = ["norm1", "norm2"]
+        if side == "decoder":
+            linears.update({"cross_q": (C, C), "cross_kv": (2 * C, C), "cross_out": (C, C)})
+            norms.append("norm_cross")
+        for i in range(L):
+            p = f"{side}.layers.{i}."
+            for name, shape in linears.items():
+                shapes[p + name + ".weight"] = shape
+                shapes[p + name + ".bias"] = shape[:1]
+            for name in norms:
+                shapes.update({p + name + ".weight": (C,), p + name + ".bias": (C,)})
+        if getattr(config, side + "_final_norm"):
+            shapes.update({side + ".final_norm.weight": (C,), side + ".final_norm.bias": (C,)})
+    shapes["lm_head.weight"] = (config.tgt_vocab_size, C)
+    if lm_head_bias:
+        shapes["lm_head.bias"] = (config.tgt_vocab_size,)
+    return shapes
+
+
+class EncoderOutput:
+    """What encode() returns: hidden (N, C) float32 packed real source tokens, cu_seqlens (B+1,),
+    lengths (B,), and per decoder layer the cross-attention keys and values, both as packed
+    (N, H, D) views and as padded planes (B, S_max, H, D) for the decode kernel."""
+
+    def __init__(self, hidden, cu, lengths):
+        self.hidden, self.cu, self.lengths = hidden, cu, lengths
+        self.cross_kv = []      # per layer: (N, 2, H, D)
+        self.cross_planes = []  # per layer: (k (B, S_max, H, D), v (B, S_max, H, D))
+
+
+class _DecodeState(KVCache):
+    """KV cache of the decoder plus, per cache row, the source sentence it translates."""
+
+    def __init__(self, config, rows, max_length, enc, src_index):
+        self.k = np.empty((config.decoder_layers, rows, max_length, config.n_heads,
+                           config.head_dim), np.float32)
+        self.v = np.empty_like(self.k)
+        self.lengths = np.zeros(rows, np.int32)
+        self.max_length = max_length
+        self.enc = enc
+        self.src_index = np.asarray(src_index, np.int32)
+
+    def reorder(self, index):
+        super().reorder(index)
+        self.src_index = self.src_index[np.asarray(index)]
+
+
+class _Session:
+    """The decoder of one request, seen by transformer.generation: prefill / decode_step /
+    new_cache over the decoder tokens, with the encoder output fixed."""
+
+    def __init__(self, model, enc):
+        self.model, self.enc, self.config = model, enc, model.config
+
+    def _check_inputs(self, input_ids, attention_mask):
+        ids = np.asarray(input_ids, np.int64)
+        return ids, np.ones(ids.shape, bool), np.full(len(ids), ids.shape[1])
+
+    def new_cache(self, rows, max_length):
+        B = len(self.enc.lengths)
+        return _DecodeState(self.config, rows, max_length, self.enc,
+                            np.repeat(np.arange(B), rows // B))
+
+    def prefill(self, input_ids, attention_mask, cache):
+        logits = None
+        for t in range(input_ids.shape[1]):
+            logits = self.model._decode_step(input_ids[:, t], cache)
+        return logits
+
+    def decode_step(self, tokens, cache):
+        return self.model._decode_step(tokens, cache)
+
+
+class Seq2SeqModel:
+    """An encoder-decoder Transformer. model(input_ids, attention_mask, decoder_input_ids) ->
+    logits (B, T, V); generate(input_ids, attention_mask, ...) -> target ids starting with
+    decoder_start_token_id; score(...) -> per-token log-probabilities.
+
+    config: Seq2SeqConfig; weights: {our name: array} (module docstring); tokenizer: optional
+    (encode(text) -> ids, decode(ids) -> text), source/target vocabularies for vocabulary-only
+    models; threads: kernel threads."""
+
+    def __init__(self, config, weights, tokenizer=None, threads=None, source_vocabulary=None,
+                 target_vocabulary=None):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.source_vocabulary = source_vocabulary
+        self.target_vocabulary = target_vocabulary
+        self.threads = resolve_threads(threads)
+        w = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
+        self._embed_tables = {}
+        for side in ("encoder", "decoder"):
+            if side + ".embeddings.position" in w:  # learned, or a stored sinusoid table
+                pos = w[side + ".embeddings.position"]
+            else:
+                pos = sinusoid_table(config.max_position_embeddings + config.position_offset,
+                                     config.d_model, config.positions)
+            word = w[side + ".embeddings.word"]
+            self._embed_tables[side] = (word * np.float32(scale) if scale != 1.0 else word, pos)
+        self.weights = w
+
+    # -- blocks ---------------------------------------------------------------------------------
+    def _embed(self, side, ids, positions):
+        word, pos = self._embed_tables[side]
+        w = self.weights
+        if positions.size and positions.max() + self.config.position_offset >= len(pos):
+            raise ValueError(f"a sequence longer than max_position_embeddings="
+                             f"{self.config.max_position_embeddings}")
+        return ops.embedding(ids, word, pos, positions + self.config.position_offset, None, None,
+                             w.get(side + ".embeddings.norm.weight"),
+                             w.get(side + ".embeddings.norm.bias"), self.config.norm_eps,
+                             threads=self.threads)
+
+    def _norm(self, x, name, residual=None):
+        w = self.weights
+        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], self.config.norm_eps,
+                              residual=residual, threads=self.threads)
+
+    def _linear(self, x, name, activation=None):
+        w = self.weights
+        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
+                          threads=self.threads)
+
+    def _decoder_layers(self, h, self_attend, cross_attend):
+        """Decoder blocks on rows h (N, C); self_attend(i, qkv) and cross_attend(i, q) give the
+        contexts (N, C) of layer i."""
+        cfg = self.config
+        for i in range(cfg.decoder_layers):
+            p = f"decoder.layers.{i}."
+            for attend, proj, norm in ((self_attend, "qkv", "norm1"),
+                                       (cross_attend, "cross_q", "norm_cross")):
+                x = self._norm(h, p + norm) if cfg.pre_norm else h
+                a = self._linear(attend(i, self._linear(x, p + proj)),
+                                 p + ("out" if proj == "qkv" else "cross_out"))
+                h = h + a if cfg.pre_norm else self._norm(a, p + norm, residual=h)
+            x = self._norm(h, p + "norm2") if cfg.pre_norm else h
+            f = self._linear(self._linear(x, p + "ff1", cfg.activation), p + "ff2")
+            h = h + f if cfg.pre_norm else self._norm(f, p + "norm2", residual=h)
+        if cfg.decoder_final_norm:
+            h = self._norm(h, "decoder.final_norm")
+        return h
+
+    def _logits(self, h):
+        w = self.weights
+        return ops.linear(h, w["lm_head.weight"], w.get("lm_head.bias"), threads=self.threads)
+
+    # -- encoder ----------------------------------------------------------------------------------
+    def _pack(self, name, input_ids, attention_mask, vocab):
+        ids = np.asarray(input_ids)
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
+        if ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"{name} must have shape (B, T) with T >= 1, got {ids.shape}")
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            raise IndexError(f"{name} must lie in [0, {vocab}), got values in "
+                             f"[{ids.min()}, {ids.max()}]")
+        if attention_mask is None:
+            mask = np.ones(ids.shape, bool)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.shape != ids.shape:
+                raise ValueError(f"the attention mask of {name} must have shape {ids.shape}, "
+                                 f"got {mask.shape}")
+            if np.any((mask != 0) & (mask != 1)):
+                raise ValueError(f"the attention mask of {name} must hold only 0 and 1")
+            mask = mask.astype(bool)
+        lens = mask.sum(1)
+        if len(lens) and lens.min() == 0:
+            raise ValueError(f"row {int(np.argmin(lens))} of {name} has no real token")
+        flat = np.flatnonzero(mask.ravel())
+        positions = np.tile(np.arange(ids.shape[1]), ids.shape[0])[flat]
+        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        return ids.astype(np.int64).ravel()[flat], positions, flat, cu, lens
+
+    def encode(self, input_ids, attention_mask=None):
+        """Run the encoder once: input_ids (B, S) integer in [0, Vs), attention_mask (B, S) of 0/1.
+        Returns an EncoderOutput (packed hidden states and each decoder layer's cross-attention
+        K/V). Raises TypeError/ValueError/IndexError naming the bad argument."""
+        cfg, n = self.config, self.threads
+        ids, positions, _, cu, lens = self._pack("input_ids", input_ids, attention_mask,
+                                                 cfg.src_vocab_size)
+        H, D = cfg.n_heads, cfg.head_dim
+        with blas_single_threaded():
+            h = self._embed("encoder", ids, positions)
+            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.norm_eps,
+                               cfg.activation, cfg.pre_norm, h, cu, n)
+            enc = EncoderOutput(h, cu, lens)
+            B, S = len(lens), int(lens.max())
+            rows = np.repeat(np.arange(B), lens)
+            cols = np.arange(len(h)) - cu[rows]
+            for i in range(cfg.decoder_layers):
+                kv = self._linear(h, f"decoder.layers.{i}.cross_kv").reshape(len(h), 2, H, D)
+                k = np.zeros((B, S, H, D), np.float32)
+                v = np.zeros((B, S, H, D), np.float32)
+                k[rows, cols], v[rows, cols] = kv[:, 0], kv[:, 1]
+                enc.cross_kv.append(kv)
+                enc.cross_planes.append((k, v))
+        return enc
+
+    # -- decoder --------------------------------------------------------------------------------
+    def _decode_step(self, tokens, state):
+        """One decoder token per cache row: tokens (R,) -> logits (R, V); state grows by one."""
+        cfg, n = self.config, self.threads
+        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
+        tokens = np.asarray(tokens, np.int64)
+        R = len(tokens)
+        positions = state.lengths[:R].astype(np.int64)
+        if positions.max() >= state.max_length:
+            raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
+        rows = np.arange(R)
+        src = state.src_index[:R]
+        enc = state.enc
+
+        def self_attend(i, qkv):
+            qkv = qkv.reshape(R, 3, H, D)
+            state.k[i, rows, positions] = qkv[:, 1]
+            state.v[i, rows, positions] = qkv[:, 2]
+            return ops.decode_attention(qkv[:, 0], state.k[i, :R], state.v[i, :R], positions + 1,
+                                        threads=n).reshape(R, C)
+
+        def cross_attend(i, q):
+            k, v = enc.cross_planes[i]
+            return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
+                                        kv_index=src, threads=n).reshape(R, C)
+
+        with blas_single_threaded():
+            h = self._embed("decoder", tokens, positions)
+            h = self._decoder_layers(h, self_attend, cross_attend)
+            state.lengths[:R] += 1
+            return self._logits(h)
+
+    def decode(self, enc, decoder_input_ids, decoder_attention_mask=None):
+        """Teacher-forced decoder over whole target prefixes: decoder_input_ids (B, T) against
+        the encoder output `enc`. Returns logits (B, T, V) float32 (0 at padded positions)."""
+        cfg, n = self.config, self.threads
+        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
+        ids, positions, flat, cu, lens = self._pack("decoder_input_ids", decoder_input_ids,
+                                                    decoder_attention_mask, cfg.tgt_vocab_size)
+        B, T = np.shape(decoder_input_ids)
+        if B != len(enc.lengths):
+            raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
+
+        def self_attend(i, qkv):
+            qkv = qkv.reshape(len(qkv), 3, H, D)
+            return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
+                                        threads=n).reshape(-1, C)
+
+        def cross_attend(i, q):
+            kv = enc.cross_kv[i]
+            return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
+                                        cu_seqlens_k=enc.cu, threads=n).reshape(-1, C)
+
+        with blas_single_threaded():
+            h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
+                                     cross_attend)
+            logits = self._logits(h)
+        out = np.zeros((B * T, cfg.tgt_vocab_size), np.float32)
+        out[flat] = logits
+        return out.reshape(B, T, -1)
+
+    # -- public API -------------------------------------------------------------------------------
+    def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None,
+                 decoder_attention_mask=None):
+        """Logits (B, T, V) float32 of decoder_input_ids (B, T) given the source input_ids (B, S)
+        and its attention_mask (B, S) of 0/1. Raises ValueError when decoder_input_ids is None."""
+        if decoder_input_ids is None:
+            raise ValueError("decoder_input_ids is required (the target prefix, starting with "
+                             f"decoder_start_token_id={self.config.decoder_start_token_id})")
+        return self.decode(self.encode(input_ids, attention_mask), decoder_input_ids,
+                           decoder_attention_mask)
+
+    def generate(self, input_ids, attention_mask=None, max_new_tokens=64, return_scores=False,
+                 **kwargs):
+        """Translate: target ids (B * num_return_sequences, 1 + n_new) int64 starting with
+        decoder_start_token_id, by greedy search, sampling or beam search (arguments of
+        transformer.generation.generate: num_beams, length_penalty, do_sample, temperature,
+        top_k, top_p, seed, num_return_sequences, eos_token_id, early_stopping, ...; the family's
+        forced_bos/forced_eos defaults apply). With return_scores, also (B * n,) float64: each
+        hypothesis' sum of token log-probabilities (of the search's scores, before the length
+        penalty)."""
+        from ..generation import generate
+
+        cfg = self.config
+        enc = self.encode(input_ids, attention_mask)
+        B = len(enc.lengths)
+        start = np.full((B, 1), cfg.decoder_start_token_id, np.int64)
+        kwargs.setdefault("forced_bos_token_id", cfg.forced_bos_token_id)
+        kwargs.setdefault("forced_eos_token_id", cfg.forced_eos_token_id)
+        kwargs.setdefault("pad_token_id", cfg.pad_token_id)
+        out = generate(_Session(self, enc), start, None, max_new_tokens=max_new_tokens,
+                       **kwargs)
+        if not return_scores:
+            return out
+        n = len(out) // B
+        return out, self._sequence_logprobs(enc, out, np.repeat(np.arange(B), n))
+
+    def _sequence_logprobs(self, enc, sequences, src):
+        """Sum of log p(token) of each row of sequences (after its first token, up to and
+        including its first eos)."""
+        cfg = self.config
+        eos = np.isin(sequences, cfg.eos_token_ids)
+        ends = np.where(eos[:, 1:].any(1), eos[:, 1:].argmax(1) + 2, sequences.shape[1])
+        mask = (np.arange(sequences.shape[1])[None] < ends[:, None]).astype(np.int64)
+        sub = EncoderOutput(None, None, enc.lengths[src])
+        starts = enc.cu[:-1][src]
+        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, enc.lengths[src])])
+        sub.cu = np.concatenate([[0], np.cumsum(enc.lengths[src])])
+        sub.cross_kv = [kv[rows] for kv in enc.cross_kv]
+        logits = self.decode(sub, np.where(mask == 1, sequences, 0), mask)
+        from ..generation import log_softmax
+        lp = log_softmax(logits[:, :-1])
+        tok = np.take_along_axis(lp, sequences[:, 1:, None], -1)[..., 0]
+        return (tok * mask[:, 1:]).sum(1)
+
+    def score(self, input_ids, attention_mask, target_ids, target_mask=None):
+        """Per-token log-probabilities of given targets, as CTranslate2's score_batch: target_ids
+        (B, T) integer without the start token (eos appended here after each row's real tokens;
+        target_mask (B, T) of 0/1 marks them, default all). Returns a list of B float64 arrays:
+        log p of each target token, then of the eos."""
+        from ..generation import log_softmax
+
+        cfg = self.config
+        tgt = np.asarray(target_ids)
+        if tgt.ndim != 2 or not np.issubdtype(tgt.dtype, np.integer):
+            raise ValueError(f"target_ids must be an integer array (B, T), got {tgt.shape} "
+                             f"{tgt.dtype}")
+        if target_mask is None:
+            lens = np.full(len(tgt), tgt.shape[1])
+        else:
+            if np.shape(target_mask) != tgt.shape:
+                raise ValueError(f"target_mask must have shape {tgt.shape}")
+            lens = np.asarray(target_mask).sum(1)
+        B, T = len(tgt), int(lens.max()) + 1
+        dec_in = np.full((B, T), cfg.decoder_start_token_id, np.int64)
+        labels = np.full((B, T), cfg.eos_token_id, np.int64)
+        dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
+        for b, L in enumerate(lens):
+            dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]
+        lp = log_softmax(self(input_ids, attention_mask, dec_in, dmask))
+        tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
+        return [tok[b, :L + 1] for b, L in enumerate(lens)]
