@@ -15,8 +15,9 @@ __all__ = ["load", "__version__"]
 def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     """Load a model directory in the Hugging Face layout (config.json + model.safetensors, and
     tokenizer.json when present; the family comes from config.json's model_type/architectures),
-    or a llama2.c checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or
-    tok{vocab}.bin beside it).
+    a CTranslate2 model directory (model.bin + source/target_vocabulary.txt), or a llama2.c
+    checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or tok{vocab}.bin
+    beside it).
 
     device: "cpu" (the only backend so far); dtype: None or "float32"; threads: kernel threads
     (default OMP_NUM_THREADS, else every core available). Returns the family's model object
@@ -38,6 +39,10 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     config_path = os.path.join(path, "config.json")
+    if os.path.isfile(os.path.join(path, "model.bin")) and not os.path.isfile(
+            os.path.join(path, "model.safetensors")):
+        from .models.ctranslate2 import CTranslate2Model
+        return CTranslate2Model.from_directory(path, threads=threads)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
     try:

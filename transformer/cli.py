@@ -1,9 +1,10 @@
-"""The `transformer` console script: embed, search, generate, info.
+"""The `transformer` console script: embed, search, generate, translate, info.
 
     transformer embed "some text" "more text"            # JSON lines on stdout
     transformer embed --input lines.txt --output emb.npy  # progress on stderr
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
     transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
+    transformer translate --model aren-transliteration/float32 "آ ت ز م و ن"
     transformer info
 """
 import argparse
@@ -145,6 +146,41 @@ def cmd_generate(args):
     return 0
 
 
+def cmd_translate(args):
+    """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
+    line per input line (tokenizer.json when the model has one; else whitespace-separated tokens
+    of its vocabularies in and out)."""
+    texts = list(args.text)
+    if args.input:
+        texts += _read_lines(args.input)
+    if not texts:
+        raise SystemExit("error: nothing to translate: give TEXT arguments or --input FILE")
+    if args.model is None:
+        raise SystemExit("error: --model is required for translate")
+    model = _load(args)
+    if not hasattr(model, "encode"):
+        raise SystemExit("error: this model is not an encoder-decoder (translate needs one)")
+    tok, cfg = model.tokenizer, model.config
+    done = 0
+    for start in range(0, len(texts), args.batch_size):
+        batch = [tok.encode(t) for t in texts[start:start + args.batch_size]]
+        if min(map(len, batch)) == 0:
+            raise SystemExit("error: an input line encodes to no tokens")
+        T = max(map(len, batch))
+        ids = np.full((len(batch), T), cfg.pad_token_id, np.int64)
+        mask = np.zeros((len(batch), T), np.int64)
+        for b, seq in enumerate(batch):
+            ids[b, :len(seq)], mask[b, :len(seq)] = seq, 1
+        out = model.generate(ids, mask, max_new_tokens=args.max_new_tokens,
+                             num_beams=args.num_beams, length_penalty=args.length_penalty)
+        for row in out:
+            print(tok.decode(row[1:]), flush=True)
+        done += len(batch)
+        if args.input:
+            _progress("translate")(done, len(texts))
+    return 0
+
+
 def cmd_info(args):
     """Version, build flags, threads, SIMD level, BLAS in use."""
     from threadpoolctl import threadpool_info
@@ -228,6 +264,15 @@ def build_parser():
     sp.add_argument("--tokenizer", help="tokenizer file of a llama2.c checkpoint")
     common(sp)
     sp.set_defaults(func=cmd_generate)
+
+    sp = sub.add_parser("translate", help="translate with an encoder-decoder model")
+    sp.add_argument("text", nargs="*", help="texts to translate")
+    sp.add_argument("--input", help="file with one text per line ('-' for stdin)")
+    sp.add_argument("--num-beams", type=int, default=4)
+    sp.add_argument("--length-penalty", type=float, default=1.0)
+    sp.add_argument("--max-new-tokens", type=int, default=256)
+    common(sp)
+    sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser("info", help="version, build, threads, SIMD, BLAS")
     sp.add_argument("--threads", type=int, default=None)

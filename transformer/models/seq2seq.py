@@ -29,6 +29,9 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ..weights import check_tensors
+from . import register_family
+from ._hf import hf_tokenizer, read_hf_weights
 from .decoder import KVCache
 from .encoder import encoder_layers
 
@@ -496,3 +499,30 @@ class Seq2SeqModel:
         lp = log_softmax(self(input_ids, attention_mask, dec_in, dmask))
         tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         return [tok[b, :L + 1] for b, L in enumerate(lens)]
+
+
+
+@register_family("transformer")
+class TransformerModel(Seq2SeqModel):
+    """Bring-your-own-weights encoder-decoder: config.json {"model_type": "transformer",
+    "preset": "transformer-base" | "transformer-big" (optional), "src_vocab_size": ...,
+    "tgt_vocab_size": ..., any Seq2SeqConfig field} and model.safetensors holding our tensor names
+    (this module's docstring; lm_head.bias optional)."""
+
+    @classmethod
+    def from_pretrained(cls, path, config_dict, threads=None):
+        """Load the directory; ValueError for unknown config keys, WeightsError for tensors that
+        do not fit the config."""
+        fields = {k: v for k, v in config_dict.items()
+                  if k not in ("model_type", "preset", "architectures")}
+        try:
+            if "preset" in config_dict:
+                config = preset(config_dict["preset"], **fields)
+            else:
+                config = Seq2SeqConfig(**fields)
+        except TypeError as e:
+            raise ValueError(f"{path}/config.json: {e}")
+        tensors, source = read_hf_weights(path)
+        shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
+        weights = check_tensors(tensors, shapes, (), source)
+        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
