@@ -77,3 +77,16 @@ def test_generate_streams_the_golden(tmp_path):
     q = run("generate", "--model", shared / "stories260K.bin", "--prompt", "Lily", "--top-k", 5,
             "--seed", 1, "--max-new-tokens", 20)
     assert p.stdout == q.stdout and p.stdout.startswith("Lily")
+
+
+def test_translate_vocabulary_model():
+    path = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS",
+                                       ROOT.parent / "shared" / "models")) / "aren-transliteration"
+    if not (path / "float32" / "model.bin").is_file():
+        pytest.skip("aren-transliteration not found")
+    p = run("translate", "--model", path / "float32", "آ ت ز م و ن", "آ ت ش ي س و ن")
+    assert p.stdout.splitlines() == ["a t z m o n", "a c h i s o n"]
+    p = run("translate", "--model", path / "int8", "--num-beams", 1, "آ ت ز م و ن")
+    assert p.stdout.splitlines() == ["a t z m o n"]
+    p = run("translate", "--model", path / "float32", check=False)
+    assert p.returncode != 0 and "nothing to translate" in p.stderr

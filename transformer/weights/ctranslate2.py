@@ -45,7 +45,10 @@ def read_ctranslate2(path):
         n = take("H")
         if n == 0 or pos + n > len(data):
             raise WeightsError(f"{path}: truncated CTranslate2 model (string at byte {pos})")
-        s = data[pos:pos + n - 1].decode("utf-8")
+        try:
+            s = data[pos:pos + n - 1].decode("utf-8")
+        except UnicodeDecodeError:
+            raise WeightsError(f"{path}: corrupt CTranslate2 model (bad string at byte {pos})")
         pos += n
         return s
 
