@@ -128,7 +128,7 @@ def test_seq2seq_bad_input(tmp_path, rng):
         ours(np.array([[5, 6]]))
     with pytest.raises(IndexError, match="input_ids must lie in"):
         ours.generate(np.array([[5, 67]]))
-    with pytest.raises(ValueError, match="row 0 of input_ids has no real token"):
+    with pytest.raises(ValueError, match="attention_mask row 0 has no real token"):
         ours.generate(np.array([[5, 6]]), np.array([[0, 0]]))
     with pytest.raises(ValueError, match="must be a multiple"):
         Seq2SeqConfig(src_vocab_size=5, tgt_vocab_size=5, d_model=10, n_heads=3, encoder_layers=1,

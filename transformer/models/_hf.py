@@ -32,3 +32,20 @@ def hf_tokenizer(path, max_length):
     """Tokenizer of `path`/tokenizer.json truncating to max_length tokens, or None."""
     tok = os.path.join(path, "tokenizer.json")
     return Tokenizer(tok, max_length) if os.path.isfile(tok) else None
+
+
+class HFFamily:
+    """Mixin of the families read from a Hugging Face directory: subclasses set
+    `config_from_hf(config_dict, source)` and `weights_from_hf(tensors, config, source)` as
+    staticmethods; from_pretrained ties them to the weights and tokenizer files."""
+
+    config_from_hf = weights_from_hf = None
+
+    @classmethod
+    def from_pretrained(cls, path, config_dict, threads=None):
+        """Load config.json's model from `path`. Raises FileNotFoundError, WeightsError or
+        ValueError naming the file and the problem."""
+        config = cls.config_from_hf(config_dict, os.path.join(path, "config.json"))
+        tensors, source = read_hf_weights(path)
+        weights = cls.weights_from_hf(tensors, config, source)
+        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)

@@ -3,13 +3,11 @@ the same weight names (HF modeling_marian.py / modeling_bart.py), different sett
 Marian: post-LN, sinusoidal [sin | cos] positions from 0, embeddings x sqrt(d_model), SiLU
 ("swish") or other activations, final_logits_bias; BART: post-LN, learned positions offset by 2,
 layernorm_embedding, GELU, final_logits_bias. Both tie the LM head to the target embeddings."""
-import os
-
 import numpy as np
 
 from ..weights import check_tensors
 from . import register_family
-from ._hf import hf_tokenizer, read_hf_weights
+from ._hf import HFFamily
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 ACTIVATIONS = {"swish": "silu", "silu": "silu", "gelu": "gelu", "relu": "relu",
@@ -128,14 +126,8 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
 
 @register_family("marian", "bart")
-class BartModel(Seq2SeqModel):
+class BartModel(HFFamily, Seq2SeqModel):
     """Marian or BART encoder-decoder; see Seq2SeqModel for the API."""
 
-    @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's Marian/BART from `path`. Raises FileNotFoundError, WeightsError or
-        ValueError naming the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"))
-        tensors, source = read_hf_weights(path)
-        weights = weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+    config_from_hf = staticmethod(config_from_hf)
+    weights_from_hf = staticmethod(weights_from_hf)

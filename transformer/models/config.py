@@ -8,6 +8,14 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": 
                   "gelu_fast": "gelu_tanh", "relu": "relu"}
 
 
+def check_positive(config, names):
+    """Raise ValueError unless each named field of `config` is a positive integer."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Hyper-parameters of an encoder stack (Vaswani et al. 2017, section 3.1; BERT, table 1).
@@ -31,11 +39,8 @@ class EncoderConfig:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff",
-                     "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        check_positive(self, ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff",
+                              "max_position_embeddings"))
         if self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
                              f"n_heads={self.n_heads}")

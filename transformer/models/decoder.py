@@ -25,6 +25,8 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ._inputs import check_batch
+from .config import check_positive
 
 
 @dataclass(frozen=True)
@@ -69,11 +71,8 @@ class DecoderConfig:
             object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        for name in ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers", "d_ff",
-                     "max_position_embeddings", "head_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        check_positive(self, ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers",
+                              "d_ff", "max_position_embeddings", "head_dim"))
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"config n_heads={self.n_heads} must be a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
@@ -209,28 +208,7 @@ class DecoderModel:
 
     # -- prefill and decode -------------------------------------------------------------------------
     def _check_inputs(self, input_ids, attention_mask):
-        ids = np.asarray(input_ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"input_ids must be an integer array, got dtype {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"input_ids must have shape (B, T) with T >= 1, got {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.config.vocab_size):
-            raise IndexError(f"input_ids must lie in [0, {self.config.vocab_size}), got values in "
-                             f"[{ids.min()}, {ids.max()}]")
-        if attention_mask is None:
-            mask = np.ones(ids.shape, bool)
-        else:
-            mask = np.asarray(attention_mask)
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask must have the shape of input_ids {ids.shape}, "
-                                 f"got {mask.shape}")
-            if np.any((mask != 0) & (mask != 1)):
-                raise ValueError("attention_mask must hold only 0 and 1")
-            mask = mask.astype(bool)
-        lens = mask.sum(1)
-        if len(lens) and lens.min() == 0:
-            raise ValueError(f"attention_mask row {int(np.argmin(lens))} has no real token")
-        return ids.astype(np.int64), mask, lens
+        return check_batch(input_ids, attention_mask, self.config.vocab_size)
 
     def prefill(self, input_ids, attention_mask=None, cache=None, all_logits=False):
         """Run the prompts through the stack. input_ids, attention_mask: (B, T); cache: a fresh

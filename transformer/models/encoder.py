@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ._inputs import check_batch, pack
 
 
 def encoder_shapes(config):
@@ -41,21 +42,6 @@ def encoder_shapes(config):
     if config.pre_norm:
         shapes.update({"final_norm.weight": (C,), "final_norm.bias": (C,)})
     return shapes
-
-
-def _int_array(name, a, shape=None):
-    if not isinstance(a, np.ndarray):
-        try:
-            a = np.asarray(a)
-        except Exception:
-            raise TypeError(f"{name} must be an integer array")
-    if not (np.issubdtype(a.dtype, np.integer) or (a.dtype == np.bool_ and name != "input_ids")):
-        raise TypeError(f"{name} must be an integer array, got dtype {a.dtype}")
-    if a.ndim != 2:
-        raise ValueError(f"{name} must have shape (B, T), got {a.shape}")
-    if shape is not None and a.shape != shape:
-        raise ValueError(f"{name} must have the shape of input_ids {shape}, got {a.shape}")
-    return a
 
 
 def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n):
@@ -109,40 +95,24 @@ class EncoderModel:
         """Check inputs and pack the real tokens: returns ids, positions, types (N,), the flat
         indices of the real tokens in (B*T,), cu_seqlens (B+1,) and (B, T)."""
         cfg = self.config
-        ids = _int_array("input_ids", input_ids)
-        if truncate and ids.shape[1] > cfg.max_position_embeddings:
-            ids = ids[:, :cfg.max_position_embeddings]
+        P = cfg.max_position_embeddings
+        if truncate:
+            cut = lambda a: a[:, :P] if a is not None and np.ndim(a) == 2 else a
+            input_ids, attention_mask, token_type_ids = map(cut, (input_ids, attention_mask,
+                                                                  token_type_ids))
+        ids, mask, _ = check_batch(input_ids, attention_mask, cfg.vocab_size)
         B, T = ids.shape
-        if T > cfg.max_position_embeddings:
+        if T > P:
             raise ValueError(f"input_ids has T={T} tokens but the model takes at most "
-                             f"max_position_embeddings={cfg.max_position_embeddings} "
-                             f"(pass truncate=True to cut the input)")
-        if attention_mask is None:
-            mask = np.ones((B, T), bool)
-        else:
-            mask = _int_array("attention_mask", attention_mask)
-            if truncate:
-                mask = mask[:, :T]
-            if mask.shape != (B, T):
-                raise ValueError(f"attention_mask must have the shape of input_ids {(B, T)}, "
-                                 f"got {mask.shape}")
-            if np.any((mask != 0) & (mask != 1)):
-                raise ValueError("attention_mask must hold only 0 and 1")
-            mask = mask.astype(bool)
+                             f"max_position_embeddings={P} (pass truncate=True to cut the input)")
+        types = None
         if token_type_ids is not None:
-            token_type_ids = _int_array("token_type_ids", token_type_ids)
-            if truncate:
-                token_type_ids = token_type_ids[:, :T]
-            if token_type_ids.shape != (B, T):
-                raise ValueError(f"token_type_ids must have the shape of input_ids {(B, T)}, "
-                                 f"got {token_type_ids.shape}")
-        flat = np.flatnonzero(mask.ravel())
-        lens = mask.sum(1)
-        if B and lens.min() == 0:
-            raise ValueError(f"attention_mask row {int(np.argmin(lens))} has no real token")
-        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        positions = np.tile(np.arange(T, dtype=np.int64), B)[flat]
-        types = None if token_type_ids is None else token_type_ids.ravel()[flat]
+            types = np.asarray(token_type_ids)
+            if not np.issubdtype(types.dtype, np.integer) or types.shape != (B, T):
+                raise ValueError(f"token_type_ids must be integers of the shape of input_ids "
+                                 f"{(B, T)}, got {types.dtype} {types.shape}")
+        flat, cu, positions = pack(mask)
+        types = None if types is None else types.ravel()[flat]
         return ids.ravel()[flat], positions, types, flat, cu, (B, T)
 
     # -- the stack ------------------------------------------------------------------------------

@@ -2,11 +2,9 @@
 model.safetensors), names as in HF modeling_gpt2.py: Conv1D weights stored (in, out) and
 transposed here, the fused c_attn split-free (its Q|K|V column order is ours), the LM head tied
 to wte. Names with or without the "transformer." prefix of GPT2LMHeadModel."""
-import os
-
 from ..weights import check_tensors
 from . import register_family
-from ._hf import hf_tokenizer, read_hf_weights
+from ._hf import HFFamily
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
 IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
@@ -72,15 +70,9 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
 
 @register_family("gpt2")
-class GPT2Model(DecoderModel):
+class GPT2Model(HFFamily, DecoderModel):
     """GPT-2 language model (pre-LN, learned positions, GELU-tanh MLP, tied LM head); see
     DecoderModel for the API."""
 
-    @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's GPT-2 from `path`. Raises FileNotFoundError, WeightsError or
-        ValueError naming the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"))
-        tensors, source = read_hf_weights(path)
-        weights = weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+    config_from_hf = staticmethod(config_from_hf)
+    weights_from_hf = staticmethod(weights_from_hf)

@@ -2,13 +2,11 @@
 modeling_llama.py: RMSNorm, rotary positions in the rotate-half convention with rope_theta,
 SwiGLU feed-forward (gate_proj, up_proj, down_proj), grouped-query attention (num_key_value_heads),
 tied or untied lm_head."""
-import os
-
 import numpy as np
 
 from ..weights import check_tensors
 from . import register_family
-from ._hf import hf_tokenizer, read_hf_weights
+from ._hf import HFFamily
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
 IGNORED = (".rotary_emb.inv_freq",)
@@ -77,14 +75,8 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
 
 @register_family("llama")
-class LlamaModel(DecoderModel):
+class LlamaModel(HFFamily, DecoderModel):
     """Llama language model (RMSNorm, rotate-half RoPE, SwiGLU, GQA); see DecoderModel."""
 
-    @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's Llama from `path`. Raises FileNotFoundError, WeightsError or
-        ValueError naming the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"))
-        tensors, source = read_hf_weights(path)
-        weights = weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+    config_from_hf = staticmethod(config_from_hf)
+    weights_from_hf = staticmethod(weights_from_hf)

@@ -32,6 +32,8 @@ from .._threads import blas_single_threaded, resolve_threads
 from ..weights import check_tensors
 from . import register_family
 from ._hf import hf_tokenizer, read_hf_weights
+from ._inputs import check_batch, pack
+from .config import check_positive
 from .decoder import KVCache
 from .encoder import encoder_layers
 
@@ -76,11 +78,9 @@ class Seq2SeqConfig:
     forced_eos_token_id: int = None
 
     def __post_init__(self):
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads", "encoder_layers",
-                     "decoder_layers", "d_ff", "max_position_embeddings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+        check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
+                              "encoder_layers", "decoder_layers", "d_ff",
+                              "max_position_embeddings"))
         if self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
                              f"n_heads={self.n_heads}")
@@ -306,31 +306,11 @@ class Seq2SeqModel:
 
     # -- encoder ----------------------------------------------------------------------------------
     def _pack(self, name, input_ids, attention_mask, vocab):
-        ids = np.asarray(input_ids)
-        if not np.issubdtype(ids.dtype, np.integer):
-            raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
-        if ids.ndim != 2 or ids.shape[1] == 0:
-            raise ValueError(f"{name} must have shape (B, T) with T >= 1, got {ids.shape}")
-        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
-            raise IndexError(f"{name} must lie in [0, {vocab}), got values in "
-                             f"[{ids.min()}, {ids.max()}]")
-        if attention_mask is None:
-            mask = np.ones(ids.shape, bool)
-        else:
-            mask = np.asarray(attention_mask)
-            if mask.shape != ids.shape:
-                raise ValueError(f"the attention mask of {name} must have shape {ids.shape}, "
-                                 f"got {mask.shape}")
-            if np.any((mask != 0) & (mask != 1)):
-                raise ValueError(f"the attention mask of {name} must hold only 0 and 1")
-            mask = mask.astype(bool)
-        lens = mask.sum(1)
-        if len(lens) and lens.min() == 0:
-            raise ValueError(f"row {int(np.argmin(lens))} of {name} has no real token")
-        flat = np.flatnonzero(mask.ravel())
-        positions = np.tile(np.arange(ids.shape[1]), ids.shape[0])[flat]
-        cu = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
-        return ids.astype(np.int64).ravel()[flat], positions, flat, cu, lens
+        """Checked and packed batch: ids (N,), positions (N,), flat indices, cu_seqlens, lengths."""
+        mask_name = "attention_mask" if name == "input_ids" else "decoder_attention_mask"
+        ids, mask, lens = check_batch(input_ids, attention_mask, vocab, name, mask_name)
+        flat, cu, positions = pack(mask)
+        return ids.ravel()[flat], positions, flat, cu, lens
 
     def encode(self, input_ids, attention_mask=None):
         """Run the encoder once: input_ids (B, S) integer in [0, Vs), attention_mask (B, S) of 0/1.

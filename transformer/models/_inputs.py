@@ -1,0 +1,43 @@
+"""Checks and packing of (B, T) token batches, shared by every model family."""
+import numpy as np
+
+
+def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
+                mask_name="attention_mask"):
+    """Validate a batch: input_ids (B, T), T >= 1, integers in [0, vocab_size); attention_mask
+    None or (B, T) of 0/1 (or bool) with at least one real token a row.
+    Returns (ids int64 (B, T), mask bool (B, T), lengths (B,) int64). Raises TypeError,
+    ValueError or IndexError naming the argument."""
+    ids = np.asarray(input_ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
+    if ids.ndim != 2 or ids.shape[1] == 0:
+        raise ValueError(f"{name} must have shape (B, T) with T >= 1, got {ids.shape}")
+    if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
+        raise IndexError(f"{name} must lie in [0, {vocab_size}), got values in "
+                         f"[{ids.min()}, {ids.max()}]")
+    if attention_mask is None:
+        mask = np.ones(ids.shape, bool)
+    else:
+        mask = np.asarray(attention_mask)
+        if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
+            raise TypeError(f"{mask_name} must be an integer or bool array, got {mask.dtype}")
+        if mask.shape != ids.shape:
+            raise ValueError(f"{mask_name} must have the shape of {name} {ids.shape}, got "
+                             f"{mask.shape}")
+        if np.any((mask != 0) & (mask != 1)):
+            raise ValueError(f"{mask_name} must hold only 0 and 1")
+        mask = mask.astype(bool)
+    lens = mask.sum(1)
+    if len(lens) and lens.min() == 0:
+        raise ValueError(f"{mask_name} row {int(np.argmin(lens))} has no real token")
+    return ids.astype(np.int64), mask, lens
+
+
+def pack(mask):
+    """Packing of the real tokens of a (B, T) bool mask: flat indices into (B*T,), cu_seqlens
+    (B+1,) int64, and each real token's column in the padded batch (its HF position id)."""
+    flat = np.flatnonzero(mask.ravel())
+    cu = np.concatenate([[0], np.cumsum(mask.sum(1))]).astype(np.int64)
+    columns = np.tile(np.arange(mask.shape[1], dtype=np.int64), mask.shape[0])[flat]
+    return flat, cu, columns
