@@ -128,6 +128,17 @@ class KVCache:
         self.lengths = np.zeros(batch_size, np.int32)
         self.max_length = max_length
 
+    def attend(self, layer, q, k, v, positions, threads=None):
+        """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
+        (R,) of rows 0..R-1, then attend each query q (R, H, D) to its row's keys up to and
+        including the new one. Returns the context (R, H * D) float32."""
+        R = len(q)
+        rows = np.arange(R)
+        self.k[layer, rows, positions] = k
+        self.v[layer, rows, positions] = v
+        return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
+                                    threads=threads).reshape(R, -1)
+
     def reorder(self, index):
         """Keep sequences `index` (B',) in that order (beam search): rows are gathered in place
         along the batch axis of the preallocated arrays."""
@@ -249,14 +260,9 @@ class DecoderModel:
         positions = cache.lengths[:B].astype(np.int64)
         if positions.max() >= cache.max_length:
             raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
-        rows = np.arange(B)
 
         def attend(i, qkv):
-            q, k, v = self._split(qkv)
-            cache.k[i, rows, positions] = k
-            cache.v[i, rows, positions] = v
-            return ops.decode_attention(q, cache.k[i, :B], cache.v[i, :B], positions + 1,
-                                        threads=self.threads).reshape(B, -1)
+            return cache.attend(i, *self._split(qkv), positions, self.threads)
 
         with blas_single_threaded():
             h = self._stack(self._embed(tokens, positions), positions, attend)

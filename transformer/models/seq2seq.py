@@ -347,16 +347,12 @@ class Seq2SeqModel:
         positions = state.lengths[:R].astype(np.int64)
         if positions.max() >= state.max_length:
             raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
-        rows = np.arange(R)
         src = state.src_index[:R]
         enc = state.enc
 
         def self_attend(i, qkv):
             qkv = qkv.reshape(R, 3, H, D)
-            state.k[i, rows, positions] = qkv[:, 1]
-            state.v[i, rows, positions] = qkv[:, 2]
-            return ops.decode_attention(qkv[:, 0], state.k[i, :R], state.v[i, :R], positions + 1,
-                                        threads=n).reshape(R, C)
+            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n)
 
         def cross_attend(i, q):
             k, v = enc.cross_planes[i]
