@@ -1,6 +1,5 @@
 """BERT against Hugging Face transformers (PyTorch CPU): tiny random configs built offline from
 BertConfig, and the real all-MiniLM-L6-v2 on real sentences in ragged batches."""
-import json
 
 import numpy as np
 import pytest

@@ -55,7 +55,7 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
     C, F = config.d_model, config.d_ff
     t = dict(tensors)
     # tied embeddings are saved once, under any of these names
-    for side, V in (("encoder", config.src_vocab_size), ("decoder", config.tgt_vocab_size)):
+    for side in ("encoder", "decoder"):
         name = f"model.{side}.embed_tokens.weight"
         if name not in t and "model.shared.weight" in t:
             t[name] = t["model.shared.weight"]
