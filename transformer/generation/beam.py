@@ -12,8 +12,20 @@ NEG = -1.0e9
 
 
 def _top(scores, k):
-    """Indices (B, k) of the k largest scores per row, best first (ties: lower index first)."""
-    return np.argsort(-scores, axis=-1, kind="stable")[:, :k]
+    """Indices (B, k) of the k largest scores per row, best first (ties: lower index first).
+    A partial selection (argpartition) then a sort of the k winners: O(n + k log k) a row."""
+    n = scores.shape[-1]
+    if k < n:  # the k-th largest value; ties at it go to the lowest indices
+        kth = -np.partition(-scores, k - 1, axis=-1)[:, k - 1:k]
+        above = scores > kth
+        tied = scores == kth
+        need = k - above.sum(-1, keepdims=True)
+        chosen = above | (tied & (np.cumsum(tied, -1) <= need))
+        idx = np.nonzero(chosen)[1].reshape(len(scores), k)
+    else:
+        idx = np.broadcast_to(np.arange(n), scores.shape)
+    vals = np.take_along_axis(scores, idx, -1)
+    return np.take_along_axis(idx, np.lexsort((idx, -vals), axis=-1), -1)
 
 
 def _gather(a, idx):
@@ -40,9 +52,9 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     running = np.full((B, nb, max_length), fill, np.int64)
     running[:, :, :T] = ids[:, None]
     sequences = running.copy()
-    running_scores = np.zeros((B, nb))
+    running_scores = np.zeros((B, nb), np.float32)  # float32 throughout, as HF
     running_scores[:, 1:] = NEG
-    beam_scores = np.full((B, nb), NEG)
+    beam_scores = np.full((B, nb), NEG, np.float32)
     finished = np.zeros((B, nb), bool)
     improvable = np.ones((B, 1), bool)
     running_idx = np.full((B, nb, max_new_tokens), -1, np.int64)
@@ -53,13 +65,13 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
     cur = T
     while True:
-        logp = log_softmax(logits)
+        logp = log_softmax(logits, np.float32)
         if force is not None:
             logp = force(logp, cur - T)
         logp = logp.reshape(B, nb, V) + running_scores[:, :, None]
         flat = logp.reshape(B, nb * V)
         if rng is not None:
-            p = np.exp(log_softmax(flat))
+            p = np.exp(log_softmax(flat))  # float64 for the draw
             cand = np.stack([rng.choice(nb * V, keep, replace=False, p=p[b]) for b in range(B)])
         else:
             cand = _top(flat, keep)
@@ -72,7 +84,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         hits = np.isin(token, eos_arr) | (cur + 1 >= max_length)
 
         # the best num_beams continuations that did not end keep running
-        run_logp = cand_logp + hits * NEG
+        run_logp = cand_logp + hits * np.float32(NEG)
         nxt = _top(run_logp, nb)
         running = _gather(cand_seq, nxt)
         running_scores = _gather(run_logp, nxt)
@@ -80,9 +92,10 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
 
         # ended candidates among the top num_beams join the finished hypotheses
         just_done = hits & top_mask[None]
-        done_scores = cand_logp / float(cur + 1 - T) ** length_penalty
-        done_scores = done_scores + (finished.all(1, keepdims=True) & (early_stopping is True)) * NEG
-        done_scores = done_scores + (~improvable) * NEG + (~just_done) * NEG
+        done_scores = cand_logp / np.float32(float(cur + 1 - T) ** length_penalty)
+        neg = np.float32(NEG)
+        done_scores = done_scores + (finished.all(1, keepdims=True) & (early_stopping is True)) * neg
+        done_scores = done_scores + (~improvable) * neg + (~just_done) * neg
         merged = np.concatenate([beam_scores, done_scores], 1)
         best = _top(merged, nb)
         sequences = _gather(np.concatenate([sequences, cand_seq], 1), best)
@@ -96,8 +109,8 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
             best_len = max_length - T
         else:
             best_len = cur - T
-        best_possible = running_scores[:, :1] / float(best_len) ** length_penalty
-        worst_done = np.where(finished, beam_scores.min(1, keepdims=True), NEG)
+        best_possible = running_scores[:, :1] / np.float32(float(best_len) ** length_penalty)
+        worst_done = np.where(finished, beam_scores.min(1, keepdims=True), np.float32(NEG))
         improvable &= np.any(best_possible > worst_done, axis=1, keepdims=True)
         open_beam = not (finished.all() and early_stopping is True)
         if not (improvable.any() and open_beam and not hits.all()):

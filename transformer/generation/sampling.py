@@ -3,9 +3,10 @@ TopKLogitsWarper and TopPLogitsWarper (applied in that order)."""
 import numpy as np
 
 
-def log_softmax(logits):
-    """log softmax over the last axis, in float64: logits (..., V) -> (..., V)."""
-    x = np.asarray(logits, np.float64)
+def log_softmax(logits, dtype=np.float64):
+    """log softmax over the last axis: logits (..., V) -> (..., V) of `dtype` (float64 by
+    default; beam search uses float32, as Hugging Face does)."""
+    x = np.asarray(logits, dtype)
     m = x.max(-1, keepdims=True)
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 

@@ -143,9 +143,10 @@ class KVCache:
         """Keep sequences `index` (B',) in that order (beam search): rows are gathered in place
         along the batch axis of the preallocated arrays."""
         index = np.asarray(index)
-        self.k[:, :len(index)] = self.k[:, index]
-        self.v[:, :len(index)] = self.v[:, index]
-        self.lengths[:len(index)] = self.lengths[index]
+        R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
+        self.k[:, :R, :S] = self.k[:, index, :S]
+        self.v[:, :R, :S] = self.v[:, index, :S]
+        self.lengths[:R] = self.lengths[index]
 
 
 class DecoderModel:
