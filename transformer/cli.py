@@ -1,10 +1,11 @@
-"""The `transformer` console script: embed, search, generate, translate, info.
+"""The `transformer` console script: embed, search, generate, translate, bench, info.
 
     transformer embed "some text" "more text"            # JSON lines on stdout
     transformer embed --input lines.txt --output emb.npy  # progress on stderr
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
     transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
     transformer translate --model aren-transliteration/float32 "آ ت ز م و ن"
+    transformer bench kernels --quick --output bench/results/kernels   # see transformer.benchmarks
     transformer info
 """
 import argparse
@@ -221,6 +222,12 @@ def cmd_info(args):
     return 0
 
 
+def cmd_bench(args):
+    """Forward `transformer bench ...` to transformer.benchmarks.main (its own parser)."""
+    from .benchmarks import main as bench_main
+    return bench_main(args.args)
+
+
 def build_parser():
     """The argparse parser of the `transformer` command."""
     p = argparse.ArgumentParser(prog="transformer", description=__doc__.split("\n")[0],
@@ -274,6 +281,12 @@ def build_parser():
     common(sp)
     sp.set_defaults(func=cmd_translate)
 
+    sp = sub.add_parser("bench", add_help=False,
+                        help="performance comparison runs against the peers "
+                             "(transformer bench --help)")
+    sp.add_argument("args", nargs=argparse.REMAINDER)
+    sp.set_defaults(func=cmd_bench)
+
     sp = sub.add_parser("info", help="version, build, threads, SIMD, BLAS")
     sp.add_argument("--threads", type=int, default=None)
     sp.add_argument("--json", action="store_true")
@@ -283,6 +296,10 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser, so that `transformer bench --help` is complete
+        from .benchmarks import main as bench_main
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

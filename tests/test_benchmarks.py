@@ -1,0 +1,361 @@
+"""The benchmark harness (transformer.benchmarks): statistics, the agreement check that keeps a
+wrong peer from being timed, report rendering from a recorded results.json, the translate
+suite's subprocess protocol, and one smoke run of `transformer bench kernels --quick` at the tiny
+size. Runs with and without the peers installed (torch is used only when present)."""
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from transformer.benchmarks import BenchConfig, harness, report
+from transformer.benchmarks import attention_memory, generate, translate
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def bench(*args, check=True, timeout=120):
+    """Run `python -m transformer bench ...` from the repository root."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "transformer", "bench", *map(str, args)],
+                       capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}: {p.stderr[-3000:]}")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------
+# Statistics
+# ---------------------------------------------------------------------------------------------
+
+def test_summarize_known_numbers():
+    s = harness.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
+    assert (s["median"], s["min"], s["max"], s["mean"]) == (3.0, 1.0, 5.0, 3.0)
+    assert (s["q1"], s["q3"], s["iqr"]) == (2.0, 4.0, 2.0)
+    assert s["n"] == 5 and s["all"] == [3.0, 1.0, 2.0, 5.0, 4.0]
+    assert s["spread"] == pytest.approx(4.0 / 3.0)
+    s = harness.summarize([1.0, 2.0, 3.0, 10.0])      # even count: interpolated quartiles
+    assert s["median"] == 2.5 and s["q1"] == 1.75 and s["q3"] == 4.75
+    one = harness.summarize([0.5])
+    assert one["median"] == one["q1"] == one["q3"] == 0.5 and one["iqr"] == one["spread"] == 0
+    for bad in ([], [1.0, -1.0], [float("nan")]):
+        with pytest.raises(ValueError):
+            harness.summarize(bad)
+
+
+def test_ratio_and_growth_exponent():
+    assert harness.ratio(1.0, 2.0) == 2.0          # ours twice as fast
+    assert harness.ratio(None, 2.0) is None and harness.ratio(1.0, 0) is None
+    T = [128, 256, 512, 1024]
+    assert harness.loglog_slope(T, [t * t * 3.0 for t in T]) == pytest.approx(2.0)
+    assert harness.loglog_slope(T, [t * 0.5 for t in T]) == pytest.approx(1.0)
+    assert harness.loglog_slope([1], [1]) is None
+
+
+def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
+    calls = []
+    items = [(name, (lambda n=name: calls.append(n)), 1) for name in "abc"]
+    times, probes = harness.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
+    assert calls == list("abc" "bca" "cab")
+    assert all(len(t) == 3 for t in times.values())
+    assert len(probes) == 3 and all("cpu_steal" in p and p["x"] == 1.0 for p in probes)
+    with pytest.raises(ValueError):
+        harness.interleaved_rounds(items, 0)
+    # grouped: an engine's items back to back, whole engines rotated
+    calls.clear()
+    items = [((case, eng), (lambda k=(case, eng): calls.append(k)), 1)
+             for case in (1, 2) for eng in ("x", "y")]
+    harness.interleaved_rounds(items, 2, group=lambda key: key[1])
+    assert calls == [(1, "x"), (2, "x"), (1, "y"), (2, "y"),
+                     (1, "y"), (2, "y"), (1, "x"), (2, "x")]
+
+
+def test_busy_machine_is_detected(monkeypatch):
+    monkeypatch.setattr(os, "sysconf", lambda name: 100)
+    # 10 s of all-CPU time: 5 s busy, of which 2 s ours; 0.1 s stolen
+    usage = harness.cpu_usage((0, 100, 1000, 0.0), (10, 600, 2000, 2.0))
+    assert usage["cpu_others"] == pytest.approx(0.3) and usage["cpu_steal"] == pytest.approx(0.01)
+    assert "other processes used 30%" in harness.busy_warning(usage)
+    assert harness.busy_warning({"cpu_others": 0.02, "cpu_steal": 0.01}) is None
+    assert harness.cpu_usage(None, None) == {} and harness.usage_text({}) == ""
+    assert "other processes 30%" in harness.usage_text(usage)
+
+
+# ---------------------------------------------------------------------------------------------
+# Agreement checks
+# ---------------------------------------------------------------------------------------------
+
+def test_compare_arrays_tolerance_nan_and_shape():
+    ref = np.linspace(-2, 2, 50)
+    assert harness.compare_arrays(ref.astype(np.float32), ref)["ok"]
+    bad = harness.compare_arrays(ref + 1e-2, ref)
+    assert not bad["ok"] and bad["max_abs_diff"] == pytest.approx(1e-2)
+    nan = ref.copy()
+    nan[3] = np.nan
+    assert not harness.compare_arrays(nan, ref)["ok"]
+    assert not harness.compare_arrays(ref[:-1], ref)["ok"]
+
+
+def test_compare_tokens_and_embeddings():
+    ref = np.array([[1, 2, 3, 4], [5, 6, 7, 8]])
+    same = harness.compare_tokens(ref.copy(), ref)
+    assert same["ok"] and same["identical_fraction"] == 1.0
+    other = ref.copy()
+    other[1, 2:] = 0
+    a = harness.compare_tokens(other, ref)
+    assert not a["ok"] and a["first_divergence_per_sequence"] == [None, 2]
+    assert a["identical_sequences"] == 1 and a["identical_fraction"] == 0.75
+    emb = np.eye(3)
+    assert harness.compare_embeddings(emb, emb)["ok"]
+    assert not harness.compare_embeddings(emb[::-1], emb)["ok"]
+
+
+class FakeEngine:
+    """An engine whose output is the reference plus `error` (error=None: raises)."""
+
+    def __init__(self, name, error=0.0, not_for=()):
+        self.name, self.error, self.not_for = name, error, not_for
+
+    def prepare(self, case):
+        if case in self.not_for:
+            raise harness.NotApplicable(f"no case {case}")
+        if self.error is None:
+            raise RuntimeError("cannot start")
+        return lambda: np.arange(case, dtype=np.float64) + self.error
+
+
+def test_agreement_check_flags_a_wrong_peer_and_does_not_time_it():
+    engines = [FakeEngine("transformer"), FakeEngine("good", 1e-7), FakeEngine("wrong", 0.05),
+               FakeEngine("broken", None), FakeEngine("partial", 0.0, not_for=(8,))]
+    rows, _ = harness.compare_engines(
+        engines, [4, 8], lambda out, ref, case: harness.compare_arrays(out, ref), rounds=2,
+        reference=lambda case: np.arange(case, dtype=np.float64))
+    by = {(r["engine"], r["case"]): r for r in rows}
+    for case in ("4", "8"):
+        assert by[("transformer", case)]["status"] == "timed"
+        assert by[("good", case)]["status"] == "timed"
+        assert by[("good", case)]["seconds"]["n"] == 2
+        wrong = by[("wrong", case)]
+        assert wrong["status"] == "disagrees" and wrong["seconds"] is None
+        assert not wrong["agreement"]["ok"] and wrong["agreement"]["max_abs_diff"] == \
+            pytest.approx(0.05)
+        assert by[("broken", case)]["status"] == "error"
+        assert "cannot start" in by[("broken", case)]["note"]
+    assert by[("partial", "4")]["status"] == "timed"
+    assert by[("partial", "8")]["status"] == "n/a"
+
+    # --time-disagreeing: timed, still flagged
+    rows, _ = harness.compare_engines(
+        engines[:3], [4], lambda out, ref, case: harness.compare_arrays(out, ref), rounds=1,
+        reference_engine="transformer", time_disagreeing=True)
+    wrong = next(r for r in rows if r["engine"] == "wrong")
+    assert wrong["status"] == "timed" and not wrong["agreement"]["ok"] and wrong["seconds"]
+    ours = next(r for r in rows if r["engine"] == "transformer")
+    assert ours["agreement"]["is_reference"]
+
+
+class FakeReference:
+    """Stands for HF torch in the generate suite's token check: a fixed logit gap."""
+
+    def __init__(self, gap):
+        self.gap = gap
+
+    def logit_gap(self, prompt, prefix, a, b):
+        return self.gap
+
+
+def test_generate_check_tells_a_near_tie_from_a_wrong_result():
+    prompts = {2: np.zeros((2, 3), np.int64)}
+    ref = (np.array([[1, 2, 3], [4, 5, 6]]), None)
+    diverged = (np.array([[1, 2, 3], [4, 9, 9]]), None)
+    assert generate.token_agreement(ref, ref, prompts, 2, FakeReference(0.0))["ok"]
+    tie = generate.token_agreement(diverged, ref, prompts, 2, FakeReference(1e-5))
+    assert tie["ok"] and "near-tie" in tie["text"]
+    wrong = generate.token_agreement(diverged, ref, prompts, 2, FakeReference(2.5))
+    assert not wrong["ok"] and "wrong result" in wrong["text"]
+    assert not generate.token_agreement(diverged, ref, prompts, 2, None)["ok"]   # no reference
+    short = generate.token_agreement((ref[0][:, :2], "returned shape (2, 2)"), ref, prompts, 2,
+                                     None)
+    assert not short["ok"] and "shape" in short["text"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report rendering from a recorded results.json
+# ---------------------------------------------------------------------------------------------
+
+def recorded_results():
+    """A small results document as `transformer bench` writes it (schema transformer-bench/1)."""
+    def stats(med):
+        return harness.summarize([med * 0.9, med, med * 1.2])
+
+    def row(engine, med, status="timed", ok=True, ref=False):
+        return {"case": "softmax 256x1024", "group": "softmax", "engine": engine,
+                "status": status, "figures": [{"value": 2.0 / med, "unit": "GB/s"}]
+                if status == "timed" else [], "seconds": stats(med) if status == "timed"
+                else None, "ratio": (med / 1e-3) if status == "timed" else None,
+                "fraction_of_limit": 0.1 / med / 1e3 if status == "timed" else None,
+                "limit": "copy 20.0 GB/s",
+                "agreement": {"ok": ok, "is_reference": ref,
+                              "text": "reference" if ref else
+                              ("max|diff| 1.00e-07" if ok else "max|diff| 5.00e-02")},
+                "note": None}
+    return {"schema": report.SCHEMA, "created": "2026-01-01T00:00:00+00:00",
+            "command": "transformer bench kernels --quick",
+            "options": {"threads": 2, "sizes": "quick"},
+            "machine": {"cpu": "Test CPU", "cores": 2, "platform": "Linux", "python": "3.11",
+                        "versions": {"transformer": "0.1.0", "numpy": "2.0", "onnxruntime": None},
+                        "memory": {"total_gib": 8.0}},
+            "limits": {"sgemm_gflops": 100.0, "sgemm_numpy": 100.0, "sgemm_scipy": 90.0,
+                       "copy_gbs": 20.0, "copy_1thread": 15.0, "copy_threads": 20.0,
+                       "cpu_steal": 0.02, "rounds": 1, "probe": {"sgemm": "s", "copy": "c"}},
+            "suites": {"kernels": {
+                "title": "Kernels", "status": "ok", "summary": ["setup text"],
+                "rows": [row("transformer", 1e-3), row("numpy", 2e-3),
+                         row("torch", None, status="disagrees", ok=False)],
+                "tables": [{"title": "threads", "header": ["case", "1 thr", "2 thr"],
+                            "rows": [["softmax 256x1024", "2 ms", "1 ms"]]}],
+                "scaling": [{"name": "threads", "title": "speedup", "xlabel": "threads",
+                             "ylabel": "speedup", "x": [1, 2],
+                             "series": {"softmax": [1.0, 1.8]}, "logx": False,
+                             "logy": False}],
+                "skipped": {"onnxruntime": "not applicable to kernels"}, "notes": ["a note"],
+                "wall_s": 12.0},
+                "translate": {"title": "translate", "status": "skipped",
+                              "error": "bench/translate.py not found"}},
+            "wall_s": 20.0, "plots": []}
+
+
+def test_report_renders_a_recorded_results_json(tmp_path):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(recorded_results()), encoding="utf-8")
+    results = report.load_results(tmp_path)                 # a directory works too
+    md = report.render_markdown(results)
+    assert "Test CPU, 2 cores" in md and "sgemm 100 GFLOP/s" in md
+    # summary: our figure, fraction of the limit, ratio per peer; the wrong peer is flagged
+    line = next(x for x in md.splitlines() if x.startswith("| kernels | softmax 256x1024"))
+    assert "2000 GB/s" in line and "2.00x" in line and "disagrees" in line
+    assert "torch **(disagrees with the reference)**" in md
+    assert "max\\|diff\\| 5.00e-02" in md                   # the check's text, escaped
+    assert "2.00 ms (1.80-2.40, IQR 0.300)" in md            # median (min-max, IQR)
+    assert "- skipped onnxruntime: not applicable to kernels" in md
+    assert "**skipped**: bench/translate.py not found" in md
+    assert "| softmax 256x1024 | 2 ms | 1 ms |" in md
+    out = tmp_path / "re"
+    paths, note = report.write_plots(results, out)
+    if note is None:                                        # matplotlib installed
+        assert {p.name for p in out.iterdir()} >= {"kernels-throughput.png",
+                                                   "kernels-scaling-threads.png"}
+    else:
+        assert paths == [] and "matplotlib" in note
+    report.write_report(results, tmp_path)
+    assert "## Kernels" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_load_results_rejects_other_files(tmp_path):
+    p = tmp_path / "x.json"
+    p.write_text('{"meta": {}, "results": []}', encoding="utf-8")
+    with pytest.raises(ValueError, match="schema"):
+        report.load_results(p)
+    p.write_text("not json", encoding="utf-8")
+    with pytest.raises(ValueError, match="JSON"):
+        report.load_results(p)
+
+
+def test_results_json_is_strict_json(tmp_path):
+    doc = recorded_results()
+    doc["limits"]["odd"] = [np.float32(1.5), float("nan"), float("inf"), (1, 2)]
+    report.write_results(doc, tmp_path)
+    text = (tmp_path / "results.json").read_text(encoding="utf-8")
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["limits"]["odd"] == [1.5, None, "inf", [1, 2]]
+
+
+# ---------------------------------------------------------------------------------------------
+# Suites: attention memory (in-process), translate (subprocess protocol), kernels (smoke run)
+# ---------------------------------------------------------------------------------------------
+
+def test_attention_memory_measures_the_score_matrix():
+    T = 128
+    naive = attention_memory.measure_one("naive", T, threads=1, reps=1)
+    ours = attention_memory.measure_one("transformer", T, threads=1, reps=1)
+    scores = attention_memory.B * attention_memory.H * T * T * 4
+    assert naive["traced_peak_bytes"] >= scores                 # the (B, H, T, T) matrix
+    assert ours["traced_peak_bytes"] < scores                    # only the (B, H, T, D) output
+    assert ours["output_bytes"] == attention_memory.B * attention_memory.H * T * 64 * 4
+    assert len(ours["seconds"]) == 1 and ours["peak_rss_bytes"] >= 0
+    checks = attention_memory.check(64)
+    assert checks["transformer"]["ok"] and checks["naive"]["ok"]
+
+
+FAKE_TRANSLATE = textwrap.dedent('''
+    import argparse, json
+    p = argparse.ArgumentParser()
+    p.add_argument("--json"); p.add_argument("--threads", type=int); p.add_argument("--rounds")
+    a = p.parse_args()
+    res = [{"engine": "transformer", "batch": 8, "seconds": 0.5, "seconds_min": 0.4,
+            "seconds_max": 0.7, "seconds_all": [0.4, 0.5, 0.7], "sentences_per_s": 16.0,
+            "ratio": 1.0, "bandwidth_fraction": 0.25, "agrees": True, "is_reference": False,
+            "agreement": {"text": "100% identical"}},
+           {"engine": "ctranslate2", "batch": 8, "seconds": None, "agrees": False,
+            "max_abs_diff": 0.5}]
+    json.dump({"meta": {"threads": a.threads, "skipped": {"torch": "not installed"}},
+               "results": res}, open(a.json, "w"))
+    print("| table | of the script |")
+''')
+
+
+def test_translate_suite_runs_the_script_and_reads_its_json(tmp_path):
+    script = tmp_path / "translate.py"
+    script.write_text(FAKE_TRANSLATE, encoding="utf-8")
+    cfg = BenchConfig(suites=["translate"], threads=1, sizes="quick", output=str(tmp_path))
+    suite = translate.run_script(str(script), cfg, str(tmp_path / "out"))
+    assert "--rounds" in suite["config"]["command"]          # an option the script has
+    assert "--quick" not in suite["config"]["command"]       # one it does not have
+    ours, ct2 = suite["rows"]
+    assert ours["case"] == "batch 8" and ours["seconds"]["median"] == 0.5
+    assert ours["figures"] == [{"value": 16.0, "unit": "sentences/s"}]
+    assert ours["fraction_of_limit"] == 0.25 and ours["agreement"]["text"] == "100% identical"
+    assert ct2["status"] == "disagrees" and not ct2["agreement"]["ok"]
+    assert suite["skipped"] == {"torch": "not installed"}
+    assert "| table | of the script |" in report.render_suite("translate", suite)
+
+
+def test_bench_cli_errors():
+    p = bench("nope", check=False)
+    assert p.returncode == 2 and "invalid choice" in p.stderr
+    p = bench("kernels", "--device", "cuda", check=False)
+    assert p.returncode == 2 and "no CUDA backend" in p.stderr and "Traceback" not in p.stderr
+    p = bench("kernels", "--peers", "torch,tensorflow", check=False)
+    assert p.returncode == 2 and "unknown peers" in p.stderr
+    p = bench("kernels", "--threads", "0", check=False)
+    assert p.returncode == 2 and "positive integer" in p.stderr
+
+
+def test_smoke_bench_kernels_quick_tiny(tmp_path):
+    out = tmp_path / "run"
+    p = bench("kernels", "--quick", "--sizes", "tiny", "--threads", "1", "--output", out)
+    results = report.load_results(out / "results.json")
+    suite = results["suites"]["kernels"]
+    assert suite["status"] == "ok"
+    groups = {r["group"] for r in suite["rows"]}
+    assert groups == {"softmax", "layer_norm", "activations", "linear", "attention",
+                      "decode attention"}
+    ours = [r for r in suite["rows"] if r["engine"] == "transformer"]
+    assert ours and all(r["status"] == "timed" and r["agreement"]["ok"] for r in ours)
+    assert all(r["fraction_of_limit"] is not None and r["seconds"]["median"] > 0 for r in ours)
+    assert {r["engine"] for r in suite["rows"]} >= {"transformer", "numpy"}
+    if harness.package_version("torch") is None:
+        assert "torch" in suite["skipped"]
+    assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
+    assert results["machine"]["versions"]["transformer"]
+    md = (out / "report.md").read_text(encoding="utf-8")
+    for op in ("softmax", "layer_norm", "gelu", "linear", "attention", "decode attention"):
+        assert op in md
+    assert "## Summary" in md and md.strip() in p.stdout       # the report also on stdout
+    assert "[kernels " in p.stderr                              # progress on stderr
+    assert math.isfinite(results["wall_s"])

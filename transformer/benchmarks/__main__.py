@@ -1,0 +1,6 @@
+"""`python -m transformer.benchmarks SUITE ...` is `transformer bench SUITE ...`."""
+import sys
+
+from . import main
+
+sys.exit(main())

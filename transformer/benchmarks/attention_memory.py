@@ -1,0 +1,363 @@
+"""Attention-memory suite: peak memory and time against sequence length, our tiled attention
+(transformer.ops.attention: blocks of queries x blocks of keys, online softmax, O(block) scratch)
+against a naive NumPy attention that materialises the (B, H, T, T) float32 score matrix.
+
+What is measured
+----------------
+B=1, H=8, D=64, T = S from 128 to 4096 (--quick; 16384 in full, the naive one up to 8192 or
+while its score matrix fits in half the available memory; --sizes tiny: 64 to 256),
+non-causal self-attention on random float32 q, k, v of shape (B, H, T, D).
+
+  transformer   ops.attention(q, k, v, threads=n)
+  naive         s = q @ k^T (B, H, T, T) float32, scaled, softmax in place (max, exp, sum,
+                divide), then s @ v; BLAS pinned to n threads. The leanest form of the naive
+                algorithm: one T x T matrix per head, no further temporaries of that size.
+
+Each (implementation, T) runs in a fresh Python subprocess, so that one measurement's peak does
+not hide the next one's. In the subprocess: the inputs are made, one tiny call warms up the
+thread pools, then the peak-RSS counter is reset (Linux: writing 5 to /proc/self/clear_refs, so
+VmHWM restarts from the current RSS), and one call runs under tracemalloc. Reported:
+
+  peak RSS delta   VmHWM after the call minus VmRSS before it (/proc/self/status): every byte
+                   the call touched, whoever allocated it: NumPy arrays, and the blocks our C
+                   kernel allocates with malloc, which tracemalloc does not see. Without
+                   clear_refs (not Linux, or not allowed), the delta over the previous peak.
+  traced peak      tracemalloc's peak during the call: NumPy's allocations only (the output, and
+                   for naive the score matrix); not the C kernel's scratch.
+  time             median of the timed calls after that one (seconds), and GFLOP/s =
+                   4 B H T S D / time, as a fraction of the sgemm GFLOP/s measured in this suite.
+
+The growth exponent is the least-squares slope of log(value) against log(T) over the larger half
+of the sizes (where fixed costs no longer dominate): about 1 means memory linear in T (the
+output), 2 quadratic (the score matrix). Time is quadratic for both (the work is).
+
+Before the runs, both implementations are checked against the float64 reference at the smallest
+T (max |diff|); one that disagrees is flagged and not measured (unless --time-disagreeing).
+"""
+import gc
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+from . import harness
+from .harness import ENGINE, log
+
+TAG = "attention-memory"
+B, H, D = 1, 8, 64
+NAIVE = "naive"
+LEVELS = {"tiny": dict(T=[64, 128, 256], naive_max=256, reps=1),
+          "quick": dict(T=[128, 256, 512, 1024, 2048, 4096], naive_max=4096, reps=2),
+          "full": dict(T=[128, 256, 512, 1024, 2048, 4096, 8192, 16384], naive_max=8192,
+                       reps=3)}
+WORKER_TIMEOUT = 900
+
+
+def naive_attention(q, k, v):
+    """softmax(q k^T / sqrt(D)) v through the full (B, H, T, S) float32 score matrix, softmax in
+    place. q: (B, H, T, D), k, v: (B, H, S, D) float32. Returns (B, H, T, D) float32."""
+    import numpy as np
+    s = q @ k.swapaxes(-1, -2)                       # (B, H, T, S) float32
+    s *= np.float32(1 / math.sqrt(q.shape[-1]))
+    s -= s.max(-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(-1, keepdims=True)
+    return s @ v
+
+
+def _status_kib(field):
+    """A "VmRSS"/"VmHWM" line of /proc/self/status in KiB, or None."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _reset_peak():
+    """Reset VmHWM to the current RSS (Linux >= 4.0); True when it worked."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def measure_one(impl, T, threads, reps, seed=0):
+    """In this process: the memory and time of one attention call at sequence length T (see the
+    module docstring). impl: "transformer" or "naive". Returns {"impl", "T", "peak_rss_bytes",
+    "rss_method", "traced_peak_bytes", "first_s", "seconds" (list), "output_bytes"}.
+    Meant to run in a fresh subprocess (worker_main)."""
+    import tracemalloc
+
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((B, H, T, D), dtype=np.float32) for _ in range(3))
+    small = [a[:, :, :64] for a in (q, k, v)]
+    limiter = threadpool_limits(limits=threads, user_api="blas")
+    if impl == ENGINE:
+        from .. import ops
+
+        def run(a, b, c):
+            return ops.attention(a, b, c, threads=threads)
+    elif impl == NAIVE:
+        run = naive_attention
+    else:
+        raise ValueError(f"impl must be {ENGINE!r} or {NAIVE!r}, got {impl!r}")
+    run(*small)                                      # thread pools and BLAS buffers up
+    gc.collect()
+    rss0 = _status_kib("VmRSS")
+    reset = _reset_peak()
+    hwm0 = _status_kib("VmHWM")
+    if rss0 is None or hwm0 is None:
+        import resource
+        hwm0 = rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
+        reset = False
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out = run(q, k, v)
+    first = time.perf_counter() - t0
+    traced = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    hwm1 = _status_kib("VmHWM")
+    if hwm1 is None:
+        import resource
+        hwm1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out_bytes = int(out.nbytes)
+    del out
+    seconds = []
+    for _ in range(reps):
+        gc.collect()
+        t0 = time.perf_counter()
+        run(q, k, v)
+        seconds.append(time.perf_counter() - t0)
+    limiter.restore_original_limits()
+    base = rss0 if reset else hwm0
+    return {"impl": impl, "T": T, "peak_rss_bytes": max(0, hwm1 - base) * 1024,
+            "rss_method": "VmHWM after - VmRSS before (peak reset by /proc/self/clear_refs)"
+            if reset else "peak RSS after - peak RSS before (no reset available)",
+            "traced_peak_bytes": int(traced), "first_s": first, "seconds": seconds,
+            "output_bytes": out_bytes}
+
+
+def worker_main(argv):
+    """`python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS REPS SEED`:
+    print measure_one's record as one JSON line."""
+    impl, T, threads, reps, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), \
+        int(argv[4])
+    print(json.dumps(measure_one(impl, T, threads, reps, seed)), flush=True)
+    return 0
+
+
+def run_worker(impl, T, threads, reps, seed, timeout=WORKER_TIMEOUT):
+    """measure_one in a fresh subprocess (same interpreter, this package on its path, BLAS and
+    OpenMP at `threads`). Returns its record, or raises RuntimeError with its stderr."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = str(threads)
+    p = subprocess.run([sys.executable, "-m", "transformer.benchmarks.attention_memory",
+                        "--worker", impl, str(T), str(threads), str(reps), str(seed)],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    if p.returncode != 0:
+        raise RuntimeError(f"worker {impl} T={T} exited {p.returncode}: {p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def check(T, seed=0):
+    """Both implementations against the float64 reference at sequence length T.
+    Returns {impl: agreement record (harness.compare_arrays, tolerance 1e-3)}."""
+    import numpy as np
+
+    from .. import ops
+    from ..ops import reference
+    rng = np.random.default_rng(seed)
+    q, k, v = (rng.standard_normal((B, H, T, D), dtype=np.float32) for _ in range(3))
+    ref = reference.attention(q, k, v)
+    return {ENGINE: harness.compare_arrays(ops.attention(q, k, v), ref, 1e-3, 1e-3),
+            NAIVE: harness.compare_arrays(naive_attention(q, k, v), ref, 1e-3, 1e-3)}
+
+
+def _mib(nbytes):
+    return None if nbytes is None else nbytes / 2**20
+
+
+def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
+    """Measure every (implementation, T); returns the SUITE record (report.py)."""
+    import numpy as np
+    Ts = sorted(Ts)
+    avail = harness.memory_info().get("available_gib")
+    notes = []
+    agreement = check(Ts[0], seed)
+    for impl, a in agreement.items():
+        a["text"] = f"at T={Ts[0]}: " + a["text"]
+        if not a["ok"]:
+            log(f"WARNING: {impl} disagrees with the float64 reference at T={Ts[0]}: "
+                f"{a['text']}", TAG)
+    probe = harness.LimitProbe(threads, gemm=(1024, 1024, 1024), copy_mib=16, reps=3)
+    limit_runs = [probe.measure()]
+    ticks = harness.cpu_sample()
+    records = {}
+    for T in Ts:
+        for impl in (ENGINE, NAIVE):
+            if not agreement[impl]["ok"] and not time_disagreeing:
+                continue
+            need = B * H * T * T * 4 if impl == NAIVE else 0
+            if impl == NAIVE and T > naive_max:
+                continue
+            if impl == NAIVE and avail and need > 0.5 * avail * 2**30:
+                notes.append(f"naive at T={T} skipped: its {need / 2**30:.1f} GiB score matrix "
+                             f"exceeds half the {avail:.1f} GiB available")
+                continue
+            log(f"T={T}: {impl} (fresh subprocess)", TAG)
+            try:
+                records[(impl, T)] = run_worker(impl, T, threads, reps, seed)
+            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                notes.append(f"{impl} at T={T} failed: {e}")
+                log(f"{impl} at T={T} failed: {e}", TAG)
+    usage = harness.cpu_usage(ticks, harness.cpu_sample())
+    warning = harness.busy_warning(usage)
+    if warning:
+        log(warning, TAG)
+    limit_runs.append(probe.measure())
+    probe.close()
+    limits = harness.limits_summary(limit_runs)
+    sgemm = limits.get("sgemm_gflops")
+
+    rows = []
+    for T in Ts:
+        flops = 4.0 * B * H * T * T * D
+        ours = records.get((ENGINE, T))
+        for impl in (ENGINE, NAIVE):
+            r = records.get((impl, T))
+            row = {"case": f"T={T}", "group": "attention B=1 H=8 D=64", "engine": impl,
+                   "status": "not timed", "figures": [], "seconds": None, "ratio": None,
+                   "fraction_of_limit": None, "limit": None,
+                   "agreement": agreement[impl], "note": None}
+            if not agreement[impl]["ok"]:
+                row["status"] = "disagrees"
+            if r is not None:
+                secs = r["seconds"] or [r["first_s"]]
+                row["status"] = "timed"
+                row["seconds"] = harness.summarize(secs)
+                med = row["seconds"]["median"]
+                row["figures"] = [{"value": flops / med / 1e9, "unit": "GFLOP/s"},
+                                  {"value": _mib(r["peak_rss_bytes"]), "unit": "MiB peak RSS"}]
+                if ours and ours["seconds"]:
+                    row["ratio"] = harness.ratio(harness.summarize(ours["seconds"])["median"],
+                                                 med)
+                if sgemm:
+                    row["fraction_of_limit"] = flops / med / 1e9 / sgemm
+                    row["limit"] = f"sgemm {sgemm:.0f} GFLOP/s"
+                row["memory"] = {k: r[k] for k in ("peak_rss_bytes", "traced_peak_bytes",
+                                                   "output_bytes", "rss_method", "first_s")}
+            rows.append(row)
+
+    def series(impl, key):
+        out = []
+        for T in Ts:
+            r = records.get((impl, T))
+            out.append(None if r is None else _mib(r[key]))
+        return out
+
+    def time_series(impl):
+        return [None if (impl, T) not in records else
+                1e3 * harness.summarize(records[(impl, T)]["seconds"]
+                                        or [records[(impl, T)]["first_s"]])["median"]
+                for T in Ts]
+
+    upper = [T for T in Ts if T >= Ts[len(Ts) // 2]] if len(Ts) > 2 else Ts
+    slopes = {}
+    for impl in (ENGINE, NAIVE):
+        for what, ys in (("peak RSS", series(impl, "peak_rss_bytes")),
+                         ("traced peak", series(impl, "traced_peak_bytes")),
+                         ("time", time_series(impl))):
+            pts = [(T, y) for T, y in zip(Ts, ys) if T in upper and y]
+            slopes[(impl, what)] = harness.loglog_slope([p[0] for p in pts],
+                                                        [p[1] for p in pts])
+    times_ms = {impl: dict(zip(Ts, time_series(impl))) for impl in (ENGINE, NAIVE)}
+
+    def cell(impl, T, key=None):
+        r = records.get((impl, T))
+        if r is None:
+            return "-"
+        return f"{times_ms[impl][T]:.2f}" if key is None else f"{_mib(r[key]):.2f}"
+    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}",
+                   cell(ENGINE, T, "peak_rss_bytes"), cell(NAIVE, T, "peak_rss_bytes"),
+                   cell(ENGINE, T, "traced_peak_bytes"), cell(NAIVE, T, "traced_peak_bytes"),
+                   cell(ENGINE, T), cell(NAIVE, T)] for T in Ts]
+
+    def fmt_slope(s):
+        return "-" if s is None else f"{s:.2f}"
+    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00",
+                       fmt_slope(slopes[(ENGINE, "peak RSS")]),
+                       fmt_slope(slopes[(NAIVE, "peak RSS")]),
+                       fmt_slope(slopes[(ENGINE, "traced peak")]),
+                       fmt_slope(slopes[(NAIVE, "traced peak")]),
+                       fmt_slope(slopes[(ENGINE, "time")]), fmt_slope(slopes[(NAIVE, "time")])])
+    method = next((r["rss_method"] for r in records.values()), "-")
+    summary = [
+        (f"Non-causal self-attention, B={B}, H={H}, D={D}, float32, "
+         f"{harness.plural(threads, 'thread')}; each (implementation, T) in a fresh subprocess. "
+         "transformer: ops.attention (tiled, online softmax); naive: NumPy with the full "
+         "(B, H, T, T) float32 score matrix, softmax in place. Time: median of "
+         f"{harness.plural(reps, 'call')} after the measured one."),
+        (f"Memory: peak RSS delta = {method} (every byte touched during the call, including our "
+         "C kernel's malloc'd blocks, which tracemalloc does not see); traced peak = tracemalloc "
+         "(NumPy allocations only). Growth exponent: log-log slope over the larger half of the "
+         "sizes (1: linear, 2: quadratic)."),
+    ]
+    if sgemm:
+        summary.append(f"sgemm limit (this suite, before and after): {sgemm:.1f} GFLOP/s"
+                       f"{harness.usage_text(usage)}.")
+    return {"title": "Attention memory: tiled against naive (B, H, T, T)", "status": "ok",
+            "warnings": [warning] if warning else [], "cpu": usage,
+            "summary": summary, "rows": rows,
+            "tables": [{"title": "Peak memory (MiB) and time (ms) per sequence length",
+                        "header": ["T", "(B,H,T,T) float32 MiB", "transformer peak RSS",
+                                   "naive peak RSS", "transformer traced", "naive traced",
+                                   "transformer ms", "naive ms"],
+                        "rows": table_rows}],
+            "scaling": [{"name": "memory", "title": "Peak memory against sequence length",
+                         "xlabel": "T (= S)", "ylabel": "MiB", "x": Ts,
+                         "series": {f"{ENGINE} peak RSS": series(ENGINE, "peak_rss_bytes"),
+                                    f"{NAIVE} peak RSS": series(NAIVE, "peak_rss_bytes"),
+                                    f"{ENGINE} traced (NumPy)": series(ENGINE,
+                                                                       "traced_peak_bytes"),
+                                    f"{NAIVE} traced (NumPy)": series(NAIVE,
+                                                                      "traced_peak_bytes"),
+                                    "(B,H,T,T) float32": [_mib(B * H * T * T * 4) for T in Ts]},
+                         "logx": True, "logy": True},
+                        {"name": "time", "title": "Time against sequence length",
+                         "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
+                         "series": {ENGINE: time_series(ENGINE), NAIVE: time_series(NAIVE)},
+                         "logx": True, "logy": True}],
+            "skipped": {}, "notes": notes, "limits": limits,
+            "growth_exponents": {f"{impl} {what}": s for (impl, what), s in slopes.items()},
+            "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
+            "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,
+                       "naive_max": naive_max, "numpy": np.__version__}}
+
+
+def run(cfg):
+    """The attention-memory suite for a BenchConfig (sizes level, threads, rounds = timed calls
+    per size)."""
+    level = LEVELS[cfg.sizes]
+    return run_sizes(level["T"], cfg.threads, cfg.rounds or level["reps"], level["naive_max"],
+                     cfg.seed, cfg.time_disagreeing)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--worker"]:
+        sys.exit(worker_main(sys.argv[2:]))
+    print("usage: python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS "
+          "REPS SEED (run by `transformer bench attention-memory`)", file=sys.stderr)
+    sys.exit(2)

@@ -1,0 +1,493 @@
+"""results.json (the record of one run), report.md (its tables), PNG plots (optional matplotlib).
+
+The schema of results.json ("schema": "transformer-bench/1"):
+
+    {"schema", "created" (ISO 8601, local time), "command", "options" {suite, device, threads,
+     quick, sizes, rounds, peers, output}, "machine" (harness.machine_info, plus "load_before":
+     the 1-minute load average when the run started), "limits" (the machine's limits measured
+     at the start: harness.limits_summary + "probe" descriptions), "suites": {name: SUITE},
+     "wall_s", "plots": [file names]}
+
+    SUITE: {"title", "status" ("ok", "skipped", "error"), "error" (text, for "error" and
+     "skipped"), "wall_s", "summary": [lines of setup text], "rows": [ROW], "tables": [TABLE],
+     "scaling": [SCALING], "skipped": {peer: reason}, "notes": [text], "limits": {the suite's own
+     limit measurements, median over its rounds}, "warnings": [text] (e.g. the machine was
+     busy: harness.busy_warning), "cpu" (harness.cpu_usage while timing), "markdown"
+     (optional: text shown verbatim), "plots": [file names], "config": {the suite's
+     parameters}}
+
+    ROW (one engine on one case): {"case", "group" (rows of a group are plotted together),
+     "engine", "status" ("timed", "disagrees", "n/a", "error", "not timed"),
+     "figures": [{"value", "unit"}] (the first is the main figure: larger is better),
+     "seconds": harness.summarize() or None, "ratio" (transformer's throughput / this
+     engine's: > 1 means transformer is faster), "fraction_of_limit", "limit" (its name, e.g.
+     "sgemm 120.3 GFLOP/s"), "agreement": {"ok", "is_reference", "text", ...} or None, "note"}
+
+    TABLE: {"title", "header": [str], "rows": [[cell]]} rendered as given.
+    SCALING: {"name", "title", "xlabel", "ylabel", "x": [..], "series": {label: [y or None]},
+     "logx", "logy"}: one line plot each.
+
+`python -m transformer.benchmarks.report DIR/results.json` renders report.md and the plots again
+from a recorded results.json.
+"""
+import datetime
+import json
+import math
+import os
+import sys
+
+SCHEMA = "transformer-bench/1"
+ENGINE = "transformer"
+
+
+# ---------------------------------------------------------------------------------------------
+# results.json
+# ---------------------------------------------------------------------------------------------
+
+def new_results(command, options, machine):
+    """An empty results document (see the module docstring) for one run."""
+    return {"schema": SCHEMA, "created": datetime.datetime.now().astimezone().isoformat(
+        timespec="seconds"), "command": command, "options": options, "machine": machine,
+        "limits": {}, "suites": {}, "wall_s": None, "plots": []}
+
+
+def jsonable(obj):
+    """obj with NumPy scalars and arrays, tuples, sets and non-finite floats made JSON-safe."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    return obj
+
+
+def write_results(results, out_dir):
+    """Write results.json into out_dir (created if needed); returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "results.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(jsonable(results), f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def load_results(path):
+    """Read a results.json (a file, or a directory holding one). Raises FileNotFoundError, or
+    ValueError when it is not JSON or not this schema."""
+    if os.path.isdir(path):
+        path = os.path.join(path, "results.json")
+    with open(path, encoding="utf-8") as f:
+        try:
+            results = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(results, dict) or results.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: not a transformer bench results file (schema "
+                         f"{results.get('schema') if isinstance(results, dict) else None!r}, "
+                         f"expected {SCHEMA!r})")
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Formatting
+# ---------------------------------------------------------------------------------------------
+
+def fmt_num(v, digits=3):
+    """A number with about `digits` significant digits, no exponent for 0.01 <= |v| < 1e6."""
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    a = abs(v)
+    if a == 0:
+        return "0"
+    if a >= 1e6 or a < 1e-4:
+        return f"{v:.2e}"
+    if a >= 10 ** (digits - 1):
+        return f"{v:.0f}"
+    decimals = digits - 1 - math.floor(math.log10(a))
+    return f"{v:.{max(0, decimals)}f}"
+
+
+def fmt_seconds(s):
+    """Seconds with a unit chosen by magnitude: "12.3 us", "4.56 ms", "1.23 s"."""
+    if s is None:
+        return "-"
+    if s < 1e-3:
+        return f"{fmt_num(s * 1e6)} us"
+    if s < 1:
+        return f"{fmt_num(s * 1e3)} ms"
+    return f"{fmt_num(s)} s"
+
+
+def fmt_time(stats):
+    """Timing cell: median (min-max, IQR) in one unit, "-" when not timed."""
+    if not stats:
+        return "-"
+    med = stats["median"]
+    scale, unit = (1e6, "us") if med < 1e-3 else (1e3, "ms") if med < 1 else (1, "s")
+    return (f"{fmt_num(med * scale)} {unit} ({fmt_num(stats['min'] * scale)}-"
+            f"{fmt_num(stats['max'] * scale)}, IQR {fmt_num(stats['iqr'] * scale)})")
+
+
+def fmt_figures(figures):
+    """Figures cell: "217 sentences/s; 4517 tokens/s"."""
+    if not figures:
+        return "-"
+    return "; ".join(f"{fmt_num(f['value'])} {f['unit']}" for f in figures
+                     if f.get("value") is not None) or "-"
+
+
+def fmt_pct(x):
+    """A fraction as a percentage, "-" for None."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _esc(text):
+    """Escape a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def table(header, rows, align=None):
+    """A Markdown table: header [str], rows [[cell]], align per column ("l" or "r")."""
+    align = align or ["l"] + ["r"] * (len(header) - 1)
+    lines = ["| " + " | ".join(_esc(h) for h in header) + " |",
+             "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |"]
+    for r in rows:
+        lines.append("| " + " | ".join(_esc(c) for c in r) + " |")
+    return lines
+
+
+def engine_cell(row):
+    """Engine name, with the flag when it disagrees with the reference or failed."""
+    name = row["engine"]
+    agree = row.get("agreement") or {}
+    if row.get("status") == "disagrees" or (agree and not agree.get("ok", True)):
+        name += " **(disagrees with the reference)**"
+    elif row.get("status") == "error":
+        name += " **(failed)**"
+    return name
+
+
+def check_cell(row):
+    """Agreement cell: "reference", the comparison's text, or the note."""
+    agree = row.get("agreement")
+    if agree:
+        return "reference" if agree.get("is_reference") else agree.get("text", "-")
+    return row.get("note") or "-"
+
+
+def render_suite(name, suite):
+    """Markdown section of one suite: title, setup lines, the rows table, extra tables, skipped
+    peers, notes and plots."""
+    lines = [f"## {suite.get('title', name)}", ""]
+    status = suite.get("status", "ok")
+    if status != "ok":
+        lines += [f"**{status}**: {suite.get('error', '')}", ""]
+    for w in suite.get("warnings", []):
+        lines += [f"**{w}**", ""]
+    for s in suite.get("summary", []):
+        lines.append(s)
+    if suite.get("summary"):
+        lines.append("")
+    rows = suite.get("rows", [])
+    if rows:
+        lines += table(["case", "engine", "figure", "time median (min-max, IQR)",
+                        "ratio (transformer / engine)", "fraction of limit", "limit",
+                        "check against the reference"],
+                       [[r["case"], engine_cell(r),
+                         fmt_figures(r.get("figures")) if r.get("seconds") else
+                         (r.get("status") or "not timed"),
+                         fmt_time(r.get("seconds")), fmt_num(r.get("ratio")),
+                         fmt_pct(r.get("fraction_of_limit")), r.get("limit") or "-",
+                         check_cell(r)] for r in rows],
+                       align=["l", "l", "r", "r", "r", "r", "l", "l"])
+        lines.append("")
+    for t in suite.get("tables", []):
+        if t.get("title"):
+            lines += [f"**{t['title']}**", ""]
+        lines += table(t["header"], [[fmt_num(c) if isinstance(c, float) else c for c in r]
+                                     for r in t["rows"]], t.get("align"))
+        lines.append("")
+    if suite.get("markdown"):
+        lines += [suite["markdown"], ""]
+    for peer, why in suite.get("skipped", {}).items():
+        lines.append(f"- skipped {peer}: {why}")
+    for note in suite.get("notes", []):
+        lines.append(f"- {note}")
+    if suite.get("skipped") or suite.get("notes"):
+        lines.append("")
+    for p in suite.get("plots", []):
+        lines += [f"![{p}]({p})", ""]
+    if suite.get("wall_s") is not None:
+        lines += [f"_{name}: {suite['wall_s']:.1f} s wall time._", ""]
+    return "\n".join(lines)
+
+
+def headline(results):
+    """The summary table: per suite and case, transformer's main figure, its fraction of the
+    machine's limit, and its throughput ratio to each engine that ran that case."""
+    peers = []
+    for suite in results.get("suites", {}).values():
+        for r in suite.get("rows", []):
+            if r["engine"] != ENGINE and r["engine"] not in peers:
+                peers.append(r["engine"])
+    out = []
+    for name, suite in results.get("suites", {}).items():
+        by_case = {}
+        for r in suite.get("rows", []):
+            by_case.setdefault(r["case"], {})[r["engine"]] = r
+        for case, engines in by_case.items():
+            ours = engines.get(ENGINE)
+            if ours is None:
+                continue
+            cells = [name, case, fmt_figures(ours.get("figures")[:1]) if ours.get("seconds")
+                     and ours.get("figures") else ours.get("status", "-"),
+                     fmt_pct(ours.get("fraction_of_limit"))]
+            for p in peers:
+                r = engines.get(p)
+                if r is None:
+                    cells.append("")
+                elif r.get("status") == "disagrees":
+                    cells.append("disagrees")
+                elif r.get("ratio") is None:
+                    cells.append(r.get("status") if r.get("status") != "timed" else "-")
+                else:
+                    cells.append(f"{fmt_num(r['ratio'])}x")
+            out.append(cells)
+    if not out:
+        return []
+    return table(["suite", "case", "transformer", "fraction of limit"]
+                 + [f"vs {p}" for p in peers], out)
+
+
+def render_markdown(results):
+    """The whole report.md: the run, the machine and its limits, the summary table (ratios:
+    transformer's throughput over each peer's, > 1 means transformer is faster), then one
+    section per suite."""
+    m = results.get("machine", {})
+    opts = results.get("options", {})
+    lim = results.get("limits", {})
+    mem = m.get("memory", {})
+    lines = ["# transformer bench", "",
+             f"`{results.get('command', '')}` on {results.get('created', '?')}"
+             + (f", {results['wall_s']:.0f} s in all." if results.get("wall_s") else "."), "",
+             f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+             + (f", {mem['total_gib']:.1f} GiB memory" if mem.get("total_gib") else "")
+             + f"; {m.get('platform', '')}; Python {m.get('python', '?')}. "
+             f"Threads for every engine: {opts.get('threads', m.get('threads', '?'))}."
+             + (" Sizes: " + str(opts.get("sizes")) + "." if opts.get("sizes") else ""), ""]
+    vers = m.get("versions", {})
+    if vers:
+        lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in vers.items() if v)
+                     + (". Not installed: " + ", ".join(k for k, v in vers.items() if not v)
+                        if any(not v for v in vers.values()) else "") + ".")
+    if m.get("blas"):
+        lines.append("BLAS: " + "; ".join(m["blas"]) + ".")
+    lines.append("")
+    if lim:
+        probe = lim.get("probe", {})
+        lines += [f"Machine limits (measured in this run, median of {lim.get('rounds', '?')}): "
+                  f"sgemm {fmt_num(lim.get('sgemm_gflops'))} GFLOP/s "
+                  f"(numpy {fmt_num(lim.get('sgemm_numpy'))}, scipy "
+                  f"{fmt_num(lim.get('sgemm_scipy'))}; {probe.get('sgemm', '')}); "
+                  f"copy {fmt_num(lim.get('copy_gbs'))} GB/s (1 thread "
+                  f"{fmt_num(lim.get('copy_1thread'))}, all threads "
+                  f"{fmt_num(lim.get('copy_threads'))}; {probe.get('copy', '')})"
+                  + ("" if lim.get("cpu_steal") is None else
+                     f"; hypervisor CPU steal {100 * lim['cpu_steal']:.0f}%") + ".", ""]
+    if m.get("load_before") is not None:
+        lines += [f"Load average before the run: {m['load_before']:.2f} on "
+                  f"{m.get('cores', '?')} cores.", ""]
+    busy = [n for n, s in results.get("suites", {}).items() if s.get("warnings")]
+    if busy:
+        lines += [f"**The machine was busy during {', '.join(busy)}: see the warnings there; "
+                  "those numbers are disturbed.**", ""]
+    head = headline(results)
+    if head:
+        lines += ["## Summary", "",
+                  ("transformer's main figure, its fraction of the machine's limit, and its "
+                   "throughput ratio to each engine on the same case (> 1: transformer is "
+                   "faster; 'disagrees': that engine's output failed the check against the "
+                   "reference and was not timed)."), ""] + head + [""]
+    for name, suite in results.get("suites", {}).items():
+        lines.append(render_suite(name, suite))
+    if results.get("plots_note"):
+        lines += [f"_Plots: {results['plots_note']}_", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_report(results, out_dir):
+    """Write report.md into out_dir; returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "report.md")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(render_markdown(results))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots (matplotlib, optional: pip install "transformer[bench]")
+# ---------------------------------------------------------------------------------------------
+
+def _pyplot():
+    """matplotlib.pyplot with the Agg backend, or None when matplotlib is not installed."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _throughput_plot(plt, name, suite, path):
+    """Bars of the main figure per engine and case, error bars from the timing min-max; one
+    panel per row group. Returns True when something was drawn."""
+    timed = [r for r in suite.get("rows", []) if r.get("seconds") and r.get("figures")]
+    if not timed:
+        return False
+
+    def panel(r):
+        """One panel per group and unit (a group may mix GB/s and GFLOP/s cases)."""
+        return (r.get("group") or name, r["figures"][0]["unit"])
+    groups = []
+    for r in timed:
+        if panel(r) not in groups:
+            groups.append(panel(r))
+    several_units = {g for g, _ in groups if sum(1 for h, _ in groups if h == g) > 1}
+    engines = []
+    for r in timed:
+        if r["engine"] not in engines:
+            engines.append(r["engine"])
+    cols = min(3, len(groups))
+    nrows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.0, 5.2 * cols), 3.6 * nrows),
+                             squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
+    width = 0.8 / max(1, len(engines))
+    for ax, (g, unit) in zip(axes.flat, groups):
+        rows = [r for r in timed if panel(r) == (g, unit)]
+        cases = []
+        for r in rows:
+            if r["case"] not in cases:
+                cases.append(r["case"])
+        for j, e in enumerate(engines):
+            xs, ys, lo, hi = [], [], [], []
+            for i, c in enumerate(cases):
+                r = next((r for r in rows if r["case"] == c and r["engine"] == e), None)
+                if r is None:
+                    continue
+                v, s = r["figures"][0]["value"], r["seconds"]
+                xs.append(i + (j - (len(engines) - 1) / 2) * width)
+                ys.append(v)
+                lo.append(max(0.0, v - v * s["median"] / s["max"]) if s["max"] else 0.0)
+                hi.append(max(0.0, v * s["median"] / s["min"] - v) if s["min"] else 0.0)
+            if xs:
+                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=e,
+                       color="C3" if e == ENGINE else f"C{engines.index(e) % 10}")
+        ax.set_xticks(range(len(cases)))
+        ax.set_xticklabels([c.replace(g, "").strip(" ,") or c for c in cases], rotation=20,
+                           ha="right", fontsize=7)
+        ax.set_ylabel(unit)
+        ax.set_title(f"{g} ({unit})" if g in several_units else g, fontsize=9)
+        vals = [r["figures"][0]["value"] for r in rows if r["figures"][0]["value"]]
+        if vals and max(vals) / max(min(vals), 1e-30) > 100:
+            ax.set_yscale("log")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle(f"{name}: throughput, median (min-max), {ENGINE} in red", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _scaling_plot(plt, sc, path):
+    """One line per series of a SCALING entry."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    others = iter(f"C{i}" for i in range(100) if i % 10 != 3)   # C3 (red) is transformer's
+    for label, ys in sc["series"].items():
+        pts = [(x, y) for x, y in zip(sc["x"], ys) if y is not None]
+        if pts:
+            dashed = "traced" in label or label in ("ideal", "(B,H,T,T) float32")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o--" if dashed else "o-",
+                    label=label, color="C3" if label == ENGINE else next(others))
+    if sc.get("logx"):
+        ax.set_xscale("log", base=2)
+    if sc.get("logy"):
+        ax.set_yscale("log")
+    ax.set_xlabel(sc.get("xlabel", ""))
+    ax.set_ylabel(sc.get("ylabel", ""))
+    ax.set_title(sc.get("title", sc["name"]), fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_suite(name, suite, path):
+    """Draw one suite's throughput chart into `path` (PNG). Returns False, drawing nothing, when
+    matplotlib is not installed or nothing was timed."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return _throughput_plot(plt, name, suite, path)
+
+
+def write_plots(results, out_dir):
+    """Draw every suite's throughput chart and scaling plots as PNG files in out_dir; their
+    names go into results["plots"] and each suite's "plots". Returns (paths, note): note is
+    None, or why nothing was drawn (matplotlib not installed: never an error)."""
+    plt = _pyplot()
+    if plt is None:
+        note = ("matplotlib is not installed, so no plots were drawn "
+                "(pip install 'transformer[bench]')")
+        results["plots_note"] = note
+        return [], note
+    results.pop("plots_note", None)
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for name, suite in results.get("suites", {}).items():
+        suite["plots"] = []
+        fname = f"{name}-throughput.png"
+        if _throughput_plot(plt, name, suite, os.path.join(out_dir, fname)):
+            suite["plots"].append(fname)
+        for sc in suite.get("scaling", []):
+            if not sc.get("x"):
+                continue
+            fname = f"{name}-scaling-{sc['name']}.png".replace(" ", "-")
+            _scaling_plot(plt, sc, os.path.join(out_dir, fname))
+            suite["plots"].append(fname)
+        paths += [os.path.join(out_dir, p) for p in suite["plots"]]
+    results["plots"] = [os.path.basename(p) for p in paths]
+    return paths, None
+
+
+def main(argv=None):
+    """`python -m transformer.benchmarks.report RESULTS.json [OUT_DIR]`: render report.md (and
+    the plots, with matplotlib) from a recorded results.json; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help") or len(argv) > 2:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    try:
+        results = load_results(argv[0])
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    src = argv[0] if os.path.isdir(argv[0]) else os.path.dirname(os.path.abspath(argv[0]))
+    out_dir = argv[1] if len(argv) > 1 else src
+    write_plots(results, out_dir)
+    print(write_report(results, out_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
