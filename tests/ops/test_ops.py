@@ -20,7 +20,7 @@ def backend(request):
     return importlib.import_module(f"transformer.ops.{request.param}")
 
 
-def close(got, want, dtype, scale=1.0):
+def assert_close(got, want, dtype, scale=1.0):
     tol = TOL[dtype]
     np.testing.assert_allclose(got, want, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
@@ -42,19 +42,19 @@ def randn(rng, *shape, dtype=np.float32):
 def test_linear(backend, rng, dtype, N, K, O, activation, threads):
     x, w, b = randn(rng, N, K), randn(rng, O, K) / K ** 0.5, randn(rng, O)
     out = backend.linear(x, w, b, activation, poison((N, O)), threads)
-    close(out, ref.linear(x, w, b, activation), dtype)
+    assert_close(out, ref.linear(x, w, b, activation), dtype)
     out = backend.linear(x, w, None, activation, poison((N, O)), threads)
-    close(out, ref.linear(x, w, None, activation), dtype)
+    assert_close(out, ref.linear(x, w, None, activation), dtype)
 
 
 @pytest.mark.parametrize("activation", ops.ACTIVATIONS[1:])
 def test_activations_front(rng, activation):
     x = randn(rng, 7, 257) * 4
     b = randn(rng, 257)
-    close(ops.bias_act(x, b, activation), ref.bias_act(x, b, activation), np.float32)
+    assert_close(ops.bias_act(x, b, activation), ref.bias_act(x, b, activation), np.float32)
     fn = {"gelu": ops.gelu, "gelu_tanh": ops.gelu_tanh, "relu": ops.relu,
           "silu": ops.silu}[activation]
-    close(fn(x[0]), ref.bias_act(x[0], None, activation), np.float32)
+    assert_close(fn(x[0]), ref.bias_act(x[0], None, activation), np.float32)
 
 
 @pytest.mark.parametrize("N,C", [(1, 1), (1, 384), (257, 120), (64, 24)])
@@ -64,7 +64,7 @@ def test_layer_norm(backend, rng, N, C, with_residual):
     res = randn(rng, N, C) if with_residual else None
     g, b = randn(rng, C), randn(rng, C)
     out = backend.layer_norm(x, res, g, b, 1e-5, poison((N, C)), 2)
-    close(out, ref.layer_norm(x, g, b, 1e-5, res), np.float32)
+    assert_close(out, ref.layer_norm(x, g, b, 1e-5, res), np.float32)
 
 
 def test_layer_norm_in_place(rng):
@@ -74,7 +74,7 @@ def test_layer_norm_in_place(rng):
     g, b = randn(rng, 120), randn(rng, 120)
     want = ref.layer_norm(x, g, b, 1e-12, h)
     cpu.layer_norm(x, h, g, b, 1e-12, h, 2)
-    close(h, want, np.float32)
+    assert_close(h, want, np.float32)
 
 
 @pytest.mark.parametrize("N,S", [(1, 1), (3, 257), (64, 24), (10, 1000)])
@@ -87,7 +87,7 @@ def test_softmax(backend, rng, N, S, masked):
         mask[0] = -np.inf  # a fully masked row gives zeros, not NaN
     out = backend.softmax(x, mask, poison((N, S)), 2)
     want = ref.softmax(x, mask)
-    close(out, want, np.float32)
+    assert_close(out, want, np.float32)
     if masked:
         assert not np.isnan(out).any() and np.all(out[0] == 0)
 
@@ -95,7 +95,7 @@ def test_softmax(backend, rng, N, S, masked):
 def test_softmax_front_broadcast(rng):
     x = randn(rng, 2, 3, 5, 7)
     mask = np.where(rng.random((2, 1, 1, 7)) < 0.5, -np.inf, 0.0)
-    close(ops.softmax(x, mask), ref.softmax(x, mask), np.float32)
+    assert_close(ops.softmax(x, mask), ref.softmax(x, mask), np.float32)
 
 
 @pytest.mark.parametrize("N,C,V,P,TV", [(1, 1, 1, 1, 1), (37, 120, 50, 40, 2), (5, 384, 1000, 512, 0)])
@@ -108,7 +108,7 @@ def test_embedding(rng, N, C, V, P, TV, norm):
     tids = rng.integers(0, TV, (N,)) if TV else None
     g, b = (randn(rng, C), randn(rng, C)) if norm else (None, None)
     got = ops.embedding(ids, word, pos, pids, tids, types_t, g, b, 1e-12)
-    close(got, ref.embedding(ids, word, pos, pids, tids, types_t, g, b, 1e-12), np.float32)
+    assert_close(got, ref.embedding(ids, word, pos, pids, tids, types_t, g, b, 1e-12), np.float32)
 
 
 ATTN_SHAPES = [  # B, H, Hkv, T, S, D
@@ -132,7 +132,7 @@ def test_attention(rng, B, H, Hkv, T, S, D, causal, masked, threads):
     got = ops.attention(q, k, v, mask, causal=causal, threads=threads)
     want = ref.attention(q, k, v, mask, causal=causal)
     want = np.nan_to_num(want)  # the reference's fully masked rows are zeros already
-    close(got, want, np.float32)
+    assert_close(got, want, np.float32)
 
 
 def test_attention_poisoned_strided(rng):
@@ -147,7 +147,7 @@ def test_attention_poisoned_strided(rng):
     cpu.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], out, n, z, L, z, L, None, False,
                   1 / np.sqrt(D), 2)
     t = lambda a: a.transpose(0, 2, 1, 3)
-    close(t(out), ref.attention(t(qkv[:, :, 0]), t(qkv[:, :, 1]), t(qkv[:, :, 2])), np.float32)
+    assert_close(t(out), ref.attention(t(qkv[:, :, 0]), t(qkv[:, :, 1]), t(qkv[:, :, 2])), np.float32)
 
 
 @pytest.mark.parametrize("lens", [[1], [5, 0, 25, 10], [257, 3], [64, 64, 65]])
@@ -158,7 +158,7 @@ def test_attention_varlen(rng, lens, causal):
     qkv = randn(rng, N, 3, H, D)
     out = poison((N, H, D))
     got = ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=causal, out=out)
-    close(got, ref.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal), np.float32)
+    assert_close(got, ref.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal), np.float32)
 
 
 # -- bad input: each error names the argument -------------------------------------------------
@@ -212,7 +212,7 @@ def test_embedding_bad_input(rng):
 def test_rms_norm(backend, rng, N, C):
     x, w = randn(rng, N, C) * 2, randn(rng, C)
     out = backend.rms_norm(x, w, 1e-5, poison((N, C)), 2)
-    close(out, ref.rms_norm(x, w, 1e-5), np.float32)
+    assert_close(out, ref.rms_norm(x, w, 1e-5), np.float32)
 
 
 @pytest.mark.parametrize("interleaved", [False, True])
@@ -223,14 +223,14 @@ def test_rotary(rng, interleaved, N, n_heads, D, extra):
     cos, sin = ops.rotary_tables(300, D, 10000.0)
     want = ref.rotary(x, pos, n_heads, D, 10000.0, interleaved)
     got = ops.rotary(x.copy(), pos, cos, sin, n_heads, interleaved)
-    close(got, want, np.float32, scale=10)  # angles up to 300 rad are rounded to float32
+    assert_close(got, want, np.float32, scale=10)  # angles up to 300 rad are rounded to float32
     np.testing.assert_array_equal(got[:, n_heads * D:], x[:, n_heads * D:])  # columns past the heads untouched
 
 
 @pytest.mark.parametrize("N,F", [(1, 1), (33, 130)])
 def test_swiglu(backend, rng, N, F):
     gu = randn(rng, N, 2 * F) * 3
-    close(backend.swiglu(gu, poison((N, F)), 2), ref.swiglu(gu), np.float32)
+    assert_close(backend.swiglu(gu, poison((N, F)), 2), ref.swiglu(gu), np.float32)
 
 
 @pytest.mark.parametrize("B,S,H,Hkv,D", [(1, 1, 1, 1, 4), (3, 300, 8, 2, 16), (2, 1030, 12, 12, 64),
@@ -246,7 +246,7 @@ def test_decode_attention(rng, B, S, H, Hkv, D, masked, chunk):
     mask = (rng.random((B, S)) < 0.8).astype(np.int64) if masked else None
     out = poison((B, H, D))
     got = ops.decode_attention(q, k, v, lengths, mask, chunk=chunk, out=out, threads=2)
-    close(got, ref.decode_attention(q, k, v, lengths, mask), np.float32)
+    assert_close(got, ref.decode_attention(q, k, v, lengths, mask), np.float32)
 
 
 def test_decode_matches_causal_attention(rng):
@@ -256,7 +256,7 @@ def test_decode_matches_causal_attention(rng):
     full = ops.attention(q, k, v, causal=True)
     step = ops.decode_attention(np.ascontiguousarray(q[:, :, -1]), k.transpose(0, 2, 1, 3),
                                 v.transpose(0, 2, 1, 3), np.full(B, T))
-    close(step, full[:, :, -1], np.float32)
+    assert_close(step, full[:, :, -1], np.float32)
 
 
 def test_decoder_ops_bad_input(rng):
@@ -283,7 +283,7 @@ def test_decode_attention_shared_planes(rng):
     lengths = np.array([50, 50, 50, 20, 20, 20])
     mask = (rng.random((Bkv, S)) < 0.8).astype(np.int64)
     got = ops.decode_attention(q, k, v, lengths, mask, kv_index=index)
-    close(got, ref.decode_attention(q, k, v, lengths, mask, kv_index=index), np.float32)
+    assert_close(got, ref.decode_attention(q, k, v, lengths, mask, kv_index=index), np.float32)
 
 
 @pytest.mark.parametrize("lens_q,lens_k", [([3, 1, 7], [5, 9, 1]), ([70], [130]), ([0, 4], [6, 0])])
@@ -296,4 +296,4 @@ def test_attention_varlen_cross(rng, lens_q, lens_k):
     got = ops.attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_seqlens_k=cu_k,
                                out=poison(q.shape))
     want = ref.attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_seqlens_k=cu_k)
-    close(got, want, np.float32)
+    assert_close(got, want, np.float32)
