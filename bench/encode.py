@@ -19,8 +19,6 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEERS = ("torch", "onnxruntime", "ctranslate2")
-ENGINE = "transformer"
-COSINE_OK = 0.999
 
 
 def parse_args(argv=None):
@@ -58,41 +56,16 @@ def parse_args(argv=None):
     return args
 
 
-_PREV_OMP = os.environ.get("OMP_NUM_THREADS")
 if __name__ == "__main__":
-    # Thread count into the environment before NumPy, torch, ORT or CTranslate2 is imported: the
+    # Thread count into the environment before NumPy, torch or a peer runtime is imported: the
     # OpenMP and BLAS runtimes read it when they start.
     ARGS = parse_args()
+    os.environ["TRANSFORMER_BENCH_PREV_OMP"] = os.environ.get("OMP_NUM_THREADS", "")
     os.environ["OMP_NUM_THREADS"] = str(ARGS.threads)
-
-try:  # this project's package: from the path, else from the repository root
-    import transformer  # noqa: E402,F401
-except ImportError:
-    sys.path.insert(0, REPO)
-
-# The shared pieces, for scripts that imported them from here.
-from transformer.benchmarks.encode import (  # noqa: E402,F401
-    GemmProbe, default_model_dir, export_onnx, make_batches, mean_pool_normalize,
-    model_cache_dir, model_flops, model_name, read_sentences, script_main)
-from transformer.benchmarks.harness import cpu_name, cpu_ticks, steal_fraction  # noqa: E402,F401
-
-
-def log(msg):
-    """Progress line on stderr."""
-    print(f"[encode] {msg}", file=sys.stderr, flush=True)
-
-
-def fmt_row(cells):
-    """One Markdown table row."""
-    return "| " + " | ".join(cells) + " |"
-
-
-def main(args):
-    """Run the suite with these options (parse_args), print its table, write --json/--plot."""
-    if _PREV_OMP not in (None, str(args.threads)):
-        log(f"note: OMP_NUM_THREADS was {_PREV_OMP}; set to {args.threads} for this run")
-    return script_main(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main(ARGS))
+    try:  # this project's package: from the path, else from the repository root
+        import transformer  # noqa: F401
+    except ImportError:
+        sys.path.insert(0, REPO)
+    from transformer.benchmarks.harness import script_main
+    from transformer.benchmarks.encode import script_main as suite_main
+    sys.exit(script_main(suite_main, ARGS, "encode"))

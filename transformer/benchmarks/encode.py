@@ -454,16 +454,7 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
     padded = {bs: int(sum(b["input_ids"].size for b in bl)) for bs, bl in batches.items()}
     flops = model_flops(config, lengths)
 
-    notes = []
-    if reference is None:
-        notes.append("HF torch is not available: every engine is compared with transformer's "
-                     "embeddings instead of the HF reference")
-        ref_kw = {"reference_engine": ENGINE}
-    elif reference in engines:
-        ref_kw = {"reference_engine": reference.name}
-    else:
-        ref_kw = {"reference": lambda bs: reference.run(bs)}
-        notes.append("HF torch is the reference of the check but not timed (not in --peers)")
+    ref_kw, notes = harness.reference_choice(reference, engines, ENGINE, "embeddings are")
     for e in engines:
         notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
 

@@ -443,16 +443,8 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
     for p, why in skipped.items():
         log(f"skipping {p}: {why}", TAG)
 
-    notes = [model_note]
-    if reference is None:
-        notes.append("HF torch is not available: tokens are compared with transformer's, and "
-                     "any divergence is flagged")
-        ref_kw = {"reference_engine": ENGINE}
-    elif reference in engines:
-        ref_kw = {"reference_engine": reference.name}
-    else:
-        ref_kw = {"reference": lambda b: reference.run(b)}
-        notes.append("HF torch is the reference of the check but not timed (not in --peers)")
+    ref_kw, ref_notes = harness.reference_choice(reference, engines, ENGINE, "tokens are")
+    notes = [model_note] + ref_notes
     for e in engines:
         notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
 

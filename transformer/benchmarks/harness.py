@@ -337,6 +337,28 @@ class NotApplicable(Exception):
     as "n/a" with the message, not as an error)."""
 
 
+def reference_choice(reference, engines, engine_name, what):
+    """How compare_engines gets its reference: HF torch's outputs (`reference`, an engine object
+    or None when torch is missing) whether or not torch is timed. Returns (keyword arguments for
+    compare_engines, notes for the report); `what` says what is compared without torch."""
+    if reference is None:
+        return ({"reference_engine": engine_name},
+                [f"HF torch is not available: {what} compared with {engine_name}'s instead"])
+    if reference in engines:
+        return {"reference_engine": reference.name}, []
+    return ({"reference": lambda case: reference.run(case)},
+            ["HF torch is the reference of the check but not timed (not in --peers)"])
+
+
+def script_main(main, args, tag):
+    """Entry of a bench/*.py wrapper: note a changed OMP_NUM_THREADS (the wrapper sets it to
+    --threads before any runtime starts), then run the suite's `main(args)`."""
+    previous = os.environ.get("TRANSFORMER_BENCH_PREV_OMP")
+    if previous not in (None, "", str(args.threads)):
+        log(f"note: OMP_NUM_THREADS was {previous}; set to {args.threads} for this run", tag)
+    return main(args)
+
+
 def compare_engines(engines, cases, compare, rounds, reference=None, reference_engine=None,
                     min_seconds=0.0, pause=0.0, probe=None, time_disagreeing=False,
                     tag="bench", case_label=str):
