@@ -21,8 +21,9 @@ SHARED_MODELS = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS",
 
 @pytest.fixture
 def rng(request):
-    """A generator seeded from the test's name and a fresh OS seed, printed on failure."""
-    seed = np.random.SeedSequence().entropy % (2 ** 32)
+    """A generator from a fresh OS seed, printed on failure; TRANSFORMER_TEST_SEED replays one."""
+    seed = int(os.environ.get("TRANSFORMER_TEST_SEED") or
+               np.random.SeedSequence().entropy % (2 ** 32))
     request.node.user_properties.append(("seed", seed))
     print(f"seed={seed}")
     return np.random.default_rng(seed)

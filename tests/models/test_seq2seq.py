@@ -90,13 +90,14 @@ def test_sinusoid_layouts():
 def test_return_scores_and_score_api(tmp_path, rng):
     _, ours = _save(tmp_path, rng, "bart")
     src, mask = _source(rng, 2, 7)
+    # no forced eos: the search ranks by the processed scores, return_scores gives the model's
     out, scores = ours.generate(src, mask, max_new_tokens=6, num_beams=3, num_return_sequences=3,
-                                return_scores=True, eos_token_id=[])
+                                return_scores=True, eos_token_id=[], forced_eos_token_id=None)
     assert out.shape == (6, 7) and scores.shape == (6,)
     per_token = ours.score(np.repeat(src, 3, 0), np.repeat(mask, 3, 0), out[:, 1:])
     # score() appends an eos; without eos in the search the hypothesis score excludes it
     np.testing.assert_allclose([p[:-1].sum() for p in per_token], scores, rtol=1e-5, atol=1e-5)
-    assert scores[0] >= scores[1] - 1e-6  # n-best: the search's best first (lp 1.0, same length)
+    assert scores[0] >= scores[1] - 1e-4  # n-best: the search's best first (lp 1.0, same length)
 
 
 def test_bring_your_own_weights(tmp_path, rng):

@@ -412,8 +412,9 @@ class Seq2SeqModel:
         transformer.generation.generate: num_beams, length_penalty, do_sample, temperature,
         top_k, top_p, seed, num_return_sequences, eos_token_id, early_stopping, ...; the family's
         forced_bos/forced_eos defaults apply). With return_scores, also (B * n,) float64: each
-        hypothesis' sum of token log-probabilities (of the search's scores, before the length
-        penalty)."""
+        hypothesis' sum of the model's token log-probabilities up to its first eos (no length
+        penalty, no logits processors: a forced token counts with its model log-probability, so
+        this order can differ from the search's, which ranks forced tokens at log 1 = 0)."""
         from ..generation import generate
 
         cfg = self.config
