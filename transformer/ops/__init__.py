@@ -1,8 +1,11 @@
 """The one kernel interface: every op checks its arguments here, once, then dispatches to a
-backend (today `cpu`; the backend files hold only the math).
+backend by where its operands live: NumPy arrays run on `cpu` (csrc/cpu), CuPy arrays on `cuda`
+(csrc/cuda); the backend files hold only the math.
 
-Conventions: activations are float32 (other float dtypes are converted; anything else is a
-TypeError); shapes use the letters of DESIGN.md (B batch, T queries, S keys, C width, H heads,
+Conventions: on the CPU activations are float32 (other float dtypes are converted; anything else
+is a TypeError); on the GPU every operand of an op is a CuPy array of one dtype, float32, float16
+or bfloat16 (CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bits), and
+index arrays may be NumPy or CuPy; shapes use the letters of DESIGN.md (B batch, T queries, S keys, C width, H heads,
 D head_dim, N packed rows). Every op takes `threads=None` (see transformer._threads).
 Errors: TypeError for a wrong dtype, ValueError for a wrong rank, shape or value, IndexError for
 an index out of range; the message names the argument and what was expected.
@@ -12,17 +15,63 @@ import math
 import numpy as np
 
 from .._threads import blas_single_threaded, resolve_threads
-from . import cpu as _backend
+from . import cpu as _cpu_backend
 
-__all__ = ["linear", "bias_act", "gelu", "gelu_tanh", "relu", "silu", "layer_norm", "rms_norm",
+__all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm", "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
            "attention_varlen", "decode_attention", "ACTIVATIONS"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
 
-def _float32(name, a, ndim=None, min_ndim=None):
-    """a as a C-contiguous float32 array, or a clear error naming `name`."""
+def on_device(a):
+    """True for a CuPy (GPU) array."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def array_module(a):
+    """numpy, or cupy for a CuPy array."""
+    if on_device(a):
+        from . import cuda
+        return cuda.cupy()
+    return np
+
+
+def _backend_for(a):
+    if on_device(a):
+        from . import cuda
+        return cuda
+    return _cpu_backend
+
+
+def _empty(like, shape):
+    """An uninitialised array of `shape` on like's device, with like's dtype."""
+    return array_module(like).empty(shape, like.dtype)
+
+
+def _device_array(name, a, ndim, min_ndim, like):
+    from . import cuda
+    if not on_device(a):
+        raise TypeError(f"{name} must be a CuPy array on the GPU like the op's other operands, "
+                        f"got {type(a).__name__}")
+    if a.dtype not in cuda.SUFFIX:
+        raise TypeError(f"{name} must be float32, float16 or bfloat16 (uint16 bits) on the GPU, "
+                        f"got {a.dtype}")
+    if like is not None and a.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {a.dtype} but the op's other operands have "
+                        f"{like.dtype}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+    if min_ndim is not None and a.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {a.shape}")
+    return cuda.cupy().ascontiguousarray(a)
+
+
+def _float32(name, a, ndim=None, min_ndim=None, like=None):
+    """a as a C-contiguous float32 array, or on the GPU (a or `like` a CuPy array) a contiguous
+    CuPy array of like's dtype; else a clear error naming `name`."""
+    if on_device(a) or (like is not None and on_device(like)):
+        return _device_array(name, a, ndim, min_ndim, like)
     if not isinstance(a, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
     if not np.issubdtype(a.dtype, np.floating):
@@ -34,9 +83,10 @@ def _float32(name, a, ndim=None, min_ndim=None):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
-def _indices(name, a, upper, shape=None):
-    """a as a C-contiguous int64 array with 0 <= a < upper, or a clear error naming `name`."""
-    if not isinstance(a, np.ndarray):
+def _indices(name, a, upper, shape=None, like=None):
+    """a as a C-contiguous int64 array with 0 <= a < upper (on like's device), or a clear error
+    naming `name`."""
+    if not isinstance(a, np.ndarray) and not on_device(a):
         raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
     if not np.issubdtype(a.dtype, np.integer):
         raise TypeError(f"{name} must have an integer dtype, got {a.dtype}")
@@ -45,7 +95,8 @@ def _indices(name, a, upper, shape=None):
     if a.size and (a.min() < 0 or a.max() >= upper):
         raise IndexError(f"{name} must lie in [0, {upper}), got values in "
                          f"[{a.min()}, {a.max()}]")
-    return np.ascontiguousarray(a, dtype=np.int64)
+    xp = array_module(like) if like is not None else array_module(a)
+    return xp.ascontiguousarray(xp.asarray(a), dtype=np.int64)
 
 
 def _activation(activation):
@@ -61,19 +112,19 @@ def linear(x, weight, bias=None, activation=None, threads=None):
     (exact erf) or "gelu_tanh". Returns (..., O) float32. Matmul through BLAS sgemm, bias and
     activation fused into the same pass over the output block."""
     x = _float32("x", x, min_ndim=1)
-    weight = _float32("weight", weight, ndim=2)
+    weight = _float32("weight", weight, ndim=2, like=x)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]} "
                          f"(weight shape {weight.shape} is (out_features, in_features))")
     if bias is not None:
-        bias = _float32("bias", bias, ndim=1)
+        bias = _float32("bias", bias, ndim=1, like=x)
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
     _activation(activation)
     x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty((x2.shape[0], weight.shape[0]), np.float32)
+    out = _empty(x, (x2.shape[0], weight.shape[0]))
     with blas_single_threaded():
-        _backend.linear(x2, weight, bias, activation, out, resolve_threads(threads))
+        _backend_for(x).linear(x2, weight, bias, activation, out, resolve_threads(threads))
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
@@ -82,32 +133,52 @@ def bias_act(x, bias=None, activation="gelu", threads=None):
     GELU exact: 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016); "gelu_tanh" its tanh form."""
     x = _float32("x", x, min_ndim=1).copy()
     if bias is not None:
-        bias = _float32("bias", bias, ndim=1)
+        bias = _float32("bias", bias, ndim=1, like=x)
         if bias.shape[0] != x.shape[-1]:
             raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
     _activation(activation)
-    _backend.bias_act(x.reshape(-1, x.shape[-1]), bias, activation, resolve_threads(threads))
+    _backend_for(x).bias_act(x.reshape(-1, x.shape[-1]), bias, activation,
+                             resolve_threads(threads))
     return x
+
+
+def add(a, b, threads=None):
+    """a + b elementwise for two arrays of one shape (the residual add of pre-LN stacks; on the
+    GPU it also serves bfloat16, which CuPy's own + would treat as integers). Returns a new
+    array (float32 on the CPU, the operands' dtype on the GPU)."""
+    a = _float32("a", a)
+    b = _float32("b", b, like=a)
+    if a.shape != b.shape:
+        raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
+    if not on_device(a):
+        return a + b
+    from . import cuda
+    return cuda.add(a, b, _empty(a, a.shape), None)
+
+
+def _elementwise(x, activation, threads):
+    xp = array_module(x)
+    return bias_act(xp.atleast_1d(x), None, activation, threads).reshape(xp.shape(x))
 
 
 def gelu(x, threads=None):
     """Exact GELU, 0.5 x (1 + erf(x / sqrt 2)); x (...) float. Returns float32."""
-    return bias_act(np.atleast_1d(x), None, "gelu", threads).reshape(np.shape(x))
+    return _elementwise(x, "gelu", threads)
 
 
 def gelu_tanh(x, threads=None):
     """GELU, tanh approximation (GPT-2 "gelu_new"); x (...) float. Returns float32."""
-    return bias_act(np.atleast_1d(x), None, "gelu_tanh", threads).reshape(np.shape(x))
+    return _elementwise(x, "gelu_tanh", threads)
 
 
 def silu(x, threads=None):
     """SiLU / swish, x sigmoid(x) (Elfwing et al. 2017); x (...) float. Returns float32."""
-    return bias_act(np.atleast_1d(x), None, "silu", threads).reshape(np.shape(x))
+    return _elementwise(x, "silu", threads)
 
 
 def relu(x, threads=None):
     """max(x, 0); x (...) float. Returns float32."""
-    return bias_act(np.atleast_1d(x), None, "relu", threads).reshape(np.shape(x))
+    return _elementwise(x, "relu", threads)
 
 
 def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
@@ -117,20 +188,20 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
     weight, bias: (C,); eps > 0. Returns (..., C) float32."""
     x = _float32("x", x, min_ndim=1)
     C = x.shape[-1]
-    weight = _float32("weight", weight, ndim=1)
-    bias = _float32("bias", bias, ndim=1)
+    weight = _float32("weight", weight, ndim=1, like=x)
+    bias = _float32("bias", bias, ndim=1, like=x)
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must have shape ({C},), got {weight.shape} and "
                          f"{bias.shape}")
     if residual is not None:
-        residual = _float32("residual", residual)
+        residual = _float32("residual", residual, like=x)
         if residual.shape != x.shape:
             raise ValueError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
         residual = residual.reshape(-1, C)
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    out = np.empty(x.shape, np.float32)
-    _backend.layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps), out.reshape(-1, C),
+    out = _empty(x, x.shape)
+    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps), out.reshape(-1, C),
                         resolve_threads(threads))
     return out
 
@@ -140,13 +211,13 @@ def rms_norm(x, weight, eps=1e-6, threads=None):
     HF LlamaRMSNorm). x: (..., C) float; weight: (C,); eps > 0. Returns (..., C) float32."""
     x = _float32("x", x, min_ndim=1)
     C = x.shape[-1]
-    weight = _float32("weight", weight, ndim=1)
+    weight = _float32("weight", weight, ndim=1, like=x)
     if weight.shape != (C,):
         raise ValueError(f"weight must have shape ({C},), got {weight.shape}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    out = np.empty(x.shape, np.float32)
-    _backend.rms_norm(x.reshape(-1, C), weight, float(eps), out.reshape(-1, C),
+    out = _empty(x, x.shape)
+    _backend_for(x).rms_norm(x.reshape(-1, C), weight, float(eps), out.reshape(-1, C),
                       resolve_threads(threads))
     return out
 
@@ -171,18 +242,26 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     [0, n_heads * D) (e.g. the Q then K heads of a fused QKV row); positions: (N,) integers in
     [0, P); cos, sin: (P, D/2) from rotary_tables. interleaved: rotate pairs (2i, 2i+1) as
     llama2.c; else pairs (i, i + D/2), HF's rotate_half. Returns x."""
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
+    if on_device(x):
+        if x.ndim != 2 or not x.flags.c_contiguous:
+            raise TypeError("x must be a C-contiguous CuPy array of shape (N, W)")
+        _device_array("x", x, 2, None, None)
+        xp = array_module(x)
+        cos = xp.ascontiguousarray(xp.asarray(cos), dtype=np.float32)
+        sin = xp.ascontiguousarray(xp.asarray(sin), dtype=np.float32)
+    elif not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
             or not x.flags.c_contiguous:
         raise TypeError("x must be a C-contiguous float32 array of shape (N, W)")
-    cos = _float32("cos", cos, ndim=2)
-    sin = _float32("sin", sin, ndim=2)
+    cos = _float32("cos", cos, ndim=2) if not on_device(x) else cos
+    sin = _float32("sin", sin, ndim=2) if not on_device(x) else sin
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have the same shape, got {cos.shape}, {sin.shape}")
     D = 2 * cos.shape[1]
     if n_heads < 0 or n_heads * D > x.shape[1]:
         raise ValueError(f"{n_heads} heads of {D} do not fit in rows of {x.shape[1]}")
-    pos = _indices("positions", np.asarray(positions), cos.shape[0], (x.shape[0],))
-    _backend.rotary(x, pos, cos, sin, int(n_heads), D, bool(interleaved),
+    pos = _indices("positions", array_module(positions).asarray(positions), cos.shape[0],
+                   (x.shape[0],), like=x)
+    _backend_for(x).rotary(x, pos, cos, sin, int(n_heads), D, bool(interleaved),
                     resolve_threads(threads))
     return x
 
@@ -194,8 +273,8 @@ def swiglu(gate_up, threads=None):
     if gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up must have an even last axis (gate | up), got {gate_up.shape}")
     F = gate_up.shape[-1] // 2
-    out = np.empty(gate_up.shape[:-1] + (F,), np.float32)
-    _backend.swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F), resolve_threads(threads))
+    out = _empty(gate_up, gate_up.shape[:-1] + (F,))
+    _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F), resolve_threads(threads))
     return out
 
 
@@ -204,15 +283,16 @@ def softmax(x, mask=None, threads=None):
     broadcastable to x (-inf removes an entry) or None. Rows whose every entry is -inf give zeros,
     not NaN. Returns float32 of x's shape."""
     x = _float32("x", x, min_ndim=1)
+    xp = array_module(x)
     if mask is not None:
-        mask = _float32("mask", mask)
+        mask = xp.asarray(mask, dtype=np.float32)
         try:
-            mask = np.ascontiguousarray(np.broadcast_to(mask, x.shape))
+            mask = xp.ascontiguousarray(xp.broadcast_to(mask, x.shape))
         except ValueError:
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to x {x.shape}")
         mask = mask.reshape(-1, x.shape[-1])
-    out = np.empty(x.shape, np.float32)
-    _backend.softmax(x.reshape(-1, x.shape[-1]), mask, out.reshape(-1, x.shape[-1]),
+    out = _empty(x, x.shape)
+    _backend_for(x).softmax(x.reshape(-1, x.shape[-1]), mask, out.reshape(-1, x.shape[-1]),
                      resolve_threads(threads))
     return out
 
@@ -229,10 +309,10 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     norm. Returns (..., C) float32. IndexError for any index out of its table."""
     word = _float32("word_embeddings", word_embeddings, ndim=2)
     V, C = word.shape
-    position = _float32("position_embeddings", position_embeddings, ndim=2)
+    position = _float32("position_embeddings", position_embeddings, ndim=2, like=word)
     if position.shape[1] != C:
         raise ValueError(f"position_embeddings must have {C} columns, got {position.shape}")
-    ids = _indices("input_ids", input_ids, V)
+    ids = _indices("input_ids", input_ids, V, like=word)
     if ids.ndim == 0:
         raise ValueError("input_ids must have at least one dimension")
     if position_ids is None:
@@ -240,27 +320,29 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
             raise ValueError(f"sequence length {ids.shape[-1]} exceeds the "
                              f"{position.shape[0]} position embeddings")
         position_ids = np.broadcast_to(np.arange(ids.shape[-1]), ids.shape)
-    pos = _indices("position_ids", np.asarray(position_ids), position.shape[0], ids.shape)
+    pos = _indices("position_ids", array_module(position_ids).asarray(position_ids),
+                   position.shape[0], ids.shape, like=word)
     token_type = types = None
     if token_type_embeddings is not None:
-        token_type = _float32("token_type_embeddings", token_type_embeddings, ndim=2)
+        token_type = _float32("token_type_embeddings", token_type_embeddings, ndim=2, like=word)
         if token_type.shape[1] != C:
             raise ValueError(f"token_type_embeddings must have {C} columns, got "
                              f"{token_type.shape}")
         if token_type_ids is None:
             token_type_ids = np.zeros(ids.shape, np.int64)
-        types = _indices("token_type_ids", token_type_ids, token_type.shape[0], ids.shape)
+        types = _indices("token_type_ids", token_type_ids, token_type.shape[0], ids.shape,
+                         like=word)
     elif token_type_ids is not None:
         raise ValueError("token_type_ids given but the model has no token_type_embeddings")
     if (norm_weight is None) != (norm_bias is None):
         raise ValueError("norm_weight and norm_bias must be given together")
     if norm_weight is not None:
-        norm_weight = _float32("norm_weight", norm_weight, ndim=1)
-        norm_bias = _float32("norm_bias", norm_bias, ndim=1)
+        norm_weight = _float32("norm_weight", norm_weight, ndim=1, like=word)
+        norm_bias = _float32("norm_bias", norm_bias, ndim=1, like=word)
         if norm_weight.shape != (C,) or norm_bias.shape != (C,):
             raise ValueError(f"norm_weight and norm_bias must have shape ({C},)")
-    out = np.empty(ids.shape + (C,), np.float32)
-    _backend.embedding(ids.reshape(-1), pos.reshape(-1),
+    out = _empty(word, ids.shape + (C,))
+    _backend_for(word).embedding(ids.reshape(-1), pos.reshape(-1),
                        None if types is None else types.reshape(-1), word, position, token_type,
                        norm_weight, norm_bias, float(eps), out.reshape(-1, C),
                        resolve_threads(threads))
@@ -270,13 +352,15 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
 def _check_qkv(q, k, v, ndim, q_axes, k_axes):
     """Shared checks of attention operands; the last axis (D) must be contiguous."""
     for name, a in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(a, np.ndarray) or a.dtype != np.float32:
+        if on_device(q):
+            _device_array(name, a, None, None, q)
+        elif not isinstance(a, np.ndarray) or a.dtype != np.float32:
             raise TypeError(f"{name} must be a float32 numpy array, got "
                             f"{getattr(a, 'dtype', type(a).__name__)}")
         if a.ndim != ndim:
             raise ValueError(f"{name} must have shape {q_axes if name == 'q' else k_axes}, got "
                              f"{a.shape}")
-        if a.strides[-1] != 4 or any(s % 4 for s in a.strides):
+        if a.strides[-1] != a.itemsize or any(s % a.itemsize for s in a.strides):
             raise ValueError(f"{name} must be contiguous along its last axis (D)")
     if k.shape != v.shape:
         raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
@@ -300,19 +384,20 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     if Hkv == 0 or H % Hkv:
         raise ValueError(f"the {H} query heads must be a multiple of the {Hkv} key/value heads")
     key_bias = None
+    xp = array_module(q)
     if attention_mask is not None:
-        m = np.asarray(attention_mask)
+        m = xp.asarray(attention_mask)
         if m.shape != (B, S):
             raise ValueError(f"attention_mask must have shape (B, S) = {(B, S)}, got {m.shape}")
         if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
-        key_bias = np.where(m != 0, 0.0, -np.inf).astype(np.float32)
+        key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    out = np.empty((B, T, H, D), np.float32)  # rows-major planes, returned as a (B, H, T, D) view
+    out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
     with blas_single_threaded():
-        _backend.attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
+        _backend_for(q).attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
                            v.transpose(0, 2, 1, 3), out, n, zeros, np.full(B, T, np.int32),
                            zeros, np.full(B, S, np.int32), key_bias, bool(causal), scale,
                            resolve_threads(threads))
@@ -356,16 +441,19 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     else:
         cu_k = _offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], cu.size - 1)
     if out is None:
-        out = np.empty((N, H, D), np.float32)
-    elif out.shape != (N, H, D) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {(N, H, D)}")
+        out = _empty(q, (N, H, D))
+    elif out.shape != (N, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
+            or on_device(out) != on_device(q):
+        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(N, H, D)} on "
+                         "q's device")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
     k_lens = np.ascontiguousarray(np.diff(cu_k), dtype=np.int32)
     with blas_single_threaded():
-        _backend.attention(q[None], k[None], v[None], out[None], np.zeros(len(lens), np.int32),
+        _backend_for(q).attention(q[None], k[None], v[None], out[None],
+                                  np.zeros(len(lens), np.int32),
                            starts, lens, k_starts, k_lens, None, bool(causal), scale,
                            resolve_threads(threads))
     return out
@@ -396,31 +484,43 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     if k_cache.ndim != 4 or H % k_cache.shape[2]:
         raise ValueError(f"k_cache must have shape (Bkv, S_max, Hkv, D) with H={H} a multiple "
                          f"of Hkv, got {k_cache.shape}")
+    if on_device(q) and not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
+        raise ValueError("k_cache and v_cache must be C-contiguous on the GPU")
     S_max = k_cache.shape[1]
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(lengths.get() if on_device(lengths) else lengths)
     if lengths.shape != (B,) or not np.issubdtype(lengths.dtype, np.integer):
         raise ValueError(f"lengths must be ({B},) integers, got {lengths.shape} {lengths.dtype}")
     if B and (lengths.min() < 0 or lengths.max() > S_max):
         raise ValueError(f"lengths must lie in [0, {S_max}], got {lengths.tolist()}")
     key_bias = None
+    xp = array_module(q)
     if attention_mask is not None:
-        m = np.asarray(attention_mask)
+        m = xp.asarray(attention_mask)
         if m.shape != (k_cache.shape[0], S_max):
             raise ValueError(f"attention_mask must have shape {(k_cache.shape[0], S_max)}, got "
                              f"{m.shape}")
-        key_bias = np.where(m != 0, 0.0, -np.inf).astype(np.float32)
+        key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     if out is None:
-        out = np.empty((B, H, D), np.float32)
-    elif out.shape != (B, H, D) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous float32 array of shape {(B, H, D)}")
+        out = _empty(q, (B, H, D))
+    elif out.shape != (B, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
+            or on_device(out) != on_device(q):
+        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(B, H, D)} on "
+                         "q's device")
     n = resolve_threads(threads)
+    if on_device(q):
+        from . import cuda
+        if B:
+            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out,
+                                  1.0 / math.sqrt(D) if scale is None else float(scale), chunk,
+                                  n)
+        return out
     if chunk is None:  # at least two work items per thread, at least 32 keys per item
         items = B * k_cache.shape[2]
         longest = int(lengths.max()) if B else 1
         chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if B:
-        _backend.decode_attention(q, k_cache, v_cache, kv_index,
+        _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
                                   np.ascontiguousarray(lengths, np.int32),
                                   key_bias, out, scale, int(chunk), n)
     return out

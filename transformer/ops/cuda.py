@@ -1,0 +1,286 @@
+"""CUDA backend: the math only, on arguments that transformer.ops has already checked (CuPy
+arrays of one dtype, C-contiguous where the front says so, shapes consistent, indices in range).
+
+Kernels: csrc/cuda/*.cu (shipped as package data in transformer/csrc/cuda of a wheel), compiled
+once per process by NVRTC through cupy.RawModule and cached; each source is read with a `#line`
+prefix so compiler messages name the real file. Matmuls: cuBLAS gemmEx on 2-D operands (fp32
+compute for every dtype; tensor cores for fp16/bf16). Element types: float32, float16 and
+bfloat16; CuPy has no bfloat16 dtype, so bfloat16 tensors are uint16 arrays of bf16 bit patterns.
+Every function takes `threads` for the CPU backend's signature and ignores it.
+"""
+import functools
+import math
+import pathlib
+
+import numpy as np
+
+SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16"}
+ACT_CODES = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
+MAX_ROW = 12288  # row kernels stage a row in 48 KiB of shared memory
+_NULL = np.uint64(0)
+
+
+def source_dir():
+    """The folder holding the .cu sources: the checkout's csrc/cuda, or the wheel's copy."""
+    here = pathlib.Path(__file__).resolve().parents[1]
+    for d in (here / "csrc" / "cuda", here.parent / "csrc" / "cuda"):
+        if (d / "common.cuh").is_file():
+            return d
+    raise FileNotFoundError(f"the CUDA kernel sources (csrc/cuda) are missing near {here}")
+
+
+def cupy():
+    """The cupy module, with a GPU present. Raises RuntimeError (what to install or why not)."""
+    try:
+        import cupy as cp
+    except ImportError as e:
+        raise RuntimeError("device='cuda' needs CuPy: pip install 'transformer[cuda12]' or "
+                           f"'transformer[cuda13]' (matching your CUDA driver) ({e})") from None
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, insufficient driver, ...
+        raise RuntimeError(f"device='cuda' but CuPy cannot reach a GPU: {e}") from None
+    if n < 1:
+        raise RuntimeError("device='cuda' but no CUDA GPU is visible")
+    return cp
+
+
+def available():
+    """True when CuPy is installed and a GPU is visible."""
+    try:
+        cupy()
+    except RuntimeError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _module(name):
+    cp = cupy()
+    path = source_dir() / name
+    code = f'#line 1 "{path}"\n' + path.read_text()
+    return cp.RawModule(code=code, options=("--std=c++17", f"-I{path.parent}"), backend="nvrtc")
+
+
+def kernel(file, name, dtype=None):
+    """The compiled kernel `name` (with the dtype's suffix _f32/_f16/_bf16 when dtype is given)
+    of csrc/cuda/file."""
+    if dtype is not None:
+        name = f"{name}_{SUFFIX[np.dtype(dtype)]}"
+    return _module(file).get_function(name)
+
+
+def _ptr(a):
+    return _NULL if a is None else a
+
+
+def _grid(n, block=256):
+    return (max(1, min(-(-n // block), 65536)),)
+
+
+def _row_block(C):
+    if C > MAX_ROW:
+        raise ValueError(f"rows of {C} values exceed the GPU row kernels' limit of {MAX_ROW}")
+    return (128 if C <= 1024 else 256,)
+
+
+def gemm(x, weight, out):
+    """out (N, O) = x (N, K) @ weight (O, K)^T through cuBLAS gemmEx (row-major operands read as
+    column-major transposes: out^T = weight x^T). fp32 accumulation."""
+    cp = cupy()
+    from cupy.cuda import cublas, runtime
+    N, K = x.shape
+    O = weight.shape[0]
+    if N == 0 or O == 0:
+        return out
+    if K == 0:
+        out.fill(0)
+        return out
+    dtype = {"f32": runtime.CUDA_R_32F, "f16": runtime.CUDA_R_16F,
+             "bf16": runtime.CUDA_R_16BF}[SUFFIX[x.dtype]]
+    one, zero = np.ones(1, np.float32), np.zeros(1, np.float32)
+    handle = cp.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cp.cuda.get_current_stream().ptr)
+    mode = cublas.getPointerMode(handle)
+    cublas.setPointerMode(handle, cublas.CUBLAS_POINTER_MODE_HOST)
+    try:
+        cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, O, N, K, one.ctypes.data,
+                      weight.data.ptr, dtype, K, x.data.ptr, dtype, K, zero.ctypes.data,
+                      out.data.ptr, dtype, O, cublas.CUBLAS_COMPUTE_32F,
+                      cublas.CUBLAS_GEMM_DEFAULT)
+    finally:
+        cublas.setPointerMode(handle, mode)
+    return out
+
+
+def linear(x, weight, bias, activation, out, threads):
+    """out (N, O) = act(x (N, K) @ weight (O, K)^T + bias (O)): cuBLAS, then bias + activation
+    in one row pass."""
+    gemm(x, weight, out)
+    if bias is not None or activation is not None:
+        bias_act(out, bias, activation, threads)
+    return out
+
+
+def bias_act(x, bias, activation, threads):
+    """x (N, O) = act(x + bias), in place."""
+    n = x.size
+    if n:
+        kernel("rows.cu", "bias_act", x.dtype)(
+            _grid(n), (256,), (x, _ptr(bias), np.int64(n), np.int32(x.shape[-1]),
+                               np.int32(ACT_CODES[activation])))
+    return x
+
+
+def add(a, b, out, threads):
+    """out = a + b elementwise (same shape, contiguous)."""
+    n = out.size
+    if n:
+        kernel("rows.cu", "add", out.dtype)(_grid(n), (256,), (a, b, out, np.int64(n)))
+    return out
+
+
+def layer_norm(x, residual, weight, bias, eps, out, threads):
+    """out (N, C) = LayerNorm(x + residual)."""
+    N, C = x.shape
+    if N:
+        kernel("rows.cu", "layer_norm", x.dtype)(
+            (N,), _row_block(C), (x, _ptr(residual), weight, bias, np.float32(eps), out,
+                                  np.int32(C)), shared_mem=4 * C)
+    return out
+
+
+def rms_norm(x, weight, eps, out, threads):
+    """out (N, C) = RMSNorm(x) * weight."""
+    N, C = x.shape
+    if N:
+        kernel("rows.cu", "rms_norm", x.dtype)(
+            (N,), _row_block(C), (x, weight, np.float32(eps), out, np.int32(C)),
+            shared_mem=4 * C)
+    return out
+
+
+def softmax(x, mask, out, threads):
+    """out (N, S) = softmax(x + mask) along the last axis; mask float32 (N, S) or None."""
+    N, S = x.shape
+    if N:
+        kernel("rows.cu", "softmax", x.dtype)(
+            (N,), _row_block(S), (x, _ptr(mask), out, np.int32(S)), shared_mem=4 * S)
+    return out
+
+
+def swiglu(gate_up, out, threads):
+    """out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:]."""
+    n = out.size
+    if n:
+        kernel("rows.cu", "swiglu", out.dtype)(
+            _grid(n), (256,), (gate_up, out, np.int64(n), np.int32(out.shape[-1])))
+    return out
+
+
+def embedding(input_ids, position_ids, token_type_ids, word, position, token_type,
+              weight, bias, eps, out, threads):
+    """out (N, C) = LayerNorm(word[ids] + position[pos] + token_type[types])."""
+    N, C = out.shape
+    if N:
+        kernel("rows.cu", "embedding", out.dtype)(
+            (N,), _row_block(C), (input_ids, position_ids, _ptr(token_type_ids), word, position,
+                                  _ptr(token_type), _ptr(weight), _ptr(bias), np.float32(eps),
+                                  out, np.int32(C)), shared_mem=4 * C)
+    return out
+
+
+def rotary(x, positions, cos, sin, n_heads, head_dim, interleaved, threads):
+    """Rotate the first n_heads heads of each row of x (N, W) in place."""
+    N, W = x.shape
+    n = N * n_heads * (head_dim // 2)
+    if n:
+        kernel("rows.cu", "rotary", x.dtype)(
+            _grid(n), (256,), (x, positions, cos, sin, np.int64(N), np.int32(W),
+                               np.int32(n_heads), np.int32(head_dim), np.int32(interleaved)))
+    return x
+
+
+def to_float32(x):
+    """A float32 copy of a device array (bfloat16 bit patterns decoded)."""
+    cp = cupy()
+    if x.dtype == np.uint16:
+        out = cp.empty(x.shape, np.float32)
+        if x.size:
+            kernel("rows.cu", "cast_bf16_f32")(_grid(x.size), (256,),
+                                               (cp.ascontiguousarray(x), out, np.int64(x.size)))
+        return out
+    return x.astype(np.float32)
+
+
+def from_float32(x, dtype):
+    """x (float32 device array) as dtype "float32", "float16" or "bfloat16" (uint16 bits)."""
+    cp = cupy()
+    x = cp.ascontiguousarray(x, dtype=np.float32)
+    if dtype == "bfloat16":
+        out = cp.empty(x.shape, np.uint16)
+        if x.size:
+            kernel("rows.cu", "cast_f32_bf16")(_grid(x.size), (256,), (x, out, np.int64(x.size)))
+        return out
+    return x.astype(dtype)
+
+
+def _strides(a):
+    return tuple(np.int64(s // a.itemsize) for s in a.strides)
+
+
+def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
+              threads):
+    """Tiled attention over (P, rows, H, D) planes (same contract as the CPU backend): sequence
+    b reads plane[b], queries q_start[b] + [0, q_len[b]) and keys k_start[b] + [0, k_len[b]).
+    Tensor cores for fp16/bf16 with D in (64, 128), else the SIMT kernel (D <= 128)."""
+    cp = cupy()
+    B = len(q_len)
+    _, _, H, D = q.shape
+    Hkv = k.shape[2]
+    if D > 128:
+        raise ValueError(f"head_dim {D} > 128 is not supported by the GPU attention kernel")
+    T_max = int(q_len.max()) if B else 0
+    if T_max == 0:
+        return out
+    dev = [cp.asarray(a, np.int32) for a in (plane, q_start, q_len, k_start, k_len)]
+    bias = None if key_bias is None else cp.asarray(key_bias, np.float32)
+    args = (q, k, v, out) + _strides(q)[:3] + _strides(k)[:3] + _strides(v)[:3] + \
+        _strides(out)[:3] + tuple(dev) + (_ptr(bias), np.int64(0 if bias is None
+                                                                else bias.shape[1]),
+                                          np.int32(H), np.int32(Hkv), np.int32(D),
+                                          np.int32(causal), np.float32(scale * math.log2(math.e)))
+    suffix = SUFFIX[q.dtype]
+    if suffix != "f32" and D in (64, 128):
+        kernel("attention.cu", f"attention_mma_{suffix}_d{D}")((-(-T_max // 64), B * H), (128,),
+                                                                args)
+    else:
+        kernel("attention.cu", "attention", q.dtype)((-(-T_max // 16), B * H), (128,), args)
+    return out
+
+
+def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads):
+    """Split-K attention of one query per sequence against its KV cache, then the combine
+    kernel. chunk: keys per block, or None for enough blocks to fill the GPU."""
+    cp = cupy()
+    B, H, D = q.shape
+    S_max, Hkv = k.shape[1], k.shape[2]
+    if D > 256:
+        raise ValueError(f"head_dim {D} > 256 is not supported by the GPU decode kernel")
+    lengths = cp.asarray(lengths, np.int32)
+    longest = int(lengths.max()) if B else 0
+    if chunk is None:  # about 4 blocks per SM across the (b, h) pairs, >= 64 keys each
+        sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+        chunk = max(64, -(-max(longest, 1) // max(1, -(-4 * sms // (B * H)))))
+    n_chunks = max(1, -(-longest // chunk))
+    work = cp.empty((B * H, n_chunks, D + 2), np.float32)
+    qs = _strides(q)
+    kernel("attention.cu", "decode_attention", q.dtype)(
+        (n_chunks, B * H), (128,),
+        (q, k, v, _ptr(None if kv_index is None else cp.asarray(kv_index, np.int32)), lengths,
+         _ptr(None if key_bias is None else cp.asarray(key_bias, np.float32)), work, qs[0], qs[1],
+         np.int32(H), np.int32(Hkv), np.int32(D), np.int32(S_max), np.int32(chunk),
+         np.float32(scale * math.log2(math.e))))
+    kernel("attention.cu", "decode_combine", q.dtype)((B * H,), (128,),
+                                                      (work, out, np.int32(n_chunks), np.int32(D)))
+    return out
