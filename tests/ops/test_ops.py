@@ -10,14 +10,36 @@ import pytest
 import transformer.ops as ops
 from transformer.ops import reference as ref
 
-BACKENDS = ["cpu"]
-TOL = {np.float32: dict(rtol=1e-5, atol=1e-5)}  # fp16/bf16 (~1e-2) join with the GPU backend
+BACKENDS = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+TOL = {np.float32: dict(rtol=1e-5, atol=1e-5)}  # fp16/bf16: tests/ops/test_cuda.py
 DTYPES = list(TOL)
+
+
+class DeviceBackend:
+    """The cuda backend behind the CPU backend's NumPy signatures: float arrays (NaN poison
+    included) go to the GPU as float32, index arrays as they are, the result comes back."""
+
+    def __init__(self, module):
+        self.module = module
+        self.cp = module.cupy()
+
+    def __getattr__(self, name):
+        fn = getattr(self.module, name)
+
+        def call(*args):
+            args = [self.cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+            return self.cp.asnumpy(fn(*args))
+        return call
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
-    return importlib.import_module(f"transformer.ops.{request.param}")
+    module = importlib.import_module(f"transformer.ops.{request.param}")
+    if request.param == "cuda":
+        if not module.available():
+            pytest.skip("no CUDA GPU (needs CuPy and a device)")
+        return DeviceBackend(module)
+    return module
 
 
 def assert_close(got, want, dtype, scale=1.0):
@@ -297,3 +319,50 @@ def test_attention_varlen_cross(rng, lens_q, lens_k):
                                out=poison(q.shape))
     want = ref.attention_varlen(q, kv[:, 0], kv[:, 1], cu_q, cu_seqlens_k=cu_k)
     assert_close(got, want, np.float32)
+
+
+@pytest.mark.parametrize("B,num_beams,V,k", [(1, 1, 7, 1), (3, 4, 101, 8), (2, 5, 33, 10),
+                                             (32, 4, 1000, 8), (1, 2, 4, 4)])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_beam_topk(rng, B, num_beams, V, k, threads):
+    """Fused log_softmax + beam scores + top-k against the float64 reference (outputs poisoned)."""
+    from transformer.ops import cpu
+    logits = randn(rng, B * num_beams, V) * 4
+    scores = randn(rng, B * num_beams) * 3
+    vals, idx = poison((B, k)), np.full((B, k), -1, np.int64)
+    cpu.beam_topk(logits, scores, num_beams, k, vals, idx, threads)
+    want_vals, want_idx = ref.beam_topk(logits, scores, num_beams, k)
+    np.testing.assert_array_equal(idx, want_idx)
+    assert_close(vals, want_vals, np.float32, scale=10)
+    got_vals, got_idx = ops.beam_topk(logits, scores, num_beams, k, threads=threads)
+    np.testing.assert_array_equal(got_idx, idx)
+    np.testing.assert_array_equal(got_vals, vals)
+
+
+def test_beam_topk_ties_and_float32_rounding(rng):
+    """Equal scores keep the lower flat index first, and the float32 scores are rounded as NumPy's
+    float32 log_softmax + beam score (beam search's reference path), so the same candidates win."""
+    from transformer.generation.beam import _top
+    from transformer.generation.sampling import log_softmax
+    B, nb, V, k = 5, 4, 300, 8
+    logits = rng.integers(-2, 3, (B * nb, V)).astype(np.float32)  # many exact ties
+    scores = rng.integers(-1, 1, B * nb).astype(np.float32)
+    scores.reshape(B, nb)[0, 1:] = -1.0e9  # the first step: one live beam
+    vals, idx = ops.beam_topk(logits, scores, nb, k, threads=2)
+    flat = (log_softmax(logits, np.float32).reshape(B, nb, V) + scores.reshape(B, nb, 1))
+    flat = flat.reshape(B, nb * V)
+    want = _top(flat, k)
+    np.testing.assert_array_equal(idx, want)
+    assert_close(vals, np.take_along_axis(flat, want, -1), np.float32)
+    assert (idx[0] < V).all()
+
+
+def test_beam_topk_bad_input(rng):
+    with pytest.raises(ValueError, match="num_beams"):
+        ops.beam_topk(randn(rng, 6, 10), randn(rng, 6), 4, 2)
+    with pytest.raises(ValueError, match="beam_scores"):
+        ops.beam_topk(randn(rng, 8, 10), randn(rng, 7), 4, 2)
+    with pytest.raises(ValueError, match="k must be"):
+        ops.beam_topk(randn(rng, 8, 10), randn(rng, 8), 4, 11)
+    with pytest.raises(TypeError, match="logits"):
+        ops.beam_topk(np.zeros((8, 10), np.int64), randn(rng, 8), 4, 2)
