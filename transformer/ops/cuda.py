@@ -1,7 +1,7 @@
 """CUDA backend: the math only, on arguments that transformer.ops has already checked (CuPy
 arrays of one dtype, C-contiguous where the front says so, shapes consistent, indices in range).
 
-Kernels: csrc/cuda/*.cu (shipped as package data in transformer/csrc/cuda of a wheel), compiled
+Kernels: csrc/cuda/*.cu (shipped in a wheel as package data, transformer/_cuda_src), compiled
 once per process by NVRTC through cupy.RawModule and cached; each source is read with a `#line`
 prefix so compiler messages name the real file. Matmuls: cuBLAS gemmEx on 2-D operands (fp32
 compute for every dtype; tensor cores for fp16/bf16). Element types: float32, float16 and
@@ -21,9 +21,10 @@ _NULL = np.uint64(0)
 
 
 def source_dir():
-    """The folder holding the .cu sources: the checkout's csrc/cuda, or the wheel's copy."""
+    """The folder holding the .cu sources: the wheel's transformer/_cuda_src or the checkout's
+    csrc/cuda. Raises FileNotFoundError when neither is there."""
     here = pathlib.Path(__file__).resolve().parents[1]
-    for d in (here / "csrc" / "cuda", here.parent / "csrc" / "cuda"):
+    for d in (here / "_cuda_src", here.parent / "csrc" / "cuda"):
         if (d / "common.cuh").is_file():
             return d
     raise FileNotFoundError(f"the CUDA kernel sources (csrc/cuda) are missing near {here}")
