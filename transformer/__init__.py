@@ -1,4 +1,4 @@
-"""transformer: a compiled CPU Transformer inference engine for Python.
+"""transformer: a compiled CPU and GPU Transformer inference engine for Python.
 
     import transformer
     model = transformer.load("path/to/all-MiniLM-L6-v2")
@@ -19,20 +19,29 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or tok{vocab}.bin
     beside it).
 
-    device: "cpu" (the only backend so far); dtype: None or "float32"; threads: kernel threads
+    device: "cpu" or "cuda" (needs CuPy: the cuda12 / cuda13 extras, and a GPU); dtype: None
+    (float32), "float32", or on the GPU "float16" / "bfloat16"; threads: CPU kernel threads
     (default OMP_NUM_THREADS, else every core available). Returns the family's model object
-    (e.g. transformer.models.bert.BertModel).
+    (e.g. transformer.models.bert.BertModel), its weights on `device`.
     Raises FileNotFoundError for a missing path or file, ValueError for an unknown family, bad
-    config or unsupported device/dtype, transformer.weights.WeightsError for weights that do not
-    fit the config."""
+    config or unsupported device/dtype (or a family that does not run on the device yet),
+    RuntimeError for device="cuda" without CuPy or a GPU, transformer.weights.WeightsError for
+    weights that do not fit the config."""
+    from .device import check
+
+    device, dtype = check(device, dtype)
+    model = _load(os.fspath(path), threads, tokenizer)
+    if device == "cpu":
+        return model
+    if not callable(getattr(model, "to", None)):
+        raise ValueError(f"{type(model).__name__} runs on the CPU only so far, not device="
+                         f"{device!r}")
+    return model.to(device, dtype)
+
+
+def _load(path, threads, tokenizer):
     from .models import family_for
 
-    if device != "cpu":
-        raise ValueError(f"device must be 'cpu' (the CUDA backend is not built yet), got "
-                         f"{device!r}")
-    if dtype not in (None, "float32"):
-        raise ValueError(f"dtype must be None or 'float32' on the CPU, got {dtype!r}")
-    path = os.fspath(path)
     if os.path.isfile(path):
         from .models.llama2c import Llama2cModel
         return Llama2cModel.from_checkpoint(path, tokenizer=tokenizer, threads=threads)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ..device import DeviceModel
 from ._inputs import check_batch, pack
 
 
@@ -50,7 +51,7 @@ def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, 
     then `final_norm` when present). w: weights under `prefix` (module docstring names);
     n: threads. Returns (N, C) float32."""
     N, C = h.shape
-    ctx = np.empty((N, H, D), np.float32)
+    ctx = ops.array_module(h).empty((N, H, D), h.dtype)
     for i in range(n_layers):
         p = f"{prefix}layers.{i}."
         x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
@@ -59,7 +60,7 @@ def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, 
         ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n)
         a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
         if pre_norm:
-            h = h + a
+            h = ops.add(h, a)
             x = ops.layer_norm(h, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, threads=n)
         else:
             h = x = ops.layer_norm(a, w[p + "norm1.weight"], w[p + "norm1.bias"], eps, residual=h,
@@ -67,7 +68,7 @@ def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, 
         f = ops.linear(x, w[p + "ff1.weight"], w[p + "ff1.bias"], activation, threads=n)
         f = ops.linear(f, w[p + "ff2.weight"], w[p + "ff2.bias"], threads=n)
         if pre_norm:
-            h = h + f
+            h = ops.add(h, f)
         else:
             h = ops.layer_norm(f, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, residual=h,
                                threads=n)
@@ -77,12 +78,16 @@ def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, 
     return h
 
 
-class EncoderModel:
+class EncoderModel(DeviceModel):
     """An encoder-only Transformer: `model(input_ids, attention_mask, token_type_ids)` -> last
     hidden state (B, T, C) float32; `model.embed(...)` -> sentence embeddings (B, C).
 
     config: EncoderConfig; weights: {our name: array} (module docstring); tokenizer: optional
-    transformer.tokenizer.Tokenizer; threads: see transformer._threads.resolve_threads."""
+    transformer.tokenizer.Tokenizer; threads: see transformer._threads.resolve_threads.
+    On device="cuda" (`to("cuda", dtype)`) outputs are CuPy arrays (float32, or the model's
+    float16; bfloat16 outputs come back as float32); inputs may stay NumPy."""
+
+    DEVICES = ("cpu", "cuda")
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config
@@ -136,10 +141,18 @@ class EncoderModel:
         ids, pos, types, flat, cu, (B, T) = self._pack(input_ids, attention_mask, token_type_ids,
                                                       truncate)
         with blas_single_threaded():
-            h = self._forward_packed(ids, pos, types, cu)
-        out = np.zeros((B * T, self.config.d_model), np.float32)
-        out[flat] = h
+            h = self._output(self._forward_packed(ids, pos, types, cu))
+        xp = ops.array_module(h)
+        out = xp.zeros((B * T, self.config.d_model), h.dtype)
+        out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
+
+    def _output(self, h):
+        """h as returned to the user: bfloat16 device arrays decoded to float32."""
+        if self.dtype == "bfloat16":
+            from ..ops import cuda
+            return cuda.to_float32(h)
+        return h
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling="mean",
               normalize=True, truncate=False):
@@ -151,14 +164,19 @@ class EncoderModel:
         ids, pos, types, flat, cu, _ = self._pack(input_ids, attention_mask, token_type_ids,
                                                   truncate)
         with blas_single_threaded():
-            h = self._forward_packed(ids, pos, types, cu)
-        if pooling == "mean":
+            h = self._output(self._forward_packed(ids, pos, types, cu))
+        xp = ops.array_module(h)
+        if pooling == "mean" and xp is np:
             e = np.add.reduceat(h, cu[:-1], axis=0) / np.diff(cu)[:, None].astype(np.float32)
+        elif pooling == "mean":  # segment sums from a float64 running sum
+            s = xp.concatenate([xp.zeros((1, h.shape[1])), xp.cumsum(h, 0, dtype=np.float64)])
+            e = (s[cu[1:]] - s[cu[:-1]]) / xp.asarray(np.diff(cu))[:, None]
         else:
             e = h[cu[:-1]]
+        e = e.astype(np.float32)
         if normalize:
-            e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-        return e.astype(np.float32, copy=False)
+            e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        return e
 
     def embed_texts(self, texts, batch_size=32, pooling="mean", normalize=True, progress=None):
         """Embeddings (len(texts), C) float32 of a list of strings, tokenised with the model's
@@ -171,7 +189,8 @@ class EncoderModel:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         texts = list(texts)
-        out = np.empty((len(texts), self.config.d_model), np.float32)
+        out = ops.array_module(self.weights["embeddings.word"]).empty(
+            (len(texts), self.config.d_model), np.float32)
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size])
             out[start:start + batch_size] = self.embed(**batch, pooling=pooling,
