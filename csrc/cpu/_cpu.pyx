@@ -16,7 +16,8 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
-                      tf_decode_attention_combine)
+                      tf_decode_attention_combine, tf_beam_topk_row,
+                      tf_topk_merge)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
@@ -391,3 +392,29 @@ def attention(const float[:, :, :, :] q,        # IN  (P, Tq_rows, H, D), any st
                 s0 = s0 + BK
             tf_attention_finalize(acc, l, rows, D, op, ors)
         free(scratch)
+
+
+def beam_topk(const float[:, ::1] logits,       # IN  (R, V), R = B * num_beams
+              const float[::1] beam_scores,      # IN  (R) running score of each beam
+              int num_beams, int k,
+              float[:, ::1] row_vals,            # SCRATCH (R, k)
+              long[:, ::1] row_idx,              # SCRATCH (R, k)
+              float[:, ::1] vals,                # OUT (B, k) float32, best first
+              long[:, ::1] idx,                  # OUT (B, k) int64 in [0, num_beams * V)
+              int n_threads):
+    """One beam-search selection step fused: per row r, score = log_softmax(logits[r]) +
+    beam_scores[r] in float32; per batch entry b, the k best scores over its num_beams rows
+    (flat index beam * V + token), best first, equal scores in ascending flat index.
+    Rows in parallel (max and log-sum-exp, then a thresholded scan keeping the row's k best);
+    then each batch entry merges its rows' lists. Needs k <= V."""
+    cdef int R = logits.shape[0], V = logits.shape[1], B = R // num_beams
+    cdef int r, b, j, count
+    with nogil:
+        for r in prange(R, schedule="dynamic", chunksize=4, num_threads=n_threads):
+            tf_beam_topk_row(&logits[r, 0], V, beam_scores[r],
+                             <long>(r % num_beams) * V, k, &row_vals[r, 0], &row_idx[r, 0])
+        for b in range(B):
+            count = 0
+            for j in range(num_beams):
+                tf_topk_merge(&row_vals[b * num_beams + j, 0], &row_idx[b * num_beams + j, 0],
+                              k, k, &vals[b, 0], &idx[b, 0], &count)

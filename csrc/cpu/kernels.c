@@ -288,3 +288,87 @@ void tf_decode_attention_combine(const float *m, const float *l, const float *ac
     const float inv = 1.f / L;
     for (int d = 0; d < D; d++) out[d] *= inv;
 }
+
+/* max of x (n), in 16 lanes (a plain `mx = x > mx ? x : mx` reduction does not vectorise without
+ * -ffinite-math-only). */
+static inline float row_max(const float *x, int n) {
+    float lane[16];
+    int i = 0;
+    for (int t = 0; t < 16; t++) lane[t] = -INFINITY;
+    for (; i + 16 <= n; i += 16)
+        for (int t = 0; t < 16; t++) lane[t] = x[i + t] > lane[t] ? x[i + t] : lane[t];
+    float mx = -INFINITY;
+    for (; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    for (int t = 0; t < 16; t++) mx = lane[t] > mx ? lane[t] : mx;
+    return mx;
+}
+
+TF_CLONES
+void tf_log_softmax_stats(const float *x, int n, float *m_out, float *lse_out) {
+    const float mx = row_max(x, n);
+    double sum = 0.0;
+    if (mx != -INFINITY) {
+        /* float lanes in blocks (vectorised expf), each block's sum added in double */
+        for (int i0 = 0; i0 < n; i0 += 256) {
+            const int i1 = i0 + 256 < n ? i0 + 256 : n;
+            float s = 0.f;
+            for (int i = i0; i < i1; i++) s += expf(x[i] - mx);
+            sum += s;
+        }
+    }
+    *m_out = mx;
+    *lse_out = logf((float)sum);
+}
+
+/* The scores below must be rounded exactly as NumPy's float32 `((x - m) - lse) + s`: no
+ * reassociation here, whatever the global flags say. */
+#pragma GCC push_options
+#pragma GCC optimize("no-associative-math")
+
+/* Insert (v, i) into the sorted list vals/idx of *count (< k, or full and v beats the last)
+ * entries: after every entry >= v (equal values keep the lower, earlier index first). */
+static inline void topk_insert(float v, long i, int k, float *vals, long *idx, int *count) {
+    int j = *count < k ? *count : k - 1;
+    while (j > 0 && vals[j - 1] < v) {
+        vals[j] = vals[j - 1];
+        idx[j] = idx[j - 1];
+        j--;
+    }
+    vals[j] = v;
+    idx[j] = i;
+    if (*count < k) (*count)++;
+}
+
+#define TF_TOPK_BLOCK 32
+
+TF_CLONES
+int tf_beam_topk_row(const float *x, int n, float s, long offset, int k, float *vals, long *idx) {
+    float m, lse;
+    tf_log_softmax_stats(x, n, &m, &lse);
+    int count = 0, j0 = 0;
+    for (; j0 < n && count < k; j0++) /* fill the list with the first k entries */
+        topk_insert(((x[j0] - m) - lse) + s, offset + j0, k, vals, idx, &count);
+    if (count < k) return count;
+    float buf[TF_TOPK_BLOCK];
+    for (; j0 < n; j0 += TF_TOPK_BLOCK) {
+        const int nb = n - j0 < TF_TOPK_BLOCK ? n - j0 : TF_TOPK_BLOCK;
+        const float thr = vals[k - 1];
+        int hit = 0;
+        for (int t = 0; t < nb; t++) {
+            buf[t] = ((x[j0 + t] - m) - lse) + s;
+            hit |= buf[t] > thr;
+        }
+        if (!hit) continue;
+        for (int t = 0; t < nb; t++)
+            if (buf[t] > vals[k - 1]) topk_insert(buf[t], offset + j0 + t, k, vals, idx, &count);
+    }
+    return count;
+}
+
+void tf_topk_merge(const float *v, const long *i, int n, int k, float *vals, long *idx,
+                   int *count) {
+    for (int j = 0; j < n; j++)
+        if (*count < k || v[j] > vals[k - 1]) topk_insert(v[j], i[j], k, vals, idx, count);
+}
+
+#pragma GCC pop_options

@@ -74,4 +74,20 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
 void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
                                  int D, float *out);
 
+/* Log-softmax statistics of one row x (n): m = max x and lse = log(sum exp(x - m)) (the sum
+ * accumulated in double, rounded to float once), so log_softmax(x) = (x - m) - lse.
+ * A row of -inf gives m = -inf, lse = -inf. */
+void tf_log_softmax_stats(const float *x, int n, float *m_out, float *lse_out);
+
+/* Beam search candidates of one row x (n) of logits: the k best of
+ * score_j = ((x_j - m) - lse) + s in float32 (m, lse from tf_log_softmax_stats; rounded as
+ * NumPy's float32 log_softmax plus the beam's running score s), written best first to vals (k)
+ * and idx (k) = offset + j, equal scores in ascending j. Returns min(k, n), the entries written. */
+int tf_beam_topk_row(const float *x, int n, float s, long offset, int k, float *vals, long *idx);
+
+/* Merge n candidates (v, i), given in ascending i among equal v, into the sorted top-k list
+ * vals/idx of *count entries (best first, equal values in ascending i). */
+void tf_topk_merge(const float *v, const long *i, int n, int k, float *vals, long *idx,
+                   int *count);
+
 #endif

@@ -22,3 +22,8 @@ cdef extern from "kernels.h" nogil:
                                const float *kbias, float *m, float *l, float *acc, int D)
     void tf_attention_finalize(const float *acc, const float *l, int rows, int D, float *out,
                                long ldo)
+    void tf_log_softmax_stats(const float *x, int n, float *m_out, float *lse_out)
+    int tf_beam_topk_row(const float *x, int n, float s, long offset, int k, float *vals,
+                         long *idx)
+    void tf_topk_merge(const float *v, const long *i, int n, int k, float *vals, long *idx,
+                       int *count)

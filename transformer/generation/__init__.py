@@ -64,16 +64,24 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
         ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
     T = ids.shape[1]
 
-    def force(scores, step):
-        """Forced first / last tokens: every other score -inf, the forced one 0."""
+    def forced_token(step):
+        """The token forced at `step` (first: forced_bos_token_id, last: forced_eos_token_id),
+        or None."""
         token = (forced_bos_token_id if T + step == 1 else None)
         if step == max_new_tokens - 1 and forced_eos_token_id is not None:
             token = forced_eos_token_id
+        return token
+
+    def force(scores, step):
+        """Forced first / last tokens: every other score -inf, the forced one 0."""
+        token = forced_token(step)
         if token is None:
             return scores
         forced = np.full_like(scores, -np.inf)
         forced[:, token] = 0
         return forced
+
+    force.token = forced_token  # lets beam search skip steps where nothing is forced
 
     if num_beams > 1:
         rng = np.random.default_rng(seed) if do_sample else None

@@ -6,6 +6,7 @@ hypotheses with score sum_logprobs / new_length ** length_penalty, and the searc
 running beam can beat the worst finished one (the early_stopping heuristics)."""
 import numpy as np
 
+from .. import ops
 from .sampling import log_softmax
 
 NEG = -1.0e9
@@ -65,17 +66,24 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
     cur = T
     while True:
-        logp = log_softmax(logits, np.float32)
-        if force is not None:
-            logp = force(logp, cur - T)
-        logp = logp.reshape(B, nb, V) + running_scores[:, :, None]
-        flat = logp.reshape(B, nb * V)
-        if rng is not None:
-            p = np.exp(log_softmax(flat))  # float64 for the draw
-            cand = np.stack([rng.choice(nb * V, keep, replace=False, p=p[b]) for b in range(B)])
+        forced = force is not None and getattr(force, "token", lambda step: 0)(cur - T) is not None
+        if rng is None and not forced and keep <= V:
+            # log_softmax + running scores + top-k fused in one pass over the logits
+            cand_logp, cand = ops.beam_topk(logits, running_scores.ravel(), nb, keep,
+                                            threads=getattr(model, "threads", None))
         else:
-            cand = _top(flat, keep)
-        cand_logp = np.take_along_axis(flat, cand, -1)
+            logp = log_softmax(logits, np.float32)
+            if force is not None:
+                logp = force(logp, cur - T)
+            logp = logp.reshape(B, nb, V) + running_scores[:, :, None]
+            flat = logp.reshape(B, nb * V)
+            if rng is not None:
+                p = np.exp(log_softmax(flat))  # float64 for the draw
+                cand = np.stack([rng.choice(nb * V, keep, replace=False, p=p[b])
+                                 for b in range(B)])
+            else:
+                cand = _top(flat, keep)
+            cand_logp = np.take_along_axis(flat, cand, -1)
         parent, token = cand // V, cand % V
         cand_seq = _gather(running, parent)
         cand_seq[:, :, cur] = token

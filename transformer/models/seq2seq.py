@@ -210,6 +210,7 @@ class _Session:
 
     def __init__(self, model, enc):
         self.model, self.enc, self.config = model, enc, model.config
+        self.threads = model.threads
 
     def _check_inputs(self, input_ids, attention_mask):
         ids = np.asarray(input_ids, np.int64)

@@ -19,7 +19,7 @@ from . import cpu as _cpu_backend
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm", "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "ACTIVATIONS"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
@@ -524,3 +524,33 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
                                   np.ascontiguousarray(lengths, np.int32),
                                   key_bias, out, scale, int(chunk), n)
     return out
+
+
+def beam_topk(logits, beam_scores, num_beams, k, threads=None):
+    """One beam-search selection step, fused (Hugging Face's vectorised beam search: log-softmax
+    of the logits, plus each beam's running score, then the top k of every batch entry's beams).
+
+    logits: (B * num_beams, V) float (rows b * num_beams + j are the beams of entry b);
+    beam_scores: (B * num_beams,) float32 running log-probability of each beam; 1 <= k <= V.
+    Scores are float32, rounded as `(x - max) - logsumexp + beam_score` (NumPy's and PyTorch's
+    float32 log_softmax, the log-sum-exp accumulated in double). Returns (values (B, k) float32,
+    indices (B, k) int64 in [0, num_beams * V), index = beam * V + token), best first per entry,
+    equal scores in ascending index. Raises TypeError for non-float arrays, ValueError for shapes
+    that do not fit (rows not a multiple of num_beams, k out of range). CPU arrays only."""
+    logits = _float32("logits", logits, ndim=2)
+    beam_scores = _float32("beam_scores", beam_scores, ndim=1)
+    R, V = logits.shape
+    if not (isinstance(num_beams, (int, np.integer)) and num_beams >= 1 and R % num_beams == 0):
+        raise ValueError(f"num_beams must be a positive divisor of the {R} logits rows, got "
+                         f"{num_beams!r}")
+    if beam_scores.shape != (R,):
+        raise ValueError(f"beam_scores must have shape ({R},), got {beam_scores.shape}")
+    if not (isinstance(k, (int, np.integer)) and 1 <= k <= V):
+        raise ValueError(f"k must be an integer in [1, V={V}], got {k!r}")
+    B = R // num_beams
+    vals = np.empty((B, int(k)), np.float32)
+    idx = np.empty((B, int(k)), np.int64)
+    if B:
+        _cpu_backend.beam_topk(logits, beam_scores, int(num_beams), int(k), vals, idx,
+                               resolve_threads(threads))
+    return vals, idx

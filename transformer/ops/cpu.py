@@ -1,5 +1,7 @@
 """CPU backend: the math only, on arguments that transformer.ops has already checked
 (float32, C-contiguous, shapes consistent, indices in range). Kernels live in csrc/cpu."""
+import numpy as np
+
 from .. import _cpu
 
 
@@ -65,3 +67,12 @@ def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, cau
     _cpu.attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal,
                    scale, threads)
     return out
+
+
+def beam_topk(logits, beam_scores, num_beams, k, vals, idx, threads):
+    """vals, idx (B, k): the k best log_softmax(logits) + beam_scores per batch entry."""
+    R = logits.shape[0]
+    row_vals = np.empty((R, k), np.float32)
+    row_idx = np.empty((R, k), np.int64)
+    _cpu.beam_topk(logits, beam_scores, num_beams, k, row_vals, row_idx, vals, idx, threads)
+    return vals, idx

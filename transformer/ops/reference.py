@@ -146,3 +146,15 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         if L:
             out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
     return np.nan_to_num(out)
+
+
+def beam_topk(logits, beam_scores, num_beams, k):
+    """log_softmax(logits (B * num_beams, V)) + beam_scores (B * num_beams,) in float64; per
+    batch entry the k best of its num_beams * V scores: (values (B, k), indices (B, k) into
+    beam * V + token), best first, equal values in ascending index."""
+    x = _f64(logits)
+    m = x.max(-1, keepdims=True)
+    lp = x - m - np.log(np.exp(x - m).sum(-1, keepdims=True)) + _f64(beam_scores)[:, None]
+    flat = lp.reshape(-1, num_beams * x.shape[1])
+    idx = np.argsort(-flat, axis=-1, kind="stable")[:, :k]
+    return np.take_along_axis(flat, idx, -1), idx
