@@ -16,7 +16,8 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
-                      tf_decode_attention_combine, tf_beam_topk_row,
+                      tf_decode_attention_combine, tf_decode_attention_chunk_planes,
+                      tf_beam_topk_row,
                       tf_topk_merge)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
@@ -193,6 +194,7 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                      const float[:, :, :, :] k,     # IN  (B, S_max, Hkv, D) KV cache
                      const float[:, :, :, :] v,     # IN  (B, S_max, Hkv, D)
                      const int[::1] kv_index,       # IN  (B) K/V plane of query row b, or None
+                     const int[:, ::1] kv_rows,     # IN  (B, S_max) plane of key j of row b, or None
                      const int[::1] lengths,        # IN  (B) keys of sequence b: [0, lengths[b])
                      const float[:, ::1] key_bias,  # IN  (B, S_max) additive, or None
                      float[:, :, ::1] out,          # OUT (B, H, D)
@@ -201,7 +203,8 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     flash-decoding): work items (sequence, KV head, chunk of `chunk` keys) each give a partial
     max, sum and unnormalised output for the G = H / Hkv query heads that share that KV head (K/V
     read once per group, never copied); a second loop combines the chunks of each query head.
-    kv_index lets several query rows share one K/V plane (beams over one source sentence)."""
+    kv_index lets several query rows share one K/V plane (beams over one source sentence);
+    kv_rows picks the plane per key instead (beams whose cache was reordered by a table)."""
     cdef int B = q.shape[0], H = q.shape[1], D = q.shape[2], Hkv = k.shape[2]
     cdef int G = H // Hkv, max_len = 0, b
     for b in range(B):
@@ -227,6 +230,7 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     cdef long item
     cdef int hk, c, j0, n, g, h, bh, bk
     cdef bint has_index = kv_index is not None
+    cdef bint has_rows = kv_rows is not None
     if pm == NULL:
         raise MemoryError()
     with nogil, parallel(num_threads=n_threads):
@@ -247,11 +251,18 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                     pm[(b * H + h) * n_split + c] = -INFINITY
                     pl[(b * H + h) * n_split + c] = 0
                 continue
-            tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
-                                      kb + bk * kbs + j0 * krs + hk * khs, krs,
-                                      vb + bk * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
-                                      kbias + bk * kbias_stride + j0 if kbias != NULL else NULL,
-                                      scores, tm, tl, tacc)
+            if has_rows:
+                tf_decode_attention_chunk_planes(qb + b * qbs + hk * G * qrs, qrs, G,
+                                                 kb + j0 * krs + hk * khs, kbs, krs,
+                                                 vb + j0 * vrs + hk * vhs, vbs, vrs,
+                                                 &kv_rows[b, j0], n, D, scale, scores, tm, tl,
+                                                 tacc)
+            else:
+                tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
+                                          kb + bk * kbs + j0 * krs + hk * khs, krs,
+                                          vb + bk * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
+                                          kbias + bk * kbias_stride + j0 if kbias != NULL
+                                          else NULL, scores, tm, tl, tacc)
             for g in range(G):
                 h = hk * G + g
                 pm[(b * H + h) * n_split + c] = tm[g]

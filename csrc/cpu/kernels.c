@@ -271,6 +271,45 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
     }
 }
 
+/* tf_decode_attention_chunk with keys and values gathered from several planes: key j lives at
+ * k + planes[j] * kps + j * ldk (and v likewise), as a beam's KV cache rows after reordering by
+ * an index table instead of copies. No key bias. */
+TF_CLONES
+void tf_decode_attention_chunk_planes(const float *q, long ldq, int G, const float *k, long kps,
+                                      long ldk, const float *v, long vps, long ldv,
+                                      const int *planes, int n, int D, float scale, float *scores,
+                                      float *m, float *l, float *acc) {
+    for (int g = 0; g < G; g++) {
+        const float *qg = q + g * ldq;
+        float *s = scores + (long)g * n;
+        float mx = -INFINITY;
+        for (int j = 0; j < n; j++) {
+            const float *kj = k + planes[j] * kps + j * ldk;
+            float dot = 0.f;
+            for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
+            s[j] = dot * scale;
+            mx = s[j] > mx ? s[j] : mx;
+        }
+        float *a = acc + (long)g * D;
+        for (int d = 0; d < D; d++) a[d] = 0.f;
+        m[g] = mx;
+        l[g] = 0.f;
+        if (mx == -INFINITY) continue;
+        float sum = 0.f;
+        for (int j = 0; j < n; j++) {
+            const float e = expf(s[j] - mx);
+            s[j] = e;
+            sum += e;
+        }
+        l[g] = sum;
+        for (int j = 0; j < n; j++) {
+            const float *vj = v + planes[j] * vps + j * ldv;
+            const float p = s[j];
+            for (int d = 0; d < D; d++) a[d] += p * vj[d];
+        }
+    }
+}
+
 TF_CLONES
 void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
                                  int D, float *out) {

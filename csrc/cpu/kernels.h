@@ -69,6 +69,13 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
                                const float *v, long ldv, int n, int D, float scale,
                                const float *kbias, float *scores, float *m, float *l, float *acc);
 
+/* The same with keys/values gathered across planes: key j at k + planes[j] * kps + j * ldk,
+ * value j at v + planes[j] * vps + j * ldv (a beam's cache rows reordered by an index table). */
+void tf_decode_attention_chunk_planes(const float *q, long ldq, int G, const float *k, long kps,
+                                      long ldk, const float *v, long vps, long ldv,
+                                      const int *planes, int n, int D, float scale, float *scores,
+                                      float *m, float *l, float *acc);
+
 /* Combine n_split partial results (m, l: n_split; acc: n_split x D) of one query head into
  * out (D) = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c; zeros when no key was seen. */
 void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,

@@ -366,3 +366,23 @@ def test_beam_topk_bad_input(rng):
         ops.beam_topk(randn(rng, 8, 10), randn(rng, 8), 4, 11)
     with pytest.raises(TypeError, match="logits"):
         ops.beam_topk(np.zeros((8, 10), np.int64), randn(rng, 8), 4, 2)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_decode_attention_kv_rows(rng, threads):
+    """kv_rows: key j of query row b read from plane kv_rows[b, j] (a beam cache reordered
+    through a table), against the reference on the gathered planes."""
+    B, S, H, Hkv, D = 5, 77, 4, 2, 24
+    q = randn(rng, B, H, D)
+    k, v = randn(rng, B, S, Hkv, D), randn(rng, B, S, Hkv, D)
+    rows = rng.integers(0, B, (B, S)).astype(np.int32)
+    lengths = rng.integers(0, S + 1, B)
+    got = ops.decode_attention(q, k, v, lengths, out=poison((B, H, D)), chunk=16,
+                               kv_rows=rows, threads=threads)
+    pos = np.arange(S)[None]
+    want = ref.decode_attention(q, k[rows, pos], v[rows, pos], lengths)
+    assert_close(got, want, np.float32)
+    with pytest.raises(ValueError, match="kv_rows"):
+        ops.decode_attention(q, k, v, lengths, kv_rows=rows + 1)
+    with pytest.raises(ValueError, match="kv_rows"):
+        ops.decode_attention(q, k, v, lengths, kv_rows=rows, kv_index=np.arange(B))

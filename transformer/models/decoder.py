@@ -119,14 +119,20 @@ def decoder_shapes(config):
 class KVCache:
     """Keys and values of every layer, preallocated for `max_length` positions and written in
     place: k, v (L, B, max_length, Hkv, D) float32; lengths (B,) int32, the positions filled per
-    sequence (ragged: sequence b owns rows [0, lengths[b]))."""
+    sequence (ragged: sequence b owns rows [0, lengths[b])); planes (B, max_length) int32: the
+    plane of k/v holding position j of sequence b (b itself until a beam search reorders the
+    sequences: then only this table is permuted, the keys and values stay where they are)."""
 
     def __init__(self, config, batch_size, max_length):
         shape = (config.n_layers, batch_size, max_length, config.n_kv_heads, config.head_dim)
         self.k = np.empty(shape, np.float32)
         self.v = np.empty(shape, np.float32)
+        self._init_state(batch_size, max_length)
+
+    def _init_state(self, batch_size, max_length):
         self.lengths = np.zeros(batch_size, np.int32)
         self.max_length = max_length
+        self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
 
     def attend(self, layer, q, k, v, positions, threads=None):
         """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
@@ -136,16 +142,26 @@ class KVCache:
         rows = np.arange(R)
         self.k[layer, rows, positions] = k
         self.v[layer, rows, positions] = v
+        self.planes[rows, positions] = rows
         return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
-                                    threads=threads).reshape(R, -1)
+                                    threads=threads, kv_rows=self.planes[:R]).reshape(R, -1)
 
     def reorder(self, index):
-        """Keep sequences `index` (B',) in that order (beam search): rows are gathered in place
-        along the batch axis of the preallocated arrays."""
+        """Keep sequences `index` (B',) in that order (beam search). When every sequence slot keeps
+        its length (beams of one prompt are reordered among themselves), only the plane table is
+        permuted: plane r holds exactly positions [0, lengths[r]), so the next token of slot r
+        goes to a position of plane r that nobody reads yet. Otherwise the filled positions are
+        gathered in place and the table reset."""
         index = np.asarray(index)
         R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
-        self.k[:, :R, :S] = self.k[:, index, :S]
-        self.v[:, :R, :S] = self.v[:, index, :S]
+        if R == len(self.lengths) and np.array_equal(self.lengths[index], self.lengths):
+            self.planes[:R, :S] = self.planes[index, :S]
+            return
+        src = self.planes[index, :S]  # (R, S) plane of each position, positions along axis 1
+        pos = np.arange(S)[None]
+        self.k[:, :R, :S] = self.k[:, src, pos]
+        self.v[:, :R, :S] = self.v[:, src, pos]
+        self.planes[:] = np.arange(len(self.planes), dtype=np.int32)[:, None]
         self.lengths[:R] = self.lengths[index]
 
 

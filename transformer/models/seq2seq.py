@@ -194,8 +194,7 @@ class _DecodeState(KVCache):
         self.k = np.empty((config.decoder_layers, rows, max_length, config.n_heads,
                            config.head_dim), np.float32)
         self.v = np.empty_like(self.k)
-        self.lengths = np.zeros(rows, np.int32)
-        self.max_length = max_length
+        self._init_state(rows, max_length)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
 

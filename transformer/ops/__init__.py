@@ -460,7 +460,7 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
 
 
 def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None, out=None,
-                     chunk=None, kv_index=None, threads=None):
+                     chunk=None, kv_index=None, threads=None, kv_rows=None):
     """Attention of one new query per sequence against its KV cache (the decode step), split
     over keys across threads with a combine step (flash-decoding).
 
@@ -470,8 +470,10 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     attention_mask: (Bkv, S_max) 0/1 or None; scale: default 1/sqrt(D); chunk: keys per work item
     (default: enough items for every thread); kv_index: (B,) integers, query row b reads cache
     plane kv_index[b] (several rows sharing one plane, e.g. the beams of one source sentence
-    against its encoder output), default b. Returns out (B, H, D) float32 (zeros for a sequence
-    with no key)."""
+    against its encoder output), default b; kv_rows: (B, S_max) integers in [0, B), CPU only,
+    without kv_index and attention_mask: key j of row b is read from plane kv_rows[b, j] (a beam
+    search cache reordered through this table instead of copies). Returns out (B, H, D) float32
+    (zeros for a sequence with no key). Raises ValueError for shapes or indices that do not fit."""
     _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(Bkv, S_max, Hkv, D)")
     B, H, D = q.shape
     if kv_index is not None:
@@ -492,6 +494,12 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         raise ValueError(f"lengths must be ({B},) integers, got {lengths.shape} {lengths.dtype}")
     if B and (lengths.min() < 0 or lengths.max() > S_max):
         raise ValueError(f"lengths must lie in [0, {S_max}], got {lengths.tolist()}")
+    if kv_rows is not None:
+        if on_device(q) or kv_index is not None or attention_mask is not None:
+            raise ValueError("kv_rows works on the CPU only, without kv_index or attention_mask")
+        kv_rows = np.ascontiguousarray(kv_rows, dtype=np.int32)
+        if kv_rows.shape != (B, S_max) or (B and (kv_rows.min() < 0 or kv_rows.max() >= B)):
+            raise ValueError(f"kv_rows must be ({B}, {S_max}) integers in [0, {B})")
     key_bias = None
     xp = array_module(q)
     if attention_mask is not None:
@@ -522,7 +530,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     if B:
         _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
                                   np.ascontiguousarray(lengths, np.int32),
-                                  key_bias, out, scale, int(chunk), n)
+                                  key_bias, out, scale, int(chunk), n, kv_rows)
     return out
 
 

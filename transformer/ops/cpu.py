@@ -41,9 +41,12 @@ def swiglu(gate_up, out, threads):
     return out
 
 
-def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads):
-    """Split-K attention of one query per sequence against its KV cache."""
-    _cpu.decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads)
+def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads,
+                     kv_rows=None):
+    """Split-K attention of one query per sequence against its KV cache; kv_rows (B, S_max)
+    int32: the plane of each key (a reordered beam cache), or None."""
+    _cpu.decode_attention(q, k, v, kv_index, kv_rows, lengths, key_bias, out, scale, chunk,
+                          threads)
     return out
 
 
