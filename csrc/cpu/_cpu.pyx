@@ -195,7 +195,7 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                      const float[:, :, :, :] k,     # IN  (B, S_max, Hkv, D) KV cache
                      const float[:, :, :, :] v,     # IN  (B, S_max, Hkv, D)
                      const int[::1] kv_index,       # IN  (B) K/V plane of query row b, or None
-                     const int[:, ::1] kv_rows,     # IN  (B, S_max) plane of key j of row b, or None
+                     const int[:, ::1] kv_rows,     # IN  (B, S_max) plane of key j of b, or None
                      const int[::1] lengths,        # IN  (B) keys of sequence b: [0, lengths[b])
                      const float[:, ::1] key_bias,  # IN  (B, S_max) additive, or None
                      float[:, :, ::1] out,          # OUT (B, H, D)
