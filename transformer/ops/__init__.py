@@ -5,8 +5,8 @@ backend by where its operands live: NumPy arrays run on `cpu` (csrc/cpu), CuPy a
 Conventions: on the CPU activations are float32 (other float dtypes are converted; anything else
 is a TypeError); on the GPU every operand of an op is a CuPy array of one dtype, float32, float16
 or bfloat16 (CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bits), and
-index arrays may be NumPy or CuPy; shapes use the letters of DESIGN.md (B batch, T queries, S keys, C width, H heads,
-D head_dim, N packed rows). Every op takes `threads=None` (see transformer._threads).
+index arrays may be NumPy or CuPy; shapes use the letters of DESIGN.md (B batch, T queries,
+S keys, C width, H heads, D head_dim, N packed rows). Every op takes `threads=None` (see transformer._threads).
 Errors: TypeError for a wrong dtype, ValueError for a wrong rank, shape or value, IndexError for
 an index out of range; the message names the argument and what was expected.
 """
@@ -17,7 +17,8 @@ import numpy as np
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _cpu_backend
 
-__all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm", "rms_norm",
+__all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
+           "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
            "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS"]
 
@@ -201,7 +202,8 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
     out = _empty(x, x.shape)
-    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps), out.reshape(-1, C),
+    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps),
+                               out.reshape(-1, C),
                         resolve_threads(threads))
     return out
 
@@ -274,7 +276,8 @@ def swiglu(gate_up, threads=None):
         raise ValueError(f"gate_up must have an even last axis (gate | up), got {gate_up.shape}")
     F = gate_up.shape[-1] // 2
     out = _empty(gate_up, gate_up.shape[:-1] + (F,))
-    _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F), resolve_threads(threads))
+    _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F),
+                                 resolve_threads(threads))
     return out
 
 
