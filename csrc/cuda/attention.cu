@@ -136,22 +136,16 @@ INSTANTIATE(attention, ATTN_ARGS, ATTN_CALL)
 
 template <typename T> __device__ __forceinline__ void mma16816(float* c, const unsigned* a,
                                                                unsigned b0, unsigned b1);
-template <> __device__ __forceinline__ void mma16816<f16>(float* c, const unsigned* a,
-                                                          unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <> __device__ __forceinline__ void mma16816<bf16>(float* c, const unsigned* a,
-                                                           unsigned b0, unsigned b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+#define MMA16816(T, PTX_TYPE)                                                                   \
+    template <> __device__ __forceinline__ void mma16816<T>(float* c, const unsigned* a,        \
+                                                            unsigned b0, unsigned b1) {         \
+        asm volatile("mma.sync.aligned.m16n8k16.row.col.f32." PTX_TYPE "." PTX_TYPE ".f32 "     \
+                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"                     \
+                     : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                           \
+                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));            \
+    }
+MMA16816(f16, "f16")
+MMA16816(bf16, "bf16")
 
 __device__ __forceinline__ unsigned pack_bits(unsigned short lo, unsigned short hi) {
     return static_cast<unsigned>(lo) | (static_cast<unsigned>(hi) << 16);

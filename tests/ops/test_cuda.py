@@ -93,7 +93,7 @@ def rounded(rng, dtype, *shape, scale=1.0):
     return host(d), d
 
 
-def close(got, want, dtype, scale=1.0):
+def assert_close(got, want, dtype, scale=1.0):
     tol = TOL[dtype]
     np.testing.assert_allclose(host(got), want, rtol=tol, atol=tol * scale)
 
@@ -110,7 +110,7 @@ def test_linear(cp, rng, dtype, N, K, O, activation):
     x, xd = rounded(rng, dtype, N, K)
     w, wd = rounded(rng, dtype, O, K, scale=K ** -0.5)
     b, bd = rounded(rng, dtype, O)
-    close(ops.linear(xd, wd, bd, activation), ref.linear(x, w, b, activation), dtype, 2)
+    assert_close(ops.linear(xd, wd, bd, activation), ref.linear(x, w, b, activation), dtype, 2)
 
 
 @gpu
@@ -121,18 +121,18 @@ def test_row_ops(cp, rng, dtype, N, C):
     r, rd = rounded(rng, dtype, N, C)
     g, gd = rounded(rng, dtype, C)
     b, bd = rounded(rng, dtype, C)
-    close(ops.layer_norm(xd, gd, bd, 1e-5), ref.layer_norm(x, g, b, 1e-5), dtype, 4)
-    close(ops.layer_norm(xd, gd, bd, 1e-5, residual=rd), ref.layer_norm(x, g, b, 1e-5, r),
+    assert_close(ops.layer_norm(xd, gd, bd, 1e-5), ref.layer_norm(x, g, b, 1e-5), dtype, 4)
+    assert_close(ops.layer_norm(xd, gd, bd, 1e-5, residual=rd), ref.layer_norm(x, g, b, 1e-5, r),
           dtype, 4)
-    close(ops.rms_norm(xd, gd, 1e-6), ref.rms_norm(x, g, 1e-6), dtype, 4)
+    assert_close(ops.rms_norm(xd, gd, 1e-6), ref.rms_norm(x, g, 1e-6), dtype, 4)
     mask = np.where(rng.random((N, C)) < 0.3, -np.inf, 0.0)
     mask[0] = -np.inf  # a fully masked row gives zeros
-    close(ops.softmax(xd, cp.asarray(mask)), ref.softmax(x, mask), dtype)
+    assert_close(ops.softmax(xd, cp.asarray(mask)), ref.softmax(x, mask), dtype)
     for act in ops.ACTIVATIONS[1:]:
-        close(ops.bias_act(xd, bd, act), ref.bias_act(x, b, act), dtype, 3)
-    close(ops.add(xd, rd), x + r, dtype, 3)
+        assert_close(ops.bias_act(xd, bd, act), ref.bias_act(x, b, act), dtype, 3)
+    assert_close(ops.add(xd, rd), x + r, dtype, 3)
     if C % 2 == 0:
-        close(ops.swiglu(xd), ref.swiglu(x), dtype, 3)
+        assert_close(ops.swiglu(xd), ref.swiglu(x), dtype, 3)
 
 
 @gpu
@@ -146,14 +146,14 @@ def test_embedding_and_rotary(cp, rng, dtype, interleaved):
     g, gd = rounded(rng, dtype, C)
     b, bd = rounded(rng, dtype, C)
     ids, p, types = rng.integers(0, V, N), rng.integers(0, P, N), rng.integers(0, 2, N)
-    close(ops.embedding(ids, wd, pd, p, types, td, gd, bd, 1e-12),
+    assert_close(ops.embedding(ids, wd, pd, p, types, td, gd, bd, 1e-12),
           ref.embedding(ids, word, pos, p, types, tt, g, b, 1e-12), dtype, 4)
     with pytest.raises(IndexError, match="input_ids"):
         ops.embedding(ids + V, wd, pd, p)
     cos, sin = ops.rotary_tables(P, 32)
     x, xd = rounded(rng, dtype, N, 4 * 32 + 8)
     ops.rotary(xd, p, cos, sin, 3, interleaved)
-    close(xd, ref.rotary(x, p, 3, 32, interleaved=interleaved), dtype, 2)
+    assert_close(xd, ref.rotary(x, p, 3, 32, interleaved=interleaved), dtype, 2)
 
 
 @gpu
@@ -167,7 +167,7 @@ def test_attention(cp, rng, dtype, D, causal, B, H, Hkv, T, S):
     v, vd = rounded(rng, dtype, B, Hkv, S, D)
     mask = (rng.random((B, S)) < 0.8).astype(np.int64)
     mask[0] = 0  # a sequence with no key: zeros
-    close(ops.attention(qd, kd, vd, mask, causal), ref.attention(q, k, v, mask, causal), dtype)
+    assert_close(ops.attention(qd, kd, vd, mask, causal), ref.attention(q, k, v, mask, causal), dtype)
 
 
 @gpu
@@ -183,10 +183,10 @@ def test_attention_varlen(cp, rng, dtype, D):
         out = poisoned(cp, (cu[-1], H, D), dtype)
         ops.attention_varlen(qkvd[:, 0], qkvd[:, 1, :Hkv], qkvd[:, 2, :Hkv], cu, causal, out=out)
         want = ref.attention_varlen(qkv[:, 0], qkv[:, 1, :Hkv], qkv[:, 2, :Hkv], cu, causal)
-        close(out, want, dtype)
+        assert_close(out, want, dtype)
     out = poisoned(cp, (cu[-1], H, D), dtype)
     ops.attention_varlen(qkvd[:, 0], kvd[:, 0], kvd[:, 1], cu, out=out, cu_seqlens_k=cu_k)
-    close(out, ref.attention_varlen(qkv[:, 0], kv[:, 0], kv[:, 1], cu, cu_seqlens_k=cu_k), dtype)
+    assert_close(out, ref.attention_varlen(qkv[:, 0], kv[:, 0], kv[:, 1], cu, cu_seqlens_k=cu_k), dtype)
 
 
 @gpu
@@ -202,7 +202,7 @@ def test_decode_attention(cp, rng, dtype, chunk):
     out = poisoned(cp, (B, H, D), dtype)
     ops.decode_attention(qd, kd, vd, lengths, mask, out=out, chunk=chunk, kv_index=kv_index)
     want = ref.decode_attention(q, k, v, lengths, mask, kv_index=kv_index)
-    close(out, want, dtype)
+    assert_close(out, want, dtype)
 
 
 @gpu

@@ -244,18 +244,17 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     [0, n_heads * D) (e.g. the Q then K heads of a fused QKV row); positions: (N,) integers in
     [0, P); cos, sin: (P, D/2) from rotary_tables. interleaved: rotate pairs (2i, 2i+1) as
     llama2.c; else pairs (i, i + D/2), HF's rotate_half. Returns x."""
-    if on_device(x):
+    if on_device(x):  # the tables stay float32 whatever x's dtype
         if x.ndim != 2 or not x.flags.c_contiguous:
             raise TypeError("x must be a C-contiguous CuPy array of shape (N, W)")
         _device_array("x", x, 2, None, None)
         xp = array_module(x)
-        cos = xp.ascontiguousarray(xp.asarray(cos), dtype=np.float32)
-        sin = xp.ascontiguousarray(xp.asarray(sin), dtype=np.float32)
-    elif not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
-            or not x.flags.c_contiguous:
-        raise TypeError("x must be a C-contiguous float32 array of shape (N, W)")
-    cos = _float32("cos", cos, ndim=2) if not on_device(x) else cos
-    sin = _float32("sin", sin, ndim=2) if not on_device(x) else sin
+        cos, sin = (xp.ascontiguousarray(xp.asarray(t), dtype=np.float32) for t in (cos, sin))
+    else:
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
+                or not x.flags.c_contiguous:
+            raise TypeError("x must be a C-contiguous float32 array of shape (N, W)")
+        cos, sin = _float32("cos", cos, ndim=2), _float32("sin", sin, ndim=2)
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have the same shape, got {cos.shape}, {sin.shape}")
     D = 2 * cos.shape[1]
