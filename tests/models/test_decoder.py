@@ -95,6 +95,57 @@ def test_greedy_and_beam_match_hf_generate(tmp_path, rng, kind, cfg):
         np.testing.assert_array_equal(got, want, err_msg=str(kw))
 
 
+def test_kv_cache_reorder_paths(rng):
+    """KVCache.reorder against per-sequence histories kept in NumPy: table permutations (slots
+    keep their lengths, also while dropping sequences) and the gathering fallback (ragged
+    lengths move between slots); every decode step's attention compared in float64."""
+    from types import SimpleNamespace
+
+    from transformer.models.decoder import KVCache
+    cfg = SimpleNamespace(n_layers=2, n_kv_heads=2, head_dim=8)
+    H = 4  # two query heads per KV head
+    cache = KVCache(cfg, 4, 16)
+    hist = []  # per slot: list of (k, v) (L, Hkv, D) per position
+    for b, n in enumerate([3, 5, 2, 4]):  # ragged prompts, written as prefill does
+        kv = rng.standard_normal((2, n, 2, 2, 8)).astype(np.float32)
+        cache.k[:, b, :n] = kv[0].transpose(1, 0, 2, 3)
+        cache.v[:, b, :n] = kv[1].transpose(1, 0, 2, 3)
+        cache.lengths[b] = n
+        hist.append([(kv[0, j], kv[1, j]) for j in range(n)])
+
+    def step():
+        R = len(hist)
+        positions = cache.lengths[:R].astype(np.int64)
+        for layer in range(2):
+            q = rng.standard_normal((R, H, 8)).astype(np.float32)
+            k = rng.standard_normal((R, 2, 8)).astype(np.float32)
+            v = rng.standard_normal((R, 2, 8)).astype(np.float32)
+            got = cache.attend(layer, q, k, v, positions).reshape(R, H, 8)
+            for r in range(R):
+                if layer == 0:
+                    hist[r].append((np.zeros((2, 2, 8), np.float32),
+                                    np.zeros((2, 2, 8), np.float32)))
+                hist[r][-1][0][layer], hist[r][-1][1][layer] = k[r], v[r]
+                K = np.stack([p[0][layer] for p in hist[r]]).astype(np.float64)  # (S, Hkv, D)
+                V = np.stack([p[1][layer] for p in hist[r]]).astype(np.float64)
+                K, V = np.repeat(K, 2, 1), np.repeat(V, 2, 1)
+                s = np.einsum("hd,shd->hs", q[r], K) / np.sqrt(8)
+                p = np.exp(s - s.max(1, keepdims=True))
+                want = np.einsum("hs,shd->hd", p / p.sum(1, keepdims=True), V)
+                np.testing.assert_allclose(got[r], want, rtol=1e-5, atol=1e-5)
+        cache.lengths[:R] += 1
+
+    step()
+    for index in ([1, 1, 3, 0],   # lengths move between slots: gathered
+                  [1, 0, 2, 3],   # each slot keeps its length: table only
+                  [1, 0],         # fewer sequences, same lengths: table only
+                  [1]):
+        hist = [[(k.copy(), v.copy()) for k, v in hist[i]] for i in index]
+        cache.reorder(index)
+        assert cache.lengths[:len(index)].tolist() == [len(h) for h in hist]
+        step()
+
+
 @pytest.mark.parametrize("kind,cfg", [CASES[0], CASES[2]])
 def test_kv_cache_decode_equals_full_recompute(tmp_path, rng, kind, cfg):
     _, ours = _save(tmp_path, rng, kind, cfg)

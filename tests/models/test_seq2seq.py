@@ -72,6 +72,45 @@ def test_generate_matches_hf(tmp_path, rng, kind):
         np.testing.assert_array_equal(got, want, err_msg=str(kw))
 
 
+def test_settled_sources_leave_the_batch(tmp_path, rng):
+    """Sources whose search has ended drop out of later decode steps (fewer rows decoded), with
+    the tokens of HF generate, which keeps decoding them."""
+    def end_steps(free, t):  # the steps at which greedy search ends each source if eos = t
+        hit = free == t
+        return set(np.where(hit.any(1), hit.argmax(1), -1).tolist()) - {-1}
+
+    for attempt in range(8):  # a model and an eos with which greedy sources end at 2+ steps
+        # untied output projection: with tied random weights every source decodes alike
+        model, ours = _save(tmp_path, rng, "marian", vocab_size=23, tie_word_embeddings=False)
+        src, mask = _source(rng, 8, 9, V=23)
+        free = ours.generate(src, mask, max_new_tokens=12, eos_token_id=[],
+                             forced_eos_token_id=None)[:, 1:]
+        eos = max(range(4, 23), key=lambda t: len(end_steps(free, t)))
+        if len(end_steps(free, eos)) >= 2:
+            break
+    rows = []
+    decode_step = ours._decode_step
+
+    def counting(tokens, state):
+        rows.append(len(tokens))
+        return decode_step(tokens, state)
+
+    ours._decode_step = counting
+    for kw in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=4, length_penalty=0.6),
+               dict(num_beams=3, early_stopping=True), dict(num_beams=2, early_stopping="never"),
+               dict(num_beams=3, num_return_sequences=2, length_penalty=2.0)):
+        rows.clear()
+        with torch.no_grad():
+            want = model.generate(torch.tensor(src), attention_mask=torch.tensor(mask),
+                                  max_new_tokens=14, do_sample=False, eos_token_id=eos,
+                                  forced_eos_token_id=None, **kw).numpy()
+        got = ours.generate(src, mask, max_new_tokens=14, eos_token_id=eos,
+                            forced_eos_token_id=None, **kw)
+        np.testing.assert_array_equal(got, want, err_msg=str(kw))
+        if kw["num_beams"] == 1:  # sources end at 2+ different steps before the last
+            assert rows[-1] < rows[0], rows
+
+
 def test_marian_sinusoids_match_hf(tmp_path, rng):
     model, _ = _save(tmp_path, rng, "marian")
     table = model.model.encoder.embed_positions.weight.detach().numpy()

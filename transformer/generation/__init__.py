@@ -33,7 +33,9 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     the last step (ForcedEOSTokenLogitsProcessor).
     Returns (B * num_return_sequences, T + n_new) int64: the prompt rows as given, then the new
     tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
-    the model's positions."""
+    the model's positions.
+
+    A sequence that has finished leaves the batch: later steps decode only the others."""
     cfg = model.config
     _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, (int, np.integer))
            and max_new_tokens >= 1, "a positive integer")
@@ -93,7 +95,7 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     cache = model.new_cache(B, longest)
     logits = model.prefill(ids, mask, cache)
     eos_arr = np.array(eos, np.int64)
-    finished = np.zeros(B, bool)
+    alive = np.arange(B)  # the rows still generating; finished ones leave the cache
     new = []
     for step in range(max_new_tokens):
         logits = force(logits, step)
@@ -101,12 +103,16 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
             nxt = sample_next(warp(logits, temperature, top_k, top_p), rng)
         else:
             nxt = np.argmax(logits, axis=-1)
-        nxt = np.where(finished, pad_token_id, nxt).astype(np.int64)
-        new.append(nxt)
+        column = np.full(B, pad_token_id, np.int64)
+        column[alive] = nxt
+        new.append(column)
         if streamer is not None:
-            streamer(nxt)
-        finished |= np.isin(nxt, eos_arr)
-        if finished.all() or step == max_new_tokens - 1:
+            streamer(column)
+        going = ~np.isin(nxt, eos_arr)
+        if not going.any() or step == max_new_tokens - 1:
             break
+        if not going.all():
+            alive, nxt = alive[going], nxt[going]
+            cache.reorder(np.flatnonzero(going))
         logits = model.decode_step(nxt, cache)
     return np.concatenate([ids, np.stack(new, 1)], axis=1)

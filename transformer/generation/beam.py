@@ -3,7 +3,12 @@
 max(2, 1 + n_eos) * num_beams continuations of all beams, the best num_beams unfinished ones keep
 running, candidates among the top num_beams that end (eos or length) join the finished
 hypotheses with score sum_logprobs / new_length ** length_penalty, and the search stops when no
-running beam can beat the worst finished one (the early_stopping heuristics)."""
+running beam can beat the worst finished one (the early_stopping heuristics).
+
+Unlike HF, a prompt whose result can no longer change (no running beam can beat its worst
+finished hypothesis, or early_stopping=True and its num_beams hypotheses are done) leaves the
+batch at once: its rows are dropped from the cache and later steps decode only the others
+(CTranslate2 does the same), with the same results."""
 import numpy as np
 
 from .. import ops
@@ -48,8 +53,10 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     fill = (pad_token_id or eos[0]) if eos else -1  # HF's output_fill_value
     eos_arr = np.array(eos, np.int64)
     max_length = T + max_new_tokens
-    rows = np.arange(B)[:, None]
+    neg = np.float32(NEG)
 
+    # the state of the prompts still searching (alive: their indices in the batch)
+    alive = np.arange(B)
     running = np.full((B, nb, max_length), fill, np.int64)
     running[:, :, :T] = ids[:, None]
     sequences = running.copy()
@@ -60,12 +67,16 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     improvable = np.ones((B, 1), bool)
     running_idx = np.full((B, nb, max_new_tokens), -1, np.int64)
     beam_idx = running_idx.copy()
+    # the results, written when a prompt leaves the search
+    out_sequences, out_beam_idx = sequences.copy(), beam_idx.copy()
 
     lens = mask.sum(1)
     cache = model.new_cache(B * nb, int(lens.max()) + max_new_tokens)
     logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
     cur = T
     while True:
+        A = len(alive)
+        rows = np.arange(A)[:, None]
         forced = force is not None and getattr(force, "token", lambda step: 0)(cur - T) is not None
         if rng is None and not forced and keep <= V:
             # log_softmax + running scores + top-k fused in one pass over the logits
@@ -75,12 +86,12 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
             logp = log_softmax(logits, np.float32)
             if force is not None:
                 logp = force(logp, cur - T)
-            logp = logp.reshape(B, nb, V) + running_scores[:, :, None]
-            flat = logp.reshape(B, nb * V)
+            logp = logp.reshape(A, nb, V) + running_scores[:, :, None]
+            flat = logp.reshape(A, nb * V)
             if rng is not None:
                 p = np.exp(log_softmax(flat))  # float64 for the draw
                 cand = np.stack([rng.choice(nb * V, keep, replace=False, p=p[b])
-                                 for b in range(B)])
+                                 for b in range(A)])
             else:
                 cand = _top(flat, keep)
             cand_logp = np.take_along_axis(flat, cand, -1)
@@ -92,7 +103,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         hits = np.isin(token, eos_arr) | (cur + 1 >= max_length)
 
         # the best num_beams continuations that did not end keep running
-        run_logp = cand_logp + hits * np.float32(NEG)
+        run_logp = cand_logp + hits * neg
         nxt = _top(run_logp, nb)
         running = _gather(cand_seq, nxt)
         running_scores = _gather(run_logp, nxt)
@@ -101,7 +112,6 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         # ended candidates among the top num_beams join the finished hypotheses
         just_done = hits & top_mask[None]
         done_scores = cand_logp / np.float32(float(cur + 1 - T) ** length_penalty)
-        neg = np.float32(NEG)
         done_scores = done_scores + (finished.all(1, keepdims=True) & (early_stopping is True)) * neg
         done_scores = done_scores + (~improvable) * neg + (~just_done) * neg
         merged = np.concatenate([beam_scores, done_scores], 1)
@@ -111,21 +121,32 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         beam_idx = _gather(np.concatenate([beam_idx, cand_idx], 1), best)
         finished = _gather(np.concatenate([finished, just_done], 1), best)
 
-        cache.reorder(running_idx[:, :, cur - T].ravel())
         cur += 1
         if early_stopping == "never" and length_penalty > 0:
             best_len = max_length - T
         else:
             best_len = cur - T
         best_possible = running_scores[:, :1] / np.float32(float(best_len) ** length_penalty)
-        worst_done = np.where(finished, beam_scores.min(1, keepdims=True), np.float32(NEG))
+        worst_done = np.where(finished, beam_scores.min(1, keepdims=True), neg)
         improvable &= np.any(best_possible > worst_done, axis=1, keepdims=True)
-        open_beam = not (finished.all() and early_stopping is True)
-        if not (improvable.any() and open_beam and not hits.all()):
-            break
+        # HF stops when every prompt is settled (or every candidate ended: the length cap)
+        settled = ~improvable[:, 0] | (finished.all(1) & (early_stopping is True))
+        if settled.all() or hits.all():
+            settled[:] = True
+        if settled.any():
+            out_sequences[alive[settled]] = sequences[settled]
+            out_beam_idx[alive[settled]] = beam_idx[settled]
+            go = ~settled
+            alive = alive[go]
+            running, running_scores, running_idx = running[go], running_scores[go], running_idx[go]
+            sequences, beam_scores, beam_idx = sequences[go], beam_scores[go], beam_idx[go]
+            finished, improvable = finished[go], improvable[go]
+            if not len(alive):
+                break
+        cache.reorder(running_idx[:, :, cur - 1 - T].ravel())  # also drops the settled rows
         logits = model.decode_step(running[:, :, cur - 1].ravel(), cache)
 
-    sequences = sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
-    beam_idx = beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
+    sequences = out_sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
+    beam_idx = out_beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
     n_new = int((beam_idx >= 0).sum(1).max())
     return sequences[:, :T + n_new]

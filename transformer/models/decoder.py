@@ -143,18 +143,19 @@ class KVCache:
         self.k[layer, rows, positions] = k
         self.v[layer, rows, positions] = v
         self.planes[rows, positions] = rows
-        return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
+        return ops.decode_attention(q, self.k[layer], self.v[layer], positions + 1,
                                     threads=threads, kv_rows=self.planes[:R]).reshape(R, -1)
 
     def reorder(self, index):
-        """Keep sequences `index` (B',) in that order (beam search). When every sequence slot keeps
-        its length (beams of one prompt are reordered among themselves), only the plane table is
-        permuted: plane r holds exactly positions [0, lengths[r]), so the next token of slot r
-        goes to a position of plane r that nobody reads yet. Otherwise the filled positions are
-        gathered in place and the table reset."""
+        """Keep sequences `index` (B',) in that order, B' <= the current count (beam search
+        reordering beams, or dropping the sequences that finished). When every slot r < B' keeps
+        its length (beams of one prompt reordered among themselves; equal lengths), only the
+        plane table is permuted: every position the table points to lies below the length of its
+        plane's slot, so the next token of slot r goes to a position of plane r that nobody
+        reads. Otherwise the filled positions are gathered in place and the table reset."""
         index = np.asarray(index)
         R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
-        if R == len(self.lengths) and np.array_equal(self.lengths[index], self.lengths):
+        if np.array_equal(self.lengths[index], self.lengths[:R]):
             self.planes[:R, :S] = self.planes[index, :S]
             return
         src = self.planes[index, :S]  # (R, S) plane of each position, positions along axis 1

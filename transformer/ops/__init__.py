@@ -472,9 +472,10 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     attention_mask: (Bkv, S_max) 0/1 or None; scale: default 1/sqrt(D); chunk: keys per work item
     (default: enough items for every thread); kv_index: (B,) integers, query row b reads cache
     plane kv_index[b] (several rows sharing one plane, e.g. the beams of one source sentence
-    against its encoder output), default b; kv_rows: (B, S_max) integers in [0, B), CPU only,
+    against its encoder output), default b; kv_rows: (B, S_max) integers in [0, Bkv), CPU only,
     without kv_index and attention_mask: key j of row b is read from plane kv_rows[b, j] (a beam
-    search cache reordered through this table instead of copies). Returns out (B, H, D) float32
+    search cache reordered through this table instead of copies; k_cache may then hold more
+    planes than B, e.g. those of sequences that finished). Returns out (B, H, D) float32
     (zeros for a sequence with no key). Raises ValueError for shapes or indices that do not fit."""
     _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(Bkv, S_max, Hkv, D)")
     B, H, D = q.shape
@@ -483,8 +484,9 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         if kv_index.shape != (B,) or (B and (kv_index.min() < 0
                                              or kv_index.max() >= k_cache.shape[0])):
             raise ValueError(f"kv_index must be ({B},) integers in [0, {k_cache.shape[0]})")
-    elif k_cache.shape[0] != B:
-        raise ValueError(f"k_cache must have B={B} planes (or give kv_index), got {k_cache.shape}")
+    elif k_cache.shape[0] != B and not (kv_rows is not None and k_cache.shape[0] > B):
+        raise ValueError(f"k_cache must have B={B} planes (or give kv_index or kv_rows), got "
+                         f"{k_cache.shape}")
     if k_cache.ndim != 4 or H % k_cache.shape[2]:
         raise ValueError(f"k_cache must have shape (Bkv, S_max, Hkv, D) with H={H} a multiple "
                          f"of Hkv, got {k_cache.shape}")
@@ -500,8 +502,10 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         if on_device(q) or kv_index is not None or attention_mask is not None:
             raise ValueError("kv_rows works on the CPU only, without kv_index or attention_mask")
         kv_rows = np.ascontiguousarray(kv_rows, dtype=np.int32)
-        if kv_rows.shape != (B, S_max) or (B and (kv_rows.min() < 0 or kv_rows.max() >= B)):
-            raise ValueError(f"kv_rows must be ({B}, {S_max}) integers in [0, {B})")
+        n_planes = k_cache.shape[0]
+        if kv_rows.shape != (B, S_max) or (B and (kv_rows.min() < 0
+                                                  or kv_rows.max() >= n_planes)):
+            raise ValueError(f"kv_rows must be ({B}, {S_max}) integers in [0, {n_planes})")
     key_bias = None
     xp = array_module(q)
     if attention_mask is not None:
