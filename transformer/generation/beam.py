@@ -112,7 +112,8 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         # ended candidates among the top num_beams join the finished hypotheses
         just_done = hits & top_mask[None]
         done_scores = cand_logp / np.float32(float(cur + 1 - T) ** length_penalty)
-        done_scores = done_scores + (finished.all(1, keepdims=True) & (early_stopping is True)) * neg
+        all_done = finished.all(1, keepdims=True) & (early_stopping is True)
+        done_scores = done_scores + all_done * neg
         done_scores = done_scores + (~improvable) * neg + (~just_done) * neg
         merged = np.concatenate([beam_scores, done_scores], 1)
         best = _top(merged, nb)
