@@ -7,6 +7,7 @@ running beam can beat the worst finished one (the early_stopping heuristics)."""
 import numpy as np
 
 from .. import ops
+from ..device import to_numpy
 from .sampling import log_softmax
 
 NEG = -1.0e9
@@ -63,7 +64,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
 
     lens = mask.sum(1)
     cache = model.new_cache(B * nb, int(lens.max()) + max_new_tokens)
-    logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
+    logits = to_numpy(model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache))
     cur = T
     while True:
         forced = force is not None and getattr(force, "token", lambda step: 0)(cur - T) is not None
@@ -123,7 +124,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         open_beam = not (finished.all() and early_stopping is True)
         if not (improvable.any() and open_beam and not hits.all()):
             break
-        logits = model.decode_step(running[:, :, cur - 1].ravel(), cache)
+        logits = to_numpy(model.decode_step(running[:, :, cur - 1].ravel(), cache))
 
     sequences = sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
     beam_idx = beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)

@@ -147,13 +147,6 @@ class EncoderModel(DeviceModel):
         out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
 
-    def _output(self, h):
-        """h as returned to the user: bfloat16 device arrays decoded to float32."""
-        if self.dtype == "bfloat16":
-            from ..ops import cuda
-            return cuda.to_float32(h)
-        return h
-
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling="mean",
               normalize=True, truncate=False):
         """Sentence embeddings (B, C) float32: the mean of the last hidden state over the real
