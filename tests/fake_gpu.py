@@ -98,8 +98,9 @@ def encode(x, dtype):
     return x.astype(dtype)
 
 
-def _on_cpu(fn):
-    """A cuda backend function computed by the CPU backend's `fn` on float32 copies."""
+def _on_cpu(fn, threads_last=True):
+    """A cuda backend function computed by the CPU backend's `fn` on float32 copies; one
+    thread (tiny models) when the last argument is `threads`."""
     def run(*args):
         plain, back = [], []
         for a in args:
@@ -112,7 +113,7 @@ def _on_cpu(fn):
                     back.append((a, f, f.copy()))
             else:
                 plain.append(_host(a))
-        fn(*plain)
+        fn(*plain[:-1], 1) if threads_last else fn(*plain)
         for a, f, before in back:  # results (and in-place updates) back to their storage
             if not np.array_equal(f, before, equal_nan=True):
                 a.view(np.ndarray)[...] = encode(f, a.dtype)
@@ -130,7 +131,7 @@ def _decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, t
         q, k, v, None if kv_index is None else np.ascontiguousarray(_host(kv_index), np.int32),
         np.ascontiguousarray(_host(lengths), np.int32),
         None if key_bias is None else np.ascontiguousarray(key_bias, np.float32), out, scale,
-        64 if chunk is None else int(chunk), 1, None))
+        64 if chunk is None else int(chunk), 1, None), threads_last=False)
     run(q, k, v, key_bias, out)
     return out
 
