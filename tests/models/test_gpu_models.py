@@ -305,6 +305,15 @@ def test_device_inputs_accepted(fake_gpu, tmp_path, rng):
                                   to_numpy(ours(ids, mask)))
     cache = ours.new_cache(2, 10)
     assert cache.copy_on_reorder and ops.on_device(cache.k)
+    from transformer.models.config import EncoderConfig
+    from transformer.models.encoder import EncoderModel, encoder_shapes
+    cfg = EncoderConfig(vocab_size=97, d_model=32, n_heads=4, n_layers=1, d_ff=40,
+                        max_position_embeddings=16, type_vocab_size=2)
+    w = {k: rng.standard_normal(s).astype(np.float32) for k, s in encoder_shapes(cfg).items()}
+    enc = EncoderModel(cfg, w).to("cuda")
+    types = (np.arange(6)[None] > 2).astype(np.int64).repeat(2, 0)
+    np.testing.assert_allclose(to_numpy(enc(xp.asarray(ids), xp.asarray(mask), xp.asarray(types))),
+                               EncoderModel(cfg, w)(ids, mask, types), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_device_and_dtype(tmp_path, rng):
