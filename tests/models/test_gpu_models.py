@@ -227,7 +227,7 @@ def test_aren_goldens_on_gpu(gpu, shared_models, quant, dtype, num_beams):
 
 def _close_to_cpu(got, want, dtype):
     got = to_numpy(got)
-    tol = {"float32": 1e-6, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
+    tol = {"float32": 1e-6, "float16": 1e-2, "bfloat16": 5e-2}[dtype]  # of the logits scale
     assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
 
 
