@@ -10,6 +10,11 @@
    fraction of a device-to-device copy of the same bytes measured in the same run.
 3. cuBLAS GEMM TFLOP/s through our gemm (the matmul limit) and end-to-end MiniLM-shaped and
    BERT-base-shaped encode (random weights) against HF transformers in PyTorch eager, fp16.
+4. GPT-2-small-shaped greedy decode (12 layers, C=768, V=50257, random weights seeded), fp16:
+   new tokens/s of model.generate (KV cache on the GPU, logits to the host each step) against
+   HF generate in PyTorch eager on the same GPU, batch 1, 8 (and 32), 32-token prompts; the
+   prompt logits are compared first, and the share of identical greedy tokens is reported
+   (random weights give near ties, so fp16 runs may part ways).
 Timing: CUDA events, median of repeats after warm-up. Needs CuPy, torch with CUDA, transformers.
 Writes results.json and report.md to --output (default bench/results/gpu).
 """
@@ -140,6 +145,47 @@ def bench_encode(cp, torch, quick):
     return rows
 
 
+def bench_decode(cp, torch, quick):
+    import tempfile
+    import transformers as hf
+    import transformer
+    from transformer.device import to_numpy
+    rows = []
+    torch.manual_seed(0)
+    config = hf.GPT2Config(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12,
+                           bos_token_id=None, eos_token_id=None)
+    with tempfile.TemporaryDirectory() as d:
+        model = hf.GPT2LMHeadModel(config).eval()
+        model.save_pretrained(d, safe_serialization=True)
+        ours = transformer.load(d, device="cuda", dtype="float16")
+    model = model.half().cuda()
+    T, new = 32, 32 if quick else 128
+    for B in (1, 8) if quick else (1, 8, 32):
+        ids = np.random.default_rng(B).integers(0, 50257, (B, T))
+        tids = torch.tensor(ids).cuda()
+        with torch.no_grad():
+            want = model(tids).logits.float().cpu().numpy()
+        err = float(np.abs(to_numpy(ours(ids)) - want).max())
+
+        def run_ours():
+            return ours.generate(ids, max_new_tokens=new, eos_token_id=[])
+
+        def run_torch():
+            with torch.no_grad():
+                return model.generate(tids, attention_mask=torch.ones_like(tids),
+                                      max_new_tokens=new, do_sample=False, pad_token_id=0)
+        a, b = to_numpy(run_ours())[:, T:], run_torch().cpu().numpy()[:, T:]
+        same = float((a == b).mean()) if a.shape == b.shape else 0.0
+        ms_ours = timed(run_ours, cp, repeats=5, warmup=1)
+        ms_torch = timed(run_torch, cp, repeats=5, warmup=1)
+        rows.append(dict(model="gpt2-small-shaped", B=B, prompt=T, new_tokens=new,
+                         dtype="float16", ours_tokens_per_s=B * new / ms_ours * 1e3,
+                         torch_tokens_per_s=B * new / ms_torch * 1e3, ratio=ms_torch / ms_ours,
+                         max_abs_diff=err, same_tokens=same))
+        print(f"decode {rows[-1]}", file=sys.stderr)
+    return rows
+
+
 def report(results):
     lines = [f"# GPU benchmark ({results['device']})", "",
              "| attention | D | T | causal | ours TFLOP/s | torch flash TFLOP/s | ratio "
@@ -161,6 +207,13 @@ def report(results):
         lines.append(f"| {r['model']} B={r['B']} T={r['T']} | {r['ours_tokens_per_s']:.0f} | "
                      f"{r['torch_tokens_per_s']:.0f} | {r['ratio']:.2f} | "
                      f"{r['max_abs_diff']:.1e} |")
+    lines += ["", "| greedy decode (fp16) | ours new tokens/s | torch eager new tokens/s | ratio | "
+              "prompt logits max diff | same tokens |",
+              "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["decode"]:
+        lines.append(f"| {r['model']} B={r['B']} prompt={r['prompt']} new={r['new_tokens']} | "
+                     f"{r['ours_tokens_per_s']:.0f} | {r['torch_tokens_per_s']:.0f} | "
+                     f"{r['ratio']:.2f} | {r['max_abs_diff']:.1e} | {r['same_tokens']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
@@ -182,6 +235,7 @@ def main(argv=None):
     results["rows"] = bench_rows(cp, ops)
     results["gemm"] = bench_gemm(cp)
     results["encode"] = bench_encode(cp, torch, args.quick)
+    results["decode"] = bench_decode(cp, torch, args.quick)
     results["seconds"] = time.time() - t0
     out = pathlib.Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

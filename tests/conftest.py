@@ -75,3 +75,13 @@ def shared_models():
     if not SHARED_MODELS.is_dir():
         pytest.skip(f"shared models not found at {SHARED_MODELS} (set TRANSFORMER_SHARED_MODELS)")
     return SHARED_MODELS
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """transformer.ops.cuda routed to the NumPy stand-in of tests/fake_gpu.py for this test, so
+    that device="cuda" code paths of the models run without a GPU (see that module for what this
+    does and does not check)."""
+    import fake_gpu as stand_in
+    stand_in.install(monkeypatch)
+    return stand_in

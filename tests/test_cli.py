@@ -63,6 +63,20 @@ def test_cli_errors(tmp_path):
     assert p.returncode == 2
 
 
+def test_device_errors_are_clear(tmp_path):
+    from transformer.ops import cuda
+    if cuda.available():
+        pytest.skip("a GPU is present: --device cuda would run")
+    for cmd in (["generate", "--prompt", "Hi"], ["translate", "hi"], ["embed", "hi"]):
+        p = run(*cmd, "--model", tmp_path, "--device", "cuda", "--dtype", "float16", check=False)
+        assert p.returncode != 0 and "error: device='cuda'" in p.stderr, p.stderr
+        assert "Traceback" not in p.stderr
+    p = run("embed", "hi", "--model", tmp_path, "--dtype", "bfloat16", check=False)
+    assert p.returncode == 2 and "float32 only" in p.stderr and "Traceback" not in p.stderr
+    p = run("embed", "hi", "--device", "tpu", check=False)
+    assert p.returncode == 2 and "invalid choice: 'tpu'" in p.stderr
+
+
 def test_generate_streams_the_golden(tmp_path):
     shared = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS",
                                          ROOT.parent / "shared" / "models")) / "stories260K"

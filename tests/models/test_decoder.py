@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
+from transformer.device import to_numpy
 from transformer.generation import sample_next, warp
 
 torch = pytest.importorskip("torch")
@@ -52,16 +53,21 @@ def _prompts(rng, B, T, V, left=True):
 
 
 def _hf_logits(model, ids, mask):
+    """HF logits (float32 NumPy) with HF generate's position ids, on the model's device."""
     pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    dev = model.device
     with torch.no_grad():
-        return model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
-                     position_ids=torch.tensor(pos)).logits.numpy()
+        return model(input_ids=torch.tensor(ids, device=dev),
+                     attention_mask=torch.tensor(mask, device=dev),
+                     position_ids=torch.tensor(pos, device=dev)).logits.float().cpu().numpy()
 
 
 def _hf_generate(model, ids, mask, **kw):
+    dev = model.device
     with torch.no_grad():
-        return model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
-                              pad_token_id=0, **kw).numpy()
+        return model.generate(torch.tensor(ids, device=dev),
+                              attention_mask=torch.tensor(mask, device=dev),
+                              pad_token_id=0, **kw).cpu().numpy()
 
 
 CASES = [("gpt2", c) for c in GPT2_CONFIGS] + [("llama", c) for c in LLAMA_CONFIGS]
@@ -247,12 +253,16 @@ def stories(shared_models):
     return transformer.load(path, threads=2)
 
 
-def test_stories260k_golden(stories):
+def check_stories_golden(model):
     """llama2.c run.c, temperature 0, 64 steps counting the prompt: 60 new tokens."""
-    prompt = stories.tokenizer.encode("Once upon a time")
+    prompt = model.tokenizer.encode("Once upon a time")
     assert prompt == [1, 403, 407, 261, 378]
-    out = stories.generate(np.array([prompt]), max_new_tokens=60)
-    assert stories.tokenizer.decode(out[0]) == GOLDEN
+    out = to_numpy(model.generate(np.array([prompt]), max_new_tokens=60))
+    assert model.tokenizer.decode(out[0]) == GOLDEN
+
+
+def test_stories260k_golden(stories):
+    check_stories_golden(stories)
 
 
 def test_stories260k_batched_equals_alone(stories):

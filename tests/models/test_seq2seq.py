@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
+from transformer.device import to_numpy
 from transformer.models.seq2seq import (PRESETS, Seq2SeqConfig, preset, seq2seq_shapes,
                                         sinusoid_table)
 from transformer.weights import WeightsError
@@ -43,14 +44,28 @@ def _source(rng, B, S, V=67):
     return np.where(mask == 1, ids, 1), mask
 
 
+def _hf_logits(model, src, mask, tgt):
+    """HF logits (float32 NumPy) on the model's device."""
+    dev = model.device
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(src, device=dev),
+                     attention_mask=torch.tensor(mask, device=dev),
+                     decoder_input_ids=torch.tensor(tgt, device=dev)).logits.float().cpu().numpy()
+
+
+def _hf_generate(model, src, mask, **kw):
+    dev = model.device
+    with torch.no_grad():
+        return model.generate(torch.tensor(src, device=dev),
+                              attention_mask=torch.tensor(mask, device=dev), **kw).cpu().numpy()
+
+
 @pytest.mark.parametrize("kind", ["marian", "bart"])
 def test_logits_match_hf(tmp_path, rng, kind):
     model, ours = _save(tmp_path, rng, kind)
     src, mask = _source(rng, 4, 11)
     tgt = np.concatenate([np.full((4, 1), 3), rng.integers(4, 67, (4, 6))], 1)
-    with torch.no_grad():
-        want = model(input_ids=torch.tensor(src), attention_mask=torch.tensor(mask),
-                     decoder_input_ids=torch.tensor(tgt)).logits.numpy()
+    want = _hf_logits(model, src, mask, tgt)
     assert np.abs(ours(src, mask, tgt) - want).max() <= 1e-4
 
 
@@ -63,10 +78,8 @@ def test_generate_matches_hf(tmp_path, rng, kind):
     eos = int(np.bincount(free[:, 1:].ravel()).argmax())
     for kw in (dict(num_beams=1), dict(num_beams=4), dict(num_beams=4, length_penalty=0.6),
                dict(num_beams=3, num_return_sequences=2, length_penalty=2.0)):
-        with torch.no_grad():
-            want = model.generate(torch.tensor(src), attention_mask=torch.tensor(mask),
-                                  max_new_tokens=8, do_sample=False, eos_token_id=eos,
-                                  forced_eos_token_id=eos, **kw).numpy()
+        want = _hf_generate(model, src, mask, max_new_tokens=8, do_sample=False,
+                            eos_token_id=eos, forced_eos_token_id=eos, **kw)
         got = ours.generate(src, mask, max_new_tokens=8, eos_token_id=eos,
                             forced_eos_token_id=eos, **kw)
         np.testing.assert_array_equal(got, want, err_msg=str(kw))
@@ -191,22 +204,28 @@ def aren(request, shared_models):
     return request.param, transformer.load(path, threads=2)
 
 
-@pytest.mark.parametrize("num_beams", [1, 4])
-def test_aren_goldens(aren, num_beams):
-    quant, model = aren
-    assert model.spec == ("TransformerBase", 2)
+def check_aren_goldens(model, num_beams, score_atol=None):
+    """The published transliterations of GOLDEN, batched (right padding), and with score_atol
+    the published per-token log-probabilities. Device outputs are brought to NumPy."""
     texts = list(GOLDEN)
     batch = [model.tokenizer.encode(t) for t in texts]
     S = max(map(len, batch))
     ids = np.array([b + [0] * (S - len(b)) for b in batch])
     mask = np.array([[1] * len(b) + [0] * (S - len(b)) for b in batch])
-    out = model.generate(ids, mask, num_beams=num_beams, max_new_tokens=30)
+    out = to_numpy(model.generate(ids, mask, num_beams=num_beams, max_new_tokens=30))
     assert [model.tokenizer.decode(row) for row in out] == [GOLDEN[t][0] for t in texts]
-    if quant == "float32":
+    if score_atol is not None:
         for t in texts:
             target = [model.target_vocabulary.index(x) for x in GOLDEN[t][0].split()]
             logp = model.score(np.array([model.tokenizer.encode(t)]), None, np.array([target]))[0]
-            np.testing.assert_allclose(logp, GOLDEN[t][1], atol=1e-4)
+            np.testing.assert_allclose(logp, GOLDEN[t][1], atol=score_atol)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_aren_goldens(aren, num_beams):
+    quant, model = aren
+    assert model.spec == ("TransformerBase", 2)
+    check_aren_goldens(model, num_beams, 1e-4 if quant == "float32" else None)
 
 
 def test_ctranslate2_bad_files(shared_models, tmp_path):

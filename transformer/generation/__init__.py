@@ -3,6 +3,7 @@ greedy, sampling (temperature, top-k, top-p, seed) and beam search with Hugging 
 (transformers GenerationMixin: same tokens as HF generate on the same weights)."""
 import numpy as np
 
+from ..device import to_numpy
 from .beam import beam_search
 from .sampling import log_softmax, sample_next, warp
 
@@ -30,9 +31,11 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     (default: the config's, else the first eos). streamer: callable(tokens (B,) int64) called with
     each new column (greedy and sampling). forced_bos_token_id: the token forced when the sequence
     holds one token (HF ForcedBOSTokenLogitsProcessor); forced_eos_token_id: the token forced at
-    the last step (ForcedEOSTokenLogitsProcessor).
-    Returns (B * num_return_sequences, T + n_new) int64: the prompt rows as given, then the new
-    tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
+    the last step (ForcedEOSTokenLogitsProcessor). The model's logits may be device arrays: each
+    step brings them to the host as NumPy float32 (transformer.device.to_numpy) and the search
+    runs there; token ids go back to the model as NumPy.
+    Returns (B * num_return_sequences, T + n_new) int64 NumPy: the prompt rows as given, then the
+    new tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
     the model's positions.
 
     A sequence that has finished leaves the batch: later steps decode only the others."""
@@ -93,7 +96,7 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
     rng = np.random.default_rng(seed)
     B = ids.shape[0]
     cache = model.new_cache(B, longest)
-    logits = model.prefill(ids, mask, cache)
+    logits = to_numpy(model.prefill(ids, mask, cache))  # the search runs on the host
     eos_arr = np.array(eos, np.int64)
     alive = np.arange(B)  # the rows still generating; finished ones leave the cache
     new = []
@@ -114,5 +117,5 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
         if not going.all():
             alive, nxt = alive[going], nxt[going]
             cache.reorder(np.flatnonzero(going))
-        logits = model.decode_step(nxt, cache)
+        logits = to_numpy(model.decode_step(nxt, cache))
     return np.concatenate([ids, np.stack(new, 1)], axis=1)

@@ -12,6 +12,7 @@ batch at once: its rows are dropped from the cache and later steps decode only t
 import numpy as np
 
 from .. import ops
+from ..device import to_numpy
 from .sampling import log_softmax
 
 NEG = -1.0e9
@@ -72,7 +73,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
 
     lens = mask.sum(1)
     cache = model.new_cache(B * nb, int(lens.max()) + max_new_tokens)
-    logits = model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache)
+    logits = to_numpy(model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache))
     cur = T
     while True:
         A = len(alive)
@@ -145,7 +146,7 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
             if not len(alive):
                 break
         cache.reorder(running_idx[:, :, cur - 1 - T].ravel())  # also drops the settled rows
-        logits = model.decode_step(running[:, :, cur - 1].ravel(), cache)
+        logits = to_numpy(model.decode_step(running[:, :, cur - 1].ravel(), cache))
 
     sequences = out_sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
     beam_idx = out_beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)

@@ -1,14 +1,17 @@
 """Checks and packing of (B, T) token batches, shared by every model family."""
 import numpy as np
 
+from ..device import to_numpy
+
 
 def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
                 mask_name="attention_mask"):
     """Validate a batch: input_ids (B, T), T >= 1, integers in [0, vocab_size); attention_mask
-    None or (B, T) of 0/1 (or bool) with at least one real token a row.
-    Returns (ids int64 (B, T), mask bool (B, T), lengths (B,) int64). Raises TypeError,
+    None or (B, T) of 0/1 (or bool) with at least one real token a row; NumPy or CuPy (copied
+    to the host: batches are checked and packed there).
+    Returns (ids int64 (B, T), mask bool (B, T), lengths (B,) int64), NumPy. Raises TypeError,
     ValueError or IndexError naming the argument."""
-    ids = np.asarray(input_ids)
+    ids = np.asarray(to_numpy(input_ids))
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
     if ids.ndim != 2 or ids.shape[1] == 0:
@@ -19,7 +22,7 @@ def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
     if attention_mask is None:
         mask = np.ones(ids.shape, bool)
     else:
-        mask = np.asarray(attention_mask)
+        mask = np.asarray(to_numpy(attention_mask))
         if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == np.bool_):
             raise TypeError(f"{mask_name} must be an integer or bool array, got {mask.dtype}")
         if mask.shape != ids.shape:

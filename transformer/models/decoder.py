@@ -25,6 +25,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ..device import DeviceModel, to_device
 from ._inputs import check_batch
 from .config import check_positive
 
@@ -118,16 +119,28 @@ def decoder_shapes(config):
 
 class KVCache:
     """Keys and values of every layer, preallocated for `max_length` positions and written in
-    place: k, v (L, B, max_length, Hkv, D) float32; lengths (B,) int32, the positions filled per
-    sequence (ragged: sequence b owns rows [0, lengths[b])); planes (B, max_length) int32: the
-    plane of k/v holding position j of sequence b (b itself until a beam search reorders the
-    sequences: then only this table is permuted, the keys and values stay where they are)."""
+    place: k, v (L, B, max_length, Hkv, D), NumPy float32, or on the GPU CuPy arrays of the
+    model's dtype (`like`); lengths (B,) int32, the positions filled per sequence (ragged:
+    sequence b owns rows [0, lengths[b])); planes (B, max_length) int32: the plane of k/v holding
+    position j of sequence b (b itself until a beam search reorders the sequences: then only this
+    table is permuted, the keys and values stay where they are). lengths and planes live on the
+    host on every device.
 
-    def __init__(self, config, batch_size, max_length):
+    copy_on_reorder (True on the GPU, whose decode kernel reads no plane table): reorder gathers
+    the keys and values of the kept sequences into their new rows on the device (as Hugging
+    Face's cache reorder does), so planes stay the identity."""
+
+    def __init__(self, config, batch_size, max_length, like=None):
         shape = (config.n_layers, batch_size, max_length, config.n_kv_heads, config.head_dim)
-        self.k = np.empty(shape, np.float32)
-        self.v = np.empty(shape, np.float32)
+        self._allocate(shape, like)
         self._init_state(batch_size, max_length)
+
+    def _allocate(self, shape, like):
+        """k, v of `shape`: NumPy float32, or beside `like` (its array module and dtype)."""
+        xp, dtype = (np, np.float32) if like is None else (ops.array_module(like), like.dtype)
+        self.k = xp.empty(shape, dtype)
+        self.v = xp.empty(shape, dtype)
+        self.copy_on_reorder = xp is not np
 
     def _init_state(self, batch_size, max_length):
         self.lengths = np.zeros(batch_size, np.int32)
@@ -137,12 +150,15 @@ class KVCache:
     def attend(self, layer, q, k, v, positions, threads=None):
         """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
         (R,) of rows 0..R-1, then attend each query q (R, H, D) to its row's keys up to and
-        including the new one. Returns the context (R, H * D) float32."""
+        including the new one. Returns the context (R, H * D) of q's dtype and device."""
         R = len(q)
         rows = np.arange(R)
         self.k[layer, rows, positions] = k
         self.v[layer, rows, positions] = v
         self.planes[rows, positions] = rows
+        if self.copy_on_reorder:  # the device: rows kept in place by reorder
+            return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
+                                        threads=threads).reshape(R, -1)
         return ops.decode_attention(q, self.k[layer], self.v[layer], positions + 1,
                                     threads=threads, kv_rows=self.planes[:R]).reshape(R, -1)
 
@@ -155,6 +171,13 @@ class KVCache:
         reads. Otherwise the filled positions are gathered in place and the table reset."""
         index = np.asarray(index)
         R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
+        if self.copy_on_reorder:  # planes are the identity: gather whole rows
+            xp = ops.array_module(self.k)
+            rows = xp.asarray(index)
+            self.k[:, :R, :S] = xp.take(self.k[:, :, :S], rows, axis=1)
+            self.v[:, :R, :S] = xp.take(self.v[:, :, :S], rows, axis=1)
+            self.lengths[:R] = self.lengths[index]
+            return
         if np.array_equal(self.lengths[index], self.lengths[:R]):
             self.planes[:R, :S] = self.planes[index, :S]
             return
@@ -166,21 +189,36 @@ class KVCache:
         self.lengths[:R] = self.lengths[index]
 
 
-class DecoderModel:
+class DecoderModel(DeviceModel):
     """A decoder-only language model: `model(input_ids, attention_mask)` -> logits (B, T, V)
     float32; `model.generate(...)` -> token ids (see transformer.generation.generate).
 
     config: DecoderConfig; weights: {our name: array} (module docstring); tokenizer: optional
-    object with encode(text) -> ids and decode(ids) -> text; threads: kernel threads."""
+    object with encode(text) -> ids and decode(ids) -> text; threads: kernel threads.
+    On device="cuda" (`to("cuda", dtype)`) the weights and the KV cache are CuPy arrays of the
+    dtype; logits are CuPy (float32, or float16 for a float16 model; bfloat16 comes back as
+    float32), generate returns CuPy int64 ids (transformer.device.to_numpy for NumPy); inputs may
+    be NumPy or CuPy."""
+
+    DEVICES = ("cpu", "cuda")
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config
         self.tokenizer = tokenizer
         self.threads = resolve_threads(threads)
         self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
-        if config.positions == "rotary":
-            self._cos, self._sin = ops.rotary_tables(config.max_position_embeddings,
-                                                     config.head_dim, config.rope_theta)
+        self._moved()
+
+    def _moved(self):
+        """Tables beside the weights, on their device: rotary cos/sin (float32 whatever the
+        dtype) and the zero position table (1, C) that models without learned positions add."""
+        cfg = self.config
+        if cfg.positions == "rotary":
+            cos, sin = ops.rotary_tables(cfg.max_position_embeddings, cfg.head_dim,
+                                         cfg.rope_theta)
+            self._cos, self._sin = (to_device(t, self.device) for t in (cos, sin))
+        self._no_positions = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
+                                       self.dtype)
 
     # -- building blocks --------------------------------------------------------------------------
     def _norm(self, x, name):
@@ -200,8 +238,8 @@ class DecoderModel:
         if self.config.positions == "learned":
             return ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions,
                                  threads=self.threads)
-        return ops.embedding(ids, w["embeddings.word"], np.zeros((1, self.config.d_model),
-                             np.float32), np.zeros_like(ids), threads=self.threads)
+        return ops.embedding(ids, w["embeddings.word"], self._no_positions, np.zeros_like(ids),
+                             threads=self.threads)
 
     def _stack(self, h, positions, attend):
         """Run the L blocks on rows h (N, C) at `positions` (N,); attend(i, qkv (N, Q+2K)) ->
@@ -214,13 +252,13 @@ class DecoderModel:
             if cfg.positions == "rotary":
                 ops.rotary(qkv, positions, self._cos, self._sin, H + Hkv, cfg.rope_interleaved,
                            threads=n)
-            h = h + self._linear(attend(i, qkv), p + "out")
+            h = ops.add(h, self._linear(attend(i, qkv), p + "out"))
             x = self._norm(h, p + "norm2")
             if cfg.activation == "swiglu":
                 f = ops.swiglu(self._linear(x, p + "ff1"), threads=n)
             else:
                 f = self._linear(x, p + "ff1", cfg.activation)
-            h = h + self._linear(f, p + "ff2")
+            h = ops.add(h, self._linear(f, p + "ff2"))
         return self._norm(h, "final_norm")
 
     def _split(self, qkv):
@@ -232,7 +270,8 @@ class DecoderModel:
         return q, k, v
 
     def logits(self, h):
-        """LM head: h (N, C) -> logits (N, V) float32."""
+        """LM head: h (N, C) -> logits (N, V) float32 (on the GPU the model's dtype, bfloat16 as
+        uint16 bits)."""
         return ops.linear(h, self.weights["lm_head.weight"], threads=self.threads)
 
     # -- prefill and decode -------------------------------------------------------------------------
@@ -268,11 +307,11 @@ class DecoderModel:
                 cache.lengths[:len(lens)] = lens
             if all_logits:
                 return self.logits(h), flat
-            return self.logits(np.ascontiguousarray(h[cu[1:] - 1]))
+            return self.logits(ops.array_module(h).ascontiguousarray(h[cu[1:] - 1]))
 
     def decode_step(self, tokens, cache):
         """One new token per sequence: tokens (B,) integers, appended at position
-        cache.lengths[b]. Returns logits (B, V) float32; the cache grows by one position."""
+        cache.lengths[b]. Returns logits (B, V) as `logits`; the cache grows by one position."""
         tokens = np.asarray(tokens, np.int64)
         B = len(tokens)
         positions = cache.lengths[:B].astype(np.int64)
@@ -295,18 +334,22 @@ class DecoderModel:
         Raises TypeError/ValueError/IndexError naming the bad argument."""
         ids, mask, _ = self._check_inputs(input_ids, attention_mask)
         logits, flat = self.prefill(ids, mask, all_logits=True)
-        out = np.zeros((ids.size, self.config.vocab_size), np.float32)
-        out[flat] = logits
-        return out.reshape(ids.shape + (-1,))
+        xp = ops.array_module(logits)
+        out = xp.zeros((ids.size, self.config.vocab_size), logits.dtype)
+        out[xp.asarray(flat)] = logits
+        return self._output(out.reshape(ids.shape + (-1,)))
 
     def new_cache(self, batch_size, max_length):
         """A KVCache for batch_size sequences of up to max_length positions (capped at
         max_position_embeddings)."""
         return KVCache(self.config, batch_size,
-                       min(max_length, self.config.max_position_embeddings))
+                       min(max_length, self.config.max_position_embeddings),
+                       like=None if self.device == "cpu" else self.weights["embeddings.word"])
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Continue each prompt; see transformer.generation.generate for the arguments.
-        Returns (B * num_return_sequences, T + new) int64: the prompts then the new tokens."""
+        Returns (B * num_return_sequences, T + new) int64: the prompts then the new tokens
+        (NumPy; CuPy on device="cuda", where the search itself runs on the host over logits
+        copied back each step as float32)."""
         from ..generation import generate
-        return generate(self, input_ids, attention_mask, **kwargs)
+        return self._host_output(generate(self, input_ids, attention_mask, **kwargs))

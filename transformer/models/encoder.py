@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel
+from ..device import DeviceModel, to_numpy
 from ._inputs import check_batch, pack
 
 
@@ -112,7 +112,7 @@ class EncoderModel(DeviceModel):
                              f"max_position_embeddings={P} (pass truncate=True to cut the input)")
         types = None
         if token_type_ids is not None:
-            types = np.asarray(token_type_ids)
+            types = np.asarray(to_numpy(token_type_ids))
             if not np.issubdtype(types.dtype, np.integer) or types.shape != (B, T):
                 raise ValueError(f"token_type_ids must be integers of the shape of input_ids "
                                  f"{(B, T)}, got {types.dtype} {types.shape}")
@@ -146,13 +146,6 @@ class EncoderModel(DeviceModel):
         out = xp.zeros((B * T, self.config.d_model), h.dtype)
         out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
-
-    def _output(self, h):
-        """h as returned to the user: bfloat16 device arrays decoded to float32."""
-        if self.dtype == "bfloat16":
-            from ..ops import cuda
-            return cuda.to_float32(h)
-        return h
 
     def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling="mean",
               normalize=True, truncate=False):

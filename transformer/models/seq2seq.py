@@ -29,6 +29,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
+from ..device import DeviceModel, to_device, to_numpy
 from ..weights import check_tensors
 from . import register_family
 from ._hf import hf_tokenizer, read_hf_weights
@@ -179,7 +180,9 @@ def seq2seq_shapes(config, lm_head_bias=False):
 class EncoderOutput:
     """What encode() returns: hidden (N, C) float32 packed real source tokens, cu_seqlens (B+1,),
     lengths (B,), and per decoder layer the cross-attention keys and values, both as packed
-    (N, H, D) views and as padded planes (B, S_max, H, D) for the decode kernel."""
+    (N, H, D) views and as padded planes (B, S_max, H, D) for the decode kernel. On the GPU the
+    hidden states and K/V are CuPy arrays of the model's dtype; cu_seqlens and lengths stay
+    NumPy."""
 
     def __init__(self, hidden, cu, lengths):
         self.hidden, self.cu, self.lengths = hidden, cu, lengths
@@ -188,12 +191,12 @@ class EncoderOutput:
 
 
 class _DecodeState(KVCache):
-    """KV cache of the decoder plus, per cache row, the source sentence it translates."""
+    """KV cache of the decoder plus, per cache row, the source sentence it translates; k, v
+    beside `like` (the model's device and dtype), NumPy float32 when None."""
 
-    def __init__(self, config, rows, max_length, enc, src_index):
-        self.k = np.empty((config.decoder_layers, rows, max_length, config.n_heads,
-                           config.head_dim), np.float32)
-        self.v = np.empty_like(self.k)
+    def __init__(self, config, rows, max_length, enc, src_index, like=None):
+        self._allocate((config.decoder_layers, rows, max_length, config.n_heads,
+                        config.head_dim), like)
         self._init_state(rows, max_length)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
@@ -218,7 +221,8 @@ class _Session:
     def new_cache(self, rows, max_length):
         B = len(self.enc.lengths)
         return _DecodeState(self.config, rows, max_length, self.enc,
-                            np.repeat(np.arange(B), rows // B))
+                            np.repeat(np.arange(B), rows // B),
+                            like=None if self.model.device == "cpu" else self.enc.hidden)
 
     def prefill(self, input_ids, attention_mask, cache):
         logits = None
@@ -230,14 +234,20 @@ class _Session:
         return self.model._decode_step(tokens, cache)
 
 
-class Seq2SeqModel:
+class Seq2SeqModel(DeviceModel):
     """An encoder-decoder Transformer. model(input_ids, attention_mask, decoder_input_ids) ->
     logits (B, T, V); generate(input_ids, attention_mask, ...) -> target ids starting with
     decoder_start_token_id; score(...) -> per-token log-probabilities.
 
     config: Seq2SeqConfig; weights: {our name: array} (module docstring); tokenizer: optional
     (encode(text) -> ids, decode(ids) -> text), source/target vocabularies for vocabulary-only
-    models; threads: kernel threads."""
+    models; threads: kernel threads.
+    On device="cuda" (`to("cuda", dtype)`) the weights, the encoder output and the decoder's
+    KV cache are CuPy arrays of the dtype; logits are CuPy (float32, or float16 for a float16
+    model; bfloat16 comes back as float32), generate returns CuPy ids (and scores); score()
+    returns NumPy; inputs may be NumPy or CuPy."""
+
+    DEVICES = ("cpu", "cuda")
 
     def __init__(self, config, weights, tokenizer=None, threads=None, source_vocabulary=None,
                  target_vocabulary=None):
@@ -246,18 +256,28 @@ class Seq2SeqModel:
         self.source_vocabulary = source_vocabulary
         self.target_vocabulary = target_vocabulary
         self.threads = resolve_threads(threads)
-        w = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self._moved()
+
+    def _moved(self):
+        """The embedding tables of each side beside the weights (same device and dtype): the
+        word embeddings times sqrt(C) when config.scale_embedding (scaled in float32, then
+        rounded to the dtype), and the position table (learned, or a stored sinusoid table, else
+        the config's sinusoids)."""
+        config, w = self.config, self.weights
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self._embed_tables = {}
         for side in ("encoder", "decoder"):
             if side + ".embeddings.position" in w:  # learned, or a stored sinusoid table
                 pos = w[side + ".embeddings.position"]
             else:
-                pos = sinusoid_table(config.max_position_embeddings + config.position_offset,
-                                     config.d_model, config.positions)
+                pos = to_device(sinusoid_table(config.max_position_embeddings
+                                               + config.position_offset, config.d_model,
+                                               config.positions), self.device, self.dtype)
             word = w[side + ".embeddings.word"]
-            self._embed_tables[side] = (word * np.float32(scale) if scale != 1.0 else word, pos)
-        self.weights = w
+            if scale != 1.0:
+                word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
+            self._embed_tables[side] = (word, pos)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _embed(self, side, ids, positions):
@@ -292,10 +312,10 @@ class Seq2SeqModel:
                 x = self._norm(h, p + norm) if cfg.pre_norm else h
                 a = self._linear(attend(i, self._linear(x, p + proj)),
                                  p + ("out" if proj == "qkv" else "cross_out"))
-                h = h + a if cfg.pre_norm else self._norm(a, p + norm, residual=h)
+                h = ops.add(h, a) if cfg.pre_norm else self._norm(a, p + norm, residual=h)
             x = self._norm(h, p + "norm2") if cfg.pre_norm else h
             f = self._linear(self._linear(x, p + "ff1", cfg.activation), p + "ff2")
-            h = h + f if cfg.pre_norm else self._norm(f, p + "norm2", residual=h)
+            h = ops.add(h, f) if cfg.pre_norm else self._norm(f, p + "norm2", residual=h)
         if cfg.decoder_final_norm:
             h = self._norm(h, "decoder.final_norm")
         return h
@@ -328,10 +348,13 @@ class Seq2SeqModel:
             B, S = len(lens), int(lens.max())
             rows = np.repeat(np.arange(B), lens)
             cols = np.arange(len(h)) - cu[rows]
+            xp = ops.array_module(h)
+            if xp is not np:
+                rows, cols = xp.asarray(rows), xp.asarray(cols)
             for i in range(cfg.decoder_layers):
                 kv = self._linear(h, f"decoder.layers.{i}.cross_kv").reshape(len(h), 2, H, D)
-                k = np.zeros((B, S, H, D), np.float32)
-                v = np.zeros((B, S, H, D), np.float32)
+                k = xp.zeros((B, S, H, D), h.dtype)
+                v = xp.zeros((B, S, H, D), h.dtype)
                 k[rows, cols], v[rows, cols] = kv[:, 0], kv[:, 1]
                 enc.cross_kv.append(kv)
                 enc.cross_planes.append((k, v))
@@ -339,7 +362,8 @@ class Seq2SeqModel:
 
     # -- decoder --------------------------------------------------------------------------------
     def _decode_step(self, tokens, state):
-        """One decoder token per cache row: tokens (R,) -> logits (R, V); state grows by one."""
+        """One decoder token per cache row: tokens (R,) -> logits (R, V) (float32; on the GPU
+        the model's dtype); state grows by one."""
         cfg, n = self.config, self.threads
         H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
         tokens = np.asarray(tokens, np.int64)
@@ -390,9 +414,10 @@ class Seq2SeqModel:
             h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
                                      cross_attend)
             logits = self._logits(h)
-        out = np.zeros((B * T, cfg.tgt_vocab_size), np.float32)
-        out[flat] = logits
-        return out.reshape(B, T, -1)
+        xp = ops.array_module(logits)
+        out = xp.zeros((B * T, cfg.tgt_vocab_size), logits.dtype)
+        out[xp.asarray(flat)] = logits
+        return self._output(out.reshape(B, T, -1))
 
     # -- public API -------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None,
@@ -414,7 +439,9 @@ class Seq2SeqModel:
         forced_bos/forced_eos defaults apply). With return_scores, also (B * n,) float64: each
         hypothesis' sum of the model's token log-probabilities up to its first eos (no length
         penalty, no logits processors: a forced token counts with its model log-probability, so
-        this order can differ from the search's, which ranks forced tokens at log 1 = 0)."""
+        this order can differ from the search's, which ranks forced tokens at log 1 = 0).
+        NumPy arrays; CuPy on device="cuda" (the search runs on the host over logits copied
+        back each step as float32; the encoder output and KV cache stay on the device)."""
         from ..generation import generate
 
         cfg = self.config
@@ -427,9 +454,10 @@ class Seq2SeqModel:
         out = generate(_Session(self, enc), start, None, max_new_tokens=max_new_tokens,
                        **kwargs)
         if not return_scores:
-            return out
+            return self._host_output(out)
         n = len(out) // B
-        return out, self._sequence_logprobs(enc, out, np.repeat(np.arange(B), n))
+        scores = self._sequence_logprobs(enc, out, np.repeat(np.arange(B), n))
+        return self._host_output(out), self._host_output(scores)
 
     def _sequence_logprobs(self, enc, sequences, src):
         """Sum of log p(token) of each row of sequences (after its first token, up to and
@@ -443,7 +471,7 @@ class Seq2SeqModel:
         rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, enc.lengths[src])])
         sub.cu = np.concatenate([[0], np.cumsum(enc.lengths[src])])
         sub.cross_kv = [kv[rows] for kv in enc.cross_kv]
-        logits = self.decode(sub, np.where(mask == 1, sequences, 0), mask)
+        logits = to_numpy(self.decode(sub, np.where(mask == 1, sequences, 0), mask))
         from ..generation import log_softmax
         lp = log_softmax(logits[:, :-1])
         tok = np.take_along_axis(lp, sequences[:, 1:, None], -1)[..., 0]
@@ -452,8 +480,8 @@ class Seq2SeqModel:
     def score(self, input_ids, attention_mask, target_ids, target_mask=None):
         """Per-token log-probabilities of given targets, as CTranslate2's score_batch: target_ids
         (B, T) integer without the start token (eos appended here after each row's real tokens;
-        target_mask (B, T) of 0/1 marks them, default all). Returns a list of B float64 arrays:
-        log p of each target token, then of the eos."""
+        target_mask (B, T) of 0/1 marks them, default all). Returns a list of B NumPy float64
+        arrays (on every device): log p of each target token, then of the eos."""
         from ..generation import log_softmax
 
         cfg = self.config
@@ -473,7 +501,7 @@ class Seq2SeqModel:
         dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
         for b, L in enumerate(lens):
             dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]
-        lp = log_softmax(self(input_ids, attention_mask, dec_in, dmask))
+        lp = log_softmax(to_numpy(self(input_ids, attention_mask, dec_in, dmask)))
         tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         return [tok[b, :L + 1] for b, L in enumerate(lens)]
 
