@@ -46,7 +46,6 @@ is not installed (or whose export/conversion fails) is skipped with a note, neve
 import hashlib
 import json
 import os
-import shutil
 import statistics
 import time
 import warnings
@@ -188,20 +187,10 @@ class TorchEngine(Engine):
 
     def __init__(self, model_dir, threads, batches):
         super().__init__()
-        import torch
-        import transformers
-        transformers.logging.set_verbosity_error()
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set (interop pool started)
-            pass
+        torch, transformers, self.version = harness.load_torch(threads)
         self.torch = torch
-        self.version = f"torch {torch.__version__}, transformers {transformers.__version__}"
         self.model = transformers.AutoModel.from_pretrained(model_dir).eval()
-        attn = getattr(self.model.config, "_attn_implementation", None)
-        self.notes.append(f"attention implementation: {attn}; torch threads: intra-op "
-                          f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+        self.notes.append(harness.torch_note(torch, self.model))
         self.inputs = {bs: [({k: torch.from_numpy(v) for k, v in b.items()}, b["attention_mask"])
                             for b in bl] for bs, bl in batches.items()}
 
@@ -305,20 +294,8 @@ class Ct2Engine(Engine):
         super().__init__()
         import ctranslate2
         self.version = f"ctranslate2 {ctranslate2.__version__}"
-        out_dir = os.path.join(cache, "ctranslate2")
-        if os.path.exists(os.path.join(out_dir, "model.bin")):
-            self.notes.append(f"reused cached CTranslate2 conversion {out_dir}")
-        else:
-            log("converting the model with CTranslate2's TransformersConverter (once; cached)",
-                TAG)
-            tmp = out_dir + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ctranslate2.converters.TransformersConverter(model_dir).convert(tmp, force=True)
-            os.replace(tmp, out_dir)
-            self.notes.append("converted with ctranslate2.converters.TransformersConverter "
-                              "(no quantization)")
+        out_dir = harness.ct2_convert(model_dir, os.path.join(cache, "ctranslate2"), self.notes,
+                                      TAG)
         self.encoder = ctranslate2.Encoder(out_dir, device="cpu", compute_type="float32",
                                            intra_threads=threads, inter_threads=1)
         self.inputs = {}
@@ -378,51 +355,6 @@ def build_engines(model_dir, sentences, batch_sizes, threads, peers, workdir):
 
 
 # ---------------------------------------------------------------------------------------------
-# Machine limit: sgemm GFLOP/s on the model's dense-layer shapes.
-# ---------------------------------------------------------------------------------------------
-
-class GemmProbe:
-    """float32 GEMM throughput on one layer's dense shapes (M rows), BLAS pinned to n threads.
-    measure() returns {"numpy": GFLOP/s, "scipy": GFLOP/s} for the whole layer mix."""
-
-    def __init__(self, m, config, threads, reps=5, min_seconds=0.02):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits
-        self.threads = threads
-        self.reps, self.min_seconds = reps, min_seconds
-        C, F = config["hidden_size"], config["intermediate_size"]
-        self.shapes = [(m, C, C)] * 4 + [(m, C, F), (m, F, C)]
-        rng = np.random.default_rng(0)
-        self.ops = {"numpy": [], "scipy": []}
-        self.flops = 0.0
-        for (M, K, N) in self.shapes:
-            a = rng.standard_normal((M, K), dtype=np.float32)
-            b = rng.standard_normal((K, N), dtype=np.float32)
-            c = np.empty((M, N), np.float32)
-            af, bf = np.asfortranarray(a), np.asfortranarray(b)
-            self.ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
-            self.ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
-            self.flops += 2.0 * M * K * N
-        self.shape_text = "4x " + " + ".join(f"({M}x{K})@({K}x{N})"
-                                             for M, K, N in self.shapes[3:])
-
-    def _layer_seconds(self, ops):
-        """Median seconds for one pass over the layer's GEMMs."""
-        def layer():
-            for op in ops:
-                op()
-        layer()
-        inner = harness.calibrate(layer, self.min_seconds)
-        return statistics.median(harness.time_call(layer, inner) for _ in range(self.reps))
-
-    def measure(self):
-        """GFLOP/s of the layer mix through NumPy's matmul and SciPy's sgemm."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            return {k: self.flops / self._layer_seconds(ops) / 1e9 for k, ops in self.ops.items()}
-
-
-# ---------------------------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------------------------
 
@@ -458,7 +390,8 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
     for e in engines:
         notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
 
-    probe = GemmProbe(gemm_m, config, threads)
+    C, F = config["hidden_size"], config["intermediate_size"]
+    probe = harness.GemmProbe([(gemm_m, C, C)] * 4 + [(gemm_m, C, F), (gemm_m, F, C)], threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
     ticks = harness.cpu_sample()
     t0 = time.perf_counter()
