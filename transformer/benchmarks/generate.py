@@ -266,28 +266,13 @@ class Ct2Engine(Engine):
 def build_engines(model_dir, threads, prompts, new_tokens, vocab_size, peers):
     """Load this engine, the HF torch reference (always tried) and the requested peers. Returns
     (engines in table order, reference engine or None, skipped: {name: reason})."""
-    skipped = {}
     log(f"loading {ENGINE}", TAG)
     engines = [TransformerEngine(model_dir, threads, prompts, new_tokens)]
-    torch_engine = None
-    try:
-        log("loading torch (HF transformers)", TAG)
-        torch_engine = TorchEngine(model_dir, threads, prompts, new_tokens)
-    except ImportError as e:
-        skipped["torch"] = f"not installed ({e})"
-    except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-        skipped["torch"] = f"setup failed: {type(e).__name__}: {e}"
-    if torch_engine is not None and "torch" in peers:
-        engines.append(torch_engine)
-    if "ctranslate2" in peers:
-        try:
-            log("loading ctranslate2", TAG)
-            engines.append(Ct2Engine(model_dir, threads, prompts, new_tokens, vocab_size))
-        except ImportError as e:
-            skipped["ctranslate2"] = f"not installed ({e})"
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped["ctranslate2"] = f"setup failed: {type(e).__name__}: {e}"
-    return engines, torch_engine, skipped
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(model_dir, threads, prompts, new_tokens),
+         "ctranslate2": lambda: Ct2Engine(model_dir, threads, prompts, new_tokens, vocab_size)},
+        peers, TAG)
+    return engines + loaded, torch_engine, skipped
 
 
 def token_agreement(out, ref, prompts, batch, reference):
@@ -388,16 +373,10 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
         f"tokens; threads {threads}", TAG)
     engines, reference, skipped = build_engines(model_dir, threads, prompts, new_tokens, vocab,
                                                 peers)
-    skipped = {k: v for k, v in skipped.items() if k in peers}
-    if "onnxruntime" in peers:
-        skipped["onnxruntime"] = "not applicable to generate (no generation loop of its own)"
-    for p, why in skipped.items():
-        log(f"skipping {p}: {why}", TAG)
-
-    ref_kw, ref_notes = harness.reference_choice(reference, engines, ENGINE, "tokens are")
-    notes = [model_note] + ref_notes
-    for e in engines:
-        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
+    skipped, ref_kw, notes = harness.loaded_engines(
+        engines, reference, skipped, peers, "tokens are", TAG,
+        {"onnxruntime": "not applicable to generate (no generation loop of its own)"})
+    notes = [model_note] + notes
 
     probe = BandwidthProbe(bw_mib, threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
@@ -407,10 +386,7 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
         lambda out, ref, b: token_agreement(out, ref, prompts, b, reference),
         rounds, pause=pause, probe=probe.measure, time_disagreeing=time_disagreeing, tag=TAG,
         case_label=lambda b: f"batch {b}", **ref_kw)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
+    usage, warning = harness.busy_check(ticks, TAG)
     bw = {k: statistics.median(p[k] for p in probes)
           for k in ("sgemv_numpy", "sgemv_scipy", "copy_1thread")} if probes else {}
     source = max(("sgemv_numpy", "sgemv_scipy"), key=bw.get) if bw else None

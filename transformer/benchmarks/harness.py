@@ -367,6 +367,53 @@ def reference_choice(reference, engines, engine_name, what):
             ["HF torch is the reference of the check but not timed (not in --peers)"])
 
 
+def load_peers(makers, peers, tag="bench"):
+    """Load HF torch (always tried: it is the reference of the checks) and the requested peers.
+    makers: {peer: zero-argument constructor}; peers: the names asked for. A peer that cannot
+    be loaded is skipped with the reason: "not installed (...)" for an ImportError, "setup
+    failed: ..." for anything else. Returns (the loaded peers asked for, torch first, then in
+    the order of `peers`; the torch engine or None; skipped {peer: reason})."""
+    skipped, loaded = {}, {}
+    for name in ["torch"] + [p for p in peers if p != "torch"]:
+        if name not in makers:
+            continue
+        log(f"loading {name}", tag)
+        try:
+            loaded[name] = makers[name]()
+        except ImportError as e:
+            skipped[name] = f"not installed ({e})"
+        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
+            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
+    order = ["torch"] + [p for p in peers if p != "torch"]
+    return [loaded[p] for p in order if p in loaded and p in peers], loaded.get("torch"), skipped
+
+
+def busy_check(ticks, tag="bench"):
+    """Who else used the CPUs since the cpu_sample() `ticks` (cpu_usage) and the warning when
+    the timings were disturbed (busy_warning, also logged). Returns (usage, warning or None)."""
+    usage = cpu_usage(ticks, cpu_sample())
+    warning = busy_warning(usage)
+    if warning:
+        log(warning, tag)
+    return usage, warning
+
+
+def loaded_engines(engines, reference, skipped, peers, what, tag="bench", not_applicable=None):
+    """What a model suite reports once its engines are loaded: the skipped peers among those
+    asked for (`skipped`: {peer: reason}; plus not_applicable {peer: why} for those asked for),
+    each logged; compare_engines' keyword arguments for the reference (reference_choice, `what`
+    says what is compared without torch); and the notes: the reference's, then each engine's
+    own ("name (version): note"). Returns (skipped, reference keyword arguments, notes)."""
+    skipped = {k: v for k, v in skipped.items() if k in peers}
+    skipped.update({k: v for k, v in (not_applicable or {}).items() if k in peers})
+    for p, why in skipped.items():
+        log(f"skipping {p}: {why}", tag)
+    ref_kw, notes = reference_choice(reference, engines, ENGINE, what)
+    for e in engines:
+        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
+    return skipped, ref_kw, notes
+
+
 def script_main(main, args, tag):
     """Entry of a bench/*.py wrapper: note a changed OMP_NUM_THREADS (the wrapper sets it to
     --threads before any runtime starts), then run the suite's `main(args)`."""
@@ -593,6 +640,16 @@ class GemmProbe:
                 runs.append([shape, 1])
         self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
                                      for (M, K, N), n in runs)
+
+    @staticmethod
+    def roofline(probes):
+        """From the measure() results of the rounds: ({"numpy", "scipy"} median GFLOP/s, the
+        faster one's name, its GFLOP/s); ({}, None, None) for no rounds."""
+        if not probes:
+            return {}, None, None
+        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
+        source = max(sgemm, key=sgemm.get)
+        return sgemm, source, sgemm[source]
 
     def measure(self):
         """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""

@@ -90,7 +90,6 @@ import json
 import math
 import os
 import re
-import statistics
 import traceback
 
 import numpy as np
@@ -402,25 +401,17 @@ def build_engines(model_dir, threads, batches, beams, length_penalty, pad, peers
     (engines in table order, reference engine or None, skipped: {name: reason}); this engine
     failing to load is a FailedEngine in the list (reported in its row), a peer failing to
     load is skipped with the reason."""
-    skipped = {}
     log(f"loading {ENGINE}", TAG)
+    args = (model_dir, threads, batches, beams, length_penalty, pad)
     try:
-        engines = [TransformerEngine(model_dir, threads, batches, beams, length_penalty, pad)]
+        engines = [TransformerEngine(*args)]
     except Exception:  # noqa: BLE001 - report, go on with the peers
         engines = [FailedEngine(ENGINE, traceback.format_exc())]
         log(f"ERROR: {ENGINE} failed to load:\n{engines[0].error}", TAG)
-    makers = {"torch": TorchEngine, "ctranslate2": Ct2Engine}
-    loaded = {}
-    for name in ["torch"] + [p for p in peers if p in makers and p != "torch"]:
-        try:
-            log(f"loading {name}", TAG)
-            loaded[name] = makers[name](model_dir, threads, batches, beams, length_penalty, pad)
-        except ImportError as e:
-            skipped[name] = f"not installed ({e})"
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
-    engines += [loaded[p] for p in peers if p in loaded]
-    return engines, loaded.get("torch"), skipped
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(*args), "ctranslate2": lambda: Ct2Engine(*args)}, peers,
+        TAG)
+    return engines + loaded, torch_engine, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,15 +570,10 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
 
     engines, reference, skipped = build_engines(model_dir, threads, batches, beams,
                                                 length_penalty, pad, peers)
-    skipped = {k: v for k, v in skipped.items() if k in peers}
-    if "onnxruntime" in peers:
-        skipped["onnxruntime"] = "not applicable to translate (no beam search of its own)"
-    for p, why in skipped.items():
-        log(f"skipping {p}: {why}", TAG)
-    ref_kw, ref_notes = harness.reference_choice(reference, engines, ENGINE, "hypotheses are")
-    notes = [model_note, length_note] + ref_notes
-    for e in engines:
-        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
+    skipped, ref_kw, notes = harness.loaded_engines(
+        engines, reference, skipped, peers, "hypotheses are", TAG,
+        {"onnxruntime": "not applicable to translate (no beam search of its own)"})
+    notes = [model_note, length_note] + notes
 
     C, V = config["d_model"], config["vocab_size"]
     M, F = batch_size * beams, config["decoder_ffn_dim"]
@@ -599,14 +585,8 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
         lambda out, ref, case: check(out, ref, batches, reference),
         rounds, pause=pause, probe=probe.measure, tag=TAG,
         case_label=lambda b: f"batch {b}, beam {beams}", **ref_kw)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
-    sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")} \
-        if probes else {}
-    source = max(sgemm, key=sgemm.get) if sgemm else None
-    roofline = sgemm.get(source)
+    usage, warning = harness.busy_check(ticks, TAG)
+    sgemm, source, roofline = probe.roofline(probes)
 
     by_name = {e.name: e for e in engines}
     counts = {n: [len(h) for h in e.last] for n, e in by_name.items()
