@@ -1,14 +1,14 @@
 """The benchmark harness (transformer.benchmarks): statistics, the agreement check that keeps a
 wrong peer from being timed, report rendering from a recorded results.json, the translate
-suite's subprocess protocol, and one smoke run of `transformer bench kernels --quick` at the tiny
-size. Runs with and without the peers installed (torch is used only when present)."""
+suite's token check and one run of it at the tiny size (with torch), the bench/*.py wrappers'
+command lines, and one smoke run of `transformer bench kernels --quick` at the tiny size. Runs
+with and without the peers installed (torch is used only when present)."""
 import json
 import math
 import os
 import pathlib
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -159,6 +159,42 @@ def test_agreement_check_flags_a_wrong_peer_and_does_not_time_it():
     assert ours["agreement"]["is_reference"]
 
 
+class FlakyEngine(FakeEngine):
+    """Passes the check, then raises on its third call (the second timed round)."""
+
+    def prepare(self, case):
+        calls = []
+
+        def fn():
+            calls.append(1)
+            if len(calls) == 3:
+                raise RuntimeError("lost the model")
+            return np.arange(case, dtype=np.float64)
+        return fn
+
+
+def test_an_engine_raising_while_timed_is_reported_and_the_others_go_on():
+    rows, probes = harness.compare_engines(
+        [FakeEngine("transformer"), FlakyEngine("flaky")], [4],
+        lambda out, ref, case: harness.compare_arrays(out, ref), rounds=3,
+        reference_engine="transformer", probe=lambda: {"x": 1.0})
+    ours, flaky = rows
+    assert ours["status"] == "timed" and ours["seconds"]["n"] == 3 and len(probes) == 3
+    assert flaky["status"] == "error" and flaky["seconds"]["n"] == 1
+    assert "raised while timed, round 2" in flaky["note"] and "lost the model" in flaky["note"]
+
+
+def test_gemm_probe_measures_the_mix_it_describes():
+    probe = harness.GemmProbe([(8, 16, 16)] * 3 + [(8, 16, 32)], threads=1, reps=1,
+                              min_seconds=0)
+    assert probe.shape_text == "3x (8x16)@(16x16) + (8x16)@(16x32)"
+    assert probe.flops == 2.0 * 8 * 16 * (3 * 16 + 32)
+    g = probe.measure()
+    assert set(g) == {"numpy", "scipy"} and min(g.values()) > 0
+    with pytest.raises(ValueError):
+        harness.GemmProbe([], threads=1)
+
+
 class FakeReference:
     """Stands for HF torch in the generate suite's token check: a fixed logit gap."""
 
@@ -226,7 +262,7 @@ def recorded_results():
                 "skipped": {"onnxruntime": "not applicable to kernels"}, "notes": ["a note"],
                 "wall_s": 12.0},
                 "translate": {"title": "translate", "status": "skipped",
-                              "error": "bench/translate.py not found"}},
+                              "error": "bench/data/sentences.txt not found"}},
             "wall_s": 20.0, "plots": []}
 
 
@@ -243,7 +279,7 @@ def test_report_renders_a_recorded_results_json(tmp_path):
     assert "max\\|diff\\| 5.00e-02" in md                   # the check's text, escaped
     assert "2.00 ms (1.80-2.40, IQR 0.300)" in md            # median (min-max, IQR)
     assert "- skipped onnxruntime: not applicable to kernels" in md
-    assert "**skipped**: bench/translate.py not found" in md
+    assert "**skipped**: bench/data/sentences.txt not found" in md
     assert "| softmax 256x1024 | 2 ms | 1 ms |" in md
     out = tmp_path / "re"
     paths, note = report.write_plots(results, out)
@@ -276,7 +312,7 @@ def test_results_json_is_strict_json(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Suites: attention memory (in-process), translate (subprocess protocol), kernels (smoke run)
+# Suites: attention memory, translate (in-process), the bench/ wrappers, kernels (smoke run)
 # ---------------------------------------------------------------------------------------------
 
 def test_attention_memory_measures_the_score_matrix():
@@ -292,37 +328,101 @@ def test_attention_memory_measures_the_score_matrix():
     assert checks["transformer"]["ok"] and checks["naive"]["ok"]
 
 
-FAKE_TRANSLATE = textwrap.dedent('''
-    import argparse, json
-    p = argparse.ArgumentParser()
-    p.add_argument("--json"); p.add_argument("--threads", type=int); p.add_argument("--rounds")
-    a = p.parse_args()
-    res = [{"engine": "transformer", "batch": 8, "seconds": 0.5, "seconds_min": 0.4,
-            "seconds_max": 0.7, "seconds_all": [0.4, 0.5, 0.7], "sentences_per_s": 16.0,
-            "ratio": 1.0, "bandwidth_fraction": 0.25, "agrees": True, "is_reference": False,
-            "agreement": {"text": "100% identical"}},
-           {"engine": "ctranslate2", "batch": 8, "seconds": None, "agrees": False,
-            "max_abs_diff": 0.5}]
-    json.dump({"meta": {"threads": a.threads, "skipped": {"torch": "not installed"}},
-               "results": res}, open(a.json, "w"))
-    print("| table | of the script |")
-''')
+def test_translate_batches_and_target_tokens():
+    lengths = np.array([3, 5, 1, 2, 7])
+    batches = translate.make_batches(lengths, 2, seed=0, factor=1.5, fixed=0, vocab=100)
+    assert [b["input_ids"].shape for b in batches] == [(2, 6), (2, 3), (1, 8)]
+    assert [b["max_new_tokens"] for b in batches] == [9, 5, 12]        # ceil(1.5 x longest)
+    first = batches[0]
+    assert first["lengths"].tolist() == [4, 6]                          # + eos
+    assert first["input_ids"][0].tolist()[3:] == [translate.EOS, 99, 99]  # eos, then pad
+    assert first["attention_mask"].sum(1).tolist() == [4, 6]
+    real = first["input_ids"][first["attention_mask"] == 1]
+    assert ((real == translate.EOS) | ((real >= 2) & (real <= 98))).all()
+    again = translate.make_batches(lengths, 2, seed=0, factor=1.5, fixed=4, vocab=100)
+    assert np.array_equal(again[2]["input_ids"], batches[2]["input_ids"])   # seeded
+    assert [b["max_new_tokens"] for b in again] == [4, 4, 4]
+    assert translate.target_tokens([5, 6, 0, 7, 99], pad=99) == [5, 6, 0]   # up to eos
+    assert translate.target_tokens([5, 6, 99, 99], pad=99) == [5, 6]        # padding dropped
 
 
-def test_translate_suite_runs_the_script_and_reads_its_json(tmp_path):
-    script = tmp_path / "translate.py"
-    script.write_text(FAKE_TRANSLATE, encoding="utf-8")
-    cfg = BenchConfig(suites=["translate"], threads=1, sizes="quick", output=str(tmp_path))
-    suite = translate.run_script(str(script), cfg, str(tmp_path / "out"))
-    assert "--rounds" in suite["config"]["command"]          # an option the script has
-    assert "--quick" not in suite["config"]["command"]       # one it does not have
-    ours, ct2 = suite["rows"]
-    assert ours["case"] == "batch 8" and ours["seconds"]["median"] == 0.5
-    assert ours["figures"] == [{"value": 16.0, "unit": "sentences/s"}]
-    assert ours["fraction_of_limit"] == 0.25 and ours["agreement"]["text"] == "100% identical"
-    assert ct2["status"] == "disagrees" and not ct2["agreement"]["ok"]
-    assert suite["skipped"] == {"torch": "not installed"}
-    assert "| table | of the script |" in report.render_suite("translate", suite)
+class FakeScorer:
+    """Stands for HF torch in the translate suite's check: a fixed score per hypothesis."""
+
+    def __init__(self, gap):
+        self.gap = gap
+
+    def scores(self, batch_index, row, hyps):
+        return [0.0, -self.gap]
+
+
+def test_translate_check_counts_identical_sequences_and_scores_divergences():
+    batches = translate.make_batches(np.array([2, 2, 2]), 2, 0, 1.0, 0, vocab=50)
+    ref = ([[5, 6, 0], [7, 8, 9], [4, 0]], None, "torch")
+    same = translate.check(([[5, 6, 0], [7, 8, 9], [4, 0]], None, "x"), ref, batches, None)
+    assert same["ok"] and same["text"] == "3/3 seq, 100.00% tokens"
+    out = ([[5, 6, 0], [7, 3, 9], [4, 0, 1]], None, "x")
+    tie = translate.check(out, ref, batches, FakeScorer(1e-5))
+    assert tie["ok"] and tie["identical_sequences"] == 1 and tie["first_divergence"] == 1
+    assert tie["identical_token_fraction"] == pytest.approx(7 / 9)
+    d = tie["divergences"]
+    assert [(x["sentence"], x["batch"], x["position"]) for x in d] == [(1, 0, 1), (2, 1, 2)]
+    assert d[0]["reference_token"] == 8 and d[0]["engine_token"] == 3
+    assert d[1]["reference_token"] is None and d[1]["engine_token"] == 1   # longer hypothesis
+    assert tie["near_ties"] == 2 and "score gap <= 1.0e-05; 2/2 near-ties" in tie["text"]
+    far = translate.check(out, ref, batches, FakeScorer(0.5))
+    assert far["ok"] and far["near_ties"] == 0                         # reported, never fatal
+    bad = translate.check((out[0], "batch 0: returned shape (2, 1)", "x"), ref, batches, None)
+    assert not bad["ok"] and "shape" in bad["text"]
+
+
+def test_translate_suite_tiny(tmp_path):
+    """The tiny level in-process: a 2 + 2-layer random Marian model made once under the work
+    directory, HF torch as the reference; our beam search must give HF's hypotheses."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    cfg = BenchConfig(suites=["translate"], threads=1, sizes="tiny", rounds=1,
+                      peers=["torch", "ctranslate2"], workdir=str(tmp_path), output=str(tmp_path))
+    suite = translate.run(cfg)
+    rows = {r["engine"]: r for r in suite["rows"]}
+    ours = rows["transformer"]
+    assert ours["status"] == "timed" and ours["seconds"]["n"] == 1
+    a = ours["agreement"]
+    assert a["identical_sequences"] == a["n_sequences"] == 4 and a["first_divergence"] is None
+    assert ours["target_tokens"] > 0 and ours["fraction_of_limit"] > 0
+    assert ours["figures"][0]["unit"] == "target tokens/s" and ours["ratio"] == 1.0
+    assert rows["torch"]["agreement"]["is_reference"]
+    assert rows["torch"]["ratio"] == pytest.approx(
+        ours["figures"][0]["value"] / rows["torch"]["figures"][0]["value"])
+    if harness.package_version("ctranslate2") is None:
+        assert "ctranslate2" in suite["skipped"]
+    md = report.render_suite("translate", suite)
+    assert ("| engine | target tokens/s | time s median (min-max) | target tokens | ratio "
+            "(transformer / engine) | fraction of sgemm roofline | identical to HF torch |") in md
+    assert "| case |" not in md                    # the generic rows table is left out
+    assert "4/4 seq, 100.00% tokens" in md and "x (128x64)@(64x64)" in md
+    assert any(n.startswith("target >= 2.0x torch") for n in suite["notes"])
+
+
+def wrapper(name, *args):
+    """Run bench/<name>.py with arguments (only the command line: none gets to the suite)."""
+    return subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT)
+
+
+def test_bench_wrappers_command_lines():
+    for name in ("encode", "generate", "translate"):
+        p = wrapper(name, "--help")
+        assert p.returncode == 0 and "--threads" in p.stdout and "--pause" in p.stdout
+        p = wrapper(name, "--peers", "torch,tensorflow")
+        assert p.returncode == 2 and "unknown peers ['tensorflow']" in p.stderr
+    help_text = wrapper("translate", "--help").stdout
+    for option in ("--rounds", "--batch-size", "--beams", "--target-factor", "--max-new-tokens",
+                   "--peers", "--sentences", "--max-sentences", "--workdir", "--seed", "--json",
+                   "--length-penalty"):
+        assert option in help_text
+    p = wrapper("translate", "--beams", "0")
+    assert p.returncode == 2 and "must be" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bench_cli_errors():

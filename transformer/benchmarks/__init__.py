@@ -16,8 +16,8 @@ Suites (each module's docstring says exactly what it measures):
   encode            sentence embeddings (all-MiniLM-L6-v2): transformer, torch, onnxruntime,
                     ctranslate2
   generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2
-  translate         encoder-decoder translation: runs bench/translate.py of the source tree as a
-                    subprocess and records its JSON
+  translate         beam-search translation, Marian shape (random weights): transformer, torch,
+                    ctranslate2
   attention-memory  peak memory and time against sequence length: our tiled attention against a
                     naive (B, H, T, T) NumPy attention, each size in a fresh subprocess
   all               every suite above, in that order
@@ -46,7 +46,7 @@ __all__ = ["main", "run", "BenchConfig", "SuiteSkipped", "SUITES", "PEERS"]
 
 
 class SuiteSkipped(Exception):
-    """Raised by a suite that cannot run here (no model, no script): the reason goes into the
+    """Raised by a suite that cannot run here (no model, no data): the reason goes into the
     report as a skip, not an error."""
 
 
@@ -60,8 +60,7 @@ class BenchConfig:
     workdir: cache of converted peer models; model: encoder model directory for `encode`
     (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
     (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
-    plots: draw PNGs when matplotlib is installed; seed: inputs' seed; timeout: seconds a
-    subprocess suite may run (None: the suite's default)."""
+    plots: draw PNGs when matplotlib is installed; seed: inputs' seed."""
     suites: list
     device: str = "cpu"
     threads: int = 1
@@ -75,7 +74,6 @@ class BenchConfig:
     time_disagreeing: bool = False
     plots: bool = True
     seed: int = 0
-    timeout: float = None
 
     @property
     def quick(self):
@@ -135,8 +133,6 @@ def build_parser():
                    help="time engines whose output fails the check anyway (still flagged)")
     p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    p.add_argument("--timeout", type=_positive_int, default=None,
-                   help="seconds a subprocess suite (translate) may run")
     return p
 
 
@@ -180,7 +176,7 @@ def parse_config(argv):
                        device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
                        peers=peers, output=output, workdir=args.workdir, model=args.model,
                        pause=args.pause, time_disagreeing=args.time_disagreeing,
-                       plots=not args.no_plots, seed=args.seed, timeout=args.timeout)
+                       plots=not args.no_plots, seed=args.seed)
 
 
 def run(cfg, command="transformer bench"):

@@ -46,8 +46,6 @@ is not installed (or whose export/conversion fails) is skipped with a note, neve
 import hashlib
 import json
 import os
-import shutil
-import statistics
 import time
 import warnings
 
@@ -188,20 +186,10 @@ class TorchEngine(Engine):
 
     def __init__(self, model_dir, threads, batches):
         super().__init__()
-        import torch
-        import transformers
-        transformers.logging.set_verbosity_error()
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set (interop pool started)
-            pass
+        torch, transformers, self.version = harness.load_torch(threads)
         self.torch = torch
-        self.version = f"torch {torch.__version__}, transformers {transformers.__version__}"
         self.model = transformers.AutoModel.from_pretrained(model_dir).eval()
-        attn = getattr(self.model.config, "_attn_implementation", None)
-        self.notes.append(f"attention implementation: {attn}; torch threads: intra-op "
-                          f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+        self.notes.append(harness.torch_note(torch, self.model))
         self.inputs = {bs: [({k: torch.from_numpy(v) for k, v in b.items()}, b["attention_mask"])
                             for b in bl] for bs, bl in batches.items()}
 
@@ -305,20 +293,8 @@ class Ct2Engine(Engine):
         super().__init__()
         import ctranslate2
         self.version = f"ctranslate2 {ctranslate2.__version__}"
-        out_dir = os.path.join(cache, "ctranslate2")
-        if os.path.exists(os.path.join(out_dir, "model.bin")):
-            self.notes.append(f"reused cached CTranslate2 conversion {out_dir}")
-        else:
-            log("converting the model with CTranslate2's TransformersConverter (once; cached)",
-                TAG)
-            tmp = out_dir + ".tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                ctranslate2.converters.TransformersConverter(model_dir).convert(tmp, force=True)
-            os.replace(tmp, out_dir)
-            self.notes.append("converted with ctranslate2.converters.TransformersConverter "
-                              "(no quantization)")
+        out_dir = harness.ct2_convert(model_dir, os.path.join(cache, "ctranslate2"), self.notes,
+                                      TAG)
         self.encoder = ctranslate2.Encoder(out_dir, device="cpu", compute_type="float32",
                                            intra_threads=threads, inter_threads=1)
         self.inputs = {}
@@ -346,80 +322,16 @@ def build_engines(model_dir, sentences, batch_sizes, threads, peers, workdir):
 
     Returns (engines in table order, reference engine or None, batches {bs: [dicts]},
     skipped: {peer: reason})."""
-    skipped = {}
     log(f"loading {ENGINE}", TAG)
     ours = TransformerEngine(model_dir, threads)
     batches = {bs: make_batches(ours.model.tokenizer, sentences, bs) for bs in batch_sizes}
     ours.set_batches(batches)
-    engines = [ours]
-    torch_engine = None
-    try:
-        log("loading torch (HF transformers)", TAG)
-        torch_engine = TorchEngine(model_dir, threads, batches)
-    except ImportError as e:
-        skipped["torch"] = f"not installed ({e})"
-    except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-        skipped["torch"] = f"setup failed: {type(e).__name__}: {e}"
-    if torch_engine is not None and "torch" in peers:
-        engines.append(torch_engine)
-    makers = {"onnxruntime": OrtEngine, "ctranslate2": Ct2Engine}
     cache = model_cache_dir(workdir, model_dir)
-    for name in peers:
-        if name not in makers:
-            continue
-        try:
-            log(f"loading {name}", TAG)
-            engines.append(makers[name](model_dir, threads, batches, cache))
-        except ImportError as e:
-            skipped[name] = f"not installed ({e})"
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
-    return engines, torch_engine, batches, skipped
-
-
-# ---------------------------------------------------------------------------------------------
-# Machine limit: sgemm GFLOP/s on the model's dense-layer shapes.
-# ---------------------------------------------------------------------------------------------
-
-class GemmProbe:
-    """float32 GEMM throughput on one layer's dense shapes (M rows), BLAS pinned to n threads.
-    measure() returns {"numpy": GFLOP/s, "scipy": GFLOP/s} for the whole layer mix."""
-
-    def __init__(self, m, config, threads, reps=5, min_seconds=0.02):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits
-        self.threads = threads
-        self.reps, self.min_seconds = reps, min_seconds
-        C, F = config["hidden_size"], config["intermediate_size"]
-        self.shapes = [(m, C, C)] * 4 + [(m, C, F), (m, F, C)]
-        rng = np.random.default_rng(0)
-        self.ops = {"numpy": [], "scipy": []}
-        self.flops = 0.0
-        for (M, K, N) in self.shapes:
-            a = rng.standard_normal((M, K), dtype=np.float32)
-            b = rng.standard_normal((K, N), dtype=np.float32)
-            c = np.empty((M, N), np.float32)
-            af, bf = np.asfortranarray(a), np.asfortranarray(b)
-            self.ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
-            self.ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
-            self.flops += 2.0 * M * K * N
-        self.shape_text = "4x " + " + ".join(f"({M}x{K})@({K}x{N})"
-                                             for M, K, N in self.shapes[3:])
-
-    def _layer_seconds(self, ops):
-        """Median seconds for one pass over the layer's GEMMs."""
-        def layer():
-            for op in ops:
-                op()
-        layer()
-        inner = harness.calibrate(layer, self.min_seconds)
-        return statistics.median(harness.time_call(layer, inner) for _ in range(self.reps))
-
-    def measure(self):
-        """GFLOP/s of the layer mix through NumPy's matmul and SciPy's sgemm."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            return {k: self.flops / self._layer_seconds(ops) / 1e9 for k, ops in self.ops.items()}
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(model_dir, threads, batches),
+         "onnxruntime": lambda: OrtEngine(model_dir, threads, batches, cache),
+         "ctranslate2": lambda: Ct2Engine(model_dir, threads, batches, cache)}, peers, TAG)
+    return [ours] + loaded, torch_engine, batches, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,20 +357,16 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
         f"{threads}", TAG)
     engines, reference, batches, skipped = build_engines(model_dir, sentences, batch_sizes,
                                                          threads, peers, workdir)
-    skipped = {k: v for k, v in skipped.items() if k in peers}
-    for name, why in skipped.items():
-        log(f"skipping {name}: {why}", TAG)
+    skipped, ref_kw, notes = harness.loaded_engines(engines, reference, skipped, peers,
+                                                    "embeddings are", TAG)
     bs0 = batch_sizes[0]
     lengths = np.concatenate([b["attention_mask"].sum(axis=1) for b in batches[bs0]])
     n_tokens = int(lengths.sum())
     padded = {bs: int(sum(b["input_ids"].size for b in bl)) for bs, bl in batches.items()}
     flops = model_flops(config, lengths)
 
-    ref_kw, notes = harness.reference_choice(reference, engines, ENGINE, "embeddings are")
-    for e in engines:
-        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
-
-    probe = GemmProbe(gemm_m, config, threads)
+    C, F = config["hidden_size"], config["intermediate_size"]
+    probe = harness.GemmProbe([(gemm_m, C, C)] * 4 + [(gemm_m, C, F), (gemm_m, F, C)], threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
     ticks = harness.cpu_sample()
     t0 = time.perf_counter()
@@ -467,14 +375,8 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers=PEERS,
                                                                                 COSINE_OK),
         rounds, pause=pause, probe=probe.measure, time_disagreeing=time_disagreeing, tag=TAG,
         case_label=lambda bs: f"batch {bs}", **ref_kw)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
-    sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")} \
-        if probes else {}
-    source = max(sgemm, key=sgemm.get) if sgemm else None
-    roofline = sgemm.get(source)
+    usage, warning = harness.busy_check(ticks, TAG)
+    sgemm, source, roofline = probe.roofline(probes)
 
     ours = {r["case"]: r["seconds"]["median"] for r in rows
             if r["engine"] == ENGINE and r["seconds"]}

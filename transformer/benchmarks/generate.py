@@ -58,9 +58,7 @@ batches the work is closer to compute-bound and the fraction is only indicative.
 """
 import json
 import os
-import shutil
 import statistics
-import warnings
 
 import numpy as np
 
@@ -104,27 +102,15 @@ def ensure_model(workdir, name="gpt2-small-random", shape=GPT2_SMALL):
     GPT2LMHeadModel(GPT2Config(**shape)).save_pretrained, written to a temporary folder, then
     renamed), reused when its config.json has the expected shape. Returns (dir, note). Raises
     ImportError when it must be made and torch/transformers are not installed."""
-    path = os.path.join(workdir, name)
-    cfg_path = os.path.join(path, "config.json")
-    if os.path.exists(cfg_path) and os.path.exists(os.path.join(path, "model.safetensors")):
-        with open(cfg_path, encoding="utf-8") as f:
-            cfg = json.load(f)
-        if all(cfg.get(k) == v for k, v in shape.items()):
-            return path, f"reused cached model {path}"
-        log(f"cached model {path} has another shape; making it again", TAG)
-    log(f"making the random model {name} (once; cached in {path})", TAG)
-    import torch
-    import transformers
-    torch.manual_seed(0)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()
-    os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
-    return path, (f"made {path}: torch.manual_seed(0), GPT2LMHeadModel(GPT2Config({shape})), "
-                  f"torch {torch.__version__}, transformers {transformers.__version__}")
+    def make(folder):
+        import torch
+        import transformers
+        torch.manual_seed(0)
+        model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**shape)).eval()
+        model.save_pretrained(folder)
+        return (f"torch.manual_seed(0), GPT2LMHeadModel(GPT2Config({shape})), torch "
+                f"{torch.__version__}, transformers {transformers.__version__}")
+    return harness.cached_model(workdir, name, shape, make, TAG)
 
 
 def make_prompts(batch_sizes, prompt_len, vocab, seed):
@@ -194,16 +180,8 @@ class TorchEngine(Engine):
 
     def __init__(self, model_dir, threads, prompts, new_tokens):
         super().__init__(prompts, new_tokens)
-        import torch
-        import transformers
-        transformers.logging.set_verbosity_error()
-        torch.set_num_threads(threads)
-        try:
-            torch.set_num_interop_threads(1)
-        except RuntimeError:  # already set (interop pool started)
-            pass
+        torch, transformers, self.version = harness.load_torch(threads)
         self.torch = torch
-        self.version = f"torch {torch.__version__}, transformers {transformers.__version__}"
         self.model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
         gcfg = self.model.generation_config
         # No early stop: a GenerationConfig passed to generate() is merged with the model's, so
@@ -214,9 +192,7 @@ class TorchEngine(Engine):
         gcfg.do_sample = False
         gcfg.num_beams = 1
         gcfg.use_cache = True
-        attn = getattr(self.model.config, "_attn_implementation", None)
-        self.notes.append(f"attention implementation: {attn}; torch threads: intra-op "
-                          f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+        self.notes.append(harness.torch_note(torch, self.model))
         self.inputs = {b: (torch.from_numpy(ids), torch.ones_like(torch.from_numpy(ids)))
                        for b, ids in prompts.items()}
 
@@ -250,24 +226,6 @@ class StandInTokenizer:
         return vocab
 
 
-def convert_ct2(model_dir, out_dir, vocab_size):
-    """Convert with ctranslate2.converters.TransformersConverter (float32), the stand-in
-    tokenizer supplying the vocabulary; written to a temporary folder, then renamed."""
-    from ctranslate2.converters import TransformersConverter
-
-    class Converter(TransformersConverter):
-        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
-            return StandInTokenizer(vocab_size)
-
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        Converter(model_dir).convert(tmp, force=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-
-
 class Ct2Engine(Engine):
     """CTranslate2 Generator (float32) on the converted model; prompts as token strings,
     include_prompt_in_result=False (the prompt is prefilled at once), end_token=[] (no stop)."""
@@ -277,15 +235,8 @@ class Ct2Engine(Engine):
         super().__init__(prompts, new_tokens)
         import ctranslate2
         self.version = f"ctranslate2 {ctranslate2.__version__}"
-        out_dir = model_dir.rstrip(os.sep) + "-ctranslate2"
-        if os.path.exists(os.path.join(out_dir, "model.bin")):
-            self.notes.append(f"reused cached CTranslate2 conversion {out_dir}")
-        else:
-            log("converting the model with CTranslate2's TransformersConverter (once; cached)",
-                TAG)
-            convert_ct2(model_dir, out_dir, vocab_size)
-            self.notes.append("converted with ctranslate2.converters.TransformersConverter "
-                              "(no quantization; stand-in tokenizer for the vocabulary)")
+        out_dir = harness.ct2_convert(model_dir, model_dir.rstrip(os.sep) + "-ctranslate2",
+                                      self.notes, TAG, StandInTokenizer(vocab_size))
         with open(os.path.join(out_dir, "vocabulary.json"), encoding="utf-8") as f:
             vocab = json.load(f)
         if len(vocab) != vocab_size:
@@ -315,28 +266,13 @@ class Ct2Engine(Engine):
 def build_engines(model_dir, threads, prompts, new_tokens, vocab_size, peers):
     """Load this engine, the HF torch reference (always tried) and the requested peers. Returns
     (engines in table order, reference engine or None, skipped: {name: reason})."""
-    skipped = {}
     log(f"loading {ENGINE}", TAG)
     engines = [TransformerEngine(model_dir, threads, prompts, new_tokens)]
-    torch_engine = None
-    try:
-        log("loading torch (HF transformers)", TAG)
-        torch_engine = TorchEngine(model_dir, threads, prompts, new_tokens)
-    except ImportError as e:
-        skipped["torch"] = f"not installed ({e})"
-    except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-        skipped["torch"] = f"setup failed: {type(e).__name__}: {e}"
-    if torch_engine is not None and "torch" in peers:
-        engines.append(torch_engine)
-    if "ctranslate2" in peers:
-        try:
-            log("loading ctranslate2", TAG)
-            engines.append(Ct2Engine(model_dir, threads, prompts, new_tokens, vocab_size))
-        except ImportError as e:
-            skipped["ctranslate2"] = f"not installed ({e})"
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped["ctranslate2"] = f"setup failed: {type(e).__name__}: {e}"
-    return engines, torch_engine, skipped
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(model_dir, threads, prompts, new_tokens),
+         "ctranslate2": lambda: Ct2Engine(model_dir, threads, prompts, new_tokens, vocab_size)},
+        peers, TAG)
+    return engines + loaded, torch_engine, skipped
 
 
 def token_agreement(out, ref, prompts, batch, reference):
@@ -437,16 +373,10 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
         f"tokens; threads {threads}", TAG)
     engines, reference, skipped = build_engines(model_dir, threads, prompts, new_tokens, vocab,
                                                 peers)
-    skipped = {k: v for k, v in skipped.items() if k in peers}
-    if "onnxruntime" in peers:
-        skipped["onnxruntime"] = "not applicable to generate (no generation loop of its own)"
-    for p, why in skipped.items():
-        log(f"skipping {p}: {why}", TAG)
-
-    ref_kw, ref_notes = harness.reference_choice(reference, engines, ENGINE, "tokens are")
-    notes = [model_note] + ref_notes
-    for e in engines:
-        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
+    skipped, ref_kw, notes = harness.loaded_engines(
+        engines, reference, skipped, peers, "tokens are", TAG,
+        {"onnxruntime": "not applicable to generate (no generation loop of its own)"})
+    notes = [model_note] + notes
 
     probe = BandwidthProbe(bw_mib, threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
@@ -456,10 +386,7 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
         lambda out, ref, b: token_agreement(out, ref, prompts, b, reference),
         rounds, pause=pause, probe=probe.measure, time_disagreeing=time_disagreeing, tag=TAG,
         case_label=lambda b: f"batch {b}", **ref_kw)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
+    usage, warning = harness.busy_check(ticks, TAG)
     bw = {k: statistics.median(p[k] for p in probes)
           for k in ("sgemv_numpy", "sgemv_scipy", "copy_1thread")} if probes else {}
     source = max(("sgemv_numpy", "sgemv_scipy"), key=bw.get) if bw else None

@@ -4,17 +4,23 @@ output disagrees with the reference is flagged and not timed), and the machine's
 measured in the same run (sgemm GFLOP/s, memory copy GB/s, hypervisor CPU steal).
 
 Only NumPy, SciPy and threadpoolctl are imported here (no peer runtime): every suite may use it.
+The peer set-up helpers (torch, CTranslate2 conversions, cached random models) import their
+runtime when called.
 
 Conventions: times are seconds (float); rates are per second; GB = 1e9 bytes, GFLOP = 1e9
 floating-point operations (a multiply-add counts 2). "Ours" is the engine named ENGINE.
 """
 import gc
+import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import time
+import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -202,7 +208,8 @@ def round_order(items, r, group=None):
     return [it for name in order for it in items if group(it[0]) == name]
 
 
-def interleaved_rounds(items, rounds, pause=0.0, probe=None, on_round=None, group=None):
+def interleaved_rounds(items, rounds, pause=0.0, probe=None, on_round=None, group=None,
+                       errors=None):
     """Interleaved timing: in round r every item runs one sample, the order rotated to start at
     item r mod k (so no engine always runs first, or right after another one), with `pause`
     seconds of idle before each (so the spinning worker threads of one runtime, OpenMP or BLAS,
@@ -213,6 +220,8 @@ def interleaved_rounds(items, rounds, pause=0.0, probe=None, on_round=None, grou
     group(key): when given, the items of one group (an engine) run back to back and whole
     groups are rotated from round to round; the pause then comes only before each group.
     on_round(r, times, probe_result) is called after each round (progress).
+    errors: None (an exception propagates), or a dict that receives {key: "round r: traceback"}
+    for an item that raises; that item is left out of the later rounds, the others go on.
     Returns ({key: [seconds per call, one per round]}, [probe results, each a dict with
     cpu_usage() of that round added: "cpu_steal", "cpu_others"])."""
     if rounds < 1:
@@ -223,11 +232,19 @@ def interleaved_rounds(items, rounds, pause=0.0, probe=None, on_round=None, grou
         ticks = cpu_sample()
         previous = object()
         for key, fn, inner in round_order(items, r, group):
+            if errors is not None and key in errors:
+                continue
             current = key if group is None else group(key)
             if pause and current != previous:
                 time.sleep(pause)
             previous = current
-            times[key].append(time_call(fn, inner))
+            if errors is None:
+                times[key].append(time_call(fn, inner))
+                continue
+            try:
+                times[key].append(time_call(fn, inner))
+            except Exception:  # noqa: BLE001 - reported by the caller, the others go on
+                errors[key] = f"round {r + 1}: {traceback.format_exc()}"
         result = None
         if probe is not None:
             if pause:
@@ -350,6 +367,53 @@ def reference_choice(reference, engines, engine_name, what):
             ["HF torch is the reference of the check but not timed (not in --peers)"])
 
 
+def load_peers(makers, peers, tag="bench"):
+    """Load HF torch (always tried: it is the reference of the checks) and the requested peers.
+    makers: {peer: zero-argument constructor}; peers: the names asked for. A peer that cannot
+    be loaded is skipped with the reason: "not installed (...)" for an ImportError, "setup
+    failed: ..." for anything else. Returns (the loaded peers asked for, torch first, then in
+    the order of `peers`; the torch engine or None; skipped {peer: reason})."""
+    skipped, loaded = {}, {}
+    for name in ["torch"] + [p for p in peers if p != "torch"]:
+        if name not in makers:
+            continue
+        log(f"loading {name}", tag)
+        try:
+            loaded[name] = makers[name]()
+        except ImportError as e:
+            skipped[name] = f"not installed ({e})"
+        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
+            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
+    order = ["torch"] + [p for p in peers if p != "torch"]
+    return [loaded[p] for p in order if p in loaded and p in peers], loaded.get("torch"), skipped
+
+
+def busy_check(ticks, tag="bench"):
+    """Who else used the CPUs since the cpu_sample() `ticks` (cpu_usage) and the warning when
+    the timings were disturbed (busy_warning, also logged). Returns (usage, warning or None)."""
+    usage = cpu_usage(ticks, cpu_sample())
+    warning = busy_warning(usage)
+    if warning:
+        log(warning, tag)
+    return usage, warning
+
+
+def loaded_engines(engines, reference, skipped, peers, what, tag="bench", not_applicable=None):
+    """What a model suite reports once its engines are loaded: the skipped peers among those
+    asked for (`skipped`: {peer: reason}; plus not_applicable {peer: why} for those asked for),
+    each logged; compare_engines' keyword arguments for the reference (reference_choice, `what`
+    says what is compared without torch); and the notes: the reference's, then each engine's
+    own ("name (version): note"). Returns (skipped, reference keyword arguments, notes)."""
+    skipped = {k: v for k, v in skipped.items() if k in peers}
+    skipped.update({k: v for k, v in (not_applicable or {}).items() if k in peers})
+    for p, why in skipped.items():
+        log(f"skipping {p}: {why}", tag)
+    ref_kw, notes = reference_choice(reference, engines, ENGINE, what)
+    for e in engines:
+        notes += [f"{e.name} ({e.version}): {n}" for n in e.notes]
+    return skipped, ref_kw, notes
+
+
 def script_main(main, args, tag):
     """Entry of a bench/*.py wrapper: note a changed OMP_NUM_THREADS (the wrapper sets it to
     --threads before any runtime starts), then run the suite's `main(args)`."""
@@ -380,6 +444,9 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
     every engine runs all its cases back to back, the engines' order rotating from round to
     round, with `pause` seconds of idle before each engine (its predecessor's spinning threads
     go to sleep); probe() after each round (see interleaved_rounds).
+
+    An engine that raises while timed gets status "error" with the traceback in its note (its
+    samples before that are kept); the others go on.
 
     Returns (rows, probes): rows in case-then-engine order, each {"case": case_label(case),
     "case_index", "engine", "status" ("timed", "disagrees", "n/a", "error"), "agreement",
@@ -446,12 +513,18 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
     def progress(r, times, probe_result):
         log(f"round {r + 1}/{rounds} done ({len(items)} timings)", tag)
 
+    errors = {}
     times, probes = interleaved_rounds(items, rounds, pause=pause, probe=probe,
-                                       on_round=progress, group=lambda key: key[1])
+                                       on_round=progress, group=lambda key: key[1],
+                                       errors=errors)
     for row in rows:
-        t = times.get((row["case_index"], row["engine"]))
-        if t:
-            row["seconds"] = summarize(t)
+        key = (row["case_index"], row["engine"])
+        if times.get(key):
+            row["seconds"] = summarize(times[key])
+        if key in errors:
+            row.update(status="error", note=f"raised while timed, {errors[key]}")
+            log(f"ERROR: {row['engine']} raised while timed on {row['case']} "
+                f"({errors[key].strip().splitlines()[-1]})", tag)
     return rows, probes
 
 
@@ -532,6 +605,64 @@ class LimitProbe:
             self.pool.shutdown()
 
 
+class GemmProbe:
+    """float32 GEMM throughput on a model's own mix of dense shapes, the roofline of its dense
+    layers: one pass runs every (M, K) @ (K, N) of `shapes` (list of (M, K, N)) once, through
+    NumPy's matmul and through SciPy's sgemm (the BLAS this engine calls), BLAS pinned to
+    `threads` by threadpoolctl; GFLOP/s = the mix's 2 M N K summed / seconds per pass (median of
+    `reps` calibrated samples). measure() returns {"numpy", "scipy"} GFLOP/s (the faster is the
+    roofline); shape_text describes the mix ("4x (512x384)@(384x384) + ...")."""
+
+    def __init__(self, shapes, threads, reps=5, min_seconds=0.02):
+        import scipy.linalg.blas
+        from threadpoolctl import threadpool_limits
+        if not shapes or min(min(s) for s in shapes) < 1 or min(threads, reps) < 1:
+            raise ValueError("GemmProbe shapes, threads and reps must be positive")
+        self.limits = threadpool_limits
+        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
+        self.shapes = list(shapes)
+        rng = np.random.default_rng(0)
+        self.ops = {"numpy": [], "scipy": []}
+        self.flops = 0.0
+        for (M, K, N) in self.shapes:
+            a = rng.standard_normal((M, K), dtype=np.float32)
+            b = rng.standard_normal((K, N), dtype=np.float32)
+            c = np.empty((M, N), np.float32)
+            af, bf = np.asfortranarray(a), np.asfortranarray(b)
+            self.ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+            self.ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
+            self.flops += 2.0 * M * K * N
+        runs = []                                   # consecutive equal shapes: [shape, count]
+        for shape in self.shapes:
+            if runs and runs[-1][0] == shape:
+                runs[-1][1] += 1
+            else:
+                runs.append([shape, 1])
+        self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
+                                     for (M, K, N), n in runs)
+
+    @staticmethod
+    def roofline(probes):
+        """From the measure() results of the rounds: ({"numpy", "scipy"} median GFLOP/s, the
+        faster one's name, its GFLOP/s); ({}, None, None) for no rounds."""
+        if not probes:
+            return {}, None, None
+        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
+        source = max(sgemm, key=sgemm.get)
+        return sgemm, source, sgemm[source]
+
+    def measure(self):
+        """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""
+        def mix(ops):
+            def one_pass():
+                for op in ops:
+                    op()
+            return one_pass
+        with self.limits(limits=self.threads, user_api="blas"):
+            return {k: self.flops / _median_seconds(mix(ops), self.reps, self.min_seconds) / 1e9
+                    for k, ops in self.ops.items()}
+
+
 def limits_summary(probes):
     """Median over rounds of LimitProbe.measure() results, plus the limits themselves:
     "sgemm_gflops" (the faster of NumPy and SciPy), "copy_gbs" (the faster of 1 and n threads),
@@ -550,6 +681,87 @@ def limits_summary(probes):
         out["copy_gbs"] = max(out["copy_1thread"], out["copy_threads"])
     out["rounds"] = len(probes)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Peer set-up shared by the model suites (each peer runtime is imported inside, when called)
+# ---------------------------------------------------------------------------------------------
+
+def load_torch(threads):
+    """torch and transformers ready for a timed peer: transformers' warnings off, torch pinned
+    to `threads` intra-op threads and 1 inter-op thread. Returns (torch, transformers, version
+    text). Raises ImportError when either is not installed."""
+    import torch
+    import transformers
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (interop pool started)
+        pass
+    return torch, transformers, (f"torch {torch.__version__}, transformers "
+                                 f"{transformers.__version__}")
+
+
+def torch_note(torch, model):
+    """The note of an HF model in PyTorch: its attention implementation and torch's threads."""
+    attn = getattr(model.config, "_attn_implementation", None)
+    return (f"attention implementation: {attn}; torch threads: intra-op "
+            f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+
+
+def cached_model(workdir, name, expected, make, tag="bench"):
+    """The model directory `name` under workdir, made once and reused: reused when it has a
+    model.safetensors and its config.json has every key of `expected` with that value; else
+    make(folder) -> note writes it into a temporary folder, which is then renamed (a run cut
+    short leaves no half-written model). Returns (dir, note)."""
+    path = os.path.join(workdir, name)
+    cfg_path = os.path.join(path, "config.json")
+    if os.path.exists(cfg_path) and os.path.exists(os.path.join(path, "model.safetensors")):
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if all(cfg.get(k) == v for k, v in expected.items()):
+            return path, f"reused cached model {path}"
+        log(f"cached model {path} has another configuration; making it again", tag)
+    log(f"making the random model {name} (once; cached in {path})", tag)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    note = make(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path, f"made {path}: {note}"
+
+
+def ct2_convert(model_dir, out_dir, notes, tag="bench", tokenizer=None):
+    """The CTranslate2 conversion of model_dir in out_dir (TransformersConverter, float32, no
+    quantization), made once (into a temporary folder, then renamed) and reused. tokenizer:
+    None (the converter loads the model's own), or a stand-in object it gets instead (a random
+    model has none; it supplies the vocabulary). Appends what was done to notes; returns
+    out_dir. Raises ImportError without ctranslate2."""
+    from ctranslate2.converters import TransformersConverter
+    if os.path.exists(os.path.join(out_dir, "model.bin")):
+        notes.append(f"reused cached CTranslate2 conversion {out_dir}")
+        return out_dir
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            if tokenizer is None:
+                return super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+            return tokenizer
+
+    log("converting the model with CTranslate2's TransformersConverter (once; cached)", tag)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Converter(model_dir).convert(tmp, force=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    notes.append("converted with ctranslate2.converters.TransformersConverter (no quantization"
+                 + ("" if tokenizer is None else "; stand-in tokenizer for the vocabulary")
+                 + ")")
+    return out_dir
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ The schema of results.json ("schema": "transformer-bench/1"):
      "scaling": [SCALING], "skipped": {peer: reason}, "notes": [text], "limits": {the suite's own
      limit measurements, median over its rounds}, "warnings": [text] (e.g. the machine was
      busy: harness.busy_warning), "cpu" (harness.cpu_usage while timing), "markdown"
-     (optional: text shown verbatim), "plots": [file names], "config": {the suite's
-     parameters}}
+     (optional: text shown verbatim), "show_rows" (optional, default true; false: the rows
+     are left out of report.md, as one of the suite's TABLEs shows them with its own columns),
+     "plots": [file names], "config": {the suite's parameters}}
 
     ROW (one engine on one case): {"case", "group" (rows of a group are plotted together),
      "engine", "status" ("timed", "disagrees", "n/a", "error", "not timed"),
@@ -195,7 +196,7 @@ def render_suite(name, suite):
     if suite.get("summary"):
         lines.append("")
     rows = suite.get("rows", [])
-    if rows:
+    if rows and suite.get("show_rows", True):
         lines += table(["case", "engine", "figure", "time median (min-max, IQR)",
                         "ratio (transformer / engine)", "fraction of limit", "limit",
                         "check against the reference"],

