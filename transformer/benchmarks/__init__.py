@@ -108,7 +108,8 @@ def build_parser():
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=SUITES + ("all",), help="what to measure")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="cpu (default); cuda needs the CUDA backend, which is not built yet")
+                   help="cpu (default); these suites compare CPU engines: the GPU comparison "
+                        "is bench/gpu.py")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for every engine (default: OMP_NUM_THREADS, else all cores)")
     p.add_argument("--quick", action="store_true",
@@ -142,14 +143,15 @@ def gpu_present():
 
 
 def check_device(device):
-    """None when `device` can run, else the reason (the CUDA backend is not built)."""
+    """None when `device` can run these suites, else the reason: they compare CPU engines; the
+    GPU benchmark (our CUDA kernels and models against PyTorch on the same GPU) is bench/gpu.py."""
     if device == "cpu":
         return None
     if device == "cuda":
-        where = ("this machine has an NVIDIA GPU, but " if gpu_present()
-                 else "this machine shows no NVIDIA GPU, and ")
-        return (f"--device cuda: {where}this build of transformer has no CUDA backend yet "
-                "(CPU only); run with --device cpu")
+        where = ("this machine has an NVIDIA GPU; " if gpu_present()
+                 else "this machine shows no NVIDIA GPU; ")
+        return (f"--device cuda: {where}these suites compare CPU engines (run with --device "
+                "cpu); the GPU benchmark is `python bench/gpu.py`")
     return f"--device must be cpu or cuda, got {device!r}"
 
 
