@@ -85,3 +85,13 @@ def fake_gpu(monkeypatch):
     import fake_gpu as stand_in
     stand_in.install(monkeypatch)
     return stand_in
+
+
+def torch_call(fn, device, **arrays):
+    """fn(**arrays as torch tensors on `device`) under torch.no_grad(); the result (a tensor, or
+    its .logits) as a NumPy array (float32 for floats). For the HF reference runs of the tests."""
+    import torch
+    with torch.no_grad():
+        out = fn(**{k: torch.tensor(v, device=device) for k, v in arrays.items()})
+    out = getattr(out, "logits", out)
+    return (out.float() if out.is_floating_point() else out).cpu().numpy()

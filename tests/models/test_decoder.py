@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
+from conftest import torch_call
 from transformer.device import to_numpy
 from transformer.generation import sample_next, warp
 
@@ -55,19 +56,12 @@ def _prompts(rng, B, T, V, left=True):
 def _hf_logits(model, ids, mask):
     """HF logits (float32 NumPy) with HF generate's position ids, on the model's device."""
     pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
-    dev = model.device
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(ids, device=dev),
-                     attention_mask=torch.tensor(mask, device=dev),
-                     position_ids=torch.tensor(pos, device=dev)).logits.float().cpu().numpy()
+    return torch_call(model, model.device, input_ids=ids, attention_mask=mask, position_ids=pos)
 
 
 def _hf_generate(model, ids, mask, **kw):
-    dev = model.device
-    with torch.no_grad():
-        return model.generate(torch.tensor(ids, device=dev),
-                              attention_mask=torch.tensor(mask, device=dev),
-                              pad_token_id=0, **kw).cpu().numpy()
+    return torch_call(lambda **a: model.generate(**a, pad_token_id=0, **kw), model.device,
+                      inputs=ids, attention_mask=mask)
 
 
 CASES = [("gpt2", c) for c in GPT2_CONFIGS] + [("llama", c) for c in LLAMA_CONFIGS]

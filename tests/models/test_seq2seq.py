@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
+from conftest import torch_call
 from transformer.device import to_numpy
 from transformer.models.seq2seq import (PRESETS, Seq2SeqConfig, preset, seq2seq_shapes,
                                         sinusoid_table)
@@ -46,18 +47,13 @@ def _source(rng, B, S, V=67):
 
 def _hf_logits(model, src, mask, tgt):
     """HF logits (float32 NumPy) on the model's device."""
-    dev = model.device
-    with torch.no_grad():
-        return model(input_ids=torch.tensor(src, device=dev),
-                     attention_mask=torch.tensor(mask, device=dev),
-                     decoder_input_ids=torch.tensor(tgt, device=dev)).logits.float().cpu().numpy()
+    return torch_call(model, model.device, input_ids=src, attention_mask=mask,
+                      decoder_input_ids=tgt)
 
 
 def _hf_generate(model, src, mask, **kw):
-    dev = model.device
-    with torch.no_grad():
-        return model.generate(torch.tensor(src, device=dev),
-                              attention_mask=torch.tensor(mask, device=dev), **kw).cpu().numpy()
+    return torch_call(lambda **a: model.generate(**a, **kw), model.device, inputs=src,
+                      attention_mask=mask)
 
 
 @pytest.mark.parametrize("kind", ["marian", "bart"])
