@@ -16,9 +16,7 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
-                      tf_decode_attention_combine, tf_decode_attention_chunk_planes,
-                      tf_beam_topk_row,
-                      tf_topk_merge)
+                      tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
@@ -252,18 +250,14 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                     pm[(b * H + h) * n_split + c] = -INFINITY
                     pl[(b * H + h) * n_split + c] = 0
                 continue
-            if has_rows:
-                tf_decode_attention_chunk_planes(qb + b * qbs + hk * G * qrs, qrs, G,
-                                                 kb + j0 * krs + hk * khs, kbs, krs,
-                                                 vb + j0 * vrs + hk * vhs, vbs, vrs,
-                                                 &kv_rows[b, j0], n, D, scale, scores, tm, tl,
-                                                 tacc)
-            else:
-                tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
-                                          kb + bk * kbs + j0 * krs + hk * khs, krs,
-                                          vb + bk * vbs + j0 * vrs + hk * vhs, vrs, n, D, scale,
-                                          kbias + bk * kbias_stride + j0 if kbias != NULL
-                                          else NULL, scores, tm, tl, tacc)
+            # with kv_rows each key's plane comes from the table (k, v at plane 0), else plane bk
+            tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
+                                      kb + (0 if has_rows else bk * kbs) + j0 * krs + hk * khs,
+                                      kbs, krs,
+                                      vb + (0 if has_rows else bk * vbs) + j0 * vrs + hk * vhs,
+                                      vbs, vrs, &kv_rows[b, j0] if has_rows else NULL, n, D,
+                                      scale, kbias + bk * kbias_stride + j0 if kbias != NULL
+                                      else NULL, scores, tm, tl, tacc)
             for g in range(G):
                 h = hk * G + g
                 pm[(b * H + h) * n_split + c] = tm[g]

@@ -237,15 +237,16 @@ void tf_attention_finalize(const float *acc, const float *l, int rows, int D, fl
 }
 
 TF_CLONES
-void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
-                               const float *v, long ldv, int n, int D, float scale,
-                               const float *kbias, float *scores, float *m, float *l, float *acc) {
+void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
+                               long ldk, const float *v, long vps, long ldv, const int *planes,
+                               int n, int D, float scale, const float *kbias, float *scores,
+                               float *m, float *l, float *acc) {
     for (int g = 0; g < G; g++) {
         const float *qg = q + g * ldq;
         float *s = scores + (long)g * n;
         float mx = -INFINITY;
         for (int j = 0; j < n; j++) {
-            const float *kj = k + j * ldk;
+            const float *kj = k + (planes ? planes[j] * kps : 0) + j * ldk;
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
             s[j] = dot * scale + (kbias ? kbias[j] : 0.f);
@@ -264,46 +265,7 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
         }
         l[g] = sum;
         for (int j = 0; j < n; j++) {
-            const float *vj = v + j * ldv;
-            const float p = s[j];
-            for (int d = 0; d < D; d++) a[d] += p * vj[d];
-        }
-    }
-}
-
-/* tf_decode_attention_chunk with keys and values gathered from several planes: key j lives at
- * k + planes[j] * kps + j * ldk (and v likewise), as a beam's KV cache rows after reordering by
- * an index table instead of copies. No key bias. */
-TF_CLONES
-void tf_decode_attention_chunk_planes(const float *q, long ldq, int G, const float *k, long kps,
-                                      long ldk, const float *v, long vps, long ldv,
-                                      const int *planes, int n, int D, float scale, float *scores,
-                                      float *m, float *l, float *acc) {
-    for (int g = 0; g < G; g++) {
-        const float *qg = q + g * ldq;
-        float *s = scores + (long)g * n;
-        float mx = -INFINITY;
-        for (int j = 0; j < n; j++) {
-            const float *kj = k + planes[j] * kps + j * ldk;
-            float dot = 0.f;
-            for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
-            s[j] = dot * scale;
-            mx = s[j] > mx ? s[j] : mx;
-        }
-        float *a = acc + (long)g * D;
-        for (int d = 0; d < D; d++) a[d] = 0.f;
-        m[g] = mx;
-        l[g] = 0.f;
-        if (mx == -INFINITY) continue;
-        float sum = 0.f;
-        for (int j = 0; j < n; j++) {
-            const float e = expf(s[j] - mx);
-            s[j] = e;
-            sum += e;
-        }
-        l[g] = sum;
-        for (int j = 0; j < n; j++) {
-            const float *vj = v + planes[j] * vps + j * ldv;
+            const float *vj = v + (planes ? planes[j] * vps : 0) + j * ldv;
             const float p = s[j];
             for (int d = 0; d < D; d++) a[d] += p * vj[d];
         }

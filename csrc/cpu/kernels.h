@@ -62,19 +62,15 @@ int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int
 void tf_attention_finalize(const float *acc, const float *l, int rows, int D, float *out, long ldo);
 
 /* Split-K decode attention for one (sequence, key/value head, chunk of keys): the G query heads
- * of the group (q: G rows of D, stride ldq) against keys/values k, v (n rows of D, strides ldk,
- * ldv); kbias (n) additive or NULL. Writes per query head the chunk's max m[g], sum l[g] and
+ * of the group (q: G rows of D, stride ldq) against n keys/values. Key j is at
+ * k + planes[j] * kps + j * ldk (value j likewise with vps, ldv): planes (n) picks a cache plane
+ * per key (a beam's cache rows reordered by an index table), or NULL for one plane (k, v).
+ * kbias (n) additive or NULL. Writes per query head the chunk's max m[g], sum l[g] and
  * unnormalised acc[g*D..] = sum_j exp(s_j - m) v_j; `scores` is scratch of G*n floats. */
-void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
-                               const float *v, long ldv, int n, int D, float scale,
-                               const float *kbias, float *scores, float *m, float *l, float *acc);
-
-/* The same with keys/values gathered across planes: key j at k + planes[j] * kps + j * ldk,
- * value j at v + planes[j] * vps + j * ldv (a beam's cache rows reordered by an index table). */
-void tf_decode_attention_chunk_planes(const float *q, long ldq, int G, const float *k, long kps,
-                                      long ldk, const float *v, long vps, long ldv,
-                                      const int *planes, int n, int D, float scale, float *scores,
-                                      float *m, float *l, float *acc);
+void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
+                               long ldk, const float *v, long vps, long ldv, const int *planes,
+                               int n, int D, float scale, const float *kbias, float *scores,
+                               float *m, float *l, float *acc);
 
 /* Combine n_split partial results (m, l: n_split; acc: n_split x D) of one query head into
  * out (D) = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c; zeros when no key was seen. */

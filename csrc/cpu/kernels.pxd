@@ -8,14 +8,11 @@ cdef extern from "kernels.h" nogil:
     void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
                        const float *sin_t, int interleaved)
     void tf_swiglu_row(const float *gate_up, int F, float *out)
-    void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long ldk,
-                                   const float *v, long ldv, int n, int D, float scale,
+    void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
+                                   long ldk, const float *v, long vps, long ldv,
+                                   const int *planes, int n, int D, float scale,
                                    const float *kbias, float *scores, float *m, float *l,
                                    float *acc)
-    void tf_decode_attention_chunk_planes(const float *q, long ldq, int G, const float *k,
-                                          long kps, long ldk, const float *v, long vps, long ldv,
-                                          const int *planes, int n, int D, float scale,
-                                          float *scores, float *m, float *l, float *acc)
     void tf_decode_attention_combine(const float *m, const float *l, const float *acc,
                                      int n_split, int D, float *out)
     void tf_softmax_row(const float *x, const float *mask, int n, float *out)
