@@ -49,12 +49,14 @@ def test_nvrtc_compiles(source):
     nvrtc = _nvrtc()
     code = f'#line 1 "{source}"\n' + source.read_text()
     prog = nvrtc.createProgram(code, source.name, [], [])
+    error = None
     try:
         nvrtc.compileProgram(prog, ["--std=c++17", f"-I{source.parent}", "-arch=compute_80"])
     except nvrtc.NVRTCError:
-        pytest.fail(nvrtc.getProgramLog(prog))
+        error = nvrtc.getProgramLog(prog)
     finally:
         nvrtc.destroyProgram(prog)
+    assert error is None, error
 
 
 def test_cuda_unavailable_is_a_clear_error(monkeypatch):
