@@ -3,16 +3,12 @@
 #include <string.h>
 #include "kernels.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-/* One clone per x86-64 micro-architecture level, chosen at load time through an ifunc. */
-#define TF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#ifdef TF_HAVE_CLONES
 /* glibc's libmvec holds vector versions of these; declaring them SIMD lets GCC call them from
  * vectorised loops without -ffinite-math-only (we rely on -inf for masks). */
 __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) float erff(float);
 __attribute__((simd("notinbranch"))) float tanhf(float);
-#else
-#define TF_CLONES
 #endif
 
 TF_CLONES

@@ -16,11 +16,12 @@ import numpy as np
 
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _cpu_backend
+from .packed import PackedWeight
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
@@ -109,11 +110,18 @@ def _activation(activation):
 def linear(x, weight, bias=None, activation=None, threads=None):
     """act(x @ weight^T + bias), the nn.Linear layout (Vaswani et al. 2017, section 3.3).
 
-    x: (..., K) float; weight: (O, K); bias: (O,) or None; activation: None, "relu", "gelu"
-    (exact erf) or "gelu_tanh". Returns (..., O) float32. Matmul through BLAS sgemm, bias and
-    activation fused into the same pass over the output block."""
+    x: (..., K) float; weight: (O, K) float, or a PackedWeight (CPU int8 / bfloat16, see
+    transformer.ops.packed); bias: (O,) or None; activation: None, "relu", "gelu" (exact erf),
+    "gelu_tanh" or "silu". Returns (..., O) float32. float32: matmul through BLAS sgemm (or
+    our skinny kernel for up to 16 rows); packed: our int8 / bf16 kernels, dequantization and
+    bias fused; the activation runs on each output block while it is in cache."""
     x = _float32("x", x, min_ndim=1)
-    weight = _float32("weight", weight, ndim=2, like=x)
+    packed = isinstance(weight, PackedWeight)
+    if packed and on_device(x):
+        raise TypeError("a PackedWeight (int8 / bfloat16) runs on the CPU only; x is a CuPy "
+                        "array")
+    if not packed:
+        weight = _float32("weight", weight, ndim=2, like=x)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]} "
                          f"(weight shape {weight.shape} is (out_features, in_features))")
@@ -124,6 +132,9 @@ def linear(x, weight, bias=None, activation=None, threads=None):
     _activation(activation)
     x2 = x.reshape(-1, x.shape[-1])
     out = _empty(x, (x2.shape[0], weight.shape[0]))
+    if packed:
+        weight.linear(x2, bias, activation, out, resolve_threads(threads))
+        return out.reshape(x.shape[:-1] + (weight.shape[0],))
     with blas_single_threaded():
         _backend_for(x).linear(x2, weight, bias, activation, out, resolve_threads(threads))
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
@@ -308,8 +319,10 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     input_ids: (...) integer in [0, V); word_embeddings (V, C); position_embeddings (P, C);
     position_ids: input_ids' shape, default arange over the last axis; token_type_ids: same shape
     or None (type 0 when a token_type table is given); norm_weight/norm_bias (C,) or None for no
-    norm. Returns (..., C) float32. IndexError for any index out of its table."""
-    word = _float32("word_embeddings", word_embeddings, ndim=2)
+    norm. word_embeddings may be a PackedWeight (CPU int8 / bfloat16: the rows are gathered and
+    dequantized first). Returns (..., C) float32. IndexError for any index out of its table."""
+    packed = isinstance(word_embeddings, PackedWeight)
+    word = word_embeddings if packed else _float32("word_embeddings", word_embeddings, ndim=2)
     V, C = word.shape
     position = _float32("position_embeddings", position_embeddings, ndim=2, like=word)
     if position.shape[1] != C:
@@ -343,11 +356,14 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
         norm_bias = _float32("norm_bias", norm_bias, ndim=1, like=word)
         if norm_weight.shape != (C,) or norm_bias.shape != (C,):
             raise ValueError(f"norm_weight and norm_bias must have shape ({C},)")
+    n = resolve_threads(threads)
+    flat_ids = ids.reshape(-1)
+    if packed:  # gather and dequantize the rows once, then the fused sum + norm reads them
+        word, flat_ids = word.rows(flat_ids, n), np.arange(flat_ids.size, dtype=np.int64)
     out = _empty(word, ids.shape + (C,))
-    _backend_for(word).embedding(ids.reshape(-1), pos.reshape(-1),
+    _backend_for(word).embedding(flat_ids, pos.reshape(-1),
                        None if types is None else types.reshape(-1), word, position, token_type,
-                       norm_weight, norm_bias, float(eps), out.reshape(-1, C),
-                       resolve_threads(threads))
+                       norm_weight, norm_bias, float(eps), out.reshape(-1, C), n)
     return out
 
 
