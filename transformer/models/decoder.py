@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, to_device
+from ..device import DeviceModel, host_weights, to_device
 from ._inputs import check_batch
 from .config import check_positive
 
@@ -206,7 +206,7 @@ class DecoderModel(DeviceModel):
         self.config = config
         self.tokenizer = tokenizer
         self.threads = resolve_threads(threads)
-        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = host_weights(weights)
         self._moved()
 
     def _moved(self):

@@ -29,7 +29,8 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, to_device, to_numpy
+from ..device import DeviceModel, host_weights, to_device, to_numpy
+from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
 from ._hf import hf_tokenizer, read_hf_weights
@@ -256,7 +257,7 @@ class Seq2SeqModel(DeviceModel):
         self.source_vocabulary = source_vocabulary
         self.target_vocabulary = target_vocabulary
         self.threads = resolve_threads(threads)
-        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = host_weights(weights)
         self._moved()
 
     def _moved(self):
@@ -275,7 +276,9 @@ class Seq2SeqModel(DeviceModel):
                                                + config.position_offset, config.d_model,
                                                config.positions), self.device, self.dtype)
             word = w[side + ".embeddings.word"]
-            if scale != 1.0:
+            if scale != 1.0 and isinstance(word, PackedWeight):
+                word = word.scaled(scale)
+            elif scale != 1.0:
                 word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
             self._embed_tables[side] = (word, pos)
 

@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 
+from ..ops.packed import PackedWeight
 from .mapping import WeightsError
 
 # CTranslate2 DataType ids (include/ctranslate2/types.h) -> NumPy dtypes
@@ -18,12 +19,16 @@ TYPE_IDS = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2"}
 ITEM_SIZES = {4: "<f4", 2: "<i2", 1: "i1"}
 
 
-def read_ctranslate2(path):
+def read_ctranslate2(path, int8=False):
     """Spec and variables of a CTranslate2 model.bin.
 
     Returns (spec, revision, variables): spec name (e.g. "TransformerBase"), spec revision, and
-    {name: float32 array} with every quantized weight dequantized (its _scale removed) and
-    aliases resolved. Raises FileNotFoundError, or WeightsError for an unsupported binary version,
+    {name: float32 array} with aliases resolved and every quantized weight dequantized (its
+    _scale removed), or with int8=True every quantized 2-D weight as a
+    transformer.ops.packed.PackedWeight: int8 ones taken as stored (integers and row scales),
+    int16 ones requantized per row to int8 from their integers (q8 = round(q16 * 127 /
+    max|q16|), the scale multiplied by the same factor, in float64); variables shared by an
+    alias stay one object. Raises FileNotFoundError, or WeightsError for an unsupported binary version,
     an unknown data type or a truncated file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -82,14 +87,29 @@ def read_ctranslate2(path):
             raw[alias] = raw[target]
     if pos != len(data):
         raise WeightsError(f"{path}: {len(data) - pos} unexpected bytes after the variables")
-    out = {}
+    out, done = {}, {}  # done: id of a raw array -> its converted value (aliases stay shared)
     for name, value in raw.items():
         if name.endswith("_scale") and name[:-6] in raw:
             continue
-        scale = raw.get(name + "_scale")
-        value = value.astype(np.float32)
-        if scale is not None:
-            scale = scale.astype(np.float32)
-            value = value / (scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale)
-        out[name] = value
+        if id(value) not in done:
+            done[id(value)] = _convert(value, raw.get(name + "_scale"), int8)
+        out[name] = done[id(value)]
     return spec, revision, out
+
+
+def _convert(value, scale, int8):
+    """One variable as float32 (dequantized: value / scale), or as a PackedWeight (see
+    read_ctranslate2)."""
+    if scale is None:
+        return value.astype(np.float32)
+    scale = scale.astype(np.float32)
+    if int8 and value.ndim == 2 and value.dtype.kind == "i":
+        rows = np.broadcast_to(scale, (value.shape[0],)).astype(np.float64)
+        if value.dtype != np.int8:  # int16: requantize each row to [-127, 127]
+            amax = np.abs(value).max(axis=1).astype(np.float64) if value.shape[1] else 0
+            factor = np.where(amax > 0, 127.0 / np.maximum(amax, 1), 1.0)
+            value = np.clip(np.rint(value * factor[:, None]), -127, 127).astype(np.int8)
+            rows = rows * factor
+        return PackedWeight.from_int8(value, rows.astype(np.float32))
+    value = value.astype(np.float32)
+    return value / (scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale)
