@@ -70,10 +70,11 @@ def swiglu(gate_up):
 
 
 def softmax(x, mask=None):
-    """softmax(x + mask) over the last axis; rows entirely -inf give zeros."""
+    """softmax(x + mask) over the last axis; rows entirely -inf give zeros; a row holding a NaN
+    or +inf gives NaN (as PyTorch), never zeros."""
     y = _f64(x) + (0.0 if mask is None else _f64(mask))
-    mx = y.max(-1, keepdims=True)
-    dead = ~np.isfinite(mx)
+    mx = y.max(-1, keepdims=True) if y.shape[-1] else np.full(y.shape[:-1] + (1,), -np.inf)
+    dead = mx == -np.inf
     e = np.exp(y - np.where(dead, 0.0, mx))
     s = e.sum(-1, keepdims=True)
     return np.where(dead, 0.0, e / np.where(dead, 1.0, s))
@@ -145,7 +146,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         m = None if attention_mask is None else np.asarray(attention_mask)[p:p + 1, :L]
         if L:
             out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
-    return np.nan_to_num(out)
+    return out
 
 
 def beam_topk(logits, beam_scores, num_beams, k):
