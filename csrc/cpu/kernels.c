@@ -137,7 +137,8 @@ TF_CLONES
 void tf_softmax_row(const float *x, const float *mask, int n, float *out) {
     float mx = -INFINITY;
     if (mask) {
-        for (int i = 0; i < n; i++) out[i] = x[i] + mask[i];
+        /* a removed entry (-inf) stays removed whatever its score, even NaN */
+        for (int i = 0; i < n; i++) out[i] = mask[i] == -INFINITY ? -INFINITY : x[i] + mask[i];
     } else if (out != x) {
         memcpy(out, x, (size_t)n * sizeof(float));
     }
@@ -204,7 +205,8 @@ int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int
             c = c < 0 ? 0 : (c > cols ? cols : c);
         }
         if (kbias)
-            for (int j = 0; j < c; j++) row[j] += kbias[j];
+            for (int j = 0; j < c; j++)
+                row[j] = kbias[j] == -INFINITY ? -INFINITY : row[j] + kbias[j];
         float mx = -INFINITY;
         for (int j = 0; j < c; j++) mx = row[j] > mx ? row[j] : mx;
         if (mx == -INFINITY) { /* this row sees no key in this tile */
@@ -263,7 +265,8 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
             const float *kj = k + (planes ? planes[j] * kps : 0) + j * ldk;
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
-            s[j] = dot * scale + (kbias ? kbias[j] : 0.f);
+            s[j] = !kbias ? dot * scale : kbias[j] == -INFINITY ? -INFINITY
+                                                                : dot * scale + kbias[j];
             mx = s[j] > mx ? s[j] : mx;
         }
         float *a = acc + (long)g * D;

@@ -453,7 +453,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
         if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
-    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
@@ -517,7 +517,7 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         out = _empty(q, (N, H, D))
     else:
         _check_out(out, (N, H, D), q)
-    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
@@ -607,7 +607,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     n = resolve_threads(threads)
     if chunk is not None:  # more keys per item than S_max change nothing
         chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
-    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     if on_device(q):
         from . import cuda
         if B:
@@ -615,7 +615,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
                                   chunk, n)
         return out
     if chunk is None:  # at least two work items per thread, at least 32 keys per item
-        items = B * k_cache.shape[2]
+        items = max(1, B * k_cache.shape[2])
         longest = int(lengths.max()) if B else 1
         chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
     if B:
