@@ -19,7 +19,8 @@ def warp(logits, temperature=1.0, top_k=0, top_p=1.0):
     # shifted by the row max before dividing: the same distribution, and no overflow to
     # inf - inf = NaN for a tiny temperature (which then keeps only the top token)
     top = x.max(-1, keepdims=True)
-    x = (x - np.where(np.isfinite(top), top, 0.0)) / temperature
+    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the top
+        x = (x - np.where(np.isfinite(top), top, 0.0)) / temperature
     V = x.shape[-1]
     if 0 < top_k < V:
         kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k][:, None]
