@@ -77,7 +77,7 @@ class CTranslate2Model(Seq2SeqModel):
         WeightsError for an unsupported spec or weights that do not fit it."""
         spec, revision, v = read_ctranslate2(os.path.join(path, "model.bin"))
         if spec not in HEADS:
-            raise WeightsError(f"{path}: CTranslate2 spec {spec!r} is not supported "
+            raise WeightsError(f"{path}/model.bin: CTranslate2 spec {spec!r} is not supported "
                                f"(supported: {sorted(HEADS)})")
         src = read_vocabulary(os.path.join(path, "source_vocabulary.txt"))
         tgt_path = os.path.join(path, "target_vocabulary.txt")
