@@ -12,9 +12,10 @@ def log_softmax(logits, dtype=np.float64):
 
 
 def warp(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """Scores (B, V) float64: (logits - row max) / temperature; then all but the top_k highest set to -inf
-    (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of highest-probability
-    tokens whose probability mass reaches top_p (1.0 = off; at least one token is kept)."""
+    """Scores (B, V) float64: (logits - row max) / temperature; then all but the top_k highest
+    set to -inf (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of
+    highest-probability tokens whose probability mass reaches top_p (1.0 = off; at least one
+    token is kept)."""
     x = np.asarray(logits, np.float64)
     # shifted by the row max before dividing: the same distribution, and no overflow to
     # inf - inf = NaN for a tiny temperature (which then keeps only the top token)
