@@ -4,7 +4,6 @@
     model = transformer.load("path/to/all-MiniLM-L6-v2")
     emb = model.embed_texts(["Hello world"])        # (1, 384) float32, L2-normalised
 """
-import json
 import os
 
 __version__ = "0.1.0"
@@ -57,10 +56,7 @@ def _load(path, threads, tokenizer, dtype):
         return CTranslate2Model.from_directory(path, threads=threads, dtype=dtype)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config_dict = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})")
+    from .models._hf import read_json
+    config_dict = read_json(config_path, "JSON object (the model's config)")
     family = family_for(config_dict, config_path)
     return family.from_pretrained(path, config_dict, threads=threads)
