@@ -182,3 +182,33 @@ def test_config_dataclass_errors():
         EncoderConfig(vocab_size=5, d_model=10, n_heads=3, n_layers=1, d_ff=4)
     with pytest.raises(ValueError, match="activation"):
         EncoderConfig(vocab_size=5, d_model=12, n_heads=3, n_layers=1, d_ff=4, activation="tanh")
+
+
+@pytest.mark.parametrize("kind,cls_name", [("roberta", "RobertaModel"),
+                                           ("xlm-roberta", "XLMRobertaForMaskedLM")])
+def test_roberta_positions_from_padding_idx(tmp_path, rng, kind, cls_name):
+    """RoBERTa / XLM-RoBERTa: positions count the real tokens from pad_token_id + 1; ragged
+    batches padded with the pad id on the right."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg_cls = hf.XLMRobertaConfig if kind == "xlm-roberta" else hf.RobertaConfig
+    cfg = cfg_cls(vocab_size=99, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                  intermediate_size=37, max_position_embeddings=40, type_vocab_size=1,
+                  pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = getattr(hf, cls_name)(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    T = 38  # the longest a 40-row position table takes from padding_idx + 1 = 2
+    ids, mask, _ = _ragged_batch(rng, 4, T, 99)
+    ids = np.where(mask == 1, np.maximum(ids, 2), 1)
+    with torch.no_grad():
+        base = model.roberta if hasattr(model, "roberta") else model
+        want = base(input_ids=torch.tensor(ids),
+                    attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+    with pytest.raises(ValueError, match="at most 38"):
+        ours(np.full((1, 39), 5), None)

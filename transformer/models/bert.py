@@ -1,6 +1,8 @@
 """BERT family (Devlin et al. 2019) from a Hugging Face directory: config.json +
 model.safetensors (+ tokenizer.json). Names follow HF modeling_bert.py (BertModel), with or
-without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored."""
+without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored.
+RoBERTa and XLM-RoBERTa (Liu et al. 2019; Conneau et al. 2020) are the same stack with positions
+counted from padding_idx + 1 (HF modeling_roberta.py) and the "roberta." prefix."""
 import os
 
 import numpy as np
@@ -12,11 +14,13 @@ from ._hf import check_layer_count, read_hf_weights, read_json
 from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes
 
-IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids")
+IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids", "lm_head.")
+PREFIXES = ("bert.", "roberta.")
 
 
-def config_from_hf(cfg, source="config.json"):
-    """EncoderConfig from an HF BertConfig dict. Raises ValueError for unsupported settings."""
+def config_from_hf(cfg, source="config.json", roberta=False):
+    """EncoderConfig from an HF BertConfig dict (roberta: a RobertaConfig / XLMRobertaConfig
+    dict, positions from pad_token_id + 1). Raises ValueError for unsupported settings."""
     act = cfg.get("hidden_act", "gelu")
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"{source}: hidden_act {act!r} is not supported "
@@ -32,7 +36,8 @@ def config_from_hf(cfg, source="config.json"):
             max_position_embeddings=cfg.get("max_position_embeddings", 512),
             type_vocab_size=cfg.get("type_vocab_size", 2), activation=HF_ACTIVATIONS[act],
             layer_norm_eps=cfg.get("layer_norm_eps", 1e-12), pre_norm=False,
-            pad_token_id=cfg.get("pad_token_id", 0))
+            pad_token_id=cfg.get("pad_token_id", 1 if roberta else 0),
+            position_start=cfg.get("pad_token_id", 1) + 1 if roberta else None)
     except KeyError as e:
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
 
@@ -64,7 +69,9 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
     query/key/value into one (3C, C) projection. Every shape is checked; raises WeightsError
     listing missing, unexpected and mismatched tensors."""
     def canon(name):
-        name = name[5:] if name.startswith("bert.") else name
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
         if "LayerNorm." in name:  # TF-converted checkpoints: gamma/beta
             name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
             name = name.replace("LayerNorm.beta", "LayerNorm.bias")
@@ -94,7 +101,7 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 def _max_length(path, config, tokenizer_json):
     """Longest input in tokens: sentence-transformers' max_seq_length when present, else the
     tokenizer's truncation length, capped at max_position_embeddings."""
-    limit = config.max_position_embeddings
+    limit = config.max_length
     st = os.path.join(path, "sentence_bert_config.json")
     try:
         if os.path.isfile(st):
@@ -109,11 +116,13 @@ def _max_length(path, config, tokenizer_json):
 class BertModel(EncoderModel):
     """BERT encoder (post-LN), loaded from an HF directory; see EncoderModel for the API."""
 
+    ROBERTA = False
+
     @classmethod
     def from_pretrained(cls, path, config_dict, threads=None):
         """Load config.json's BERT from `path` (model.safetensors, tokenizer.json optional).
         Raises FileNotFoundError, WeightsError or ValueError with the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"))
+        config = config_from_hf(config_dict, os.path.join(path, "config.json"), cls.ROBERTA)
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, config.n_layers, source)
         weights = weights_from_hf(tensors, config, source)
@@ -125,3 +134,11 @@ class BertModel(EncoderModel):
 
 
 __all__ = ["BertModel", "config_from_hf", "weights_from_hf", "WeightsError"]
+
+
+@register_family("roberta", "xlm-roberta")
+class RobertaModel(BertModel):
+    """RoBERTa / XLM-RoBERTa encoder: BERT's stack, positions counted from padding_idx + 1
+    among each sequence's real tokens; see EncoderModel for the API."""
+
+    ROBERTA = True

@@ -100,7 +100,7 @@ class EncoderModel(DeviceModel):
         """Check inputs and pack the real tokens: returns ids, positions, types (N,), the flat
         indices of the real tokens in (B*T,), cu_seqlens (B+1,) and (B, T)."""
         cfg = self.config
-        P = cfg.max_position_embeddings
+        P = cfg.max_length
         if truncate:
             cut = lambda a: a[:, :P] if a is not None and np.ndim(a) == 2 else a
             input_ids, attention_mask, token_type_ids = map(cut, (input_ids, attention_mask,
@@ -108,8 +108,9 @@ class EncoderModel(DeviceModel):
         ids, mask, _ = check_batch(input_ids, attention_mask, cfg.vocab_size)
         B, T = ids.shape
         if T > P:
-            raise ValueError(f"input_ids has T={T} tokens but the model takes at most "
-                             f"max_position_embeddings={P} (pass truncate=True to cut the input)")
+            raise ValueError(f"input_ids has T={T} tokens but the model takes at most {P} "
+                             f"(max_position_embeddings={cfg.max_position_embeddings}; pass "
+                             f"truncate=True to cut the input)")
         types = None
         if token_type_ids is not None:
             types = np.asarray(to_numpy(token_type_ids))
@@ -117,6 +118,9 @@ class EncoderModel(DeviceModel):
                 raise ValueError(f"token_type_ids must be integers of the shape of input_ids "
                                  f"{(B, T)}, got {types.dtype} {types.shape}")
         flat, cu, positions = pack(mask)
+        if cfg.position_start is not None:  # rank among the real tokens (RoBERTa)
+            positions = np.arange(len(flat)) - np.repeat(cu[:-1], np.diff(cu)) \
+                + cfg.position_start
         types = None if types is None else types.ravel()[flat]
         return ids.ravel()[flat], positions, types, flat, cu, (B, T)
 
