@@ -212,3 +212,48 @@ def test_roberta_positions_from_padding_idx(tmp_path, rng, kind, cls_name):
     assert np.abs(got[real] - want[real]).max() <= 1e-4
     with pytest.raises(ValueError, match="at most 38"):
         ours(np.full((1, 39), 5), None)
+
+
+@pytest.mark.parametrize("flags,normalize", [({"pooling_mode_max_tokens": True}, False),
+                                             ({"pooling_mode_cls_token": True}, True),
+                                             ({"pooling_mode_mean_tokens": True,
+                                               "pooling_mode_max_tokens": True,
+                                               "pooling_mode_mean_sqrt_len_tokens": True}, False)])
+def test_sentence_transformers_pooling_config(tmp_path, rng, flags, normalize):
+    """embed() follows the directory's modules.json and 1_Pooling/config.json (modes
+    concatenated as sentence-transformers does: cls, max, mean, mean_sqrt_len; Normalize only
+    when declared), against NumPy pooling of HF's hidden states."""
+    import json
+
+    model = _tiny_hf(tmp_path, rng)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
+                "Transformer"}, {"idx": 1, "name": "1", "path": "1_Pooling",
+                                 "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        dict({"word_embedding_dimension": 32}, **flags)))
+    ours = transformer.load(tmp_path, threads=2)
+    ids, mask, types = _ragged_batch(rng, 4, 9, 99)
+    h = _hf_hidden(model, ids, mask, types).astype(np.float64)
+    m = mask[..., None].astype(bool)
+    pooled = {"pooling_mode_cls_token": h[:, 0],
+              "pooling_mode_max_tokens": np.where(m, h, -np.inf).max(1),
+              "pooling_mode_mean_tokens": (h * m).sum(1) / m.sum(1),
+              "pooling_mode_mean_sqrt_len_tokens": (h * m).sum(1) / np.sqrt(m.sum(1))}
+    want = np.concatenate([pooled[f] for f in pooled if flags.get(f)], axis=1)
+    if normalize:
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = ours.embed(ids, mask, types)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(ours.embed(ids, mask, types, pooling="mean", normalize=False),
+                               pooled["pooling_mode_mean_tokens"], atol=1e-4)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        ours.embed(ids, mask, types, pooling="median")
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_weightedmean_tokens": True}))
+    with pytest.raises(ValueError, match="not supported"):
+        transformer.load(tmp_path)

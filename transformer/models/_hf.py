@@ -7,9 +7,9 @@ from ..tokenizer import Tokenizer
 from ..weights import WeightsError, read_safetensors
 
 
-def read_json(path, what="JSON object"):
-    """The JSON object (dict) in the file at `path`. Raises ValueError naming the file for bad
-    UTF-8, bad JSON, or JSON that is not an object."""
+def read_json(path, what="JSON object", kind=dict):
+    """The JSON value of type `kind` (an object: dict) in the file at `path`. Raises ValueError
+    naming the file for bad UTF-8, bad JSON, or JSON of another type."""
     try:
         with open(path, encoding="utf-8") as f:
             value = json.load(f)
@@ -19,7 +19,7 @@ def read_json(path, what="JSON object"):
         raise ValueError(f"{path}: not valid JSON ({e})")
     except RecursionError:
         raise ValueError(f"{path}: JSON nested too deeply")
-    if not isinstance(value, dict):
+    if not isinstance(value, kind):
         raise ValueError(f"{path}: expected a {what}, got a JSON {type(value).__name__}")
     return value
 

@@ -12,7 +12,7 @@ from ..weights import WeightsError, check_tensors
 from . import register_family
 from ._hf import check_layer_count, read_hf_weights, read_json
 from .config import HF_ACTIVATIONS, EncoderConfig
-from .encoder import EncoderModel, encoder_shapes
+from .encoder import EncoderModel, encoder_shapes, sentence_transformers_pooling
 
 IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids", "lm_head.")
 PREFIXES = ("bert.", "roberta.")
@@ -130,7 +130,11 @@ class BertModel(EncoderModel):
         tokenizer = None
         if os.path.isfile(tok_path):
             tokenizer = Tokenizer(tok_path, _max_length(path, config, tok_path))
-        return cls(config, weights, tokenizer, threads)
+        model = cls(config, weights, tokenizer, threads)
+        declared = sentence_transformers_pooling(path)
+        if declared:
+            model.pooling, model.normalize = declared
+        return model
 
 
 __all__ = ["BertModel", "config_from_hf", "weights_from_hf", "WeightsError"]

@@ -16,12 +16,51 @@ Our tensor names (what a family's name map produces), C = d_model, F = d_ff:
   layers.{i}.norm2.weight / .bias (C)
   final_norm.weight / .bias (C)                 pre-LN only
 """
+import os
+
 import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_numpy
+from ._hf import read_json
 from ._inputs import check_batch, pack
+
+POOLING_MODES = ("mean", "max", "cls", "mean_sqrt_len")
+# sentence-transformers' Pooling config flags, in the order its forward() concatenates them
+_ST_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
+             ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens",
+                                                     "mean_sqrt_len"))
+
+
+def sentence_transformers_pooling(path):
+    """(pooling modes, normalize) a sentence-transformers directory declares in modules.json
+    (a Pooling module's config.json, a Normalize module), or None without modules.json.
+    Raises ValueError naming the file for a malformed one or an unsupported pooling mode."""
+    modules_path = os.path.join(path, "modules.json")
+    if not os.path.isfile(modules_path):
+        return None
+    modules = read_json(modules_path, "JSON list of modules", list)
+    types = {}
+    for m in modules:
+        if not isinstance(m, dict) or not isinstance(m.get("type"), str):
+            raise ValueError(f"{modules_path}: each module must be an object with a 'type'")
+        types[m["type"].rsplit(".", 1)[-1]] = m
+    modes = ("mean",)
+    if "Pooling" in types:
+        sub = str(types["Pooling"].get("path", ""))
+        cfg_path = os.path.join(path, sub, "config.json")
+        root = os.path.realpath(path)
+        if os.path.commonpath([root, os.path.realpath(cfg_path)]) != root:
+            raise ValueError(f"{modules_path}: Pooling path {sub!r} lies outside {root}")
+        cfg = read_json(cfg_path)
+        modes = tuple(mode for flag, mode in _ST_FLAGS if cfg.get(flag))
+        unsupported = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v
+                       and k not in dict(_ST_FLAGS)]
+        if unsupported or not modes:
+            raise ValueError(f"{cfg_path}: pooling {unsupported or 'none'} is not supported "
+                             f"(supported: {[f for f, _ in _ST_FLAGS]})")
+    return modes, "Normalize" in types
 
 
 def encoder_shapes(config):
@@ -151,34 +190,63 @@ class EncoderModel(DeviceModel):
         out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
 
-    def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling="mean",
-              normalize=True, truncate=False):
-        """Sentence embeddings (B, C) float32: the mean of the last hidden state over the real
-        tokens ("mean", as sentence-transformers' Pooling) or the first token ("cls"), then L2
-        normalisation when `normalize`. Inputs as for __call__."""
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    pooling, normalize = ("mean",), True  # embed()'s defaults; a directory may declare others
+
+    def _pool(self, h, cu, modes):
+        """Pooled rows (B, C * len(modes)) of packed hidden states h (N, C), in `modes` order."""
+        xp = ops.array_module(h)
+        lens = xp.asarray(np.diff(cu).astype(np.float64))[:, None]
+        sums = None
+        out = []
+        for mode in modes:
+            if mode in ("mean", "mean_sqrt_len") and sums is None:
+                if xp is np:
+                    sums = np.add.reduceat(h.astype(np.float64), cu[:-1], axis=0)
+                else:  # segment sums from a float64 running sum
+                    s = xp.concatenate([xp.zeros((1, h.shape[1])),
+                                        xp.cumsum(h, 0, dtype=np.float64)])
+                    sums = s[cu[1:]] - s[cu[:-1]]
+            if mode == "mean":
+                out.append(sums / lens)
+            elif mode == "mean_sqrt_len":
+                out.append(sums / xp.sqrt(lens))
+            elif mode == "max":
+                out.append(xp.stack([h[a:b].max(0) for a, b in zip(cu[:-1], cu[1:])]))
+            else:
+                out.append(h[cu[:-1]])
+        return (out[0] if len(out) == 1 else xp.concatenate(out, axis=1)).astype(np.float32)
+
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling=None,
+              normalize=None, truncate=False):
+        """Sentence embeddings (B, C) float32 (sentence-transformers' Pooling and Normalize
+        modules, sentence_transformers/models/Pooling.py): over each sequence's real tokens of
+        the last hidden state, "mean", "max", "cls" (the first token) or "mean_sqrt_len" (the
+        sum over sqrt(length)); a tuple of modes concatenates them in that order (B, C * n).
+        pooling None: the model's (`self.pooling`: what the directory's modules.json and
+        1_Pooling/config.json declare, else mean); normalize None: the model's (a Normalize
+        module, else True); then L2 normalisation when normalize. Inputs as for __call__.
+        Raises ValueError for an unknown pooling mode."""
+        modes = self.pooling if pooling is None else (
+            (pooling,) if isinstance(pooling, str) else tuple(pooling))
+        if not modes or any(m not in POOLING_MODES for m in modes):
+            raise ValueError(f"pooling must be one of {POOLING_MODES} or a tuple of them, got "
+                             f"{pooling!r}")
+        normalize = self.normalize if normalize is None else normalize
         ids, pos, types, flat, cu, _ = self._pack(input_ids, attention_mask, token_type_ids,
                                                   truncate)
         with blas_single_threaded():
             h = self._output(self._forward_packed(ids, pos, types, cu))
-        xp = ops.array_module(h)
-        if pooling == "mean" and xp is np:
-            e = np.add.reduceat(h, cu[:-1], axis=0) / np.diff(cu)[:, None].astype(np.float32)
-        elif pooling == "mean":  # segment sums from a float64 running sum
-            s = xp.concatenate([xp.zeros((1, h.shape[1])), xp.cumsum(h, 0, dtype=np.float64)])
-            e = (s[cu[1:]] - s[cu[:-1]]) / xp.asarray(np.diff(cu))[:, None]
-        else:
-            e = h[cu[:-1]]
-        e = e.astype(np.float32)
+        e = self._pool(h, cu, modes)
         if normalize:
+            xp = ops.array_module(e)
             e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
 
-    def embed_texts(self, texts, batch_size=32, pooling="mean", normalize=True, progress=None):
-        """Embeddings (len(texts), C) float32 of a list of strings, tokenised with the model's
-        tokenizer.json (truncated to the model's maximum length) in batches of `batch_size`.
-        progress: optional callable(done, total). Raises ValueError without a tokenizer."""
+    def embed_texts(self, texts, batch_size=32, pooling=None, normalize=None, progress=None):
+        """Embeddings (len(texts), C * pooling modes) float32 of a list of strings, tokenised
+        with the model's tokenizer.json (truncated to the model's maximum length) in batches of
+        `batch_size`; pooling and normalize as for embed(). progress: optional
+        callable(done, total). Raises ValueError without a tokenizer."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer.json; call embed() with input_ids")
         if isinstance(texts, str):
@@ -186,8 +254,10 @@ class EncoderModel(DeviceModel):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         texts = list(texts)
+        n_modes = len(self.pooling if pooling is None else
+                      (pooling,) if isinstance(pooling, str) else tuple(pooling))
         out = ops.array_module(self.weights["embeddings.word"]).empty(
-            (len(texts), self.config.d_model), np.float32)
+            (len(texts), self.config.d_model * n_modes), np.float32)
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size])
             out[start:start + batch_size] = self.embed(**batch, pooling=pooling,
