@@ -189,6 +189,28 @@ void tf_embed_row(const float *word, const float *pos, const float *type, const 
     if (gamma) tf_layer_norm_row(out, NULL, gamma, beta, eps, n, out);
 }
 
+void tf_position_bias_tile(const tf_pos_bias *pb, int h, float *s, long ld, int rows, int cols,
+                           long q0, long k0) {
+    if (pb->slopes) {
+        const float slope = pb->slopes[h];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++) s[i * ld + j] += slope * (float)(k0 + j);
+    }
+    if (pb->table) {
+        const float *t = pb->table + (long)h * pb->n_buckets;
+        const long last = pb->n_tab - 1;
+        for (int i = 0; i < rows; i++) {
+            const long q = q0 + i;
+            for (int j = 0; j < cols; j++) {
+                const long d = k0 + j - q;
+                long n = pb->bidirectional ? (d < 0 ? -d : d) : (d < 0 ? -d : 0);
+                n = n < last ? n : last;
+                s[i * ld + j] += t[pb->bucket_of[n] + (pb->bidirectional && d > 0 ? pb->half : 0)];
+            }
+        }
+    }
+}
+
 TF_CLONES
 int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int diag,
                            const float *kbias, float *m, float *l, float *acc, int D) {
@@ -252,7 +274,8 @@ TF_CLONES
 void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
                                long ldk, const float *v, long vps, long ldv, const int *planes,
                                int n, int D, float scale, const float *kbias, float *scores,
-                               float *m, float *l, float *acc) {
+                               float *m, float *l, float *acc, const tf_pos_bias *pb, int h0,
+                               long qpos, long k0) {
     for (int g = 0; g < G; g++) {
         const float *qg = q + g * ldq;
         float *s = scores + (long)g * n;
@@ -261,8 +284,11 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
             const float *kj = k + (planes ? planes[j] * kps : 0) + j * ldk;
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
-            s[j] = !kbias ? dot * scale : kbias[j] == -INFINITY ? -INFINITY
-                                                                : dot * scale + kbias[j];
+            s[j] = dot * scale;
+        }
+        if (pb) tf_position_bias_tile(pb, h0 + g, s, n, 1, n, qpos, k0);
+        for (int j = 0; j < n; j++) {
+            if (kbias) s[j] = kbias[j] == -INFINITY ? -INFINITY : s[j] + kbias[j];
             mx = s[j] > mx ? s[j] : mx;
         }
         float *a = acc + (long)g * D;

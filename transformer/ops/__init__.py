@@ -17,11 +17,13 @@ import numpy as np
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _cpu_backend
 from .packed import PackedWeight
+from .position_bias import PositionBias
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight",
+           "PositionBias"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
@@ -445,14 +447,32 @@ def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
     return q, k, v
 
 
-def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None):
+def _position_bias(position_bias, H, q):
+    """The CPU kernels' keyword arguments of a PositionBias for H query heads ({} for None).
+    Raises TypeError for another object, ValueError for a head count that does not fit or a
+    GPU operand (the position biases run in the CPU kernels only)."""
+    if position_bias is None:
+        return {}
+    if not isinstance(position_bias, PositionBias):
+        raise TypeError(f"position_bias must be a transformer.ops.PositionBias or None, got "
+                        f"{type(position_bias).__name__}")
+    if position_bias.n_heads != H:
+        raise ValueError(f"position_bias has {position_bias.n_heads} heads, q has {H}")
+    if on_device(q):
+        raise ValueError("position_bias (ALiBi, relative buckets) runs on the CPU only")
+    return position_bias.kernel_args()
+
+
+def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None,
+              position_bias=None):
     """Multi-head scaled dot-product attention, softmax(Q K^T / sqrt(D) + mask) V (Vaswani et al.
     2017, section 3.2.1), fused and tiled with an online softmax: memory O(block), not O(T S).
 
     q: (B, H, T, D) float32; k, v: (B, Hkv, S, D) float32 with H a multiple of Hkv (grouped-query
     attention); attention_mask: (B, S) of 0/1 (1 = a real key) or None; causal: query t sees keys
-    s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D).
-    Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
+    s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D);
+    position_bias: a PositionBias (ALiBi or relative buckets) added to the scaled scores, or
+    None. Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
     q, k, v = _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)", 2)
     B, H, T, D = q.shape
     Bk, Hkv, S, _ = k.shape
@@ -470,6 +490,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
+    bias = _position_bias(position_bias, H, q)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
@@ -477,7 +498,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
         _backend_for(q).attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
                            v.transpose(0, 2, 1, 3), out, n, zeros, np.full(B, T, np.int32),
                            zeros, np.full(B, S, np.int32), key_bias, bool(causal), scale,
-                           resolve_threads(threads))
+                           resolve_threads(threads), **bias)
     return out.transpose(0, 2, 1, 3)
 
 
@@ -505,7 +526,7 @@ def _offsets(name, cu, N, B=None):
 
 
 def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu_seqlens_k=None,
-                     threads=None):
+                     threads=None, position_bias=None):
     """Attention over a ragged batch packed without padding (the varlen layout of FlashAttention):
     sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q (and of k, v unless cu_seqlens_k is
     given) and attends only to its own keys.
@@ -515,7 +536,8 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     cu_seqlens_k: (B+1,) offsets from 0 to Nk of each sequence's keys (cross-attention: the
     decoder's queries against the encoder's rows), default cu_seqlens; causal: query t of a
     sequence sees its keys s <= t + S_b - T_b; out: optional (N, H, D) float32 C-contiguous array
-    to write into. Returns out."""
+    to write into; position_bias: a PositionBias or None (query t of a sequence at position
+    t + S_b - T_b, its keys at 0..S_b-1). Returns out."""
     q, k, v = _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)", 0)
     N, H, D = q.shape
     if k.shape[1] == 0 or H % k.shape[1]:
@@ -534,6 +556,7 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     else:
         _check_out(out, (N, H, D), q)
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
+    bias = _position_bias(position_bias, H, q)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
@@ -542,12 +565,12 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         _backend_for(q).attention(q[None], k[None], v[None], out[None],
                                   np.zeros(len(lens), np.int32),
                            starts, lens, k_starts, k_lens, None, bool(causal), scale,
-                           resolve_threads(threads))
+                           resolve_threads(threads), **bias)
     return out
 
 
 def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None, out=None,
-                     chunk=None, kv_index=None, threads=None, kv_rows=None):
+                     chunk=None, kv_index=None, threads=None, kv_rows=None, position_bias=None):
     """Attention of one new query per sequence against its KV cache (the decode step), split
     over keys across threads with a combine step (flash-decoding).
 
@@ -621,6 +644,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     else:
         _check_out(out, (B, H, D), q)
     n = resolve_threads(threads)
+    bias = _position_bias(position_bias, H, q)  # the query at lengths[b] - 1, keys at 0..
     if chunk is not None:  # more keys per item than S_max change nothing
         chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
@@ -637,7 +661,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     if B:
         _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
                                   np.ascontiguousarray(lengths, np.int32),
-                                  key_bias, out, scale, int(chunk), n, kv_rows)
+                                  key_bias, out, scale, int(chunk), n, kv_rows, **bias)
     return out
 
 
