@@ -257,3 +257,35 @@ def test_sentence_transformers_pooling_config(tmp_path, rng, flags, normalize):
         {"pooling_mode_weightedmean_tokens": True}))
     with pytest.raises(ValueError, match="not supported"):
         transformer.load(tmp_path)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_tiny_mpnet_matches_hf(tmp_path, rng, left):
+    """MPNet: relative position buckets inside the attention kernel, positions from
+    padding_idx + 1; ragged batches (right padding with the pad id, or left padding)."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg = hf.MPNetConfig(vocab_size=99, hidden_size=48, num_attention_heads=4,
+                         num_hidden_layers=2, intermediate_size=37, max_position_embeddings=300,
+                         relative_attention_num_buckets=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+    model = hf.MPNetModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    ids, mask, _ = _ragged_batch(rng, 4, 200, 99, left)  # distances beyond max_distance 128
+    ids = np.where(mask == 1, np.maximum(ids, 2), 1)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(ids),
+                     attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    if not left:  # HF's positions count pad ids, its relative distances columns: as ours here
+        assert np.abs(got[real] - want[real]).max() <= 1e-4
+    else:  # left padding: compare each sequence alone (HF counts its pad columns otherwise)
+        for b in range(len(ids)):
+            row = ids[b][real[b]][None]
+            with torch.no_grad():
+                alone = model(input_ids=torch.tensor(row)).last_hidden_state.numpy()[0]
+            assert np.abs(got[b][real[b]] - alone).max() <= 1e-4

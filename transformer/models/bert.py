@@ -15,7 +15,11 @@ from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes, sentence_transformers_pooling
 
 IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids", "lm_head.")
-PREFIXES = ("bert.", "roberta.")
+PREFIXES = ("bert.", "roberta.", "mpnet.")
+# {our layer name: HF name under encoder.layer.{i}.}, and the fused Q | K | V parts
+BERT_LAYOUT = {"out": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+               "ff1": "intermediate.dense", "ff2": "output.dense", "norm2": "output.LayerNorm",
+               "qkv": ("attention.self.", ("query", "key", "value"))}
 
 
 def config_from_hf(cfg, source="config.json", roberta=False):
@@ -42,8 +46,8 @@ def config_from_hf(cfg, source="config.json", roberta=False):
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
 
 
-def _hf_names(config):
-    """{our name: HF name} (HF names without the "bert." prefix)."""
+def _hf_names(config, layout):
+    """{our name: HF name} (HF names without the "bert." prefix) for a layer layout."""
     names = {"embeddings.word": "embeddings.word_embeddings.weight",
              "embeddings.position": "embeddings.position_embeddings.weight",
              "embeddings.token_type": "embeddings.token_type_embeddings.weight",
@@ -51,23 +55,20 @@ def _hf_names(config):
              "embeddings.norm.bias": "embeddings.LayerNorm.bias"}
     for i in range(config.n_layers):
         p, q = f"layers.{i}.", f"encoder.layer.{i}."
-        names.update({p + "out.weight": q + "attention.output.dense.weight",
-                      p + "out.bias": q + "attention.output.dense.bias",
-                      p + "norm1.weight": q + "attention.output.LayerNorm.weight",
-                      p + "norm1.bias": q + "attention.output.LayerNorm.bias",
-                      p + "ff1.weight": q + "intermediate.dense.weight",
-                      p + "ff1.bias": q + "intermediate.dense.bias",
-                      p + "ff2.weight": q + "output.dense.weight",
-                      p + "ff2.bias": q + "output.dense.bias",
-                      p + "norm2.weight": q + "output.LayerNorm.weight",
-                      p + "norm2.bias": q + "output.LayerNorm.bias"})
+        for ours, theirs in layout.items():
+            if ours != "qkv":
+                names.update({p + ours + ".weight": q + theirs + ".weight",
+                              p + ours + ".bias": q + theirs + ".bias"})
     return names
 
 
-def weights_from_hf(tensors, config, source="model.safetensors"):
+def weights_from_hf(tensors, config, source="model.safetensors", layout=BERT_LAYOUT,
+                    extra=None):
     """Map HF BERT tensors ({name: array}) to our names (transformer.models.encoder), fusing
-    query/key/value into one (3C, C) projection. Every shape is checked; raises WeightsError
-    listing missing, unexpected and mismatched tensors."""
+    query/key/value into one (3C, C) projection; layout: the per-layer HF names (BERT_LAYOUT,
+    or another family's); extra: {HF name: shape} of more tensors to check and return under
+    their HF names. Every shape is checked; raises WeightsError listing missing, unexpected
+    and mismatched tensors."""
     def canon(name):
         for prefix in PREFIXES:
             if name.startswith(prefix):
@@ -79,22 +80,24 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
     tensors = {canon(k): v for k, v in tensors.items()}
     ours = encoder_shapes(config)
-    names = _hf_names(config)
+    names = _hf_names(config, layout)
     C = config.d_model
     expected = {names[k]: s for k, s in ours.items() if k in names}
+    expected.update(extra or {})
+    where, parts = layout["qkv"]
     for i in range(config.n_layers):
-        for part in ("query", "key", "value"):
-            q = f"encoder.layer.{i}.attention.self.{part}."
+        for part in parts:
+            q = f"encoder.layer.{i}.{where}{part}."
             expected[q + "weight"] = (C, C)
             expected[q + "bias"] = (C,)
     found = check_tensors(tensors, expected, IGNORED, source)
     weights = {ours_name: found[hf] for ours_name, hf in names.items() if hf in found}
+    weights.update({hf: found[hf] for hf in extra or {}})
     for i in range(config.n_layers):
-        q = f"encoder.layer.{i}.attention.self."
-        weights[f"layers.{i}.qkv.weight"] = np.concatenate(
-            [found[q + p + ".weight"] for p in ("query", "key", "value")])
-        weights[f"layers.{i}.qkv.bias"] = np.concatenate(
-            [found[q + p + ".bias"] for p in ("query", "key", "value")])
+        q = f"encoder.layer.{i}.{where}"
+        for s in ("weight", "bias"):
+            weights[f"layers.{i}.qkv.{s}"] = np.concatenate([found[q + p + "." + s]
+                                                             for p in parts])
     return weights
 
 
@@ -119,13 +122,24 @@ class BertModel(EncoderModel):
     ROBERTA = False
 
     @classmethod
+    def hf_config(cls, config_dict, source):
+        """EncoderConfig of this family from an HF config dict."""
+        return config_from_hf(config_dict, source, cls.ROBERTA)
+
+    @classmethod
+    def hf_weights(cls, tensors, config, source):
+        """{our name: array} of this family from HF tensors (shapes checked)."""
+        return weights_from_hf(tensors, config, source)
+
+    @classmethod
     def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's BERT from `path` (model.safetensors, tokenizer.json optional).
-        Raises FileNotFoundError, WeightsError or ValueError with the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"), cls.ROBERTA)
+        """Load config.json's model from `path` (model.safetensors; tokenizer.json and a
+        sentence-transformers pooling config optional). Raises FileNotFoundError, WeightsError
+        or ValueError with the file and the problem."""
+        config = cls.hf_config(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, config.n_layers, source)
-        weights = weights_from_hf(tensors, config, source)
+        weights = cls.hf_weights(tensors, config, source)
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None
         if os.path.isfile(tok_path):

@@ -26,7 +26,9 @@ class EncoderConfig:
     True: pre-LN with a final LayerNorm), pad_token_id, position_start (None: a token's position
     id is its column in the batch, as BERT; an integer: its rank among its sequence's real
     tokens plus position_start, as RoBERTa's padding_idx + 1 in HF modeling_roberta.py
-    create_position_ids_from_input_ids).
+    create_position_ids_from_input_ids), relative_attention_num_buckets (0: none; else a learned
+    bidirectional relative position bias shared by the layers, MPNet) and
+    relative_attention_max_distance.
     Raises ValueError when a value is out of range or d_model is not a multiple of n_heads."""
 
     vocab_size: int
@@ -41,6 +43,8 @@ class EncoderConfig:
     pre_norm: bool = False
     pad_token_id: int = 0
     position_start: int = None
+    relative_attention_num_buckets: int = 0
+    relative_attention_max_distance: int = 128
 
     def __post_init__(self):
         check_positive(self, ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff",

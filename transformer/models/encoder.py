@@ -15,6 +15,7 @@ Our tensor names (what a family's name map produces), C = d_model, F = d_ff:
   layers.{i}.ff2.weight (C, F) / .bias (C)
   layers.{i}.norm2.weight / .bias (C)
   final_norm.weight / .bias (C)                 pre-LN only
+  position_bias.relative (H, num_buckets)       relative attention bias (MPNet) [optional]
 """
 import os
 
@@ -81,14 +82,18 @@ def encoder_shapes(config):
                        p + "norm2.weight": (C,), p + "norm2.bias": (C,)})
     if config.pre_norm:
         shapes.update({"final_norm.weight": (C,), "final_norm.bias": (C,)})
+    if config.relative_attention_num_buckets:
+        shapes["position_bias.relative"] = (config.n_heads, config.relative_attention_num_buckets)
     return shapes
 
 
-def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n):
+def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n,
+                   position_bias=None):
     """The L encoder blocks on packed rows h (N, C) with cu_seqlens cu (B+1,): self-attention and
     feed-forward, post-LN (norm after each residual add) or pre-LN (norm before each sub-layer,
     then `final_norm` when present). w: weights under `prefix` (module docstring names);
-    n: threads. Returns (N, C) float32."""
+    n: threads; position_bias: an ops.PositionBias shared by every layer, or None.
+    Returns (N, C) float32."""
     N, C = h.shape
     ctx = ops.array_module(h).empty((N, H, D), h.dtype)
     for i in range(n_layers):
@@ -96,7 +101,8 @@ def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, 
         x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
                            threads=n) if pre_norm else h
         qkv = ops.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"], threads=n).reshape(N, 3, H, D)
-        ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n)
+        ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n,
+                             position_bias=position_bias)
         a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
         if pre_norm:
             h = ops.add(h, a)
@@ -172,7 +178,19 @@ class EncoderModel(DeviceModel):
                           w.get("embeddings.token_type"), w.get("embeddings.norm.weight"),
                           w.get("embeddings.norm.bias"), eps, threads=n)
         return encoder_layers(w, "", cfg.n_layers, H, D, eps, cfg.activation, cfg.pre_norm, h, cu,
-                              n)
+                              n, self._position_bias())
+
+    def _position_bias(self):
+        """The relative attention bias of the layers (an ops.PositionBias), or None."""
+        table = self.weights.get("position_bias.relative")
+        if table is None:
+            return None
+        cached = getattr(self, "_position_bias_cache", None)
+        if cached is None or cached[0] is not table:
+            pb = ops.PositionBias.relative(to_numpy(table),
+                                           self.config.relative_attention_max_distance)
+            self._position_bias_cache = cached = (table, pb)
+        return cached[1]
 
     # -- public API -----------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, truncate=False):
