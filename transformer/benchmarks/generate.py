@@ -306,43 +306,6 @@ def token_agreement(out, ref, prompts, batch, reference):
 # Machine limit: read-only memory bandwidth (BLAS sgemv over a large matrix).
 # ---------------------------------------------------------------------------------------------
 
-class BandwidthProbe:
-    """Read-only memory bandwidth: y = A @ x over an A of `mib` MiB float32, BLAS pinned to n
-    threads, via NumPy's matmul and SciPy's sgemv; GB/s = bytes of A / seconds. Also a NumPy
-    copy of A's buffer (1 thread; read + write counted) for reference. measure() returns
-    {"sgemv_numpy", "sgemv_scipy", "copy_1thread"} in GB/s."""
-
-    def __init__(self, mib, threads, reps=5):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits
-        self.threads, self.reps = threads, reps
-        cols = 8192
-        rows = max(1, (mib << 20) // (4 * cols))
-        self.nbytes = 4 * rows * cols
-        self.a = np.full((rows, cols), 0.5, np.float32)          # C order: A @ x is an sgemv
-        self.x = np.ones(cols, np.float32)
-        self.y = np.empty(rows, np.float32)
-        self.dst = np.empty_like(self.a)
-        sgemv = scipy.linalg.blas.sgemv
-        # SciPy: a C-ordered (rows, cols) array is the Fortran (cols, rows) transpose; trans=1.
-        self.ops = {"sgemv_numpy": lambda: np.matmul(self.a, self.x, out=self.y),
-                    "sgemv_scipy": lambda: sgemv(1.0, self.a.T, self.x, trans=1)}
-        self.shape_text = f"({rows}x{cols}) float32, {self.nbytes / 2**20:.0f} MiB"
-
-    def _seconds(self, op):
-        op()
-        return statistics.median(harness.time_call(op) for _ in range(self.reps))
-
-    def measure(self):
-        """One measurement of each stream (see the class docstring)."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            out = {k: self.nbytes / self._seconds(op) / 1e9 for k, op in self.ops.items()}
-        out["copy_1thread"] = 2 * self.nbytes / self._seconds(
-            lambda: np.copyto(self.dst, self.a)) / 1e9
-        return out
-
-
 # ---------------------------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------------------------
