@@ -176,7 +176,8 @@ class FailedEngine:
         self.name, self.dtype, self.compute_type, self.error = name, dtype, dtype, error
 
     def fail(self, *args, **kwargs):
-        raise RuntimeError(f"failed to load:\n{self.error}")
+        """Raise the load error (its last line: the traceback went to the log)."""
+        raise RuntimeError(f"failed to load: {self.error.strip().splitlines()[-1]}")
 
     embedder = generator = translator = fail
 

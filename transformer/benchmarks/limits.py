@@ -297,6 +297,41 @@ def llc_bytes():
     return max(sizes) if sizes else None
 
 
+class DenseLimit:
+    """The limit of a model's dense (matmul) work at a compute type, measured once per round:
+    float32 and bfloat16: GemmProbe on the model's own shapes (sgemm GFLOP/s; bfloat16 is held
+    against float32's, there is no bfloat16 probe); int8: Int8Probe (int8 GOP/s, the same
+    operation count). measure() is the probe's; summarize(probes) gives the limit."""
+
+    def __init__(self, dtype, shapes, threads):
+        self.dtype = dtype
+        self.probe = Int8Probe(threads) if dtype == "int8" else GemmProbe(shapes, threads)
+        self.measure = self.probe.measure
+
+    def summarize(self, probes):
+        """From the rounds' measure() results: {"value" (G op/s, None without rounds), "label"
+        (for a row: "sgemm 120 GFLOP/s", "int8 300 GOP/s"), "text" (a sentence for the
+        summary), "per_round", and the probe's own figures}."""
+        out = {"value": None, "label": None, "text": None, "per_round": probes}
+        if not probes:
+            return out
+        if self.dtype == "int8":
+            v = statistics.median(p["int8_gops"] for p in probes)
+            out.update(value=v, label=f"int8 {v:.0f} GOP/s", source=self.probe.source,
+                       text=f"int8 {v:.1f} GOP/s ({self.probe.describe()})")
+            return out
+        sgemm, source, v = self.probe.roofline(probes)
+        threads = plural(self.probe.threads, "thread")
+        out.update(value=v, label=f"sgemm {v:.0f} GFLOP/s", source=source, sgemm=sgemm,
+                   shapes=self.probe.shape_text,
+                   text=f"sgemm {v:.1f} GFLOP/s ({source} float32 matmul, "
+                        f"{self.probe.shape_text} mix, {threads}; numpy "
+                        f"{sgemm['numpy']:.1f}, scipy {sgemm['scipy']:.1f})"
+                        + ("; bfloat16 is held against the float32 limit"
+                           if self.dtype == "bfloat16" else ""))
+        return out
+
+
 def limits_summary(probes):
     """Median over rounds of LimitProbe.measure() results, plus the limits themselves:
     "sgemm_gflops" (the faster of NumPy and SciPy), "copy_gbs" (the faster of 1 and n threads),
