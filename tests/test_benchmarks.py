@@ -1,8 +1,10 @@
-"""The benchmark harness (transformer.benchmarks): statistics, the agreement check that keeps a
-wrong peer from being timed, report rendering from a recorded results.json, the translate
-suite's token check and one run of it at the tiny size (with torch), the bench/*.py wrappers'
-command lines, and one smoke run of `transformer bench kernels --quick` at the tiny size. Runs
-with and without the peers installed (torch is used only when present)."""
+"""The benchmark package (transformer.benchmarks): statistics, the agreement check that keeps a
+wrong peer from being timed, the machine limits (int8 probe, copy on a footprint), the engine
+registry and its int8 peers, the GGUF writer for llama.cpp, report rendering from a recorded
+results.json, the suites' checks and tiny in-process runs (translate; encode and generate at
+int8 with transformer.load's dtype stubbed until the int8 kernels land), the command line, and
+one smoke run of `transformer bench kernels` at the tiny size. Runs with and without the peers
+installed (each is used only when present)."""
 import json
 import math
 import os
@@ -13,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from transformer.benchmarks import BenchConfig, harness, report
-from transformer.benchmarks import attention_memory, generate, translate
+from transformer.benchmarks import BenchConfig, engines, harness, limits, peers, report, stats
+from transformer.benchmarks import attention_memory, encode, generate, kernels, translate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,43 +36,43 @@ def bench(*args, check=True, timeout=120):
 # ---------------------------------------------------------------------------------------------
 
 def test_summarize_known_numbers():
-    s = harness.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
+    s = stats.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert (s["median"], s["min"], s["max"], s["mean"]) == (3.0, 1.0, 5.0, 3.0)
     assert (s["q1"], s["q3"], s["iqr"]) == (2.0, 4.0, 2.0)
     assert s["n"] == 5 and s["all"] == [3.0, 1.0, 2.0, 5.0, 4.0]
     assert s["spread"] == pytest.approx(4.0 / 3.0)
-    s = harness.summarize([1.0, 2.0, 3.0, 10.0])      # even count: interpolated quartiles
+    s = stats.summarize([1.0, 2.0, 3.0, 10.0])      # even count: interpolated quartiles
     assert s["median"] == 2.5 and s["q1"] == 1.75 and s["q3"] == 4.75
-    one = harness.summarize([0.5])
+    one = stats.summarize([0.5])
     assert one["median"] == one["q1"] == one["q3"] == 0.5 and one["iqr"] == one["spread"] == 0
     for bad in ([], [1.0, -1.0], [float("nan")]):
         with pytest.raises(ValueError):
-            harness.summarize(bad)
+            stats.summarize(bad)
 
 
 def test_ratio_and_growth_exponent():
-    assert harness.ratio(1.0, 2.0) == 2.0          # ours twice as fast
-    assert harness.ratio(None, 2.0) is None and harness.ratio(1.0, 0) is None
+    assert stats.ratio(1.0, 2.0) == 2.0          # ours twice as fast
+    assert stats.ratio(None, 2.0) is None and stats.ratio(1.0, 0) is None
     T = [128, 256, 512, 1024]
-    assert harness.loglog_slope(T, [t * t * 3.0 for t in T]) == pytest.approx(2.0)
-    assert harness.loglog_slope(T, [t * 0.5 for t in T]) == pytest.approx(1.0)
-    assert harness.loglog_slope([1], [1]) is None
+    assert stats.loglog_slope(T, [t * t * 3.0 for t in T]) == pytest.approx(2.0)
+    assert stats.loglog_slope(T, [t * 0.5 for t in T]) == pytest.approx(1.0)
+    assert stats.loglog_slope([1], [1]) is None
 
 
 def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
     calls = []
     items = [(name, (lambda n=name: calls.append(n)), 1) for name in "abc"]
-    times, probes = harness.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
+    times, probes = stats.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
     assert calls == list("abc" "bca" "cab")
     assert all(len(t) == 3 for t in times.values())
     assert len(probes) == 3 and all("cpu_steal" in p and p["x"] == 1.0 for p in probes)
     with pytest.raises(ValueError):
-        harness.interleaved_rounds(items, 0)
+        stats.interleaved_rounds(items, 0)
     # grouped: an engine's items back to back, whole engines rotated
     calls.clear()
     items = [((case, eng), (lambda k=(case, eng): calls.append(k)), 1)
              for case in (1, 2) for eng in ("x", "y")]
-    harness.interleaved_rounds(items, 2, group=lambda key: key[1])
+    stats.interleaved_rounds(items, 2, group=lambda key: key[1])
     assert calls == [(1, "x"), (2, "x"), (1, "y"), (2, "y"),
                      (1, "y"), (2, "y"), (1, "x"), (2, "x")]
 
@@ -78,12 +80,12 @@ def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
 def test_busy_machine_is_detected(monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: 100)
     # 10 s of all-CPU time: 5 s busy, of which 2 s ours; 0.1 s stolen
-    usage = harness.cpu_usage((0, 100, 1000, 0.0), (10, 600, 2000, 2.0))
+    usage = stats.cpu_usage((0, 100, 1000, 0.0), (10, 600, 2000, 2.0))
     assert usage["cpu_others"] == pytest.approx(0.3) and usage["cpu_steal"] == pytest.approx(0.01)
-    assert "other processes used 30%" in harness.busy_warning(usage)
-    assert harness.busy_warning({"cpu_others": 0.02, "cpu_steal": 0.01}) is None
-    assert harness.cpu_usage(None, None) == {} and harness.usage_text({}) == ""
-    assert "other processes 30%" in harness.usage_text(usage)
+    assert "other processes used 30%" in stats.busy_warning(usage)
+    assert stats.busy_warning({"cpu_others": 0.02, "cpu_steal": 0.01}) is None
+    assert stats.cpu_usage(None, None) == {} and stats.usage_text({}) == ""
+    assert "other processes 30%" in stats.usage_text(usage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +187,14 @@ def test_an_engine_raising_while_timed_is_reported_and_the_others_go_on():
 
 
 def test_gemm_probe_measures_the_mix_it_describes():
-    probe = harness.GemmProbe([(8, 16, 16)] * 3 + [(8, 16, 32)], threads=1, reps=1,
+    probe = limits.GemmProbe([(8, 16, 16)] * 3 + [(8, 16, 32)], threads=1, reps=1,
                               min_seconds=0)
     assert probe.shape_text == "3x (8x16)@(16x16) + (8x16)@(16x32)"
     assert probe.flops == 2.0 * 8 * 16 * (3 * 16 + 32)
     g = probe.measure()
     assert set(g) == {"numpy", "scipy"} and min(g.values()) > 0
     with pytest.raises(ValueError):
-        harness.GemmProbe([], threads=1)
+        limits.GemmProbe([], threads=1)
 
 
 class FakeReference:
@@ -226,13 +228,13 @@ def test_generate_check_tells_a_near_tie_from_a_wrong_result():
 
 def recorded_results():
     """A small results document as `transformer bench` writes it (schema transformer-bench/1)."""
-    def stats(med):
-        return harness.summarize([med * 0.9, med, med * 1.2])
+    def timing(med):
+        return stats.summarize([med * 0.9, med, med * 1.2])
 
     def row(engine, med, status="timed", ok=True, ref=False):
         return {"case": "softmax 256x1024", "group": "softmax", "engine": engine,
                 "status": status, "figures": [{"value": 2.0 / med, "unit": "GB/s"}]
-                if status == "timed" else [], "seconds": stats(med) if status == "timed"
+                if status == "timed" else [], "seconds": timing(med) if status == "timed"
                 else None, "ratio": (med / 1e-3) if status == "timed" else None,
                 "fraction_of_limit": 0.1 / med / 1e3 if status == "timed" else None,
                 "limit": "copy 20.0 GB/s",
@@ -342,8 +344,8 @@ def test_translate_batches_and_target_tokens():
     again = translate.make_batches(lengths, 2, seed=0, factor=1.5, fixed=4, vocab=100)
     assert np.array_equal(again[2]["input_ids"], batches[2]["input_ids"])   # seeded
     assert [b["max_new_tokens"] for b in again] == [4, 4, 4]
-    assert translate.target_tokens([5, 6, 0, 7, 99], pad=99) == [5, 6, 0]   # up to eos
-    assert translate.target_tokens([5, 6, 99, 99], pad=99) == [5, 6]        # padding dropped
+    assert engines.target_tokens([5, 6, 0, 7, 99], pad=99, eos=0) == [5, 6, 0]   # up to eos
+    assert engines.target_tokens([5, 6, 99, 99], pad=99, eos=0) == [5, 6]        # padding dropped
 
 
 class FakeScorer:
@@ -394,35 +396,15 @@ def test_translate_suite_tiny(tmp_path):
     assert rows["torch"]["agreement"]["is_reference"]
     assert rows["torch"]["ratio"] == pytest.approx(
         ours["figures"][0]["value"] / rows["torch"]["figures"][0]["value"])
-    if harness.package_version("ctranslate2") is None:
+    if limits.package_version("ctranslate2") is None:
         assert "ctranslate2" in suite["skipped"]
     md = report.render_suite("translate", suite)
-    assert ("| engine | target tokens/s | time s median (min-max) | target tokens | ratio "
-            "(transformer / engine) | fraction of sgemm roofline | identical to HF torch |") in md
+    assert ("| engine | compute type | target tokens/s | time s median (min-max) | target tokens "
+            "| ratio (transformer / engine) | fraction of sgemm") in md
+    assert "| identical to HF torch float32 |" in md
     assert "| case |" not in md                    # the generic rows table is left out
     assert "4/4 seq, 100.00% tokens" in md and "x (128x64)@(64x64)" in md
     assert any(n.startswith("target >= 2.0x torch") for n in suite["notes"])
-
-
-def wrapper(name, *args):
-    """Run bench/<name>.py with arguments (only the command line: none gets to the suite)."""
-    return subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
-def test_bench_wrappers_command_lines():
-    for name in ("encode", "generate", "translate"):
-        p = wrapper(name, "--help")
-        assert p.returncode == 0 and "--threads" in p.stdout and "--pause" in p.stdout
-        p = wrapper(name, "--peers", "torch,tensorflow")
-        assert p.returncode == 2 and "unknown peers ['tensorflow']" in p.stderr
-    help_text = wrapper("translate", "--help").stdout
-    for option in ("--rounds", "--batch-size", "--beams", "--target-factor", "--max-new-tokens",
-                   "--peers", "--sentences", "--max-sentences", "--workdir", "--seed", "--json",
-                   "--length-penalty"):
-        assert option in help_text
-    p = wrapper("translate", "--beams", "0")
-    assert p.returncode == 2 and "must be" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bench_cli_errors():
@@ -434,6 +416,21 @@ def test_bench_cli_errors():
     assert p.returncode == 2 and "unknown peers" in p.stderr
     p = bench("kernels", "--threads", "0", check=False)
     assert p.returncode == 2 and "positive integer" in p.stderr
+    p = bench("encode", "--dtype", "int4", check=False)
+    assert p.returncode == 2 and "invalid choice: 'int4'" in p.stderr
+    p = bench("--help")
+    for option in ("--dtype", "--sentences", "--sizes", "--peers", "llama.cpp"):
+        assert option in p.stdout
+
+
+def test_bench_config_from_the_command_line():
+    from transformer.benchmarks import PEERS, DTYPES, parse_config
+    assert PEERS == engines.peer_names() and DTYPES == engines.DTYPES   # one list, two views
+    cfg = parse_config(["generate", "--dtype", "int8", "--peers", "llama.cpp,torch",
+                        "--threads", "1", "--sentences", "s.txt"])
+    assert (cfg.dtype, cfg.peers, cfg.sentences, cfg.suites) == \
+        ("int8", ["llama.cpp", "torch"], "s.txt", ["generate"])
+    assert parse_config(["encode", "--threads", "1"]).dtype == "float32"
 
 
 def test_smoke_bench_kernels_quick_tiny(tmp_path):
@@ -449,7 +446,7 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     assert ours and all(r["status"] == "timed" and r["agreement"]["ok"] for r in ours)
     assert all(r["fraction_of_limit"] is not None and r["seconds"]["median"] > 0 for r in ours)
     assert {r["engine"] for r in suite["rows"]} >= {"transformer", "numpy"}
-    if harness.package_version("torch") is None:
+    if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
     assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
     assert results["machine"]["versions"]["transformer"]
