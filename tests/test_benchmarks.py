@@ -445,6 +445,10 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     ours = [r for r in suite["rows"] if r["engine"] == "transformer"]
     assert ours and all(r["status"] == "timed" and r["agreement"]["ok"] for r in ours)
     assert all(r["fraction_of_limit"] is not None and r["seconds"]["median"] > 0 for r in ours)
+    # each memory-bound figure is held against the copy bandwidth on its own footprint
+    copy_rows = [r for r in ours if r["limit"].startswith("copy")]
+    assert copy_rows and all(" on " in r["limit"] and "KiB" in r["limit"] for r in copy_rows)
+    assert any(k.startswith("copy_at_") for k in suite["limits"])
     assert {r["engine"] for r in suite["rows"]} >= {"transformer", "numpy"}
     if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
@@ -456,3 +460,214 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     assert "## Summary" in md and md.strip() in p.stdout       # the report also on stdout
     assert "[kernels " in p.stderr                              # progress on stderr
     assert math.isfinite(results["wall_s"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaging, machine limits, the engine registry, int8 peers, GGUF
+# ---------------------------------------------------------------------------------------------
+
+def test_sentences_ship_with_the_package():
+    path = pathlib.Path(encode.default_sentences())
+    assert path.is_file() and pathlib.Path(encode.__file__).parent in path.parents
+    assert len(encode.read_sentences(path)) == 256
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"transformer.benchmarks" = ["data/*.txt"]' in text
+
+
+def test_int8_probe_uses_our_kernel_when_there(monkeypatch):
+    from transformer import ops
+    monkeypatch.delattr(ops, "int8_gemm", raising=False)
+    fallback = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
+    assert fallback.fallback and "fallback" in fallback.describe()
+    assert fallback.measure()["int8_gops"] > 0
+    exact = lambda a, b, threads: a.astype(np.int32) @ b.T.astype(np.int32)   # noqa: E731
+    monkeypatch.setattr(ops, "int8_gemm", exact, raising=False)
+    ours = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
+    assert ours.source == "transformer int8_gemm" and not ours.fallback
+    monkeypatch.setattr(ops, "int8_gemm", lambda a, b, threads: exact(a, b, threads) + 1,
+                        raising=False)
+    with pytest.raises(RuntimeError, match="exact integer product"):
+        limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
+    monkeypatch.delattr(ops, "int8_gemm")
+    lim = limits.DenseLimit("int8", None, 1)
+    s = lim.summarize([{"int8_gops": 2.0}, {"int8_gops": 4.0}])
+    assert s["value"] == 3.0 and s["label"] == "int8 3 GOP/s" and "fallback" in s["text"]
+
+
+def test_copy_probe_holds_each_footprint():
+    probe = limits.CopyProbe(2, [4096, 1 << 16, 4096], reps=1, min_seconds=0)
+    try:
+        got = probe.measure()
+    finally:
+        probe.close()
+    assert sorted(got) == [4096, 1 << 16] and min(got.values()) > 0
+    assert kernels.footprint_text(3 << 20, llc=32 << 20) == "3 MiB, in cache"
+    assert kernels.footprint_text(64 << 20, llc=32 << 20) == \
+        "64 MiB, beyond the last-level cache"
+    with pytest.raises(ValueError):
+        limits.CopyProbe(1, [4])
+
+
+def test_weight_bytes_per_dtype():
+    cfg = dict(generate.GPT2_SMALL)
+    f32 = generate.weight_bytes(cfg, "float32")
+    assert f32 == 4 * generate.model_params(cfg) == 4 * 124439808
+    assert 0.25 < generate.weight_bytes(cfg, "int8") / f32 < 0.27       # + scales, + F32 rest
+    assert 0.5 < generate.weight_bytes(cfg, "bfloat16") / f32 < 0.51
+
+
+class StubEngine(engines.Engine):
+    """A registry entry for the loading test: its constructor raises what it is given."""
+    tasks = ("encode",)
+
+    def __init__(self, setup, error=None):
+        super().__init__(setup)
+        if error is not None:
+            raise error
+        self.version = "stub"
+
+
+def test_load_engines_reports_failures_and_skips(monkeypatch):
+    import transformer
+
+    def stub(name, error):
+        cls = type(f"Stub{len(name)}", (StubEngine,), {"name": name})
+        return lambda setup: cls(setup, error)
+    monkeypatch.setattr(engines, "REGISTRY", {
+        "transformer": engines.TransformerEngine, "torch": stub("torch", ImportError("no torch")),
+        "a": stub("a", None), "b": stub("b", engines.Unsupported("no int8 on this CPU")),
+        "c": stub("c", RuntimeError("conversion broke")), "d": stub("d", None)})
+    monkeypatch.setattr(engines, "TorchEngine", engines.REGISTRY["torch"])
+
+    def refuse(path, dtype=None, threads=None):
+        raise ValueError("the CPU backend runs float32 only")
+    monkeypatch.setattr(transformer, "load", refuse)
+    loaded, reference, skipped = engines.load_engines(
+        engines.Setup("encode", "dir", 1, "int8"), ["torch", "a", "b", "c"])
+    assert reference is None and [e.name for e in loaded] == ["transformer", "a"]
+    assert skipped == {"torch": "not installed (no torch)", "b": "no int8 on this CPU",
+                       "c": "setup failed: RuntimeError: conversion broke"}
+    with pytest.raises(RuntimeError, match="failed to load: ValueError: the CPU backend"):
+        loaded[0].embedder([])
+    rows, _ = harness.compare_engines([engines.Bound(loaded[0], lambda e, c: e.embedder(c))],
+                                      [1], None, 1)
+    assert rows[0]["status"] == "error" and "float32 only" in rows[0]["note"]
+
+
+def float32_load(monkeypatch):
+    """transformer.load with dtype ignored (float32), until the int8/bf16 CPU kernels land."""
+    import transformer
+    real = transformer.load
+    monkeypatch.setattr(transformer, "load",
+                        lambda path, dtype=None, **kw: real(path, **kw))
+
+
+def test_encode_peers_at_int8(tmp_path, monkeypatch):
+    """Every encode peer at int8 on a tiny random BERT: torch dynamic int8 and ONNX Runtime's
+    quantize_dynamic, each checked against the float32 reference (our engine stubbed to
+    float32)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=8000, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128)
+    model_dir = tmp_path / "bert-tiny"
+    transformers.BertModel(cfg).eval().save_pretrained(model_dir)
+    float32_load(monkeypatch)
+    setup = engines.Setup("encode", str(model_dir), 1, "int8", str(tmp_path / "work"))
+    loaded, reference, skipped = engines.load_engines(setup, ["torch", "onnxruntime"])
+    ids = np.random.default_rng(0).integers(1000, 8000, (3, 7))
+    batch = [{"input_ids": ids, "attention_mask": np.ones_like(ids),
+              "token_type_ids": np.zeros_like(ids)}]
+    expected = reference.embedder(batch)()
+    for e in loaded:
+        a = encode.check(e.embedder(batch)(), expected, "int8")
+        assert a["ok"] and a["mean_cosine"] > 0.9, (e.name, a)
+    by = {e.name: e for e in loaded}
+    assert by["torch"] is not reference and by["torch"].compute_type == "int8"
+    assert any("quantize_dynamic" in n for n in by["torch"].notes)
+    if "onnxruntime" in by:
+        assert (tmp_path / "work").glob("*/model-int8.onnx")
+        assert any("QInt8" in n for n in by["onnxruntime"].notes)
+    else:
+        assert "onnxruntime" in skipped
+
+
+def test_encode_check_tolerance_by_dtype():
+    def at_cosine(c):                                     # unit rows at cosine c to [1, 0]
+        return np.array([[c, np.sqrt(1 - c * c)]] * 3)
+    ref = at_cosine(1.0)
+    assert not encode.check(at_cosine(0.998), ref, "float32")["ok"]
+    a = encode.check(at_cosine(0.998), ref, "int8")
+    assert a["ok"] and not a.get("below_tolerance")
+    b = encode.check(at_cosine(0.95), ref, "int8")
+    assert b["ok"] and b["below_tolerance"] and "under the 0.99" in encode.accuracy_text(b)
+    assert not encode.check(-ref, ref, "int8")["ok"]      # a wrong result is still refused
+
+
+def test_generate_check_at_int8_reports_divergences_and_times():
+    prompts = {2: np.zeros((2, 3), np.int64)}
+    ref = (np.array([[1, 2, 3], [4, 5, 6]]), None)
+    diverged = (np.array([[1, 2, 3], [4, 9, 9]]), None)
+    a = generate.token_agreement(diverged, ref, prompts, 2, FakeReference(2.5), "int8")
+    assert a["ok"] and "int8: reported" in a["text"]
+    assert generate.accuracy_text(a) == "66.7% tokens identical, 1 sequences whole"
+    bad = generate.token_agreement((ref[0][:, :2], "returned shape (2, 2)"), ref, prompts, 2,
+                                   None, "int8")
+    assert not bad["ok"]
+
+
+def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
+    """The generate suite at int8 in-process on the tiny GPT-2: our engine (stubbed to float32),
+    torch dynamic int8 (Conv1D made Linear), CTranslate2 int8 and llama.cpp (or its skip)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    float32_load(monkeypatch)
+    level = generate.LEVELS["tiny"]
+    suite = generate.run_generate(1, 1, [1, 2], 4, 4, ["torch", "ctranslate2", "llama.cpp"],
+                                  str(tmp_path), bw_mib=4, pause=0, model=level["model"],
+                                  dtype="int8")
+    rows = {(r["engine"], r["batch"]): r for r in suite["rows"]}
+    ours = rows[("transformer", 1)]
+    assert ours["status"] == "timed" and ours["accuracy"].startswith("100.0% tokens identical")
+    assert rows[("torch", 1)]["compute_type"] == "int8" and rows[("torch", 1)]["seconds"]
+    assert suite["config"]["weight_bytes"] < 0.5 * 4 * suite["config"]["n_params"]
+    if limits.package_version("ctranslate2"):
+        assert rows[("ctranslate2", 2)]["status"] == "timed"
+    if limits.package_version("llama_cpp_python") is None:
+        assert suite["skipped"]["llama.cpp"].startswith("not installed")
+    else:
+        assert rows[("llama.cpp", 2)]["status"] == "n/a"          # one sequence at a time
+    md = report.render_suite("generate", suite)
+    assert "| compute type |" in md and "| accuracy against float32 |" in md
+    assert "Weights read per decode step at int8" in md
+
+
+def test_gguf_written_from_the_same_weights(tmp_path):
+    """The llama.cpp GGUF of the tiny GPT-2: llama.cpp's tensor names and shapes, F32 / Q8_0 /
+    BF16 matrices that dequantize to the safetensors weights (transposed), F32 norms."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+    level = generate.LEVELS["tiny"]
+    model_dir, _ = generate.ensure_model(str(tmp_path), *level["model"])
+    w = load_file(os.path.join(model_dir, "model.safetensors"))
+    hf = w["transformer.h.1.mlp.c_fc.weight"].T                     # (out, in)
+    for dtype, kind, tol in (("float32", "F32", 0), ("int8", "Q8_0", 5e-3),   # Q8_0: half a step of max/127
+                             ("bfloat16", "BF16", 1e-2)):
+        path = str(tmp_path / f"m-{kind}.gguf")
+        assert kind in peers.write_gpt2_gguf(model_dir, path, dtype)
+        reader = gguf.GGUFReader(path)
+        tensors = {t.name: t for t in reader.tensors}
+        assert len(tensors) == 2 + 12 * 2 + 2
+        assert "output.weight" not in tensors                        # tied to token_embd
+        t = tensors["blk.1.ffn_up.weight"]
+        assert t.tensor_type.name == kind and t.shape.tolist() == [64, 256]   # ggml ne
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(hf.shape)
+        assert np.abs(got - hf).max() <= tol * np.abs(hf).max() + 1e-12
+        assert tensors["output_norm.bias"].tensor_type.name == "F32"
+        arch = reader.fields["general.architecture"]
+        assert bytes(arch.parts[arch.data[0]]).decode() == "gpt2"
+    with pytest.raises(ValueError, match="no GGUF type"):
+        peers.write_gpt2_gguf(model_dir, str(tmp_path / "x.gguf"), "int4")

@@ -534,9 +534,8 @@ def load_engines(setup, peers, tag="bench"):
         engines.append(FailedEngine(ENGINE, setup.dtype, traceback.format_exc()))
         log(f"ERROR: {ENGINE} failed to load:\n{engines[0].error}", tag)
 
-    def attempt(name, make):
-        log(f"loading {name}" + ("" if name == "torch (reference)" else f" ({setup.dtype})"),
-            tag)
+    def attempt(name, make, dtype=setup.dtype):
+        log(f"loading {name} ({dtype})", tag)
         try:
             return make()
         except ImportError as e:
@@ -548,7 +547,8 @@ def load_engines(setup, peers, tag="bench"):
         return None
 
     reference = attempt("torch", lambda: TorchEngine(dataclasses.replace(setup,
-                                                                         dtype="float32")))
+                                                                         dtype="float32")),
+                        "float32, the reference")
     for name in peer_names():
         if name not in peers:
             continue

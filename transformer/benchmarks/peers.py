@@ -344,5 +344,6 @@ def write_gpt2_gguf(model_dir, path, dtype):
     w.write_tensors_to_file()
     w.close()
     os.replace(path + ".tmp", path)
-    return (f"GGUF written with gguf {getattr(gguf, '__version__', '')} from {model_dir}: "
+    from .limits import package_version
+    return (f"GGUF written with gguf {package_version('gguf')} from {model_dir}: "
             f"matrices {GGUF_TYPES[dtype]}, norms, biases and position embeddings F32")
