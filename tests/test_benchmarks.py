@@ -654,7 +654,8 @@ def test_gguf_written_from_the_same_weights(tmp_path):
     model_dir, _ = generate.ensure_model(str(tmp_path), *level["model"])
     w = load_file(os.path.join(model_dir, "model.safetensors"))
     hf = w["transformer.h.1.mlp.c_fc.weight"].T                     # (out, in)
-    for dtype, kind, tol in (("float32", "F32", 0), ("int8", "Q8_0", 5e-3),   # Q8_0: half a step of max/127
+    # Q8_0: half a step of max/127 per block of 32
+    for dtype, kind, tol in (("float32", "F32", 0), ("int8", "Q8_0", 5e-3),
                              ("bfloat16", "BF16", 1e-2)):
         path = str(tmp_path / f"m-{kind}.gguf")
         assert kind in peers.write_gpt2_gguf(model_dir, path, dtype)

@@ -230,8 +230,8 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
         log(warning, TAG)
     limit_runs.append(probe.measure())
     probe.close()
-    limits = limits.limits_summary(limit_runs)
-    sgemm = limits.get("sgemm_gflops")
+    lim = limits.limits_summary(limit_runs)
+    sgemm = lim.get("sgemm_gflops")
 
     rows = []
     for T in Ts:
@@ -341,7 +341,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                          "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
                          "series": {ENGINE: time_series(ENGINE), NAIVE: time_series(NAIVE)},
                          "logx": True, "logy": True}],
-            "skipped": {}, "notes": notes, "limits": limits,
+            "skipped": {}, "notes": notes, "limits": lim,
             "growth_exponents": {f"{impl} {what}": s for (impl, what), s in slopes.items()},
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
             "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,

@@ -2,13 +2,13 @@
 
 What is measured
 ----------------
-The sentences (default `transformer/benchmarks/data/sentences.txt`, shipped with the package, 256
-real sentences; --quick: the first 64)
-are tokenised once, with the model's tokenizer.json (transformer.tokenizer.Tokenizer), into batches of each batch size in the file's
-order (each batch padded to its longest sentence). Every engine gets exactly those int64 token
-batches and returns L2-normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2 style):
+The sentences (default `transformer/benchmarks/data/sentences.txt`, shipped with the package,
+256 real sentences; --quick: the first 64) are tokenised once, with the model's tokenizer.json
+(transformer.tokenizer.Tokenizer), into batches of each batch size in the file's order (each
+batch padded to its longest sentence). Every engine gets exactly those int64 token batches and
+returns L2-normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2 style):
 
-  transformer   `transformer.load(dir, threads=n).embed(**batch)` (this project)
+  transformer   `transformer.load(dir, dtype=dtype, threads=n).embed(**batch)` (this project)
   torch         Hugging Face transformers `AutoModel` in PyTorch eager mode (its default attention
                 implementation), `torch.set_num_threads(n)`; mean pooling + L2 norm in NumPy
   onnxruntime   the same model exported to ONNX (dynamic batch/sequence axes), run with

@@ -400,7 +400,8 @@ def package_version(name):
         return None
 
 
-PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib")
+PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
+                      "gguf", "llama_cpp_python")
 
 
 def machine_info(threads):

