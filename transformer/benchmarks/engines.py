@@ -507,6 +507,7 @@ class LlamaCppEngine(Engine):
 
         def fn():
             out = []
+            self.llm.reset()            # no KV-cache reuse of the previous call's prompt
             for tok in self.llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0,
                                          repeat_penalty=1.0, reset=True):
                 out.append(tok)

@@ -273,6 +273,23 @@ class StandInMarianTokenizer:
 GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "bfloat16": "BF16"}
 
 
+def gguf_vocabulary(vocab_size):
+    """Token strings for llama.cpp's GPT-2 BPE vocabulary of a random model: GPT-2's byte-level
+    symbols for the first 256 ids (so any text llama.cpp tokenizes at load, e.g. its newline
+    probe, has tokens), "<i>" for the rest, "<|endoftext|>" for the last id (bos = eos)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+            *range(ord("\xae"), ord("\xff") + 1)]
+    symbol, extra = {}, 0
+    for b in range(256):                 # GPT-2's bytes_to_unicode
+        if b in keep:
+            symbol[b] = chr(b)
+        else:
+            symbol[b] = chr(256 + extra)
+            extra += 1
+    tokens = [symbol[i] if i < 256 else f"<{i}>" for i in range(vocab_size - 1)]
+    return tokens + ["<|endoftext|>"]
+
+
 def gpt2_gguf_tensors(state, n_layer):
     """GPT-2 weights of an HF state dict (name -> float32 NumPy array) under llama.cpp's names
     for the "gpt2" architecture, as (name, array, is_matrix): HF's Conv1D weights (in, out) are
@@ -300,9 +317,8 @@ def write_gpt2_gguf(model_dir, path, dtype):
     """Write the GPT-2 directory's weights (model.safetensors, config.json) as a llama.cpp GGUF
     file at `path` for `dtype`: "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32
     weights with one scale each), "bfloat16" BF16, for the matrices; norms, biases and position
-    embeddings stay F32. The vocabulary is the stand-in one of the CTranslate2 conversion
-    ("<0>".."<V-2>", "<|endoftext|>" = bos = eos), as a GPT-2 BPE vocabulary with one merge (a
-    random model has no tokenizer; ids go in and come out directly). Returns a note. Raises
+    embeddings stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one
+    merge): a random model has no tokenizer; ids go in and come out directly. Returns a note. Raises
     ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 cannot
     hold (not a multiple of 32)."""
     import gguf
@@ -326,12 +342,12 @@ def write_gpt2_gguf(model_dir, path, dtype):
     w.add_layer_norm_eps(cfg.get("layer_norm_epsilon", 1e-5))
     w.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "int8": gguf.LlamaFileType.MOSTLY_Q8_0,
                      "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-    tokens = StandInGPT2Tokenizer(V).get_vocab()
+    tokens = gguf_vocabulary(V)
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(sorted(tokens, key=tokens.get))
+    w.add_token_list(tokens)
     w.add_token_types([gguf.TokenType.NORMAL] * (V - 1) + [gguf.TokenType.CONTROL])
-    w.add_token_merges(["< 0"])
+    w.add_token_merges(["\u0120 t"])           # GPT-2's first merge ("Ġ t")
     w.add_bos_token_id(V - 1)
     w.add_eos_token_id(V - 1)
     for name, arr, matrix in gpt2_gguf_tensors(state, L):

@@ -251,11 +251,13 @@ def headline(results):
         by_case = {}
         for r in suite.get("rows", []):
             by_case.setdefault(r["case"], {})[r["engine"]] = r
+        dtype = suite.get("config", {}).get("dtype", "float32")
+        label = name if dtype == "float32" else f"{name} ({dtype})"
         for case, engines in by_case.items():
             ours = engines.get(ENGINE)
             if ours is None:
                 continue
-            cells = [name, case, fmt_figures(ours.get("figures")[:1]) if ours.get("seconds")
+            cells = [label, case, fmt_figures(ours.get("figures")[:1]) if ours.get("seconds")
                      and ours.get("figures") else ours.get("status", "-"),
                      fmt_pct(ours.get("fraction_of_limit"))]
             for p in peers:
