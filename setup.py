@@ -26,7 +26,7 @@ if os.environ.get("TRANSFORMER_NATIVE") == "1":
 extensions = [
     Extension(
         "transformer._cpu",
-        sources=["csrc/cpu/_cpu.pyx", "csrc/cpu/kernels.c"],
+        sources=["csrc/cpu/_cpu.pyx", "csrc/cpu/kernels.c", "csrc/cpu/gemm.c"],
         include_dirs=["csrc/cpu"],
         extra_compile_args=compile_args,
         define_macros=[("TRANSFORMER_BUILD_FLAGS", '"%s"' % " ".join(compile_args))],

@@ -4,7 +4,6 @@
     model = transformer.load("path/to/all-MiniLM-L6-v2")
     emb = model.embed_texts(["Hello world"])        # (1, 384) float32, L2-normalised
 """
-import json
 import os
 
 __version__ = "0.1.0"
@@ -21,8 +20,12 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
 
     device: "cpu" or "cuda" (needs CuPy: the cuda12 / cuda13 extras, and a GPU; every family
     runs there: encoders, decoders with their KV cache, encoder-decoders with beam search);
-    dtype: None (float32), "float32", or on the GPU "float16" / "bfloat16"; threads: CPU kernel
-    threads (default OMP_NUM_THREADS, else every core available). Returns the family's model
+    dtype: None (float32), "float32"; on the CPU "int8" (CTranslate2's int8: every linear
+    layer and word-embedding table int8 with one scale per row, activations quantized per row
+    before each product, int32 accumulation, float32 out; a CTranslate2 int8 directory is taken
+    as stored) or "bfloat16" (those weights in bf16, float32 accumulation); on the GPU
+    "float16" / "bfloat16"; threads: CPU kernel threads (default OMP_NUM_THREADS, else every
+    core available). Returns the family's model
     object (e.g. transformer.models.bert.BertModel), its weights on `device`; on "cuda" its
     outputs are CuPy arrays (transformer.device.to_numpy gives NumPy).
     Raises FileNotFoundError for a missing path or file, ValueError for an unknown family, bad
@@ -32,13 +35,13 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     from .device import check
 
     device, dtype = check(device, dtype)
-    model = _load(os.fspath(path), threads, tokenizer)
-    if device == "cpu":
+    model = _load(os.fspath(path), threads, tokenizer, dtype if device == "cpu" else "float32")
+    if device == "cpu" and dtype == "float32":
         return model
     return model.to(device, dtype)  # ValueError for a family that does not run on the device
 
 
-def _load(path, threads, tokenizer):
+def _load(path, threads, tokenizer, dtype):
     from .models import family_for
 
     if os.path.isfile(path):
@@ -50,13 +53,10 @@ def _load(path, threads, tokenizer):
     if os.path.isfile(os.path.join(path, "model.bin")) and not os.path.isfile(
             os.path.join(path, "model.safetensors")):
         from .models.ctranslate2 import CTranslate2Model
-        return CTranslate2Model.from_directory(path, threads=threads)
+        return CTranslate2Model.from_directory(path, threads=threads, dtype=dtype)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config_dict = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})")
+    from .models._hf import read_json
+    config_dict = read_json(config_path, "JSON object (the model's config)")
     family = family_for(config_dict, config_path)
     return family.from_pretrained(path, config_dict, threads=threads)

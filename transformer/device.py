@@ -1,31 +1,54 @@
-"""Where a model's weights live and in which dtype: device "cpu" (NumPy float32, csrc/cpu) or
-"cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or bfloat16. CuPy has no
-bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns (transformer.ops)."""
+"""Where a model's weights live and in which dtype: device "cpu" (csrc/cpu) in float32, int8 or
+bfloat16, or "cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or bfloat16.
+
+On the CPU, int8 and bfloat16 are compute types of the matrix products: every linear weight and
+the word-embedding tables are packed once (transformer.ops.packed.PackedWeight), everything else
+(norms, biases, position tables, activations, attention, the KV cache) stays float32.
+On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns
+(transformer.ops)."""
 import numpy as np
 
+from .ops.packed import PackedWeight
+
 DEVICES = ("cpu", "cuda")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = {"cpu": ("float32", "int8", "bfloat16"), "cuda": ("float32", "float16", "bfloat16")}
 
 
 def check(device, dtype):
     """(device, dtype) validated, dtype defaulting to "float32". Raises ValueError for an unknown
-    device or dtype (the CPU runs float32 only) and RuntimeError when device="cuda" but CuPy or a
-    GPU is missing (the message says what to install)."""
+    device or a dtype the device does not run (CPU: float32, int8, bfloat16; GPU: float32,
+    float16, bfloat16) and RuntimeError when device="cuda" but CuPy or a GPU is missing (the
+    message says what to install)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     dtype = "float32" if dtype is None else dtype
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {DTYPES} (or None for float32), got {dtype!r}")
-    if device == "cpu" and dtype != "float32":
-        raise ValueError(f"the CPU backend runs float32 only, got dtype={dtype!r}")
+    if dtype not in DTYPES[device]:
+        raise ValueError(f"dtype on device={device!r} must be one of {DTYPES[device]} (or None "
+                         f"for float32), got {dtype!r}")
     if device == "cuda":
         from .ops import cuda
         cuda.cupy()  # RuntimeError naming the missing piece
     return device, dtype
 
 
+def packs(name, a):
+    """True for a weight that a CPU int8 / bfloat16 model packs: a 2-D tensor named
+    "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
+    gathered from the packed rows; tied to the LM head it stays one array)."""
+    return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
+                                           or name.endswith("embeddings.word"))
+
+
+def host_weights(weights):
+    """{name: weight} with every array as C-contiguous float32 on the host, PackedWeights as
+    they are (a model's __init__; tied arrays stay one object)."""
+    return {k: v if isinstance(v, PackedWeight) else np.ascontiguousarray(v, np.float32)
+            for k, v in weights.items()}
+
+
 def to_device(a, device, dtype="float32"):
-    """A host float array as a contiguous array of `device` in `dtype`."""
+    """A host float array (or PackedWeight, dequantized) as a contiguous array of `device` in
+    `dtype`; on the CPU float32 whatever the dtype (see `packs` for what the CPU packs)."""
     a = np.ascontiguousarray(a, dtype=np.float32)
     if device == "cpu":
         return a
@@ -54,15 +77,22 @@ class DeviceModel:
 
     def to(self, device, dtype=None):
         """Move the weights to device ("cpu" or "cuda") in dtype (default float32); returns self.
+        On the CPU, dtype "int8" / "bfloat16" packs the linear weights and word embeddings
+        (`packs`; int8 quantized per row, CTranslate2's int8) and keeps the rest float32.
         Tensors shared between names (tied embeddings and LM head) stay shared.
-        Raises ValueError for a device this family does not run on, RuntimeError without CuPy or
-        a GPU."""
+        Raises ValueError for a device this family does not run on or a dtype the device does
+        not run, RuntimeError without CuPy or a GPU."""
         device, dtype = check(device, dtype)
         if device not in self.DEVICES:
             raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
         moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        for v in self.weights.values():
-            if id(v) not in moved:
+        pack = device == "cpu" and dtype != "float32"
+        for k, v in self.weights.items():
+            if id(v) in moved:
+                continue
+            if pack and packs(k, v):
+                moved[id(v)] = PackedWeight.pack(v, dtype)
+            else:
                 moved[id(v)] = to_device(to_numpy(v), device, dtype)
         self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
         self.device, self.dtype = device, dtype
@@ -73,10 +103,10 @@ class DeviceModel:
         """Hook: refresh tables derived from the weights after `to`."""
 
     def _output(self, x):
-        """A float output as returned to the user: x itself (NumPy float32 on the CPU; CuPy
-        float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to
+        """A float output as returned to the user: x itself (NumPy float32 on the CPU whatever
+        the compute type; CuPy float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to
         CuPy float32."""
-        if self.dtype == "bfloat16":
+        if self.device == "cuda" and self.dtype == "bfloat16":
             from .ops import cuda
             return cuda.to_float32(x)
         return x

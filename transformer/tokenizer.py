@@ -1,5 +1,4 @@
 """Text to input_ids through a Hugging Face tokenizer.json (the `tokenizers` library)."""
-import json
 import os
 
 import numpy as np
@@ -23,8 +22,10 @@ class Tokenizer:
             self._tok = _HFTokenizer.from_file(path)
         except Exception as e:
             raise ValueError(f"cannot read tokenizer {path}: {e}")
-        with open(path, encoding="utf-8") as f:
-            padding = json.load(f).get("padding") or {}
+        from .models._hf import read_json
+        padding = read_json(path).get("padding") or {}
+        if not isinstance(padding, dict):
+            raise ValueError(f"{path}: padding must be a JSON object, got {padding!r}")
         self.max_length = int(max_length)
         self._tok.enable_truncation(self.max_length)
         self._tok.enable_padding(pad_id=padding.get("pad_id", 0),
@@ -34,7 +35,8 @@ class Tokenizer:
     def __call__(self, texts):
         if isinstance(texts, str):
             texts = [texts]
-        enc = self._tok.encode_batch(list(texts))
+        texts = [check_text(t) for t in texts]
+        enc = self._tok.encode_batch(texts)
         return {"input_ids": np.array([e.ids for e in enc], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
                 "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
@@ -42,8 +44,35 @@ class Tokenizer:
     def encode(self, text):
         """Token ids (list of int) of one text, special tokens added as the tokenizer's
         post-processor says (e.g. [CLS] ... [SEP], or a BOS)."""
-        return self._tok.encode(text).ids
+        return self._tok.encode(check_text(text)).ids
 
     def decode(self, ids):
-        """Text of a sequence of token ids (special tokens skipped)."""
-        return self._tok.decode(list(map(int, ids)))
+        """Text of a sequence of token ids (special tokens skipped). Raises IndexError for an id
+        outside [0, vocabulary size)."""
+        return self._tok.decode(check_ids(ids, self._tok.get_vocab_size()))
+
+
+def check_text(text, name="text"):
+    """text itself when it is a str that can be encoded as UTF-8; else TypeError / ValueError
+    naming `name` (bytes, None, or lone surrogates from undecodable input)."""
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{name} is not valid Unicode text ({e.reason} at character "
+                         f"{e.start}; undecodable input bytes?)")
+    return text
+
+
+def check_ids(ids, vocab_size, name="ids"):
+    """ids as a list of int in [0, vocab_size), or an IndexError / TypeError naming `name`."""
+    a = np.asarray(ids)
+    if a.size == 0:
+        return []
+    if not np.issubdtype(a.dtype, np.integer) or a.ndim != 1:
+        raise TypeError(f"{name} must be a 1-D sequence of integers, got {a.dtype} {a.shape}")
+    if a.min() < 0 or a.max() >= vocab_size:
+        raise IndexError(f"{name} must lie in [0, {vocab_size}), got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return a.tolist()

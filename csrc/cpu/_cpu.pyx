@@ -10,6 +10,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
+from libc.stdint cimport int8_t, int32_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm
 
 from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU,
@@ -17,6 +18,10 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
                       tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge)
+from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16,
+                   tf_gemm_best_variant, tf_pack_int8, tf_pack_bf16, tf_unpack_row_int8,
+                   tf_unpack_row_bf16, tf_quantize_row_int8, tf_round_row_bf16, tf_gemm_int8_raw,
+                   tf_gemm_int8, tf_gemm_bf16)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
@@ -424,3 +429,144 @@ def beam_topk(const float[:, ::1] logits,       # IN  (R, V), R = B * num_beams
             for j in range(num_beams):
                 tf_topk_merge(&row_vals[b * num_beams + j, 0], &row_idx[b * num_beams + j, 0],
                               k, k, &vals[b, 0], &idx[b, 0], &count)
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed int8 / bfloat16 products (gemm.c; layouts in gemm.h)
+# ---------------------------------------------------------------------------------------------
+
+GEMM_VARIANTS = {"portable": TF_GEMM_PORTABLE, "avx2": TF_GEMM_AVX2, "avx512": TF_GEMM_AVX512}
+GEMM_KINDS = {"int8": TF_INT8, "bfloat16": TF_BF16}
+cdef enum:
+    PANEL = 64       # outputs per work item (the packed panel)
+    ROW_CHUNK = 48   # rows per work item when there are fewer panels than 2 per thread
+
+
+def best_gemm_variant(str kind):
+    """Name of the fastest variant of the `kind` ("int8" / "bfloat16") product this CPU runs."""
+    cdef int v = tf_gemm_best_variant(GEMM_KINDS[kind])
+    return {TF_GEMM_PORTABLE: "portable", TF_GEMM_AVX2: "avx2", TF_GEMM_AVX512: "avx512"}[v]
+
+
+def pack_int8(const int8_t[:, ::1] w,        # IN  (O, K) int8
+              int8_t[::1] packed,             # OUT (O64 * K4) the int8 layout
+              int32_t[::1] comp):             # OUT (O64) 128 * row sums
+    """Pack quantized weights for tf_gemm_int8."""
+    with nogil:
+        tf_pack_int8(&w[0, 0], w.shape[0], w.shape[1], &packed[0], &comp[0])
+
+
+def pack_bf16(const uint16_t[:, ::1] w,     # IN  (O, K) bf16 bits
+              uint16_t[::1] packed):         # OUT (O64 * K2) the bf16 layout
+    """Pack bf16 weights for tf_gemm_bf16."""
+    with nogil:
+        tf_pack_bf16(&w[0, 0], w.shape[0], w.shape[1], &packed[0])
+
+
+def unpack_rows(str kind,
+                const unsigned char[::1] packed,   # IN  the packed bytes of an (O, K) matrix
+                const float[::1] inv_scale,        # IN  (O64) 1 / row scale (int8) or None
+                const long[::1] rows,              # IN  (N) row indices < O
+                float[:, ::1] out,                 # OUT (N, K) float32
+                int n_threads):
+    """out[i] = row rows[i] of a packed matrix, dequantized (the embedding gather of a packed
+    table)."""
+    cdef int N = out.shape[0], K = out.shape[1], i
+    cdef int k_int8 = GEMM_KINDS[kind] == TF_INT8
+    with nogil:
+        for i in prange(N, schedule="static", num_threads=n_threads):
+            if k_int8:
+                tf_unpack_row_int8(<const int8_t *>&packed[0], K, <int>rows[i],
+                                   inv_scale[rows[i]], &out[i, 0])
+            else:
+                tf_unpack_row_bf16(<const uint16_t *>&packed[0], K, <int>rows[i], &out[i, 0])
+
+
+def quantize_rows_int8(const float[:, ::1] x,   # IN  (M, K)
+                       int8_t[:, ::1] q,         # OUT (M, K4) round(x * s), zero padded
+                       float[::1] scale,         # OUT (M) s = 127 / max|x| per row
+                       int n_threads):
+    """Dynamic per-row symmetric quantization of activations (CTranslate2's int8)."""
+    cdef int M = x.shape[0], K = x.shape[1], K4 = q.shape[1], r
+    with nogil:
+        for r in prange(M, schedule="static", num_threads=n_threads):
+            scale[r] = tf_quantize_row_int8(&x[r, 0], K, K4, &q[r, 0])
+
+
+def gemm_int8_raw(str variant,
+                  const int8_t[:, ::1] xq,       # IN  (M, K4) quantized rows
+                  const unsigned char[::1] packed,  # IN  packed (O, K) int8 weights
+                  const int32_t[::1] comp,       # IN  (O64)
+                  int32_t[:, ::1] out):          # OUT (M, O) exact int32 xq @ w^T
+    """The int32 accumulators of one variant (tests compare them with an exact reference)."""
+    cdef int M = xq.shape[0], K4 = xq.shape[1], O = out.shape[1], p, o0
+    cdef int v = GEMM_VARIANTS[variant]
+    if M == 0 or O == 0:
+        return
+    with nogil:
+        for p in range((O + PANEL - 1) // PANEL):
+            o0 = p * PANEL
+            tf_gemm_int8_raw(v, &xq[0, 0], M, K4, <const int8_t *>&packed[0], &comp[0], o0,
+                             min(PANEL, O - o0), &out[0, o0], O)
+
+
+def linear_packed(str kind, str variant,
+                  const float[:, ::1] x,            # IN  (M, K) float32
+                  const unsigned char[::1] packed,  # IN  packed (O, K) weights, int8 or bf16
+                  const float[::1] inv_scale,       # IN  (O64) 1 / weight row scale, int8 only
+                  const int32_t[::1] comp,          # IN  (O64) int8 only
+                  const float[::1] bias,            # IN  (O) or None
+                  float[:, ::1] out,                # OUT (M, O) float32
+                  str activation, int n_threads):
+    """out = act(x @ w^T + bias) through the packed kernels: each row of x is first quantized
+    (int8: per-row scale) or rounded to bf16, in parallel; then work items of one 64-output
+    panel (x all rows when M <= 16: a decode step streams each weight once for every row; else
+    blocks of rows when there are too few panels for the threads) run the register-tiled
+    product with dequantization and bias fused, and the activation on the block while it is in
+    cache."""
+    cdef int M = x.shape[0], K = x.shape[1], O = out.shape[1]
+    cdef int is_int8 = GEMM_KINDS[kind] == TF_INT8
+    cdef int v = GEMM_VARIANTS[variant]
+    cdef int act = ACTIVATIONS[activation]
+    cdef int Kp = (K + 3) // 4 * 4 if is_int8 else (K + 1) // 2 * 2
+    cdef int n_panels = (O + PANEL - 1) // PANEL
+    cdef int n_rc = 1, rows_per, item, p, rc, m0, m1, o0, n, r
+    cdef const float *b = &bias[0] if bias is not None else NULL
+    if M == 0 or O == 0:
+        return
+    if M > 16:
+        n_rc = max(1, min((M + ROW_CHUNK - 1) // ROW_CHUNK,
+                          (2 * n_threads + n_panels - 1) // n_panels))
+    rows_per = (M + n_rc - 1) // n_rc
+    cdef char *xa = <char *>malloc(<size_t>M * Kp * (1 if is_int8 else 2) + sizeof(float) * M)
+    if xa == NULL:
+        raise MemoryError()
+    cdef float *inv_sx = <float *>(xa + <size_t>M * Kp * (1 if is_int8 else 2))
+    cdef const unsigned char *pk = &packed[0]
+    with nogil:
+        for r in prange(M, schedule="static", num_threads=n_threads):
+            if is_int8:
+                inv_sx[r] = <float>1.0 / tf_quantize_row_int8(&x[r, 0], K, Kp,
+                                                       <int8_t *>xa + <size_t>r * Kp)
+            else:
+                tf_round_row_bf16(&x[r, 0], K, Kp, <uint16_t *>xa + <size_t>r * Kp)
+        for item in prange(n_panels * n_rc, schedule="static", num_threads=n_threads):
+            p = item // n_rc
+            rc = item % n_rc
+            m0 = rc * rows_per
+            m1 = min(M, m0 + rows_per)
+            if m1 <= m0:
+                continue
+            o0 = p * PANEL
+            n = min(PANEL, O - o0)
+            if is_int8:
+                tf_gemm_int8(v, <int8_t *>xa + <size_t>m0 * Kp, m1 - m0, Kp, inv_sx + m0,
+                             <const int8_t *>pk, &comp[0], &inv_scale[0], b, o0, n,
+                             &out[m0, 0], O)
+            else:
+                tf_gemm_bf16(v, <uint16_t *>xa + <size_t>m0 * Kp, m1 - m0, Kp,
+                             <const uint16_t *>pk, b, o0, n, &out[m0, 0], O)
+            if act != TF_ACT_NONE:
+                for r in range(m0, m1):
+                    tf_bias_act_row(&out[r, o0], NULL, n, act)
+    free(xa)

@@ -3,16 +3,12 @@
 #include <string.h>
 #include "kernels.h"
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
-/* One clone per x86-64 micro-architecture level, chosen at load time through an ifunc. */
-#define TF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#ifdef TF_HAVE_CLONES
 /* glibc's libmvec holds vector versions of these; declaring them SIMD lets GCC call them from
  * vectorised loops without -ffinite-math-only (we rely on -inf for masks). */
 __attribute__((simd("notinbranch"))) float expf(float);
 __attribute__((simd("notinbranch"))) float erff(float);
 __attribute__((simd("notinbranch"))) float tanhf(float);
-#else
-#define TF_CLONES
 #endif
 
 TF_CLONES
@@ -125,17 +121,27 @@ void tf_swiglu_row(const float *gate_up, int F, float *out) {
     }
 }
 
+/* 1 when some x[i] is NaN (only called on the rare rows whose max is -inf, so NaN scores give
+ * NaN outputs, as PyTorch, instead of the zeros of a fully masked row). */
+static inline int any_nan(const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        if (x[i] != x[i]) return 1;
+    return 0;
+}
+
 TF_CLONES
 void tf_softmax_row(const float *x, const float *mask, int n, float *out) {
     float mx = -INFINITY;
     if (mask) {
-        for (int i = 0; i < n; i++) out[i] = x[i] + mask[i];
+        /* a removed entry (-inf) stays removed whatever its score, even NaN */
+        for (int i = 0; i < n; i++) out[i] = mask[i] == -INFINITY ? -INFINITY : x[i] + mask[i];
     } else if (out != x) {
         memcpy(out, x, (size_t)n * sizeof(float));
     }
     for (int i = 0; i < n; i++) mx = out[i] > mx ? out[i] : mx;
-    if (mx == -INFINITY) { /* every entry masked: zeros, not NaN */
-        memset(out, 0, (size_t)n * sizeof(float));
+    if (mx == -INFINITY) { /* every entry masked: zeros, not NaN; a NaN row stays NaN */
+        const float fill = any_nan(out, n) ? NAN : 0.f;
+        for (int i = 0; i < n; i++) out[i] = fill;
         return;
     }
     float sum = 0.f;
@@ -195,10 +201,16 @@ int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int
             c = c < 0 ? 0 : (c > cols ? cols : c);
         }
         if (kbias)
-            for (int j = 0; j < c; j++) row[j] += kbias[j];
+            for (int j = 0; j < c; j++)
+                row[j] = kbias[j] == -INFINITY ? -INFINITY : row[j] + kbias[j];
         float mx = -INFINITY;
         for (int j = 0; j < c; j++) mx = row[j] > mx ? row[j] : mx;
         if (mx == -INFINITY) { /* this row sees no key in this tile */
+            if (any_nan(row, c)) { /* NaN scores: the row's output is NaN, never zeros */
+                float *a = acc + (long)i * D;
+                for (int d = 0; d < D; d++) a[d] = NAN;
+                l[i] = NAN;
+            }
             memset(row, 0, (size_t)cols * sizeof(float));
             continue;
         }
@@ -227,7 +239,7 @@ void tf_attention_finalize(const float *acc, const float *l, int rows, int D, fl
     for (int i = 0; i < rows; i++) {
         float *o = out + (long)i * ldo;
         const float *a = acc + (long)i * D;
-        if (l[i] > 0.f) {
+        if (l[i] != 0.f) { /* l is NaN after NaN or +inf scores: NaN out */
             const float inv = 1.f / l[i];
             for (int d = 0; d < D; d++) o[d] = a[d] * inv;
         } else {
@@ -249,14 +261,21 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
             const float *kj = k + (planes ? planes[j] * kps : 0) + j * ldk;
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
-            s[j] = dot * scale + (kbias ? kbias[j] : 0.f);
+            s[j] = !kbias ? dot * scale : kbias[j] == -INFINITY ? -INFINITY
+                                                                : dot * scale + kbias[j];
             mx = s[j] > mx ? s[j] : mx;
         }
         float *a = acc + (long)g * D;
         for (int d = 0; d < D; d++) a[d] = 0.f;
         m[g] = mx;
         l[g] = 0.f;
-        if (mx == -INFINITY) continue; /* every key of the chunk masked */
+        if (mx == -INFINITY) { /* every key of the chunk masked, or NaN scores */
+            if (any_nan(s, n)) {
+                m[g] = l[g] = NAN;
+                for (int d = 0; d < D; d++) a[d] = NAN;
+            }
+            continue;
+        }
         float sum = 0.f;
         for (int j = 0; j < n; j++) {
             const float e = expf(s[j] - mx);
@@ -276,9 +295,13 @@ TF_CLONES
 void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
                                  int D, float *out) {
     float M = -INFINITY;
-    for (int c = 0; c < n_split; c++) M = m[c] > M ? m[c] : M;
-    for (int d = 0; d < D; d++) out[d] = 0.f;
-    if (M == -INFINITY) return;
+    int nan = 0;
+    for (int c = 0; c < n_split; c++) {
+        M = m[c] > M ? m[c] : M;
+        nan |= m[c] != m[c];
+    }
+    for (int d = 0; d < D; d++) out[d] = nan ? NAN : 0.f; /* NaN scores: NaN, never zeros */
+    if (nan || M == -INFINITY) return;
     float L = 0.f;
     for (int c = 0; c < n_split; c++) {
         if (m[c] == -INFINITY) continue;

@@ -11,6 +11,14 @@
 #ifndef TRANSFORMER_CPU_KERNELS_H
 #define TRANSFORMER_CPU_KERNELS_H
 
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__)
+/* One clone per x86-64 micro-architecture level, chosen at load time through an ifunc. */
+#define TF_HAVE_CLONES 1
+#define TF_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define TF_CLONES
+#endif
+
 #define TF_ACT_NONE 0
 #define TF_ACT_RELU 1
 #define TF_ACT_GELU 2      /* exact: 0.5 x (1 + erf(x / sqrt 2)) */

@@ -15,6 +15,28 @@ def _check(name, value, ok, expected):
         raise ValueError(f"{name} must be {expected}, got {value!r}")
 
 
+def _is_real(value):
+    """True for a finite real number (not a bool)."""
+    return isinstance(value, (int, float, np.integer, np.floating)) \
+        and not isinstance(value, (bool, np.bool_)) and bool(np.isfinite(value))
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _token(name, value, V, optional=True):
+    """value as an int token id in [0, V) (or None when optional); IndexError / TypeError
+    naming `name` otherwise."""
+    if value is None and optional:
+        return None
+    if not _is_int(value):
+        raise TypeError(f"{name} must be an integer token id, got {value!r}")
+    if not 0 <= value < V:
+        raise IndexError(f"{name} must lie in [0, {V}) (the vocabulary), got {value}")
+    return int(value)
+
+
 def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False,
              temperature=1.0, top_k=0, top_p=1.0, num_beams=1, length_penalty=1.0,
              early_stopping=False, eos_token_id=None, pad_token_id=None, seed=None,
@@ -48,18 +70,27 @@ def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample
            1 <= num_return_sequences <= max(1, num_beams) and (num_beams > 1 or do_sample
                                                               or num_return_sequences == 1),
            "between 1 and num_beams (or any count with do_sample)")
-    _check("temperature", temperature, temperature > 0, "positive")
-    _check("top_k", top_k, isinstance(top_k, (int, np.integer)) and top_k >= 0, "an integer >= 0")
-    _check("top_p", top_p, 0 < top_p <= 1, "in (0, 1]")
+    _check("temperature", temperature, _is_real(temperature) and temperature > 0,
+           "a finite positive number")
+    _check("top_k", top_k, _is_int(top_k) and top_k >= 0, "an integer >= 0")
+    _check("top_p", top_p, _is_real(top_p) and 0 < top_p <= 1, "in (0, 1]")
+    _check("length_penalty", length_penalty, _is_real(length_penalty), "a finite number")
     _check("early_stopping", early_stopping, early_stopping in (False, True, "never"),
            "False, True or 'never'")
+    V = cfg.vocab_size
     if eos_token_id is None:
         eos = cfg.eos_token_ids
     else:
         eos = tuple(np.atleast_1d(eos_token_id).tolist())
+        for e in eos:
+            _token("eos_token_id", e, V, optional=False)
     if pad_token_id is None:
         pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (
             eos[0] if eos else 0)
+    elif not _is_int(pad_token_id):
+        raise TypeError(f"pad_token_id must be an integer, got {pad_token_id!r}")
+    forced_bos_token_id = _token("forced_bos_token_id", forced_bos_token_id, V)
+    forced_eos_token_id = _token("forced_eos_token_id", forced_eos_token_id, V)
     ids, mask, lens = model._check_inputs(input_ids, attention_mask)
     longest = int(lens.max()) + max_new_tokens
     if longest > cfg.max_position_embeddings:

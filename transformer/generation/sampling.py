@@ -12,10 +12,16 @@ def log_softmax(logits, dtype=np.float64):
 
 
 def warp(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """Scores (B, V) float64: logits / temperature; then all but the top_k highest set to -inf
-    (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of highest-probability
-    tokens whose probability mass reaches top_p (1.0 = off; at least one token is kept)."""
-    x = np.asarray(logits, np.float64) / temperature
+    """Scores (B, V) float64: (logits - row max) / temperature; then all but the top_k highest
+    set to -inf (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of
+    highest-probability tokens whose probability mass reaches top_p (1.0 = off; at least one
+    token is kept)."""
+    x = np.asarray(logits, np.float64)
+    # shifted by the row max before dividing: the same distribution, and no overflow to
+    # inf - inf = NaN for a tiny temperature (which then keeps only the top token)
+    top = x.max(-1, keepdims=True)
+    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the top
+        x = (x - np.where(np.isfinite(top), top, 0.0)) / temperature
     V = x.shape[-1]
     if 0 < top_k < V:
         kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k][:, None]

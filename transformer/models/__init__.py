@@ -20,9 +20,12 @@ def family_for(config_dict, source="config.json"):
     from . import bart, bert, gpt2, llama, seq2seq  # noqa: F401  (registers the families)
 
     model_type = config_dict.get("model_type")
-    if model_type in _FAMILIES:
+    if isinstance(model_type, str) and model_type in _FAMILIES:
         return _FAMILIES[model_type]
-    for arch in config_dict.get("architectures") or ():
+    archs = config_dict.get("architectures") or ()
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs):
+        raise ValueError(f"{source}: architectures must be a list of strings, got {archs!r}")
+    for arch in archs:
         for t, cls in _FAMILIES.items():
             if arch.lower().startswith(t):
                 return cls

@@ -1,7 +1,6 @@
 """BERT family (Devlin et al. 2019) from a Hugging Face directory: config.json +
 model.safetensors (+ tokenizer.json). Names follow HF modeling_bert.py (BertModel), with or
 without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored."""
-import json
 import os
 
 import numpy as np
@@ -9,7 +8,7 @@ import numpy as np
 from ..tokenizer import Tokenizer
 from ..weights import WeightsError, check_tensors
 from . import register_family
-from ._hf import read_hf_weights
+from ._hf import check_layer_count, read_hf_weights, read_json
 from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes
 
@@ -97,12 +96,13 @@ def _max_length(path, config, tokenizer_json):
     tokenizer's truncation length, capped at max_position_embeddings."""
     limit = config.max_position_embeddings
     st = os.path.join(path, "sentence_bert_config.json")
-    if os.path.isfile(st):
-        with open(st, encoding="utf-8") as f:
-            return min(limit, int(json.load(f).get("max_seq_length", limit)))
-    with open(tokenizer_json, encoding="utf-8") as f:
-        trunc = json.load(f).get("truncation") or {}
-    return min(limit, int(trunc.get("max_length", limit)))
+    try:
+        if os.path.isfile(st):
+            return min(limit, int(read_json(st).get("max_seq_length", limit)))
+        trunc = read_json(tokenizer_json).get("truncation") or {}
+        return min(limit, int(trunc.get("max_length", limit)))
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: bad max_seq_length or truncation setting ({e})")
 
 
 @register_family("bert")
@@ -115,6 +115,7 @@ class BertModel(EncoderModel):
         Raises FileNotFoundError, WeightsError or ValueError with the file and the problem."""
         config = config_from_hf(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
+        check_layer_count(tensors, config.n_layers, source)
         weights = weights_from_hf(tensors, config, source)
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None

@@ -25,7 +25,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, to_device
+from ..device import DeviceModel, host_weights, to_device
 from ._inputs import check_batch
 from .config import check_positive
 
@@ -206,19 +206,32 @@ class DecoderModel(DeviceModel):
         self.config = config
         self.tokenizer = tokenizer
         self.threads = resolve_threads(threads)
-        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = host_weights(weights)
         self._moved()
 
     def _moved(self):
-        """Tables beside the weights, on their device: rotary cos/sin (float32 whatever the
-        dtype) and the zero position table (1, C) that models without learned positions add."""
+        """Tables beside the weights, on their device: the rotary cos/sin (float32 whatever the
+        dtype; made on first use, see _rotary_tables) and the zero position table (1, C) that
+        models without learned positions add."""
         cfg = self.config
-        if cfg.positions == "rotary":
-            cos, sin = ops.rotary_tables(cfg.max_position_embeddings, cfg.head_dim,
-                                         cfg.rope_theta)
-            self._cos, self._sin = (to_device(t, self.device) for t in (cos, sin))
+        self._rope = None
         self._no_positions = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
                                        self.dtype)
+
+    def _rotary_tables(self, need):
+        """(cos, sin) covering positions [0, need) at least: computed on first use and grown by
+        doubling, never beyond max_position_embeddings, so that a config's huge
+        max_position_embeddings costs nothing until a sequence is that long. One tuple
+        attribute, replaced whole (Python threads may share the model)."""
+        rope = self._rope
+        if rope is None or len(rope[0]) < need:
+            cfg = self.config
+            n = min(cfg.max_position_embeddings,
+                    max(need, 2 * (0 if rope is None else len(rope[0])), 256))
+            rope = tuple(to_device(t, self.device)
+                         for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta))
+            self._rope = rope
+        return rope
 
     # -- building blocks --------------------------------------------------------------------------
     def _norm(self, x, name):
@@ -250,8 +263,8 @@ class DecoderModel(DeviceModel):
             p = f"layers.{i}."
             qkv = self._linear(self._norm(h, p + "norm1"), p + "qkv")
             if cfg.positions == "rotary":
-                ops.rotary(qkv, positions, self._cos, self._sin, H + Hkv, cfg.rope_interleaved,
-                           threads=n)
+                cos, sin = self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
+                ops.rotary(qkv, positions, cos, sin, H + Hkv, cfg.rope_interleaved, threads=n)
             h = ops.add(h, self._linear(attend(i, qkv), p + "out"))
             x = self._norm(h, p + "norm2")
             if cfg.activation == "swiglu":

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, to_numpy
+from ..device import DeviceModel, host_weights, to_numpy
 from ._inputs import check_batch, pack
 
 
@@ -93,7 +93,7 @@ class EncoderModel(DeviceModel):
         self.config = config
         self.tokenizer = tokenizer
         self.threads = resolve_threads(threads)
-        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = host_weights(weights)
 
     # -- inputs ---------------------------------------------------------------------------------
     def _pack(self, input_ids, attention_mask, token_type_ids, truncate):

@@ -29,10 +29,11 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, to_device, to_numpy
+from ..device import DeviceModel, host_weights, to_device, to_numpy
+from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
-from ._hf import hf_tokenizer, read_hf_weights
+from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, pack
 from .config import check_positive
 from .decoder import KVCache
@@ -256,7 +257,7 @@ class Seq2SeqModel(DeviceModel):
         self.source_vocabulary = source_vocabulary
         self.target_vocabulary = target_vocabulary
         self.threads = resolve_threads(threads)
-        self.weights = {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
+        self.weights = host_weights(weights)
         self._moved()
 
     def _moved(self):
@@ -268,22 +269,40 @@ class Seq2SeqModel(DeviceModel):
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self._embed_tables = {}
         for side in ("encoder", "decoder"):
-            if side + ".embeddings.position" in w:  # learned, or a stored sinusoid table
-                pos = w[side + ".embeddings.position"]
-            else:
-                pos = to_device(sinusoid_table(config.max_position_embeddings
-                                               + config.position_offset, config.d_model,
-                                               config.positions), self.device, self.dtype)
+            # learned, or a stored sinusoid table; else None: the config's sinusoids, made on
+            # first use for the positions needed (_position_table)
+            pos = w.get(side + ".embeddings.position")
             word = w[side + ".embeddings.word"]
-            if scale != 1.0:
+            if scale != 1.0 and isinstance(word, PackedWeight):
+                word = word.scaled(scale)
+            elif scale != 1.0:
                 word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
             self._embed_tables[side] = (word, pos)
 
     # -- blocks ---------------------------------------------------------------------------------
-    def _embed(self, side, ids, positions):
+    def _position_table(self, side, need):
+        """The position table of `side` covering rows [0, need) at least (a stored table, or
+        the config's sinusoids grown by doubling up to max_position_embeddings + offset)."""
         word, pos = self._embed_tables[side]
+        if side + ".embeddings.position" in self.weights:
+            return pos
+        cfg = self.config
+        limit = cfg.max_position_embeddings + cfg.position_offset
+        if pos is None or len(pos) < min(need, limit):
+            n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
+            pos = to_device(sinusoid_table(n, cfg.d_model, cfg.positions), self.device,
+                            self.dtype)
+            self._embed_tables[side] = (word, pos)
+        return pos
+
+    def _embed(self, side, ids, positions):
+        word = self._embed_tables[side][0]
         w = self.weights
-        if positions.size and positions.max() + self.config.position_offset >= len(pos):
+        offset = self.config.position_offset
+        pos = self._position_table(side, int(positions.max()) + offset + 1 if positions.size
+                                   else 1)
+        limit = self.config.max_position_embeddings + offset
+        if positions.size and positions.max() + offset >= min(len(pos), limit):
             raise ValueError(f"a sequence longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         return ops.embedding(ids, word, pos, positions + self.config.position_offset, None, None,
@@ -528,6 +547,7 @@ class TransformerModel(Seq2SeqModel):
         except TypeError as e:
             raise ValueError(f"{path}/config.json: {e}")
         tensors, source = read_hf_weights(path)
+        check_layer_count(tensors, config.encoder_layers + config.decoder_layers, source)
         shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
         weights = check_tensors(tensors, shapes, (), source)
         return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)

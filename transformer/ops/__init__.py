@@ -16,11 +16,12 @@ import numpy as np
 
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _cpu_backend
+from .packed import PackedWeight
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
@@ -68,20 +69,59 @@ def _device_array(name, a, ndim, min_ndim, like):
     return cuda.cupy().ascontiguousarray(a)
 
 
-def _float32(name, a, ndim=None, min_ndim=None, like=None):
-    """a as a C-contiguous float32 array, or on the GPU (a or `like` a CuPy array) a contiguous
-    CuPy array of like's dtype; else a clear error naming `name`."""
+def _float32(name, a, ndim=None, min_ndim=None, like=None, empty_last=False):
+    """a as a C-contiguous float32 array (fresh standard strides when a's are unusual), or on the
+    GPU (a or `like` a CuPy array) a contiguous CuPy array of like's dtype; else a clear error
+    naming `name`. With ndim / min_ndim given, an empty last axis (the features of a row) is a
+    ValueError unless empty_last."""
     if on_device(a) or (like is not None and on_device(like)):
-        return _device_array(name, a, ndim, min_ndim, like)
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise TypeError(f"{name} must have a floating dtype (float32 preferred), got {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if min_ndim is not None and a.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+        a = _device_array(name, a, ndim, min_ndim, like)
+    else:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"{name} must have a floating dtype (float32 preferred), got "
+                            f"{a.dtype}")
+        if ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        if min_ndim is not None and a.ndim < min_ndim:
+            raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape "
+                             f"{a.shape}")
+        a = _standard(np.ascontiguousarray(a, dtype=np.float32))
+    if (ndim or min_ndim) and a.shape[-1] == 0 and not empty_last:
+        raise ValueError(f"{name} must have a non-empty last axis, got shape {a.shape}")
+    return a
+
+
+def _standard(a):
+    """a (C-contiguous NumPy) itself, or a copy when a length-1 axis carries an odd stride
+    (NumPy calls such views contiguous; BLAS would read the stride as a leading dimension)."""
+    expected = a.itemsize
+    for n, st in zip(reversed(a.shape), reversed(a.strides)):
+        if st != expected:
+            return a.copy(order="C")
+        expected *= n
+    return a
+
+
+def _real(name, value, positive=False):
+    """value as a finite float (positive: > 0), or a ValueError naming `name`."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or not math.isfinite(x) or (positive and x <= 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, "
+                         f"got {value!r}")
+    return x
+
+
+def _integer(name, value, low):
+    """value as an int >= low, or a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _indices(name, a, upper, shape=None, like=None):
@@ -109,11 +149,18 @@ def _activation(activation):
 def linear(x, weight, bias=None, activation=None, threads=None):
     """act(x @ weight^T + bias), the nn.Linear layout (Vaswani et al. 2017, section 3.3).
 
-    x: (..., K) float; weight: (O, K); bias: (O,) or None; activation: None, "relu", "gelu"
-    (exact erf) or "gelu_tanh". Returns (..., O) float32. Matmul through BLAS sgemm, bias and
-    activation fused into the same pass over the output block."""
+    x: (..., K) float; weight: (O, K) float, or a PackedWeight (CPU int8 / bfloat16, see
+    transformer.ops.packed); bias: (O,) or None; activation: None, "relu", "gelu" (exact erf),
+    "gelu_tanh" or "silu". Returns (..., O) float32. float32: matmul through BLAS sgemm (or
+    our skinny kernel for up to 16 rows); packed: our int8 / bf16 kernels, dequantization and
+    bias fused; the activation runs on each output block while it is in cache."""
     x = _float32("x", x, min_ndim=1)
-    weight = _float32("weight", weight, ndim=2, like=x)
+    packed = isinstance(weight, PackedWeight)
+    if packed and on_device(x):
+        raise TypeError("a PackedWeight (int8 / bfloat16) runs on the CPU only; x is a CuPy "
+                        "array")
+    if not packed:
+        weight = _float32("weight", weight, ndim=2, like=x)
     if x.shape[-1] != weight.shape[1]:
         raise ValueError(f"x has {x.shape[-1]} features but weight expects {weight.shape[1]} "
                          f"(weight shape {weight.shape} is (out_features, in_features))")
@@ -124,6 +171,9 @@ def linear(x, weight, bias=None, activation=None, threads=None):
     _activation(activation)
     x2 = x.reshape(-1, x.shape[-1])
     out = _empty(x, (x2.shape[0], weight.shape[0]))
+    if packed:
+        weight.linear(x2, bias, activation, out, resolve_threads(threads))
+        return out.reshape(x.shape[:-1] + (weight.shape[0],))
     with blas_single_threaded():
         _backend_for(x).linear(x2, weight, bias, activation, out, resolve_threads(threads))
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
@@ -199,10 +249,9 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
         if residual.shape != x.shape:
             raise ValueError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
         residual = residual.reshape(-1, C)
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps),
+    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, eps,
                                out.reshape(-1, C),
                         resolve_threads(threads))
     return out
@@ -216,10 +265,9 @@ def rms_norm(x, weight, eps=1e-6, threads=None):
     weight = _float32("weight", weight, ndim=1, like=x)
     if weight.shape != (C,):
         raise ValueError(f"weight must have shape ({C},), got {weight.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).rms_norm(x.reshape(-1, C), weight, float(eps), out.reshape(-1, C),
+    _backend_for(x).rms_norm(x.reshape(-1, C), weight, eps, out.reshape(-1, C),
                       resolve_threads(threads))
     return out
 
@@ -228,10 +276,11 @@ def rotary_tables(max_positions, head_dim, theta=10000.0):
     """cos, sin tables (max_positions, head_dim/2) float32 of the rotary angles
     pos * theta^(-2i/head_dim) (RoFormer, Su et al. 2021, eq. 15), computed in float64.
     Raises ValueError for an odd head_dim or non-positive sizes."""
-    if head_dim < 2 or head_dim % 2:
+    head_dim = _integer("head_dim", head_dim, 2)
+    if head_dim % 2:
         raise ValueError(f"head_dim must be even and >= 2 for rotary embeddings, got {head_dim}")
-    if max_positions < 1 or not theta > 0:
-        raise ValueError("max_positions must be >= 1 and theta > 0")
+    max_positions = _integer("max_positions", max_positions, 1)
+    theta = _real("theta", theta, positive=True)
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
@@ -258,7 +307,8 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have the same shape, got {cos.shape}, {sin.shape}")
     D = 2 * cos.shape[1]
-    if n_heads < 0 or n_heads * D > x.shape[1]:
+    n_heads = _integer("n_heads", n_heads, 0)
+    if n_heads * D > x.shape[1]:
         raise ValueError(f"{n_heads} heads of {D} do not fit in rows of {x.shape[1]}")
     pos = _indices("positions", array_module(positions).asarray(positions), cos.shape[0],
                    (x.shape[0],), like=x)
@@ -287,6 +337,8 @@ def softmax(x, mask=None, threads=None):
     x = _float32("x", x, min_ndim=1)
     xp = array_module(x)
     if mask is not None:
+        if not on_device(mask) and not np.issubdtype(np.asarray(mask).dtype, np.number):
+            raise TypeError(f"mask must be a float array, got {np.asarray(mask).dtype}")
         mask = xp.asarray(mask, dtype=np.float32)
         try:
             mask = xp.ascontiguousarray(xp.broadcast_to(mask, x.shape))
@@ -308,8 +360,10 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     input_ids: (...) integer in [0, V); word_embeddings (V, C); position_embeddings (P, C);
     position_ids: input_ids' shape, default arange over the last axis; token_type_ids: same shape
     or None (type 0 when a token_type table is given); norm_weight/norm_bias (C,) or None for no
-    norm. Returns (..., C) float32. IndexError for any index out of its table."""
-    word = _float32("word_embeddings", word_embeddings, ndim=2)
+    norm. word_embeddings may be a PackedWeight (CPU int8 / bfloat16: the rows are gathered and
+    dequantized first). Returns (..., C) float32. IndexError for any index out of its table."""
+    packed = isinstance(word_embeddings, PackedWeight)
+    word = word_embeddings if packed else _float32("word_embeddings", word_embeddings, ndim=2)
     V, C = word.shape
     position = _float32("position_embeddings", position_embeddings, ndim=2, like=word)
     if position.shape[1] != C:
@@ -339,21 +393,30 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     if (norm_weight is None) != (norm_bias is None):
         raise ValueError("norm_weight and norm_bias must be given together")
     if norm_weight is not None:
+        eps = _real("eps", eps, positive=True)
         norm_weight = _float32("norm_weight", norm_weight, ndim=1, like=word)
         norm_bias = _float32("norm_bias", norm_bias, ndim=1, like=word)
         if norm_weight.shape != (C,) or norm_bias.shape != (C,):
             raise ValueError(f"norm_weight and norm_bias must have shape ({C},)")
+    n = resolve_threads(threads)
+    flat_ids = ids.reshape(-1)
+    if packed:  # gather and dequantize the rows once, then the fused sum + norm reads them
+        word, flat_ids = word.rows(flat_ids, n), np.arange(flat_ids.size, dtype=np.int64)
     out = _empty(word, ids.shape + (C,))
-    _backend_for(word).embedding(ids.reshape(-1), pos.reshape(-1),
+    _backend_for(word).embedding(flat_ids, pos.reshape(-1),
                        None if types is None else types.reshape(-1), word, position, token_type,
-                       norm_weight, norm_bias, float(eps), out.reshape(-1, C),
-                       resolve_threads(threads))
+                       norm_weight, norm_bias, eps if norm_weight is not None else 0.0,
+                       out.reshape(-1, C), n)
     return out
 
 
-def _check_qkv(q, k, v, ndim, q_axes, k_axes):
-    """Shared checks of attention operands; the last axis (D) must be contiguous."""
-    for name, a in (("q", q), ("k", k), ("v", v)):
+def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
+    """Shared checks of attention operands. Returns (q, k, v): each as given when the kernels
+    can read it in place (float32, D contiguous, no negative stride, rows at least D apart along
+    `row_axis`, the leading dimension of the BLAS tiles), else a C-contiguous copy (negative,
+    zero or overlapping strides, Fortran order)."""
+    arrays = []
+    for name, a in zip(names, (q, k, v)):
         if on_device(q):
             _device_array(name, a, None, None, q)
         elif not isinstance(a, np.ndarray) or a.dtype != np.float32:
@@ -362,12 +425,24 @@ def _check_qkv(q, k, v, ndim, q_axes, k_axes):
         if a.ndim != ndim:
             raise ValueError(f"{name} must have shape {q_axes if name == 'q' else k_axes}, got "
                              f"{a.shape}")
-        if a.strides[-1] != a.itemsize or any(s % a.itemsize for s in a.strides):
-            raise ValueError(f"{name} must be contiguous along its last axis (D)")
+        if a.shape[-1] == 0:
+            raise ValueError(f"{name} must have head_dim D >= 1, got shape {a.shape}")
+        st = a.strides
+        if st[-1] != a.itemsize or any(s % a.itemsize or s < 0 for s in st) \
+                or st[row_axis] < a.shape[-1] * a.itemsize:
+            if on_device(a):
+                raise ValueError(f"{name} must be contiguous along its last axis (D) with "
+                                 "non-negative row strides on the GPU")
+            a = a.copy(order="C")
+        arrays.append(a)
+    q, k, v = arrays
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+        raise ValueError(f"{names[1]} and {names[2]} must have the same shape, got {k.shape} "
+                         f"and {v.shape}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share head_dim D, got {q.shape[-1]} and {k.shape[-1]}")
+        raise ValueError(f"{names[0]} and {names[1]} must share head_dim D, got {q.shape[-1]} "
+                         f"and {k.shape[-1]}")
+    return q, k, v
 
 
 def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None):
@@ -378,7 +453,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     attention); attention_mask: (B, S) of 0/1 (1 = a real key) or None; causal: query t sees keys
     s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D).
     Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
-    _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)")
+    q, k, v = _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)", 2)
     B, H, T, D = q.shape
     Bk, Hkv, S, _ = k.shape
     if Bk != B:
@@ -394,7 +469,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
         if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
@@ -406,15 +481,27 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     return out.transpose(0, 2, 1, 3)
 
 
+def _check_out(out, shape, like):
+    """Raise ValueError unless `out` is a C-contiguous array of `shape` like `like`."""
+    if not (isinstance(out, np.ndarray) or on_device(out)) or out.shape != shape \
+            or out.dtype != like.dtype or not out.flags.c_contiguous \
+            or on_device(out) != on_device(like) or out.size and out.strides[-1] != out.itemsize:
+        raise ValueError(f"out must be a C-contiguous {like.dtype} array of shape {shape} on "
+                         "q's device")
+    if not on_device(out) and not out.flags.writeable:
+        raise ValueError("out must be writeable")
+
+
 def _offsets(name, cu, N, B=None):
-    cu = np.asarray(cu)
-    if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer array of B+1 offsets")
+    cu = np.asarray(cu.get() if on_device(cu) else cu)
+    if cu.ndim != 1 or cu.size < 1 or not np.issubdtype(cu.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array of B+1 offsets, got shape "
+                         f"{cu.shape} dtype {cu.dtype}")
     if B is not None and cu.size != B + 1:
         raise ValueError(f"{name} must have {B + 1} offsets like cu_seqlens, got {cu.size}")
     if cu[0] != 0 or cu[-1] != N or np.any(np.diff(cu) < 0):
         raise ValueError(f"{name} must rise from 0 to {N}, got {cu.tolist()[:8]}...")
-    return cu
+    return cu.astype(np.int64)
 
 
 def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu_seqlens_k=None,
@@ -429,9 +516,9 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     decoder's queries against the encoder's rows), default cu_seqlens; causal: query t of a
     sequence sees its keys s <= t + S_b - T_b; out: optional (N, H, D) float32 C-contiguous array
     to write into. Returns out."""
-    _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)")
+    q, k, v = _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)", 0)
     N, H, D = q.shape
-    if H % k.shape[1]:
+    if k.shape[1] == 0 or H % k.shape[1]:
         raise ValueError(f"the {H} query heads must be a multiple of the {k.shape[1]} key/value "
                          "heads")
     cu = _offsets("cu_seqlens", cu_seqlens, N)
@@ -444,11 +531,9 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         cu_k = _offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], cu.size - 1)
     if out is None:
         out = _empty(q, (N, H, D))
-    elif out.shape != (N, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
-            or on_device(out) != on_device(q):
-        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(N, H, D)} on "
-                         "q's device")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    else:
+        _check_out(out, (N, H, D), q)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
@@ -476,18 +561,36 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     without kv_index and attention_mask: key j of row b is read from plane kv_rows[b, j] (a beam
     search cache reordered through this table instead of copies; k_cache may then hold more
     planes than B, e.g. those of sequences that finished). Returns out (B, H, D) float32
-    (zeros for a sequence with no key). Raises ValueError for shapes or indices that do not fit."""
-    _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(Bkv, S_max, Hkv, D)")
+    (zeros for a sequence with no key; NaN for NaN or +inf scores). Raises TypeError for a
+    wrong dtype, ValueError for shapes that do not fit (v_cache must have k_cache's shape) or a
+    chunk that is not a positive integer, IndexError for kv_index / kv_rows out of range.
+    Views with negative or odd strides are copied first."""
+    for name, a in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if getattr(a, "ndim", None) != 4:
+            raise ValueError(f"{name} must have shape (Bkv, S_max, Hkv, D), got "
+                             f"{getattr(a, 'shape', type(a).__name__)}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have the same shape, got {k_cache.shape} "
+                         f"and {v_cache.shape}")
+    # q (B, H, D): rows any stride; k/v planes checked on their (Bkv, Hkv, D) position-0 view
+    q, k0, v0 = _check_qkv(q, k_cache[:, :1].reshape(k_cache.shape[:1] + k_cache.shape[2:])
+                           if k_cache.shape[1] else k_cache[:, :0].sum(1),
+                           v_cache[:, :1].reshape(v_cache.shape[:1] + v_cache.shape[2:])
+                           if v_cache.shape[1] else v_cache[:, :0].sum(1), 3, "(B, H, D)",
+                           "(Bkv, S_max, Hkv, D)", 1, ("q", "k_cache", "v_cache"))
+    if not on_device(q):
+        k_cache, v_cache = (c if c.strides[-1] == c.itemsize and
+                            all(st >= 0 and st % c.itemsize == 0 for st in c.strides)
+                            else c.copy(order="C") for c in (k_cache, v_cache))
     B, H, D = q.shape
     if kv_index is not None:
-        kv_index = np.ascontiguousarray(kv_index, dtype=np.int32)
-        if kv_index.shape != (B,) or (B and (kv_index.min() < 0
-                                             or kv_index.max() >= k_cache.shape[0])):
-            raise ValueError(f"kv_index must be ({B},) integers in [0, {k_cache.shape[0]})")
+        kv_index = _indices("kv_index", np.asarray(kv_index.get() if on_device(kv_index)
+                                                   else kv_index),
+                            k_cache.shape[0], (B,)).astype(np.int32)
     elif k_cache.shape[0] != B and not (kv_rows is not None and k_cache.shape[0] > B):
         raise ValueError(f"k_cache must have B={B} planes (or give kv_index or kv_rows), got "
                          f"{k_cache.shape}")
-    if k_cache.ndim != 4 or H % k_cache.shape[2]:
+    if k_cache.shape[2] == 0 or H % k_cache.shape[2]:
         raise ValueError(f"k_cache must have shape (Bkv, S_max, Hkv, D) with H={H} a multiple "
                          f"of Hkv, got {k_cache.shape}")
     if on_device(q) and not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
@@ -501,11 +604,8 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     if kv_rows is not None:
         if on_device(q) or kv_index is not None or attention_mask is not None:
             raise ValueError("kv_rows works on the CPU only, without kv_index or attention_mask")
-        kv_rows = np.ascontiguousarray(kv_rows, dtype=np.int32)
-        n_planes = k_cache.shape[0]
-        if kv_rows.shape != (B, S_max) or (B and (kv_rows.min() < 0
-                                                  or kv_rows.max() >= n_planes)):
-            raise ValueError(f"kv_rows must be ({B}, {S_max}) integers in [0, {n_planes})")
+        kv_rows = _indices("kv_rows", np.asarray(kv_rows), k_cache.shape[0],
+                           (B, S_max)).astype(np.int32)
     key_bias = None
     xp = array_module(q)
     if attention_mask is not None:
@@ -513,26 +613,27 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         if m.shape != (k_cache.shape[0], S_max):
             raise ValueError(f"attention_mask must have shape {(k_cache.shape[0], S_max)}, got "
                              f"{m.shape}")
+        if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
+            raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     if out is None:
         out = _empty(q, (B, H, D))
-    elif out.shape != (B, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
-            or on_device(out) != on_device(q):
-        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(B, H, D)} on "
-                         "q's device")
+    else:
+        _check_out(out, (B, H, D), q)
     n = resolve_threads(threads)
+    if chunk is not None:  # more keys per item than S_max change nothing
+        chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     if on_device(q):
         from . import cuda
         if B:
-            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out,
-                                  1.0 / math.sqrt(D) if scale is None else float(scale), chunk,
-                                  n)
+            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out, scale,
+                                  chunk, n)
         return out
     if chunk is None:  # at least two work items per thread, at least 32 keys per item
-        items = B * k_cache.shape[2]
+        items = max(1, B * k_cache.shape[2])
         longest = int(lengths.max()) if B else 1
         chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if B:
         _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
                                   np.ascontiguousarray(lengths, np.int32),

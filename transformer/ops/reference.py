@@ -59,7 +59,7 @@ def rotary(x, positions, n_heads, head_dim, theta=10000.0, interleaved=False):
     else:
         a, b = h[..., :head_dim // 2].copy(), h[..., head_dim // 2:].copy()
         h[..., :head_dim // 2], h[..., head_dim // 2:] = a * c - b * s, b * c + a * s
-    y[:, :n_heads * head_dim] = h.reshape(len(y), -1)
+    y[:, :n_heads * head_dim] = h.reshape(len(y), n_heads * head_dim)
     return y
 
 
@@ -70,10 +70,14 @@ def swiglu(gate_up):
 
 
 def softmax(x, mask=None):
-    """softmax(x + mask) over the last axis; rows entirely -inf give zeros."""
-    y = _f64(x) + (0.0 if mask is None else _f64(mask))
-    mx = y.max(-1, keepdims=True)
-    dead = ~np.isfinite(mx)
+    """softmax(x + mask) over the last axis; rows entirely -inf give zeros; a row holding a NaN
+    or +inf gives NaN (as PyTorch), never zeros."""
+    y = _f64(x)
+    if mask is not None:  # a removed entry stays removed, whatever (NaN) its score
+        m = np.broadcast_to(_f64(mask), y.shape)
+        y = np.where(m == -np.inf, -np.inf, y + m)
+    mx = y.max(-1, keepdims=True) if y.shape[-1] else np.full(y.shape[:-1] + (1,), -np.inf)
+    dead = mx == -np.inf
     e = np.exp(y - np.where(dead, 0.0, mx))
     s = e.sum(-1, keepdims=True)
     return np.where(dead, 0.0, e / np.where(dead, 1.0, s))
@@ -145,7 +149,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         m = None if attention_mask is None else np.asarray(attention_mask)[p:p + 1, :L]
         if L:
             out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
-    return np.nan_to_num(out)
+    return out
 
 
 def beam_topk(logits, beam_scores, num_beams, k):

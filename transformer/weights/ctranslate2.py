@@ -6,11 +6,13 @@ uint32 dimensions, then (version >= 4) uint8 type id and uint32 byte count, or (
 uint8 item size and uint32 item count, then the raw data; then (version >= 3) uint32 alias count
 and alias/target string pairs. Quantized weights (int8, int16) come with a `<name>_scale`
 variable (per output row or one scalar): the float value is q / scale."""
+import math
 import os
 import struct
 
 import numpy as np
 
+from ..ops.packed import PackedWeight
 from .mapping import WeightsError
 
 # CTranslate2 DataType ids (include/ctranslate2/types.h) -> NumPy dtypes
@@ -18,12 +20,16 @@ TYPE_IDS = {0: "<f4", 1: "i1", 2: "<i2", 3: "<i4", 4: "<f2"}
 ITEM_SIZES = {4: "<f4", 2: "<i2", 1: "i1"}
 
 
-def read_ctranslate2(path):
+def read_ctranslate2(path, int8=False):
     """Spec and variables of a CTranslate2 model.bin.
 
     Returns (spec, revision, variables): spec name (e.g. "TransformerBase"), spec revision, and
-    {name: float32 array} with every quantized weight dequantized (its _scale removed) and
-    aliases resolved. Raises FileNotFoundError, or WeightsError for an unsupported binary version,
+    {name: float32 array} with aliases resolved and every quantized weight dequantized (its
+    _scale removed), or with int8=True every quantized 2-D weight as a
+    transformer.ops.packed.PackedWeight: int8 ones taken as stored (integers and row scales),
+    int16 ones requantized per row to int8 from their integers (q8 = round(q16 * 127 /
+    max|q16|), the scale multiplied by the same factor, in float64); variables shared by an
+    alias stay one object. Raises FileNotFoundError, or WeightsError for an unsupported binary version,
     an unknown data type or a truncated file."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -72,24 +78,48 @@ def read_ctranslate2(path):
             if item not in ITEM_SIZES:
                 raise WeightsError(f"{path}: {name}: unsupported item size {item}")
             dtype, n_bytes = np.dtype(ITEM_SIZES[item]), item * count
-        if pos + n_bytes > len(data) or n_bytes != dtype.itemsize * int(np.prod(shape)):
+        if pos + n_bytes > len(data) or n_bytes != dtype.itemsize * math.prod(shape):
             raise WeightsError(f"{path}: {name}: truncated or inconsistent data")
         raw[name] = np.frombuffer(data, dtype, n_bytes // dtype.itemsize, pos).reshape(shape)
         pos += n_bytes
     if version >= 3 and pos < len(data):
         for _ in range(take("I")):
             alias, target = string(), string()
+            if target not in raw:
+                raise WeightsError(f"{path}: alias {alias!r} of unknown variable {target!r}")
             raw[alias] = raw[target]
     if pos != len(data):
         raise WeightsError(f"{path}: {len(data) - pos} unexpected bytes after the variables")
-    out = {}
+    out, done = {}, {}  # done: id of a raw array -> its converted value (aliases stay shared)
     for name, value in raw.items():
         if name.endswith("_scale") and name[:-6] in raw:
             continue
         scale = raw.get(name + "_scale")
-        value = value.astype(np.float32)
-        if scale is not None:
-            scale = scale.astype(np.float32)
-            value = value / (scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale)
-        out[name] = value
+        if scale is None and value.dtype.kind in "iu" and value.ndim:
+            raise WeightsError(f"{path}: {name}: integer data ({value.dtype}) without a "
+                               f"{name}_scale variable (float weights expected)")
+        if scale is not None and scale.size not in (1, len(value) if value.ndim else 1):
+            raise WeightsError(f"{path}: {name}_scale has {scale.size} values for {name} of "
+                               f"shape {value.shape} (one per row, or one)")
+        if id(value) not in done:
+            done[id(value)] = _convert(value, scale, int8)
+        out[name] = done[id(value)]
     return spec, revision, out
+
+
+def _convert(value, scale, int8):
+    """One variable as float32 (dequantized: value / scale), or as a PackedWeight (see
+    read_ctranslate2)."""
+    if scale is None:
+        return value.astype(np.float32)
+    scale = scale.astype(np.float32)
+    if int8 and value.ndim == 2 and value.dtype.kind == "i":
+        rows = np.broadcast_to(scale, (value.shape[0],)).astype(np.float64)
+        if value.dtype != np.int8:  # int16: requantize each row to [-127, 127]
+            amax = np.abs(value).max(axis=1).astype(np.float64) if value.shape[1] else 0
+            factor = np.where(amax > 0, 127.0 / np.maximum(amax, 1), 1.0)
+            value = np.clip(np.rint(value * factor[:, None]), -127, 127).astype(np.int8)
+            rows = rows * factor
+        return PackedWeight.from_int8(value, rows.astype(np.float32))
+    value = value.astype(np.float32)
+    return value / (scale.reshape(-1, *([1] * (value.ndim - 1))) if scale.ndim else scale)

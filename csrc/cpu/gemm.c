@@ -1,0 +1,447 @@
+/* Packed int8 and bf16 matrix products; see gemm.h for the layouts and the contract.
+ *
+ * Register tiles: AVX-512, MR rows (up to 6) x one panel of 64 outputs (4 zmm accumulators per
+ * row, 24 in all): per step of k, 4 weight vectors are loaded and each row's 4 (int8) or 2
+ * (bf16) values are broadcast, 4 * MR dot-product instructions.  AVX2: up to 2 (int8) or 3 (bf16)
+ * rows x 16 or 32 outputs.  The portable twin loops over the same packed layout.
+ */
+#include <math.h>
+#include <string.h>
+#include "gemm.h"
+#include "kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define TF_X86 1
+#define TGT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
+#define TGT2 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define TF_X86 0
+#endif
+
+#define PANEL 64
+#define MR512 6
+
+int tf_gemm_best_variant(int kind) {
+#if TF_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512bw") &&
+        (kind == TF_INT8 ? __builtin_cpu_supports("avx512vnni")
+                         : __builtin_cpu_supports("avx512bf16")))
+        return TF_GEMM_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return TF_GEMM_AVX2;
+#endif
+    (void)kind;
+    return TF_GEMM_PORTABLE;
+}
+
+/* ---- packing ------------------------------------------------------------------------------ */
+
+void tf_pack_int8(const int8_t *w, int O, int K, int8_t *packed, int32_t *comp) {
+    const int K4 = (K + 3) & ~3, O64 = (O + PANEL - 1) / PANEL * PANEL;
+    memset(packed, 0, (size_t)O64 * K4);
+    for (int o = 0; o < O64; o++) {
+        int32_t sum = 0;
+        if (o < O) {
+            int8_t *dst = packed + (size_t)(o / 16) * K4 * 16 + (o % 16) * 4;
+            for (int k = 0; k < K; k++) {
+                dst[(size_t)(k / 4) * 64 + k % 4] = w[(size_t)o * K + k];
+                sum += w[(size_t)o * K + k];
+            }
+        }
+        comp[o] = 128 * sum;
+    }
+}
+
+void tf_pack_bf16(const uint16_t *w, int O, int K, uint16_t *packed) {
+    const int K2 = (K + 1) & ~1, O64 = (O + PANEL - 1) / PANEL * PANEL;
+    memset(packed, 0, (size_t)O64 * K2 * sizeof(uint16_t));
+    for (int o = 0; o < O; o++) {
+        uint16_t *dst = packed + (size_t)(o / 16) * K2 * 16 + (o % 16) * 2;
+        for (int k = 0; k < K; k++) dst[(size_t)(k / 2) * 32 + k % 2] = w[(size_t)o * K + k];
+    }
+}
+
+void tf_unpack_row_int8(const int8_t *packed, int K, int o, float inv_scale, float *out) {
+    const int K4 = (K + 3) & ~3;
+    const int8_t *src = packed + (size_t)(o / 16) * K4 * 16 + (o % 16) * 4;
+    for (int k = 0; k < K; k++) out[k] = (float)src[(size_t)(k / 4) * 64 + k % 4] * inv_scale;
+}
+
+static inline float bf16_to_float(uint16_t b) {
+    uint32_t u = (uint32_t)b << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+void tf_unpack_row_bf16(const uint16_t *packed, int K, int o, float *out) {
+    const int K2 = (K + 1) & ~1;
+    const uint16_t *src = packed + (size_t)(o / 16) * K2 * 16 + (o % 16) * 2;
+    for (int k = 0; k < K; k++) out[k] = bf16_to_float(src[(size_t)(k / 2) * 32 + k % 2]);
+}
+
+/* ---- activations ---------------------------------------------------------------------------- */
+
+#if TF_X86
+__attribute__((target("avx512f,avx512bw"))) static float quantize_row_512(const float *x, int K,
+                                                                          int8_t *q) {
+    __m512 vmax = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    float amax = _mm512_reduce_max_ps(vmax);
+    for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    const float s = amax > 0.f ? 127.f / amax : 1.f;
+    const __m512 vs = _mm512_set1_ps(s), lo = _mm512_set1_ps(-127.f), hi = _mm512_set1_ps(127.f);
+    for (k = 0; k + 16 <= K; k += 16) {
+        __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + k), vs),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+        _mm_storeu_si128((__m128i *)(q + k), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(v)));
+    }
+    for (; k < K; k++) q[k] = (int8_t)(int)fminf(fmaxf(rintf(x[k] * s), -127.f), 127.f);
+    return s;
+}
+#endif
+
+float tf_quantize_row_int8(const float *x, int K, int K4, int8_t *q) {
+    float s;
+    for (int k = K; k < K4; k++) q[k] = 0;
+#if TF_X86
+    static int has512 = -1;
+    if (has512 < 0) has512 = __builtin_cpu_supports("avx512bw");
+    if (has512) return quantize_row_512(x, K, q);
+#endif
+    float amax = 0.f;
+    for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    s = amax > 0.f ? 127.f / amax : 1.f;
+    for (int k = 0; k < K; k++) q[k] = (int8_t)(int)fminf(fmaxf(rintf(x[k] * s), -127.f), 127.f);
+    return s;
+}
+
+TF_CLONES
+void tf_round_row_bf16(const float *x, int K, int K2, uint16_t *q) {
+    for (int k = 0; k < K; k++) {
+        uint32_t u;
+        memcpy(&u, &x[k], 4);
+        const uint32_t nan = (u & 0x7fffffffu) > 0x7f800000u;
+        const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16; /* nearest, ties to even */
+        q[k] = (uint16_t)(nan ? (u >> 16) | 0x40u : r);
+    }
+    for (int k = K; k < K2; k++) q[k] = 0;
+}
+
+/* ---- int8: portable ------------------------------------------------------------------------- */
+
+/* acc (M, 64; stride lda) = xq (M, K4) @ panel^T, exact int32 (no shift: signed x). */
+static void int8_panel_portable(const int8_t *xq, int M, int K4, const int8_t *panel,
+                                int32_t *acc, long lda) {
+    for (int m = 0; m < M; m++) {
+        const int8_t *x = xq + (size_t)m * K4;
+        for (int o = 0; o < PANEL; o++) {
+            const int8_t *w = panel + (size_t)(o / 16) * K4 * 16 + (o % 16) * 4;
+            int32_t s = 0;
+            for (int kg = 0; kg < K4 / 4; kg++)
+                for (int kk = 0; kk < 4; kk++) s += (int32_t)x[kg * 4 + kk] * w[kg * 64 + kk];
+            acc[m * lda + o] = s;
+        }
+    }
+}
+
+#if TF_X86
+/* ---- int8: AVX-512 VNNI --------------------------------------------------------------------- */
+
+/* MR rows x 64 outputs: acc[i][j] = sum_k (x[i, k] + 128) w[16 j + lane, k] (u8 x s8 pairs of 4
+ * through vpdpbusd), minus comp; then stored raw (inv_sx NULL: int32 into acc_out) or
+ * dequantized, acc / (sx sw) + bias.  One function, so that the 4 MR accumulators stay in
+ * registers (MR is a constant in every inlined copy). */
+TGT_VNNI INLINE void int8_tile_512(const int8_t *x, long ldx, const int8_t *panel, int K4,
+                                   const int MR, const int32_t *comp, const float *inv_sx,
+                                   const float *inv_sw, const float *bias, int n,
+                                   int32_t *acc_out, long lda, float *out, long ldo) {
+    const long bs = (long)K4 * 16; /* bytes between the panel's 16-output blocks */
+    const __m512i shift = _mm512_set1_epi8((char)0x80);
+    __m512i acc[MR512][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_si512();
+    for (int kg = 0; kg < K4 / 4; kg++) {
+        const int8_t *w = panel + (long)kg * 64;
+        const __m512i b0 = _mm512_loadu_si512(w), b1 = _mm512_loadu_si512(w + bs),
+                      b2 = _mm512_loadu_si512(w + 2 * bs), b3 = _mm512_loadu_si512(w + 3 * bs);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            int32_t four;
+            memcpy(&four, x + i * ldx + kg * 4, 4);
+            const __m512i a = _mm512_xor_si512(_mm512_set1_epi32(four), shift);
+            acc[i][0] = _mm512_dpbusd_epi32(acc[i][0], a, b0);
+            acc[i][1] = _mm512_dpbusd_epi32(acc[i][1], a, b1);
+            acc[i][2] = _mm512_dpbusd_epi32(acc[i][2], a, b2);
+            acc[i][3] = _mm512_dpbusd_epi32(acc[i][3], a, b3);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512i c = _mm512_loadu_si512(comp + 16 * j);
+        const __m512 sw = inv_sx ? _mm512_loadu_ps(inv_sw + 16 * j) : _mm512_setzero_ps();
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m512i d = _mm512_sub_epi32(acc[i][j], c);
+            if (!inv_sx) {
+                _mm512_mask_storeu_epi32(acc_out + i * lda + 16 * j, k, d);
+            } else {
+                const __m512 f = _mm512_fmadd_ps(
+                    _mm512_mul_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(inv_sx[i])), sw, bv);
+                _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, f);
+            }
+        }
+    }
+}
+
+TGT_VNNI static void int8_panel_512(const int8_t *xq, int M, int K4, const int8_t *panel,
+                                    const int32_t *comp, const float *inv_sx,
+                                    const float *inv_sw, const float *bias, int n,
+                                    int32_t *acc_out, long lda, float *out, long ldo) {
+    for (int m = 0; m < M; m += MR512) {
+        const int8_t *x = xq + (size_t)m * K4;
+        const float *isx = inv_sx ? inv_sx + m : NULL;
+        int32_t *ao = acc_out ? acc_out + m * lda : NULL;
+        float *o = out ? out + m * ldo : NULL;
+        switch (M - m >= MR512 ? MR512 : M - m) { /* constant MR: accumulators in registers */
+#define CASE(R) case R: int8_tile_512(x, K4, panel, K4, R, comp, isx, inv_sw, bias, n, ao, lda, \
+                                      o, ldo); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
+        }
+    }
+}
+
+/* ---- int8: AVX2 --------------------------------------------------------------------------- */
+
+/* acc (M, 64; stride lda) = xq @ panel^T, exact: int8 widened to int16, pairs through vpmaddwd.
+ * A 16-byte slice of a weight vector is 4 outputs x 4 k; x's 4 values are broadcast as 64 bits. */
+TGT2 static void int8_panel_avx2(const int8_t *xq, int M, int K4, const int8_t *panel,
+                                 int32_t *acc_out, long lda) {
+    const long bs = (long)K4 * 16;
+    for (int m = 0; m < M; m += 2) {
+        const int rows = M - m >= 2 ? 2 : 1;
+        for (int j = 0; j < 4; j++) {
+            __m256i a[2][4];
+            for (int i = 0; i < 2; i++)
+                for (int q = 0; q < 4; q++) a[i][q] = _mm256_setzero_si256();
+            const int8_t *wb = panel + j * bs;
+            for (int kg = 0; kg < K4 / 4; kg++) {
+                __m256i w[4];
+                for (int q = 0; q < 4; q++)
+                    w[q] = _mm256_cvtepi8_epi16(
+                        _mm_loadu_si128((const __m128i *)(wb + kg * 64 + 16 * q)));
+                for (int i = 0; i < rows; i++) {
+                    int32_t four;
+                    memcpy(&four, xq + (size_t)(m + i) * K4 + kg * 4, 4);
+                    const __m256i xv = _mm256_broadcastq_epi64(
+                        _mm_cvtepi8_epi16(_mm_cvtsi32_si128(four)));
+                    for (int q = 0; q < 4; q++)
+                        a[i][q] = _mm256_add_epi32(a[i][q], _mm256_madd_epi16(xv, w[q]));
+                }
+            }
+            for (int i = 0; i < rows; i++)
+                for (int q = 0; q < 4; q += 2) { /* lanes: pairs of k of outputs 4q.. 4q+7 */
+                    const __m256i h = _mm256_permute4x64_epi64(
+                        _mm256_hadd_epi32(a[i][q], a[i][q + 1]), _MM_SHUFFLE(3, 1, 2, 0));
+                    _mm256_storeu_si256((__m256i *)(acc_out + (m + i) * lda + 16 * j + 4 * q),
+                                        h);
+                }
+        }
+    }
+}
+#endif
+
+/* acc (M, 64) raw int32 products of one panel, by variant. */
+static void int8_panel_acc(int variant, const int8_t *xq, int M, int K4, const int8_t *panel,
+                           int32_t *acc, long lda) {
+#if TF_X86
+    if (variant == TF_GEMM_AVX2) {
+        int8_panel_avx2(xq, M, K4, panel, acc, lda);
+        return;
+    }
+#endif
+    (void)variant;
+    int8_panel_portable(xq, M, K4, panel, acc, lda);
+}
+
+void tf_gemm_int8_raw(int variant, const int8_t *xq, int M, int K4, const int8_t *packed,
+                      const int32_t *comp, int o0, int n, int32_t *acc, long lda) {
+    const int8_t *panel = packed + (size_t)o0 * K4;
+#if TF_X86
+    if (variant == TF_GEMM_AVX512) {
+        int8_panel_512(xq, M, K4, panel, comp + o0, NULL, NULL, NULL, n, acc, lda, NULL, 0);
+        return;
+    }
+#endif
+    (void)comp;
+    int32_t tmp[MR512 * PANEL];
+    for (int m = 0; m < M; m += MR512) {
+        const int rows = M - m >= MR512 ? MR512 : M - m;
+        int8_panel_acc(variant, xq + (size_t)m * K4, rows, K4, panel, tmp, PANEL);
+        for (int i = 0; i < rows; i++) memcpy(acc + (m + i) * lda, tmp + i * PANEL, 4 * n);
+    }
+}
+
+void tf_gemm_int8(int variant, const int8_t *xq, int M, int K4, const float *inv_sx,
+                  const int8_t *packed, const int32_t *comp, const float *inv_sw,
+                  const float *bias, int o0, int n, float *out, long ldo) {
+    const int8_t *panel = packed + (size_t)o0 * K4;
+#if TF_X86
+    if (variant == TF_GEMM_AVX512) {
+        int8_panel_512(xq, M, K4, panel, comp + o0, inv_sx, inv_sw + o0,
+                       bias ? bias + o0 : NULL, n, NULL, 0, out + o0, ldo);
+        return;
+    }
+#endif
+    int32_t tmp[MR512 * PANEL];
+    for (int m = 0; m < M; m += MR512) {
+        const int rows = M - m >= MR512 ? MR512 : M - m;
+        int8_panel_acc(variant, xq + (size_t)m * K4, rows, K4, panel, tmp, PANEL);
+        for (int i = 0; i < rows; i++) {
+            float *o = out + (size_t)(m + i) * ldo + o0;
+            const float isx = inv_sx[m + i];
+            for (int c = 0; c < n; c++)
+                o[c] = (float)tmp[i * PANEL + c] * isx * inv_sw[o0 + c] +
+                       (bias ? bias[o0 + c] : 0.f);
+        }
+    }
+}
+
+/* ---- bf16 ----------------------------------------------------------------------------------- */
+
+static void bf16_panel_portable(const uint16_t *xb, int M, int K2, const uint16_t *panel,
+                                float *acc, long lda) {
+    for (int m = 0; m < M; m++) {
+        const uint16_t *x = xb + (size_t)m * K2;
+        for (int o = 0; o < PANEL; o++) {
+            const uint16_t *w = panel + (size_t)(o / 16) * K2 * 16 + (o % 16) * 2;
+            float s = 0.f;
+            for (int kp = 0; kp < K2 / 2; kp++)
+                s += bf16_to_float(x[2 * kp]) * bf16_to_float(w[kp * 32]) +
+                     bf16_to_float(x[2 * kp + 1]) * bf16_to_float(w[kp * 32 + 1]);
+            acc[m * lda + o] = s;
+        }
+    }
+}
+
+#if TF_X86
+TGT_BF16 INLINE void bf16_tile_512(const uint16_t *x, long ldx, const uint16_t *panel, int K2,
+                                   const int MR, const float *bias, int n, float *out,
+                                   long ldo) {
+    const long bs = (long)K2 * 16; /* elements between the panel's 16-output blocks */
+    __m512 acc[MR512][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int kp = 0; kp < K2 / 2; kp++) {
+        const uint16_t *w = panel + (long)kp * 32;
+        const __m512i b0 = _mm512_loadu_si512(w), b1 = _mm512_loadu_si512(w + bs),
+                      b2 = _mm512_loadu_si512(w + 2 * bs), b3 = _mm512_loadu_si512(w + 3 * bs);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            int32_t two;
+            memcpy(&two, x + i * ldx + kp * 2, 4);
+            const __m512i a = _mm512_set1_epi32(two);
+            acc[i][0] = _mm512_dpbf16_ps(acc[i][0], (__m512bh)a, (__m512bh)b0);
+            acc[i][1] = _mm512_dpbf16_ps(acc[i][1], (__m512bh)a, (__m512bh)b1);
+            acc[i][2] = _mm512_dpbf16_ps(acc[i][2], (__m512bh)a, (__m512bh)b2);
+            acc[i][3] = _mm512_dpbf16_ps(acc[i][3], (__m512bh)a, (__m512bh)b3);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
+    }
+}
+
+TGT_BF16 static void bf16_panel_512(const uint16_t *xb, int M, int K2, const uint16_t *panel,
+                                    const float *bias, int n, float *out, long ldo) {
+    for (int m = 0; m < M; m += MR512) {
+        const uint16_t *x = xb + (size_t)m * K2;
+        float *o = out + (size_t)m * ldo;
+        switch (M - m >= MR512 ? MR512 : M - m) {
+#define CASE(R) case R: bf16_tile_512(x, K2, panel, K2, R, bias, n, o, ldo); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
+        }
+    }
+}
+
+/* bf16 widened to float32 (a pair's first value: << 16; its second: the high half), FMA. */
+TGT2 static void bf16_panel_avx2(const uint16_t *xb, int M, int K2, const uint16_t *panel,
+                                 float *acc_out, long lda) {
+    const long bs = (long)K2 * 16;
+    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
+    for (int m = 0; m < M; m += 3) {
+        const int rows = M - m >= 3 ? 3 : M - m;
+        for (int j = 0; j < 4; j++) {
+            __m256 a[3][2];
+            for (int i = 0; i < 3; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+            const uint16_t *wb = panel + j * bs;
+            for (int kp = 0; kp < K2 / 2; kp++) {
+                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32));
+                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32 + 16));
+                const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
+                const __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi_mask));
+                const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
+                const __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi_mask));
+                for (int i = 0; i < rows; i++) {
+                    const uint16_t *x = xb + (size_t)(m + i) * K2 + 2 * kp;
+                    const __m256 x0 = _mm256_set1_ps(bf16_to_float(x[0]));
+                    const __m256 x1 = _mm256_set1_ps(bf16_to_float(x[1]));
+                    a[i][0] = _mm256_fmadd_ps(x1, o0, _mm256_fmadd_ps(x0, e0, a[i][0]));
+                    a[i][1] = _mm256_fmadd_ps(x1, o1, _mm256_fmadd_ps(x0, e1, a[i][1]));
+                }
+            }
+            for (int i = 0; i < rows; i++) {
+                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j, a[i][0]);
+                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j + 8, a[i][1]);
+            }
+        }
+    }
+}
+#endif
+
+void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t *packed,
+                  const float *bias, int o0, int n, float *out, long ldo) {
+    const uint16_t *panel = packed + (size_t)o0 * K2;
+#if TF_X86
+    if (variant == TF_GEMM_AVX512) {
+        bf16_panel_512(xb, M, K2, panel, bias ? bias + o0 : NULL, n, out + o0, ldo);
+        return;
+    }
+#endif
+    float tmp[MR512 * PANEL];
+    for (int m = 0; m < M; m += MR512) {
+        const int rows = M - m >= MR512 ? MR512 : M - m;
+#if TF_X86
+        if (variant == TF_GEMM_AVX2)
+            bf16_panel_avx2(xb + (size_t)m * K2, rows, K2, panel, tmp, PANEL);
+        else
+#endif
+            bf16_panel_portable(xb + (size_t)m * K2, rows, K2, panel, tmp, PANEL);
+        for (int i = 0; i < rows; i++) {
+            float *o = out + (size_t)(m + i) * ldo + o0;
+            for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
+        }
+    }
+}

@@ -1,0 +1,75 @@
+/* Packed int8 and bfloat16 matrix products of the CPU backend: out (M, O) = x (M, K) @ w (O, K)^T.
+ *
+ * The weights are packed once, at load, for the register tile of the kernels:
+ *   int8:  (O64 = O rounded up to 64, K4 = K rounded up to 4) as [O64/16][K4/4][16][4] int8: one
+ *          64-byte vector holds 4 consecutive k of 16 consecutive outputs, the operand layout of
+ *          AVX-512 VNNI vpdpbusd; zero padding.
+ *   bf16:  (O64, K2 = K rounded up to 2) as [O64/16][K2/2][16][2] bf16 bits: the operand layout
+ *          of AVX512-BF16 vdpbf16ps.
+ * A panel of 64 outputs (4 blocks of 16, K4 * 64 or K2 * 128 bytes) is the unit of work: the
+ * kernels stream it once for a block of rows of x, which stay in registers.
+ * Activations are prepared per row right before the product: int8 rows are quantized
+ * symmetrically with one scale per row (q = round(x * s), s = 127 / max|x|, CTranslate2's int8),
+ * bf16 rows rounded to nearest even.  Accumulation is int32 (exact) or float32.
+ *
+ * Each product has three variants, chosen at run time (tf_gemm_variant): AVX-512 (VNNI for int8,
+ * BF16 for bf16), AVX2 (int8: sign-extended 16-bit pairs through vpmaddwd, exact; bf16: widened to
+ * float32 for FMA) and a portable C twin, the reference in tests and the fallback on any CPU.
+ * All variants of a product give the same int32 accumulators (int8) or the same float32 products
+ * summed in another order (bf16).
+ */
+#ifndef TRANSFORMER_CPU_GEMM_H
+#define TRANSFORMER_CPU_GEMM_H
+
+#include <stdint.h>
+
+#define TF_GEMM_PORTABLE 0
+#define TF_GEMM_AVX2 1
+#define TF_GEMM_AVX512 2
+
+#define TF_INT8 0
+#define TF_BF16 1
+
+/* Best variant this CPU runs for kind TF_INT8 or TF_BF16 (TF_GEMM_AVX512 needs AVX512BW + VNNI,
+ * resp. AVX512BW + AVX512_BF16; TF_GEMM_AVX2 needs AVX2 + FMA). */
+int tf_gemm_best_variant(int kind);
+
+/* packed (O64/16 * K4/4 * 64) = w (O, K) int8 row-major in the int8 layout; comp (O64) =
+ * 128 * sum_k w[o, k] (the correction of the +128 shift that makes x unsigned for vpdpbusd). */
+void tf_pack_int8(const int8_t *w, int O, int K, int8_t *packed, int32_t *comp);
+
+/* packed (O64/16 * K2/2 * 32) = w (O, K) bf16 bits row-major in the bf16 layout. */
+void tf_pack_bf16(const uint16_t *w, int O, int K, uint16_t *packed);
+
+/* Row o of a packed matrix back in row-major order, as float32: out (K) = w[o, :] / scale
+ * (int8; scale = the row's quantization scale) or the bf16 values. */
+void tf_unpack_row_int8(const int8_t *packed, int K, int o, float inv_scale, float *out);
+void tf_unpack_row_bf16(const uint16_t *packed, int K, int o, float *out);
+
+/* q (K4) = round(x * s) in [-127, 127], zero padded from K to K4; returns s = 127 / max|x|
+ * (1 for a row of zeros).  Round half to even, as nearbyintf in the default rounding mode. */
+float tf_quantize_row_int8(const float *x, int K, int K4, int8_t *q);
+
+/* q (K2) = x rounded to bf16 (nearest even; NaN stays NaN), zero padded from K to K2. */
+void tf_round_row_bf16(const float *x, int K, int K2, uint16_t *q);
+
+/* Raw int32 products of rows of quantized activations with outputs [o0, o0 + n) of a packed
+ * int8 matrix: acc (M rows, stride lda) = xq (M, K4) @ w^T, exact (the shift corrected with
+ * comp).  n <= 64, o0 a multiple of 64 (one panel). */
+void tf_gemm_int8_raw(int variant, const int8_t *xq, int M, int K4, const int8_t *packed,
+                      const int32_t *comp, int o0, int n, int32_t *acc, long lda);
+
+/* Dequantized int8 product of a tile: out[m, o] = acc / (sx[m] * sw[o]) + bias[o] for rows
+ * [0, M) and outputs [o0, o0 + n), n <= 64, o0 a multiple of 64; inv_sx (M) = 1 / sx,
+ * inv_sw (O64) = 1 / sw, bias (O) or NULL; out row stride ldo. */
+void tf_gemm_int8(int variant, const int8_t *xq, int M, int K4, const float *inv_sx,
+                  const int8_t *packed, const int32_t *comp, const float *inv_sw,
+                  const float *bias, int o0, int n, float *out, long ldo);
+
+/* bf16 product of a tile: out[m, o] = sum_k xb[m, k] w[o, k] (float32 accumulation) + bias[o]
+ * for rows [0, M) and outputs [o0, o0 + n), n <= 64, o0 a multiple of 64. xb (M, K2) bf16 bits
+ * from tf_round_row_bf16. */
+void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t *packed,
+                  const float *bias, int o0, int n, float *out, long ldo);
+
+#endif
