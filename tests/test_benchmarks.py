@@ -475,20 +475,21 @@ def test_sentences_ship_with_the_package():
 
 
 def test_int8_probe_uses_our_kernel_when_there(monkeypatch):
-    from transformer import ops
-    monkeypatch.delattr(ops, "int8_gemm", raising=False)
+    ours = limits.Int8Probe(2, shape=(5, 70, 67), reps=1, min_seconds=0)  # checked exactly
+    if limits.int8_kernel() is not None:
+        assert ours.source.startswith("transformer int8 GEMM (") and not ours.fallback
+    assert ours.measure()["int8_gops"] > 0
+    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
     fallback = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
     assert fallback.fallback and "fallback" in fallback.describe()
     assert fallback.measure()["int8_gops"] > 0
-    exact = lambda a, b, threads: a.astype(np.int32) @ b.T.astype(np.int32)   # noqa: E731
-    monkeypatch.setattr(ops, "int8_gemm", exact, raising=False)
-    ours = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
-    assert ours.source == "transformer int8_gemm" and not ours.fallback
-    monkeypatch.setattr(ops, "int8_gemm", lambda a, b, threads: exact(a, b, threads) + 1,
-                        raising=False)
+
+    def wrong(a, b, threads):
+        return (lambda: a.astype(np.int32) @ b.T.astype(np.int32) + 1), "wrong"
+    monkeypatch.setattr(limits, "int8_kernel", lambda: wrong)
     with pytest.raises(RuntimeError, match="exact integer product"):
         limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
-    monkeypatch.delattr(ops, "int8_gemm")
+    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
     lim = limits.DenseLimit("int8", None, 1)
     s = lim.summarize([{"int8_gops": 2.0}, {"int8_gops": 4.0}])
     assert s["value"] == 3.0 and s["label"] == "int8 3 GOP/s" and "fallback" in s["text"]

@@ -222,10 +222,10 @@ class Int8Probe:
     B (N, K) int8, int32 accumulation; GOP/s = 2 M N K / seconds (median of reps calibrated
     samples).
 
-    The kernel: this project's raw int8 GEMM, `transformer.ops.int8_gemm(a, b, threads=n) ->
-    (M, N) int32` (its own packed VNNI / AVX2 / portable kernel), when the package has it
-    (source "transformer int8_gemm"); checked once against the exact integer product. Without
-    it, the fallback is NumPy's int32 matmul (source "numpy int32 matmul (fallback)"): a plain
+    The kernel: this project's raw int8 GEMM (int8_kernel: the packed int32 product of the
+    variant its int8 models run, VNNI / AVX2 / portable, without dequantization), checked once
+    against the exact integer product (source "transformer int8 GEMM (<variant>)"). Without it,
+    the fallback is NumPy's int32 matmul (source "numpy int32 matmul (fallback)"): a plain
     loop, far below the machine's int8 peak, so fractions of it overstate; the report says so.
     measure() returns {"int8_gops"}; .source names the kernel. Raises ValueError for a
     non-positive shape, RuntimeError when our kernel gives a wrong product."""
@@ -240,15 +240,15 @@ class Int8Probe:
         b = rng.integers(-127, 128, (N, K), dtype=np.int8)
         self.ops = 2.0 * M * N * K
         self.shape_text = f"({M}x{K}) int8 x ({N}x{K})^T int8 -> int32"
-        kernel = int8_kernel()
-        if kernel is not None:
+        prepare = int8_kernel()
+        if prepare is not None:
+            self.fn, variant = prepare(a, b, threads)
             exact = a.astype(np.int64) @ b.T.astype(np.int64)
-            got = np.asarray(kernel(a, b, threads=threads))
+            got = np.asarray(self.fn())
             if got.shape != exact.shape or not np.array_equal(got.astype(np.int64), exact):
-                raise RuntimeError("transformer.ops.int8_gemm differs from the exact integer "
+                raise RuntimeError(f"the int8 GEMM ({variant}) differs from the exact integer "
                                    "product: not used as the int8 limit")
-            self.source, self.fallback = "transformer int8_gemm", False
-            self.fn = lambda: kernel(a, b, threads=threads)
+            self.source, self.fallback = f"transformer int8 GEMM ({variant})", False
         else:
             a32, bt32 = a.astype(np.int32), np.ascontiguousarray(b.T, dtype=np.int32)
             out = np.empty((M, N), np.int32)
@@ -265,19 +265,48 @@ class Int8Probe:
         text = f"int8 dot products, {self.shape_text}, {plural(self.threads, 'thread')}, " \
                f"through {self.source}"
         if self.fallback:
-            text += (" (this package has no raw int8 GEMM yet, transformer.ops.int8_gemm: "
-                     "NumPy's integer matmul is a plain loop, far below the machine's int8 "
-                     "peak, so fractions of it overstate)")
+            text += (" (this package has no raw int8 GEMM: NumPy's integer matmul is a plain "
+                     "loop, far below the machine's int8 peak, so fractions of it overstate)")
         return text
 
 
 def int8_kernel():
-    """This project's raw int8 GEMM (transformer.ops.int8_gemm), or None when it has none."""
+    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant), or None when the
+    package has none. a (M, K) and b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
+    packed once (transformer.ops.packed.PackedWeight.from_int8), then fn runs
+    transformer._cpu.gemm_int8_raw of the variant int8 models use (packed.VARIANT, VNNI /
+    AVX2 / portable) on `threads` row blocks at once (one Python thread each; the kernel
+    releases the GIL)."""
     try:
-        from .. import ops
+        from .. import _cpu
+        from ..ops import packed
     except ImportError:
         return None
-    return getattr(ops, "int8_gemm", None)
+    if not hasattr(_cpu, "gemm_int8_raw") or not hasattr(packed, "PackedWeight"):
+        return None
+    variant = packed.VARIANT["int8"]
+
+    def prepare(a, b, threads):
+        M, K = a.shape
+        w = packed.PackedWeight.from_int8(np.ascontiguousarray(b), np.ones(len(b), np.float32))
+        xq = np.zeros((M, -(-K // 4) * 4), np.int8)          # K padded to 4, as the kernel's
+        xq[:, :K] = a
+        out = np.empty((M, len(b)), np.int32)
+        blocks = [slice(int(r[0]), int(r[-1]) + 1)
+                  for r in np.array_split(np.arange(M), threads) if len(r)]
+        pool = ThreadPoolExecutor(len(blocks)) if len(blocks) > 1 else None
+
+        def block(s):
+            _cpu.gemm_int8_raw(variant, xq[s], w.data, w._comp, out[s])
+
+        def fn():
+            if pool is None:
+                block(slice(0, M))
+            else:
+                list(pool.map(block, blocks))
+            return out
+        return fn, variant
+    return prepare
 
 
 def llc_bytes():
