@@ -620,7 +620,7 @@ def test_generate_check_at_int8_reports_divergences_and_times():
     diverged = (np.array([[1, 2, 3], [4, 9, 9]]), None)
     a = generate.token_agreement(diverged, ref, prompts, 2, FakeReference(2.5), "int8")
     assert a["ok"] and "int8: reported" in a["text"]
-    assert generate.accuracy_text(a) == "66.7% tokens identical, 1 sequences whole"
+    assert generate.accuracy_text(a) == "66.7% tokens identical, 1/2 sequences whole"
     bad = generate.token_agreement((ref[0][:, :2], "returned shape (2, 2)"), ref, prompts, 2,
                                    None, "int8")
     assert not bad["ok"]

@@ -182,6 +182,16 @@ class FailedEngine:
     embedder = generator = translator = fail
 
 
+def packed_variant(dtype):
+    """", kernel variant avx512" for an int8 / bfloat16 model (transformer.ops.packed), else
+    ""."""
+    try:
+        from ..ops import packed
+        return f", kernel variant {packed.VARIANT[dtype]}" if dtype in packed.VARIANT else ""
+    except (ImportError, AttributeError):
+        return ""
+
+
 @register
 class TransformerEngine(Engine):
     """This project: transformer.load(dir, dtype=dtype, threads=n)."""
@@ -195,7 +205,7 @@ class TransformerEngine(Engine):
         self.model = transformer.load(setup.model_dir, dtype=setup.dtype,
                                       threads=setup.threads)
         self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}"
-                          f", dtype {setup.dtype}")
+                          f", dtype {setup.dtype}" + packed_variant(setup.dtype))
 
     def embedder(self, batches):
         return lambda: np.concatenate([self.model.embed(**b) for b in batches])

@@ -193,8 +193,9 @@ def accuracy_text(agreement):
     """The accuracy cell of a generate row: tokens identical to the float32 reference's."""
     if not agreement or agreement.get("identical_fraction") is None:
         return "reference" if agreement and agreement.get("is_reference") else None
+    n = len(agreement.get("first_divergence_per_sequence") or [])
     return (f"{100 * agreement['identical_fraction']:.1f}% tokens identical, "
-            f"{agreement['identical_sequences']} sequences whole")
+            f"{agreement['identical_sequences']}/{n} sequences whole")
 
 
 # ---------------------------------------------------------------------------------------------
