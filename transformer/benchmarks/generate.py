@@ -66,7 +66,8 @@ limit, with weight bytes = 4 * all parameters at float32 (the LM head is tied to
 embeddings and counted once: 124.4 M parameters, 498 MB for GPT-2 small; at int8 the matrices
 at 1 byte + a float32 scale per row, at bfloat16 at 2 bytes: weight_bytes) and steps/s =
 tokens/s / B. The KV-cache reads, the prefill and the Python overhead are not counted, so 100%
-is not reachable; at larger batches the work is closer to compute-bound and the fraction is only indicative.
+is not reachable; at larger batches the work is closer to compute-bound and the fraction is only
+indicative.
 """
 import json
 import os
