@@ -425,7 +425,8 @@ def test_bench_cli_errors():
 
 def test_bench_config_from_the_command_line():
     from transformer.benchmarks import PEERS, DTYPES, parse_config
-    assert PEERS == engines.peer_names() and DTYPES == engines.DTYPES   # one list, two views
+    assert PEERS == ("torch", "onnxruntime", "ctranslate2", "llama.cpp")
+    assert DTYPES == ("float32", "int8", "bfloat16")
     cfg = parse_config(["generate", "--dtype", "int8", "--peers", "llama.cpp,torch",
                         "--threads", "1", "--sentences", "s.txt"])
     assert (cfg.dtype, cfg.peers, cfg.sentences, cfg.suites) == \

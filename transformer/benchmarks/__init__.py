@@ -41,9 +41,10 @@ import sys
 import time
 import traceback
 
+from .engines import DTYPES, peer_names
+
 SUITES = ("kernels", "encode", "generate", "translate", "attention-memory")
-PEERS = ("torch", "onnxruntime", "ctranslate2", "llama.cpp")    # engines.peer_names()
-DTYPES = ("float32", "int8", "bfloat16")                        # engines.DTYPES
+PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
 MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
            "translate": "translate", "attention-memory": "attention_memory"}
 
