@@ -46,7 +46,7 @@ def config_from_hf(cfg, source="config.json", roberta=False):
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
 
 
-def _hf_names(config, layout):
+def _hf_names(config, layout=BERT_LAYOUT):
     """{our name: HF name} (HF names without the "bert." prefix) for a layer layout."""
     names = {"embeddings.word": "embeddings.word_embeddings.weight",
              "embeddings.position": "embeddings.position_embeddings.weight",
