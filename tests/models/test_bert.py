@@ -289,3 +289,25 @@ def test_tiny_mpnet_matches_hf(tmp_path, rng, left):
             with torch.no_grad():
                 alone = model(input_ids=torch.tensor(row)).last_hidden_state.numpy()[0]
             assert np.abs(got[b][real[b]] - alone).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_all_mpnet_base_v2_matches_hf(mpnet_path):
+    """The real all-mpnet-base-v2 on real sentences: hidden states against HF MPNetModel, and
+    the embeddings against its sentence-transformers pooling (mean, then Normalize)."""
+    ours = transformer.load(mpnet_path, threads=2)
+    assert ours.pooling == ("mean",) and ours.normalize
+    model = hf.MPNetModel.from_pretrained(str(mpnet_path)).eval()
+    batch = ours.tokenizer(SENTENCES)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(batch["input_ids"]),
+                     attention_mask=torch.tensor(batch["attention_mask"])).last_hidden_state
+    want = want.numpy().astype(np.float64)
+    real = batch["attention_mask"].astype(bool)
+    got = ours(batch["input_ids"], batch["attention_mask"])
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+    m = batch["attention_mask"][..., None]
+    pooled = (want * m).sum(1) / m.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    emb = ours.embed_texts(SENTENCES)
+    assert np.sum(emb * pooled, axis=1).min() >= 0.99999

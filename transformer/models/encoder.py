@@ -162,6 +162,8 @@ class EncoderModel(DeviceModel):
             if not np.issubdtype(types.dtype, np.integer) or types.shape != (B, T):
                 raise ValueError(f"token_type_ids must be integers of the shape of input_ids "
                                  f"{(B, T)}, got {types.dtype} {types.shape}")
+            if not cfg.type_vocab_size and not types.any():
+                types = None  # all type 0 from a tokenizer, for a model without token types
         flat, cu, positions = pack(mask)
         if cfg.position_start is not None:  # rank among the real tokens (RoBERTa)
             positions = np.arange(len(flat)) - np.repeat(cu[:-1], np.diff(cu)) \
