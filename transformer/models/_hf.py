@@ -3,7 +3,7 @@ shards) and the optional tokenizer.json."""
 import json
 import os
 
-from ..tokenizer import Tokenizer
+from ..tokenizer import MarianTokenizer, Tokenizer
 from ..weights import WeightsError, read_safetensors
 
 
@@ -71,9 +71,15 @@ def check_layer_count(tensors, n_layers, source):
 
 
 def hf_tokenizer(path, max_length):
-    """Tokenizer of `path`/tokenizer.json truncating to max_length tokens, or None."""
+    """Tokenizer of `path` truncating to max_length tokens: tokenizer.json (the `tokenizers`
+    library), else a Marian SentencePiece pair (source.spm, target.spm, vocab.json), else
+    None."""
     tok = os.path.join(path, "tokenizer.json")
-    return Tokenizer(tok, max_length) if os.path.isfile(tok) else None
+    if os.path.isfile(tok):
+        return Tokenizer(tok, max_length)
+    if os.path.isfile(os.path.join(path, "source.spm")):
+        return MarianTokenizer(path, max_length)
+    return None
 
 
 class HFFamily:
