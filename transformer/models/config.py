@@ -2,6 +2,7 @@
 from dataclasses import dataclass
 
 from ..ops import ACTIVATIONS
+from .block import BlockSpec
 
 # HF `hidden_act` strings -> our activation names
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -67,6 +68,11 @@ class EncoderConfig:
     def head_dim(self):
         """D = d_model / n_heads."""
         return self.d_model // self.n_heads
+
+    @property
+    def block(self):
+        """The BlockSpec of the layers (LayerNorm, post-LN unless pre_norm)."""
+        return BlockSpec("layer_norm", self.layer_norm_eps, self.pre_norm, self.activation)
 
     @property
     def max_length(self):

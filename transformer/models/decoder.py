@@ -26,6 +26,8 @@ import numpy as np
 
 from .. import ops
 from ..ops.position_bias import alibi_slopes
+from . import block
+from .block import BlockSpec
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device
 from ._inputs import check_batch
@@ -91,6 +93,13 @@ class DecoderConfig:
                              f"{self.positions!r}")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    @property
+    def block(self):
+        """The BlockSpec of the layers (pre-norm; SwiGLU is a gated SiLU FFN)."""
+        swiglu = self.activation == "swiglu"
+        return BlockSpec(self.norm, self.norm_eps, True, "silu" if swiglu else self.activation,
+                         gated=swiglu)
 
     @property
     def eos_token_ids(self):
@@ -246,18 +255,6 @@ class DecoderModel(DeviceModel):
         return rope
 
     # -- building blocks --------------------------------------------------------------------------
-    def _norm(self, x, name):
-        w, cfg = self.weights, self.config
-        if cfg.norm == "rms_norm":
-            return ops.rms_norm(x, w[name + ".weight"], cfg.norm_eps, threads=self.threads)
-        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], cfg.norm_eps,
-                              threads=self.threads)
-
-    def _linear(self, x, name, activation=None):
-        w = self.weights
-        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
-                          threads=self.threads)
-
     def _embed(self, ids, positions):
         w, cfg = self.weights, self.config
         norm = dict(norm_weight=w.get("embeddings.norm.weight"),
@@ -271,22 +268,18 @@ class DecoderModel(DeviceModel):
     def _stack(self, h, positions, attend):
         """Run the L blocks on rows h (N, C) at `positions` (N,); attend(i, qkv (N, Q+2K)) ->
         context (N, Q) does the attention of layer i (and stores K/V in the cache)."""
-        cfg, n = self.config, self.threads
-        H, Hkv = cfg.n_heads, cfg.n_kv_heads
+        cfg, w, n = self.config, self.weights, self.threads
+        H, Hkv, spec = cfg.n_heads, cfg.n_kv_heads, cfg.block
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
-            qkv = self._linear(self._norm(h, p + "norm1"), p + "qkv")
+            qkv = block.linear(w, p + "qkv", block.norm(spec, w, p + "norm1", h, n), n)
             if cfg.positions == "rotary":
                 cos, sin = self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
                 ops.rotary(qkv, positions, cos, sin, H + Hkv, cfg.rope_interleaved, threads=n)
-            h = ops.add(h, self._linear(attend(i, qkv), p + "out"))
-            x = self._norm(h, p + "norm2")
-            if cfg.activation == "swiglu":
-                f = ops.swiglu(self._linear(x, p + "ff1"), threads=n)
-            else:
-                f = self._linear(x, p + "ff1", cfg.activation)
-            h = ops.add(h, self._linear(f, p + "ff2"))
-        return self._norm(h, "final_norm")
+            h = ops.add(h, block.linear(w, p + "out", attend(i, qkv), n))
+            h = block.sublayer(spec, w, p + "norm2", h,
+                               lambda x: block.feed_forward(spec, w, p, x, n), n)
+        return block.norm(spec, w, "final_norm", h, n)
 
     def _split(self, qkv):
         cfg = self.config

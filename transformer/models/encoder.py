@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from .. import ops
+from . import block
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_numpy
 from ._hf import read_json
@@ -87,39 +88,28 @@ def encoder_shapes(config):
     return shapes
 
 
-def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n,
-                   position_bias=None):
+def encoder_layers(w, prefix, n_layers, H, D, spec, h, cu, n, position_bias=None):
     """The L encoder blocks on packed rows h (N, C) with cu_seqlens cu (B+1,): self-attention and
-    feed-forward, post-LN (norm after each residual add) or pre-LN (norm before each sub-layer,
-    then `final_norm` when present). w: weights under `prefix` (module docstring names);
-    n: threads; position_bias: an ops.PositionBias shared by every layer, or None.
-    Returns (N, C) float32."""
-    N, C = h.shape
+    feed-forward sub-layers as `spec` (a block.BlockSpec) says (post-LN or pre-LN, then
+    `final_norm` when present; LayerNorm or RMSNorm; plain or gated FFN). w: weights under
+    `prefix` (module docstring names); n: threads; position_bias: an ops.PositionBias shared
+    by every layer, or None. Returns (N, C) float32."""
+    N = h.shape[0]
     ctx = ops.array_module(h).empty((N, H, D), h.dtype)
     for i in range(n_layers):
         p = f"{prefix}layers.{i}."
-        x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
-                           threads=n) if pre_norm else h
-        qkv = ops.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"], threads=n).reshape(N, 3, H, D)
-        ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n,
-                             position_bias=position_bias)
-        a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
-        if pre_norm:
-            h = ops.add(h, a)
-            x = ops.layer_norm(h, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, threads=n)
-        else:
-            h = x = ops.layer_norm(a, w[p + "norm1.weight"], w[p + "norm1.bias"], eps, residual=h,
-                                   threads=n)
-        f = ops.linear(x, w[p + "ff1.weight"], w[p + "ff1.bias"], activation, threads=n)
-        f = ops.linear(f, w[p + "ff2.weight"], w[p + "ff2.bias"], threads=n)
-        if pre_norm:
-            h = ops.add(h, f)
-        else:
-            h = ops.layer_norm(f, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, residual=h,
-                               threads=n)
+
+        def attend(x):
+            qkv = block.linear(w, p + "qkv", x, n).reshape(N, 3, H, D)
+            ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n,
+                                 scale=spec.attention_scale, position_bias=position_bias)
+            return block.linear(w, p + "out", ctx.reshape(N, H * D), n)
+
+        h = block.sublayer(spec, w, p + "norm1", h, attend, n)
+        h = block.sublayer(spec, w, p + "norm2", h,
+                           lambda x: block.feed_forward(spec, w, p, x, n), n)
     if prefix + "final_norm.weight" in w:
-        h = ops.layer_norm(h, w[prefix + "final_norm.weight"], w[prefix + "final_norm.bias"], eps,
-                           threads=n)
+        h = block.norm(spec, w, prefix + "final_norm", h, n)
     return h
 
 
@@ -179,8 +169,8 @@ class EncoderModel(DeviceModel):
         h = ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions, types,
                           w.get("embeddings.token_type"), w.get("embeddings.norm.weight"),
                           w.get("embeddings.norm.bias"), eps, threads=n)
-        return encoder_layers(w, "", cfg.n_layers, H, D, eps, cfg.activation, cfg.pre_norm, h, cu,
-                              n, self._position_bias())
+        return encoder_layers(w, "", cfg.n_layers, H, D, cfg.block, h, cu, n,
+                              self._position_bias())
 
     def _position_bias(self):
         """The relative attention bias of the layers (an ops.PositionBias), or None."""

@@ -35,6 +35,8 @@ from ..weights import check_tensors
 from . import register_family
 from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, pack
+from . import block
+from .block import BlockSpec
 from .config import check_positive
 from .decoder import KVCache
 from .encoder import encoder_layers
@@ -96,6 +98,11 @@ class Seq2SeqConfig:
     def head_dim(self):
         """D = d_model / n_heads."""
         return self.d_model // self.n_heads
+
+    @property
+    def block(self):
+        """The BlockSpec of both stacks' layers."""
+        return BlockSpec("layer_norm", self.norm_eps, self.pre_norm, self.activation)
 
     # the names generation reads
     @property
@@ -310,33 +317,22 @@ class Seq2SeqModel(DeviceModel):
                              w.get(side + ".embeddings.norm.bias"), self.config.norm_eps,
                              threads=self.threads)
 
-    def _norm(self, x, name, residual=None):
-        w = self.weights
-        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], self.config.norm_eps,
-                              residual=residual, threads=self.threads)
-
-    def _linear(self, x, name, activation=None):
-        w = self.weights
-        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
-                          threads=self.threads)
-
     def _decoder_layers(self, h, self_attend, cross_attend):
         """Decoder blocks on rows h (N, C); self_attend(i, qkv) and cross_attend(i, q) give the
         contexts (N, C) of layer i."""
-        cfg = self.config
+        cfg, w, n = self.config, self.weights, self.threads
+        spec = cfg.block
         for i in range(cfg.decoder_layers):
             p = f"decoder.layers.{i}."
-            for attend, proj, norm in ((self_attend, "qkv", "norm1"),
-                                       (cross_attend, "cross_q", "norm_cross")):
-                x = self._norm(h, p + norm) if cfg.pre_norm else h
-                a = self._linear(attend(i, self._linear(x, p + proj)),
-                                 p + ("out" if proj == "qkv" else "cross_out"))
-                h = ops.add(h, a) if cfg.pre_norm else self._norm(a, p + norm, residual=h)
-            x = self._norm(h, p + "norm2") if cfg.pre_norm else h
-            f = self._linear(self._linear(x, p + "ff1", cfg.activation), p + "ff2")
-            h = ops.add(h, f) if cfg.pre_norm else self._norm(f, p + "norm2", residual=h)
+            for attend, proj, out, norm in ((self_attend, "qkv", "out", "norm1"),
+                                            (cross_attend, "cross_q", "cross_out",
+                                             "norm_cross")):
+                h = block.sublayer(spec, w, p + norm, h, lambda x: block.linear(
+                    w, p + out, attend(i, block.linear(w, p + proj, x, n)), n), n)
+            h = block.sublayer(spec, w, p + "norm2", h,
+                               lambda x: block.feed_forward(spec, w, p, x, n), n)
         if cfg.decoder_final_norm:
-            h = self._norm(h, "decoder.final_norm")
+            h = block.norm(spec, w, "decoder.final_norm", h, n)
         return h
 
     def _logits(self, h):
@@ -361,8 +357,8 @@ class Seq2SeqModel(DeviceModel):
         H, D = cfg.n_heads, cfg.head_dim
         with blas_single_threaded():
             h = self._embed("encoder", ids, positions)
-            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.norm_eps,
-                               cfg.activation, cfg.pre_norm, h, cu, n)
+            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.block, h,
+                               cu, n)
             enc = EncoderOutput(h, cu, lens)
             B, S = len(lens), int(lens.max())
             rows = np.repeat(np.arange(B), lens)
@@ -371,7 +367,8 @@ class Seq2SeqModel(DeviceModel):
             if xp is not np:
                 rows, cols = xp.asarray(rows), xp.asarray(cols)
             for i in range(cfg.decoder_layers):
-                kv = self._linear(h, f"decoder.layers.{i}.cross_kv").reshape(len(h), 2, H, D)
+                kv = block.linear(self.weights, f"decoder.layers.{i}.cross_kv", h,
+                                  n).reshape(len(h), 2, H, D)
                 k = xp.zeros((B, S, H, D), h.dtype)
                 v = xp.zeros((B, S, H, D), h.dtype)
                 k[rows, cols], v[rows, cols] = kv[:, 0], kv[:, 1]
