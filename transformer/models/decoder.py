@@ -163,11 +163,11 @@ class KVCache:
         self.max_length = max_length
         self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
 
-    def attend(self, layer, q, k, v, positions, threads=None, position_bias=None):
+    def attend(self, layer, q, k, v, positions, threads=None, position_bias=None, scale=None):
         """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
         (R,) of rows 0..R-1, then attend each query q (R, H, D) to its row's keys up to and
-        including the new one (position_bias: an ops.PositionBias or None). Returns the context
-        (R, H * D) of q's dtype and device."""
+        including the new one (position_bias: an ops.PositionBias or None; scale: of the
+        scores, default 1/sqrt(D)). Returns the context (R, H * D) of q's dtype and device."""
         R = len(q)
         rows = np.arange(R)
         self.k[layer, rows, positions] = k
@@ -175,11 +175,11 @@ class KVCache:
         self.planes[rows, positions] = rows
         if self.copy_on_reorder:  # the device: rows kept in place by reorder
             return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
-                                        threads=threads,
-                                        position_bias=position_bias).reshape(R, -1)
+                                        threads=threads, position_bias=position_bias,
+                                        scale=scale).reshape(R, -1)
         return ops.decode_attention(q, self.k[layer], self.v[layer], positions + 1,
                                     threads=threads, kv_rows=self.planes[:R],
-                                    position_bias=position_bias).reshape(R, -1)
+                                    position_bias=position_bias, scale=scale).reshape(R, -1)
 
     def reorder(self, index):
         """Keep sequences `index` (B',) in that order, B' <= the current count (beam search

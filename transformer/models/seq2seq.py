@@ -55,7 +55,14 @@ class Seq2SeqConfig:
     position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
     max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
     eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
-    generation defaults of the family). Raises ValueError for inconsistent values."""
+    generation defaults of the family).
+    T5's settings: norm "rms_norm" (no biases in norms), gated (a gated FFN, ff1 = gate | up),
+    bias (False: no linear biases), d_kv (head_dim when not d_model / n_heads), attention_scale
+    (1.0: unscaled scores; None: 1/sqrt(D)), positions "relative" (no position tables; a learned
+    relative position bias per stack, relative_attention_num_buckets and
+    relative_attention_max_distance: bidirectional in the encoder, causal in the decoder),
+    lm_head_scale (d_model^-0.5 for T5's rescaled head).
+    Raises ValueError for inconsistent values."""
 
     src_vocab_size: int
     tgt_vocab_size: int
@@ -80,29 +87,42 @@ class Seq2SeqConfig:
     bos_token_id: int = None
     forced_bos_token_id: int = None
     forced_eos_token_id: int = None
+    norm: str = "layer_norm"
+    gated: bool = False
+    bias: bool = True
+    d_kv: int = None
+    attention_scale: float = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    lm_head_scale: float = 1.0
 
     def __post_init__(self):
         check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
                               "encoder_layers", "decoder_layers", "d_ff",
                               "max_position_embeddings"))
-        if self.d_model % self.n_heads:
+        if self.d_kv is None and self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                             f"n_heads={self.n_heads}")
+                             f"n_heads={self.n_heads} (or give d_kv)")
+        if self.d_kv is not None:
+            check_positive(self, ("d_kv",))
+        if self.norm not in ("layer_norm", "rms_norm"):
+            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
         if self.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
             raise ValueError(f"config activation {self.activation!r} is not supported")
         if self.positions not in ("learned", "sinusoidal_paper", "sinusoidal_marian",
-                                  "sinusoidal_t2t"):
+                                  "sinusoidal_t2t", "relative"):
             raise ValueError(f"config positions {self.positions!r} is not supported")
 
     @property
     def head_dim(self):
-        """D = d_model / n_heads."""
-        return self.d_model // self.n_heads
+        """D = d_kv, else d_model / n_heads."""
+        return self.d_kv or self.d_model // self.n_heads
 
     @property
     def block(self):
         """The BlockSpec of both stacks' layers."""
-        return BlockSpec("layer_norm", self.norm_eps, self.pre_norm, self.activation)
+        return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
+                         self.attention_scale)
 
     # the names generation reads
     @property
@@ -154,7 +174,9 @@ def sinusoid_table(n_positions, C, kind):
 
 def seq2seq_shapes(config, lm_head_bias=False):
     """{our tensor name: shape} (module docstring) for a Seq2SeqConfig."""
-    C, F = config.d_model, config.d_ff
+    C, F, I = config.d_model, config.d_ff, config.n_heads * config.head_dim
+    F1 = 2 * F if config.gated else F
+    norm = (".weight",) if config.norm == "rms_norm" else (".weight", ".bias")
     shapes = {}
     for side, V, L in (("encoder", config.src_vocab_size, config.encoder_layers),
                        ("decoder", config.tgt_vocab_size, config.decoder_layers)):
@@ -165,20 +187,24 @@ def seq2seq_shapes(config, lm_head_bias=False):
         if config.layernorm_embedding:
             shapes.update({side + ".embeddings.norm.weight": (C,),
                            side + ".embeddings.norm.bias": (C,)})
-        linears = {"qkv": (3 * C, C), "out": (C, C), "ff1": (F, C), "ff2": (C, F)}
+        if config.positions == "relative":
+            shapes[side + ".position_bias.relative"] = (config.n_heads,
+                                                        config.relative_attention_num_buckets)
+        linears = {"qkv": (3 * I, C), "out": (C, I), "ff1": (F1, C), "ff2": (C, F)}
         norms = ["norm1", "norm2"]
         if side == "decoder":
-            linears.update({"cross_q": (C, C), "cross_kv": (2 * C, C), "cross_out": (C, C)})
+            linears.update({"cross_q": (I, C), "cross_kv": (2 * I, C), "cross_out": (C, I)})
             norms.append("norm_cross")
         for i in range(L):
             p = f"{side}.layers.{i}."
             for name, shape in linears.items():
                 shapes[p + name + ".weight"] = shape
-                shapes[p + name + ".bias"] = shape[:1]
+                if config.bias:
+                    shapes[p + name + ".bias"] = shape[:1]
             for name in norms:
-                shapes.update({p + name + ".weight": (C,), p + name + ".bias": (C,)})
+                shapes.update({p + name + s: (C,) for s in norm})
         if getattr(config, side + "_final_norm"):
-            shapes.update({side + ".final_norm.weight": (C,), side + ".final_norm.bias": (C,)})
+            shapes.update({side + ".final_norm" + s: (C,) for s in norm})
     shapes["lm_head.weight"] = (config.tgt_vocab_size, C)
     if lm_head_bias:
         shapes["lm_head.bias"] = (config.tgt_vocab_size,)
@@ -294,6 +320,12 @@ class Seq2SeqModel(DeviceModel):
         if side + ".embeddings.position" in self.weights:
             return pos
         cfg = self.config
+        if cfg.positions == "relative":  # no position embedding: one zero row
+            if pos is None:
+                pos = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
+                                self.dtype)
+                self._embed_tables[side] = (word, pos)
+            return pos
         limit = cfg.max_position_embeddings + cfg.position_offset
         if pos is None or len(pos) < min(need, limit):
             n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
@@ -309,6 +341,8 @@ class Seq2SeqModel(DeviceModel):
         pos = self._position_table(side, int(positions.max()) + offset + 1 if positions.size
                                    else 1)
         limit = self.config.max_position_embeddings + offset
+        if self.config.positions == "relative":
+            positions = np.zeros_like(positions)  # the zero row; positions act in attention
         if positions.size and positions.max() + offset >= min(len(pos), limit):
             raise ValueError(f"a sequence longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
@@ -336,8 +370,22 @@ class Seq2SeqModel(DeviceModel):
         return h
 
     def _logits(self, h):
-        w = self.weights
+        w, scale = self.weights, self.config.lm_head_scale
+        if scale != 1.0:  # T5's tied head: the decoder output times d_model^-0.5
+            h = h * np.float32(scale)
         return ops.linear(h, w["lm_head.weight"], w.get("lm_head.bias"), threads=self.threads)
+
+    def _position_bias(self, side):
+        """The relative position bias of `side`'s self-attention (T5), or None."""
+        table = self.weights.get(side + ".position_bias.relative")
+        if table is None:
+            return None
+        cache = self.__dict__.setdefault("_position_biases", {})
+        if side not in cache or cache[side][0] is not table:
+            cfg = self.config
+            cache[side] = (table, ops.PositionBias.relative(
+                to_numpy(table), cfg.relative_attention_max_distance, side == "encoder"))
+        return cache[side][1]
 
     # -- encoder ----------------------------------------------------------------------------------
     def _pack(self, name, input_ids, attention_mask, vocab):
@@ -358,7 +406,7 @@ class Seq2SeqModel(DeviceModel):
         with blas_single_threaded():
             h = self._embed("encoder", ids, positions)
             h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.block, h,
-                               cu, n)
+                               cu, n, self._position_bias("encoder"))
             enc = EncoderOutput(h, cu, lens)
             B, S = len(lens), int(lens.max())
             rows = np.repeat(np.arange(B), lens)
@@ -389,15 +437,16 @@ class Seq2SeqModel(DeviceModel):
             raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
         src = state.src_index[:R]
         enc = state.enc
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
 
         def self_attend(i, qkv):
             qkv = qkv.reshape(R, 3, H, D)
-            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n)
+            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n, bias, scale)
 
         def cross_attend(i, q):
             k, v = enc.cross_planes[i]
             return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
-                                        kv_index=src, threads=n).reshape(R, C)
+                                        kv_index=src, threads=n, scale=scale).reshape(R, H * D)
 
         with blas_single_threaded():
             h = self._embed("decoder", tokens, positions)
@@ -416,15 +465,19 @@ class Seq2SeqModel(DeviceModel):
         if B != len(enc.lengths):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
 
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
+
         def self_attend(i, qkv):
             qkv = qkv.reshape(len(qkv), 3, H, D)
             return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
-                                        threads=n).reshape(-1, C)
+                                        threads=n, scale=scale,
+                                        position_bias=bias).reshape(-1, H * D)
 
         def cross_attend(i, q):
             kv = enc.cross_kv[i]
             return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
-                                        cu_seqlens_k=enc.cu, threads=n).reshape(-1, C)
+                                        cu_seqlens_k=enc.cu, threads=n,
+                                        scale=scale).reshape(-1, H * D)
 
         with blas_single_threaded():
             h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
