@@ -9,6 +9,7 @@ import os
 from ..tokenizer import check_ids, check_text
 from ..weights import WeightsError
 from ..weights.ctranslate2 import read_ctranslate2
+from . import register_layout
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 HEADS = {"TransformerBase": 8, "TransformerBig": 16}
@@ -68,8 +69,20 @@ def _names(side, i):
     return names
 
 
+def is_ctranslate2_directory(path):
+    """True for a directory with a CTranslate2 model.bin and no model.safetensors."""
+    return os.path.isfile(os.path.join(path, "model.bin")) and not os.path.isfile(
+        os.path.join(path, "model.safetensors"))
+
+
+@register_layout("CTranslate2 directory", is_ctranslate2_directory)
 class CTranslate2Model(Seq2SeqModel):
     """A CTranslate2 TransformerBase/Big model as a Seq2SeqModel (see it for the API)."""
+
+    @classmethod
+    def from_layout(cls, path, threads=None, tokenizer=None, dtype="float32"):
+        """transformer.load's entry: from_directory (its vocabularies are the tokenizer)."""
+        return cls.from_directory(path, threads=threads, dtype=dtype)
 
     @classmethod
     def from_directory(cls, path, threads=None, dtype="float32"):
