@@ -28,9 +28,16 @@ __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "la
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
 
+_ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type
+
+
 def on_device(a):
     """True for a CuPy (GPU) array."""
-    return type(a).__module__.split(".")[0] == "cupy"
+    t = type(a)
+    known = _ON_DEVICE.get(t)
+    if known is None:
+        known = _ON_DEVICE[t] = t.__module__.split(".")[0] == "cupy"
+    return known
 
 
 def array_module(a):
@@ -76,7 +83,11 @@ def _float32(name, a, ndim=None, min_ndim=None, like=None, empty_last=False):
     GPU (a or `like` a CuPy array) a contiguous CuPy array of like's dtype; else a clear error
     naming `name`. With ndim / min_ndim given, an empty last axis (the features of a row) is a
     ValueError unless empty_last."""
-    if on_device(a) or (like is not None and on_device(like)):
+    if type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous \
+            and (like is None or type(like) is np.ndarray) and 1 not in a.shape \
+            and (ndim is None or a.ndim == ndim) and (min_ndim is None or a.ndim >= min_ndim):
+        pass  # the common case, already usable as it is (no length-1 axis: standard strides)
+    elif on_device(a) or (like is not None and on_device(like)):
         a = _device_array(name, a, ndim, min_ndim, like)
     else:
         if not isinstance(a, np.ndarray):
