@@ -274,15 +274,14 @@ def int8_kernel():
     """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant), or None when the
     package has none. a (M, K) and b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
     packed once (transformer.ops.packed.PackedWeight.from_int8), then fn runs
-    transformer._cpu.gemm_int8_raw of the variant int8 models use (packed.VARIANT, VNNI /
+    PackedWeight.int32_product of the variant int8 models use (packed.VARIANT, VNNI /
     AVX2 / portable) on `threads` row blocks at once (one Python thread each; the kernel
     releases the GIL)."""
     try:
-        from .. import _cpu
         from ..ops import packed
     except ImportError:
         return None
-    if not hasattr(_cpu, "gemm_int8_raw") or not hasattr(packed, "PackedWeight"):
+    if not hasattr(packed.PackedWeight, "int32_product"):
         return None
     variant = packed.VARIANT["int8"]
 
@@ -297,7 +296,7 @@ def int8_kernel():
         pool = ThreadPoolExecutor(len(blocks)) if len(blocks) > 1 else None
 
         def block(s):
-            _cpu.gemm_int8_raw(variant, xq[s], w.data, w._comp, out[s])
+            w.int32_product(xq[s], variant, out[s])
 
         def fn():
             if pool is None:
