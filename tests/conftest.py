@@ -120,6 +120,29 @@ def mpnet_path():
     return path
 
 
+def perturb(model, scale, skip=()):
+    """Add N(0, scale^2) noise to every parameter of a tiny random torch model (larger weights
+    than the default init, so that errors show), except names containing one of `skip`; the
+    model is put in eval mode. Returns the model."""
+    import torch
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not any(s in name for s in skip):
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+@pytest.fixture(scope="session")
+def stories(shared_models):
+    """The real stories260K llama2.c checkpoint loaded with transformer.load (2 threads)."""
+    import transformer
+    path = shared_models / "stories260K" / "stories260K.bin"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return transformer.load(path, threads=2)
+
+
 @pytest.fixture(scope="session")
 def shared_models():
     """../shared/models (or $TRANSFORMER_SHARED_MODELS); skips when absent."""

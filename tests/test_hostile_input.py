@@ -145,14 +145,6 @@ def test_index_shards_must_stay_inside_the_directory(tiny_dir, tmp_path):
 
 
 # 7 ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def stories(shared_models):
-    path = shared_models / "stories260K" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip("stories260K not found")
-    return transformer.load(path, threads=1)
-
-
 def test_llama2c_tokenizer_is_not_quadratic(stories):
     from transformer.models.llama2c import Llama2cTokenizer
     tok = stories.tokenizer

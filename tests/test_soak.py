@@ -25,14 +25,6 @@ def _rss():
         return None
 
 
-@pytest.fixture(scope="module")
-def stories(shared_models):
-    path = shared_models / "stories260K" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip("stories260K not found")
-    return transformer.load(path, threads=1)
-
-
 def test_python_threads_bit_identical(stories):
     ids = np.array([[1, 400, 32, 7], [1, 9, 81, 300]])
     want = stories(ids)

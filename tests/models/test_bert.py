@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import transformer
+from conftest import perturb
 from transformer.models.config import EncoderConfig
 from transformer.models.encoder import EncoderModel, encoder_shapes
 from transformer.ops import reference as ref
@@ -30,10 +31,7 @@ def _tiny_hf(tmp_path, rng, cls_name="BertModel", **overrides):
               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     kw.update(overrides)
     cfg = hf.BertConfig(**kw)
-    model = getattr(hf, cls_name)(cfg).eval()
-    with torch.no_grad():  # larger than the default init so that errors show
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(getattr(hf, cls_name)(cfg), 0.05)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
 
@@ -194,10 +192,7 @@ def test_roberta_positions_from_padding_idx(tmp_path, rng, kind, cls_name):
     cfg = cfg_cls(vocab_size=99, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
                   intermediate_size=37, max_position_embeddings=40, type_vocab_size=1,
                   pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    model = getattr(hf, cls_name)(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(getattr(hf, cls_name)(cfg), 0.05)
     model.save_pretrained(tmp_path, safe_serialization=True)
     ours = transformer.load(tmp_path, threads=2)
     T = 38  # the longest a 40-row position table takes from padding_idx + 1 = 2
@@ -268,10 +263,7 @@ def test_tiny_mpnet_matches_hf(tmp_path, rng, left):
                          num_hidden_layers=2, intermediate_size=37, max_position_embeddings=300,
                          relative_attention_num_buckets=32, hidden_dropout_prob=0.0,
                          attention_probs_dropout_prob=0.0)
-    model = hf.MPNetModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(hf.MPNetModel(cfg), 0.05)
     model.save_pretrained(tmp_path, safe_serialization=True)
     ours = transformer.load(tmp_path, threads=2)
     ids, mask, _ = _ragged_batch(rng, 4, 200, 99, left)  # distances beyond max_distance 128

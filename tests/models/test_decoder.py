@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
-from conftest import torch_call
+from conftest import perturb, torch_call
 from transformer.device import to_numpy
 from transformer.generation import sample_next, warp
 
@@ -33,10 +33,7 @@ def _save(tmp_path, rng, kind, cfg):
         model = hf.GPT2LMHeadModel(hf.GPT2Config(bos_token_id=1, eos_token_id=2, **cfg))
     else:
         model = hf.LlamaForCausalLM(hf.LlamaConfig(bos_token_id=1, eos_token_id=2, **cfg))
-    model.eval()
-    with torch.no_grad():  # larger weights than the default init, so that errors show
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    perturb(model, 0.1)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model, transformer.load(tmp_path, threads=2)
 
@@ -242,14 +239,6 @@ GOLDEN = ("Once upon a time, there was a little girl named Lily. She loved to pl
           "high.\nLily")
 
 
-@pytest.fixture(scope="module")
-def stories(shared_models):
-    path = shared_models / "stories260K" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return transformer.load(path, threads=2)
-
-
 def check_stories_golden(model):
     """llama2.c run.c, temperature 0, 64 steps counting the prompt: 60 new tokens."""
     prompt = model.tokenizer.encode("Once upon a time")
@@ -328,10 +317,7 @@ def test_bloom_alibi_matches_hf(tmp_path, rng, fake_gpu):
     torch.manual_seed(int(rng.integers(1 << 31)))
     cfg = hf.BloomConfig(vocab_size=97, hidden_size=48, n_head=6, n_layer=2, bos_token_id=1,
                          eos_token_id=2)  # 6 heads: slopes beyond the power of two
-    model = hf.BloomForCausalLM(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    model = perturb(hf.BloomForCausalLM(cfg), 0.1)
     model.save_pretrained(tmp_path, safe_serialization=True)
     ours = transformer.load(tmp_path, threads=2)
     ids, mask = _prompts(rng, 3, 9, 97, left=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
-from conftest import torch_call
+from conftest import perturb, torch_call
 from transformer.device import to_numpy
 from transformer.models.seq2seq import (PRESETS, Seq2SeqConfig, preset, seq2seq_shapes,
                                         sinusoid_table)
@@ -28,11 +28,7 @@ def _save(tmp_path, rng, kind, **overrides):
         model = hf.MarianMTModel(hf.MarianConfig(**dict(dict(activation_function="swish"), **kw)))
     else:
         model = hf.BartForConditionalGeneration(hf.BartConfig(**kw))
-    model.eval()
-    with torch.no_grad():  # larger weights than the default init; Marian's sinusoids stay
-        for name, p in model.named_parameters():
-            if kind == "bart" or "embed_positions" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
+    perturb(model, 0.1, () if kind == "bart" else ("embed_positions",))  # Marian's sinusoids stay
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model, transformer.load(tmp_path, threads=2)
 
@@ -259,10 +255,7 @@ def test_t5_matches_hf(tmp_path, rng, proj, tied):
                       relative_attention_max_distance=20, tie_word_embeddings=tied,
                       decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
                       dropout_rate=0.0)
-    model = hf.T5ForConditionalGeneration(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    model = perturb(hf.T5ForConditionalGeneration(cfg), 0.1)
     model.save_pretrained(tmp_path, safe_serialization=True)
     ours = transformer.load(tmp_path, threads=2)
     src, mask = _source(rng, 3, 30)
