@@ -26,6 +26,8 @@ def resolve_threads(threads=None):
     """Number of threads to use: `threads` if given (int in [1, MAX_THREADS]), else
     OMP_NUM_THREADS, else the number of cores available to this process. Raises ValueError for a
     count that is not a positive integer or exceeds MAX_THREADS (max(1024, 4 x the cores))."""
+    if type(threads) is int and 0 < threads <= MAX_THREADS:  # the common case, first
+        return threads
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
         if env.isdigit() and int(env) > 0:
