@@ -730,7 +730,7 @@ def _run_on_cluster(task, mode, where, shards, options, finish):
         per_worker = max(1, resolve_threads(task.threads) // where)
         task = task.with_threads(per_worker)
         cluster = distributed.LocalCluster(n_workers=where, threads_per_worker=1, processes=True,
-                                           dashboard_address=None,
+                                           dashboard_address=":0",
                                            silence_logs=logging.ERROR)
         client = distributed.Client(cluster)
     else:
