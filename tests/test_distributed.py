@@ -261,7 +261,6 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(shared_models, min
     distributed = pytest.importorskip("distributed")
     import logging
     job, lines, suffix = _jobs(shared_models, minilm_path, rng)["translate"]
-    lines = lines * 2
     src = write_lines(tmp_path / "in.txt", lines)
     job(src, tmp_path / "want.txt", "local")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

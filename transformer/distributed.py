@@ -690,7 +690,8 @@ def run_corpus_job(task, input, output=None, *, scheduler="local", shard_lines=4
                 state["done"] = base
                 finish(result)
         else:
-            _run_on_cluster(task, mode, where, shards(), options, finish)
+            _run_on_cluster(task, mode, where, shards(), options, finish,
+                            backlog=lambda: len(pending))
     except KeyboardInterrupt:
         if parts is not None:
             print(f"\ninterrupted: the finished shards are in {parts.dir}; run again with "
@@ -717,9 +718,10 @@ class _BytesSink:
         return b"".join(self.chunks).decode("utf-8")
 
 
-def _run_on_cluster(task, mode, where, shards, options, finish):
+def _run_on_cluster(task, mode, where, shards, options, finish, backlog):
     """Shards as Dask tasks on a LocalCluster of `where` workers (mode "cluster") or on the
-    scheduler at address `where`; at most 2 per worker thread plus 2 in flight."""
+    scheduler at address `where`. At most 2 per worker thread + 2 shards are in flight or
+    finished but not yet written (backlog(): those waiting for an earlier shard on stdout)."""
     distributed = _import_distributed()
     import logging
     import uuid
@@ -745,7 +747,7 @@ def _run_on_cluster(task, mode, where, shards, options, finish):
         done = distributed.as_completed()
         in_flight = 0
         for shard in shards:
-            while in_flight >= limit:
+            while in_flight and in_flight + backlog() >= limit:
                 finish(next(done).result())
                 in_flight -= 1
             done.add(client.submit(_run_on_worker, name, shard, options,
