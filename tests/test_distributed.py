@@ -4,6 +4,7 @@ Dask LocalCluster, also when a worker dies mid-job (those are marked slow)."""
 import json
 import os
 import signal
+import subprocess
 import sys
 import tracemalloc
 
@@ -283,13 +284,18 @@ def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(shared_models, min
 
 
 def test_cli_corpus_jobs(shared_models, minilm_path, tmp_path):
-    from test_cli import run
+    from test_cli import ROOT, run
     src = write_lines(tmp_path / "in.txt", ["آ ت ز م و ن", "", "آ ت ش ي س و ن"])
     p = run("translate", "--model", shared_models / "aren-transliteration" / "float32",
             "--input", src, "--output", tmp_path / "out.txt", "--shard-lines", 2)
     assert (tmp_path / "out.txt").read_text().split("\n") == ["a t z m o n", "", "a c h i s o n",
                                                               ""]
     assert "translate: 3/3 lines" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "transformer", "translate", "--model",
+                        shared_models / "aren-transliteration" / "float32", "--input", "-"],
+                       input="آ ت ز م و ن\n\n", capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert p.returncode == 0 and p.stdout == "a t z m o n\n\n"  # stdin streamed, blank kept
     src = write_lines(tmp_path / "p.txt", ["Once upon a time", "", "Lily"])
     p = run("generate", "--model", shared_models / "stories260K" / "stories260K.bin",
             "--input", src, "--max-new-tokens", 10)

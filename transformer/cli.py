@@ -64,6 +64,8 @@ def _progress(label):
 
 def cmd_embed(args):
     """Embed TEXT arguments or the lines of --input; JSON lines to stdout or --output."""
+    if args.input and not args.text:  # streamed, never read whole
+        return _corpus_job("embed", args)
     texts = list(args.text)
     if args.input:
         texts += _read_lines(args.input)
@@ -71,8 +73,6 @@ def cmd_embed(args):
         raise SystemExit("error: nothing to embed: give TEXT arguments or --input FILE")
     if args.output and not args.output.endswith((".npy", ".jsonl")):
         raise SystemExit(f"error: --output must end in .npy or .jsonl, got {args.output}")
-    if args.input and not args.text:
-        return _corpus_job("embed", args)
     model = _load(args)
     progress = _progress("embed") if args.input else None
     emb = to_numpy(model.embed_texts(texts, batch_size=args.batch_size, progress=progress))
@@ -165,6 +165,8 @@ def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
     line per input line (tokenizer.json when the model has one; else whitespace-separated tokens
     of its vocabularies in and out)."""
+    if args.input and not args.text:  # streamed, never read whole
+        return _corpus_job("translate", args)
     texts = list(args.text)
     if args.input:
         texts += _read_lines(args.input)
@@ -172,8 +174,6 @@ def cmd_translate(args):
         raise SystemExit("error: nothing to translate: give TEXT arguments or --input FILE")
     if args.model is None:
         raise SystemExit("error: --model is required for translate")
-    if args.input and not args.text:
-        return _corpus_job("translate", args)
     model = _load(args)
     if not hasattr(model, "encode"):
         raise SystemExit("error: this model is not an encoder-decoder (translate needs one)")
