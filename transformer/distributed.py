@@ -697,6 +697,8 @@ def run_corpus_job(task, input, output=None, *, scheduler="local", shard_lines=4
             print(f"\ninterrupted: the finished shards are in {parts.dir}; run again with "
                   "resume (--resume) to continue", file=sys.stderr, flush=True)
         raise
+    if report.bad_lines > MAX_WARNINGS_SHOWN:
+        print(f"warning: {report.bad_lines} bad lines in all", file=sys.stderr, flush=True)
     if parts is not None:
         parts.join(report.shards)
     if show:
