@@ -143,6 +143,7 @@ def test_memory_bounded_on_a_large_input(tmp_path):
     finally:
         tracemalloc.stop()
     assert report.lines == 200_000
+    print(f"tracemalloc peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB input")
     assert peak < size / 3, f"peak {peak / 1e6:.1f} MB for a {size / 1e6:.1f} MB input"
     assert (tmp_path / "out.txt").stat().st_size == size
 
@@ -306,5 +307,9 @@ def test_cli_corpus_jobs(shared_models, minilm_path, tmp_path):
     p = run("embed", "--input", src, "--model", minilm_path, "--scheduler", "nowhere",
             check=False)
     assert p.returncode == 2 and "scheduler must be" in p.stderr
+    long = write_lines(tmp_path / "long.txt", ["آ " * 1100])
+    p = run("translate", "--model", shared_models / "aren-transliteration" / "float32",
+            "--input", long, "--on-bad-line", "fail", check=False)
+    assert p.returncode == 2 and "line 1 is longer than the model's 1024 tokens" in p.stderr
     p = run("generate", "--model", "x", check=False)
     assert p.returncode != 0 and "either --prompt TEXT or --input FILE" in p.stderr
