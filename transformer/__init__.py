@@ -63,4 +63,8 @@ def _load(path, threads, tokenizer, dtype):
     except json.JSONDecodeError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})")
     family = family_for(config_dict, config_path)
-    return family.from_pretrained(path, config_dict, threads=threads)
+    model = family.from_pretrained(path, config_dict, threads=threads)
+    if hasattr(model, "generate"):  # HF's generation_config.json: the decoding defaults
+        from .generation.config import GenerationConfig
+        model.generation_config = GenerationConfig.from_file(path)
+    return model
