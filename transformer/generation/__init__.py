@@ -34,20 +34,18 @@ class GenerateOutput:
 
 def generation_defaults(model):
     """The GenerationConfig a model starts from: its config's token ids (eos, pad, decoder
-    start, forced BOS / EOS where the family has them), then its directory's
-    generation_config.json (model.generation_config, read at load) on top (HF's order)."""
+    start), then its directory's generation_config.json (model.generation_config, read at
+    load) on top; without that file the config's forced BOS / EOS ids, as HF (which then
+    derives the generation config from config.json)."""
     cfg = model.config
-    pad = cfg.pad_token_id
-    eos = cfg.eos_token_ids
     base = GenerationConfig().update(
-        eos_token_id=eos, pad_token_id=pad,
-        decoder_start_token_id=getattr(cfg, "decoder_start_token_id", None),
-        forced_bos_token_id=getattr(cfg, "forced_bos_token_id", None),
-        forced_eos_token_id=getattr(cfg, "forced_eos_token_id", None))
+        eos_token_id=cfg.eos_token_ids, pad_token_id=cfg.pad_token_id,
+        decoder_start_token_id=getattr(cfg, "decoder_start_token_id", None))
     file = getattr(model, "generation_config", None)
-    if file is not None:
-        base = base.update(**{k: getattr(file, k) for k in getattr(file, "given", ())})
-    return base
+    if file is None:  # HF GenerationConfig.from_model_config: config.json's forced tokens
+        return base.update(forced_bos_token_id=getattr(cfg, "forced_bos_token_id", None),
+                           forced_eos_token_id=getattr(cfg, "forced_eos_token_id", None))
+    return base.update(**{k: getattr(file, k) for k in getattr(file, "given", ())})
 
 
 def generate(model, input_ids, attention_mask=None, generation_config=None, streamer=None,

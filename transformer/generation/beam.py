@@ -99,7 +99,7 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
             logp = log_softmax(logits, np.float32)
             if processed or warpers:
                 flat_running = running[:, :, :cur].reshape(A * nb, cur)
-                logp = processors(flat_running, logp)
+                logp = processors(flat_running, logp, np.repeat(alive, nb))
                 if rng is not None and warpers:
                     logp = warpers(flat_running, logp)
             logp = logp.reshape(A, nb, V) + running_scores[:, :, None]

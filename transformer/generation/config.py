@@ -153,6 +153,7 @@ class GenerationConfig:
             v = getattr(self, name)
             check(name, _is_real(v) and math.isfinite(v), "a finite number")
 
+        self.eos_token_id = _token_list("eos_token_id", self.eos_token_id, V)
         integer("max_new_tokens", 1)
         for name in ("min_new_tokens", "min_length", "top_k", "no_repeat_ngram_size"):
             integer(name, 0)
@@ -179,7 +180,6 @@ class GenerationConfig:
             v = getattr(self, name)
             check(name, v is None or (_is_int(v) and 0 <= v < V), f"None or a token id in "
                   f"[0, {V})")
-        self.eos_token_id = _token_list("eos_token_id", self.eos_token_id, V)
         self.suppress_tokens = _token_list("suppress_tokens", self.suppress_tokens, V)
         self.begin_suppress_tokens = _token_list("begin_suppress_tokens",
                                                  self.begin_suppress_tokens, V)

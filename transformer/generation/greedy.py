@@ -35,7 +35,7 @@ def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None
     for step in range(max_new):
         cur = T + step
         if processors.applies(cur):
-            logits = processors(tokens[alive, :cur], np.array(logits, np.float32))
+            logits = processors(tokens[alive, :cur], np.array(logits, np.float32), alive // n)
         if rng is not None:
             scores = warpers(tokens[alive, :cur], np.array(logits, np.float64))
             nxt = sample_next(scores, rng)

@@ -1,8 +1,9 @@
 """Logits processors and warpers with the semantics and order of Hugging Face transformers
 (generation/logits_process.py, GenerationMixin._get_logits_processor in generation/utils.py).
 
-Every processor is called as processor(input_ids, scores) -> scores: input_ids (R, t) int64 are
-the whole rows so far (prompt with its padding, then the new tokens; t = the current length),
+Every processor is called as processor(input_ids, scores, prompts=None) -> scores: input_ids
+(R, t) int64 are the whole rows so far (prompt with its padding, then the new tokens; t = the
+current length), prompts (R,) int64 the prompt each row continues (None: row r is prompt r),
 scores (R, V) float32 (greedy and sampling: the logits; beam search: the log-softmax, as HF) on
 the host, modified in place and returned. applies(t) says whether it changes anything at
 length t, so that a search can keep its fast path (beam search's fused top-k) on the steps
@@ -20,7 +21,7 @@ class LogitsProcessor:
         """Whether __call__ changes scores when the rows hold t tokens."""
         return True
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         raise NotImplementedError
 
 
@@ -33,12 +34,13 @@ class RepetitionPenalty(LogitsProcessor):
     def __init__(self, penalty, ignore=None):
         self.penalty, self.ignore = np.float32(penalty), ignore
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         R, V = scores.shape
         seen = np.zeros((R, V + 1), bool)  # column V absorbs the ignored positions
         ids = input_ids
         if self.ignore is not None:
-            ids = np.where(np.arange(ids.shape[1])[None] < self.ignore[:, None], V, ids)
+            skip = self.ignore if prompts is None else self.ignore[prompts]
+            ids = np.where(np.arange(ids.shape[1])[None] < skip[:, None], V, ids)
         seen[np.arange(R)[:, None], ids] = True
         seen = seen[:, :V]
         s = scores[seen]
@@ -56,7 +58,7 @@ class NoRepeatNGram(LogitsProcessor):
     def applies(self, t):
         return t >= self.n
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         n, t = self.n, input_ids.shape[1]
         if t < n:
             return scores
@@ -84,7 +86,7 @@ class NoBadWords(LogitsProcessor):
         self.multi = {n: (np.array([w[:-1] for w in ws], np.int64),
                           np.array([w[-1] for w in ws], np.int64)) for n, ws in self.multi.items()}
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         scores[:, self.single] = NEG_INF
         for n, (prefixes, last) in self.multi.items():
             if n > input_ids.shape[1]:
@@ -107,7 +109,7 @@ class MinLength(LogitsProcessor):
     def applies(self, t):
         return t - self.start < self.min_length and len(self.eos) > 0
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         if self.applies(input_ids.shape[1]):
             scores[:, self.eos] = NEG_INF
         return scores
@@ -123,7 +125,7 @@ class ForcedToken(LogitsProcessor):
     def applies(self, t):
         return t == self.at_length
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         if self.applies(input_ids.shape[1]):
             scores[:] = NEG_INF
             scores[:, self.token] = 0
@@ -141,7 +143,7 @@ class SuppressTokens(LogitsProcessor):
     def applies(self, t):
         return self.at_length is None or t == self.at_length
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         if self.applies(input_ids.shape[1]):
             scores[:, self.tokens] = NEG_INF
         return scores
@@ -153,7 +155,7 @@ class Temperature(LogitsProcessor):
     def __init__(self, temperature):
         self.temperature = temperature
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         scores /= scores.dtype.type(self.temperature)
         return scores
 
@@ -165,7 +167,7 @@ class TopK(LogitsProcessor):
     def __init__(self, top_k, min_tokens_to_keep=1):
         self.k = max(int(top_k), int(min_tokens_to_keep))
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         V = scores.shape[-1]
         if self.k < V:
             kth = np.partition(scores, V - self.k, axis=-1)[:, V - self.k][:, None]
@@ -181,7 +183,7 @@ class TopP(LogitsProcessor):
     def __init__(self, top_p, min_tokens_to_keep=1):
         self.top_p, self.keep = float(top_p), int(min_tokens_to_keep)
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         order = np.argsort(-scores, axis=-1, kind="stable")
         x = np.take_along_axis(scores, order, -1).astype(np.float64)
         m = x[:, :1]
@@ -196,16 +198,16 @@ class TopP(LogitsProcessor):
 
 
 class LogitsProcessorList(list):
-    """Processors applied in order: list(input_ids, scores) -> scores."""
+    """Processors applied in order: list(input_ids, scores, prompts=None) -> scores."""
 
     def applies(self, t):
         """Whether any processor changes scores at length t."""
         return any(p.applies(t) for p in self)
 
-    def __call__(self, input_ids, scores):
+    def __call__(self, input_ids, scores, prompts=None):
         for p in self:
             if p.applies(input_ids.shape[1]):
-                scores = p(input_ids, scores)
+                scores = p(input_ids, scores, prompts)
         return scores
 
 
