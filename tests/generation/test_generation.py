@@ -232,3 +232,18 @@ def test_scores_accumulated_by_the_search(decoder):
     lp = log_softmax(ours(beam.sequences, full))[:, T - 1:-1]
     want = np.take_along_axis(lp, beam.sequences[:, T:, None], -1)[..., 0]
     np.testing.assert_allclose(beam.token_logprobs, want, atol=1e-4)
+
+
+def test_stream_yields_the_columns_of_generate(decoder, seq2seq):
+    _, ours, ids, mask = decoder
+    for kw in (dict(), dict(do_sample=True, seed=4, num_return_sequences=2, top_p=0.9)):
+        out = ours.generate(ids, mask, max_new_tokens=7, eos_token_id=5, pad_token_id=0, **kw)
+        cols = list(ours.stream(ids, mask, max_new_tokens=7, eos_token_id=5, pad_token_id=0,
+                                **kw))
+        np.testing.assert_array_equal(np.stack(cols, 1), out[:, ids.shape[1]:], err_msg=str(kw))
+    with pytest.raises(ValueError, match="num_beams"):
+        next(ours.stream(ids, mask, num_beams=2))
+    _, mt, src, smask = seq2seq
+    out = mt.generate(src, smask, max_new_tokens=5)
+    np.testing.assert_array_equal(np.stack(list(mt.stream(src, smask, max_new_tokens=5)), 1),
+                                  out[:, 1:])

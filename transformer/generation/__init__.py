@@ -8,11 +8,11 @@ import numpy as np
 
 from .beam import beam_search
 from .config import GenerationConfig
-from .greedy import greedy_search
+from .greedy import greedy_search, greedy_steps
 from .processors import build_processors, build_warpers
 from .sampling import log_softmax, sample_next, warp
 
-__all__ = ["generate", "GenerateOutput", "GenerationConfig", "beam_search", "greedy_search",
+__all__ = ["generate", "stream", "GenerateOutput", "GenerationConfig", "beam_search", "greedy_search",
            "log_softmax", "sample_next", "warp", "generation_defaults"]
 
 
@@ -69,20 +69,8 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     return_scores (sequences, scores (B * n,) float32); with return_dict_in_generate a
     GenerateOutput. Raises ValueError naming a bad option, TypeError for an unknown one,
     ValueError when a prompt + max_new_tokens exceeds the model's positions."""
-    inputs = {k: kwargs.pop(k) for k in getattr(model, "DECODING_INPUTS", ()) if k in kwargs}
-    cfg = generation_defaults(model)
-    if generation_config is not None:
-        cfg = cfg.update(**{k: getattr(generation_config, k) for k in GenerationConfig.names()})
-    cfg = cfg.update(**kwargs)
-    decoding = model.decoding(input_ids, attention_mask, cfg, **inputs)
-    B, T = decoding.sequences.shape
-    cfg = cfg.resolve_lengths(T, getattr(model, "DEFAULT_MAX_NEW_TOKENS", 32))
-    if cfg.pad_token_id is None:
-        cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
-    cfg = cfg.validate(decoding.vocab_size)
-    processors = build_processors(cfg, T, decoding.ignore)
-    warpers = build_warpers(cfg)
-    rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
+    decoding, cfg, processors, warpers, rng = _prepare(model, input_ids, attention_mask,
+                                                       generation_config, kwargs)
     want = return_scores or return_dict_in_generate
     if cfg.num_beams > 1:
         seqs, extra = beam_search(decoding, cfg, processors, warpers, rng, want)
@@ -101,3 +89,36 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     if return_scores:
         return seqs, scores
     return seqs
+
+
+def stream(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
+    """generate's greedy search or sampling as an iterator: yields each new column of tokens
+    (B * num_return_sequences,) int64 NumPy as soon as it is chosen (pad_token_id for rows that
+    have finished); the arguments are generate's. Raises ValueError for num_beams > 1 (beam
+    search settles its tokens only at the end) and generate's errors, at the first next()."""
+    decoding, cfg, processors, warpers, rng = _prepare(model, input_ids, attention_mask,
+                                                       generation_config, kwargs)
+    if cfg.num_beams > 1:
+        raise ValueError(f"stream needs num_beams=1 (greedy or sampling), got "
+                         f"num_beams={cfg.num_beams}")
+    yield from greedy_steps(decoding, cfg, processors, warpers, rng)
+
+
+def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
+    """The options resolved and validated, the model's decoding object, the processors and
+    warpers, and the sampling generator (None without do_sample), for generate and stream."""
+    inputs = {k: kwargs.pop(k) for k in getattr(model, "DECODING_INPUTS", ()) if k in kwargs}
+    cfg = generation_defaults(model)
+    if generation_config is not None:
+        cfg = cfg.update(**{k: getattr(generation_config, k) for k in GenerationConfig.names()})
+    cfg = cfg.update(**kwargs)
+    decoding = model.decoding(input_ids, attention_mask, cfg, **inputs)
+    B, T = decoding.sequences.shape
+    cfg = cfg.resolve_lengths(T, getattr(model, "DEFAULT_MAX_NEW_TOKENS", 32))
+    if cfg.pad_token_id is None:
+        cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
+    cfg = cfg.validate(decoding.vocab_size)
+    processors = build_processors(cfg, T, decoding.ignore)
+    warpers = build_warpers(cfg)
+    rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
+    return decoding, cfg, processors, warpers, rng

@@ -18,6 +18,19 @@ def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None
     Returns (sequences (B * n, T + n_new) int64, and with want_scores the per-token
     log-probabilities (B * n, n_new) float32 of the chosen tokens under the processed (and
     warped) distribution, 0 after a row ended, else None)."""
+    steps = greedy_steps(decoding, cfg, processors, warpers, rng, want_scores)
+    while True:
+        try:
+            column = next(steps)
+        except StopIteration as done:
+            return done.value
+        if streamer is not None:
+            streamer(column)
+
+
+def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=False):
+    """greedy_search as a generator: yields each new column (B * n,) int64 (pad for finished
+    rows) as soon as it is chosen; its return value (StopIteration.value) is greedy_search's."""
     ids = decoding.sequences
     B0, T = ids.shape
     n, max_new = cfg.num_return_sequences, cfg.max_new_tokens
@@ -46,8 +59,7 @@ def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None
             logprobs[alive, step] = np.take_along_axis(log_softmax(scores), nxt[:, None], 1)[:, 0]
         tokens[alive, cur] = nxt
         steps = step + 1
-        if streamer is not None:
-            streamer(tokens[:, cur].copy())
+        yield tokens[:, cur].copy()
         going = ~np.isin(nxt, eos_arr)
         if not going.any() or step == max_new - 1:
             break

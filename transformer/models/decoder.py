@@ -390,6 +390,13 @@ class DecoderModel(DeviceModel):
         from ..generation import generate
         return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
 
+    def stream(self, input_ids, attention_mask=None, **kwargs):
+        """An iterator over the new tokens of greedy search or sampling: each new column
+        (B * num_return_sequences,) int64 NumPy as it is chosen (transformer.generation.stream;
+        the arguments are generate's)."""
+        from ..generation import stream
+        return stream(self, input_ids, attention_mask, **kwargs)
+
 
 def _device_outputs(model, out):
     """generate's result (ids, (ids, scores) or a GenerateOutput) with its arrays as the

@@ -525,6 +525,13 @@ class Seq2SeqModel(DeviceModel):
         from ..generation import generate
         return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
 
+    def stream(self, input_ids, attention_mask=None, **kwargs):
+        """An iterator over the new tokens of greedy search or sampling: each new column
+        (B * num_return_sequences,) int64 NumPy as it is chosen (transformer.generation.stream;
+        the arguments are generate's)."""
+        from ..generation import stream
+        return stream(self, input_ids, attention_mask, **kwargs)
+
     def score(self, input_ids, attention_mask, target_ids, target_mask=None):
         """Per-token log-probabilities of given targets, as CTranslate2's score_batch: target_ids
         (B, T) integer without the start token (eos appended here after each row's real tokens;
