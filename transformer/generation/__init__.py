@@ -12,8 +12,8 @@ from .greedy import greedy_search, greedy_steps
 from .processors import build_processors, build_warpers
 from .sampling import log_softmax, sample_next, warp
 
-__all__ = ["generate", "stream", "GenerateOutput", "GenerationConfig", "beam_search", "greedy_search",
-           "log_softmax", "sample_next", "warp", "generation_defaults"]
+__all__ = ["generate", "stream", "GenerateOutput", "GenerationConfig", "beam_search",
+           "greedy_search", "log_softmax", "sample_next", "warp", "generation_defaults"]
 
 
 @dataclass

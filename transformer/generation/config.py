@@ -104,7 +104,8 @@ class GenerationConfig:
     @classmethod
     def from_file(cls, path):
         """The options of a model directory's generation_config.json (HF layout; `given` lists
-        the keys it sets), or None when the file is absent. Raises ValueError for a file that is not a JSON object."""
+        the keys it sets), or None when the file is absent. Raises ValueError for a file that
+        is not a JSON object."""
         file = os.path.join(path, "generation_config.json")
         if not os.path.isfile(file):
             return None
