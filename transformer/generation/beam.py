@@ -91,10 +91,18 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
         A = len(alive)
         rows = np.arange(A)[:, None]
         processed = processors.applies(cur)
-        if rng is None and not processed and keep <= V:
-            # log_softmax + running scores + top-k fused in one pass over the logits
-            cand_logp, cand = ops.beam_topk(logits, running_scores.ravel(), nb, keep,
-                                            threads=getattr(decoding, "threads", None))
+        bans = processors.bans(cur) if processed else np.zeros(0, np.int64)
+        wide = None if bans is None else keep + nb * len(bans)
+        if rng is None and wide is not None and wide <= V:
+            # log_softmax + running scores + top-k fused in one pass over the logits; tokens
+            # a processor bans (-inf) are dropped from enough extra candidates: the same
+            # selection as HF's over the processed scores
+            cand_logp, cand = ops.beam_topk(logits, running_scores.ravel(), nb, wide,
+                                            threads=decoding.threads)
+            if len(bans):
+                kept = np.argsort(np.isin(cand % V, bans), axis=1, kind="stable")[:, :keep]
+                cand_logp = np.take_along_axis(cand_logp, kept, 1)
+                cand = np.take_along_axis(cand, kept, 1)
         else:
             logp = log_softmax(logits, np.float32)
             if processed or warpers:

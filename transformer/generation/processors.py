@@ -21,6 +21,12 @@ class LogitsProcessor:
         """Whether __call__ changes scores when the rows hold t tokens."""
         return True
 
+    def bans(self, t):
+        """The tokens (n,) int64 set to -inf in every row at length t when that is all the
+        processor does there (beam search then keeps its fused top-k and drops them from the
+        candidates), else None."""
+        return None
+
     def __call__(self, input_ids, scores, prompts=None):
         raise NotImplementedError
 
@@ -86,6 +92,9 @@ class NoBadWords(LogitsProcessor):
         self.multi = {n: (np.array([w[:-1] for w in ws], np.int64),
                           np.array([w[-1] for w in ws], np.int64)) for n, ws in self.multi.items()}
 
+    def bans(self, t):
+        return None if self.multi else self.single
+
     def __call__(self, input_ids, scores, prompts=None):
         scores[:, self.single] = NEG_INF
         for n, (prefixes, last) in self.multi.items():
@@ -108,6 +117,9 @@ class MinLength(LogitsProcessor):
 
     def applies(self, t):
         return t - self.start < self.min_length and len(self.eos) > 0
+
+    def bans(self, t):
+        return self.eos
 
     def __call__(self, input_ids, scores, prompts=None):
         if self.applies(input_ids.shape[1]):
@@ -142,6 +154,9 @@ class SuppressTokens(LogitsProcessor):
 
     def applies(self, t):
         return self.at_length is None or t == self.at_length
+
+    def bans(self, t):
+        return self.tokens
 
     def __call__(self, input_ids, scores, prompts=None):
         if self.applies(input_ids.shape[1]):
@@ -203,6 +218,18 @@ class LogitsProcessorList(list):
     def applies(self, t):
         """Whether any processor changes scores at length t."""
         return any(p.applies(t) for p in self)
+
+    def bans(self, t):
+        """The union of the tokens banned at length t by the processors that apply, when each
+        of them only bans tokens (Processor.bans), else None."""
+        out = []
+        for p in self:
+            if p.applies(t):
+                b = p.bans(t)
+                if b is None:
+                    return None
+                out.append(b)
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
     def __call__(self, input_ids, scores, prompts=None):
         for p in self:
