@@ -155,7 +155,7 @@ def test_bad_options_name_the_argument(decoder):
                       (dict(bad_words_ids=[[]]), "bad_words_ids"),
                       (dict(bad_words_ids=[[V]]), "bad_words_ids"),
                       (dict(suppress_tokens=[V + 3]), "suppress_tokens"),
-                      (dict(eos_token_id=[V]), "eos_token_id"),
+                      (dict(eos_token_id=[-1]), "eos_token_id"),
                       (dict(num_return_sequences=2), "num_return_sequences"),
                       (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
                       (dict(early_stopping="sometimes"), "early_stopping"),

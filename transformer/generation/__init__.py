@@ -118,7 +118,7 @@ def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
     if cfg.pad_token_id is None:
         cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
     cfg = cfg.validate(decoding.vocab_size)
-    processors = build_processors(cfg, T, decoding.ignore)
+    processors = build_processors(cfg, T, decoding.vocab_size, decoding.ignore)
     warpers = build_warpers(cfg)
     rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
     return decoding, cfg, processors, warpers, rng

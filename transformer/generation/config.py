@@ -30,14 +30,16 @@ def _is_real(x):
     return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
 
 
-def _token_list(name, value, V):
-    """value (None, an int, or a sequence of ints) as a tuple of token ids in [0, V)."""
+def _token_list(name, value, V=None):
+    """value (None, an int, or a sequence of ints) as a tuple of token ids in [0, V) (V None:
+    any id >= 0)."""
     if value is None:
         return ()
     ids = [value] if _is_int(value) else list(value)
     for t in ids:
-        if not _is_int(t) or not 0 <= t < V:
-            raise ValueError(f"{name} must hold token ids in [0, {V}), got {value!r}")
+        if not _is_int(t) or t < 0 or (V is not None and t >= V):
+            where = f"[0, {V})" if V is not None else ">= 0"
+            raise ValueError(f"{name} must hold token ids {where}, got {value!r}")
     return tuple(int(t) for t in ids)
 
 
@@ -154,7 +156,9 @@ class GenerationConfig:
             v = getattr(self, name)
             check(name, _is_real(v) and math.isfinite(v), "a finite number")
 
-        self.eos_token_id = _token_list("eos_token_id", self.eos_token_id, V)
+        # an eos or pad id outside the vocabulary is never produced (HF's GPT-2 default 50256
+        # with a small vocabulary): allowed, as HF
+        self.eos_token_id = _token_list("eos_token_id", self.eos_token_id)
         integer("max_new_tokens", 1)
         for name in ("min_new_tokens", "min_length", "top_k", "no_repeat_ngram_size"):
             integer(name, 0)
@@ -176,8 +180,10 @@ class GenerationConfig:
         else:
             check("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
                   "1 for greedy search (sample with do_sample, or use num_beams)")
-        for name in ("forced_bos_token_id", "forced_eos_token_id", "pad_token_id",
-                     "decoder_start_token_id"):
+        check("pad_token_id", self.pad_token_id is None or (_is_int(self.pad_token_id)
+                                                            and self.pad_token_id >= 0),
+              "None or a token id >= 0")
+        for name in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
             check(name, v is None or (_is_int(v) and 0 <= v < V), f"None or a token id in "
                   f"[0, {V})")

@@ -238,13 +238,14 @@ class LogitsProcessorList(list):
         return scores
 
 
-def build_processors(cfg, prompt_length, ignore=None):
+def build_processors(cfg, prompt_length, vocab_size, ignore=None):
     """The processors of a validated GenerationConfig, in HF's order (_get_logits_processor):
     repetition penalty, no-repeat n-grams, bad words, min length, min new tokens, forced BOS,
     forced EOS, suppressed tokens, tokens suppressed at the first new position.
-    prompt_length: T, the prompt's (padded) length; ignore: (R,) the leading positions the
-    repetition penalty skips (or None)."""
-    T, eos = prompt_length, cfg.eos_token_id
+    prompt_length: T, the prompt's (padded) length; vocab_size: V (eos ids >= V are never
+    produced and need no ban); ignore: (R,) the leading positions the repetition penalty skips
+    (or None)."""
+    T, eos = prompt_length, tuple(t for t in cfg.eos_token_id if t < vocab_size)
     out = LogitsProcessorList()
     if cfg.repetition_penalty != 1.0:
         out.append(RepetitionPenalty(cfg.repetition_penalty, ignore))
