@@ -79,3 +79,28 @@ def test_target_prefix_and_lengths_match_ctranslate2(aren, num_beams):
     for n in (2, 4):
         got = _ours(model, WORDS, num_beams=num_beams, max_new_tokens=n)
         assert got == _theirs(translator, WORDS, beam_size=num_beams, max_decoding_length=n)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_attention_matches_ctranslate2(aren, num_beams):
+    """return_attention: the last decoder layer's first head (CTranslate2's defaults), one row
+    per target token (CTranslate2 leaves out the eos row), one column per source token.
+    CTranslate2 is asked one sentence at a time: its batched beam search gives some sentences
+    another first row than the same sentence alone (ours equals the latter)."""
+    model, translator = aren
+    batch = [model.tokenizer.encode(t) for t in WORDS]
+    S = max(map(len, batch))
+    ids = np.array([b + [0] * (S - len(b)) for b in batch])
+    mask = np.array([[1] * len(b) + [0] * (S - len(b)) for b in batch])
+    out = model.generate(ids, mask, num_beams=num_beams, max_new_tokens=30,
+                         return_attention=True)
+    res = [translator.translate_batch([w.split()], beam_size=num_beams,
+                                      return_attention=True)[0] for w in WORDS]
+    for b, r in enumerate(res):
+        want = np.array(r.attention[0])
+        got = out.attention[b]
+        assert got.shape == (len(r.hypotheses[0]) + 1, len(batch[b]))
+        np.testing.assert_allclose(got[:len(want), :want.shape[1]], want, atol=1e-4)
+    mean = model.generate(ids, mask, num_beams=num_beams, max_new_tokens=30,
+                          return_attention=True, attention_heads=0).attention
+    assert all(np.allclose(a.sum(1), 1, atol=1e-5) for a in mean)

@@ -279,6 +279,15 @@ def test_seq2seq_device_paths_match_cpu(fake_gpu, tmp_path, rng, kind, dtype):
         if dtype == "float32":
             np.testing.assert_array_equal(to_numpy(out),
                                           cpu.generate(src, mask, max_new_tokens=8, **kw))
+    for kw in (dict(num_beams=2), dict(num_beams=1, **prefix)):
+        att = ours.generate(src, mask, max_new_tokens=5, return_attention=True, **kw).attention
+        assert all(isinstance(a, np.ndarray) and np.allclose(a.sum(1), 1, atol=1e-3)
+                   for a in att)
+        if dtype == "float32":  # same tokens as the CPU: the same weights
+            want = cpu.generate(src, mask, max_new_tokens=5, return_attention=True,
+                                **kw).attention
+            for a, w in zip(att, want):
+                np.testing.assert_allclose(a, w, atol=1e-5)
     out, scores = ours.generate(src, mask, max_new_tokens=5, num_beams=2, return_scores=True)
     assert ops.on_device(scores) and scores.shape == (3,)
     per_token = ours.score(src, mask, to_numpy(out)[:, 1:])

@@ -24,12 +24,16 @@ class GenerateOutput:
     warpers: a forced token counts log 1 = 0), up to and including its eos; sequences_scores
     (N,) float32: beam search's ranking score (scores / n_new ** length_penalty, HF's), for
     greedy / sampling equal to scores; token_logprobs (N, n_new) float32: each new token's
-    log-probability, 0 after the hypothesis ended. All accumulated during the search."""
+    log-probability, 0 after the hypothesis ended; attention (with return_attention,
+    encoder-decoders): per hypothesis a (n_new_h, S_h) float32 array of cross-attention
+    weights, one row per new token (eos included), one column per real source token
+    (CTranslate2's return_attention). All accumulated during the search."""
 
     sequences: np.ndarray
-    scores: np.ndarray
-    sequences_scores: np.ndarray
-    token_logprobs: np.ndarray
+    scores: np.ndarray = None
+    sequences_scores: np.ndarray = None
+    token_logprobs: np.ndarray = None
+    attention: list = None
 
 
 def generation_defaults(model):
@@ -49,7 +53,8 @@ def generation_defaults(model):
 
 
 def generate(model, input_ids, attention_mask=None, generation_config=None, streamer=None,
-             return_scores=False, return_dict_in_generate=False, **kwargs):
+             return_scores=False, return_dict_in_generate=False, return_attention=False,
+             attention_layer=-1, attention_heads=1, **kwargs):
     """Continue each row of input_ids (B, T) (left or right padded, attention_mask (B, T) of
     0/1; an encoder-decoder model: the source, and the decoder prefix as decoder_input_ids /
     decoder_attention_mask, left padded).
@@ -67,13 +72,24 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
     finished rows are filled with pad_token_id (default: the config's, else the first eos).
     Returns (B * n, T + n_new) int64 NumPy: the rows as given, then the new tokens; with
     return_scores (sequences, scores (B * n,) float32); with return_dict_in_generate a
-    GenerateOutput. Raises ValueError naming a bad option, TypeError for an unknown one,
-    ValueError when a prompt + max_new_tokens exceeds the model's positions."""
+    GenerateOutput. return_attention (encoder-decoders; implies return_dict_in_generate):
+    GenerateOutput.attention, the cross-attention weights of decoder layer attention_layer
+    (default -1: the last) averaged over its first attention_heads heads (0: all; default 1:
+    the first head), CTranslate2's alignment_layer / alignment_heads defaults.
+    Raises ValueError naming a bad option, TypeError for an unknown one, ValueError when a
+    prompt + max_new_tokens exceeds the model's positions."""
     decoding, cfg, processors, warpers, rng = _prepare(model, input_ids, attention_mask,
                                                        generation_config, kwargs)
+    if return_attention:
+        decoding.record_attention(attention_layer, attention_heads)
+        return_dict_in_generate = True
     want = return_scores or return_dict_in_generate
+    attention = None
     if cfg.num_beams > 1:
-        seqs, extra = beam_search(decoding, cfg, processors, warpers, rng, want)
+        seqs, extra = beam_search(decoding, cfg, processors, warpers, rng, want,
+                                  return_attention)
+        if return_attention:
+            attention, lengths = extra["attention"], extra["lengths"]
         if want:
             cum, lengths = extra["cumulative"], extra["lengths"]
             token_lp = np.diff(cum, axis=1, prepend=np.float32(0))
@@ -81,11 +97,20 @@ def generate(model, input_ids, attention_mask=None, generation_config=None, stre
             scores = np.take_along_axis(cum, np.maximum(lengths - 1, 0)[:, None], 1)[:, 0]
             ranking = extra["sequences_scores"]
     else:
-        seqs, token_lp = greedy_search(decoding, cfg, processors, warpers, rng, streamer, want)
+        seqs, token_lp, *att = greedy_search(decoding, cfg, processors, warpers, rng, streamer,
+                                             want, return_attention)
         if want:
             scores = ranking = token_lp.sum(1, dtype=np.float32)
+        if return_attention:
+            attention = att[0]
+            ended = np.isin(seqs[:, decoding.sequences.shape[1]:], cfg.eos_token_id)
+            lengths = np.where(ended.any(1), ended.argmax(1) + 1, ended.shape[1])
+    if return_attention:  # per hypothesis: its new tokens x its real source tokens
+        src = decoding.source_lengths[np.arange(len(seqs)) // (len(seqs) // len(
+            decoding.source_lengths))]
+        attention = [attention[h, :lengths[h], :src[h]] for h in range(len(seqs))]
     if return_dict_in_generate:
-        return GenerateOutput(seqs, scores, ranking, token_lp)
+        return GenerateOutput(seqs, scores, ranking, token_lp, attention)
     if return_scores:
         return seqs, scores
     return seqs

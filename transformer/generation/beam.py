@@ -40,7 +40,8 @@ def _gather(a, idx):
     return a[np.arange(a.shape[0])[:, None], idx]
 
 
-def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=False):
+def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=False,
+                want_attention=False):
     """Beam search over `decoding` (the search contract, transformer.generation.contract):
     each prompt of decoding.sequences (B, T) is prefilled once (start), and its num_beams beams
     start from that cache row (the first reorder maps each beam to its prompt's row).
@@ -52,7 +53,9 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
     a dict: "sequences_scores" (B * n,) float32 (HF's: sum log p / new_len ** length_penalty),
     "cumulative" (B * n, n_new) float32: the running sum of the search's log-probabilities
     after each new token (0 after the hypothesis ended), "lengths" (B * n,) int64: the new
-    tokens of each hypothesis), else None. All accumulated during the search."""
+    tokens of each hypothesis), with want_attention also "attention" (B * n, n_new, S)
+    float32: each new token's cross-attention weights (decoding.attention; the caller has
+    called decoding.record_attention), else None. All accumulated during the search."""
     ids = decoding.sequences
     B, T = ids.shape
     nb, max_new_tokens = cfg.num_beams, cfg.max_new_tokens
@@ -86,6 +89,11 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
 
     logits = to_numpy(decoding.start(B * nb, max_new_tokens))  # (B, V): one row a prompt
     logits = np.repeat(logits, nb, 0)  # the beams of a prompt all start from its row
+    if want_attention:
+        att = np.repeat(decoding.attention, nb, 0)
+        S = att.shape[1]
+        running_att = np.zeros((B, nb, max_new_tokens, S), np.float32)
+        hyp_att, out_att = running_att.copy(), running_att.copy()
     cur = T
     while True:
         A = len(alive)
@@ -128,6 +136,9 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
         if want_scores:
             cand_cum = _gather(running_cum, parent)
             cand_cum[:, :, cur - T] = cand_logp
+        if want_attention:
+            cand_att = _gather(running_att, parent)
+            cand_att[:, :, cur - T] = _gather(att.reshape(A, nb, S), parent)
 
         # the best num_beams continuations that did not end keep running
         run_logp = cand_logp + hits * neg
@@ -151,6 +162,9 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
         if want_scores:
             running_cum = _gather(cand_cum, nxt)
             cum = _gather(np.concatenate([cum, cand_cum], 1), best)
+        if want_attention:
+            running_att = _gather(cand_att, nxt)
+            hyp_att = _gather(np.concatenate([hyp_att, cand_att], 1), best)
 
         cur += 1
         if cfg.early_stopping == "never" and cfg.length_penalty > 0:
@@ -170,6 +184,8 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
             if want_scores:
                 out_cum[alive[settled]] = cum[settled]
                 out_scores[alive[settled]] = beam_scores[settled]
+            if want_attention:
+                out_att[alive[settled]] = hyp_att[settled]
             go = ~settled
             alive = alive[go]
             running, running_scores, running_idx = running[go], running_scores[go], running_idx[go]
@@ -177,6 +193,8 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
             finished, improvable = finished[go], improvable[go]
             if want_scores:
                 running_cum, cum = running_cum[go], cum[go]
+            if want_attention:
+                running_att, hyp_att = running_att[go], hyp_att[go]
             if not len(alive):
                 break
         # the cache rows of the kept beams (also drops the settled prompts); after the first
@@ -184,14 +202,18 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
         index = running_idx[:, :, cur - 1 - T].ravel()
         decoding.reorder(index // nb if cur - 1 == T else index)
         logits = to_numpy(decoding.step(running[:, :, cur - 1].ravel()))
+        if want_attention:
+            att = decoding.attention
 
     n = cfg.num_return_sequences
     sequences = out_sequences[:, :n].reshape(B * n, -1)
     beam_idx = out_beam_idx[:, :n].reshape(B * n, -1)
     lengths = (beam_idx >= 0).sum(1)
     n_new = int(lengths.max())
-    if not want_scores:
-        return sequences[:, :T + n_new], None
-    return sequences[:, :T + n_new], {"sequences_scores": out_scores[:, :n].ravel(),
-                                      "cumulative": out_cum[:, :n].reshape(B * n, -1)[:, :n_new],
-                                      "lengths": lengths}
+    extra = {"lengths": lengths} if want_scores or want_attention else None
+    if want_scores:
+        extra["sequences_scores"] = out_scores[:, :n].ravel()
+        extra["cumulative"] = out_cum[:, :n].reshape(B * n, -1)[:, :n_new]
+    if want_attention:
+        extra["attention"] = out_att[:, :n].reshape(B * n, max_new_tokens, S)[:, :n_new]
+    return sequences[:, :T + n_new], extra

@@ -23,6 +23,15 @@ A model that generates returns, from model.decoding(input_ids, attention_mask, c
                leave), permuted rows (beams), or repeated rows (R' up to `rows`: the beams or
                samples of a prompt start from its row)
 
+Optional, for encoder-decoders (CTranslate2's return_attention):
+  record_attention(layer, heads)
+               before start: from then on each start / step also leaves
+  attention    (R, S) float32 NumPy: the cross-attention weights of decoder layer `layer`
+               (negative: from the last) averaged over its first `heads` heads (0: all), for
+               the query that produced the logits just returned; S = the longest source
+  source_lengths (B,) the real source tokens of each request row
+The base class refuses record_attention with a ValueError (no cross-attention).
+
 Logits may be device arrays (CuPy): the search brings them to the host as float32
 (transformer.device.to_numpy); token ids go to step as NumPy int64. The search never reads the
 model's internals, and the model never sees the search's state (scores, processors)."""
@@ -34,6 +43,10 @@ class Decoding:
 
     ignore = None
     threads = None
+    attention = None
+
+    def record_attention(self, layer, heads):
+        raise ValueError("return_attention needs an encoder-decoder model (cross-attention)")
 
     def start(self, rows, max_new_tokens):
         raise NotImplementedError

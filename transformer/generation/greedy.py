@@ -8,7 +8,7 @@ from .sampling import log_softmax, sample_next
 
 
 def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None,
-                  want_scores=False):
+                  want_scores=False, want_attention=False):
     """Greedy search (rng None) or sampling (rng: a numpy Generator) over `decoding` (the
     search contract, transformer.generation.contract). Each prompt is prefilled once; with
     num_return_sequences n its n samples start from that cache row (independent draws from
@@ -17,8 +17,10 @@ def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None
     for finished rows). A row that emitted eos leaves the batch (its cache rows are dropped).
     Returns (sequences (B * n, T + n_new) int64, and with want_scores the per-token
     log-probabilities (B * n, n_new) float32 of the chosen tokens under the processed (and
-    warped) distribution, 0 after a row ended, else None)."""
-    steps = greedy_steps(decoding, cfg, processors, warpers, rng, want_scores)
+    warped) distribution, 0 after a row ended, else None; and with want_attention the
+    cross-attention weights (B * n, n_new, S) float32 of each new token, decoding.attention:
+    the caller has called decoding.record_attention)."""
+    steps = greedy_steps(decoding, cfg, processors, warpers, rng, want_scores, want_attention)
     while True:
         try:
             column = next(steps)
@@ -28,7 +30,8 @@ def greedy_search(decoding, cfg, processors, warpers=(), rng=None, streamer=None
             streamer(column)
 
 
-def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=False):
+def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=False,
+                 want_attention=False):
     """greedy_search as a generator: yields each new column (B * n,) int64 (pad for finished
     rows) as soon as it is chosen; its return value (StopIteration.value) is greedy_search's."""
     ids = decoding.sequences
@@ -40,6 +43,9 @@ def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fa
     tokens[:, :T] = np.repeat(ids, n, 0)
     logprobs = np.zeros((B, max_new), np.float32) if want_scores else None
     logits = to_numpy(decoding.start(B, max_new))  # the search runs on the host
+    att = np.repeat(decoding.attention, n, 0) if want_attention else None
+    if want_attention:
+        attention = np.zeros((B, max_new, att.shape[1]), np.float32)
     if n > 1:  # the samples of a prompt start from its cache row
         decoding.reorder(np.repeat(np.arange(B0), n))
         logits = np.repeat(logits, n, 0)
@@ -58,6 +64,8 @@ def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fa
         if want_scores:
             logprobs[alive, step] = np.take_along_axis(log_softmax(scores), nxt[:, None], 1)[:, 0]
         tokens[alive, cur] = nxt
+        if want_attention:
+            attention[alive, step] = att
         steps = step + 1
         yield tokens[:, cur].copy()
         going = ~np.isin(nxt, eos_arr)
@@ -67,4 +75,7 @@ def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fa
             alive, nxt = alive[going], nxt[going]
             decoding.reorder(np.flatnonzero(going))
         logits = to_numpy(decoding.step(nxt))
-    return tokens[:, :T + steps], None if logprobs is None else logprobs[:, :steps]
+        if want_attention:
+            att = decoding.attention
+    out = tokens[:, :T + steps], None if logprobs is None else logprobs[:, :steps]
+    return out + (attention[:, :steps],) if want_attention else out

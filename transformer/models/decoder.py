@@ -403,8 +403,9 @@ def _device_outputs(model, out):
     model returns them (model._host_output: CuPy on the GPU)."""
     if isinstance(out, tuple):
         return tuple(model._host_output(a) for a in out)
-    if hasattr(out, "sequences"):
+    if hasattr(out, "sequences"):  # the attention weights stay NumPy (host-computed)
         for name in ("sequences", "scores", "sequences_scores", "token_logprobs"):
-            setattr(out, name, model._host_output(getattr(out, name)))
+            if getattr(out, name) is not None:
+                setattr(out, name, model._host_output(getattr(out, name)))
         return out
     return model._host_output(out)

@@ -205,6 +205,8 @@ class _DecodeState(KVCache):
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
         self.offset = np.zeros(len(self.src_index), np.int64)
+        self.alignment = None  # (layer, heads) whose cross-attention weights to record
+        self.attention = None  # (R, S_max) float32: those weights at the last call
 
     def reorder(self, index):
         super().reorder(index)
@@ -248,6 +250,24 @@ class Seq2SeqDecoding(Decoding):
         if decoder_attention_mask is not None:  # HF: (mask != 0).argmax(1)
             self.ignore = mask.argmax(1)
 
+    _alignment = None
+
+    def record_attention(self, layer, heads):
+        L, H = self.model.config.decoder_layers, self.model.config.n_heads
+        if not (-L <= layer < L):
+            raise ValueError(f"attention_layer must be in [{-L}, {L}), got {layer!r}")
+        if not (0 <= heads <= H):
+            raise ValueError(f"attention_heads must be in [0, {H}] (0: all), got {heads!r}")
+        self._alignment = (layer % L, heads or H)
+
+    @property
+    def source_lengths(self):
+        return self.enc.lengths
+
+    @property
+    def attention(self):
+        return self.state.attention
+
     def start(self, rows, max_new_tokens):
         model, cfg = self.model, self.model.config
         B, T = self.sequences.shape
@@ -259,6 +279,7 @@ class Seq2SeqDecoding(Decoding):
                                   np.arange(B),
                                   like=None if model.device == "cpu" else self.enc.hidden)
         self.state.offset = (T - lens).astype(np.int64)
+        self.state.alignment = self._alignment
         if T == 1:
             return model._decode_step(self.sequences[:, 0], self.state)
         return model._prefill_decoder(self.sequences, self.mask, self.state)
@@ -418,6 +439,9 @@ class Seq2SeqModel(DeviceModel):
 
         def cross_attend(i, q):
             k, v = enc.cross_planes[i]
+            if state.alignment is not None and i == state.alignment[0]:
+                state.attention = self._cross_weights(q.reshape(R, H, D), enc, i, src,
+                                                      state.alignment[1])
             return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
                                         kv_index=src, threads=n).reshape(R, C)
 
@@ -426,6 +450,19 @@ class Seq2SeqModel(DeviceModel):
             h = self._decoder_layers(h, self_attend, cross_attend)
             state.lengths[:R] += 1
             return self._logits(h)
+
+    def _cross_weights(self, q, enc, layer, src, heads):
+        """Cross-attention weights softmax(q k^T / sqrt(D)) of decoder layer `layer` for queries
+        q (R, H, D) against the keys of sources src (R,), averaged over the first `heads` heads:
+        (R, S_max) float32 NumPy, 0 beyond each source's length (CTranslate2's alignment:
+        return_attention). Computed on the host in float32."""
+        k = to_numpy(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
+        q = to_numpy(q).astype(np.float32)[:, :heads]
+        s = np.einsum("rhd,rshd->rhs", q, k) / np.float32(math.sqrt(q.shape[-1]))
+        s = np.where(np.arange(k.shape[1])[None, None] < enc.lengths[src][:, None, None], s,
+                     -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)).mean(1)
 
     def _prefill_decoder(self, decoder_input_ids, mask, state):
         """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
@@ -448,6 +485,9 @@ class Seq2SeqModel(DeviceModel):
 
         def cross_attend(i, q):
             kv = enc.cross_kv[i]
+            if state.alignment is not None and i == state.alignment[0]:  # last real tokens
+                state.attention = self._cross_weights(q.reshape(-1, H, D)[cu[1:] - 1], enc, i,
+                                                      np.arange(len(lens)), state.alignment[1])
             return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
                                         cu_seqlens_k=enc.cu, threads=n).reshape(-1, C)
 
