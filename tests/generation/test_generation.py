@@ -247,3 +247,15 @@ def test_stream_yields_the_columns_of_generate(decoder, seq2seq):
     out = mt.generate(src, smask, max_new_tokens=5)
     np.testing.assert_array_equal(np.stack(list(mt.stream(src, smask, max_new_tokens=5)), 1),
                                   out[:, 1:])
+
+
+def test_default_length_fits_the_positions(seq2seq, decoder):
+    """Without max_new_tokens / max_length the default is capped at the model's positions (64
+    here); an explicit max_new_tokens beyond them is an error naming it."""
+    _, mt, src, mask = seq2seq
+    out = mt.generate(src, mask, eos_token_id=[], forced_eos_token_id=None)
+    assert out.shape == (3, 64)
+    with pytest.raises(ValueError, match="max_new_tokens=64"):
+        mt.generate(src, mask, max_new_tokens=64)
+    _, lm, ids, m = decoder
+    assert lm.generate(ids, m, eos_token_id=[]).shape == (3, 6 + 32)

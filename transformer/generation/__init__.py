@@ -139,7 +139,8 @@ def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
     cfg = cfg.update(**kwargs)
     decoding = model.decoding(input_ids, attention_mask, cfg, **inputs)
     B, T = decoding.sequences.shape
-    cfg = cfg.resolve_lengths(T, getattr(model, "DEFAULT_MAX_NEW_TOKENS", 32))
+    cfg = cfg.resolve_lengths(T, getattr(model, "DEFAULT_MAX_NEW_TOKENS", 32),
+                              getattr(model.config, "max_position_embeddings", None))
     if cfg.pad_token_id is None:
         cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
     cfg = cfg.validate(decoding.vocab_size)

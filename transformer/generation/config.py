@@ -123,9 +123,10 @@ class GenerationConfig:
         cfg.given = tuple(given)  # the keys the file sets (they win over config.json's)
         return cfg
 
-    def resolve_lengths(self, prompt_length, default_max_new_tokens=32):
+    def resolve_lengths(self, prompt_length, default_max_new_tokens=32, positions=None):
         """max_new_tokens for a prompt of prompt_length tokens: max_new_tokens when set, else
-        max_length - prompt_length, else default_max_new_tokens (HF _prepare_generated_length).
+        max_length - prompt_length, else default_max_new_tokens capped so that the sequence
+        fits the model's `positions` (HF _prepare_generated_length caps its default alike).
         Returns a copy with max_new_tokens set. Raises ValueError when nothing is left."""
         if self.max_new_tokens is not None:
             n = self.max_new_tokens
@@ -136,6 +137,8 @@ class GenerationConfig:
                                  f"prompt of {prompt_length} tokens (give max_new_tokens)")
         else:
             n = default_max_new_tokens
+            if positions is not None:
+                n = max(1, min(n, positions - prompt_length))
         return dataclasses.replace(self, max_new_tokens=n)
 
     def validate(self, vocab_size):
