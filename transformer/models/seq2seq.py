@@ -30,12 +30,12 @@ import numpy as np
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device, to_numpy
+from ..generation.contract import Decoding
 from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
 from ._hf import hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, pack
-from ..generation.contract import Decoding
 from .config import check_positive
 from .decoder import KVCache, _device_outputs
 from .encoder import encoder_layers
