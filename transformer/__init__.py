@@ -4,7 +4,6 @@
     model = transformer.load("path/to/all-MiniLM-L6-v2")
     emb = model.embed_texts(["Hello world"])        # (1, 384) float32, L2-normalised
 """
-import json
 import os
 
 __version__ = "0.1.0"
@@ -43,25 +42,18 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
 
 
 def _load(path, threads, tokenizer, dtype):
-    from .models import family_for
+    from .models import family_for, layout_for
 
-    if os.path.isfile(path):
-        from .models.llama2c import Llama2cModel
-        return Llama2cModel.from_checkpoint(path, tokenizer=tokenizer, threads=threads)
+    family = layout_for(path)  # a llama2.c checkpoint, a CTranslate2 directory
+    if family is not None:
+        return family.from_layout(path, threads=threads, tokenizer=tokenizer, dtype=dtype)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"model directory not found: {path}")
     config_path = os.path.join(path, "config.json")
-    if os.path.isfile(os.path.join(path, "model.bin")) and not os.path.isfile(
-            os.path.join(path, "model.safetensors")):
-        from .models.ctranslate2 import CTranslate2Model
-        return CTranslate2Model.from_directory(path, threads=threads, dtype=dtype)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            config_dict = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{config_path}: not valid JSON ({e})")
+    from .models._hf import read_json
+    config_dict = read_json(config_path, "JSON object (the model's config)")
     family = family_for(config_dict, config_path)
     model = family.from_pretrained(path, config_dict, threads=threads)
     if hasattr(model, "generate"):  # HF's generation_config.json: the decoding defaults

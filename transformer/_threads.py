@@ -7,6 +7,8 @@ calls it on its own block: one thread pool, never BLAS threads nested inside Ope
 import os
 import threading
 
+import numpy as np
+
 from threadpoolctl import ThreadpoolController
 
 _controller = None
@@ -15,20 +17,34 @@ _depth = 0
 _saved = None
 
 
+# The most threads a kernel may be asked for: OpenMP runtimes fail to create tens of thousands
+# of threads (libgomp "Thread creation failed", or a crash), so larger counts are refused.
+MAX_THREADS = max(1024, 4 * (os.cpu_count() or 1))
+
+
 def resolve_threads(threads=None):
-    """Number of threads to use: `threads` if given (int >= 1), else OMP_NUM_THREADS, else the
-    number of cores available to this process. Raises ValueError for a non-positive count."""
+    """Number of threads to use: `threads` if given (int in [1, MAX_THREADS]), else
+    OMP_NUM_THREADS, else the number of cores available to this process. Raises ValueError for a
+    count that is not a positive integer or exceeds MAX_THREADS (max(1024, 4 x the cores))."""
+    if type(threads) is int and 0 < threads <= MAX_THREADS:  # the common case, first
+        return threads
     if threads is None:
         env = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
         if env.isdigit() and int(env) > 0:
+            if int(env) > MAX_THREADS:
+                raise ValueError(f"OMP_NUM_THREADS={env} exceeds the limit of {MAX_THREADS} "
+                                 "threads")
             return int(env)
         try:
             return len(os.sched_getaffinity(0))
         except AttributeError:  # not Linux
             return os.cpu_count() or 1
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
-    return threads
+    if threads > MAX_THREADS:
+        raise ValueError(f"threads must be at most {MAX_THREADS} (4 x the {os.cpu_count()} "
+                         f"cores, at least 1024), got {threads}")
+    return int(threads)
 
 
 class blas_single_threaded:

@@ -45,13 +45,51 @@ def _load(args):
         raise SystemExit(f"error: {e}")
 
 
-def _read_lines(path):
+def _read_lines(path, keep_blank=False):
+    """The lines of the file at `path` ('-': stdin), read as bytes and decoded as strict UTF-8
+    (ValueError naming the input otherwise); blank lines dropped unless keep_blank."""
+    name = "stdin" if path == "-" else path
     if path == "-":
-        lines = sys.stdin.read().splitlines()
+        data = sys.stdin.buffer.read()
     else:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    return [line for line in lines if line.strip()]
+        with open(path, "rb") as f:
+            data = f.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{name}: not valid UTF-8 text (byte {e.start}: {e.reason})")
+    if "\0" in text:
+        raise ValueError(f"{name}: holds NUL characters (binary input, not text)")
+    lines = text.splitlines()
+    return lines if keep_blank else [line for line in lines if line.strip()]
+
+
+class _AtomicOutput:
+    """A file written under a temporary name in its directory and renamed onto `path` only when
+    the `with` block completes; on any error or interrupt the temporary file is removed and
+    `path` is left as it was (never half written)."""
+
+    def __init__(self, path, mode="w"):
+        self.path, self.mode = path, mode
+
+    def __enter__(self):
+        import tempfile
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
+                                        suffix=".tmp", dir=folder)
+        self.file = os.fdopen(fd, self.mode, **({} if "b" in self.mode
+                                               else {"encoding": "utf-8"}))
+        return self.file
+
+    def __exit__(self, kind, value, tb):
+        try:
+            self.file.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
 
 
 def _progress(label):
@@ -74,16 +112,20 @@ def cmd_embed(args):
     progress = _progress("embed") if args.input else None
     emb = to_numpy(model.embed_texts(texts, batch_size=args.batch_size, progress=progress))
     if args.output and args.output.endswith(".npy"):
-        np.save(args.output, emb)
+        with _AtomicOutput(args.output, "wb") as f:
+            np.save(f, emb, allow_pickle=False)
         return 0
-    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    try:
+
+    def write(out):
         for text, e in zip(texts, emb):
             out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in e]},
                                  ensure_ascii=False) + "\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+
+    if args.output:
+        with _AtomicOutput(args.output) as f:
+            write(f)
+    else:
+        write(sys.stdout)
     return 0
 
 
@@ -140,6 +182,9 @@ def cmd_generate(args):
     prompt = tok.encode(args.prompt)
     if not prompt:
         raise SystemExit("error: the prompt encodes to no tokens")
+    if not args.temperature >= 0:  # also NaN
+        raise SystemExit(f"error: --temperature must be >= 0 (0: greedy), got "
+                         f"{args.temperature}")
     sampling = args.temperature > 0 or args.top_k > 0 or args.top_p < 1.0
     ids = np.array([prompt], np.int64)
     printed = tok.decode(prompt)
@@ -172,11 +217,11 @@ def cmd_generate(args):
 
 def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
-    line per input line (tokenizer.json when the model has one; else whitespace-separated tokens
-    of its vocabularies in and out)."""
+    line per input line, a blank line for a blank one (tokenizer.json when the model has one;
+    else whitespace-separated tokens of its vocabularies in and out)."""
     texts = list(args.text)
     if args.input:
-        texts += _read_lines(args.input)
+        texts += _read_lines(args.input, keep_blank=True)
     if not texts:
         raise SystemExit("error: nothing to translate: give TEXT arguments or --input FILE")
     if args.model is None:
@@ -184,12 +229,19 @@ def cmd_translate(args):
     model = _load(args)
     if not hasattr(model, "encode"):
         raise SystemExit("error: this model is not an encoder-decoder (translate needs one)")
+    if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
+        raise SystemExit("error: --batch-size, --max-new-tokens and --num-beams must be >= 1")
     tok, cfg = model.tokenizer, model.config
     done = 0
     for start in range(0, len(texts), args.batch_size):
-        batch = [tok.encode(t) for t in texts[start:start + args.batch_size]]
-        if min(map(len, batch)) == 0:
-            raise SystemExit("error: an input line encodes to no tokens")
+        chunk = texts[start:start + args.batch_size]
+        encoded = [tok.encode(t) if t.strip() else [] for t in chunk]
+        batch = [seq for seq in encoded if seq]  # blank lines (or no tokens): blank output
+        if not batch:
+            for _ in chunk:
+                print("", flush=True)
+            done += len(chunk)
+            continue
         T = max(map(len, batch))
         ids = np.full((len(batch), T), cfg.pad_token_id, np.int64)
         mask = np.zeros((len(batch), T), np.int64)
@@ -199,9 +251,10 @@ def cmd_translate(args):
                                       num_beams=args.num_beams,
                                       length_penalty=args.length_penalty,
                                       **_processor_options(args)))
-        for row in out:
-            print(tok.decode(row[1:]), flush=True)
-        done += len(batch)
+        rows = iter(out)
+        for seq in encoded:
+            print(tok.decode(next(rows)[1:]) if seq else "", flush=True)
+        done += len(chunk)
         if args.input:
             _progress("translate")(done, len(texts))
     return 0
@@ -360,7 +413,13 @@ def main(argv=None):
         return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "threads", None) is not None:
+            from ._threads import resolve_threads
+            resolve_threads(args.threads)
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, OSError) as e:
+    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; outputs are never half written
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -17,7 +17,8 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
                       tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
-                      tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge)
+                      tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge,
+                      tf_pos_bias, tf_position_bias_tile)
 from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16,
                    tf_gemm_best_variant, tf_pack_int8, tf_pack_bf16, tf_unpack_row_int8,
                    tf_unpack_row_bf16, tf_quantize_row_int8, tf_round_row_bf16, tf_gemm_int8_raw,
@@ -46,6 +47,19 @@ cdef extern from *:
     """
     int _openmp()
     const char *TRANSFORMER_BUILD_FLAGS
+
+
+cdef bint _pos_bias(tf_pos_bias *pb, const float[::1] slopes, const float[:, ::1] table,
+                    const int[::1] bucket_of, int half, bint bidirectional):
+    """Fill pb from the optional position-bias arrays; False when there is none."""
+    pb.slopes = &slopes[0] if slopes is not None else NULL
+    pb.table = &table[0, 0] if table is not None else NULL
+    pb.n_buckets = table.shape[1] if table is not None else 0
+    pb.bucket_of = &bucket_of[0] if bucket_of is not None else NULL
+    pb.n_tab = bucket_of.shape[0] if bucket_of is not None else 0
+    pb.half = half
+    pb.bidirectional = bidirectional
+    return slopes is not None or table is not None
 
 
 def build_flags():
@@ -202,7 +216,11 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                      const int[::1] lengths,        # IN  (B) keys of sequence b: [0, lengths[b])
                      const float[:, ::1] key_bias,  # IN  (B, S_max) additive, or None
                      float[:, :, ::1] out,          # OUT (B, H, D)
-                     float scale, int chunk, int n_threads):
+                     float scale, int chunk, int n_threads,
+                     const float[::1] alibi=None,           # IN  (H) ALiBi slopes, or None
+                     const float[:, ::1] rel_table=None,    # IN  (H, n_buckets), or None
+                     const int[::1] bucket_of=None,         # IN  (n_tab) see tf_pos_bias
+                     int half=0, bint bidirectional=False):
     """One new query per sequence against its cache, split over keys (split-K, as
     flash-decoding): work items (sequence, KV head, chunk of `chunk` keys) each give a partial
     max, sum and unnormalised output for the G = H / Hkv query heads that share that KV head (K/V
@@ -235,6 +253,9 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     cdef int hk, c, j0, n, g, h, bh, bk
     cdef bint has_index = kv_index is not None
     cdef bint has_rows = kv_rows is not None
+    cdef tf_pos_bias pb
+    cdef const tf_pos_bias *pbp = &pb if _pos_bias(&pb, alibi, rel_table, bucket_of, half,
+                                                    bidirectional) else NULL
     if pm == NULL:
         raise MemoryError()
     with nogil, parallel(num_threads=n_threads):
@@ -262,7 +283,8 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
                                       vb + (0 if has_rows else bk * vbs) + j0 * vrs + hk * vhs,
                                       vbs, vrs, &kv_rows[b, j0] if has_rows else NULL, n, D,
                                       scale, kbias + bk * kbias_stride + j0 if kbias != NULL
-                                      else NULL, scores, tm, tl, tacc)
+                                      else NULL, scores, tm, tl, tacc, pbp, hk * G,
+                                      lengths[b] - 1, j0)
             for g in range(G):
                 h = hk * G + g
                 pm[(b * H + h) * n_split + c] = tm[g]
@@ -324,7 +346,11 @@ def attention(const float[:, :, :, :] q,        # IN  (P, Tq_rows, H, D), any st
               const int[::1] k_start,          # IN  (n_seq)
               const int[::1] k_len,            # IN  (n_seq)
               const float[:, ::1] key_bias,    # IN  (n_seq, max k_len) additive, or None
-              bint causal, float scale, int n_threads):
+              bint causal, float scale, int n_threads,
+              const float[::1] alibi=None,            # IN  (H) ALiBi slopes, or None
+              const float[:, ::1] rel_table=None,     # IN  (H, n_buckets), or None
+              const int[::1] bucket_of=None,          # IN  (n_tab) see tf_pos_bias
+              int half=0, bint bidirectional=False):
     """Fused multi-head attention, softmax(scale * Q K^T + mask) V, tiled: each work item is one
     (sequence, head, block of BQ queries); it streams blocks of BK keys, computes the score tile
     and the P V update with sgemm on strided tiles, and keeps an online softmax (running max and
@@ -362,6 +388,9 @@ def attention(const float[:, :, :, :] q,        # IN  (P, Tq_rows, H, D), any st
     cdef const float *kp
     cdef const float *vp
     cdef float *op
+    cdef tf_pos_bias pb
+    cdef const tf_pos_bias *pbp = &pb if _pos_bias(&pb, alibi, rel_table, bucket_of, half,
+                                                    bidirectional) else NULL
     with nogil, parallel(num_threads=n_threads):
         scratch = <float *>malloc(sizeof(float) * (BQ * BK + BQ * D + 2 * BQ))
         S = scratch
@@ -395,6 +424,8 @@ def attention(const float[:, :, :, :] q,        # IN  (P, Tq_rows, H, D), any st
                 kp = kb + plane[s] * kps + (k_start[s] + s0) * krs + hk * khs
                 vp = vb + plane[s] * vps + (k_start[s] + s0) * vrs + hk * vhs
                 _gemm_nt(rows, cols, D, scale, qp, <int>qrs, kp, <int>krs, 0.0, S, BK)
+                if pbp != NULL:  # queries at t0 + Sk - T.. (aligned at the end), keys at s0..
+                    tf_position_bias_tile(pbp, h, S, BK, rows, cols, t0 + Sk - T, s0)
                 diag = t0 + Sk - T - s0
                 if tf_online_softmax_tile(S, BK, rows, cols, causal, diag,
                                           kbias + s * kbias_stride + s0 if kbias != NULL else NULL,

@@ -121,17 +121,27 @@ void tf_swiglu_row(const float *gate_up, int F, float *out) {
     }
 }
 
+/* 1 when some x[i] is NaN (only called on the rare rows whose max is -inf, so NaN scores give
+ * NaN outputs, as PyTorch, instead of the zeros of a fully masked row). */
+static inline int any_nan(const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        if (x[i] != x[i]) return 1;
+    return 0;
+}
+
 TF_CLONES
 void tf_softmax_row(const float *x, const float *mask, int n, float *out) {
     float mx = -INFINITY;
     if (mask) {
-        for (int i = 0; i < n; i++) out[i] = x[i] + mask[i];
+        /* a removed entry (-inf) stays removed whatever its score, even NaN */
+        for (int i = 0; i < n; i++) out[i] = mask[i] == -INFINITY ? -INFINITY : x[i] + mask[i];
     } else if (out != x) {
         memcpy(out, x, (size_t)n * sizeof(float));
     }
     for (int i = 0; i < n; i++) mx = out[i] > mx ? out[i] : mx;
-    if (mx == -INFINITY) { /* every entry masked: zeros, not NaN */
-        memset(out, 0, (size_t)n * sizeof(float));
+    if (mx == -INFINITY) { /* every entry masked: zeros, not NaN; a NaN row stays NaN */
+        const float fill = any_nan(out, n) ? NAN : 0.f;
+        for (int i = 0; i < n; i++) out[i] = fill;
         return;
     }
     float sum = 0.f;
@@ -179,6 +189,28 @@ void tf_embed_row(const float *word, const float *pos, const float *type, const 
     if (gamma) tf_layer_norm_row(out, NULL, gamma, beta, eps, n, out);
 }
 
+void tf_position_bias_tile(const tf_pos_bias *pb, int h, float *s, long ld, int rows, int cols,
+                           long q0, long k0) {
+    if (pb->slopes) {
+        const float slope = pb->slopes[h];
+        for (int i = 0; i < rows; i++)
+            for (int j = 0; j < cols; j++) s[i * ld + j] += slope * (float)(k0 + j);
+    }
+    if (pb->table) {
+        const float *t = pb->table + (long)h * pb->n_buckets;
+        const long last = pb->n_tab - 1;
+        for (int i = 0; i < rows; i++) {
+            const long q = q0 + i;
+            for (int j = 0; j < cols; j++) {
+                const long d = k0 + j - q;
+                long n = pb->bidirectional ? (d < 0 ? -d : d) : (d < 0 ? -d : 0);
+                n = n < last ? n : last;
+                s[i * ld + j] += t[pb->bucket_of[n] + (pb->bidirectional && d > 0 ? pb->half : 0)];
+            }
+        }
+    }
+}
+
 TF_CLONES
 int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int diag,
                            const float *kbias, float *m, float *l, float *acc, int D) {
@@ -191,10 +223,16 @@ int tf_online_softmax_tile(float *s, int ld, int rows, int cols, int causal, int
             c = c < 0 ? 0 : (c > cols ? cols : c);
         }
         if (kbias)
-            for (int j = 0; j < c; j++) row[j] += kbias[j];
+            for (int j = 0; j < c; j++)
+                row[j] = kbias[j] == -INFINITY ? -INFINITY : row[j] + kbias[j];
         float mx = -INFINITY;
         for (int j = 0; j < c; j++) mx = row[j] > mx ? row[j] : mx;
         if (mx == -INFINITY) { /* this row sees no key in this tile */
+            if (any_nan(row, c)) { /* NaN scores: the row's output is NaN, never zeros */
+                float *a = acc + (long)i * D;
+                for (int d = 0; d < D; d++) a[d] = NAN;
+                l[i] = NAN;
+            }
             memset(row, 0, (size_t)cols * sizeof(float));
             continue;
         }
@@ -223,7 +261,7 @@ void tf_attention_finalize(const float *acc, const float *l, int rows, int D, fl
     for (int i = 0; i < rows; i++) {
         float *o = out + (long)i * ldo;
         const float *a = acc + (long)i * D;
-        if (l[i] > 0.f) {
+        if (l[i] != 0.f) { /* l is NaN after NaN or +inf scores: NaN out */
             const float inv = 1.f / l[i];
             for (int d = 0; d < D; d++) o[d] = a[d] * inv;
         } else {
@@ -236,7 +274,8 @@ TF_CLONES
 void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
                                long ldk, const float *v, long vps, long ldv, const int *planes,
                                int n, int D, float scale, const float *kbias, float *scores,
-                               float *m, float *l, float *acc) {
+                               float *m, float *l, float *acc, const tf_pos_bias *pb, int h0,
+                               long qpos, long k0) {
     for (int g = 0; g < G; g++) {
         const float *qg = q + g * ldq;
         float *s = scores + (long)g * n;
@@ -245,14 +284,24 @@ void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, 
             const float *kj = k + (planes ? planes[j] * kps : 0) + j * ldk;
             float dot = 0.f;
             for (int d = 0; d < D; d++) dot += qg[d] * kj[d];
-            s[j] = dot * scale + (kbias ? kbias[j] : 0.f);
+            s[j] = dot * scale;
+        }
+        if (pb) tf_position_bias_tile(pb, h0 + g, s, n, 1, n, qpos, k0);
+        for (int j = 0; j < n; j++) {
+            if (kbias) s[j] = kbias[j] == -INFINITY ? -INFINITY : s[j] + kbias[j];
             mx = s[j] > mx ? s[j] : mx;
         }
         float *a = acc + (long)g * D;
         for (int d = 0; d < D; d++) a[d] = 0.f;
         m[g] = mx;
         l[g] = 0.f;
-        if (mx == -INFINITY) continue; /* every key of the chunk masked */
+        if (mx == -INFINITY) { /* every key of the chunk masked, or NaN scores */
+            if (any_nan(s, n)) {
+                m[g] = l[g] = NAN;
+                for (int d = 0; d < D; d++) a[d] = NAN;
+            }
+            continue;
+        }
         float sum = 0.f;
         for (int j = 0; j < n; j++) {
             const float e = expf(s[j] - mx);
@@ -272,9 +321,13 @@ TF_CLONES
 void tf_decode_attention_combine(const float *m, const float *l, const float *acc, int n_split,
                                  int D, float *out) {
     float M = -INFINITY;
-    for (int c = 0; c < n_split; c++) M = m[c] > M ? m[c] : M;
-    for (int d = 0; d < D; d++) out[d] = 0.f;
-    if (M == -INFINITY) return;
+    int nan = 0;
+    for (int c = 0; c < n_split; c++) {
+        M = m[c] > M ? m[c] : M;
+        nan |= m[c] != m[c];
+    }
+    for (int d = 0; d < D; d++) out[d] = nan ? NAN : 0.f; /* NaN scores: NaN, never zeros */
+    if (nan || M == -INFINITY) return;
     float L = 0.f;
     for (int c = 0; c < n_split; c++) {
         if (m[c] == -INFINITY) continue;

@@ -56,6 +56,27 @@ void tf_bias_act_row(float *x, const float *bias, int n, int act);
 void tf_embed_row(const float *word, const float *pos, const float *type, const float *gamma,
                   const float *beta, float eps, int n, float *out);
 
+/* Position bias added to attention scores inside the kernels (never an (H, T, S) tensor):
+ * ALiBi (Press et al. 2022; HF BLOOM): slopes[h] * key position;
+ * relative position buckets (T5, Raffel et al. 2020; MPNet): table[h * n_buckets + bucket(d)],
+ * d = key position - query position; bidirectional: bucket(d) = (d > 0 ? half : 0) +
+ * bucket_of[min(|d|, n_tab - 1)], else bucket(d) = bucket_of[min(max(-d, 0), n_tab - 1)]
+ * (bucket_of precomputed with HF's float32 log formula, saturated at its last entry). */
+typedef struct {
+    const float *slopes; /* (H) or NULL */
+    const float *table;  /* (H, n_buckets) or NULL */
+    int n_buckets;
+    const int *bucket_of; /* (n_tab) */
+    int n_tab;
+    int half;
+    int bidirectional;
+} tf_pos_bias;
+
+/* s (rows, ld) += the position bias of head h for queries at q0, q0 + 1, ... against keys at
+ * k0 .. k0 + cols - 1. */
+void tf_position_bias_tile(const tf_pos_bias *pb, int h, float *s, long ld, int rows, int cols,
+                           long q0, long k0);
+
 /* One online-softmax step of tiled attention (FlashAttention-2, Dao 2023, Algorithm 1).
  * s:   (rows, ld) scores of a query tile against a key tile, already scaled; overwritten with
  *      p = exp(s - m_new), zero where masked.
@@ -73,12 +94,14 @@ void tf_attention_finalize(const float *acc, const float *l, int rows, int D, fl
  * of the group (q: G rows of D, stride ldq) against n keys/values. Key j is at
  * k + planes[j] * kps + j * ldk (value j likewise with vps, ldv): planes (n) picks a cache plane
  * per key (a beam's cache rows reordered by an index table), or NULL for one plane (k, v).
- * kbias (n) additive or NULL. Writes per query head the chunk's max m[g], sum l[g] and
- * unnormalised acc[g*D..] = sum_j exp(s_j - m) v_j; `scores` is scratch of G*n floats. */
+ * kbias (n) additive or NULL; pb: the position bias of query heads h0.. h0 + G - 1 at query
+ * position qpos against keys k0.., or NULL. Writes per query head the chunk's max m[g], sum
+ * l[g] and unnormalised acc[g*D..] = sum_j exp(s_j - m) v_j; `scores` is scratch of G*n floats. */
 void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
                                long ldk, const float *v, long vps, long ldv, const int *planes,
                                int n, int D, float scale, const float *kbias, float *scores,
-                               float *m, float *l, float *acc);
+                               float *m, float *l, float *acc, const tf_pos_bias *pb, int h0,
+                               long qpos, long k0);
 
 /* Combine n_split partial results (m, l: n_split; acc: n_split x D) of one query head into
  * out (D) = sum_c exp(m_c - M) acc_c / sum_c exp(m_c - M) l_c; zeros when no key was seen. */

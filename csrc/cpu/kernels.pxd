@@ -1,6 +1,16 @@
 # nogil C-level declarations of the row kernels in kernels.c (contracts in kernels.h).
 cdef extern from "kernels.h" nogil:
     int TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU
+    ctypedef struct tf_pos_bias:
+        const float *slopes
+        const float *table
+        int n_buckets
+        const int *bucket_of
+        int n_tab
+        int half
+        int bidirectional
+    void tf_position_bias_tile(const tf_pos_bias *pb, int h, float *s, long ld, int rows,
+                               int cols, long q0, long k0)
     void tf_layer_norm_row(const float *x, const float *res, const float *gamma,
                            const float *beta, float eps, int n, float *out)
     void tf_gemm_small(const float *x, int N, int K, const float *w, int O, float *out, long ldo)
@@ -12,7 +22,8 @@ cdef extern from "kernels.h" nogil:
                                    long ldk, const float *v, long vps, long ldv,
                                    const int *planes, int n, int D, float scale,
                                    const float *kbias, float *scores, float *m, float *l,
-                                   float *acc)
+                                   float *acc, const tf_pos_bias *pb, int h0, long qpos,
+                                   long k0)
     void tf_decode_attention_combine(const float *m, const float *l, const float *acc,
                                      int n_split, int D, float *out)
     void tf_softmax_row(const float *x, const float *mask, int n, float *out)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 import transformer
+from conftest import perturb
 from transformer.models.config import EncoderConfig
 from transformer.models.encoder import EncoderModel, encoder_shapes
 from transformer.ops import reference as ref
@@ -30,10 +31,7 @@ def _tiny_hf(tmp_path, rng, cls_name="BertModel", **overrides):
               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     kw.update(overrides)
     cfg = hf.BertConfig(**kw)
-    model = getattr(hf, cls_name)(cfg).eval()
-    with torch.no_grad():  # larger than the default init so that errors show
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    model = perturb(getattr(hf, cls_name)(cfg), 0.05)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model
 
@@ -182,3 +180,126 @@ def test_config_dataclass_errors():
         EncoderConfig(vocab_size=5, d_model=10, n_heads=3, n_layers=1, d_ff=4)
     with pytest.raises(ValueError, match="activation"):
         EncoderConfig(vocab_size=5, d_model=12, n_heads=3, n_layers=1, d_ff=4, activation="tanh")
+
+
+@pytest.mark.parametrize("kind,cls_name", [("roberta", "RobertaModel"),
+                                           ("xlm-roberta", "XLMRobertaForMaskedLM")])
+def test_roberta_positions_from_padding_idx(tmp_path, rng, kind, cls_name):
+    """RoBERTa / XLM-RoBERTa: positions count the real tokens from pad_token_id + 1; ragged
+    batches padded with the pad id on the right."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg_cls = hf.XLMRobertaConfig if kind == "xlm-roberta" else hf.RobertaConfig
+    cfg = cfg_cls(vocab_size=99, hidden_size=32, num_attention_heads=4, num_hidden_layers=2,
+                  intermediate_size=37, max_position_embeddings=40, type_vocab_size=1,
+                  pad_token_id=1, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    model = perturb(getattr(hf, cls_name)(cfg), 0.05)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    T = 38  # the longest a 40-row position table takes from padding_idx + 1 = 2
+    ids, mask, _ = _ragged_batch(rng, 4, T, 99)
+    ids = np.where(mask == 1, np.maximum(ids, 2), 1)
+    with torch.no_grad():
+        base = model.roberta if hasattr(model, "roberta") else model
+        want = base(input_ids=torch.tensor(ids),
+                    attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+    with pytest.raises(ValueError, match="at most 38"):
+        ours(np.full((1, 39), 5), None)
+
+
+@pytest.mark.parametrize("flags,normalize", [({"pooling_mode_max_tokens": True}, False),
+                                             ({"pooling_mode_cls_token": True}, True),
+                                             ({"pooling_mode_mean_tokens": True,
+                                               "pooling_mode_max_tokens": True,
+                                               "pooling_mode_mean_sqrt_len_tokens": True}, False)])
+def test_sentence_transformers_pooling_config(tmp_path, rng, flags, normalize):
+    """embed() follows the directory's modules.json and 1_Pooling/config.json (modes
+    concatenated as sentence-transformers does: cls, max, mean, mean_sqrt_len; Normalize only
+    when declared), against NumPy pooling of HF's hidden states."""
+    import json
+
+    model = _tiny_hf(tmp_path, rng)
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models."
+                "Transformer"}, {"idx": 1, "name": "1", "path": "1_Pooling",
+                                 "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize",
+                        "type": "sentence_transformers.models.Normalize"})
+    (tmp_path / "modules.json").write_text(json.dumps(modules))
+    (tmp_path / "1_Pooling").mkdir()
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        dict({"word_embedding_dimension": 32}, **flags)))
+    ours = transformer.load(tmp_path, threads=2)
+    ids, mask, types = _ragged_batch(rng, 4, 9, 99)
+    h = _hf_hidden(model, ids, mask, types).astype(np.float64)
+    m = mask[..., None].astype(bool)
+    pooled = {"pooling_mode_cls_token": h[:, 0],
+              "pooling_mode_max_tokens": np.where(m, h, -np.inf).max(1),
+              "pooling_mode_mean_tokens": (h * m).sum(1) / m.sum(1),
+              "pooling_mode_mean_sqrt_len_tokens": (h * m).sum(1) / np.sqrt(m.sum(1))}
+    want = np.concatenate([pooled[f] for f in pooled if flags.get(f)], axis=1)
+    if normalize:
+        want /= np.linalg.norm(want, axis=1, keepdims=True)
+    got = ours.embed(ids, mask, types)
+    np.testing.assert_allclose(got, want, atol=1e-4)
+    np.testing.assert_allclose(ours.embed(ids, mask, types, pooling="mean", normalize=False),
+                               pooled["pooling_mode_mean_tokens"], atol=1e-4)
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        ours.embed(ids, mask, types, pooling="median")
+    (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_weightedmean_tokens": True}))
+    with pytest.raises(ValueError, match="not supported"):
+        transformer.load(tmp_path)
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_tiny_mpnet_matches_hf(tmp_path, rng, left):
+    """MPNet: relative position buckets inside the attention kernel, positions from
+    padding_idx + 1; ragged batches (right padding with the pad id, or left padding)."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg = hf.MPNetConfig(vocab_size=99, hidden_size=48, num_attention_heads=4,
+                         num_hidden_layers=2, intermediate_size=37, max_position_embeddings=300,
+                         relative_attention_num_buckets=32, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+    model = perturb(hf.MPNetModel(cfg), 0.05)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    ids, mask, _ = _ragged_batch(rng, 4, 200, 99, left)  # distances beyond max_distance 128
+    ids = np.where(mask == 1, np.maximum(ids, 2), 1)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(ids),
+                     attention_mask=torch.tensor(mask)).last_hidden_state.numpy()
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    if not left:  # HF's positions count pad ids, its relative distances columns: as ours here
+        assert np.abs(got[real] - want[real]).max() <= 1e-4
+    else:  # left padding: compare each sequence alone (HF counts its pad columns otherwise)
+        for b in range(len(ids)):
+            row = ids[b][real[b]][None]
+            with torch.no_grad():
+                alone = model(input_ids=torch.tensor(row)).last_hidden_state.numpy()[0]
+            assert np.abs(got[b][real[b]] - alone).max() <= 1e-4
+
+
+@pytest.mark.slow
+def test_all_mpnet_base_v2_matches_hf(mpnet_path):
+    """The real all-mpnet-base-v2 on real sentences: hidden states against HF MPNetModel, and
+    the embeddings against its sentence-transformers pooling (mean, then Normalize)."""
+    ours = transformer.load(mpnet_path, threads=2)
+    assert ours.pooling == ("mean",) and ours.normalize
+    model = hf.MPNetModel.from_pretrained(str(mpnet_path)).eval()
+    batch = ours.tokenizer(SENTENCES)
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(batch["input_ids"]),
+                     attention_mask=torch.tensor(batch["attention_mask"])).last_hidden_state
+    want = want.numpy().astype(np.float64)
+    real = batch["attention_mask"].astype(bool)
+    got = ours(batch["input_ids"], batch["attention_mask"])
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+    m = batch["attention_mask"][..., None]
+    pooled = (want * m).sum(1) / m.sum(1)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
+    emb = ours.embed_texts(SENTENCES)
+    assert np.sum(emb * pooled, axis=1).min() >= 0.99999

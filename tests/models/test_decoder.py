@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
-from conftest import torch_call
+from conftest import perturb, torch_call
 from transformer.device import to_numpy
 from transformer.generation import sample_next, warp
 
@@ -33,10 +33,7 @@ def _save(tmp_path, rng, kind, cfg):
         model = hf.GPT2LMHeadModel(hf.GPT2Config(bos_token_id=1, eos_token_id=2, **cfg))
     else:
         model = hf.LlamaForCausalLM(hf.LlamaConfig(bos_token_id=1, eos_token_id=2, **cfg))
-    model.eval()
-    with torch.no_grad():  # larger weights than the default init, so that errors show
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
+    perturb(model, 0.1)
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model, transformer.load(tmp_path, threads=2)
 
@@ -242,14 +239,6 @@ GOLDEN = ("Once upon a time, there was a little girl named Lily. She loved to pl
           "high.\nLily")
 
 
-@pytest.fixture(scope="module")
-def stories(shared_models):
-    path = shared_models / "stories260K" / "stories260K.bin"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return transformer.load(path, threads=2)
-
-
 def check_stories_golden(model):
     """llama2.c run.c, temperature 0, 64 steps counting the prompt: 60 new tokens."""
     prompt = model.tokenizer.encode("Once upon a time")
@@ -319,3 +308,25 @@ def test_llama2c_bad_files(shared_models, tmp_path):
     v9.write_bytes(struct.pack("<Ii", 0x616B3432, 9) + b"\0" * 300)
     with pytest.raises(WeightsError, match="version 9"):
         transformer.load(v9)
+
+
+def test_bloom_alibi_matches_hf(tmp_path, rng, fake_gpu):
+    """BLOOM: ALiBi slopes in the prefill and decode attention kernels (keys at their rank
+    among the real tokens, as HF's cumsum of the mask), embedding LayerNorm, per-head fused
+    QKV; left-padded batch: logits, greedy and beam tokens against HF."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg = hf.BloomConfig(vocab_size=97, hidden_size=48, n_head=6, n_layer=2, bos_token_id=1,
+                         eos_token_id=2)  # 6 heads: slopes beyond the power of two
+    model = perturb(hf.BloomForCausalLM(cfg), 0.1)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    ids, mask = _prompts(rng, 3, 9, 97, left=True)
+    want = torch_call(model, model.device, input_ids=ids, attention_mask=mask)
+    got = ours(ids, mask)
+    real = mask.astype(bool)
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+    for kw in (dict(), dict(num_beams=3)):
+        hf_out = _hf_generate(model, ids, mask, max_new_tokens=8, do_sample=False, **kw)
+        np.testing.assert_array_equal(ours.generate(ids, mask, max_new_tokens=8, **kw), hf_out)
+    with pytest.raises(ValueError, match=r"BloomModel runs on \('cpu',\), not 'cuda'"):
+        ours.to("cuda")  # the ALiBi bias runs in the CPU kernels only

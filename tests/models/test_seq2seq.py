@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import transformer
-from conftest import torch_call
+from conftest import perturb, torch_call
 from transformer.device import to_numpy
 from transformer.models.seq2seq import (PRESETS, Seq2SeqConfig, preset, seq2seq_shapes,
                                         sinusoid_table)
@@ -28,11 +28,7 @@ def _save(tmp_path, rng, kind, **overrides):
         model = hf.MarianMTModel(hf.MarianConfig(**dict(dict(activation_function="swish"), **kw)))
     else:
         model = hf.BartForConditionalGeneration(hf.BartConfig(**kw))
-    model.eval()
-    with torch.no_grad():  # larger weights than the default init; Marian's sinusoids stay
-        for name, p in model.named_parameters():
-            if kind == "bart" or "embed_positions" not in name:
-                p.add_(torch.randn_like(p) * 0.1)
+    perturb(model, 0.1, () if kind == "bart" else ("embed_positions",))  # Marian's sinusoids stay
     model.save_pretrained(tmp_path, safe_serialization=True)
     return model, transformer.load(tmp_path, threads=2)
 
@@ -245,3 +241,29 @@ def test_ctranslate2_bad_files(shared_models, tmp_path):
     (d / "model.bin").write_bytes(data[:4] + b"\x0c\x00Transformer\x00" + data[22:])
     with pytest.raises(WeightsError, match="spec 'Transformer'"):
         transformer.load(d)
+
+
+@pytest.mark.parametrize("proj,tied", [("relu", True), ("gated-gelu", False)])
+def test_t5_matches_hf(tmp_path, rng, proj, tied):
+    """T5 v1.0 (ReLU, tied head rescaled by d_model^-0.5) and v1.1 (gated GELU, separate head):
+    RMS norms, unscaled attention, relative position buckets inside the kernels (encoder
+    bidirectional, decoder causal, distances beyond max_distance), d_kv != d_model / H; logits
+    of ragged batches, greedy and beam tokens against HF."""
+    torch.manual_seed(int(rng.integers(1 << 31)))
+    cfg = hf.T5Config(vocab_size=67, d_model=40, d_kv=12, d_ff=56, num_layers=2,
+                      num_decoder_layers=2, num_heads=3, feed_forward_proj=proj,
+                      relative_attention_max_distance=20, tie_word_embeddings=tied,
+                      decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                      dropout_rate=0.0)
+    model = perturb(hf.T5ForConditionalGeneration(cfg), 0.1)
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    ours = transformer.load(tmp_path, threads=2)
+    src, mask = _source(rng, 3, 30)
+    src = np.where(mask == 1, np.maximum(src, 2), 0)
+    tgt = np.concatenate([np.zeros((3, 1), np.int64), rng.integers(2, 67, (3, 25))], 1)
+    want = _hf_logits(model, src, mask, tgt)
+    got = ours(src, mask, tgt)
+    assert np.abs(got - want).max() <= 1e-4
+    for kw in (dict(num_beams=1), dict(num_beams=3)):
+        hf_out = _hf_generate(model, src, mask, max_new_tokens=8, do_sample=False, **kw)
+        np.testing.assert_array_equal(ours.generate(src, mask, max_new_tokens=8, **kw), hf_out)

@@ -1,21 +1,25 @@
 """`transformer bench`: performance comparison runs, one command from measurement to report.
 
     transformer bench {kernels,encode,generate,translate,attention-memory,all}
-        [--device cpu|cuda] [--threads N] [--quick] [--output DIR]
-        [--peers torch,onnxruntime,ctranslate2]
+        [--device cpu|cuda] [--dtype float32|int8|bfloat16] [--threads N] [--quick]
+        [--output DIR] [--peers torch,onnxruntime,ctranslate2,llama.cpp]
 
 Runs this engine and each installed peer (PyTorch eager through HF transformers, ONNX Runtime,
-CTranslate2) on the same model, inputs, thread count and machine, in one process, with warm-up and
-interleaved rounds; reports medians and spread (min-max, IQR). Every engine's output is checked
-against the reference before it is timed; one that disagrees is flagged in the report and not
-timed. The machine's own limits are measured in the same run (sgemm GFLOP/s, memory copy GB/s,
-read bandwidth for decoding) and each result is given as a fraction of its limit.
+CTranslate2, llama.cpp) on the same model, inputs, thread count and machine, in one process,
+with warm-up and interleaved rounds; reports medians and spread (min-max, IQR). Every engine's
+output is checked against the float32 reference before it is timed; one that disagrees is
+flagged in the report and not timed. --dtype int8 (or bfloat16) runs every engine of the model
+suites at that compute type (a peer without it is skipped with a note) and adds the accuracy
+against float32. The machine's own limits are measured in the same run (sgemm GFLOP/s, int8
+GOP/s, copy GB/s on each kernel's footprint, read bandwidth for decoding) and each result is
+given as a fraction of its limit.
 
 Suites (each module's docstring says exactly what it measures):
   kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
   encode            sentence embeddings (all-MiniLM-L6-v2): transformer, torch, onnxruntime,
                     ctranslate2
-  generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2
+  generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2,
+                    llama.cpp (when llama_cpp is importable; batch 1)
   translate         beam-search translation, Marian shape (random weights): transformer, torch,
                     ctranslate2
   attention-memory  peak memory and time against sequence length: our tiled attention against a
@@ -37,8 +41,10 @@ import sys
 import time
 import traceback
 
+from .engines import DTYPES, peer_names
+
 SUITES = ("kernels", "encode", "generate", "translate", "attention-memory")
-PEERS = ("torch", "onnxruntime", "ctranslate2")
+PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
 MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
            "translate": "translate", "attention-memory": "attention_memory"}
 
@@ -60,7 +66,9 @@ class BenchConfig:
     workdir: cache of converted peer models; model: encoder model directory for `encode`
     (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
     (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
-    plots: draw PNGs when matplotlib is installed; seed: inputs' seed."""
+    plots: draw PNGs when matplotlib is installed; seed: inputs' seed; dtype: compute type of
+    every engine in the model suites (DTYPES); sentences: the encode and translate sentence
+    file (None: the one shipped in transformer/benchmarks/data)."""
     suites: list
     device: str = "cpu"
     threads: int = 1
@@ -74,6 +82,8 @@ class BenchConfig:
     time_disagreeing: bool = False
     plots: bool = True
     seed: int = 0
+    dtype: str = "float32"
+    sentences: str = None
 
     @property
     def quick(self):
@@ -110,6 +120,10 @@ def build_parser():
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
                    help="cpu (default); these suites compare CPU engines: the GPU comparison "
                         "is bench/gpu.py")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="compute type of every engine in encode, generate and translate "
+                        "(default float32; int8: CTranslate2's int8 semantics; peers at their "
+                        "matching type, accuracy against float32 reported)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for every engine (default: OMP_NUM_THREADS, else all cores)")
     p.add_argument("--quick", action="store_true",
@@ -133,6 +147,9 @@ def build_parser():
     p.add_argument("--time-disagreeing", action="store_true",
                    help="time engines whose output fails the check anyway (still flagged)")
     p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
+    p.add_argument("--sentences", default=None, metavar="FILE",
+                   help="one sentence per line, for encode and the source lengths of "
+                        "translate (default: the file shipped in the package)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     return p
 
@@ -178,7 +195,8 @@ def parse_config(argv):
                        device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
                        peers=peers, output=output, workdir=args.workdir, model=args.model,
                        pause=args.pause, time_disagreeing=args.time_disagreeing,
-                       plots=not args.no_plots, seed=args.seed)
+                       plots=not args.no_plots, seed=args.seed, dtype=args.dtype,
+                       sentences=args.sentences)
 
 
 def run(cfg, command="transformer bench"):
@@ -188,69 +206,74 @@ def run(cfg, command="transformer bench"):
     A suite that raises SuiteSkipped is recorded as skipped; one that raises anything else as
     "error" with the message (the traceback goes to stderr) and the run goes on.
     Returns the results document (see report.py)."""
-    from . import harness, report
+    from . import limits, report
     from .kernels import PROBE
+    from .stats import log
 
     t_start = time.perf_counter()
     os.makedirs(cfg.output, exist_ok=True)
     prev = os.environ.get("OMP_NUM_THREADS")
     if prev not in (None, str(cfg.threads)):
-        harness.log(f"note: OMP_NUM_THREADS was {prev}; set to {cfg.threads} for this run")
+        log(f"note: OMP_NUM_THREADS was {prev}; set to {cfg.threads} for this run")
     # Peer runtimes (torch's OpenMP, ORT, CTranslate2) read it when they are first imported.
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     options = {"suites": cfg.suites, "device": cfg.device, "threads": cfg.threads,
                "quick": cfg.quick, "sizes": cfg.sizes, "rounds": cfg.rounds, "peers": cfg.peers,
                "output": os.path.abspath(cfg.output), "workdir": os.path.abspath(cfg.workdir),
-               "pause": cfg.pause, "seed": cfg.seed}
-    results = report.new_results(command, options, harness.machine_info(cfg.threads))
+               "pause": cfg.pause, "seed": cfg.seed,
+               "dtype": cfg.dtype}
+    results = report.new_results(command, options, limits.machine_info(cfg.threads))
     if hasattr(os, "getloadavg"):
         results["machine"]["load_before"] = os.getloadavg()[0]
-    harness.log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
-                f"threads {cfg.threads}; sizes {cfg.sizes}; output {cfg.output}")
+    log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
+                f"threads {cfg.threads}; dtype {cfg.dtype}; sizes {cfg.sizes}; output {cfg.output}")
     # The run's reference limits: one warm-up measurement (thread pools start, clocks ramp up),
     # then the median of two. Each suite also measures its own, interleaved with its timings.
     sizes = dict(PROBE[cfg.sizes], gemm=(1024, 1024, 1024)) if cfg.sizes == "quick" \
         else PROBE[cfg.sizes]
-    probe = harness.LimitProbe(cfg.threads, **sizes)
+    probe = limits.LimitProbe(cfg.threads, **sizes)
     try:
         probe.measure()
-        results["limits"] = harness.limits_summary([probe.measure(), probe.measure()])
+        results["limits"] = limits.limits_summary([probe.measure(), probe.measure()])
         results["limits"]["probe"] = probe.describe()
     finally:
         probe.close()
     lim = results["limits"]
-    harness.log(f"limits: sgemm {lim['sgemm_gflops']:.1f} GFLOP/s, copy {lim['copy_gbs']:.1f} "
+    log(f"limits: sgemm {lim['sgemm_gflops']:.1f} GFLOP/s, copy {lim['copy_gbs']:.1f} "
                 "GB/s")
 
     for name in cfg.suites:
-        harness.log(f"=== suite {name} ===")
+        log(f"=== suite {name} ===")
         t0 = time.perf_counter()
         try:
             module = __import__(f"{__name__}.{MODULES[name]}", fromlist=["run"])
             suite = module.run(cfg)
         except SuiteSkipped as e:
-            harness.log(f"suite {name} skipped: {e}")
+            log(f"suite {name} skipped: {e}")
             suite = {"title": name, "status": "skipped", "error": str(e)}
         except KeyboardInterrupt:
             raise
         except Exception as e:  # noqa: BLE001 - one suite failing must not lose the others
             traceback.print_exc(file=sys.stderr)
-            harness.log(f"suite {name} failed: {type(e).__name__}: {e}")
+            log(f"suite {name} failed: {type(e).__name__}: {e}")
             suite = {"title": name, "status": "error", "error": f"{type(e).__name__}: {e}"}
+        if cfg.dtype != "float32" and name in ("kernels", "attention-memory"):
+            suite.setdefault("notes", []).append(f"--dtype {cfg.dtype} does not apply: "
+                                                 "this suite measures the float32 ops")
         suite["wall_s"] = time.perf_counter() - t0
         results["suites"][name] = suite
-        harness.log(f"suite {name}: {suite['status']} in {suite['wall_s']:.1f} s")
+        log(f"suite {name}: {suite['status']} in {suite['wall_s']:.1f} s")
         results["wall_s"] = time.perf_counter() - t_start
         report.write_results(results, cfg.output)
         report.write_report(results, cfg.output)
 
     if cfg.plots:
         paths, note = report.write_plots(results, cfg.output)
-        harness.log(note or f"wrote {len(paths)} plots")
+        log(note or f"wrote {len(paths)} plots")
     results["wall_s"] = time.perf_counter() - t_start
     report.write_results(results, cfg.output)
     path = report.write_report(results, cfg.output)
-    harness.log(f"wrote {os.path.join(cfg.output, 'results.json')} and {path} "
+    log(f"wrote {os.path.join(cfg.output, 'results.json')} and {path} "
                 f"({results['wall_s']:.0f} s)")
     return results
 

@@ -42,8 +42,9 @@ import subprocess
 import sys
 import time
 
-from . import harness
-from .harness import ENGINE, log
+from . import harness, limits, stats
+from .harness import ENGINE
+from .stats import log
 
 TAG = "attention-memory"
 B, H, D = 1, 8, 64
@@ -194,7 +195,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     """Measure every (implementation, T); returns the SUITE record (report.py)."""
     import numpy as np
     Ts = sorted(Ts)
-    avail = harness.memory_info().get("available_gib")
+    avail = limits.memory_info().get("available_gib")
     notes = []
     agreement = check(Ts[0], seed)
     for impl, a in agreement.items():
@@ -202,9 +203,9 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
         if not a["ok"]:
             log(f"WARNING: {impl} disagrees with the float64 reference at T={Ts[0]}: "
                 f"{a['text']}", TAG)
-    probe = harness.LimitProbe(threads, gemm=(1024, 1024, 1024), copy_mib=16, reps=3)
+    probe = limits.LimitProbe(threads, gemm=(1024, 1024, 1024), copy_mib=16, reps=3)
     limit_runs = [probe.measure()]
-    ticks = harness.cpu_sample()
+    ticks = stats.cpu_sample()
     records = {}
     for T in Ts:
         for impl in (ENGINE, NAIVE):
@@ -223,14 +224,14 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
                 notes.append(f"{impl} at T={T} failed: {e}")
                 log(f"{impl} at T={T} failed: {e}", TAG)
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
+    usage = stats.cpu_usage(ticks, stats.cpu_sample())
+    warning = stats.busy_warning(usage)
     if warning:
         log(warning, TAG)
     limit_runs.append(probe.measure())
     probe.close()
-    limits = harness.limits_summary(limit_runs)
-    sgemm = limits.get("sgemm_gflops")
+    lim = limits.limits_summary(limit_runs)
+    sgemm = lim.get("sgemm_gflops")
 
     rows = []
     for T in Ts:
@@ -247,12 +248,12 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             if r is not None:
                 secs = r["seconds"] or [r["first_s"]]
                 row["status"] = "timed"
-                row["seconds"] = harness.summarize(secs)
+                row["seconds"] = stats.summarize(secs)
                 med = row["seconds"]["median"]
                 row["figures"] = [{"value": flops / med / 1e9, "unit": "GFLOP/s"},
                                   {"value": _mib(r["peak_rss_bytes"]), "unit": "MiB peak RSS"}]
                 if ours and ours["seconds"]:
-                    row["ratio"] = harness.ratio(harness.summarize(ours["seconds"])["median"],
+                    row["ratio"] = stats.ratio(stats.summarize(ours["seconds"])["median"],
                                                  med)
                 if sgemm:
                     row["fraction_of_limit"] = flops / med / 1e9 / sgemm
@@ -270,7 +271,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
 
     def time_series(impl):
         return [None if (impl, T) not in records else
-                1e3 * harness.summarize(records[(impl, T)]["seconds"]
+                1e3 * stats.summarize(records[(impl, T)]["seconds"]
                                         or [records[(impl, T)]["first_s"]])["median"]
                 for T in Ts]
 
@@ -281,7 +282,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                          ("traced peak", series(impl, "traced_peak_bytes")),
                          ("time", time_series(impl))):
             pts = [(T, y) for T, y in zip(Ts, ys) if T in upper and y]
-            slopes[(impl, what)] = harness.loglog_slope([p[0] for p in pts],
+            slopes[(impl, what)] = stats.loglog_slope([p[0] for p in pts],
                                                         [p[1] for p in pts])
     times_ms = {impl: dict(zip(Ts, time_series(impl))) for impl in (ENGINE, NAIVE)}
 
@@ -306,10 +307,10 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     method = next((r["rss_method"] for r in records.values()), "-")
     summary = [
         (f"Non-causal self-attention, B={B}, H={H}, D={D}, float32, "
-         f"{harness.plural(threads, 'thread')}; each (implementation, T) in a fresh subprocess. "
+         f"{stats.plural(threads, 'thread')}; each (implementation, T) in a fresh subprocess. "
          "transformer: ops.attention (tiled, online softmax); naive: NumPy with the full "
          "(B, H, T, T) float32 score matrix, softmax in place. Time: median of "
-         f"{harness.plural(reps, 'call')} after the measured one."),
+         f"{stats.plural(reps, 'call')} after the measured one."),
         (f"Memory: peak RSS delta = {method} (every byte touched during the call, including our "
          "C kernel's malloc'd blocks, which tracemalloc does not see); traced peak = tracemalloc "
          "(NumPy allocations only). Growth exponent: log-log slope over the larger half of the "
@@ -317,7 +318,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     ]
     if sgemm:
         summary.append(f"sgemm limit (this suite, before and after): {sgemm:.1f} GFLOP/s"
-                       f"{harness.usage_text(usage)}.")
+                       f"{stats.usage_text(usage)}.")
     return {"title": "Attention memory: tiled against naive (B, H, T, T)", "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": rows,
@@ -340,7 +341,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                          "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
                          "series": {ENGINE: time_series(ENGINE), NAIVE: time_series(NAIVE)},
                          "logx": True, "logy": True}],
-            "skipped": {}, "notes": notes, "limits": limits,
+            "skipped": {}, "notes": notes, "limits": lim,
             "growth_exponents": {f"{impl} {what}": s for (impl, what), s in slopes.items()},
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
             "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,

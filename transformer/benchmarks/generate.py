@@ -18,6 +18,16 @@ every engine; no padding) are continued greedily by exactly `new_tokens` tokens 
   ctranslate2   the same directory converted by CTranslate2's TransformersConverter (float32), run
                 by `Generator(intra_threads=n, inter_threads=1).generate_batch(..., max_length=N,
                 sampling_topk=1, include_prompt_in_result=False, end_token=[])`
+  llama.cpp     llama-cpp-python (when `llama_cpp` is importable; it is not a dependency) on a
+                GGUF written from the same weights by the `gguf` package (peers.write_gpt2_gguf:
+                F32 for float32, Q8_0 for int8, BF16 for bfloat16), greedy through
+                Llama.generate; batch 1 only (one sequence at a time)
+
+--dtype int8 / bfloat16 runs every engine at that compute type (engines.py): ours through
+transformer.load(dtype=...), torch int8 by dynamic quantization of nn.Linear (GPT-2's Conv1D made
+nn.Linear first), CTranslate2 compute_type "int8", llama.cpp q8_0. The check is still against HF
+torch float32; at int8 its divergences are the quantization's: the identical-token fraction is
+the accuracy column, and an engine is never refused timing for it (only for malformed output).
 
 No engine may stop early: the end-of-sequence token is switched off for all of them (ours:
 eos_token_id=[]; HF: the model's generation_config gets eos_token_id=None, pad_token_id=0;
@@ -43,7 +53,8 @@ every batch size (the starting engine rotates, with a short pause before each en
 bandwidth probe runs once per round. The time of a call includes the prefill of the prompt.
 Reported: median seconds per call, its spread, new tokens/s = B * N / median, and the ratio of
 this engine's throughput to each peer's (> 1: this engine is faster). The targets of the issue
-that introduced generation: >= 1.3x torch, >= 0.8x ctranslate2 at every batch size.
+that introduced generation: >= 1.3x torch, >= 0.8x ctranslate2 at every batch size (float32),
+>= 1.0x llama.cpp f32; at int8 >= 1.25x ctranslate2 int8, >= 1.1x llama.cpp q8_0.
 
 Machine limit, measured in the same run: decoding reads every weight once per step, so at batch 1
 it is bound by memory bandwidth. The probe is a read-only stream: float32 matrix-vector product
@@ -51,10 +62,12 @@ it is bound by memory bandwidth. The probe is a read-only stream: float32 matrix
 NumPy's matmul and SciPy's sgemv; GB/s counts the matrix bytes read once; the faster is the
 limit. A NumPy copy of the same buffer (1 thread, read + write counted) is reported for
 reference. Each engine's "fraction of the bandwidth limit" = weight bytes per step * steps/s /
-limit, with weight bytes = 4 * all parameters (the LM head is tied to the token embeddings and
-counted once: 124.4 M parameters, 498 MB for GPT-2 small) and steps/s = tokens/s / B. The KV-cache
-reads, the prefill and the Python overhead are not counted, so 100% is not reachable; at larger
-batches the work is closer to compute-bound and the fraction is only indicative.
+limit, with weight bytes = 4 * all parameters at float32 (the LM head is tied to the token
+embeddings and counted once: 124.4 M parameters, 498 MB for GPT-2 small; at int8 the matrices
+at 1 byte + a float32 scale per row, at bfloat16 at 2 bytes: weight_bytes) and steps/s =
+tokens/s / B. The KV-cache reads, the prefill and the Python overhead are not counted, so 100%
+is not reachable; at larger batches the work is closer to compute-bound and the fraction is only
+indicative.
 """
 import json
 import os
@@ -62,16 +75,18 @@ import statistics
 
 import numpy as np
 
-from . import harness
-from .harness import ENGINE, log
+from . import harness, limits, peers as peer_setup, stats
+from .engines import Bound, Setup, load_engines, reference_options
+from .harness import ENGINE
+from .stats import log
 
 TAG = "generate"
-PEERS = ("torch", "ctranslate2")
 GPT2_SMALL = dict(vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12)
 GPT2_TINY = dict(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=4,
                  bos_token_id=999, eos_token_id=999)
 NEAR_TIE = 1e-3             # HF logit gap below which a divergence is a float near-tie
-TARGETS = {"torch": 1.3, "ctranslate2": 0.8}
+TARGETS = {"float32": {"torch": 1.3, "ctranslate2": 0.8, "llama.cpp": 1.0},
+           "int8": {"ctranslate2": 1.25, "llama.cpp": 1.1}}
 SOURCE_TEXT = {"sgemv_numpy": "NumPy's matmul", "sgemv_scipy": "SciPy's sgemv"}
 
 # Per size level: model, batch sizes, new tokens, prompt length, rounds, bandwidth probe MiB.
@@ -97,6 +112,24 @@ def model_params(cfg):
     return V * C + P * C + L * per_layer + 2 * C
 
 
+def weight_bytes(cfg, dtype):
+    """Bytes of weights read per decode step at a compute type: every parameter once
+    (model_params; the tied LM head once) at 4 bytes in float32; at int8 the matrices (the
+    per-layer projections and the LM head = token embedding) at 1 byte plus one float32 scale
+    per output row, at bfloat16 at 2 bytes, the rest (biases, norms, position embeddings) at
+    4 bytes. The KV cache is not counted."""
+    C, V, L = cfg["n_embd"], cfg["vocab_size"], cfg["n_layer"]
+    F = cfg.get("n_inner") or 4 * C
+    total = model_params(cfg)
+    if dtype == "float32":
+        return 4 * total
+    matrices = L * (3 * C * C + C * C + C * F + F * C) + V * C
+    rows = L * (3 * C + C + F + C) + V                  # output rows: one scale each at int8
+    if dtype == "int8":
+        return matrices + 4 * rows + 4 * (total - matrices)
+    return 2 * matrices + 4 * (total - matrices)
+
+
 def ensure_model(workdir, name="gpt2-small-random", shape=GPT2_SMALL):
     """The random GPT-2 directory `name` under workdir: made once (torch.manual_seed(0),
     GPT2LMHeadModel(GPT2Config(**shape)).save_pretrained, written to a temporary folder, then
@@ -110,7 +143,7 @@ def ensure_model(workdir, name="gpt2-small-random", shape=GPT2_SMALL):
         model.save_pretrained(folder)
         return (f"torch.manual_seed(0), GPT2LMHeadModel(GPT2Config({shape})), torch "
                 f"{torch.__version__}, transformers {transformers.__version__}")
-    return harness.cached_model(workdir, name, shape, make, TAG)
+    return peer_setup.cached_model(workdir, name, shape, make, TAG)
 
 
 def make_prompts(batch_sizes, prompt_len, vocab, seed):
@@ -122,164 +155,14 @@ def make_prompts(batch_sizes, prompt_len, vocab, seed):
 # ---------------------------------------------------------------------------------------------
 # Engines. Each one holds its model and its own form of the prompts (made once, outside the
 # timing); run(B) does one generate call on the batch-B prompts and returns ((B, N) int64 new
-# tokens, problem): problem is None, or what is wrong with the raw output.
-# ---------------------------------------------------------------------------------------------
 
-class Engine:
-    """Interface: name, version, notes (list of str), run(B) -> ((B, N) int64, problem)."""
-    name = "?"
-    version = "?"
-
-    def __init__(self, prompts, new_tokens):
-        self.notes = []
-        self.prompts = prompts
-        self.new_tokens = new_tokens
-
-    def run(self, batch):
-        """One generate call on the batch-size-`batch` prompts."""
-        raise NotImplementedError
-
-    def prepare(self, batch):
-        """harness.compare_engines interface: a zero-argument call."""
-        return lambda: self.run(batch)
-
-    def _split(self, batch, out):
-        """For engines returning prompt + new tokens: check the shape and the echoed prompt;
-        returns (new tokens, problem or None)."""
-        ids = self.prompts[batch]
-        out = np.asarray(out)
-        want = (batch, ids.shape[1] + self.new_tokens)
-        if out.shape != want:
-            return out[:, ids.shape[1]:].astype(np.int64), \
-                f"returned shape {out.shape}, expected {want}"
-        if not np.array_equal(out[:, :ids.shape[1]], ids):
-            return out[:, ids.shape[1]:].astype(np.int64), \
-                "the returned prompt differs from the input prompt"
-        return out[:, ids.shape[1]:].astype(np.int64), None
-
-
-class TransformerEngine(Engine):
-    """This project: model.generate(ids, max_new_tokens=N, eos_token_id=[]) (no early stop)."""
-    name = ENGINE
-
-    def __init__(self, model_dir, threads, prompts, new_tokens):
-        super().__init__(prompts, new_tokens)
-        import transformer
-        self.version = transformer.__version__
-        self.model = transformer.load(model_dir, threads=threads)
-
-    def run(self, batch):
-        out = self.model.generate(self.prompts[batch], max_new_tokens=self.new_tokens,
-                                  do_sample=False, eos_token_id=[], pad_token_id=0)
-        return self._split(batch, out)
-
-
-class TorchEngine(Engine):
-    """Hugging Face transformers GPT2LMHeadModel.generate, PyTorch eager, greedy, KV cache."""
-    name = "torch"
-
-    def __init__(self, model_dir, threads, prompts, new_tokens):
-        super().__init__(prompts, new_tokens)
-        torch, transformers, self.version = harness.load_torch(threads)
-        self.torch = torch
-        self.model = transformers.GPT2LMHeadModel.from_pretrained(model_dir).eval()
-        gcfg = self.model.generation_config
-        # No early stop: a GenerationConfig passed to generate() is merged with the model's, so
-        # the eos has to be removed from the model's own generation config.
-        gcfg.eos_token_id = None
-        gcfg.bos_token_id = None
-        gcfg.pad_token_id = 0
-        gcfg.do_sample = False
-        gcfg.num_beams = 1
-        gcfg.use_cache = True
-        self.notes.append(harness.torch_note(torch, self.model))
-        self.inputs = {b: (torch.from_numpy(ids), torch.ones_like(torch.from_numpy(ids)))
-                       for b, ids in prompts.items()}
-
-    def run(self, batch):
-        ids, mask = self.inputs[batch]
-        with self.torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=mask, max_new_tokens=self.new_tokens,
-                                      do_sample=False, use_cache=True)
-        return self._split(batch, out.numpy())
-
-    def logit_gap(self, prompt, prefix, token_a, token_b):
-        """logit[token_a] - logit[token_b] at the position after prompt + prefix (1-D ids)."""
-        ids = np.concatenate([prompt, prefix]).astype(np.int64)[None]
-        with self.torch.inference_mode():
-            logits = self.model(self.torch.from_numpy(ids)).logits[0, -1]
-        return float(logits[int(token_a)] - logits[int(token_b)])
-
-
-class StandInTokenizer:
-    """What CTranslate2's GPT-2 converter asks of a tokenizer, for a model without one: the
-    vocabulary "<0>".."<V-2>" plus "<|endoftext|>" as the last id, which is bos, eos and unk."""
-    bos_token = eos_token = unk_token = "<|endoftext|>"
-
-    def __init__(self, vocab_size):
-        self.vocab_size = vocab_size
-
-    def get_vocab(self):
-        """{token string: id}."""
-        vocab = {f"<{i}>": i for i in range(self.vocab_size - 1)}
-        vocab[self.eos_token] = self.vocab_size - 1
-        return vocab
-
-
-class Ct2Engine(Engine):
-    """CTranslate2 Generator (float32) on the converted model; prompts as token strings,
-    include_prompt_in_result=False (the prompt is prefilled at once), end_token=[] (no stop)."""
-    name = "ctranslate2"
-
-    def __init__(self, model_dir, threads, prompts, new_tokens, vocab_size):
-        super().__init__(prompts, new_tokens)
-        import ctranslate2
-        self.version = f"ctranslate2 {ctranslate2.__version__}"
-        out_dir = harness.ct2_convert(model_dir, model_dir.rstrip(os.sep) + "-ctranslate2",
-                                      self.notes, TAG, StandInTokenizer(vocab_size))
-        with open(os.path.join(out_dir, "vocabulary.json"), encoding="utf-8") as f:
-            vocab = json.load(f)
-        if len(vocab) != vocab_size:
-            raise RuntimeError(f"{out_dir}: vocabulary of {len(vocab)} tokens, expected "
-                               f"{vocab_size}")
-        self.generator = ctranslate2.Generator(out_dir, device="cpu", compute_type="float32",
-                                               intra_threads=threads, inter_threads=1)
-        self.inputs = {b: [[vocab[i] for i in row] for row in ids.tolist()]
-                       for b, ids in prompts.items()}
-
-    def run(self, batch):
-        results = self.generator.generate_batch(
-            self.inputs[batch], max_length=self.new_tokens, sampling_topk=1, beam_size=1,
-            include_prompt_in_result=False, end_token=[])
-        seqs = [r.sequences_ids[0] for r in results]
-        lengths = sorted({len(s) for s in seqs})
-        if len(seqs) != batch or lengths != [self.new_tokens]:
-            width = max(lengths) if lengths else 0
-            out = np.full((len(seqs), width), -1, np.int64)
-            for i, s in enumerate(seqs):
-                out[i, :len(s)] = s
-            return out, (f"returned {len(seqs)} sequences of lengths {lengths}, expected "
-                         f"{batch} of {self.new_tokens}")
-        return np.asarray(seqs, dtype=np.int64), None
-
-
-def build_engines(model_dir, threads, prompts, new_tokens, vocab_size, peers):
-    """Load this engine, the HF torch reference (always tried) and the requested peers. Returns
-    (engines in table order, reference engine or None, skipped: {name: reason})."""
-    log(f"loading {ENGINE}", TAG)
-    engines = [TransformerEngine(model_dir, threads, prompts, new_tokens)]
-    loaded, torch_engine, skipped = harness.load_peers(
-        {"torch": lambda: TorchEngine(model_dir, threads, prompts, new_tokens),
-         "ctranslate2": lambda: Ct2Engine(model_dir, threads, prompts, new_tokens, vocab_size)},
-        peers, TAG)
-    return engines + loaded, torch_engine, skipped
-
-
-def token_agreement(out, ref, prompts, batch, reference):
-    """Compare an engine's (tokens, problem) with the reference's for one batch size: the
-    harness.compare_tokens record, plus the HF logit gap at each first divergence (when the
-    reference engine is there), "max_divergence_gap", and "ok": no problem, and every divergence
-    a near-tie (gap < NEAR_TIE); without the reference engine any divergence fails."""
+def token_agreement(out, ref, prompts, batch, reference, dtype="float32"):
+    """Compare an engine's (tokens, problem) with the float32 reference's for one batch size:
+    the harness.compare_tokens record, plus the HF logit gap at each first divergence (when the
+    reference engine is there), "max_divergence_gap", and "ok": no problem, and at float32
+    every divergence a near-tie (gap < NEAR_TIE; without the reference engine any divergence
+    fails). At int8 / bfloat16 divergences are the quantization's: reported (the agreement is
+    the accuracy column), never a reason not to time."""
     tokens, problem = out
     if problem:
         return {"ok": False, "is_reference": False, "problem": problem, "text": problem}
@@ -293,7 +176,12 @@ def token_agreement(out, ref, prompts, batch, reference):
     a["divergence_gaps"] = gaps
     a["max_divergence_gap"] = max((abs(g) for g in gaps), default=None)
     if a["identical_fraction"] is not None and a["first_divergence"] is not None:
-        if reference is not None:
+        if dtype != "float32":
+            a["ok"] = True
+            if a["max_divergence_gap"] is not None:
+                a["text"] += f" (HF logit gap <= {a['max_divergence_gap']:.1e})"
+            a["text"] += f"; {dtype}: reported, not a reason not to time"
+        elif reference is not None:
             a["ok"] = a["max_divergence_gap"] is not None and a["max_divergence_gap"] < NEAR_TIE
             a["text"] += (f" (HF logit gap <= {a['max_divergence_gap']:.1e}: "
                           + ("float near-tie)" if a["ok"] else "a wrong result)"))
@@ -302,57 +190,26 @@ def token_agreement(out, ref, prompts, batch, reference):
     return a
 
 
-# ---------------------------------------------------------------------------------------------
-# Machine limit: read-only memory bandwidth (BLAS sgemv over a large matrix).
-# ---------------------------------------------------------------------------------------------
-
-class BandwidthProbe:
-    """Read-only memory bandwidth: y = A @ x over an A of `mib` MiB float32, BLAS pinned to n
-    threads, via NumPy's matmul and SciPy's sgemv; GB/s = bytes of A / seconds. Also a NumPy
-    copy of A's buffer (1 thread; read + write counted) for reference. measure() returns
-    {"sgemv_numpy", "sgemv_scipy", "copy_1thread"} in GB/s."""
-
-    def __init__(self, mib, threads, reps=5):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits
-        self.threads, self.reps = threads, reps
-        cols = 8192
-        rows = max(1, (mib << 20) // (4 * cols))
-        self.nbytes = 4 * rows * cols
-        self.a = np.full((rows, cols), 0.5, np.float32)          # C order: A @ x is an sgemv
-        self.x = np.ones(cols, np.float32)
-        self.y = np.empty(rows, np.float32)
-        self.dst = np.empty_like(self.a)
-        sgemv = scipy.linalg.blas.sgemv
-        # SciPy: a C-ordered (rows, cols) array is the Fortran (cols, rows) transpose; trans=1.
-        self.ops = {"sgemv_numpy": lambda: np.matmul(self.a, self.x, out=self.y),
-                    "sgemv_scipy": lambda: sgemv(1.0, self.a.T, self.x, trans=1)}
-        self.shape_text = f"({rows}x{cols}) float32, {self.nbytes / 2**20:.0f} MiB"
-
-    def _seconds(self, op):
-        op()
-        return statistics.median(harness.time_call(op) for _ in range(self.reps))
-
-    def measure(self):
-        """One measurement of each stream (see the class docstring)."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            out = {k: self.nbytes / self._seconds(op) / 1e9 for k, op in self.ops.items()}
-        out["copy_1thread"] = 2 * self.nbytes / self._seconds(
-            lambda: np.copyto(self.dst, self.a)) / 1e9
-        return out
+def accuracy_text(agreement):
+    """The accuracy cell of a generate row: tokens identical to the float32 reference's."""
+    if not agreement or agreement.get("identical_fraction") is None:
+        return "reference" if agreement and agreement.get("is_reference") else None
+    n = len(agreement.get("first_divergence_per_sequence") or [])
+    return (f"{100 * agreement['identical_fraction']:.1f}% tokens identical, "
+            f"{agreement['identical_sequences']}/{n} sequences whole")
 
 
 # ---------------------------------------------------------------------------------------------
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEERS,
+def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
                  workdir=os.path.join(".cache", "bench"), seed=0, bw_mib=512, pause=0.25,
-                 model=("gpt2-small-random", GPT2_SMALL), time_disagreeing=False):
-    """Make/load the model, check every engine, time, return the SUITE record (report.py).
-    Raises ValueError for bad sizes; ImportError when the model must be made and torch is
-    missing."""
+                 model=("gpt2-small-random", GPT2_SMALL), time_disagreeing=False,
+                 dtype="float32"):
+    """Make/load the model, check every engine at `dtype` against HF torch float32, time,
+    return the SUITE record (report.py). Raises ValueError for bad sizes; ImportError when the
+    model must be made and torch is missing."""
     name, shape = model
     if (threads < 1 or rounds < 1 or new_tokens < 1 or prompt_len < 1 or bw_mib < 1
             or not batch_sizes or min(batch_sizes) < 1):
@@ -367,52 +224,57 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
         config = json.load(f)
     vocab = config["vocab_size"]
     n_params = model_params(config)
-    weight_bytes = 4 * n_params
+    nbytes = weight_bytes(config, dtype)
     prompts = make_prompts(batch_sizes, prompt_len, vocab, seed)
     log(f"model {model_dir}; batch sizes {batch_sizes}; prompt {prompt_len} + {new_tokens} new "
-        f"tokens; threads {threads}", TAG)
-    engines, reference, skipped = build_engines(model_dir, threads, prompts, new_tokens, vocab,
-                                                peers)
-    skipped, ref_kw, notes = harness.loaded_engines(
-        engines, reference, skipped, peers, "tokens are", TAG,
-        {"onnxruntime": "not applicable to generate (no generation loop of its own)"})
+        f"tokens; threads {threads}; dtype {dtype}", TAG)
+    engines, reference, skipped = load_engines(
+        Setup("generate", model_dir, threads, dtype, workdir, vocab_size=vocab), peers, TAG)
+
+    def prepare(engine, b):
+        return engine.generator(prompts[b], new_tokens)
+    ref_kw, notes = reference_options(reference, engines, prepare, "tokens are")
     notes = [model_note] + notes
 
-    probe = BandwidthProbe(bw_mib, threads)
+    probe = limits.BandwidthProbe(bw_mib, threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
-    ticks = harness.cpu_sample()
+    ticks = stats.cpu_sample()
     rows, probes = harness.compare_engines(
-        engines, batch_sizes,
-        lambda out, ref, b: token_agreement(out, ref, prompts, b, reference),
+        [Bound(e, prepare) for e in engines], batch_sizes,
+        lambda out, ref, b: token_agreement(out, ref, prompts, b, reference, dtype),
         rounds, pause=pause, probe=probe.measure, time_disagreeing=time_disagreeing, tag=TAG,
         case_label=lambda b: f"batch {b}", **ref_kw)
-    usage, warning = harness.busy_check(ticks, TAG)
+    usage, warning = stats.busy_check(ticks, TAG)
     bw = {k: statistics.median(p[k] for p in probes)
           for k in ("sgemv_numpy", "sgemv_scipy", "copy_1thread")} if probes else {}
     source = max(("sgemv_numpy", "sgemv_scipy"), key=bw.get) if bw else None
     limit = bw.get(source)
 
+    by_name = {e.name: e for e in engines}
     ours = {r["case"]: r["seconds"]["median"] for r in rows
             if r["engine"] == ENGINE and r["seconds"]}
     out_rows, targets = [], []
+    goals = TARGETS.get(dtype, {})
     for r in rows:
         b = batch_sizes[r["case_index"]]
         row = {"case": r["case"], "group": "generate", "engine": r["engine"],
+               "compute_type": by_name[r["engine"]].compute_type,
                "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
                "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
+               "accuracy": accuracy_text(r["agreement"]) if dtype != "float32" else None,
                "note": r["note"], "batch": b}
         if r["seconds"]:
             med = r["seconds"]["median"]
             row["figures"] = [{"value": b * new_tokens / med, "unit": "new tokens/s"},
                               {"value": 1e3 * med / new_tokens, "unit": "ms/step"}]
-            row["ratio"] = harness.ratio(ours.get(r["case"]), med)
+            row["ratio"] = stats.ratio(ours.get(r["case"]), med)
             if limit:
-                row["fraction_of_limit"] = weight_bytes * (new_tokens / med) / (limit * 1e9)
+                row["fraction_of_limit"] = nbytes * (new_tokens / med) / (limit * 1e9)
                 row["limit"] = f"read {limit:.1f} GB/s"
-            if r["engine"] in TARGETS and row["ratio"] is not None:
-                goal = TARGETS[r["engine"]]
-                targets.append(f"target >= {goal}x {r['engine']} at batch {b}: ratio "
-                               f"{row['ratio']:.2f} -> "
+            if r["engine"] in goals and row["ratio"] is not None:
+                goal = goals[r["engine"]]
+                targets.append(f"target >= {goal}x {r['engine']} ({dtype}) at batch {b}: "
+                               f"ratio {row['ratio']:.2f} -> "
                                + ("met" if row["ratio"] >= goal else "**not met**"))
         out_rows.append(row)
 
@@ -426,22 +288,23 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
     summary = [
         f"Greedy generation, {name} (GPT-2 shape: {shape['n_layer']} layers, C="
         f"{shape['n_embd']}, {shape['n_head']} heads, vocab {shape['vocab_size']}; random "
-        f"weights), CPU, {harness.plural(threads, 'thread')}: prompts of {prompt_len} random "
-        f"tokens, exactly {new_tokens} new tokens per sequence (no early stop), time includes "
-        f"the prefill; median of {rounds} interleaved rounds{harness.usage_text(usage)}.",
+        f"weights), CPU, {dtype}, {stats.plural(threads, 'thread')}: prompts of {prompt_len} "
+        f"random tokens, exactly {new_tokens} new tokens per sequence (no early stop), time "
+        f"includes the prefill; median of {rounds} interleaved rounds"
+        f"{stats.usage_text(usage)}.",
     ]
     if limit:
         summary.append(
             f"Machine limit (same run, median over rounds): read bandwidth {limit:.1f} GB/s "
             f"(float32 sgemv through {SOURCE_TEXT[source]} over {probe.shape_text}, "
-            f"{harness.plural(threads, 'thread')}, "
+            f"{stats.plural(threads, 'thread')}, "
             f"matrix bytes read once; numpy {bw['sgemv_numpy']:.1f}, scipy "
             f"{bw['sgemv_scipy']:.1f}); copy {bw['copy_1thread']:.1f} GB/s (1 thread, read + "
-            f"write). Weights read per decode step: {weight_bytes / 1e6:.0f} MB "
-            f"({n_params / 1e6:.1f} M float32 parameters, tied LM head counted once), so "
-            f"batch-1 decoding is bound at {limit * 1e9 / weight_bytes:.1f} tokens/s.")
-    return {"title": f"Generate: greedy decoding ({name})", "status": "ok", "summary": summary,
-            "warnings": [warning] if warning else [],
+            f"write). Weights read per decode step at {dtype}: {nbytes / 1e6:.0f} MB "
+            f"({n_params / 1e6:.1f} M parameters, tied LM head counted once; weight_bytes), so "
+            f"batch-1 decoding is bound at {limit * 1e9 / nbytes:.1f} tokens/s.")
+    return {"title": f"Generate: greedy decoding ({name}, {dtype})", "status": "ok",
+            "summary": summary, "warnings": [warning] if warning else [],
             "rows": out_rows, "tables": [], "scaling": scaling, "skipped": skipped,
             "notes": targets + notes,
             "limits": {"read_gbs": limit, "read_source": source, "bandwidth": bw,
@@ -450,12 +313,13 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers=PEE
             "config": {"model_dir": model_dir, "model": name, "shape": shape,
                        "batch_sizes": batch_sizes, "new_tokens": new_tokens,
                        "prompt_len": prompt_len, "rounds": rounds, "threads": threads,
-                       "seed": seed, "n_params": n_params, "weight_bytes": weight_bytes,
-                       "pause": pause}}
+                       "seed": seed, "n_params": n_params, "weight_bytes": nbytes,
+                       "dtype": dtype, "pause": pause}}
 
 
 def run(cfg):
-    """The generate suite for a BenchConfig (sizes level, threads, peers, rounds, seed)."""
+    """The generate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
+    dtype)."""
     from . import SuiteSkipped
     level = LEVELS[cfg.sizes]
     name = level["model"][0]
@@ -469,20 +333,4 @@ def run(cfg):
     return run_generate(cfg.threads, cfg.rounds or level["rounds"], level["batch_sizes"],
                         level["new_tokens"], level["prompt_len"], cfg.peers, cfg.workdir,
                         cfg.seed, level["bw_mib"], cfg.pause, level["model"],
-                        cfg.time_disagreeing)
-
-
-def script_main(args):
-    """bench/generate.py: the suite with that script's options (argparse namespace: threads,
-    rounds, new_tokens, prompt_len, batch_sizes (list), peers (list), json, workdir, seed,
-    bw_mib, pause). Prints the Markdown section on stdout; --json writes a results document
-    (report.py schema) with this one suite. Returns 0."""
-    from . import report
-    from .encode import write_script_outputs
-    suite = run_generate(args.threads, args.rounds, args.batch_sizes, args.new_tokens,
-                         args.prompt_len, args.peers, args.workdir, args.seed, args.bw_mib,
-                         args.pause)
-    print(report.render_suite("generate", suite))
-    write_script_outputs("generate", suite, args.threads, getattr(args, "json", None), None, TAG)
-    return 0
-
+                        cfg.time_disagreeing, cfg.dtype)

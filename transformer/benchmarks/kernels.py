@@ -13,9 +13,11 @@ Ops and what is counted (B batch, H heads, T queries, S keys, D head_dim, N rows
   decode attention q (B, H, D) against a cache of S keys   bytes = 4 (2 B S H D + 2 B H D)
 
 Row kernels and memory-bound cases are reported in GB/s as a fraction of the copy bandwidth
-measured in the same run (NumPy copyto, bytes read + written; small sizes that stay in cache may
-exceed 100%); linear and attention in GFLOP/s as a fraction of the sgemm GFLOP/s measured in the
-same run (harness.LimitProbe, once per round).
+on the same footprint, measured in the same run (limits.CopyProbe: NumPy copyto moving the
+case's bytes, read + written, once per round): a case that stays in a cache is held against
+that cache's bandwidth, one beyond the last-level cache against memory's, and the limit column
+says which. Linear and attention in GFLOP/s as a fraction of the sgemm GFLOP/s measured in the
+same run (limits.LimitProbe, once per round). The ops are float32 (--dtype does not apply).
 
 Engines: transformer (transformer.ops with threads=n), numpy (float32 NumPy/SciPy, the same math
 written directly; BLAS pinned to n threads by threadpoolctl), torch (torch.softmax, F.layer_norm,
@@ -37,8 +39,9 @@ import math
 
 import numpy as np
 
-from . import harness
-from .harness import ENGINE, NotApplicable, log
+from . import harness, limits as machine, stats
+from .harness import ENGINE, NotApplicable
+from .stats import log
 
 TAG = "kernels"
 ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
@@ -335,15 +338,30 @@ class TorchEngine:
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def _figures(case, seconds, limits):
-    """(figures, fraction_of_limit, limit text) of a case timed at `seconds` per call."""
+def footprint_key(nbytes):
+    """The limits key of the copy bandwidth on a footprint of nbytes."""
+    return f"copy_at_{int(nbytes)}"
+
+
+def footprint_text(nbytes, llc):
+    """"256 KiB, in cache" / "48 MiB, beyond the last-level cache" (llc: bytes or None)."""
+    size = f"{nbytes / 2**20:.3g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.3g} KiB"
+    if llc is None:
+        return size
+    return size + (", in cache" if nbytes <= llc else ", beyond the last-level cache")
+
+
+def _figures(case, seconds, limits, llc=None):
+    """(figures, fraction_of_limit, limit text) of a case timed at `seconds` per call; a
+    memory-bound case is held against the copy bandwidth on its own footprint."""
     figs, frac, limit = [], None, None
     if case.limit == "copy" and case.nbytes:
         gbs = case.nbytes / seconds / 1e9
         figs.append({"value": gbs, "unit": "GB/s"})
-        if limits.get("copy_gbs"):
-            frac = gbs / limits["copy_gbs"]
-            limit = f"copy {limits['copy_gbs']:.1f} GB/s"
+        copy = limits.get(footprint_key(case.nbytes))
+        if copy:
+            frac = gbs / copy
+            limit = f"copy {copy:.1f} GB/s on {footprint_text(case.nbytes, llc)}"
     if case.flops:
         gf = case.flops / seconds / 1e9
         figs.append({"value": gf, "unit": "GFLOP/s"})
@@ -392,23 +410,30 @@ def run(cfg):
     for p, why in skipped.items():
         log(f"skipping {p}: {why}", TAG)
 
-    probe = harness.LimitProbe(n, **PROBE[level])
+    probe = machine.LimitProbe(n, **PROBE[level])
+    # The limit of each memory-bound case: copy bandwidth on its own footprint.
+    cache = machine.CopyProbe(n, {c.nbytes for c in cases if c.limit == "copy" and c.nbytes},
+                              PROBE[level]["reps"], MIN_SECONDS[level])
+    llc = machine.llc_bytes()
+
+    def measure():
+        out = probe.measure()
+        out.update({footprint_key(f): v for f, v in cache.measure().items()})
+        return out
     log(f"{len(cases)} cases x {[e.name for e in engines]}; {rounds} rounds; threads {n}", TAG)
-    ticks = harness.cpu_sample()
+    ticks = stats.cpu_sample()
     try:
         with threadpool_limits(limits=n, user_api="blas"):
             rows, probes = harness.compare_engines(
                 engines, cases, compare, rounds, reference=reference,
-                min_seconds=MIN_SECONDS[level], pause=PAUSE[level], probe=probe.measure,
+                min_seconds=MIN_SECONDS[level], pause=PAUSE[level], probe=measure,
                 time_disagreeing=cfg.time_disagreeing, tag=TAG, case_label=lambda c: c.label)
             scaling_rows, scaling = thread_scaling(cases, rows, n, level, rounds)
     finally:
         probe.close()
-    usage = harness.cpu_usage(ticks, harness.cpu_sample())
-    warning = harness.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
-    limits = harness.limits_summary(probes)
+        cache.close()
+    usage, warning = stats.busy_check(ticks, TAG)
+    limits = machine.limits_summary(probes)
 
     out_rows = []
     ours = {r["case_index"]: r["seconds"]["median"] for r in rows
@@ -422,24 +447,26 @@ def run(cfg):
         if r["seconds"]:
             med = r["seconds"]["median"]
             row["figures"], row["fraction_of_limit"], row["limit"] = \
-                _figures(case, med, limits)
-            row["ratio"] = harness.ratio(ours.get(r["case_index"]), med)
+                _figures(case, med, limits, llc)
+            row["ratio"] = stats.ratio(ours.get(r["case_index"]), med)
         out_rows.append(row)
 
     summary = [
         ("Each op through transformer.ops, NumPy float32 and PyTorch eager on the same float32 "
-         f"inputs, {harness.plural(n, 'thread')} each (BLAS pinned to {n} by threadpoolctl). "
+         f"inputs, {stats.plural(n, 'thread')} each (BLAS pinned to {n} by threadpoolctl). "
          f"Checked against the float64 reference first; median of {rounds} interleaved rounds, "
          f"each sample at least {MIN_SECONDS[level] * 1e3:g} ms of back-to-back calls. Row "
          "kernels and memory-bound cases: GB/s (bytes read + written) as a fraction of the copy "
-         "bandwidth; linear and attention: GFLOP/s as a fraction of sgemm (both measured once "
-         "per round in this run; cache-resident sizes can exceed 100% of the copy figure)."),
+         "bandwidth on the same footprint (in cache or beyond the last-level cache"
+         + (f", {llc / 2**20:.3g} MiB" if llc else "") + "); linear and attention: GFLOP/s as "
+         "a fraction of sgemm (both measured once per round in this run)."),
     ]
     if limits:
         summary.append(f"Limits in this suite (median of {limits['rounds']} rounds): sgemm "
                        f"{limits['sgemm_gflops']:.1f} GFLOP/s ({probe.gemm_text}), copy "
-                       f"{limits['copy_gbs']:.1f} GB/s ({probe.copy_text})"
-                       f"{harness.usage_text(usage)}.")
+                       f"{limits['copy_gbs']:.1f} GB/s ({probe.copy_text}); copy on each "
+                       f"memory-bound case's footprint: its limit column"
+                       f"{stats.usage_text(usage)}.")
     tables = []
     if scaling_rows:
         counts = thread_counts(n, level)
@@ -484,12 +511,12 @@ def thread_scaling(cases, rows, threads, level, rounds):
         for t in counts:
             fn = ours_by_t[t].prepare(cases[ci])
             fn()
-            items.append(((ci, t), fn, harness.calibrate(fn, MIN_SECONDS[level])))
+            items.append(((ci, t), fn, stats.calibrate(fn, MIN_SECONDS[level])))
     log(f"thread scaling: {len(pick)} cases x threads {counts}", TAG)
     # Two rounds more than the comparison: a multi-threaded sample is the one that suffers
     # when another process takes a core for a moment.
-    times, _ = harness.interleaved_rounds(items, rounds + 2)
-    med = {k: harness.summarize(v)["median"] for k, v in times.items()}
+    times, _ = stats.interleaved_rounds(items, rounds + 2)
+    med = {k: stats.summarize(v)["median"] for k, v in times.items()}
     table_rows, series = [], {}
     for ci in pick.values():
         base = med[(ci, counts[0])]

@@ -3,16 +3,16 @@
 The schema of results.json ("schema": "transformer-bench/1"):
 
     {"schema", "created" (ISO 8601, local time), "command", "options" {suite, device, threads,
-     quick, sizes, rounds, peers, output}, "machine" (harness.machine_info, plus "load_before":
+     quick, sizes, rounds, peers, output}, "machine" (limits.machine_info, plus "load_before":
      the 1-minute load average when the run started), "limits" (the machine's limits measured
-     at the start: harness.limits_summary + "probe" descriptions), "suites": {name: SUITE},
+     at the start: limits.limits_summary + "probe" descriptions), "suites": {name: SUITE},
      "wall_s", "plots": [file names]}
 
     SUITE: {"title", "status" ("ok", "skipped", "error"), "error" (text, for "error" and
      "skipped"), "wall_s", "summary": [lines of setup text], "rows": [ROW], "tables": [TABLE],
      "scaling": [SCALING], "skipped": {peer: reason}, "notes": [text], "limits": {the suite's own
      limit measurements, median over its rounds}, "warnings": [text] (e.g. the machine was
-     busy: harness.busy_warning), "cpu" (harness.cpu_usage while timing), "markdown"
+     busy: stats.busy_warning), "cpu" (stats.cpu_usage while timing), "markdown"
      (optional: text shown verbatim), "show_rows" (optional, default true; false: the rows
      are left out of report.md, as one of the suite's TABLEs shows them with its own columns),
      "plots": [file names], "config": {the suite's parameters}}
@@ -20,9 +20,11 @@ The schema of results.json ("schema": "transformer-bench/1"):
     ROW (one engine on one case): {"case", "group" (rows of a group are plotted together),
      "engine", "status" ("timed", "disagrees", "n/a", "error", "not timed"),
      "figures": [{"value", "unit"}] (the first is the main figure: larger is better),
-     "seconds": harness.summarize() or None, "ratio" (transformer's throughput / this
+     "seconds": stats.summarize() or None, "ratio" (transformer's throughput / this
      engine's: > 1 means transformer is faster), "fraction_of_limit", "limit" (its name, e.g.
-     "sgemm 120.3 GFLOP/s"), "agreement": {"ok", "is_reference", "text", ...} or None, "note"}
+     "sgemm 120.3 GFLOP/s"), "compute_type" (optional: "int8", ...), "accuracy" (optional: text
+     against the float32 reference, e.g. "cosine mean 0.9991, min 0.9952"), "agreement": {"ok",
+     "is_reference", "text", ...} or None, "note"}
 
     TABLE: {"title", "header": [str], "rows": [[cell]]} rendered as given.
     SCALING: {"name", "title", "xlabel", "ylabel", "x": [..], "series": {label: [y or None]},
@@ -197,16 +199,23 @@ def render_suite(name, suite):
         lines.append("")
     rows = suite.get("rows", [])
     if rows and suite.get("show_rows", True):
-        lines += table(["case", "engine", "figure", "time median (min-max, IQR)",
-                        "ratio (transformer / engine)", "fraction of limit", "limit",
-                        "check against the reference"],
-                       [[r["case"], engine_cell(r),
-                         fmt_figures(r.get("figures")) if r.get("seconds") else
-                         (r.get("status") or "not timed"),
-                         fmt_time(r.get("seconds")), fmt_num(r.get("ratio")),
-                         fmt_pct(r.get("fraction_of_limit")), r.get("limit") or "-",
-                         check_cell(r)] for r in rows],
-                       align=["l", "l", "r", "r", "r", "r", "l", "l"])
+        # Optional columns: the compute type of each engine, its accuracy against float32.
+        typed = any(r.get("compute_type") for r in rows)
+        accuracy = any(r.get("accuracy") for r in rows)
+        lines += table(["case", "engine"] + (["compute type"] if typed else [])
+                       + ["figure", "time median (min-max, IQR)",
+                          "ratio (transformer / engine)", "fraction of limit", "limit"]
+                       + (["accuracy against float32"] if accuracy else [])
+                       + ["check against the reference"],
+                       [[r["case"], engine_cell(r)] + ([r.get("compute_type") or "-"]
+                                                       if typed else [])
+                        + [fmt_figures(r.get("figures")) if r.get("seconds") else
+                           (r.get("status") or "not timed"),
+                           fmt_time(r.get("seconds")), fmt_num(r.get("ratio")),
+                           fmt_pct(r.get("fraction_of_limit")), r.get("limit") or "-"]
+                        + ([r.get("accuracy") or "-"] if accuracy else [])
+                        + [check_cell(r)] for r in rows],
+                       align=["l", "l"] + ["l"] * typed + ["r"] * 4 + ["l"] * (2 + accuracy))
         lines.append("")
     for t in suite.get("tables", []):
         if t.get("title"):
@@ -242,11 +251,13 @@ def headline(results):
         by_case = {}
         for r in suite.get("rows", []):
             by_case.setdefault(r["case"], {})[r["engine"]] = r
+        dtype = suite.get("config", {}).get("dtype", "float32")
+        label = name if dtype == "float32" else f"{name} ({dtype})"
         for case, engines in by_case.items():
             ours = engines.get(ENGINE)
             if ours is None:
                 continue
-            cells = [name, case, fmt_figures(ours.get("figures")[:1]) if ours.get("seconds")
+            cells = [label, case, fmt_figures(ours.get("figures")[:1]) if ours.get("seconds")
                      and ours.get("figures") else ours.get("status", "-"),
                      fmt_pct(ours.get("fraction_of_limit"))]
             for p in peers:

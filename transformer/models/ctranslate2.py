@@ -6,8 +6,10 @@ positions counted from 1, fused QKV (self-attention) and KV (cross-attention) pr
 output projection with bias. float32, int8 and int16 weights (dequantized on load)."""
 import os
 
+from ..tokenizer import check_ids, check_text
 from ..weights import WeightsError
 from ..weights.ctranslate2 import read_ctranslate2
+from . import register_layout
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 HEADS = {"TransformerBase": 8, "TransformerBig": 16}
@@ -18,8 +20,11 @@ def read_vocabulary(path):
     CTranslate2 does). Raises FileNotFoundError."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"vocabulary not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        tokens = [line.rstrip("\r\n") for line in f]
+    try:
+        with open(path, encoding="utf-8") as f:
+            tokens = [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 ({e})")
     if tokens and tokens[-1] == "":
         tokens.pop()
     if "<unk>" not in tokens:
@@ -41,11 +46,13 @@ class VocabularyTokenizer:
 
     def encode(self, text):
         """Source ids (list of int) of whitespace-separated tokens."""
-        return [self._ids.get(t, self._unk) for t in text.split()]
+        return [self._ids.get(t, self._unk) for t in check_text(text).split()]
 
     def decode(self, ids):
-        """Target tokens of ids, space-separated, special tokens dropped."""
-        return " ".join(self.target[i] for i in map(int, ids) if self.target[i] not in self.SPECIAL)
+        """Target tokens of ids, space-separated, special tokens dropped. Raises IndexError for
+        an id outside [0, len(target))."""
+        return " ".join(self.target[i] for i in check_ids(ids, len(self.target))
+                        if self.target[i] not in self.SPECIAL)
 
 
 def _names(side, i):
@@ -62,8 +69,20 @@ def _names(side, i):
     return names
 
 
+def is_ctranslate2_directory(path):
+    """True for a directory with a CTranslate2 model.bin and no model.safetensors."""
+    return os.path.isfile(os.path.join(path, "model.bin")) and not os.path.isfile(
+        os.path.join(path, "model.safetensors"))
+
+
+@register_layout("CTranslate2 directory", is_ctranslate2_directory)
 class CTranslate2Model(Seq2SeqModel):
     """A CTranslate2 TransformerBase/Big model as a Seq2SeqModel (see it for the API)."""
+
+    @classmethod
+    def from_layout(cls, path, threads=None, tokenizer=None, dtype="float32"):
+        """transformer.load's entry: from_directory (its vocabularies are the tokenizer)."""
+        return cls.from_directory(path, threads=threads, dtype=dtype)
 
     @classmethod
     def from_directory(cls, path, threads=None, dtype="float32"):
@@ -75,25 +94,34 @@ class CTranslate2Model(Seq2SeqModel):
         spec, revision, v = read_ctranslate2(os.path.join(path, "model.bin"),
                                              int8=dtype == "int8")
         if spec not in HEADS:
-            raise WeightsError(f"{path}: CTranslate2 spec {spec!r} is not supported "
+            raise WeightsError(f"{path}/model.bin: CTranslate2 spec {spec!r} is not supported "
                                f"(supported: {sorted(HEADS)})")
         src = read_vocabulary(os.path.join(path, "source_vocabulary.txt"))
-        tgt = read_vocabulary(os.path.join(path, "target_vocabulary.txt"))
+        tgt_path = os.path.join(path, "target_vocabulary.txt")
+        tgt = read_vocabulary(tgt_path)
+        for special in ("<s>", "</s>"):
+            if special not in tgt:
+                raise ValueError(f"{tgt_path}: no {special} token (the decoder's start and end)")
         try:
             C = v["encoder/embeddings/weight"].shape[1]
             F = v["encoder/layer_0/ffn/linear_0/weight"].shape[0]
         except KeyError as e:
             raise WeightsError(f"{path}: model.bin has no {e.args[0]}")
+        except IndexError:
+            raise WeightsError(f"{path}: model.bin's embeddings / ffn weights are not matrices")
         count = lambda side: sum(1 for n in v if n.startswith(f"{side}/layer_")
                                  and n.endswith("ffn/linear_0/weight"))
-        config = Seq2SeqConfig(
-            src_vocab_size=len(src), tgt_vocab_size=len(tgt), d_model=C, n_heads=HEADS[spec],
-            encoder_layers=count("encoder"), decoder_layers=count("decoder"), d_ff=F,
-            activation="relu", pre_norm=True, encoder_final_norm=True, decoder_final_norm=True,
-            positions="sinusoidal_t2t", position_offset=1, max_position_embeddings=1024,
-            scale_embedding=True, norm_eps=1e-6, decoder_start_token_id=tgt.index("<s>"),
-            eos_token_id=tgt.index("</s>"),
-            pad_token_id=tgt.index("<blank>") if "<blank>" in tgt else 0)
+        try:
+            config = Seq2SeqConfig(
+                src_vocab_size=len(src), tgt_vocab_size=len(tgt), d_model=C, n_heads=HEADS[spec],
+                encoder_layers=count("encoder"), decoder_layers=count("decoder"), d_ff=F,
+                activation="relu", pre_norm=True, encoder_final_norm=True, decoder_final_norm=True,
+                positions="sinusoidal_t2t", position_offset=1, max_position_embeddings=1024,
+                scale_embedding=True, norm_eps=1e-6, decoder_start_token_id=tgt.index("<s>"),
+                eos_token_id=tgt.index("</s>"),
+                pad_token_id=tgt.index("<blank>") if "<blank>" in tgt else 0)
+        except ValueError as e:
+            raise WeightsError(f"{path}/model.bin: {e}")
         names = {"encoder.embeddings.word": "encoder/embeddings/weight",
                  "decoder.embeddings.word": "decoder/embeddings/weight",
                  "lm_head": "decoder/projection", "encoder.final_norm": "encoder/layer_norm",

@@ -11,6 +11,7 @@ cache never holds padding.
 Our tensor names (what a family's name map produces); C = d_model, D = head_dim,
 Q = n_heads * D, K = n_kv_heads * D, F = d_ff; ".bias" tensors only when config.bias:
   embeddings.word (V, C), embeddings.position (P, C) [learned positions only]
+  embeddings.norm.weight / .bias (C) [embedding_norm only: LayerNorm after the word embedding]
   layers.{i}.norm1.weight (C) [.bias for LayerNorm]   before attention
   layers.{i}.qkv.weight (Q + 2K, C) [.bias]           rows: Q heads | K heads | V heads
   layers.{i}.out.weight (C, Q) [.bias]
@@ -24,6 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import ops
+from ..ops.position_bias import alibi_slopes
+from . import block
+from .block import BlockSpec
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device
 from ..generation.contract import Decoding
@@ -38,8 +42,10 @@ class DecoderConfig:
     vocab_size V, d_model C, n_heads H, n_kv_heads Hkv (grouped-query attention when < H),
     n_layers L, d_ff F, max_position_embeddings (longest sequence, prompt + new tokens),
     head_dim D (default C / H), norm "layer_norm" or "rms_norm", norm_eps, activation "gelu_tanh",
-    "gelu", "relu" or "swiglu", positions "learned" or "rotary", rope_theta, rope_interleaved
-    (llama2.c pairs (2i, 2i+1); False: HF rotate_half), bias (linear layers carry biases),
+    "gelu", "relu" or "swiglu", positions "learned", "rotary" or "alibi" (ALiBi slopes in the
+    attention kernels, BLOOM), rope_theta, rope_interleaved (llama2.c pairs (2i, 2i+1); False:
+    HF rotate_half), embedding_norm (a LayerNorm after the word embedding, BLOOM), bias (linear
+    layers carry biases),
     tie_word_embeddings, bos/eos/pad token ids (eos_token_id may be a tuple).
     Raises ValueError for inconsistent values."""
 
@@ -57,6 +63,7 @@ class DecoderConfig:
     positions: str = "learned"
     rope_theta: float = 10000.0
     rope_interleaved: bool = False
+    embedding_norm: bool = False
     bias: bool = True
     tie_word_embeddings: bool = True
     bos_token_id: int = None
@@ -82,11 +89,18 @@ class DecoderConfig:
             raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
         if self.activation not in ("gelu_tanh", "gelu", "relu", "swiglu"):
             raise ValueError(f"config activation {self.activation!r} is not supported")
-        if self.positions not in ("learned", "rotary"):
-            raise ValueError(f"config positions must be 'learned' or 'rotary', got "
+        if self.positions not in ("learned", "rotary", "alibi"):
+            raise ValueError(f"config positions must be 'learned', 'rotary' or 'alibi', got "
                              f"{self.positions!r}")
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+
+    @property
+    def block(self):
+        """The BlockSpec of the layers (pre-norm; SwiGLU is a gated SiLU FFN)."""
+        swiglu = self.activation == "swiglu"
+        return BlockSpec(self.norm, self.norm_eps, True, "silu" if swiglu else self.activation,
+                         gated=swiglu)
 
     @property
     def eos_token_ids(self):
@@ -101,6 +115,8 @@ def decoder_shapes(config):
     Q, K = config.n_heads * D, config.n_kv_heads * D
     norm = [".weight", ".bias"] if config.norm == "layer_norm" else [".weight"]
     shapes = {"embeddings.word": (config.vocab_size, C)}
+    if config.embedding_norm:
+        shapes.update({"embeddings.norm" + s: (C,) for s in (".weight", ".bias")})
     if config.positions == "learned":
         shapes["embeddings.position"] = (config.max_position_embeddings, C)
     for i in range(config.n_layers):
@@ -148,10 +164,11 @@ class KVCache:
         self.max_length = max_length
         self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
 
-    def attend(self, layer, q, k, v, positions, threads=None):
+    def attend(self, layer, q, k, v, positions, threads=None, position_bias=None, scale=None):
         """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
         (R,) of rows 0..R-1, then attend each query q (R, H, D) to its row's keys up to and
-        including the new one. Returns the context (R, H * D) of q's dtype and device."""
+        including the new one (position_bias: an ops.PositionBias or None; scale: of the
+        scores, default 1/sqrt(D)). Returns the context (R, H * D) of q's dtype and device."""
         R = len(q)
         rows = np.arange(R)
         self.k[layer, rows, positions] = k
@@ -159,9 +176,11 @@ class KVCache:
         self.planes[rows, positions] = rows
         if self.copy_on_reorder:  # the device: rows kept in place by reorder
             return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
-                                        threads=threads).reshape(R, -1)
+                                        threads=threads, position_bias=position_bias,
+                                        scale=scale).reshape(R, -1)
         return ops.decode_attention(q, self.k[layer], self.v[layer], positions + 1,
-                                    threads=threads, kv_rows=self.planes[:R]).reshape(R, -1)
+                                    threads=threads, kv_rows=self.planes[:R],
+                                    position_bias=position_bias, scale=scale).reshape(R, -1)
 
     def reorder(self, index):
         """Keep sequences `index` (B',) in that order, B' <= the current count (beam search
@@ -244,56 +263,57 @@ class DecoderModel(DeviceModel):
         self._moved()
 
     def _moved(self):
-        """Tables beside the weights, on their device: rotary cos/sin (float32 whatever the
-        dtype) and the zero position table (1, C) that models without learned positions add."""
+        """Tables beside the weights, on their device: the rotary cos/sin (float32 whatever the
+        dtype; made on first use, see _rotary_tables) and the zero position table (1, C) that
+        models without learned positions add."""
         cfg = self.config
-        if cfg.positions == "rotary":
-            cos, sin = ops.rotary_tables(cfg.max_position_embeddings, cfg.head_dim,
-                                         cfg.rope_theta)
-            self._cos, self._sin = (to_device(t, self.device) for t in (cos, sin))
+        self._rope = None
+        self._position_bias = ops.PositionBias.alibi(alibi_slopes(cfg.n_heads)) \
+            if cfg.positions == "alibi" else None
         self._no_positions = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
                                        self.dtype)
 
+    def _rotary_tables(self, need):
+        """(cos, sin) covering positions [0, need) at least: computed on first use and grown by
+        doubling, never beyond max_position_embeddings, so that a config's huge
+        max_position_embeddings costs nothing until a sequence is that long. One tuple
+        attribute, replaced whole (Python threads may share the model)."""
+        rope = self._rope
+        if rope is None or len(rope[0]) < need:
+            cfg = self.config
+            n = min(cfg.max_position_embeddings,
+                    max(need, 2 * (0 if rope is None else len(rope[0])), 256))
+            rope = tuple(to_device(t, self.device)
+                         for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta))
+            self._rope = rope
+        return rope
+
     # -- building blocks --------------------------------------------------------------------------
-    def _norm(self, x, name):
-        w, cfg = self.weights, self.config
-        if cfg.norm == "rms_norm":
-            return ops.rms_norm(x, w[name + ".weight"], cfg.norm_eps, threads=self.threads)
-        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], cfg.norm_eps,
-                              threads=self.threads)
-
-    def _linear(self, x, name, activation=None):
-        w = self.weights
-        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
-                          threads=self.threads)
-
     def _embed(self, ids, positions):
-        w = self.weights
-        if self.config.positions == "learned":
+        w, cfg = self.weights, self.config
+        norm = dict(norm_weight=w.get("embeddings.norm.weight"),
+                    norm_bias=w.get("embeddings.norm.bias"), eps=cfg.norm_eps)
+        if cfg.positions == "learned":
             return ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions,
-                                 threads=self.threads)
+                                 threads=self.threads, **norm)
         return ops.embedding(ids, w["embeddings.word"], self._no_positions, np.zeros_like(ids),
-                             threads=self.threads)
+                             threads=self.threads, **norm)
 
     def _stack(self, h, positions, attend):
         """Run the L blocks on rows h (N, C) at `positions` (N,); attend(i, qkv (N, Q+2K)) ->
         context (N, Q) does the attention of layer i (and stores K/V in the cache)."""
-        cfg, n = self.config, self.threads
-        H, Hkv = cfg.n_heads, cfg.n_kv_heads
+        cfg, w, n = self.config, self.weights, self.threads
+        H, Hkv, spec = cfg.n_heads, cfg.n_kv_heads, cfg.block
         for i in range(cfg.n_layers):
             p = f"layers.{i}."
-            qkv = self._linear(self._norm(h, p + "norm1"), p + "qkv")
+            qkv = block.linear(w, p + "qkv", block.norm(spec, w, p + "norm1", h, n), n)
             if cfg.positions == "rotary":
-                ops.rotary(qkv, positions, self._cos, self._sin, H + Hkv, cfg.rope_interleaved,
-                           threads=n)
-            h = ops.add(h, self._linear(attend(i, qkv), p + "out"))
-            x = self._norm(h, p + "norm2")
-            if cfg.activation == "swiglu":
-                f = ops.swiglu(self._linear(x, p + "ff1"), threads=n)
-            else:
-                f = self._linear(x, p + "ff1", cfg.activation)
-            h = ops.add(h, self._linear(f, p + "ff2"))
-        return self._norm(h, "final_norm")
+                cos, sin = self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
+                ops.rotary(qkv, positions, cos, sin, H + Hkv, cfg.rope_interleaved, threads=n)
+            h = ops.add(h, block.linear(w, p + "out", attend(i, qkv), n))
+            h = block.sublayer(spec, w, p + "norm2", h,
+                               lambda x: block.feed_forward(spec, w, p, x, n), n)
+        return block.norm(spec, w, "final_norm", h, n)
 
     def _split(self, qkv):
         cfg = self.config
@@ -329,8 +349,8 @@ class DecoderModel(DeviceModel):
             if cache is not None:
                 cache.k[i, seq, positions] = k
                 cache.v[i, seq, positions] = v
-            return ops.attention_varlen(q, k, v, cu, causal=True,
-                                        threads=self.threads).reshape(len(q), -1)
+            return ops.attention_varlen(q, k, v, cu, causal=True, threads=self.threads,
+                                        position_bias=self._position_bias).reshape(len(q), -1)
 
         with blas_single_threaded():
             h = self._stack(self._embed(ids.ravel()[flat], positions), positions, attend)
@@ -350,7 +370,8 @@ class DecoderModel(DeviceModel):
             raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
 
         def attend(i, qkv):
-            return cache.attend(i, *self._split(qkv), positions, self.threads)
+            return cache.attend(i, *self._split(qkv), positions, self.threads,
+                                self._position_bias)
 
         with blas_single_threaded():
             h = self._stack(self._embed(tokens, positions), positions, attend)

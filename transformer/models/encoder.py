@@ -15,13 +15,54 @@ Our tensor names (what a family's name map produces), C = d_model, F = d_ff:
   layers.{i}.ff2.weight (C, F) / .bias (C)
   layers.{i}.norm2.weight / .bias (C)
   final_norm.weight / .bias (C)                 pre-LN only
+  position_bias.relative (H, num_buckets)       relative attention bias (MPNet) [optional]
 """
+import os
+
 import numpy as np
 
 from .. import ops
+from . import block
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_numpy
+from ._hf import read_json
 from ._inputs import check_batch, pack
+
+POOLING_MODES = ("mean", "max", "cls", "mean_sqrt_len")
+# sentence-transformers' Pooling config flags, in the order its forward() concatenates them
+_ST_FLAGS = (("pooling_mode_cls_token", "cls"), ("pooling_mode_max_tokens", "max"),
+             ("pooling_mode_mean_tokens", "mean"), ("pooling_mode_mean_sqrt_len_tokens",
+                                                     "mean_sqrt_len"))
+
+
+def sentence_transformers_pooling(path):
+    """(pooling modes, normalize) a sentence-transformers directory declares in modules.json
+    (a Pooling module's config.json, a Normalize module), or None without modules.json.
+    Raises ValueError naming the file for a malformed one or an unsupported pooling mode."""
+    modules_path = os.path.join(path, "modules.json")
+    if not os.path.isfile(modules_path):
+        return None
+    modules = read_json(modules_path, "JSON list of modules", list)
+    types = {}
+    for m in modules:
+        if not isinstance(m, dict) or not isinstance(m.get("type"), str):
+            raise ValueError(f"{modules_path}: each module must be an object with a 'type'")
+        types[m["type"].rsplit(".", 1)[-1]] = m
+    modes = ("mean",)
+    if "Pooling" in types:
+        sub = str(types["Pooling"].get("path", ""))
+        cfg_path = os.path.join(path, sub, "config.json")
+        root = os.path.realpath(path)
+        if os.path.commonpath([root, os.path.realpath(cfg_path)]) != root:
+            raise ValueError(f"{modules_path}: Pooling path {sub!r} lies outside {root}")
+        cfg = read_json(cfg_path)
+        modes = tuple(mode for flag, mode in _ST_FLAGS if cfg.get(flag))
+        unsupported = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v
+                       and k not in dict(_ST_FLAGS)]
+        if unsupported or not modes:
+            raise ValueError(f"{cfg_path}: pooling {unsupported or 'none'} is not supported "
+                             f"(supported: {[f for f, _ in _ST_FLAGS]})")
+    return modes, "Normalize" in types
 
 
 def encoder_shapes(config):
@@ -42,39 +83,33 @@ def encoder_shapes(config):
                        p + "norm2.weight": (C,), p + "norm2.bias": (C,)})
     if config.pre_norm:
         shapes.update({"final_norm.weight": (C,), "final_norm.bias": (C,)})
+    if config.relative_attention_num_buckets:
+        shapes["position_bias.relative"] = (config.n_heads, config.relative_attention_num_buckets)
     return shapes
 
 
-def encoder_layers(w, prefix, n_layers, H, D, eps, activation, pre_norm, h, cu, n):
+def encoder_layers(w, prefix, n_layers, H, D, spec, h, cu, n, position_bias=None):
     """The L encoder blocks on packed rows h (N, C) with cu_seqlens cu (B+1,): self-attention and
-    feed-forward, post-LN (norm after each residual add) or pre-LN (norm before each sub-layer,
-    then `final_norm` when present). w: weights under `prefix` (module docstring names);
-    n: threads. Returns (N, C) float32."""
-    N, C = h.shape
+    feed-forward sub-layers as `spec` (a block.BlockSpec) says (post-LN or pre-LN, then
+    `final_norm` when present; LayerNorm or RMSNorm; plain or gated FFN). w: weights under
+    `prefix` (module docstring names); n: threads; position_bias: an ops.PositionBias shared
+    by every layer, or None. Returns (N, C) float32."""
+    N = h.shape[0]
     ctx = ops.array_module(h).empty((N, H, D), h.dtype)
     for i in range(n_layers):
         p = f"{prefix}layers.{i}."
-        x = ops.layer_norm(h, w[p + "norm1.weight"], w[p + "norm1.bias"], eps,
-                           threads=n) if pre_norm else h
-        qkv = ops.linear(x, w[p + "qkv.weight"], w[p + "qkv.bias"], threads=n).reshape(N, 3, H, D)
-        ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n)
-        a = ops.linear(ctx.reshape(N, C), w[p + "out.weight"], w[p + "out.bias"], threads=n)
-        if pre_norm:
-            h = ops.add(h, a)
-            x = ops.layer_norm(h, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, threads=n)
-        else:
-            h = x = ops.layer_norm(a, w[p + "norm1.weight"], w[p + "norm1.bias"], eps, residual=h,
-                                   threads=n)
-        f = ops.linear(x, w[p + "ff1.weight"], w[p + "ff1.bias"], activation, threads=n)
-        f = ops.linear(f, w[p + "ff2.weight"], w[p + "ff2.bias"], threads=n)
-        if pre_norm:
-            h = ops.add(h, f)
-        else:
-            h = ops.layer_norm(f, w[p + "norm2.weight"], w[p + "norm2.bias"], eps, residual=h,
-                               threads=n)
+
+        def attend(x):
+            qkv = block.linear(w, p + "qkv", x, n).reshape(N, 3, H, D)
+            ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n,
+                                 scale=spec.attention_scale, position_bias=position_bias)
+            return block.linear(w, p + "out", ctx.reshape(N, H * D), n)
+
+        h = block.sublayer(spec, w, p + "norm1", h, attend, n)
+        h = block.sublayer(spec, w, p + "norm2", h,
+                           lambda x: block.feed_forward(spec, w, p, x, n), n)
     if prefix + "final_norm.weight" in w:
-        h = ops.layer_norm(h, w[prefix + "final_norm.weight"], w[prefix + "final_norm.bias"], eps,
-                           threads=n)
+        h = block.norm(spec, w, prefix + "final_norm", h, n)
     return h
 
 
@@ -100,7 +135,7 @@ class EncoderModel(DeviceModel):
         """Check inputs and pack the real tokens: returns ids, positions, types (N,), the flat
         indices of the real tokens in (B*T,), cu_seqlens (B+1,) and (B, T)."""
         cfg = self.config
-        P = cfg.max_position_embeddings
+        P = cfg.max_length
         if truncate:
             cut = lambda a: a[:, :P] if a is not None and np.ndim(a) == 2 else a
             input_ids, attention_mask, token_type_ids = map(cut, (input_ids, attention_mask,
@@ -108,15 +143,21 @@ class EncoderModel(DeviceModel):
         ids, mask, _ = check_batch(input_ids, attention_mask, cfg.vocab_size)
         B, T = ids.shape
         if T > P:
-            raise ValueError(f"input_ids has T={T} tokens but the model takes at most "
-                             f"max_position_embeddings={P} (pass truncate=True to cut the input)")
+            raise ValueError(f"input_ids has T={T} tokens but the model takes at most {P} "
+                             f"(max_position_embeddings={cfg.max_position_embeddings}; pass "
+                             f"truncate=True to cut the input)")
         types = None
         if token_type_ids is not None:
             types = np.asarray(to_numpy(token_type_ids))
             if not np.issubdtype(types.dtype, np.integer) or types.shape != (B, T):
                 raise ValueError(f"token_type_ids must be integers of the shape of input_ids "
                                  f"{(B, T)}, got {types.dtype} {types.shape}")
+            if not cfg.type_vocab_size and not types.any():
+                types = None  # all type 0 from a tokenizer, for a model without token types
         flat, cu, positions = pack(mask)
+        if cfg.position_start is not None:  # rank among the real tokens (RoBERTa)
+            positions = np.arange(len(flat)) - np.repeat(cu[:-1], np.diff(cu)) \
+                + cfg.position_start
         types = None if types is None else types.ravel()[flat]
         return ids.ravel()[flat], positions, types, flat, cu, (B, T)
 
@@ -128,8 +169,20 @@ class EncoderModel(DeviceModel):
         h = ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions, types,
                           w.get("embeddings.token_type"), w.get("embeddings.norm.weight"),
                           w.get("embeddings.norm.bias"), eps, threads=n)
-        return encoder_layers(w, "", cfg.n_layers, H, D, eps, cfg.activation, cfg.pre_norm, h, cu,
-                              n)
+        return encoder_layers(w, "", cfg.n_layers, H, D, cfg.block, h, cu, n,
+                              self._position_bias())
+
+    def _position_bias(self):
+        """The relative attention bias of the layers (an ops.PositionBias), or None."""
+        table = self.weights.get("position_bias.relative")
+        if table is None:
+            return None
+        cached = getattr(self, "_position_bias_cache", None)
+        if cached is None or cached[0] is not table:
+            pb = ops.PositionBias.relative(to_numpy(table),
+                                           self.config.relative_attention_max_distance)
+            self._position_bias_cache = cached = (table, pb)
+        return cached[1]
 
     # -- public API -----------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, truncate=False):
@@ -147,34 +200,63 @@ class EncoderModel(DeviceModel):
         out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
 
-    def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling="mean",
-              normalize=True, truncate=False):
-        """Sentence embeddings (B, C) float32: the mean of the last hidden state over the real
-        tokens ("mean", as sentence-transformers' Pooling) or the first token ("cls"), then L2
-        normalisation when `normalize`. Inputs as for __call__."""
-        if pooling not in ("mean", "cls"):
-            raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
+    pooling, normalize = ("mean",), True  # embed()'s defaults; a directory may declare others
+
+    def _pool(self, h, cu, modes):
+        """Pooled rows (B, C * len(modes)) of packed hidden states h (N, C), in `modes` order."""
+        xp = ops.array_module(h)
+        lens = xp.asarray(np.diff(cu).astype(np.float64))[:, None]
+        sums = None
+        out = []
+        for mode in modes:
+            if mode in ("mean", "mean_sqrt_len") and sums is None:
+                if xp is np:
+                    sums = np.add.reduceat(h.astype(np.float64), cu[:-1], axis=0)
+                else:  # segment sums from a float64 running sum
+                    s = xp.concatenate([xp.zeros((1, h.shape[1])),
+                                        xp.cumsum(h, 0, dtype=np.float64)])
+                    sums = s[cu[1:]] - s[cu[:-1]]
+            if mode == "mean":
+                out.append(sums / lens)
+            elif mode == "mean_sqrt_len":
+                out.append(sums / xp.sqrt(lens))
+            elif mode == "max":
+                out.append(xp.stack([h[a:b].max(0) for a, b in zip(cu[:-1], cu[1:])]))
+            else:
+                out.append(h[cu[:-1]])
+        return (out[0] if len(out) == 1 else xp.concatenate(out, axis=1)).astype(np.float32)
+
+    def embed(self, input_ids, attention_mask=None, token_type_ids=None, pooling=None,
+              normalize=None, truncate=False):
+        """Sentence embeddings (B, C) float32 (sentence-transformers' Pooling and Normalize
+        modules, sentence_transformers/models/Pooling.py): over each sequence's real tokens of
+        the last hidden state, "mean", "max", "cls" (the first token) or "mean_sqrt_len" (the
+        sum over sqrt(length)); a tuple of modes concatenates them in that order (B, C * n).
+        pooling None: the model's (`self.pooling`: what the directory's modules.json and
+        1_Pooling/config.json declare, else mean); normalize None: the model's (a Normalize
+        module, else True); then L2 normalisation when normalize. Inputs as for __call__.
+        Raises ValueError for an unknown pooling mode."""
+        modes = self.pooling if pooling is None else (
+            (pooling,) if isinstance(pooling, str) else tuple(pooling))
+        if not modes or any(m not in POOLING_MODES for m in modes):
+            raise ValueError(f"pooling must be one of {POOLING_MODES} or a tuple of them, got "
+                             f"{pooling!r}")
+        normalize = self.normalize if normalize is None else normalize
         ids, pos, types, flat, cu, _ = self._pack(input_ids, attention_mask, token_type_ids,
                                                   truncate)
         with blas_single_threaded():
             h = self._output(self._forward_packed(ids, pos, types, cu))
-        xp = ops.array_module(h)
-        if pooling == "mean" and xp is np:
-            e = np.add.reduceat(h, cu[:-1], axis=0) / np.diff(cu)[:, None].astype(np.float32)
-        elif pooling == "mean":  # segment sums from a float64 running sum
-            s = xp.concatenate([xp.zeros((1, h.shape[1])), xp.cumsum(h, 0, dtype=np.float64)])
-            e = (s[cu[1:]] - s[cu[:-1]]) / xp.asarray(np.diff(cu))[:, None]
-        else:
-            e = h[cu[:-1]]
-        e = e.astype(np.float32)
+        e = self._pool(h, cu, modes)
         if normalize:
+            xp = ops.array_module(e)
             e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
 
-    def embed_texts(self, texts, batch_size=32, pooling="mean", normalize=True, progress=None):
-        """Embeddings (len(texts), C) float32 of a list of strings, tokenised with the model's
-        tokenizer.json (truncated to the model's maximum length) in batches of `batch_size`.
-        progress: optional callable(done, total). Raises ValueError without a tokenizer."""
+    def embed_texts(self, texts, batch_size=32, pooling=None, normalize=None, progress=None):
+        """Embeddings (len(texts), C * pooling modes) float32 of a list of strings, tokenised
+        with the model's tokenizer.json (truncated to the model's maximum length) in batches of
+        `batch_size`; pooling and normalize as for embed(). progress: optional
+        callable(done, total). Raises ValueError without a tokenizer."""
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer.json; call embed() with input_ids")
         if isinstance(texts, str):
@@ -182,8 +264,10 @@ class EncoderModel(DeviceModel):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         texts = list(texts)
+        n_modes = len(self.pooling if pooling is None else
+                      (pooling,) if isinstance(pooling, str) else tuple(pooling))
         out = ops.array_module(self.weights["embeddings.word"]).empty(
-            (len(texts), self.config.d_model), np.float32)
+            (len(texts), self.config.d_model * n_modes), np.float32)
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size])
             out[start:start + batch_size] = self.embed(**batch, pooling=pooling,

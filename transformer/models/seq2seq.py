@@ -34,8 +34,10 @@ from ..generation.contract import Decoding
 from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
-from ._hf import hf_tokenizer, read_hf_weights
+from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, pack
+from . import block
+from .block import BlockSpec
 from .config import check_positive
 from .decoder import KVCache, _device_outputs
 from .encoder import encoder_layers
@@ -54,7 +56,14 @@ class Seq2SeqConfig:
     position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
     max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
     eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
-    generation defaults of the family). Raises ValueError for inconsistent values."""
+    generation defaults of the family).
+    T5's settings: norm "rms_norm" (no biases in norms), gated (a gated FFN, ff1 = gate | up),
+    bias (False: no linear biases), d_kv (head_dim when not d_model / n_heads), attention_scale
+    (1.0: unscaled scores; None: 1/sqrt(D)), positions "relative" (no position tables; a learned
+    relative position bias per stack, relative_attention_num_buckets and
+    relative_attention_max_distance: bidirectional in the encoder, causal in the decoder),
+    lm_head_scale (d_model^-0.5 for T5's rescaled head).
+    Raises ValueError for inconsistent values."""
 
     src_vocab_size: int
     tgt_vocab_size: int
@@ -79,24 +88,42 @@ class Seq2SeqConfig:
     bos_token_id: int = None
     forced_bos_token_id: int = None
     forced_eos_token_id: int = None
+    norm: str = "layer_norm"
+    gated: bool = False
+    bias: bool = True
+    d_kv: int = None
+    attention_scale: float = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    lm_head_scale: float = 1.0
 
     def __post_init__(self):
         check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
                               "encoder_layers", "decoder_layers", "d_ff",
                               "max_position_embeddings"))
-        if self.d_model % self.n_heads:
+        if self.d_kv is None and self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                             f"n_heads={self.n_heads}")
+                             f"n_heads={self.n_heads} (or give d_kv)")
+        if self.d_kv is not None:
+            check_positive(self, ("d_kv",))
+        if self.norm not in ("layer_norm", "rms_norm"):
+            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
         if self.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
             raise ValueError(f"config activation {self.activation!r} is not supported")
         if self.positions not in ("learned", "sinusoidal_paper", "sinusoidal_marian",
-                                  "sinusoidal_t2t"):
+                                  "sinusoidal_t2t", "relative"):
             raise ValueError(f"config positions {self.positions!r} is not supported")
 
     @property
     def head_dim(self):
-        """D = d_model / n_heads."""
-        return self.d_model // self.n_heads
+        """D = d_kv, else d_model / n_heads."""
+        return self.d_kv or self.d_model // self.n_heads
+
+    @property
+    def block(self):
+        """The BlockSpec of both stacks' layers."""
+        return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
+                         self.attention_scale)
 
     # the names generation reads
     @property
@@ -148,7 +175,9 @@ def sinusoid_table(n_positions, C, kind):
 
 def seq2seq_shapes(config, lm_head_bias=False):
     """{our tensor name: shape} (module docstring) for a Seq2SeqConfig."""
-    C, F = config.d_model, config.d_ff
+    C, F, I = config.d_model, config.d_ff, config.n_heads * config.head_dim
+    F1 = 2 * F if config.gated else F
+    norm = (".weight",) if config.norm == "rms_norm" else (".weight", ".bias")
     shapes = {}
     for side, V, L in (("encoder", config.src_vocab_size, config.encoder_layers),
                        ("decoder", config.tgt_vocab_size, config.decoder_layers)):
@@ -159,20 +188,24 @@ def seq2seq_shapes(config, lm_head_bias=False):
         if config.layernorm_embedding:
             shapes.update({side + ".embeddings.norm.weight": (C,),
                            side + ".embeddings.norm.bias": (C,)})
-        linears = {"qkv": (3 * C, C), "out": (C, C), "ff1": (F, C), "ff2": (C, F)}
+        if config.positions == "relative":
+            shapes[side + ".position_bias.relative"] = (config.n_heads,
+                                                        config.relative_attention_num_buckets)
+        linears = {"qkv": (3 * I, C), "out": (C, I), "ff1": (F1, C), "ff2": (C, F)}
         norms = ["norm1", "norm2"]
         if side == "decoder":
-            linears.update({"cross_q": (C, C), "cross_kv": (2 * C, C), "cross_out": (C, C)})
+            linears.update({"cross_q": (I, C), "cross_kv": (2 * I, C), "cross_out": (C, I)})
             norms.append("norm_cross")
         for i in range(L):
             p = f"{side}.layers.{i}."
             for name, shape in linears.items():
                 shapes[p + name + ".weight"] = shape
-                shapes[p + name + ".bias"] = shape[:1]
+                if config.bias:
+                    shapes[p + name + ".bias"] = shape[:1]
             for name in norms:
-                shapes.update({p + name + ".weight": (C,), p + name + ".bias": (C,)})
+                shapes.update({p + name + s: (C,) for s in norm})
         if getattr(config, side + "_final_norm"):
-            shapes.update({side + ".final_norm.weight": (C,), side + ".final_norm.bias": (C,)})
+            shapes.update({side + ".final_norm" + s: (C,) for s in norm})
     shapes["lm_head.weight"] = (config.tgt_vocab_size, C)
     if lm_head_bias:
         shapes["lm_head.bias"] = (config.tgt_vocab_size,)
@@ -325,12 +358,9 @@ class Seq2SeqModel(DeviceModel):
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
         self._embed_tables = {}
         for side in ("encoder", "decoder"):
-            if side + ".embeddings.position" in w:  # learned, or a stored sinusoid table
-                pos = w[side + ".embeddings.position"]
-            else:
-                pos = to_device(sinusoid_table(config.max_position_embeddings
-                                               + config.position_offset, config.d_model,
-                                               config.positions), self.device, self.dtype)
+            # learned, or a stored sinusoid table; else None: the config's sinusoids, made on
+            # first use for the positions needed (_position_table)
+            pos = w.get(side + ".embeddings.position")
             word = w[side + ".embeddings.word"]
             if scale != 1.0 and isinstance(word, PackedWeight):
                 word = word.scaled(scale)
@@ -339,10 +369,37 @@ class Seq2SeqModel(DeviceModel):
             self._embed_tables[side] = (word, pos)
 
     # -- blocks ---------------------------------------------------------------------------------
-    def _embed(self, side, ids, positions):
+    def _position_table(self, side, need):
+        """The position table of `side` covering rows [0, need) at least (a stored table, or
+        the config's sinusoids grown by doubling up to max_position_embeddings + offset)."""
         word, pos = self._embed_tables[side]
+        if side + ".embeddings.position" in self.weights:
+            return pos
+        cfg = self.config
+        if cfg.positions == "relative":  # no position embedding: one zero row
+            if pos is None:
+                pos = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
+                                self.dtype)
+                self._embed_tables[side] = (word, pos)
+            return pos
+        limit = cfg.max_position_embeddings + cfg.position_offset
+        if pos is None or len(pos) < min(need, limit):
+            n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
+            pos = to_device(sinusoid_table(n, cfg.d_model, cfg.positions), self.device,
+                            self.dtype)
+            self._embed_tables[side] = (word, pos)
+        return pos
+
+    def _embed(self, side, ids, positions):
+        word = self._embed_tables[side][0]
         w = self.weights
-        if positions.size and positions.max() + self.config.position_offset >= len(pos):
+        offset = self.config.position_offset
+        pos = self._position_table(side, int(positions.max()) + offset + 1 if positions.size
+                                   else 1)
+        limit = self.config.max_position_embeddings + offset
+        if self.config.positions == "relative":
+            positions = np.zeros_like(positions)  # the zero row; positions act in attention
+        if positions.size and positions.max() + offset >= min(len(pos), limit):
             raise ValueError(f"a sequence longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
         return ops.embedding(ids, word, pos, positions + self.config.position_offset, None, None,
@@ -350,38 +407,41 @@ class Seq2SeqModel(DeviceModel):
                              w.get(side + ".embeddings.norm.bias"), self.config.norm_eps,
                              threads=self.threads)
 
-    def _norm(self, x, name, residual=None):
-        w = self.weights
-        return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], self.config.norm_eps,
-                              residual=residual, threads=self.threads)
-
-    def _linear(self, x, name, activation=None):
-        w = self.weights
-        return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
-                          threads=self.threads)
-
     def _decoder_layers(self, h, self_attend, cross_attend):
         """Decoder blocks on rows h (N, C); self_attend(i, qkv) and cross_attend(i, q) give the
         contexts (N, C) of layer i."""
-        cfg = self.config
+        cfg, w, n = self.config, self.weights, self.threads
+        spec = cfg.block
         for i in range(cfg.decoder_layers):
             p = f"decoder.layers.{i}."
-            for attend, proj, norm in ((self_attend, "qkv", "norm1"),
-                                       (cross_attend, "cross_q", "norm_cross")):
-                x = self._norm(h, p + norm) if cfg.pre_norm else h
-                a = self._linear(attend(i, self._linear(x, p + proj)),
-                                 p + ("out" if proj == "qkv" else "cross_out"))
-                h = ops.add(h, a) if cfg.pre_norm else self._norm(a, p + norm, residual=h)
-            x = self._norm(h, p + "norm2") if cfg.pre_norm else h
-            f = self._linear(self._linear(x, p + "ff1", cfg.activation), p + "ff2")
-            h = ops.add(h, f) if cfg.pre_norm else self._norm(f, p + "norm2", residual=h)
+            for attend, proj, out, norm in ((self_attend, "qkv", "out", "norm1"),
+                                            (cross_attend, "cross_q", "cross_out",
+                                             "norm_cross")):
+                h = block.sublayer(spec, w, p + norm, h, lambda x: block.linear(
+                    w, p + out, attend(i, block.linear(w, p + proj, x, n)), n), n)
+            h = block.sublayer(spec, w, p + "norm2", h,
+                               lambda x: block.feed_forward(spec, w, p, x, n), n)
         if cfg.decoder_final_norm:
-            h = self._norm(h, "decoder.final_norm")
+            h = block.norm(spec, w, "decoder.final_norm", h, n)
         return h
 
     def _logits(self, h):
-        w = self.weights
+        w, scale = self.weights, self.config.lm_head_scale
+        if scale != 1.0:  # T5's tied head: the decoder output times d_model^-0.5
+            h = h * np.float32(scale)
         return ops.linear(h, w["lm_head.weight"], w.get("lm_head.bias"), threads=self.threads)
+
+    def _position_bias(self, side):
+        """The relative position bias of `side`'s self-attention (T5), or None."""
+        table = self.weights.get(side + ".position_bias.relative")
+        if table is None:
+            return None
+        cache = self.__dict__.setdefault("_position_biases", {})
+        if side not in cache or cache[side][0] is not table:
+            cfg = self.config
+            cache[side] = (table, ops.PositionBias.relative(
+                to_numpy(table), cfg.relative_attention_max_distance, side == "encoder"))
+        return cache[side][1]
 
     # -- encoder ----------------------------------------------------------------------------------
     def _pack(self, name, input_ids, attention_mask, vocab):
@@ -401,8 +461,8 @@ class Seq2SeqModel(DeviceModel):
         H, D = cfg.n_heads, cfg.head_dim
         with blas_single_threaded():
             h = self._embed("encoder", ids, positions)
-            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.norm_eps,
-                               cfg.activation, cfg.pre_norm, h, cu, n)
+            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.block, h,
+                               cu, n, self._position_bias("encoder"))
             enc = EncoderOutput(h, cu, lens)
             B, S = len(lens), int(lens.max())
             rows = np.repeat(np.arange(B), lens)
@@ -411,7 +471,8 @@ class Seq2SeqModel(DeviceModel):
             if xp is not np:
                 rows, cols = xp.asarray(rows), xp.asarray(cols)
             for i in range(cfg.decoder_layers):
-                kv = self._linear(h, f"decoder.layers.{i}.cross_kv").reshape(len(h), 2, H, D)
+                kv = block.linear(self.weights, f"decoder.layers.{i}.cross_kv", h,
+                                  n).reshape(len(h), 2, H, D)
                 k = xp.zeros((B, S, H, D), h.dtype)
                 v = xp.zeros((B, S, H, D), h.dtype)
                 k[rows, cols], v[rows, cols] = kv[:, 0], kv[:, 1]
@@ -432,10 +493,11 @@ class Seq2SeqModel(DeviceModel):
             raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
         src = state.src_index[:R]
         enc = state.enc
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
 
         def self_attend(i, qkv):
             qkv = qkv.reshape(R, 3, H, D)
-            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n)
+            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n, bias, scale)
 
         def cross_attend(i, q):
             k, v = enc.cross_planes[i]
@@ -443,7 +505,7 @@ class Seq2SeqModel(DeviceModel):
                 state.attention = self._cross_weights(q.reshape(R, H, D), enc, i, src,
                                                       state.alignment[1])
             return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
-                                        kv_index=src, threads=n).reshape(R, C)
+                                        kv_index=src, threads=n, scale=scale).reshape(R, H * D)
 
         with blas_single_threaded():
             h = self._embed("decoder", tokens, positions + state.offset[:R])
@@ -452,13 +514,16 @@ class Seq2SeqModel(DeviceModel):
             return self._logits(h)
 
     def _cross_weights(self, q, enc, layer, src, heads):
-        """Cross-attention weights softmax(q k^T / sqrt(D)) of decoder layer `layer` for queries
-        q (R, H, D) against the keys of sources src (R,), averaged over the first `heads` heads:
-        (R, S_max) float32 NumPy, 0 beyond each source's length (CTranslate2's alignment:
-        return_attention). Computed on the host in float32."""
+        """Cross-attention weights softmax(scale q k^T) (scale: config.attention_scale, default
+        1/sqrt(D)) of decoder layer `layer` for queries q (R, H, D) against the keys of sources
+        src (R,), averaged over the first `heads` heads: (R, S_max) float32 NumPy, 0 beyond each
+        source's length (CTranslate2's alignment: return_attention). Computed on the host in
+        float32."""
         k = to_numpy(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
         q = to_numpy(q).astype(np.float32)[:, :heads]
-        s = np.einsum("rhd,rshd->rhs", q, k) / np.float32(math.sqrt(q.shape[-1]))
+        scale = self.config.attention_scale
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        s = np.einsum("rhd,rshd->rhs", q, k) * np.float32(scale)
         s = np.where(np.arange(k.shape[1])[None, None] < enc.lengths[src][:, None, None], s,
                      -np.inf)
         p = np.exp(s - s.max(-1, keepdims=True))
@@ -469,19 +534,21 @@ class Seq2SeqModel(DeviceModel):
         (positions: columns), each row's real tokens written to rows 0..B-1 of the fresh
         `state`. Returns logits (B, V) of each row's last real token (as _decode_step)."""
         cfg, n = self.config, self.threads
-        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
+        H, D = cfg.n_heads, cfg.head_dim
         enc = state.enc
         ids, positions, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
                                                  cfg.tgt_vocab_size)
         seq = np.repeat(np.arange(len(lens)), lens)
         slot = np.arange(len(ids)) - cu[seq]  # each token's position in its cache row
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
 
         def self_attend(i, qkv):
             qkv = qkv.reshape(len(qkv), 3, H, D)
             state.k[i, seq, slot] = qkv[:, 1]
             state.v[i, seq, slot] = qkv[:, 2]
             return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
-                                        threads=n).reshape(-1, C)
+                                        threads=n, scale=scale,
+                                        position_bias=bias).reshape(-1, H * D)
 
         def cross_attend(i, q):
             kv = enc.cross_kv[i]
@@ -489,7 +556,8 @@ class Seq2SeqModel(DeviceModel):
                 state.attention = self._cross_weights(q.reshape(-1, H, D)[cu[1:] - 1], enc, i,
                                                       np.arange(len(lens)), state.alignment[1])
             return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
-                                        cu_seqlens_k=enc.cu, threads=n).reshape(-1, C)
+                                        cu_seqlens_k=enc.cu, threads=n,
+                                        scale=scale).reshape(-1, H * D)
 
         with blas_single_threaded():
             h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
@@ -509,15 +577,19 @@ class Seq2SeqModel(DeviceModel):
         if B != len(enc.lengths):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
 
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
+
         def self_attend(i, qkv):
             qkv = qkv.reshape(len(qkv), 3, H, D)
             return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
-                                        threads=n).reshape(-1, C)
+                                        threads=n, scale=scale,
+                                        position_bias=bias).reshape(-1, H * D)
 
         def cross_attend(i, q):
             kv = enc.cross_kv[i]
             return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
-                                        cu_seqlens_k=enc.cu, threads=n).reshape(-1, C)
+                                        cu_seqlens_k=enc.cu, threads=n,
+                                        scale=scale).reshape(-1, H * D)
 
         with blas_single_threaded():
             h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
@@ -623,6 +695,7 @@ class TransformerModel(Seq2SeqModel):
         except TypeError as e:
             raise ValueError(f"{path}/config.json: {e}")
         tensors, source = read_hf_weights(path)
+        check_layer_count(tensors, config.encoder_layers + config.decoder_layers, source)
         shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
         weights = check_tensors(tensors, shapes, (), source)
         return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)

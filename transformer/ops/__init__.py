@@ -17,18 +17,27 @@ import numpy as np
 from .._threads import blas_single_threaded, resolve_threads
 from . import cpu as _cpu_backend
 from .packed import PackedWeight
+from .position_bias import PositionBias
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight",
+           "PositionBias"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 
 
+_ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type
+
+
 def on_device(a):
     """True for a CuPy (GPU) array."""
-    return type(a).__module__.split(".")[0] == "cupy"
+    t = type(a)
+    known = _ON_DEVICE.get(t)
+    if known is None:
+        known = _ON_DEVICE[t] = t.__module__.split(".")[0] == "cupy"
+    return known
 
 
 def array_module(a):
@@ -69,20 +78,63 @@ def _device_array(name, a, ndim, min_ndim, like):
     return cuda.cupy().ascontiguousarray(a)
 
 
-def _float32(name, a, ndim=None, min_ndim=None, like=None):
-    """a as a C-contiguous float32 array, or on the GPU (a or `like` a CuPy array) a contiguous
-    CuPy array of like's dtype; else a clear error naming `name`."""
-    if on_device(a) or (like is not None and on_device(like)):
-        return _device_array(name, a, ndim, min_ndim, like)
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
-    if not np.issubdtype(a.dtype, np.floating):
-        raise TypeError(f"{name} must have a floating dtype (float32 preferred), got {a.dtype}")
-    if ndim is not None and a.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
-    if min_ndim is not None and a.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape {a.shape}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+def _float32(name, a, ndim=None, min_ndim=None, like=None, empty_last=False):
+    """a as a C-contiguous float32 array (fresh standard strides when a's are unusual), or on the
+    GPU (a or `like` a CuPy array) a contiguous CuPy array of like's dtype; else a clear error
+    naming `name`. With ndim / min_ndim given, an empty last axis (the features of a row) is a
+    ValueError unless empty_last."""
+    if type(a) is np.ndarray and a.dtype == np.float32 and a.flags.c_contiguous \
+            and (like is None or type(like) is np.ndarray) and 1 not in a.shape \
+            and (ndim is None or a.ndim == ndim) and (min_ndim is None or a.ndim >= min_ndim):
+        pass  # the common case, already usable as it is (no length-1 axis: standard strides)
+    elif on_device(a) or (like is not None and on_device(like)):
+        a = _device_array(name, a, ndim, min_ndim, like)
+    else:
+        if not isinstance(a, np.ndarray):
+            raise TypeError(f"{name} must be a numpy array, got {type(a).__name__}")
+        if not np.issubdtype(a.dtype, np.floating):
+            raise TypeError(f"{name} must have a floating dtype (float32 preferred), got "
+                            f"{a.dtype}")
+        if ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        if min_ndim is not None and a.ndim < min_ndim:
+            raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape "
+                             f"{a.shape}")
+        a = _standard(np.ascontiguousarray(a, dtype=np.float32))
+    if (ndim or min_ndim) and a.shape[-1] == 0 and not empty_last:
+        raise ValueError(f"{name} must have a non-empty last axis, got shape {a.shape}")
+    return a
+
+
+def _standard(a):
+    """a (C-contiguous NumPy) itself, or a copy when a length-1 axis carries an odd stride
+    (NumPy calls such views contiguous; BLAS would read the stride as a leading dimension)."""
+    expected = a.itemsize
+    for n, st in zip(reversed(a.shape), reversed(a.strides)):
+        if st != expected:
+            return a.copy(order="C")
+        expected *= n
+    return a
+
+
+def _real(name, value, positive=False):
+    """value as a finite float (positive: > 0), or a ValueError naming `name`."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be a real number, got {value!r}")
+    if isinstance(value, (bool, np.bool_)) or not math.isfinite(x) or (positive and x <= 0):
+        raise ValueError(f"{name} must be a finite{' positive' if positive else ''} number, "
+                         f"got {value!r}")
+    return x
+
+
+def _integer(name, value, low):
+    """value as an int >= low, or a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+            or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return int(value)
 
 
 def _indices(name, a, upper, shape=None, like=None):
@@ -210,10 +262,9 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
         if residual.shape != x.shape:
             raise ValueError(f"residual must have the shape of x {x.shape}, got {residual.shape}")
         residual = residual.reshape(-1, C)
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, float(eps),
+    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, eps,
                                out.reshape(-1, C),
                         resolve_threads(threads))
     return out
@@ -227,10 +278,9 @@ def rms_norm(x, weight, eps=1e-6, threads=None):
     weight = _float32("weight", weight, ndim=1, like=x)
     if weight.shape != (C,):
         raise ValueError(f"weight must have shape ({C},), got {weight.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).rms_norm(x.reshape(-1, C), weight, float(eps), out.reshape(-1, C),
+    _backend_for(x).rms_norm(x.reshape(-1, C), weight, eps, out.reshape(-1, C),
                       resolve_threads(threads))
     return out
 
@@ -239,10 +289,11 @@ def rotary_tables(max_positions, head_dim, theta=10000.0):
     """cos, sin tables (max_positions, head_dim/2) float32 of the rotary angles
     pos * theta^(-2i/head_dim) (RoFormer, Su et al. 2021, eq. 15), computed in float64.
     Raises ValueError for an odd head_dim or non-positive sizes."""
-    if head_dim < 2 or head_dim % 2:
+    head_dim = _integer("head_dim", head_dim, 2)
+    if head_dim % 2:
         raise ValueError(f"head_dim must be even and >= 2 for rotary embeddings, got {head_dim}")
-    if max_positions < 1 or not theta > 0:
-        raise ValueError("max_positions must be >= 1 and theta > 0")
+    max_positions = _integer("max_positions", max_positions, 1)
+    theta = _real("theta", theta, positive=True)
     inv_freq = theta ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
     angles = np.arange(max_positions, dtype=np.float64)[:, None] * inv_freq[None]
     return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
@@ -269,7 +320,8 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     if cos.shape != sin.shape:
         raise ValueError(f"cos and sin must have the same shape, got {cos.shape}, {sin.shape}")
     D = 2 * cos.shape[1]
-    if n_heads < 0 or n_heads * D > x.shape[1]:
+    n_heads = _integer("n_heads", n_heads, 0)
+    if n_heads * D > x.shape[1]:
         raise ValueError(f"{n_heads} heads of {D} do not fit in rows of {x.shape[1]}")
     pos = _indices("positions", array_module(positions).asarray(positions), cos.shape[0],
                    (x.shape[0],), like=x)
@@ -298,6 +350,8 @@ def softmax(x, mask=None, threads=None):
     x = _float32("x", x, min_ndim=1)
     xp = array_module(x)
     if mask is not None:
+        if not on_device(mask) and not np.issubdtype(np.asarray(mask).dtype, np.number):
+            raise TypeError(f"mask must be a float array, got {np.asarray(mask).dtype}")
         mask = xp.asarray(mask, dtype=np.float32)
         try:
             mask = xp.ascontiguousarray(xp.broadcast_to(mask, x.shape))
@@ -352,6 +406,7 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     if (norm_weight is None) != (norm_bias is None):
         raise ValueError("norm_weight and norm_bias must be given together")
     if norm_weight is not None:
+        eps = _real("eps", eps, positive=True)
         norm_weight = _float32("norm_weight", norm_weight, ndim=1, like=word)
         norm_bias = _float32("norm_bias", norm_bias, ndim=1, like=word)
         if norm_weight.shape != (C,) or norm_bias.shape != (C,):
@@ -363,13 +418,18 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     out = _empty(word, ids.shape + (C,))
     _backend_for(word).embedding(flat_ids, pos.reshape(-1),
                        None if types is None else types.reshape(-1), word, position, token_type,
-                       norm_weight, norm_bias, float(eps), out.reshape(-1, C), n)
+                       norm_weight, norm_bias, eps if norm_weight is not None else 0.0,
+                       out.reshape(-1, C), n)
     return out
 
 
-def _check_qkv(q, k, v, ndim, q_axes, k_axes):
-    """Shared checks of attention operands; the last axis (D) must be contiguous."""
-    for name, a in (("q", q), ("k", k), ("v", v)):
+def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
+    """Shared checks of attention operands. Returns (q, k, v): each as given when the kernels
+    can read it in place (float32, D contiguous, no negative stride, rows at least D apart along
+    `row_axis`, the leading dimension of the BLAS tiles), else a C-contiguous copy (negative,
+    zero or overlapping strides, Fortran order)."""
+    arrays = []
+    for name, a in zip(names, (q, k, v)):
         if on_device(q):
             _device_array(name, a, None, None, q)
         elif not isinstance(a, np.ndarray) or a.dtype != np.float32:
@@ -378,23 +438,53 @@ def _check_qkv(q, k, v, ndim, q_axes, k_axes):
         if a.ndim != ndim:
             raise ValueError(f"{name} must have shape {q_axes if name == 'q' else k_axes}, got "
                              f"{a.shape}")
-        if a.strides[-1] != a.itemsize or any(s % a.itemsize for s in a.strides):
-            raise ValueError(f"{name} must be contiguous along its last axis (D)")
+        if a.shape[-1] == 0:
+            raise ValueError(f"{name} must have head_dim D >= 1, got shape {a.shape}")
+        st = a.strides
+        if st[-1] != a.itemsize or any(s % a.itemsize or s < 0 for s in st) \
+                or st[row_axis] < a.shape[-1] * a.itemsize:
+            if on_device(a):
+                raise ValueError(f"{name} must be contiguous along its last axis (D) with "
+                                 "non-negative row strides on the GPU")
+            a = a.copy(order="C")
+        arrays.append(a)
+    q, k, v = arrays
     if k.shape != v.shape:
-        raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
+        raise ValueError(f"{names[1]} and {names[2]} must have the same shape, got {k.shape} "
+                         f"and {v.shape}")
     if q.shape[-1] != k.shape[-1]:
-        raise ValueError(f"q and k must share head_dim D, got {q.shape[-1]} and {k.shape[-1]}")
+        raise ValueError(f"{names[0]} and {names[1]} must share head_dim D, got {q.shape[-1]} "
+                         f"and {k.shape[-1]}")
+    return q, k, v
 
 
-def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None):
+def _position_bias(position_bias, H, q):
+    """The CPU kernels' keyword arguments of a PositionBias for H query heads ({} for None).
+    Raises TypeError for another object, ValueError for a head count that does not fit or a
+    GPU operand (the position biases run in the CPU kernels only)."""
+    if position_bias is None:
+        return {}
+    if not isinstance(position_bias, PositionBias):
+        raise TypeError(f"position_bias must be a transformer.ops.PositionBias or None, got "
+                        f"{type(position_bias).__name__}")
+    if position_bias.n_heads != H:
+        raise ValueError(f"position_bias has {position_bias.n_heads} heads, q has {H}")
+    if on_device(q):
+        raise ValueError("position_bias (ALiBi, relative buckets) runs on the CPU only")
+    return position_bias.kernel_args()
+
+
+def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None,
+              position_bias=None):
     """Multi-head scaled dot-product attention, softmax(Q K^T / sqrt(D) + mask) V (Vaswani et al.
     2017, section 3.2.1), fused and tiled with an online softmax: memory O(block), not O(T S).
 
     q: (B, H, T, D) float32; k, v: (B, Hkv, S, D) float32 with H a multiple of Hkv (grouped-query
     attention); attention_mask: (B, S) of 0/1 (1 = a real key) or None; causal: query t sees keys
-    s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D).
-    Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
-    _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)")
+    s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D);
+    position_bias: a PositionBias (ALiBi or relative buckets) added to the scaled scores, or
+    None. Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
+    q, k, v = _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)", 2)
     B, H, T, D = q.shape
     Bk, Hkv, S, _ = k.shape
     if Bk != B:
@@ -410,7 +500,8 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
         if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
+    bias = _position_bias(position_bias, H, q)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
@@ -418,23 +509,35 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
         _backend_for(q).attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
                            v.transpose(0, 2, 1, 3), out, n, zeros, np.full(B, T, np.int32),
                            zeros, np.full(B, S, np.int32), key_bias, bool(causal), scale,
-                           resolve_threads(threads))
+                           resolve_threads(threads), **bias)
     return out.transpose(0, 2, 1, 3)
 
 
+def _check_out(out, shape, like):
+    """Raise ValueError unless `out` is a C-contiguous array of `shape` like `like`."""
+    if not (isinstance(out, np.ndarray) or on_device(out)) or out.shape != shape \
+            or out.dtype != like.dtype or not out.flags.c_contiguous \
+            or on_device(out) != on_device(like) or out.size and out.strides[-1] != out.itemsize:
+        raise ValueError(f"out must be a C-contiguous {like.dtype} array of shape {shape} on "
+                         "q's device")
+    if not on_device(out) and not out.flags.writeable:
+        raise ValueError("out must be writeable")
+
+
 def _offsets(name, cu, N, B=None):
-    cu = np.asarray(cu)
-    if cu.ndim != 1 or cu.size < 2 or not np.issubdtype(cu.dtype, np.integer):
-        raise ValueError(f"{name} must be a 1-D integer array of B+1 offsets")
+    cu = np.asarray(cu.get() if on_device(cu) else cu)
+    if cu.ndim != 1 or cu.size < 1 or not np.issubdtype(cu.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array of B+1 offsets, got shape "
+                         f"{cu.shape} dtype {cu.dtype}")
     if B is not None and cu.size != B + 1:
         raise ValueError(f"{name} must have {B + 1} offsets like cu_seqlens, got {cu.size}")
     if cu[0] != 0 or cu[-1] != N or np.any(np.diff(cu) < 0):
         raise ValueError(f"{name} must rise from 0 to {N}, got {cu.tolist()[:8]}...")
-    return cu
+    return cu.astype(np.int64)
 
 
 def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu_seqlens_k=None,
-                     threads=None):
+                     threads=None, position_bias=None):
     """Attention over a ragged batch packed without padding (the varlen layout of FlashAttention):
     sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q (and of k, v unless cu_seqlens_k is
     given) and attends only to its own keys.
@@ -444,10 +547,11 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     cu_seqlens_k: (B+1,) offsets from 0 to Nk of each sequence's keys (cross-attention: the
     decoder's queries against the encoder's rows), default cu_seqlens; causal: query t of a
     sequence sees its keys s <= t + S_b - T_b; out: optional (N, H, D) float32 C-contiguous array
-    to write into. Returns out."""
-    _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)")
+    to write into; position_bias: a PositionBias or None (query t of a sequence at position
+    t + S_b - T_b, its keys at 0..S_b-1). Returns out."""
+    q, k, v = _check_qkv(q, k, v, 3, "(N, H, D)", "(Nk, Hkv, D)", 0)
     N, H, D = q.shape
-    if H % k.shape[1]:
+    if k.shape[1] == 0 or H % k.shape[1]:
         raise ValueError(f"the {H} query heads must be a multiple of the {k.shape[1]} key/value "
                          "heads")
     cu = _offsets("cu_seqlens", cu_seqlens, N)
@@ -460,11 +564,10 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         cu_k = _offsets("cu_seqlens_k", cu_seqlens_k, k.shape[0], cu.size - 1)
     if out is None:
         out = _empty(q, (N, H, D))
-    elif out.shape != (N, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
-            or on_device(out) != on_device(q):
-        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(N, H, D)} on "
-                         "q's device")
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    else:
+        _check_out(out, (N, H, D), q)
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
+    bias = _position_bias(position_bias, H, q)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
@@ -473,12 +576,12 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         _backend_for(q).attention(q[None], k[None], v[None], out[None],
                                   np.zeros(len(lens), np.int32),
                            starts, lens, k_starts, k_lens, None, bool(causal), scale,
-                           resolve_threads(threads))
+                           resolve_threads(threads), **bias)
     return out
 
 
 def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None, out=None,
-                     chunk=None, kv_index=None, threads=None, kv_rows=None):
+                     chunk=None, kv_index=None, threads=None, kv_rows=None, position_bias=None):
     """Attention of one new query per sequence against its KV cache (the decode step), split
     over keys across threads with a combine step (flash-decoding).
 
@@ -492,18 +595,36 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     without kv_index and attention_mask: key j of row b is read from plane kv_rows[b, j] (a beam
     search cache reordered through this table instead of copies; k_cache may then hold more
     planes than B, e.g. those of sequences that finished). Returns out (B, H, D) float32
-    (zeros for a sequence with no key). Raises ValueError for shapes or indices that do not fit."""
-    _check_qkv(q, k_cache[:, 0], v_cache[:, 0], 3, "(B, H, D)", "(Bkv, S_max, Hkv, D)")
+    (zeros for a sequence with no key; NaN for NaN or +inf scores). Raises TypeError for a
+    wrong dtype, ValueError for shapes that do not fit (v_cache must have k_cache's shape) or a
+    chunk that is not a positive integer, IndexError for kv_index / kv_rows out of range.
+    Views with negative or odd strides are copied first."""
+    for name, a in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if getattr(a, "ndim", None) != 4:
+            raise ValueError(f"{name} must have shape (Bkv, S_max, Hkv, D), got "
+                             f"{getattr(a, 'shape', type(a).__name__)}")
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"k_cache and v_cache must have the same shape, got {k_cache.shape} "
+                         f"and {v_cache.shape}")
+    # q (B, H, D): rows any stride; k/v planes checked on their (Bkv, Hkv, D) position-0 view
+    q, k0, v0 = _check_qkv(q, k_cache[:, :1].reshape(k_cache.shape[:1] + k_cache.shape[2:])
+                           if k_cache.shape[1] else k_cache[:, :0].sum(1),
+                           v_cache[:, :1].reshape(v_cache.shape[:1] + v_cache.shape[2:])
+                           if v_cache.shape[1] else v_cache[:, :0].sum(1), 3, "(B, H, D)",
+                           "(Bkv, S_max, Hkv, D)", 1, ("q", "k_cache", "v_cache"))
+    if not on_device(q):
+        k_cache, v_cache = (c if c.strides[-1] == c.itemsize and
+                            all(st >= 0 and st % c.itemsize == 0 for st in c.strides)
+                            else c.copy(order="C") for c in (k_cache, v_cache))
     B, H, D = q.shape
     if kv_index is not None:
-        kv_index = np.ascontiguousarray(kv_index, dtype=np.int32)
-        if kv_index.shape != (B,) or (B and (kv_index.min() < 0
-                                             or kv_index.max() >= k_cache.shape[0])):
-            raise ValueError(f"kv_index must be ({B},) integers in [0, {k_cache.shape[0]})")
+        kv_index = _indices("kv_index", np.asarray(kv_index.get() if on_device(kv_index)
+                                                   else kv_index),
+                            k_cache.shape[0], (B,)).astype(np.int32)
     elif k_cache.shape[0] != B and not (kv_rows is not None and k_cache.shape[0] > B):
         raise ValueError(f"k_cache must have B={B} planes (or give kv_index or kv_rows), got "
                          f"{k_cache.shape}")
-    if k_cache.ndim != 4 or H % k_cache.shape[2]:
+    if k_cache.shape[2] == 0 or H % k_cache.shape[2]:
         raise ValueError(f"k_cache must have shape (Bkv, S_max, Hkv, D) with H={H} a multiple "
                          f"of Hkv, got {k_cache.shape}")
     if on_device(q) and not (k_cache.flags.c_contiguous and v_cache.flags.c_contiguous):
@@ -517,11 +638,8 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     if kv_rows is not None:
         if on_device(q) or kv_index is not None or attention_mask is not None:
             raise ValueError("kv_rows works on the CPU only, without kv_index or attention_mask")
-        kv_rows = np.ascontiguousarray(kv_rows, dtype=np.int32)
-        n_planes = k_cache.shape[0]
-        if kv_rows.shape != (B, S_max) or (B and (kv_rows.min() < 0
-                                                  or kv_rows.max() >= n_planes)):
-            raise ValueError(f"kv_rows must be ({B}, {S_max}) integers in [0, {n_planes})")
+        kv_rows = _indices("kv_rows", np.asarray(kv_rows), k_cache.shape[0],
+                           (B, S_max)).astype(np.int32)
     key_bias = None
     xp = array_module(q)
     if attention_mask is not None:
@@ -529,30 +647,32 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         if m.shape != (k_cache.shape[0], S_max):
             raise ValueError(f"attention_mask must have shape {(k_cache.shape[0], S_max)}, got "
                              f"{m.shape}")
+        if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_):
+            raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     if out is None:
         out = _empty(q, (B, H, D))
-    elif out.shape != (B, H, D) or out.dtype != q.dtype or not out.flags.c_contiguous \
-            or on_device(out) != on_device(q):
-        raise ValueError(f"out must be a C-contiguous {q.dtype} array of shape {(B, H, D)} on "
-                         "q's device")
+    else:
+        _check_out(out, (B, H, D), q)
     n = resolve_threads(threads)
+    bias = _position_bias(position_bias, H, q)  # the query at lengths[b] - 1, keys at 0..
+    if chunk is not None:  # more keys per item than S_max change nothing
+        chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
+    scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     if on_device(q):
         from . import cuda
         if B:
-            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out,
-                                  1.0 / math.sqrt(D) if scale is None else float(scale), chunk,
-                                  n)
+            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out, scale,
+                                  chunk, n)
         return out
     if chunk is None:  # at least two work items per thread, at least 32 keys per item
-        items = B * k_cache.shape[2]
+        items = max(1, B * k_cache.shape[2])
         longest = int(lengths.max()) if B else 1
         chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
-    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
     if B:
         _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
                                   np.ascontiguousarray(lengths, np.int32),
-                                  key_bias, out, scale, int(chunk), n, kv_rows)
+                                  key_bias, out, scale, int(chunk), n, kv_rows, **bias)
     return out
 
 

@@ -42,11 +42,12 @@ def swiglu(gate_up, out, threads):
 
 
 def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads,
-                     kv_rows=None):
+                     kv_rows=None, **position_bias):
     """Split-K attention of one query per sequence against its KV cache; kv_rows (B, S_max)
-    int32: the plane of each key (a reordered beam cache), or None."""
+    int32: the plane of each key (a reordered beam cache), or None; position_bias: the kernel
+    arguments of an ops.PositionBias."""
     _cpu.decode_attention(q, k, v, kv_index, kv_rows, lengths, key_bias, out, scale, chunk,
-                          threads)
+                          threads, **position_bias)
     return out
 
 
@@ -65,10 +66,10 @@ def embedding(input_ids, position_ids, token_type_ids, word, position, token_typ
 
 
 def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
-              threads):
+              threads, **position_bias):
     """Tiled attention over (P, rows, H, D) planes; see transformer._cpu.attention."""
     _cpu.attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal,
-                   scale, threads)
+                   scale, threads, **position_bias)
     return out
 
 

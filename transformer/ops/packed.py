@@ -164,6 +164,26 @@ class PackedWeight:
                                 self._comp)
         return PackedWeight.pack(np.asarray(self) * np.float32(factor), "bfloat16")
 
+    def int32_product(self, q, variant=None, out=None):
+        """The exact int32 accumulators q @ w^T of int8 rows q (M, K) (zero padded to K4 here
+        unless q already has K4 columns) with this int8 weight's integers, by the kernel
+        `variant` (default VARIANT["int8"]; one thread): (M, O) int32, written into `out` when
+        given. Raises ValueError for a bfloat16 weight or q of another width."""
+        if self.dtype != "int8":
+            raise ValueError("int32_product needs an int8 PackedWeight")
+        O, K = self.shape
+        K4 = -(-K // 4) * 4
+        q = np.asarray(q)
+        if q.dtype != np.int8 or q.ndim != 2 or q.shape[1] not in (K, K4):
+            raise ValueError(f"q must be int8 of shape (M, {K}), got {q.dtype} {q.shape}")
+        if q.shape[1] != K4 or not q.flags.c_contiguous:
+            padded = np.zeros((len(q), K4), np.int8)
+            padded[:, :K] = q[:, :K]
+            q = padded
+        out = np.empty((len(q), O), np.int32) if out is None else out
+        _cpu.gemm_int8_raw(variant or VARIANT["int8"], q, self.data, self._comp, out)
+        return out
+
     def linear(self, x, bias, activation, out, threads):
         """out (N, O) = act(x (N, K) float32 @ self^T + bias), arguments checked by ops.linear."""
         _cpu.linear_packed(self.dtype, VARIANT[self.dtype], x, self.data, self._inv_scale,

@@ -59,7 +59,7 @@ def rotary(x, positions, n_heads, head_dim, theta=10000.0, interleaved=False):
     else:
         a, b = h[..., :head_dim // 2].copy(), h[..., head_dim // 2:].copy()
         h[..., :head_dim // 2], h[..., head_dim // 2:] = a * c - b * s, b * c + a * s
-    y[:, :n_heads * head_dim] = h.reshape(len(y), -1)
+    y[:, :n_heads * head_dim] = h.reshape(len(y), n_heads * head_dim)
     return y
 
 
@@ -70,10 +70,14 @@ def swiglu(gate_up):
 
 
 def softmax(x, mask=None):
-    """softmax(x + mask) over the last axis; rows entirely -inf give zeros."""
-    y = _f64(x) + (0.0 if mask is None else _f64(mask))
-    mx = y.max(-1, keepdims=True)
-    dead = ~np.isfinite(mx)
+    """softmax(x + mask) over the last axis; rows entirely -inf give zeros; a row holding a NaN
+    or +inf gives NaN (as PyTorch), never zeros."""
+    y = _f64(x)
+    if mask is not None:  # a removed entry stays removed, whatever (NaN) its score
+        m = np.broadcast_to(_f64(mask), y.shape)
+        y = np.where(m == -np.inf, -np.inf, y + m)
+    mx = y.max(-1, keepdims=True) if y.shape[-1] else np.full(y.shape[:-1] + (1,), -np.inf)
+    dead = mx == -np.inf
     e = np.exp(y - np.where(dead, 0.0, mx))
     s = e.sum(-1, keepdims=True)
     return np.where(dead, 0.0, e / np.where(dead, 1.0, s))
@@ -95,9 +99,10 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
     return y
 
 
-def attention(q, k, v, attention_mask=None, causal=False, scale=None):
-    """softmax(scale Q K^T + mask) V with the full (B, H, T, S) score matrix.
-    q (B, H, T, D); k, v (B, Hkv, S, D); attention_mask (B, S) 0/1; causal aligned at the end."""
+def attention(q, k, v, attention_mask=None, causal=False, scale=None, position_bias=None):
+    """softmax(scale Q K^T + position bias + mask) V with the full (B, H, T, S) score matrix.
+    q (B, H, T, D); k, v (B, Hkv, S, D); attention_mask (B, S) 0/1; causal aligned at the end;
+    position_bias: an ops.PositionBias (its dense (H, T, S) float64 form) or None."""
     q, k, v = _f64(q), _f64(k), _f64(v)
     B, H, T, D = q.shape
     S = k.shape[2]
@@ -106,6 +111,8 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None):
     v = np.repeat(v, rep, axis=1)
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     scores = scale * q @ k.transpose(0, 1, 3, 2)
+    if position_bias is not None:
+        scores = scores + position_bias.dense(T, S)[None]
     bias = np.zeros((B, 1, T, S))
     if attention_mask is not None:
         bias = bias + np.where(np.asarray(attention_mask)[:, None, None, :] != 0, 0.0, -np.inf)
@@ -116,7 +123,8 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None):
     return softmax(scores, bias) @ v
 
 
-def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, cu_seqlens_k=None):
+def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, cu_seqlens_k=None,
+                     position_bias=None):
     """Packed ragged attention: sequence b owns rows cu_seqlens[b]:cu_seqlens[b+1] of q and
     cu_seqlens_k[b]:cu_seqlens_k[b+1] of k, v (default cu_seqlens)."""
     cu_k = cu_seqlens if cu_seqlens_k is None else cu_seqlens_k
@@ -126,12 +134,13 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, cu_seqlens_k
             qs = _f64(q[a:b]).transpose(1, 0, 2)[None]
             ks = _f64(k[c:d]).transpose(1, 0, 2)[None]
             vs = _f64(v[c:d]).transpose(1, 0, 2)[None]
-            out[a:b] = attention(qs, ks, vs, None, causal, scale)[0].transpose(1, 0, 2)
+            out[a:b] = attention(qs, ks, vs, None, causal, scale,
+                                 position_bias)[0].transpose(1, 0, 2)
     return out
 
 
 def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=None,
-                     kv_index=None):
+                     kv_index=None, position_bias=None):
     """One query per sequence (B, H, D) against k_cache/v_cache (Bkv, S_max, Hkv, D) plane
     kv_index[b] (default b) up to lengths[b], through the full attention reference."""
     q = _f64(q)
@@ -144,8 +153,9 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         v = _f64(v_cache[p, :L]).transpose(1, 0, 2)[None]
         m = None if attention_mask is None else np.asarray(attention_mask)[p:p + 1, :L]
         if L:
-            out[b] = attention(q[b][None, :, None], k, v, m, False, scale)[0, :, 0]
-    return np.nan_to_num(out)
+            out[b] = attention(q[b][None, :, None], k, v, m, False, scale,
+                               position_bias)[0, :, 0]
+    return out
 
 
 def beam_topk(logits, beam_scores, num_beams, k):

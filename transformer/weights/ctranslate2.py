@@ -6,6 +6,7 @@ uint32 dimensions, then (version >= 4) uint8 type id and uint32 byte count, or (
 uint8 item size and uint32 item count, then the raw data; then (version >= 3) uint32 alias count
 and alias/target string pairs. Quantized weights (int8, int16) come with a `<name>_scale`
 variable (per output row or one scalar): the float value is q / scale."""
+import math
 import os
 import struct
 
@@ -77,13 +78,15 @@ def read_ctranslate2(path, int8=False):
             if item not in ITEM_SIZES:
                 raise WeightsError(f"{path}: {name}: unsupported item size {item}")
             dtype, n_bytes = np.dtype(ITEM_SIZES[item]), item * count
-        if pos + n_bytes > len(data) or n_bytes != dtype.itemsize * int(np.prod(shape)):
+        if pos + n_bytes > len(data) or n_bytes != dtype.itemsize * math.prod(shape):
             raise WeightsError(f"{path}: {name}: truncated or inconsistent data")
         raw[name] = np.frombuffer(data, dtype, n_bytes // dtype.itemsize, pos).reshape(shape)
         pos += n_bytes
     if version >= 3 and pos < len(data):
         for _ in range(take("I")):
             alias, target = string(), string()
+            if target not in raw:
+                raise WeightsError(f"{path}: alias {alias!r} of unknown variable {target!r}")
             raw[alias] = raw[target]
     if pos != len(data):
         raise WeightsError(f"{path}: {len(data) - pos} unexpected bytes after the variables")
@@ -91,8 +94,15 @@ def read_ctranslate2(path, int8=False):
     for name, value in raw.items():
         if name.endswith("_scale") and name[:-6] in raw:
             continue
+        scale = raw.get(name + "_scale")
+        if scale is None and value.dtype.kind in "iu" and value.ndim:
+            raise WeightsError(f"{path}: {name}: integer data ({value.dtype}) without a "
+                               f"{name}_scale variable (float weights expected)")
+        if scale is not None and scale.size not in (1, len(value) if value.ndim else 1):
+            raise WeightsError(f"{path}: {name}_scale has {scale.size} values for {name} of "
+                               f"shape {value.shape} (one per row, or one)")
         if id(value) not in done:
-            done[id(value)] = _convert(value, raw.get(name + "_scale"), int8)
+            done[id(value)] = _convert(value, scale, int8)
         out[name] = done[id(value)]
     return spec, revision, out
 

@@ -36,6 +36,8 @@ def read_llama2c(path):
     if len(head) < 28:
         raise WeightsError(f"{path}: {size} bytes is too short for a llama2.c header")
     magic, version = struct.unpack("<Ii", head[:8])
+    if magic == MAGIC and len(head) < 256:
+        raise WeightsError(f"{path}: {size} bytes is too short for a llama2.c version-1 header")
     if magic == MAGIC:
         if version != 1:
             raise WeightsError(f"{path}: llama2.c version {version} is not supported (float32 "

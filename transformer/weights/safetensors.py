@@ -22,7 +22,12 @@ def read_safetensors(path, dtype=np.float32):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
         tensors = load_file(path)
-    except (SafetensorError, ValueError, OSError) as e:  # bad header, short file, odd dtype
+    except (SafetensorError, ValueError, OSError, TypeError, OverflowError) as e:
+        # bad header, short file, odd dtype
+        raise WeightsError(f"cannot read {path}: truncated or corrupt safetensors file ({e})")
+    except BaseException as e:  # the library's Rust panics (pyo3 PanicException)
+        if type(e).__name__ != "PanicException":
+            raise
         raise WeightsError(f"cannot read {path}: truncated or corrupt safetensors file ({e})")
     return {name: (t.astype(dtype) if np.issubdtype(t.dtype, np.floating) else t)
             for name, t in tensors.items()}

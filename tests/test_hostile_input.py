@@ -1,0 +1,344 @@
+"""Regression tests of issue 13: every hostile input gets a clear error, never a crash, a hang,
+a wrong answer or a half-written file (numbers: the issue's findings)."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import transformer
+from transformer import cli, ops
+from transformer.ops import reference as ref
+from transformer.weights import WeightsError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "models"))
+from test_bad_input import tiny_dir  # noqa: E402,F401  (the tiny BERT directory fixture)
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "model"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _qkv(rng, B=2, H=2, S=5, D=4):
+    q = rng.standard_normal((B, H, D)).astype(np.float32)
+    k = rng.standard_normal((B, S, H, D)).astype(np.float32)
+    v = rng.standard_normal((B, S, H, D)).astype(np.float32)
+    return q, k, v
+
+
+# 1 ---------------------------------------------------------------------------------------------
+def test_decode_attention_v_cache_and_chunk(rng):
+    q, k, v = _qkv(rng)
+    lengths = np.array([5, 3])
+    with pytest.raises(ValueError, match="k_cache and v_cache must have the same shape"):
+        ops.decode_attention(q, k, v[:, :2], lengths)
+    for chunk in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="chunk"):
+            ops.decode_attention(q, k, v, lengths, chunk=chunk)
+    got = ops.decode_attention(q, k, v, lengths, chunk=10 ** 12)  # clamped, not allocated
+    np.testing.assert_allclose(got, ref.decode_attention(q, k, v, lengths), rtol=1e-5,
+                               atol=1e-6)
+
+
+# 2 ---------------------------------------------------------------------------------------------
+def test_attention_odd_strides_match_the_reference(rng):
+    q = rng.standard_normal((2, 2, 3, 4)).astype(np.float32)
+    k = rng.standard_normal((2, 2, 5, 4)).astype(np.float32)
+    views = [(q[:, :, ::-1], k[:, :, ::-1], k), (q, np.broadcast_to(k[:, :, :1], k.shape), k),
+             (q[::-1], k[::-1], k[::-1])]
+    for qq, kk, vv in views:
+        np.testing.assert_allclose(ops.attention(qq, kk, vv), ref.attention(qq, kk, vv),
+                                   rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((6, 2, 4)).astype(np.float32)
+    cu = np.array([0, 2, 6])
+    for view in (x[::-1], np.broadcast_to(x[:1], x.shape)):
+        np.testing.assert_allclose(ops.attention_varlen(view, view, view, cu, causal=True),
+                                   ref.attention_varlen(view, view, view, cu, True),
+                                   rtol=1e-5, atol=1e-5)
+
+
+# 3 ---------------------------------------------------------------------------------------------
+def test_threads_upper_bound(monkeypatch):
+    from transformer._threads import MAX_THREADS, resolve_threads
+    x = np.ones((2, 3), np.float32)
+    for n in (20000, 100000, MAX_THREADS + 1):
+        with pytest.raises(ValueError, match="threads must be at most"):
+            ops.softmax(x, threads=n)
+    assert resolve_threads(MAX_THREADS) == MAX_THREADS
+    monkeypatch.setenv("OMP_NUM_THREADS", "100000")
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS"):
+        resolve_threads()
+
+
+# 4 ---------------------------------------------------------------------------------------------
+def test_huge_layer_count_is_refused_before_any_work(tiny_dir, tmp_path):
+    d = _copy(tiny_dir, tmp_path)
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps(dict(cfg, num_hidden_layers=10 ** 6)))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError, match="1000000 layers"):
+        transformer.load(d)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert time.perf_counter() - t0 < 5 and peak < 50 << 20
+
+
+def test_huge_max_positions_allocates_lazily():
+    from transformer.models.decoder import DecoderConfig, DecoderModel, decoder_shapes
+    cfg = DecoderConfig(vocab_size=11, d_model=8, n_heads=2, n_layers=1, d_ff=12,
+                        max_position_embeddings=10 ** 8, norm="rms_norm", activation="swiglu",
+                        positions="rotary", bias=False)
+    rng = np.random.default_rng(0)
+    w = {n: rng.standard_normal(s).astype(np.float32) for n, s in decoder_shapes(cfg).items()}
+    tracemalloc.start()
+    model = DecoderModel(cfg, w, threads=1)
+    out = model(np.array([[1, 2, 3]]))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert out.shape == (1, 3, 11) and np.isfinite(out).all()
+    assert peak < 20 << 20, peak
+
+
+# 5 ---------------------------------------------------------------------------------------------
+def test_integer_tensor_for_a_float_weight(tiny_dir, tmp_path):
+    from safetensors.numpy import load_file, save_file
+    d = _copy(tiny_dir, tmp_path)
+    t = load_file(str(d / "model.safetensors"))
+    name = "encoder.layer.0.output.dense.weight"
+    t[name] = t[name].view(np.int32)
+    save_file(t, str(d / "model.safetensors"))
+    with pytest.raises(WeightsError, match=f"model.safetensors(.|\n)*{name}: expected a floating"):
+        transformer.load(d)
+
+
+# 6 ---------------------------------------------------------------------------------------------
+def test_index_shards_must_stay_inside_the_directory(tiny_dir, tmp_path):
+    d = _copy(tiny_dir, tmp_path)
+    outside = tmp_path / "outside.safetensors"
+    shutil.move(d / "model.safetensors", outside)
+    index = d / "model.safetensors.index.json"
+    for shard in ("../outside.safetensors", str(outside)):
+        index.write_text(json.dumps({"weight_map": {"a": shard}}))
+        with pytest.raises(WeightsError, match="outside the model directory"):
+            transformer.load(d)
+    (d / "link.safetensors").symlink_to(outside)
+    index.write_text(json.dumps({"weight_map": {"a": "link.safetensors"}}))
+    with pytest.raises(WeightsError, match="outside the model directory"):
+        transformer.load(d)
+    shutil.copy(outside, d / "shard.safetensors")
+    index.write_text(json.dumps({"weight_map": {"a": "shard.safetensors"}}))
+    assert transformer.load(d, threads=1)(np.array([[1, 2]])).shape == (1, 2, 16)
+    for bad in ("[1, 2]", '{"weight_map": [1]}', '{"weight_map": {"a": 3}}'):
+        index.write_text(bad)
+        with pytest.raises(ValueError, match="model.safetensors.index.json"):
+            transformer.load(d)
+
+
+# 7 ---------------------------------------------------------------------------------------------
+def test_llama2c_tokenizer_is_not_quadratic(stories):
+    from transformer.models.llama2c import Llama2cTokenizer
+    tok = stories.tokenizer
+    unbounded = Llama2cTokenizer(ROOT.parent / "shared" / "models" / "stories260K" / "tok512.bin",
+                                 512)
+    text = "Once upon a time there was a little girl named Lily. " * 620  # ~33k characters
+    t0 = time.perf_counter()
+    ids = unbounded.encode(text)
+    assert time.perf_counter() - t0 < 3
+    assert unbounded.decode(ids).strip() == text.strip()
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="needs at least .* tokens"):
+        tok.encode("x" * 1_000_000)
+    assert time.perf_counter() - t0 < 1
+
+
+# 8 ---------------------------------------------------------------------------------------------
+class _FakeModel:
+    """embed_texts that writes nothing and fails or is interrupted on demand."""
+
+    def __init__(self, error=None):
+        self.error = error
+
+    def embed_texts(self, texts, batch_size=32, progress=None):
+        if self.error:
+            raise self.error
+        return np.ones((len(texts), 3), np.float32)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".jsonl"])
+def test_cli_outputs_are_never_half_written(tmp_path, monkeypatch, capsys, suffix):
+    out = tmp_path / ("emb" + suffix)
+    out.write_text("previous")
+    monkeypatch.setattr(cli, "_load", lambda args: _FakeModel())
+    real_replace = os.replace
+
+    def failing_replace(src, dst):  # the disk fills up just before the rename
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    assert cli.main(["embed", "a", "b", "--output", str(out)]) == 2
+    assert out.read_text() == "previous" and os.listdir(tmp_path) == [out.name]
+    monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(cli, "_load", lambda args: _FakeModel(KeyboardInterrupt()))
+    capsys.readouterr()
+    assert cli.main(["embed", "a", "--output", str(out)]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == "interrupted"
+    assert out.read_text() == "previous" and os.listdir(tmp_path) == [out.name]
+    monkeypatch.setattr(cli, "_load", lambda args: _FakeModel())
+    assert cli.main(["embed", "a", "b", "--output", str(out)]) == 0
+    assert os.listdir(tmp_path) == [out.name]
+    if suffix == ".npy":
+        np.testing.assert_array_equal(np.load(out), np.ones((2, 3), np.float32))
+    else:
+        assert [json.loads(line)["text"] for line in out.read_text().splitlines()] == ["a", "b"]
+
+
+# 9 ---------------------------------------------------------------------------------------------
+def test_translate_keeps_blank_lines(shared_models, tmp_path):
+    path = shared_models / "aren-transliteration" / "float32"
+    if not (path / "model.bin").is_file():
+        pytest.skip("aren-transliteration not found")
+    src = tmp_path / "in.txt"
+    src.write_text("آ ت ز م و ن\n\n   \nآ ت ش ي س و ن\n", encoding="utf-8")
+    p = subprocess.run([sys.executable, "-m", "transformer", "translate", "--model", str(path),
+                        "--input", str(src), "--batch-size", "2"], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split("\n")[:-1] == ["a t z m o n", "", "", "a c h i s o n"]
+
+
+# 10 --------------------------------------------------------------------------------------------
+def test_generation_arguments_are_checked(stories):
+    ids = np.array([[1, 400, 32]])
+    V = stories.config.vocab_size
+    for bad in (-1, V, 2 ** 40):
+        with pytest.raises(IndexError, match="forced_bos_token_id"):
+            stories.generate(ids, max_new_tokens=2, forced_bos_token_id=bad)
+        with pytest.raises(IndexError, match="forced_eos_token_id"):
+            stories.generate(ids, max_new_tokens=2, forced_eos_token_id=bad)
+    for bad in (float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="length_penalty"):
+            stories.generate(ids, max_new_tokens=2, num_beams=2, length_penalty=bad)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature"):
+            stories.generate(ids, max_new_tokens=2, do_sample=True, temperature=bad)
+    greedy = stories.generate(ids, max_new_tokens=6)
+    for tiny in (1e-320, 1e-300):  # the limit of sampling is greedy, not token 0
+        np.testing.assert_array_equal(
+            stories.generate(ids, max_new_tokens=6, do_sample=True, temperature=tiny, seed=1),
+            greedy)
+
+
+def test_cli_negative_temperature(shared_models):
+    path = shared_models / "stories260K" / "stories260K.bin"
+    p = subprocess.run([sys.executable, "-m", "transformer", "generate", "--model", str(path),
+                        "--prompt", "Once", "--temperature", "-1"], capture_output=True,
+                       text=True, timeout=300, cwd=ROOT)
+    assert p.returncode != 0 and "--temperature must be >= 0" in p.stderr
+
+
+def test_nan_and_inf_scores_give_nan_not_zeros(rng):
+    q = rng.standard_normal((1, 1, 2, 4)).astype(np.float32)
+    k = rng.standard_normal((1, 1, 3, 4)).astype(np.float32)
+    q[0, 0, 0, 0] = np.nan
+    k2 = k.copy()
+    k2[0, 0, 1] = np.inf  # +inf scores for every query
+    q2 = np.abs(np.nan_to_num(q)) + 1
+    for qq, kk in ((q, k), (q2, k2)):
+        got = ops.attention(qq, kk, k)
+        assert np.isnan(got[0, 0, 0]).all() and np.isnan(ref.attention(qq, kk, k)[0, 0, 0]).all()
+        np.testing.assert_allclose(got, ref.attention(qq, kk, k), rtol=1e-5, equal_nan=True)
+    d = ops.decode_attention(q[0].transpose(1, 0, 2)[:1], k.transpose(0, 2, 1, 3),
+                             k.transpose(0, 2, 1, 3), np.array([3]))
+    assert np.isnan(d).all()
+    x = np.array([[np.nan, np.nan], [1.0, np.inf], [-np.inf, -np.inf]], np.float32)
+    s = ops.softmax(x)
+    assert np.isnan(s[:2]).all() and (s[2] == 0).all()
+    mask = np.array([-np.inf, 0], np.float32)
+    np.testing.assert_array_equal(ops.softmax(x, mask), ref.softmax(x, mask).astype(np.float32))
+
+
+def test_indices_at_and_above_2_to_the_32_do_not_wrap(rng):
+    q, k, v = _qkv(rng)
+    lengths = np.array([5, 3])
+    with pytest.raises(IndexError, match="kv_index"):
+        ops.decode_attention(q, k, v, lengths, kv_index=np.array([0, 2 ** 32]))
+    rows = np.zeros((2, 5), np.int64)
+    rows[1, 2] = 2 ** 32 + 1
+    with pytest.raises(IndexError, match="kv_rows"):
+        ops.decode_attention(q, k, v, lengths, kv_rows=rows)
+    with pytest.raises(TypeError, match="kv_index"):
+        ops.decode_attention(q, k, v, lengths, kv_index=np.array([0.0, 1.0]))
+
+
+def test_tokenizer_decode_out_of_range(stories, minilm_path):
+    for tok, V in ((stories.tokenizer, 512),
+                   (transformer.load(minilm_path, threads=1).tokenizer, 30522)):
+        for bad in ([-1], [V], [2 ** 40]):
+            with pytest.raises(IndexError, match="ids must lie in"):
+                tok.decode(bad)
+
+
+# 11 --------------------------------------------------------------------------------------------
+def test_unclear_errors_made_clear(tiny_dir, tmp_path, rng):
+    model = transformer.load(tiny_dir, threads=1)
+    with pytest.raises(ValueError, match="B >= 1"):
+        model(np.zeros((0, 3), np.int64))
+    for x in (np.zeros((3, 0), np.float32), np.zeros((0,), np.float32)):
+        with pytest.raises(ValueError, match="non-empty last axis"):
+            ops.layer_norm(x, np.ones(0, np.float32), np.zeros(0, np.float32))
+        with pytest.raises(ValueError, match="non-empty last axis"):
+            ops.softmax(x)
+    d = _copy(tiny_dir, tmp_path)
+    for text, match in (("[1, 2]", "expected a JSON object.*got a JSON list"),
+                        (b"{\"a\": \"\xff\"}", "not valid UTF-8"),
+                        ("{not json", "not valid JSON"),
+                        ('{"architectures": 5}', "architectures must be a list")):
+        (d / "config.json").write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(ValueError, match=match) as e:
+            transformer.load(d)
+        assert "config.json" in str(e.value)
+
+
+def test_bad_vocabularies_and_tokenizers(shared_models, tmp_path):
+    src = shared_models / "aren-transliteration" / "float32"
+    if not (src / "model.bin").is_file():
+        pytest.skip("aren-transliteration not found")
+    d = tmp_path / "ct2"
+    shutil.copytree(src, d)
+    lines = (d / "target_vocabulary.txt").read_text(encoding="utf-8").splitlines()
+    (d / "target_vocabulary.txt").write_text("\n".join(t for t in lines if t != "<s>") + "\n",
+                                             encoding="utf-8")
+    with pytest.raises(ValueError, match="target_vocabulary.txt: no <s> token"):
+        transformer.load(d)
+    (d / "target_vocabulary.txt").write_bytes(b"\xff\xfe\n")
+    with pytest.raises(ValueError, match="target_vocabulary.txt: not valid UTF-8"):
+        transformer.load(d)
+    from transformer.models.llama2c import Llama2cTokenizer
+    data = (shared_models / "stories260K" / "tok512.bin").read_bytes()
+    out, pos = bytearray(data[:4]), 4  # the same vocabulary with the " " token renamed
+    while pos < len(data):
+        n = int.from_bytes(data[pos + 4:pos + 8], "little")
+        piece = data[pos + 8:pos + 8 + n]
+        out += data[pos:pos + 8] + (b"~" if piece == b" " else piece)
+        pos += 8 + n
+    (tmp_path / "tok.bin").write_bytes(bytes(out))
+    with pytest.raises(ValueError, match="tok.bin: no ' ' token"):
+        Llama2cTokenizer(tmp_path / "tok.bin", 512)
+
+
+def test_cli_binary_stdin(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "transformer", "embed", "--input", "-"],
+                       input=b"\xff\xfe\x00binary", capture_output=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 2 and b"stdin: not valid UTF-8" in p.stderr
+    assert b"Traceback" not in p.stderr

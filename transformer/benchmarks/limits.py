@@ -1,0 +1,457 @@
+"""The machine and its own limits, measured in the same run as the engines, for the "fraction of
+limit" figures: float32 GEMM GFLOP/s (a fixed shape, or a model's own mix of dense shapes),
+memory copy GB/s, cache bandwidth on a given footprint, read-only memory bandwidth (decoding),
+and int8 dot-product GOP/s; plus the description of the machine and the software versions.
+
+Only NumPy, SciPy and threadpoolctl are imported here. GB = 1e9 bytes, GFLOP = 1e9
+floating-point operations (a multiply-add counts 2), GOP = 1e9 integer operations (likewise).
+"""
+import os
+import platform
+import statistics
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from .stats import calibrate, plural, time_call
+
+def median_seconds(fn, reps, min_seconds):
+    """Median seconds per call of fn over `reps` samples of calibrated length."""
+    fn()
+    inner = calibrate(fn, min_seconds)
+    return statistics.median(time_call(fn, inner) for _ in range(reps))
+
+
+class LimitProbe:
+    """The machine's own limits, for "fraction of limit" figures.
+
+    sgemm: float32 (M, K) @ (K, N) through NumPy's matmul and through SciPy's sgemm (the BLAS our
+    kernels call), BLAS pinned to `threads` by threadpoolctl; GFLOP/s = 2 M N K / seconds.
+    copy: NumPy copyto of a `copy_mib` MiB float32 buffer, by 1 thread and by `threads` Python
+    threads each copying a slice (NumPy releases the GIL); GB/s counts bytes read + written.
+    measure() returns {"sgemm_numpy", "sgemm_scipy" (GFLOP/s), "copy_1thread", "copy_threads"
+    (GB/s)}. Raises ValueError for non-positive sizes."""
+
+    def __init__(self, threads, gemm=(1024, 1024, 1024), copy_mib=64, reps=5, min_seconds=0.02):
+        import scipy.linalg.blas
+        from threadpoolctl import threadpool_limits
+        M, K, N = gemm
+        if min(M, K, N, copy_mib, threads, reps) < 1:
+            raise ValueError("LimitProbe sizes, threads and reps must be positive")
+        self.limits = threadpool_limits
+        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((M, K), dtype=np.float32)
+        b = rng.standard_normal((K, N), dtype=np.float32)
+        c = np.empty((M, N), np.float32)
+        af, bf = np.asfortranarray(a), np.asfortranarray(b)
+        self.gemm_ops = {"sgemm_numpy": lambda: np.matmul(a, b, out=c),
+                         "sgemm_scipy": lambda: scipy.linalg.blas.sgemm(1.0, af, bf)}
+        self.flops = 2.0 * M * N * K
+        self.gemm_text = f"({M}x{K})@({K}x{N}) float32"
+        self.copy = CopyProbe(threads, [2 * (copy_mib << 20)], reps, 0)
+        self.copy_text = f"{copy_mib} MiB float32 buffer"
+
+    def measure(self):
+        """One measurement of every limit (see the class docstring)."""
+        with self.limits(limits=self.threads, user_api="blas"):
+            out = {k: self.flops / median_seconds(op, self.reps, self.min_seconds) / 1e9
+                   for k, op in self.gemm_ops.items()}
+        out["copy_1thread"], out["copy_threads"] = self.copy.measure_one(self.copy.footprints[0])
+        return out
+
+    def describe(self):
+        """The probe's shapes, for the report."""
+        return {"sgemm": f"{self.gemm_text}, BLAS pinned to {plural(self.threads, 'thread')}, "
+                         "NumPy matmul and SciPy sgemm (the faster is the limit)",
+                "copy": f"NumPy copyto of a {self.copy_text}, 1 and {self.threads} threads, "
+                        "bytes read + written (the faster is the limit)"}
+
+    def close(self):
+        """Stop the copy threads."""
+        self.copy.close()
+
+
+class CopyProbe:
+    """Copy bandwidth on given footprints, the limit of a kernel that moves that many bytes: for
+    a footprint of F bytes, NumPy copyto of an F/2-byte float32 buffer into another (F bytes
+    read + written), by 1 thread and by `threads` Python threads each copying a slice (NumPy
+    releases the GIL); samples of at least min_seconds of back-to-back calls, median of reps.
+    A footprint that fits a cache measures that cache's bandwidth (and the call overhead a
+    kernel of that size pays too); one beyond the last-level cache, memory's.
+    measure() returns {F: GB/s, the faster of 1 and n threads}. Raises ValueError for a
+    footprint under 8 bytes."""
+
+    def __init__(self, threads, footprints, reps=3, min_seconds=0.01):
+        self.footprints = sorted({int(f) for f in footprints})
+        if not self.footprints or self.footprints[0] < 8 or threads < 1:
+            raise ValueError("CopyProbe footprints must be >= 8 bytes, threads >= 1")
+        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
+        self.buffers = {}
+        for f in self.footprints:
+            n = f // 8                                      # float32 elements per buffer
+            src = np.ones(n, np.float32)
+            slices = [slice(int(s[0]), int(s[-1]) + 1)
+                      for s in np.array_split(np.arange(n), threads) if len(s)]
+            self.buffers[f] = (src, np.empty_like(src), slices)
+        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+
+    def measure_one(self, footprint):
+        """(GB/s by 1 thread, GB/s by `threads` threads) of one footprint."""
+        src, dst, slices = self.buffers[footprint]
+        moved = 8 * src.size
+
+        def threaded():
+            if self.pool is None:
+                np.copyto(dst, src)
+            else:
+                list(self.pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
+        return tuple(moved / median_seconds(fn, self.reps, self.min_seconds) / 1e9
+                     for fn in (lambda: np.copyto(dst, src), threaded))
+
+    def measure(self):
+        """{footprint bytes: GB/s} (see the class docstring)."""
+        return {f: max(self.measure_one(f)) for f in self.footprints}
+
+    def close(self):
+        """Stop the copy threads."""
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+class GemmProbe:
+    """float32 GEMM throughput on a model's own mix of dense shapes, the roofline of its dense
+    layers: one pass runs every (M, K) @ (K, N) of `shapes` (list of (M, K, N)) once, through
+    NumPy's matmul and through SciPy's sgemm (the BLAS this engine calls), BLAS pinned to
+    `threads` by threadpoolctl; GFLOP/s = the mix's 2 M N K summed / seconds per pass (median of
+    `reps` calibrated samples). measure() returns {"numpy", "scipy"} GFLOP/s (the faster is the
+    roofline); shape_text describes the mix ("4x (512x384)@(384x384) + ...")."""
+
+    def __init__(self, shapes, threads, reps=5, min_seconds=0.02):
+        import scipy.linalg.blas
+        from threadpoolctl import threadpool_limits
+        if not shapes or min(min(s) for s in shapes) < 1 or min(threads, reps) < 1:
+            raise ValueError("GemmProbe shapes, threads and reps must be positive")
+        self.limits = threadpool_limits
+        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
+        self.shapes = list(shapes)
+        rng = np.random.default_rng(0)
+        self.ops = {"numpy": [], "scipy": []}
+        self.flops = 0.0
+        for (M, K, N) in self.shapes:
+            a = rng.standard_normal((M, K), dtype=np.float32)
+            b = rng.standard_normal((K, N), dtype=np.float32)
+            c = np.empty((M, N), np.float32)
+            af, bf = np.asfortranarray(a), np.asfortranarray(b)
+            self.ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+            self.ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
+            self.flops += 2.0 * M * K * N
+        runs = []                                   # consecutive equal shapes: [shape, count]
+        for shape in self.shapes:
+            if runs and runs[-1][0] == shape:
+                runs[-1][1] += 1
+            else:
+                runs.append([shape, 1])
+        self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
+                                     for (M, K, N), n in runs)
+
+    @staticmethod
+    def roofline(probes):
+        """From the measure() results of the rounds: ({"numpy", "scipy"} median GFLOP/s, the
+        faster one's name, its GFLOP/s); ({}, None, None) for no rounds."""
+        if not probes:
+            return {}, None, None
+        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
+        source = max(sgemm, key=sgemm.get)
+        return sgemm, source, sgemm[source]
+
+    def measure(self):
+        """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""
+        def mix(ops):
+            def one_pass():
+                for op in ops:
+                    op()
+            return one_pass
+        with self.limits(limits=self.threads, user_api="blas"):
+            return {k: self.flops / median_seconds(mix(ops), self.reps, self.min_seconds) / 1e9
+                    for k, ops in self.ops.items()}
+
+
+class BandwidthProbe:
+    """Read-only memory bandwidth: y = A @ x over an A of `mib` MiB float32, BLAS pinned to n
+    threads, via NumPy's matmul and SciPy's sgemv; GB/s = bytes of A / seconds. Also a NumPy
+    copy of A's buffer (1 thread; read + write counted) for reference. measure() returns
+    {"sgemv_numpy", "sgemv_scipy", "copy_1thread"} in GB/s."""
+
+    def __init__(self, mib, threads, reps=5):
+        import scipy.linalg.blas
+        from threadpoolctl import threadpool_limits
+        self.limits = threadpool_limits
+        self.threads, self.reps = threads, reps
+        cols = 8192
+        rows = max(1, (mib << 20) // (4 * cols))
+        self.nbytes = 4 * rows * cols
+        self.a = np.full((rows, cols), 0.5, np.float32)          # C order: A @ x is an sgemv
+        self.x = np.ones(cols, np.float32)
+        self.y = np.empty(rows, np.float32)
+        self.dst = np.empty_like(self.a)
+        sgemv = scipy.linalg.blas.sgemv
+        # SciPy: a C-ordered (rows, cols) array is the Fortran (cols, rows) transpose; trans=1.
+        self.ops = {"sgemv_numpy": lambda: np.matmul(self.a, self.x, out=self.y),
+                    "sgemv_scipy": lambda: sgemv(1.0, self.a.T, self.x, trans=1)}
+        self.shape_text = f"({rows}x{cols}) float32, {self.nbytes / 2**20:.0f} MiB"
+
+    def _seconds(self, op):
+        op()
+        return statistics.median(time_call(op) for _ in range(self.reps))
+
+    def measure(self):
+        """One measurement of each stream (see the class docstring)."""
+        with self.limits(limits=self.threads, user_api="blas"):
+            out = {k: self.nbytes / self._seconds(op) / 1e9 for k, op in self.ops.items()}
+        out["copy_1thread"] = 2 * self.nbytes / self._seconds(
+            lambda: np.copyto(self.dst, self.a)) / 1e9
+        return out
+
+
+INT8_SHAPE = (128, 2048, 128)      # (M, K, N): 256 KiB of int8 operands, resident in L2
+
+
+class Int8Probe:
+    """int8 dot-product throughput on a cache-resident big-K shape: C = A B^T, A (M, K) and
+    B (N, K) int8, int32 accumulation; GOP/s = 2 M N K / seconds (median of reps calibrated
+    samples).
+
+    The kernel: this project's raw int8 GEMM (int8_kernel: the packed int32 product of the
+    variant its int8 models run, VNNI / AVX2 / portable, without dequantization), checked once
+    against the exact integer product (source "transformer int8 GEMM (<variant>)"). Without it,
+    the fallback is NumPy's int32 matmul (source "numpy int32 matmul (fallback)"): a plain
+    loop, far below the machine's int8 peak, so fractions of it overstate; the report says so.
+    measure() returns {"int8_gops"}; .source names the kernel. Raises ValueError for a
+    non-positive shape, RuntimeError when our kernel gives a wrong product."""
+
+    def __init__(self, threads, shape=INT8_SHAPE, reps=3, min_seconds=0.02):
+        M, K, N = shape
+        if min(M, K, N, threads, reps) < 1:
+            raise ValueError("Int8Probe shape, threads and reps must be positive")
+        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
+        rng = np.random.default_rng(0)
+        a = rng.integers(-127, 128, (M, K), dtype=np.int8)
+        b = rng.integers(-127, 128, (N, K), dtype=np.int8)
+        self.ops = 2.0 * M * N * K
+        self.shape_text = f"({M}x{K}) int8 x ({N}x{K})^T int8 -> int32"
+        prepare = int8_kernel()
+        if prepare is not None:
+            self.fn, variant = prepare(a, b, threads)
+            exact = a.astype(np.int64) @ b.T.astype(np.int64)
+            got = np.asarray(self.fn())
+            if got.shape != exact.shape or not np.array_equal(got.astype(np.int64), exact):
+                raise RuntimeError(f"the int8 GEMM ({variant}) differs from the exact integer "
+                                   "product: not used as the int8 limit")
+            self.source, self.fallback = f"transformer int8 GEMM ({variant})", False
+        else:
+            a32, bt32 = a.astype(np.int32), np.ascontiguousarray(b.T, dtype=np.int32)
+            out = np.empty((M, N), np.int32)
+            self.source, self.fallback = "numpy int32 matmul (fallback)", True
+            self.fn = lambda: np.matmul(a32, bt32, out=out)
+
+    def measure(self):
+        """{"int8_gops": GOP/s} of the kernel (see the class docstring)."""
+        return {"int8_gops": self.ops / median_seconds(self.fn, self.reps, self.min_seconds)
+                / 1e9}
+
+    def describe(self):
+        """The limit in words, for the report."""
+        text = f"int8 dot products, {self.shape_text}, {plural(self.threads, 'thread')}, " \
+               f"through {self.source}"
+        if self.fallback:
+            text += (" (this package has no raw int8 GEMM: NumPy's integer matmul is a plain "
+                     "loop, far below the machine's int8 peak, so fractions of it overstate)")
+        return text
+
+
+def int8_kernel():
+    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant), or None when the
+    package has none. a (M, K) and b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
+    packed once (transformer.ops.packed.PackedWeight.from_int8), then fn runs
+    PackedWeight.int32_product of the variant int8 models use (packed.VARIANT, VNNI /
+    AVX2 / portable) on `threads` row blocks at once (one Python thread each; the kernel
+    releases the GIL)."""
+    try:
+        from ..ops import packed
+    except ImportError:
+        return None
+    if not hasattr(packed.PackedWeight, "int32_product"):
+        return None
+    variant = packed.VARIANT["int8"]
+
+    def prepare(a, b, threads):
+        M, K = a.shape
+        w = packed.PackedWeight.from_int8(np.ascontiguousarray(b), np.ones(len(b), np.float32))
+        xq = np.zeros((M, -(-K // 4) * 4), np.int8)          # K padded to 4, as the kernel's
+        xq[:, :K] = a
+        out = np.empty((M, len(b)), np.int32)
+        blocks = [slice(int(r[0]), int(r[-1]) + 1)
+                  for r in np.array_split(np.arange(M), threads) if len(r)]
+        pool = ThreadPoolExecutor(len(blocks)) if len(blocks) > 1 else None
+
+        def block(s):
+            w.int32_product(xq[s], variant, out[s])
+
+        def fn():
+            if pool is None:
+                block(slice(0, M))
+            else:
+                list(pool.map(block, blocks))
+            return out
+        return fn, variant
+    return prepare
+
+
+def llc_bytes():
+    """Size of the largest CPU cache in bytes (Linux sysfs, cpu0), or None when unknown."""
+    import glob
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * mult)
+    return max(sizes) if sizes else None
+
+
+class DenseLimit:
+    """The limit of a model's dense (matmul) work at a compute type, measured once per round:
+    float32 and bfloat16: GemmProbe on the model's own shapes (sgemm GFLOP/s; bfloat16 is held
+    against float32's, there is no bfloat16 probe); int8: Int8Probe (int8 GOP/s, the same
+    operation count). measure() is the probe's; summarize(probes) gives the limit."""
+
+    def __init__(self, dtype, shapes, threads):
+        self.dtype = dtype
+        self.probe = Int8Probe(threads) if dtype == "int8" else GemmProbe(shapes, threads)
+        self.measure = self.probe.measure
+
+    def summarize(self, probes):
+        """From the rounds' measure() results: {"value" (G op/s, None without rounds), "label"
+        (for a row: "sgemm 120 GFLOP/s", "int8 300 GOP/s"), "text" (a sentence for the
+        summary), "per_round", and the probe's own figures}."""
+        out = {"value": None, "label": None, "text": None, "per_round": probes}
+        if not probes:
+            return out
+        if self.dtype == "int8":
+            v = statistics.median(p["int8_gops"] for p in probes)
+            out.update(value=v, label=f"int8 {v:.0f} GOP/s", source=self.probe.source,
+                       text=f"int8 {v:.1f} GOP/s ({self.probe.describe()})")
+            return out
+        sgemm, source, v = self.probe.roofline(probes)
+        threads = plural(self.probe.threads, "thread")
+        out.update(value=v, label=f"sgemm {v:.0f} GFLOP/s", source=source, sgemm=sgemm,
+                   shapes=self.probe.shape_text,
+                   text=f"sgemm {v:.1f} GFLOP/s ({source} float32 matmul, "
+                        f"{self.probe.shape_text} mix, {threads}; numpy "
+                        f"{sgemm['numpy']:.1f}, scipy {sgemm['scipy']:.1f})"
+                        + ("; bfloat16 is held against the float32 limit"
+                           if self.dtype == "bfloat16" else ""))
+        return out
+
+
+def limits_summary(probes):
+    """Median over rounds of LimitProbe.measure() results, plus the limits themselves:
+    "sgemm_gflops" (the faster of NumPy and SciPy), "copy_gbs" (the faster of 1 and n threads),
+    "cpu_steal" and "cpu_others" (median fractions, None if unknown). Keys missing from the
+    probes are left
+    out. Returns {} for no probes."""
+    if not probes:
+        return {}
+    out = {}
+    for key in probes[0]:
+        vals = [p[key] for p in probes if p.get(key) is not None]
+        out[key] = statistics.median(vals) if vals else None
+    if "sgemm_numpy" in out:
+        out["sgemm_gflops"] = max(out["sgemm_numpy"], out["sgemm_scipy"])
+    if "copy_1thread" in out and "copy_threads" in out:
+        out["copy_gbs"] = max(out["copy_1thread"], out["copy_threads"])
+    out["rounds"] = len(probes)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine and the versions
+# ---------------------------------------------------------------------------------------------
+
+def cpu_name():
+    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def available_cores():
+    """Cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def memory_info():
+    """{"total_gib", "available_gib"} from /proc/meminfo, or {} off Linux."""
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    out["total_gib" if key == "MemTotal" else "available_gib"] = \
+                        int(rest.split()[0]) / 2**20
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+def package_version(name):
+    """Installed version of a distribution (importlib.metadata; nothing is imported), or None."""
+    from importlib import metadata
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
+                      "gguf", "llama_cpp_python")
+
+
+def machine_info(threads):
+    """Machine and software description for results.json: CPU, cores, memory, OS, Python,
+    versions of this package and its dependencies and of every peer (None: not installed),
+    the BLAS libraries loaded, and the thread count of the run."""
+    import transformer
+    info = {"cpu": cpu_name(), "cores": available_cores(), "threads": threads,
+            "memory": memory_info(), "platform": platform.platform(),
+            "machine": platform.machine(), "python": platform.python_version(),
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    versions = {"transformer": transformer.__version__, "numpy": np.__version__}
+    for name in ("scipy", "threadpoolctl") + PEER_DISTRIBUTIONS:
+        versions[name] = package_version(name)
+    info["versions"] = versions
+    try:
+        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
+        from threadpoolctl import threadpool_info
+        info["blas"] = sorted({f"{i.get('internal_api')} {i.get('version')} "
+                               f"({i.get('architecture', '?')}, "
+                               f"{os.path.basename(i.get('filepath', ''))})"
+                               for i in threadpool_info() if i.get("user_api") == "blas"})
+    except Exception:  # noqa: BLE001 - descriptive only
+        info["blas"] = []
+    return info

@@ -1,0 +1,365 @@
+"""Peer set-up shared by the model suites: PyTorch through HF transformers, the CTranslate2
+conversion, the ONNX export, the int8 versions of each peer (torch dynamic quantization, ONNX
+Runtime dynamic quantization), the GGUF file for llama.cpp, and the random models the suites
+make once and cache. Each peer runtime is imported inside the function that needs it.
+"""
+import hashlib
+import json
+import os
+import shutil
+import warnings
+
+import numpy as np
+
+from .stats import log
+
+def load_torch(threads):
+    """torch and transformers ready for a timed peer: transformers' warnings off, torch pinned
+    to `threads` intra-op threads and 1 inter-op thread. Returns (torch, transformers, version
+    text). Raises ImportError when either is not installed."""
+    import torch
+    import transformers
+    transformers.logging.set_verbosity_error()
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set (interop pool started)
+        pass
+    return torch, transformers, (f"torch {torch.__version__}, transformers "
+                                 f"{transformers.__version__}")
+
+
+def torch_note(torch, model):
+    """The note of an HF model in PyTorch: its attention implementation and torch's threads."""
+    attn = getattr(model.config, "_attn_implementation", None)
+    return (f"attention implementation: {attn}; torch threads: intra-op "
+            f"{torch.get_num_threads()}, inter-op {torch.get_num_interop_threads()}")
+
+
+def cached_model(workdir, name, expected, make, tag="bench"):
+    """The model directory `name` under workdir, made once and reused: reused when it has a
+    model.safetensors and its config.json has every key of `expected` with that value; else
+    make(folder) -> note writes it into a temporary folder, which is then renamed (a run cut
+    short leaves no half-written model). Returns (dir, note)."""
+    path = os.path.join(workdir, name)
+    cfg_path = os.path.join(path, "config.json")
+    if os.path.exists(cfg_path) and os.path.exists(os.path.join(path, "model.safetensors")):
+        with open(cfg_path, encoding="utf-8") as f:
+            cfg = json.load(f)
+        if all(cfg.get(k) == v for k, v in expected.items()):
+            return path, f"reused cached model {path}"
+        log(f"cached model {path} has another configuration; making it again", tag)
+    log(f"making the random model {name} (once; cached in {path})", tag)
+    os.makedirs(workdir, exist_ok=True)
+    tmp = path + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    note = make(tmp)
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+    return path, f"made {path}: {note}"
+
+
+def ct2_convert(model_dir, out_dir, notes, tag="bench", tokenizer=None):
+    """The CTranslate2 conversion of model_dir in out_dir (TransformersConverter, float32, no
+    quantization), made once (into a temporary folder, then renamed) and reused. tokenizer:
+    None (the converter loads the model's own), or a stand-in object it gets instead (a random
+    model has none; it supplies the vocabulary). Appends what was done to notes; returns
+    out_dir. Raises ImportError without ctranslate2."""
+    from ctranslate2.converters import TransformersConverter
+    if os.path.exists(os.path.join(out_dir, "model.bin")):
+        notes.append(f"reused cached CTranslate2 conversion {out_dir}")
+        return out_dir
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            if tokenizer is None:
+                return super().load_tokenizer(tokenizer_class, model_name_or_path, **kwargs)
+            return tokenizer
+
+    log("converting the model with CTranslate2's TransformersConverter (once; cached)", tag)
+    tmp = out_dir + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        Converter(model_dir).convert(tmp, force=True)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    notes.append("converted with ctranslate2.converters.TransformersConverter (no quantization"
+                 + ("" if tokenizer is None else "; stand-in tokenizer for the vocabulary")
+                 + ")")
+    return out_dir
+
+
+
+def export_onnx(model_dir, path):
+    """Export the HF model's last_hidden_state to ONNX at `path` (dynamic batch and sequence
+    axes; inputs input_ids, attention_mask, token_type_ids). Tries the legacy TorchScript exporter
+    (dynamo=False) first, then the torch.export-based one. Returns a note saying which worked;
+    raises RuntimeError with both errors when neither does."""
+    import torch
+    import transformers
+
+    class LastHidden(torch.nn.Module):
+        """Wrapper returning only last_hidden_state, with positional inputs for the exporter."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    # A padded example, so that no "mask is all ones" shortcut is traced into the graph.
+    ids = torch.tensor([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]])
+    mask = (ids != 0).long()
+    example = (ids, mask, torch.zeros_like(ids))
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    axes = {0: "batch", 1: "sequence"}
+    tmp = path + ".tmp"
+    errors = []
+    for dynamo in (False, True):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                kw = dict(input_names=names, output_names=["last_hidden_state"],
+                          opset_version=17, dynamo=dynamo)
+                if dynamo:
+                    kw["dynamic_shapes"] = ({0: torch.export.Dim("batch"),
+                                             1: torch.export.Dim("sequence")},) * 3
+                else:
+                    kw["dynamic_axes"] = {n: axes for n in names + ["last_hidden_state"]}
+                with torch.no_grad():
+                    torch.onnx.export(LastHidden(model), example, tmp, **kw)
+            os.replace(tmp, path)
+            which = "legacy TorchScript exporter (dynamo=False)" if not dynamo else \
+                "torch.export-based exporter (dynamo=True)"
+            return f"exported with torch.onnx.export, {which}, opset 17"
+        except Exception as e:  # noqa: BLE001 - try the other exporter, report both on failure
+            errors.append(f"dynamo={dynamo}: {type(e).__name__}: {e}")
+    raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+
+
+def cache_dir(workdir, model_dir):
+    """Per-model cache folder under workdir for the peers' conversions (ONNX export, CTranslate2
+    conversion, GGUF file), named from the model directory (name + path hash), created if
+    needed."""
+    real = os.path.realpath(model_dir)
+    tag = hashlib.sha1(real.encode()).hexdigest()[:10]
+    d = os.path.join(workdir, f"{os.path.basename(real.rstrip(os.sep)) or 'model'}-{tag}")
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def onnx_model(model_dir, cache, dtype, notes, tag="bench"):
+    """The ONNX file of an HF encoder for `dtype`, made once under `cache` and reused:
+    model.onnx (float32, export_onnx) and for "int8" model-int8.onnx from it, by
+    onnxruntime.quantization.quantize_dynamic (weight_type QInt8: symmetric int8 weights, one
+    scale per tensor, ORT's default; activations quantized dynamically as uint8). Appends what
+    was done to notes; returns the path. Raises ImportError without onnxruntime/torch,
+    ValueError for a dtype ORT's CPU provider does not run (bfloat16)."""
+    if dtype not in ("float32", "int8"):
+        raise ValueError(f"no {dtype}: ONNX Runtime's CPU execution provider has no {dtype} "
+                         "MatMul kernels")
+    path = os.path.join(cache, "model.onnx")
+    if os.path.exists(path):
+        notes.append(f"reused cached ONNX export {path}")
+    else:
+        log("exporting the model to ONNX (once; cached)", tag)
+        notes.append(export_onnx(model_dir, path))
+    if dtype == "float32":
+        return path
+    qpath = os.path.join(cache, "model-int8.onnx")
+    if os.path.exists(qpath):
+        notes.append(f"reused cached int8 ONNX model {qpath}")
+        return qpath
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    log("quantizing the ONNX model to int8 (once; cached)", tag)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(path, qpath + ".tmp", weight_type=QuantType.QInt8)
+    os.replace(qpath + ".tmp", qpath)
+    notes.append("int8: onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) on the "
+                 "exported float32 graph")
+    return qpath
+
+
+def conv1d_to_linear(model):
+    """Replace every HF `Conv1D` (GPT-2's projections: y = x @ W + b, W (in, out)) by the equal
+    torch.nn.Linear (weight W^T), in place, so that torch's dynamic quantization, which acts on
+    nn.Linear only, reaches them. Returns the number replaced."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, Conv1D):
+                w = child.weight.data                       # (in, out)
+                lin = torch.nn.Linear(w.shape[0], w.shape[1])
+                lin.weight.data.copy_(w.t())
+                lin.bias.data.copy_(child.bias.data)
+                setattr(parent, name, lin)
+                count += 1
+    return count
+
+
+def torch_at_dtype(torch, model, dtype, notes):
+    """A copy of an HF float32 model in PyTorch at `dtype`: "float32" the model itself;
+    "int8" torch.ao.quantization.quantize_dynamic on every nn.Linear (GPT-2's Conv1D made
+    Linear first), qint8 weights with one scale per output row
+    (per_channel_dynamic_qconfig, as CTranslate2's int8), activations quantized per call;
+    "bfloat16" model.to(torch.bfloat16). Appends the recipe to notes."""
+    import copy
+    if dtype == "float32":
+        return model
+    model = copy.deepcopy(model)
+    if dtype == "bfloat16":
+        notes.append("bfloat16: model.to(torch.bfloat16)")
+        return model.to(torch.bfloat16).eval()
+    n = conv1d_to_linear(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization
+        model = q.quantize_dynamic(model, {torch.nn.Linear: q.per_channel_dynamic_qconfig},
+                                   dtype=torch.qint8)
+    notes.append("int8: torch.ao.quantization.quantize_dynamic on nn.Linear "
+                 "(per_channel_dynamic_qconfig: qint8 weights, one scale per output row)"
+                 + (f"; {n} GPT-2 Conv1D layers made nn.Linear first" if n else ""))
+    return model.eval()
+
+
+class StandInGPT2Tokenizer:
+    """What CTranslate2's GPT-2 converter asks of a tokenizer, for a model without one: the
+    vocabulary "<0>".."<V-2>" plus "<|endoftext|>" as the last id, which is bos, eos and unk."""
+    bos_token = eos_token = unk_token = "<|endoftext|>"
+
+    def __init__(self, vocab_size):
+        self.vocab_size = vocab_size
+
+    def get_vocab(self):
+        """{token string: id}."""
+        vocab = {f"<{i}>": i for i in range(self.vocab_size - 1)}
+        vocab[self.eos_token] = self.vocab_size - 1
+        return vocab
+
+
+class StandInMarianTokenizer:
+    """What CTranslate2's Marian converter asks of a tokenizer, for a model without
+    sentencepiece files: the vocabulary by id ("</s>" = eos, "<unk>" = unk, "<2>".."<V-2>",
+    "<pad>" = V-1, which the Marian loader drops), eos and unk."""
+    eos_token, unk_token, pad_token, bos_token = "</s>", "<unk>", "<pad>", None
+
+    def __init__(self, vocab_size, eos=0, unk=1):
+        self.vocab_size, self.eos, self.unk = vocab_size, eos, unk
+
+    def get_vocab(self):
+        """{token string: id}."""
+        pad = self.vocab_size - 1
+        vocab = {f"<{i}>": i for i in range(self.vocab_size)}
+        del vocab[f"<{self.eos}>"], vocab[f"<{self.unk}>"], vocab[f"<{pad}>"]
+        vocab.update({self.eos_token: self.eos, self.unk_token: self.unk, self.pad_token: pad})
+        return vocab
+
+    def convert_ids_to_tokens(self, ids):
+        inv = {v: k for k, v in self.get_vocab().items()}
+        return inv[ids] if isinstance(ids, int) else [inv[i] for i in ids]
+
+
+# ---------------------------------------------------------------------------------------------
+# GGUF for llama.cpp, written from the same weights (the `gguf` package)
+# ---------------------------------------------------------------------------------------------
+
+GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "bfloat16": "BF16"}
+
+
+def gguf_vocabulary(vocab_size):
+    """Token strings for llama.cpp's GPT-2 BPE vocabulary of a random model: GPT-2's byte-level
+    symbols for the first 256 ids (so any text llama.cpp tokenizes at load, e.g. its newline
+    probe, has tokens), "<i>" for the rest, "<|endoftext|>" for the last id (bos = eos)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+            *range(ord("\xae"), ord("\xff") + 1)]
+    symbol, extra = {}, 0
+    for b in range(256):                 # GPT-2's bytes_to_unicode
+        if b in keep:
+            symbol[b] = chr(b)
+        else:
+            symbol[b] = chr(256 + extra)
+            extra += 1
+    tokens = [symbol[i] if i < 256 else f"<{i}>" for i in range(vocab_size - 1)]
+    return tokens + ["<|endoftext|>"]
+
+
+def gpt2_gguf_tensors(state, n_layer):
+    """GPT-2 weights of an HF state dict (name -> float32 NumPy array) under llama.cpp's names
+    for the "gpt2" architecture, as (name, array, is_matrix): HF's Conv1D weights (in, out) are
+    transposed to (out, in), the row-major layout GGUF stores (ggml's ne = (in, out)). The
+    LM head is tied to token_embd (no output.weight), as in GPT-2."""
+    def t(name):
+        return np.ascontiguousarray(state[name], dtype=np.float32)
+    out = [("token_embd.weight", t("transformer.wte.weight"), True),
+           ("position_embd.weight", t("transformer.wpe.weight"), False)]
+    pairs = [("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
+             ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down")]
+    for i in range(n_layer):
+        for hf, gg in pairs:
+            w = t(f"transformer.h.{i}.{hf}.weight")
+            matrix = w.ndim == 2
+            out.append((f"blk.{i}.{gg}.weight", np.ascontiguousarray(w.T) if matrix else w,
+                        matrix))
+            out.append((f"blk.{i}.{gg}.bias", t(f"transformer.h.{i}.{hf}.bias"), False))
+    out += [("output_norm.weight", t("transformer.ln_f.weight"), False),
+            ("output_norm.bias", t("transformer.ln_f.bias"), False)]
+    return out
+
+
+def write_gpt2_gguf(model_dir, path, dtype):
+    """Write the GPT-2 directory's weights (model.safetensors, config.json) as a llama.cpp GGUF
+    file at `path` for `dtype`: "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32
+    weights with one scale each), "bfloat16" BF16, for the matrices; norms, biases and position
+    embeddings stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one
+    merge): a random model has no tokenizer; ids go in and come out directly. Returns a note. Raises
+    ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 cannot
+    hold (not a multiple of 32)."""
+    import gguf
+    from safetensors.numpy import load_file
+    if dtype not in GGUF_TYPES:
+        raise ValueError(f"no GGUF type for dtype {dtype!r}; choose from {list(GGUF_TYPES)}")
+    qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
+    with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    if dtype == "int8" and C % 32:
+        raise ValueError(f"Q8_0 needs rows of a multiple of 32 weights; C = {C}")
+    state = load_file(os.path.join(model_dir, "model.safetensors"))
+    w = gguf.GGUFWriter(path + ".tmp", "gpt2")
+    w.add_name(os.path.basename(os.path.normpath(model_dir)))
+    w.add_context_length(cfg["n_positions"])
+    w.add_embedding_length(C)
+    w.add_feed_forward_length(cfg.get("n_inner") or 4 * C)
+    w.add_block_count(L)
+    w.add_head_count(cfg["n_head"])
+    w.add_layer_norm_eps(cfg.get("layer_norm_epsilon", 1e-5))
+    w.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "int8": gguf.LlamaFileType.MOSTLY_Q8_0,
+                     "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
+    tokens = gguf_vocabulary(V)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.NORMAL] * (V - 1) + [gguf.TokenType.CONTROL])
+    w.add_token_merges(["\u0120 t"])           # GPT-2's first merge ("Ġ t")
+    w.add_bos_token_id(V - 1)
+    w.add_eos_token_id(V - 1)
+    for name, arr, matrix in gpt2_gguf_tensors(state, L):
+        if matrix and dtype != "float32":
+            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
+        else:
+            w.add_tensor(name, arr)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    os.replace(path + ".tmp", path)
+    from .limits import package_version
+    return (f"GGUF written with gguf {package_version('gguf')} from {model_dir}: "
+            f"matrices {GGUF_TYPES[dtype]}, norms, biases and position embeddings F32")
