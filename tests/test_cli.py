@@ -107,3 +107,16 @@ def test_translate_vocabulary_model():
     assert p.stdout.splitlines() == ["a t z m o n"]
     p = run("translate", "--model", path / "float32", check=False)
     assert p.returncode != 0 and "nothing to translate" in p.stderr
+
+
+def test_translate_processor_flags():
+    """--no-repeat-ngram-size / --repetition-penalty / --min-new-tokens reach generate."""
+    path = pathlib.Path(os.environ.get("TRANSFORMER_SHARED_MODELS", ROOT.parent / "shared" /
+                                       "models")) / "aren-transliteration" / "float32"
+    if not (path / "model.bin").is_file():
+        pytest.skip("aren-transliteration not found")
+    p = run("translate", "--model", path, "--num-beams", 1, "--no-repeat-ngram-size", 1,
+            "م ح م د")
+    assert p.stdout.split("\n")[0] == "m a h i d"  # greedy gives "m a h m a d"
+    p = run("translate", "--model", path, "--num-beams", 1, "--min-new-tokens", 9, "ع ل ي")
+    assert len(p.stdout.split()) == 9

@@ -155,6 +155,22 @@ def cmd_search(args):
     return 0
 
 
+def processor_flags(sp):
+    """The logits-processor options of generate / translate (HF generate's names)."""
+    sp.add_argument("--repetition-penalty", type=float, default=1.0,
+                    help="penalize tokens already present (> 1 discourages repeats)")
+    sp.add_argument("--no-repeat-ngram-size", type=int, default=0,
+                    help="never repeat an n-gram of this size")
+    sp.add_argument("--min-new-tokens", type=int, default=0,
+                    help="no end of sequence before this many new tokens")
+
+
+def _processor_options(args):
+    return dict(repetition_penalty=args.repetition_penalty,
+                no_repeat_ngram_size=args.no_repeat_ngram_size,
+                min_new_tokens=args.min_new_tokens)
+
+
 def cmd_generate(args):
     """Continue --prompt; greedy, sampling (--temperature > 0, --top-k, --top-p) or beam search
     (--num-beams). Streams text to stdout as tokens arrive (beam search prints at the end)."""
@@ -195,7 +211,7 @@ def cmd_generate(args):
     out = to_numpy(model.generate(ids, max_new_tokens=args.max_new_tokens, do_sample=sampling,
                                   temperature=args.temperature if args.temperature > 0 else 1.0,
                                   top_k=args.top_k, top_p=args.top_p, num_beams=args.num_beams,
-                                  seed=args.seed,
+                                  seed=args.seed, **_processor_options(args),
                                   streamer=None if args.num_beams > 1 else stream))
     text = tok.decode(out[0])
     if text.startswith(printed):
@@ -242,7 +258,8 @@ def cmd_translate(args):
             ids[b, :len(seq)], mask[b, :len(seq)] = seq, 1
         out = to_numpy(model.generate(ids, mask, max_new_tokens=args.max_new_tokens,
                                       num_beams=args.num_beams,
-                                      length_penalty=args.length_penalty))
+                                      length_penalty=args.length_penalty,
+                                      **_processor_options(args)))
         rows = iter(out)
         for seq in encoded:
             print(tok.decode(next(rows)[1:]) if seq else "", flush=True)
@@ -425,6 +442,7 @@ def build_parser():
     sp.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
     sp.add_argument("--num-beams", type=int, default=1, help="beam search with N beams")
     sp.add_argument("--tokenizer", help="tokenizer file of a llama2.c checkpoint")
+    processor_flags(sp)
     common(sp)
     _corpus_arguments(sp, output=True)
     sp.set_defaults(func=cmd_generate)
@@ -435,6 +453,7 @@ def build_parser():
     sp.add_argument("--num-beams", type=int, default=4)
     sp.add_argument("--length-penalty", type=float, default=1.0)
     sp.add_argument("--max-new-tokens", type=int, default=256)
+    processor_flags(sp)
     common(sp)
     _corpus_arguments(sp, output=True)
     sp.set_defaults(func=cmd_translate)

@@ -246,7 +246,10 @@ def test_decoder_device_paths_match_cpu(fake_gpu, tmp_path, rng, kind, cfg, dtyp
     assert got.dtype == (np.float16 if dtype == "float16" else np.float32)
     _close_to_cpu(got, cpu(ids, mask), dtype)
     for kw in (dict(num_beams=1), dict(num_beams=4, num_return_sequences=2),
-               dict(do_sample=True, seed=3, top_k=5)):
+               dict(do_sample=True, seed=3, top_k=5),
+               dict(num_beams=4, repetition_penalty=1.3, no_repeat_ngram_size=2,
+                    bad_words_ids=[[5], [6, 7]], suppress_tokens=[8], min_new_tokens=3),
+               dict(do_sample=True, seed=3, num_return_sequences=3, repetition_penalty=1.2)):
         out = ours.generate(ids, mask, max_new_tokens=8, eos_token_id=2, pad_token_id=0, **kw)
         assert ops.on_device(out) and out.dtype == np.int64
         if dtype == "float32":  # same math as the CPU: same tokens (beam: rows gathered)
@@ -265,12 +268,26 @@ def test_seq2seq_device_paths_match_cpu(fake_gpu, tmp_path, rng, kind, dtype):
     got = ours(src, mask, tgt)
     assert ops.on_device(got)
     _close_to_cpu(got, cpu(src, mask, tgt), dtype)
-    for kw in (dict(num_beams=1), dict(num_beams=4, num_return_sequences=2)):
+    prefix = dict(decoder_input_ids=np.array([[1, 3, 9], [3, 10, 11], [1, 1, 3]]),
+                  decoder_attention_mask=np.array([[0, 1, 1], [1, 1, 1], [0, 0, 1]]))
+    for kw in (dict(num_beams=1), dict(num_beams=4, num_return_sequences=2),
+               dict(num_beams=4, no_repeat_ngram_size=2, repetition_penalty=1.3,
+                    bad_words_ids=[[5]], **prefix),
+               dict(num_beams=1, min_new_tokens=4, suppress_tokens=[6], **prefix)):
         out = ours.generate(src, mask, max_new_tokens=8, **kw)
         assert ops.on_device(out) and out.dtype == np.int64
         if dtype == "float32":
             np.testing.assert_array_equal(to_numpy(out),
                                           cpu.generate(src, mask, max_new_tokens=8, **kw))
+    for kw in (dict(num_beams=2), dict(num_beams=1, **prefix)):
+        att = ours.generate(src, mask, max_new_tokens=5, return_attention=True, **kw).attention
+        assert all(isinstance(a, np.ndarray) and np.allclose(a.sum(1), 1, atol=1e-3)
+                   for a in att)
+        if dtype == "float32":  # same tokens as the CPU: the same weights
+            want = cpu.generate(src, mask, max_new_tokens=5, return_attention=True,
+                                **kw).attention
+            for a, w in zip(att, want):
+                np.testing.assert_allclose(a, w, atol=1e-5)
     out, scores = ours.generate(src, mask, max_new_tokens=5, num_beams=2, return_scores=True)
     assert ops.on_device(scores) and scores.shape == (3,)
     per_token = ours.score(src, mask, to_numpy(out)[:, 1:])

@@ -1,152 +1,150 @@
-"""Autoregressive generation over a model that exposes prefill / decode_step / new_cache:
-greedy, sampling (temperature, top-k, top-p, seed) and beam search with Hugging Face's semantics
-(transformers GenerationMixin: same tokens as HF generate on the same weights)."""
+"""Autoregressive generation over the search contract (transformer.generation.contract: a model's
+decoding(...) object with start / step / reorder): greedy, sampling and beam search with
+Hugging Face's semantics (transformers GenerationMixin: the same tokens as HF generate on the
+same weights), one validated GenerationConfig, and HF's logits processors."""
+from dataclasses import dataclass
+
 import numpy as np
 
-from ..device import to_numpy
 from .beam import beam_search
+from .config import GenerationConfig
+from .greedy import greedy_search, greedy_steps
+from .processors import build_processors, build_warpers
 from .sampling import log_softmax, sample_next, warp
 
-__all__ = ["generate", "beam_search", "log_softmax", "sample_next", "warp"]
+__all__ = ["generate", "stream", "GenerateOutput", "GenerationConfig", "beam_search",
+           "greedy_search", "log_softmax", "sample_next", "warp", "generation_defaults"]
 
 
-def _check(name, value, ok, expected):
-    if not ok:
-        raise ValueError(f"{name} must be {expected}, got {value!r}")
+@dataclass
+class GenerateOutput:
+    """What generate returns with return_dict_in_generate=True (HF's GenerateOutput names):
+    sequences (N, T + n_new) int64 (N = B * num_return_sequences); scores (N,) float32: each
+    hypothesis' sum of the search's token log-probabilities (after the logits processors and
+    warpers: a forced token counts log 1 = 0), up to and including its eos; sequences_scores
+    (N,) float32: beam search's ranking score (scores / n_new ** length_penalty, HF's), for
+    greedy / sampling equal to scores; token_logprobs (N, n_new) float32: each new token's
+    log-probability, 0 after the hypothesis ended; attention (with return_attention,
+    encoder-decoders): per hypothesis a (n_new_h, S_h) float32 array of cross-attention
+    weights, one row per new token (eos included), one column per real source token
+    (CTranslate2's return_attention). All accumulated during the search."""
+
+    sequences: np.ndarray
+    scores: np.ndarray = None
+    sequences_scores: np.ndarray = None
+    token_logprobs: np.ndarray = None
+    attention: list = None
 
 
-def _is_real(value):
-    """True for a finite real number (not a bool)."""
-    return isinstance(value, (int, float, np.integer, np.floating)) \
-        and not isinstance(value, (bool, np.bool_)) and bool(np.isfinite(value))
-
-
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _token(name, value, V, optional=True):
-    """value as an int token id in [0, V) (or None when optional); IndexError / TypeError
-    naming `name` otherwise."""
-    if value is None and optional:
-        return None
-    if not _is_int(value):
-        raise TypeError(f"{name} must be an integer token id, got {value!r}")
-    if not 0 <= value < V:
-        raise IndexError(f"{name} must lie in [0, {V}) (the vocabulary), got {value}")
-    return int(value)
-
-
-def generate(model, input_ids, attention_mask=None, max_new_tokens=32, do_sample=False,
-             temperature=1.0, top_k=0, top_p=1.0, num_beams=1, length_penalty=1.0,
-             early_stopping=False, eos_token_id=None, pad_token_id=None, seed=None,
-             num_return_sequences=1, streamer=None, forced_bos_token_id=None,
-             forced_eos_token_id=None):
-    """Continue each prompt of input_ids (B, T) (left or right padded, attention_mask (B, T) of
-    0/1) by up to max_new_tokens tokens.
-
-    Greedy (default), sampling (do_sample: logits / temperature, then top_k (0 = off), then top_p
-    (1.0 = off), as HF's warpers; seed: int for reproducible draws), or beam search (num_beams > 1:
-    HF's vectorised beam search with length_penalty (score = sum log p / new_len**length_penalty)
-    and early_stopping False / True / "never"). eos_token_id: int or list (default: the model
-    config's); a sequence stops at its first eos; finished rows are filled with pad_token_id
-    (default: the config's, else the first eos). streamer: callable(tokens (B,) int64) called with
-    each new column (greedy and sampling). forced_bos_token_id: the token forced when the sequence
-    holds one token (HF ForcedBOSTokenLogitsProcessor); forced_eos_token_id: the token forced at
-    the last step (ForcedEOSTokenLogitsProcessor). The model's logits may be device arrays: each
-    step brings them to the host as NumPy float32 (transformer.device.to_numpy) and the search
-    runs there; token ids go back to the model as NumPy.
-    Returns (B * num_return_sequences, T + n_new) int64 NumPy: the prompt rows as given, then the
-    new tokens. Raises ValueError for out-of-range arguments or a prompt + max_new_tokens longer than
-    the model's positions.
-
-    A sequence that has finished leaves the batch: later steps decode only the others."""
+def generation_defaults(model):
+    """The GenerationConfig a model starts from: its config's token ids (eos, pad, decoder
+    start), then its directory's generation_config.json (model.generation_config, read at
+    load) on top; without that file the config's forced BOS / EOS ids, as HF (which then
+    derives the generation config from config.json)."""
     cfg = model.config
-    _check("max_new_tokens", max_new_tokens, isinstance(max_new_tokens, (int, np.integer))
-           and max_new_tokens >= 1, "a positive integer")
-    _check("num_beams", num_beams, isinstance(num_beams, (int, np.integer)) and num_beams >= 1,
-           "a positive integer")
-    _check("num_return_sequences", num_return_sequences,
-           1 <= num_return_sequences <= max(1, num_beams) and (num_beams > 1 or do_sample
-                                                              or num_return_sequences == 1),
-           "between 1 and num_beams (or any count with do_sample)")
-    _check("temperature", temperature, _is_real(temperature) and temperature > 0,
-           "a finite positive number")
-    _check("top_k", top_k, _is_int(top_k) and top_k >= 0, "an integer >= 0")
-    _check("top_p", top_p, _is_real(top_p) and 0 < top_p <= 1, "in (0, 1]")
-    _check("length_penalty", length_penalty, _is_real(length_penalty), "a finite number")
-    _check("early_stopping", early_stopping, early_stopping in (False, True, "never"),
-           "False, True or 'never'")
-    V = cfg.vocab_size
-    if eos_token_id is None:
-        eos = cfg.eos_token_ids
+    base = GenerationConfig().update(
+        eos_token_id=cfg.eos_token_ids, pad_token_id=cfg.pad_token_id,
+        decoder_start_token_id=getattr(cfg, "decoder_start_token_id", None))
+    file = getattr(model, "generation_config", None)
+    if file is None:  # HF GenerationConfig.from_model_config: config.json's forced tokens
+        return base.update(forced_bos_token_id=getattr(cfg, "forced_bos_token_id", None),
+                           forced_eos_token_id=getattr(cfg, "forced_eos_token_id", None))
+    return base.update(**{k: getattr(file, k) for k in getattr(file, "given", ())})
+
+
+def generate(model, input_ids, attention_mask=None, generation_config=None, streamer=None,
+             return_scores=False, return_dict_in_generate=False, return_attention=False,
+             attention_layer=-1, attention_heads=1, **kwargs):
+    """Continue each row of input_ids (B, T) (left or right padded, attention_mask (B, T) of
+    0/1; an encoder-decoder model: the source, and the decoder prefix as decoder_input_ids /
+    decoder_attention_mask, left padded).
+
+    The options (GenerationConfig's fields, HF's names: max_new_tokens, do_sample,
+    temperature, top_k, top_p, num_beams, length_penalty, early_stopping, num_return_sequences,
+    repetition_penalty, no_repeat_ngram_size, min_new_tokens, min_length, bad_words_ids,
+    suppress_tokens, begin_suppress_tokens, forced_bos_token_id, forced_eos_token_id,
+    eos_token_id, pad_token_id, seed, ...) come from generation_defaults(model) (the model's
+    config and generation_config.json), then `generation_config` (a GenerationConfig), then
+    the keyword arguments (the arguments win, as HF). Greedy (default), sampling (do_sample)
+    or beam search (num_beams > 1; with do_sample beam sampling); the processors of
+    transformer.generation.processors in HF's order. streamer: callable(tokens (B * n,)
+    int64) with each new column (greedy and sampling). A sequence stops at its first eos;
+    finished rows are filled with pad_token_id (default: the config's, else the first eos).
+    Returns (B * n, T + n_new) int64 NumPy: the rows as given, then the new tokens; with
+    return_scores (sequences, scores (B * n,) float32); with return_dict_in_generate a
+    GenerateOutput. return_attention (encoder-decoders; implies return_dict_in_generate):
+    GenerateOutput.attention, the cross-attention weights of decoder layer attention_layer
+    (default -1: the last) averaged over its first attention_heads heads (0: all; default 1:
+    the first head), CTranslate2's alignment_layer / alignment_heads defaults.
+    Raises ValueError naming a bad option, TypeError for an unknown one, ValueError when a
+    prompt + max_new_tokens exceeds the model's positions."""
+    decoding, cfg, processors, warpers, rng = _prepare(model, input_ids, attention_mask,
+                                                       generation_config, kwargs)
+    if return_attention:
+        decoding.record_attention(attention_layer, attention_heads)
+        return_dict_in_generate = True
+    want = return_scores or return_dict_in_generate
+    attention = None
+    if cfg.num_beams > 1:
+        seqs, extra = beam_search(decoding, cfg, processors, warpers, rng, want,
+                                  return_attention)
+        if return_attention:
+            attention, lengths = extra["attention"], extra["lengths"]
+        if want:
+            cum, lengths = extra["cumulative"], extra["lengths"]
+            token_lp = np.diff(cum, axis=1, prepend=np.float32(0))
+            token_lp[np.arange(cum.shape[1])[None] >= lengths[:, None]] = 0
+            scores = np.take_along_axis(cum, np.maximum(lengths - 1, 0)[:, None], 1)[:, 0]
+            ranking = extra["sequences_scores"]
     else:
-        eos = tuple(np.atleast_1d(eos_token_id).tolist())
-        for e in eos:
-            _token("eos_token_id", e, V, optional=False)
-    if pad_token_id is None:
-        pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (
-            eos[0] if eos else 0)
-    elif not _is_int(pad_token_id):
-        raise TypeError(f"pad_token_id must be an integer, got {pad_token_id!r}")
-    forced_bos_token_id = _token("forced_bos_token_id", forced_bos_token_id, V)
-    forced_eos_token_id = _token("forced_eos_token_id", forced_eos_token_id, V)
-    ids, mask, lens = model._check_inputs(input_ids, attention_mask)
-    longest = int(lens.max()) + max_new_tokens
-    if longest > cfg.max_position_embeddings:
-        raise ValueError(f"a prompt of {lens.max()} tokens + max_new_tokens={max_new_tokens} "
-                         f"exceeds the model's {cfg.max_position_embeddings} positions")
-    if num_return_sequences > 1 and num_beams == 1:  # independent samples of each prompt
-        ids, mask = np.repeat(ids, num_return_sequences, 0), np.repeat(mask, num_return_sequences, 0)
-    T = ids.shape[1]
+        seqs, token_lp, *att = greedy_search(decoding, cfg, processors, warpers, rng, streamer,
+                                             want, return_attention)
+        if want:
+            scores = ranking = token_lp.sum(1, dtype=np.float32)
+        if return_attention:
+            attention = att[0]
+            ended = np.isin(seqs[:, decoding.sequences.shape[1]:], cfg.eos_token_id)
+            lengths = np.where(ended.any(1), ended.argmax(1) + 1, ended.shape[1])
+    if return_attention:  # per hypothesis: its new tokens x its real source tokens
+        src = decoding.source_lengths[np.arange(len(seqs)) // (len(seqs) // len(
+            decoding.source_lengths))]
+        attention = [attention[h, :lengths[h], :src[h]] for h in range(len(seqs))]
+    if return_dict_in_generate:
+        return GenerateOutput(seqs, scores, ranking, token_lp, attention)
+    if return_scores:
+        return seqs, scores
+    return seqs
 
-    def forced_token(step):
-        """The token forced at `step` (first: forced_bos_token_id, last: forced_eos_token_id),
-        or None."""
-        token = (forced_bos_token_id if T + step == 1 else None)
-        if step == max_new_tokens - 1 and forced_eos_token_id is not None:
-            token = forced_eos_token_id
-        return token
 
-    def force(scores, step):
-        """Forced first / last tokens: every other score -inf, the forced one 0."""
-        token = forced_token(step)
-        if token is None:
-            return scores
-        forced = np.full_like(scores, -np.inf)
-        forced[:, token] = 0
-        return forced
+def stream(model, input_ids, attention_mask=None, generation_config=None, **kwargs):
+    """generate's greedy search or sampling as an iterator: yields each new column of tokens
+    (B * num_return_sequences,) int64 NumPy as soon as it is chosen (pad_token_id for rows that
+    have finished); the arguments are generate's. Raises ValueError for num_beams > 1 (beam
+    search settles its tokens only at the end) and generate's errors, at the first next()."""
+    decoding, cfg, processors, warpers, rng = _prepare(model, input_ids, attention_mask,
+                                                       generation_config, kwargs)
+    if cfg.num_beams > 1:
+        raise ValueError(f"stream needs num_beams=1 (greedy or sampling), got "
+                         f"num_beams={cfg.num_beams}")
+    yield from greedy_steps(decoding, cfg, processors, warpers, rng)
 
-    force.token = forced_token  # lets beam search skip steps where nothing is forced
 
-    if num_beams > 1:
-        rng = np.random.default_rng(seed) if do_sample else None
-        return beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty,
-                           early_stopping, eos, pad_token_id, num_return_sequences, rng, force)
-
-    rng = np.random.default_rng(seed)
-    B = ids.shape[0]
-    cache = model.new_cache(B, longest)
-    logits = to_numpy(model.prefill(ids, mask, cache))  # the search runs on the host
-    eos_arr = np.array(eos, np.int64)
-    alive = np.arange(B)  # the rows still generating; finished ones leave the cache
-    new = []
-    for step in range(max_new_tokens):
-        logits = force(logits, step)
-        if do_sample:
-            nxt = sample_next(warp(logits, temperature, top_k, top_p), rng)
-        else:
-            nxt = np.argmax(logits, axis=-1)
-        column = np.full(B, pad_token_id, np.int64)
-        column[alive] = nxt
-        new.append(column)
-        if streamer is not None:
-            streamer(column)
-        going = ~np.isin(nxt, eos_arr)
-        if not going.any() or step == max_new_tokens - 1:
-            break
-        if not going.all():
-            alive, nxt = alive[going], nxt[going]
-            cache.reorder(np.flatnonzero(going))
-        logits = to_numpy(model.decode_step(nxt, cache))
-    return np.concatenate([ids, np.stack(new, 1)], axis=1)
+def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
+    """The options resolved and validated, the model's decoding object, the processors and
+    warpers, and the sampling generator (None without do_sample), for generate and stream."""
+    inputs = {k: kwargs.pop(k) for k in getattr(model, "DECODING_INPUTS", ()) if k in kwargs}
+    cfg = generation_defaults(model)
+    if generation_config is not None:
+        cfg = cfg.update(**{k: getattr(generation_config, k) for k in GenerationConfig.names()})
+    cfg = cfg.update(**kwargs)
+    decoding = model.decoding(input_ids, attention_mask, cfg, **inputs)
+    B, T = decoding.sequences.shape
+    cfg = cfg.resolve_lengths(T, getattr(model, "DEFAULT_MAX_NEW_TOKENS", 32),
+                              getattr(model.config, "max_position_embeddings", None))
+    if cfg.pad_token_id is None:
+        cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
+    cfg = cfg.validate(decoding.vocab_size)
+    processors = build_processors(cfg, T, decoding.vocab_size, decoding.ignore)
+    warpers = build_warpers(cfg)
+    rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None
+    return decoding, cfg, processors, warpers, rng

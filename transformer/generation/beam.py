@@ -40,15 +40,27 @@ def _gather(a, idx):
     return a[np.arange(a.shape[0])[:, None], idx]
 
 
-def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, early_stopping,
-                eos, pad_token_id, num_return_sequences, rng=None, force=None):
-    """Beam search over `model` (prefill / decode_step / new_cache). ids, mask: (B, T) prompts;
-    rng: a numpy Generator for beam sampling (candidates drawn without replacement), else None;
-    force: optional callable(log_probs (R, V), step) -> log_probs (forced tokens).
-    Returns (B * num_return_sequences, T + n_new) int64 sequences, best first per prompt."""
+def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=False,
+                want_attention=False):
+    """Beam search over `decoding` (the search contract, transformer.generation.contract):
+    each prompt of decoding.sequences (B, T) is prefilled once (start), and its num_beams beams
+    start from that cache row (the first reorder maps each beam to its prompt's row).
+    cfg: a validated GenerationConfig (num_beams, length_penalty, early_stopping, eos / pad,
+    max_new_tokens, num_return_sequences); processors / warpers: LogitsProcessorLists applied
+    to the float32 log-softmax of each beam, then (beam sampling) the warpers, as HF; rng: a
+    numpy Generator for beam sampling (candidates drawn without replacement), else None.
+    Returns (sequences (B * n, T + n_new) int64, best first per prompt, and with want_scores
+    a dict: "sequences_scores" (B * n,) float32 (HF's: sum log p / new_len ** length_penalty),
+    "cumulative" (B * n, n_new) float32: the running sum of the search's log-probabilities
+    after each new token (0 after the hypothesis ended), "lengths" (B * n,) int64: the new
+    tokens of each hypothesis), with want_attention also "attention" (B * n, n_new, S)
+    float32: each new token's cross-attention weights (decoding.attention; the caller has
+    called decoding.record_attention), else None. All accumulated during the search."""
+    ids = decoding.sequences
     B, T = ids.shape
-    nb = num_beams
-    V = model.config.vocab_size
+    nb, max_new_tokens = cfg.num_beams, cfg.max_new_tokens
+    eos, pad_token_id = cfg.eos_token_id, cfg.pad_token_id
+    V = decoding.vocab_size
     keep = max(2, 1 + len(eos)) * nb
     top_mask = np.arange(keep) < nb
     fill = (pad_token_id or eos[0]) if eos else -1  # HF's output_fill_value
@@ -68,25 +80,44 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
     improvable = np.ones((B, 1), bool)
     running_idx = np.full((B, nb, max_new_tokens), -1, np.int64)
     beam_idx = running_idx.copy()
+    if want_scores:  # cumulative log-probabilities after each new token
+        running_cum = np.zeros((B, nb, max_new_tokens), np.float32)
+        cum = running_cum.copy()
+        out_cum, out_scores = cum.copy(), beam_scores.copy()
     # the results, written when a prompt leaves the search
     out_sequences, out_beam_idx = sequences.copy(), beam_idx.copy()
 
-    lens = mask.sum(1)
-    cache = model.new_cache(B * nb, int(lens.max()) + max_new_tokens)
-    logits = to_numpy(model.prefill(np.repeat(ids, nb, 0), np.repeat(mask, nb, 0), cache))
+    logits = to_numpy(decoding.start(B * nb, max_new_tokens))  # (B, V): one row a prompt
+    logits = np.repeat(logits, nb, 0)  # the beams of a prompt all start from its row
+    if want_attention:
+        att = np.repeat(decoding.attention, nb, 0)
+        S = att.shape[1]
+        running_att = np.zeros((B, nb, max_new_tokens, S), np.float32)
+        hyp_att, out_att = running_att.copy(), running_att.copy()
     cur = T
     while True:
         A = len(alive)
         rows = np.arange(A)[:, None]
-        forced = force is not None and getattr(force, "token", lambda step: 0)(cur - T) is not None
-        if rng is None and not forced and keep <= V:
-            # log_softmax + running scores + top-k fused in one pass over the logits
-            cand_logp, cand = ops.beam_topk(logits, running_scores.ravel(), nb, keep,
-                                            threads=getattr(model, "threads", None))
+        processed = processors.applies(cur)
+        bans = processors.bans(cur) if processed else np.zeros(0, np.int64)
+        wide = None if bans is None else keep + nb * len(bans)
+        if rng is None and wide is not None and wide <= V:
+            # log_softmax + running scores + top-k fused in one pass over the logits; tokens
+            # a processor bans (-inf) are dropped from enough extra candidates: the same
+            # selection as HF's over the processed scores
+            cand_logp, cand = ops.beam_topk(logits, running_scores.ravel(), nb, wide,
+                                            threads=decoding.threads)
+            if len(bans):
+                kept = np.argsort(np.isin(cand % V, bans), axis=1, kind="stable")[:, :keep]
+                cand_logp = np.take_along_axis(cand_logp, kept, 1)
+                cand = np.take_along_axis(cand, kept, 1)
         else:
             logp = log_softmax(logits, np.float32)
-            if force is not None:
-                logp = force(logp, cur - T)
+            if processed or warpers:
+                flat_running = running[:, :, :cur].reshape(A * nb, cur)
+                logp = processors(flat_running, logp, np.repeat(alive, nb))
+                if rng is not None and warpers:
+                    logp = warpers(flat_running, logp)
             logp = logp.reshape(A, nb, V) + running_scores[:, :, None]
             flat = logp.reshape(A, nb * V)
             if rng is not None:
@@ -102,6 +133,12 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         cand_idx = _gather(running_idx, parent)
         cand_idx[:, :, cur - T] = parent + rows * nb
         hits = np.isin(token, eos_arr) | (cur + 1 >= max_length)
+        if want_scores:
+            cand_cum = _gather(running_cum, parent)
+            cand_cum[:, :, cur - T] = cand_logp
+        if want_attention:
+            cand_att = _gather(running_att, parent)
+            cand_att[:, :, cur - T] = _gather(att.reshape(A, nb, S), parent)
 
         # the best num_beams continuations that did not end keep running
         run_logp = cand_logp + hits * neg
@@ -112,8 +149,8 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
 
         # ended candidates among the top num_beams join the finished hypotheses
         just_done = hits & top_mask[None]
-        done_scores = cand_logp / np.float32(float(cur + 1 - T) ** length_penalty)
-        all_done = finished.all(1, keepdims=True) & (early_stopping is True)
+        done_scores = cand_logp / np.float32(float(cur + 1 - T) ** cfg.length_penalty)
+        all_done = finished.all(1, keepdims=True) & (cfg.early_stopping is True)
         done_scores = done_scores + all_done * neg
         done_scores = done_scores + (~improvable) * neg + (~just_done) * neg
         merged = np.concatenate([beam_scores, done_scores], 1)
@@ -122,33 +159,61 @@ def beam_search(model, ids, mask, max_new_tokens, num_beams, length_penalty, ear
         beam_scores = _gather(merged, best)
         beam_idx = _gather(np.concatenate([beam_idx, cand_idx], 1), best)
         finished = _gather(np.concatenate([finished, just_done], 1), best)
+        if want_scores:
+            running_cum = _gather(cand_cum, nxt)
+            cum = _gather(np.concatenate([cum, cand_cum], 1), best)
+        if want_attention:
+            running_att = _gather(cand_att, nxt)
+            hyp_att = _gather(np.concatenate([hyp_att, cand_att], 1), best)
 
         cur += 1
-        if early_stopping == "never" and length_penalty > 0:
+        if cfg.early_stopping == "never" and cfg.length_penalty > 0:
             best_len = max_length - T
         else:
             best_len = cur - T
-        best_possible = running_scores[:, :1] / np.float32(float(best_len) ** length_penalty)
+        best_possible = running_scores[:, :1] / np.float32(float(best_len) ** cfg.length_penalty)
         worst_done = np.where(finished, beam_scores.min(1, keepdims=True), neg)
         improvable &= np.any(best_possible > worst_done, axis=1, keepdims=True)
         # HF stops when every prompt is settled (or every candidate ended: the length cap)
-        settled = ~improvable[:, 0] | (finished.all(1) & (early_stopping is True))
+        settled = ~improvable[:, 0] | (finished.all(1) & (cfg.early_stopping is True))
         if settled.all() or hits.all():
             settled[:] = True
         if settled.any():
             out_sequences[alive[settled]] = sequences[settled]
             out_beam_idx[alive[settled]] = beam_idx[settled]
+            if want_scores:
+                out_cum[alive[settled]] = cum[settled]
+                out_scores[alive[settled]] = beam_scores[settled]
+            if want_attention:
+                out_att[alive[settled]] = hyp_att[settled]
             go = ~settled
             alive = alive[go]
             running, running_scores, running_idx = running[go], running_scores[go], running_idx[go]
             sequences, beam_scores, beam_idx = sequences[go], beam_scores[go], beam_idx[go]
             finished, improvable = finished[go], improvable[go]
+            if want_scores:
+                running_cum, cum = running_cum[go], cum[go]
+            if want_attention:
+                running_att, hyp_att = running_att[go], hyp_att[go]
             if not len(alive):
                 break
-        cache.reorder(running_idx[:, :, cur - 1 - T].ravel())  # also drops the settled rows
-        logits = to_numpy(model.decode_step(running[:, :, cur - 1].ravel(), cache))
+        # the cache rows of the kept beams (also drops the settled prompts); after the first
+        # step the cache holds one row a prompt, which the beams of that prompt share
+        index = running_idx[:, :, cur - 1 - T].ravel()
+        decoding.reorder(index // nb if cur - 1 == T else index)
+        logits = to_numpy(decoding.step(running[:, :, cur - 1].ravel()))
+        if want_attention:
+            att = decoding.attention
 
-    sequences = out_sequences[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
-    beam_idx = out_beam_idx[:, :num_return_sequences].reshape(B * num_return_sequences, -1)
-    n_new = int((beam_idx >= 0).sum(1).max())
-    return sequences[:, :T + n_new]
+    n = cfg.num_return_sequences
+    sequences = out_sequences[:, :n].reshape(B * n, -1)
+    beam_idx = out_beam_idx[:, :n].reshape(B * n, -1)
+    lengths = (beam_idx >= 0).sum(1)
+    n_new = int(lengths.max())
+    extra = {"lengths": lengths} if want_scores or want_attention else None
+    if want_scores:
+        extra["sequences_scores"] = out_scores[:, :n].ravel()
+        extra["cumulative"] = out_cum[:, :n].reshape(B * n, -1)[:, :n_new]
+    if want_attention:
+        extra["attention"] = out_att[:, :n].reshape(B * n, max_new_tokens, S)[:, :n_new]
+    return sequences[:, :T + n_new], extra

@@ -1,5 +1,5 @@
-"""Logit warpers and sampling, with the semantics of HF's TemperatureLogitsWarper,
-TopKLogitsWarper and TopPLogitsWarper (applied in that order)."""
+"""Sampling: log softmax, the warpers (HF's TemperatureLogitsWarper, TopKLogitsWarper and
+TopPLogitsWarper, applied in that order) and one draw per row."""
 import numpy as np
 
 
@@ -11,30 +11,21 @@ def log_softmax(logits, dtype=np.float64):
     return x - m - np.log(np.exp(x - m).sum(-1, keepdims=True))
 
 
-def warp(logits, temperature=1.0, top_k=0, top_p=1.0):
-    """Scores (B, V) float64: (logits - row max) / temperature; then all but the top_k highest
-    set to -inf (top_k 0 = off); then outside the nucleus set to -inf: the smallest set of
-    highest-probability tokens whose probability mass reaches top_p (1.0 = off; at least one
-    token is kept)."""
-    x = np.asarray(logits, np.float64)
-    # shifted by the row max before dividing: the same distribution, and no overflow to
-    # inf - inf = NaN for a tiny temperature (which then keeps only the top token)
-    top = x.max(-1, keepdims=True)
-    with np.errstate(over="ignore"):  # a tiny temperature: -inf for all but the top
-        x = (x - np.where(np.isfinite(top), top, 0.0)) / temperature
-    V = x.shape[-1]
-    if 0 < top_k < V:
-        kth = np.partition(x, V - top_k, axis=-1)[:, V - top_k][:, None]
-        x = np.where(x < kth, -np.inf, x)
+def warp(logits, temperature=1.0, top_k=0, top_p=1.0, min_tokens_to_keep=1):
+    """Scores (B, V) float64: (logits - row max) / temperature (the same distribution; a tiny
+    temperature keeps only the top token instead of overflowing to NaN); then all but the top_k
+    highest set to -inf (top_k 0 = off); then outside the nucleus set to -inf: the smallest set
+    of highest-probability tokens whose probability mass reaches top_p (1.0 = off; at least
+    min_tokens_to_keep tokens are kept). The warpers of transformer.generation.processors, in
+    HF's order."""
+    from .processors import Temperature, TopK, TopP
+
+    x = np.array(logits, np.float64)
+    x = Temperature(temperature)(None, x)
+    if top_k:
+        x = TopK(top_k, min_tokens_to_keep)(None, x)
     if top_p < 1.0:
-        order = np.argsort(-x, axis=-1, kind="stable")
-        p = np.exp(log_softmax(np.take_along_axis(x, order, -1)))
-        before = np.cumsum(p, -1) - p  # mass of the strictly more probable tokens
-        drop = before >= top_p
-        drop[:, 0] = False
-        x = x.copy()
-        np.put_along_axis(x, order, np.where(drop, -np.inf, np.take_along_axis(x, order, -1)),
-                          -1)
+        x = TopP(top_p, min_tokens_to_keep)(None, x)
     return x
 
 

@@ -30,6 +30,7 @@ from . import block
 from .block import BlockSpec
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device
+from ..generation.contract import Decoding
 from ._inputs import check_batch
 from .config import check_positive
 
@@ -208,6 +209,37 @@ class KVCache:
         self.lengths[:R] = self.lengths[index]
 
 
+class DecoderDecoding(Decoding):
+    """The search contract (transformer.generation.contract) over a DecoderModel: the prompts
+    input_ids (B, T) with attention_mask (B, T) (left or right padding) are prefilled into a
+    KVCache; step is decode_step, reorder the cache's. Raises TypeError / ValueError /
+    IndexError naming a bad input (transformer.models._inputs.check_batch)."""
+
+    def __init__(self, model, input_ids, attention_mask=None):
+        self.model, self.threads = model, model.threads
+        self.sequences, self.mask, self.lengths = check_batch(input_ids, attention_mask,
+                                                              model.config.vocab_size)
+        self.vocab_size = model.config.vocab_size
+        if attention_mask is not None:  # HF: (mask != 0).argmax(1), the left padding
+            self.ignore = self.mask.argmax(1)
+        self.cache = None
+
+    def start(self, rows, max_new_tokens):
+        longest = int(self.lengths.max()) + max_new_tokens
+        positions = self.model.config.max_position_embeddings
+        if longest > positions:
+            raise ValueError(f"a prompt of {self.lengths.max()} tokens + max_new_tokens="
+                             f"{max_new_tokens} exceeds the model's {positions} positions")
+        self.cache = self.model.new_cache(rows, longest)
+        return self.model.prefill(self.sequences, self.mask, self.cache)
+
+    def step(self, tokens):
+        return self.model.decode_step(tokens, self.cache)
+
+    def reorder(self, index):
+        self.cache.reorder(index)
+
+
 class DecoderModel(DeviceModel):
     """A decoder-only language model: `model(input_ids, attention_mask)` -> logits (B, T, V)
     float32; `model.generate(...)` -> token ids (see transformer.generation.generate).
@@ -220,6 +252,8 @@ class DecoderModel(DeviceModel):
     be NumPy or CuPy."""
 
     DEVICES = ("cpu", "cuda")
+    DEFAULT_MAX_NEW_TOKENS = 32
+    generation_config = None  # GenerationConfig of generation_config.json, set at load
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config
@@ -295,15 +329,12 @@ class DecoderModel(DeviceModel):
         return ops.linear(h, self.weights["lm_head.weight"], threads=self.threads)
 
     # -- prefill and decode -------------------------------------------------------------------------
-    def _check_inputs(self, input_ids, attention_mask):
-        return check_batch(input_ids, attention_mask, self.config.vocab_size)
-
     def prefill(self, input_ids, attention_mask=None, cache=None, all_logits=False):
         """Run the prompts through the stack. input_ids, attention_mask: (B, T); cache: a fresh
         KVCache (filled here with each sequence's real tokens) or None.
         Returns logits (B, V) of each sequence's last real token, or with all_logits (N, V) for
         every real token in packed order plus the flat indices of those tokens in (B*T,)."""
-        ids, mask, lens = self._check_inputs(input_ids, attention_mask)
+        ids, mask, lens = check_batch(input_ids, attention_mask, self.config.vocab_size)
         if lens.max() > (cache.max_length if cache else self.config.max_position_embeddings):
             raise ValueError(f"a prompt of {lens.max()} tokens does not fit the model's "
                              f"{self.config.max_position_embeddings} positions"
@@ -353,7 +384,7 @@ class DecoderModel(DeviceModel):
         attention_mask (B, T) of 0/1 (left or right padding). Each sequence is computed as if alone
         (positions count its real tokens); padded positions get logits 0.
         Raises TypeError/ValueError/IndexError naming the bad argument."""
-        ids, mask, _ = self._check_inputs(input_ids, attention_mask)
+        ids, mask, _ = check_batch(input_ids, attention_mask, self.config.vocab_size)
         logits, flat = self.prefill(ids, mask, all_logits=True)
         xp = ops.array_module(logits)
         out = xp.zeros((ids.size, self.config.vocab_size), logits.dtype)
@@ -367,10 +398,35 @@ class DecoderModel(DeviceModel):
                        min(max_length, self.config.max_position_embeddings),
                        like=None if self.device == "cpu" else self.weights["embeddings.word"])
 
+    def decoding(self, input_ids, attention_mask=None, config=None):
+        """The search contract for these prompts (DecoderDecoding); config is unused here."""
+        return DecoderDecoding(self, input_ids, attention_mask)
+
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Continue each prompt; see transformer.generation.generate for the arguments.
         Returns (B * num_return_sequences, T + new) int64: the prompts then the new tokens
         (NumPy; CuPy on device="cuda", where the search itself runs on the host over logits
-        copied back each step as float32)."""
+        copied back each step as float32); with return_scores / return_dict_in_generate the
+        scores too (generate's docstring)."""
         from ..generation import generate
-        return self._host_output(generate(self, input_ids, attention_mask, **kwargs))
+        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
+
+    def stream(self, input_ids, attention_mask=None, **kwargs):
+        """An iterator over the new tokens of greedy search or sampling: each new column
+        (B * num_return_sequences,) int64 NumPy as it is chosen (transformer.generation.stream;
+        the arguments are generate's)."""
+        from ..generation import stream
+        return stream(self, input_ids, attention_mask, **kwargs)
+
+
+def _device_outputs(model, out):
+    """generate's result (ids, (ids, scores) or a GenerateOutput) with its arrays as the
+    model returns them (model._host_output: CuPy on the GPU)."""
+    if isinstance(out, tuple):
+        return tuple(model._host_output(a) for a in out)
+    if hasattr(out, "sequences"):  # the attention weights stay NumPy (host-computed)
+        for name in ("sequences", "scores", "sequences_scores", "token_logprobs"):
+            if getattr(out, name) is not None:
+                setattr(out, name, model._host_output(getattr(out, name)))
+        return out
+    return model._host_output(out)

@@ -30,6 +30,7 @@ import numpy as np
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device, to_numpy
+from ..generation.contract import Decoding
 from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
@@ -38,7 +39,7 @@ from ._inputs import check_batch, pack
 from . import block
 from .block import BlockSpec
 from .config import check_positive
-from .decoder import KVCache
+from .decoder import KVCache, _device_outputs
 from .encoder import encoder_layers
 
 
@@ -225,8 +226,10 @@ class EncoderOutput:
 
 
 class _DecodeState(KVCache):
-    """KV cache of the decoder plus, per cache row, the source sentence it translates; k, v
-    beside `like` (the model's device and dtype), NumPy float32 when None."""
+    """KV cache of the decoder plus, per cache row, the source sentence it translates
+    (src_index) and the offset of its positions (offset: a left-padded decoder prefix's
+    padding, so that a token's position is its column, as HF); k, v beside `like` (the model's
+    device and dtype), NumPy float32 when None."""
 
     def __init__(self, config, rows, max_length, enc, src_index, like=None):
         self._allocate((config.decoder_layers, rows, max_length, config.n_heads,
@@ -234,38 +237,91 @@ class _DecodeState(KVCache):
         self._init_state(rows, max_length)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
+        self.offset = np.zeros(len(self.src_index), np.int64)
+        self.alignment = None  # (layer, heads) whose cross-attention weights to record
+        self.attention = None  # (R, S_max) float32: those weights at the last call
 
     def reorder(self, index):
         super().reorder(index)
         self.src_index = self.src_index[np.asarray(index)]
+        self.offset = self.offset[np.asarray(index)]
 
 
-class _Session:
-    """The decoder of one request, seen by transformer.generation: prefill / decode_step /
-    new_cache over the decoder tokens, with the encoder output fixed."""
+class Seq2SeqDecoding(Decoding):
+    """The search contract (transformer.generation.contract) over a Seq2SeqModel: the source
+    input_ids (B, S) / attention_mask are encoded once; the search extends the decoder prefix
+    decoder_input_ids (B, T) with decoder_attention_mask (B, T) (rows of different lengths left
+    padded; default: decoder_start_token_id alone). As HF (_prepare_decoder_input_ids_for_
+    generation), a prefix whose rows all start with another token gets decoder_start_token_id
+    prepended (and a 1 in its mask). Positions are columns of the padded prefix and attention
+    skips its padding, as HF's Marian / BART. Raises TypeError / ValueError / IndexError naming
+    a bad input."""
 
-    def __init__(self, model, enc):
-        self.model, self.enc, self.config = model, enc, model.config
-        self.threads = model.threads
-
-    def _check_inputs(self, input_ids, attention_mask):
-        ids = np.asarray(input_ids, np.int64)
-        return ids, np.ones(ids.shape, bool), np.full(len(ids), ids.shape[1])
-
-    def new_cache(self, rows, max_length):
+    def __init__(self, model, input_ids, attention_mask=None, start_token_id=None,
+                 decoder_input_ids=None, decoder_attention_mask=None):
+        cfg = model.config
+        self.model, self.threads, self.vocab_size = model, model.threads, cfg.tgt_vocab_size
+        self.enc = model.encode(input_ids, attention_mask)
         B = len(self.enc.lengths)
-        return _DecodeState(self.config, rows, max_length, self.enc,
-                            np.repeat(np.arange(B), rows // B),
-                            like=None if self.model.device == "cpu" else self.enc.hidden)
+        start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
+        if decoder_input_ids is None:
+            if decoder_attention_mask is not None:
+                raise ValueError("decoder_attention_mask needs decoder_input_ids")
+            self.sequences, self.mask = np.full((B, 1), start, np.int64), np.ones((B, 1), bool)
+            return
+        ids, mask, _ = check_batch(decoder_input_ids, decoder_attention_mask, self.vocab_size,
+                                   "decoder_input_ids", "decoder_attention_mask")
+        if len(ids) != B:
+            raise ValueError(f"decoder_input_ids has {len(ids)} rows, the source batch {B}")
+        if mask[:, -1].min() == 0:
+            raise ValueError("decoder_attention_mask must end with a real token in every row "
+                             "(pad decoder prefixes on the left)")
+        if (ids[:, 0] != start).all():
+            ids = np.concatenate([np.full((B, 1), start, np.int64), ids], 1)
+            mask = np.concatenate([np.ones((B, 1), bool), mask], 1)
+        self.sequences, self.mask = ids, mask
+        if decoder_attention_mask is not None:  # HF: (mask != 0).argmax(1)
+            self.ignore = mask.argmax(1)
 
-    def prefill(self, input_ids, attention_mask, cache):
-        logits = None
-        for t in range(input_ids.shape[1]):
-            logits = self.model._decode_step(input_ids[:, t], cache)
-        return logits
+    _alignment = None
 
-    def decode_step(self, tokens, cache):
-        return self.model._decode_step(tokens, cache)
+    def record_attention(self, layer, heads):
+        L, H = self.model.config.decoder_layers, self.model.config.n_heads
+        if not (-L <= layer < L):
+            raise ValueError(f"attention_layer must be in [{-L}, {L}), got {layer!r}")
+        if not (0 <= heads <= H):
+            raise ValueError(f"attention_heads must be in [0, {H}] (0: all), got {heads!r}")
+        self._alignment = (layer % L, heads or H)
+
+    @property
+    def source_lengths(self):
+        return self.enc.lengths
+
+    @property
+    def attention(self):
+        return self.state.attention
+
+    def start(self, rows, max_new_tokens):
+        model, cfg = self.model, self.model.config
+        B, T = self.sequences.shape
+        if T + max_new_tokens > cfg.max_position_embeddings:
+            raise ValueError(f"a decoder prefix of {T} tokens + max_new_tokens={max_new_tokens} "
+                             f"exceeds the model's {cfg.max_position_embeddings} positions")
+        lens = self.mask.sum(1)
+        self.state = _DecodeState(cfg, rows, int(lens.max()) + max_new_tokens, self.enc,
+                                  np.arange(B),
+                                  like=None if model.device == "cpu" else self.enc.hidden)
+        self.state.offset = (T - lens).astype(np.int64)
+        self.state.alignment = self._alignment
+        if T == 1:
+            return model._decode_step(self.sequences[:, 0], self.state)
+        return model._prefill_decoder(self.sequences, self.mask, self.state)
+
+    def step(self, tokens):
+        return self.model._decode_step(tokens, self.state)
+
+    def reorder(self, index):
+        self.state.reorder(index)
 
 
 class Seq2SeqModel(DeviceModel):
@@ -445,14 +501,70 @@ class Seq2SeqModel(DeviceModel):
 
         def cross_attend(i, q):
             k, v = enc.cross_planes[i]
+            if state.alignment is not None and i == state.alignment[0]:
+                state.attention = self._cross_weights(q.reshape(R, H, D), enc, i, src,
+                                                      state.alignment[1])
             return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
                                         kv_index=src, threads=n, scale=scale).reshape(R, H * D)
 
         with blas_single_threaded():
-            h = self._embed("decoder", tokens, positions)
+            h = self._embed("decoder", tokens, positions + state.offset[:R])
             h = self._decoder_layers(h, self_attend, cross_attend)
             state.lengths[:R] += 1
             return self._logits(h)
+
+    def _cross_weights(self, q, enc, layer, src, heads):
+        """Cross-attention weights softmax(scale q k^T) (scale: config.attention_scale, default
+        1/sqrt(D)) of decoder layer `layer` for queries q (R, H, D) against the keys of sources
+        src (R,), averaged over the first `heads` heads: (R, S_max) float32 NumPy, 0 beyond each
+        source's length (CTranslate2's alignment: return_attention). Computed on the host in
+        float32."""
+        k = to_numpy(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
+        q = to_numpy(q).astype(np.float32)[:, :heads]
+        scale = self.config.attention_scale
+        scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+        s = np.einsum("rhd,rshd->rhs", q, k) * np.float32(scale)
+        s = np.where(np.arange(k.shape[1])[None, None] < enc.lengths[src][:, None, None], s,
+                     -np.inf)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        return (p / p.sum(-1, keepdims=True)).mean(1)
+
+    def _prefill_decoder(self, decoder_input_ids, mask, state):
+        """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
+        (positions: columns), each row's real tokens written to rows 0..B-1 of the fresh
+        `state`. Returns logits (B, V) of each row's last real token (as _decode_step)."""
+        cfg, n = self.config, self.threads
+        H, D = cfg.n_heads, cfg.head_dim
+        enc = state.enc
+        ids, positions, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
+                                                 cfg.tgt_vocab_size)
+        seq = np.repeat(np.arange(len(lens)), lens)
+        slot = np.arange(len(ids)) - cu[seq]  # each token's position in its cache row
+        scale, bias = cfg.attention_scale, self._position_bias("decoder")
+
+        def self_attend(i, qkv):
+            qkv = qkv.reshape(len(qkv), 3, H, D)
+            state.k[i, seq, slot] = qkv[:, 1]
+            state.v[i, seq, slot] = qkv[:, 2]
+            return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
+                                        threads=n, scale=scale,
+                                        position_bias=bias).reshape(-1, H * D)
+
+        def cross_attend(i, q):
+            kv = enc.cross_kv[i]
+            if state.alignment is not None and i == state.alignment[0]:  # last real tokens
+                state.attention = self._cross_weights(q.reshape(-1, H, D)[cu[1:] - 1], enc, i,
+                                                      np.arange(len(lens)), state.alignment[1])
+            return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
+                                        cu_seqlens_k=enc.cu, threads=n,
+                                        scale=scale).reshape(-1, H * D)
+
+        with blas_single_threaded():
+            h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
+                                     cross_attend)
+            state.lengths[:len(lens)] = lens
+            last = ops.array_module(h).ascontiguousarray(h[cu[1:] - 1])
+            return self._logits(last)
 
     def decode(self, enc, decoder_input_ids, decoder_attention_mask=None):
         """Teacher-forced decoder over whole target prefixes: decoder_input_ids (B, T) against
@@ -499,52 +611,38 @@ class Seq2SeqModel(DeviceModel):
         return self.decode(self.encode(input_ids, attention_mask), decoder_input_ids,
                            decoder_attention_mask)
 
-    def generate(self, input_ids, attention_mask=None, max_new_tokens=64, return_scores=False,
-                 **kwargs):
-        """Translate: target ids (B * num_return_sequences, 1 + n_new) int64 starting with
-        decoder_start_token_id, by greedy search, sampling or beam search (arguments of
-        transformer.generation.generate: num_beams, length_penalty, do_sample, temperature,
-        top_k, top_p, seed, num_return_sequences, eos_token_id, early_stopping, ...; the family's
-        forced_bos/forced_eos defaults apply). With return_scores, also (B * n,) float64: each
-        hypothesis' sum of the model's token log-probabilities up to its first eos (no length
-        penalty, no logits processors: a forced token counts with its model log-probability, so
-        this order can differ from the search's, which ranks forced tokens at log 1 = 0).
+    DECODING_INPUTS = ("decoder_input_ids", "decoder_attention_mask")
+    DEFAULT_MAX_NEW_TOKENS = 64
+    generation_config = None  # GenerationConfig of generation_config.json, set at load
+
+    def decoding(self, input_ids, attention_mask=None, config=None, decoder_input_ids=None,
+                 decoder_attention_mask=None):
+        """The search contract for this request (Seq2SeqDecoding): the source encoded once,
+        the decoder prefix (default: config.decoder_start_token_id) to extend."""
+        return Seq2SeqDecoding(self, input_ids, attention_mask,
+                               None if config is None else config.decoder_start_token_id,
+                               decoder_input_ids, decoder_attention_mask)
+
+    def generate(self, input_ids, attention_mask=None, **kwargs):
+        """Translate: target ids (B * num_return_sequences, T + n_new) int64: the decoder
+        prefix (decoder_input_ids / decoder_attention_mask, left padded; default
+        decoder_start_token_id alone, T = 1) then the new tokens, by greedy search, sampling or
+        beam search (the options of transformer.generation.generate; max_new_tokens default
+        64; the family's forced_bos / forced_eos and generation_config.json defaults apply).
+        return_scores: also (B * n,) float32, each hypothesis' sum of the search's token
+        log-probabilities, accumulated during the search (after the processors: a forced token
+        counts log 1 = 0); return_dict_in_generate: a GenerateOutput.
         NumPy arrays; CuPy on device="cuda" (the search runs on the host over logits copied
         back each step as float32; the encoder output and KV cache stay on the device)."""
         from ..generation import generate
+        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
 
-        cfg = self.config
-        enc = self.encode(input_ids, attention_mask)
-        B = len(enc.lengths)
-        start = np.full((B, 1), cfg.decoder_start_token_id, np.int64)
-        kwargs.setdefault("forced_bos_token_id", cfg.forced_bos_token_id)
-        kwargs.setdefault("forced_eos_token_id", cfg.forced_eos_token_id)
-        kwargs.setdefault("pad_token_id", cfg.pad_token_id)
-        out = generate(_Session(self, enc), start, None, max_new_tokens=max_new_tokens,
-                       **kwargs)
-        if not return_scores:
-            return self._host_output(out)
-        n = len(out) // B
-        scores = self._sequence_logprobs(enc, out, np.repeat(np.arange(B), n))
-        return self._host_output(out), self._host_output(scores)
-
-    def _sequence_logprobs(self, enc, sequences, src):
-        """Sum of log p(token) of each row of sequences (after its first token, up to and
-        including its first eos)."""
-        cfg = self.config
-        eos = np.isin(sequences, cfg.eos_token_ids)
-        ends = np.where(eos[:, 1:].any(1), eos[:, 1:].argmax(1) + 2, sequences.shape[1])
-        mask = (np.arange(sequences.shape[1])[None] < ends[:, None]).astype(np.int64)
-        sub = EncoderOutput(None, None, enc.lengths[src])
-        starts = enc.cu[:-1][src]
-        rows = np.concatenate([np.arange(a, a + n) for a, n in zip(starts, enc.lengths[src])])
-        sub.cu = np.concatenate([[0], np.cumsum(enc.lengths[src])])
-        sub.cross_kv = [kv[rows] for kv in enc.cross_kv]
-        logits = to_numpy(self.decode(sub, np.where(mask == 1, sequences, 0), mask))
-        from ..generation import log_softmax
-        lp = log_softmax(logits[:, :-1])
-        tok = np.take_along_axis(lp, sequences[:, 1:, None], -1)[..., 0]
-        return (tok * mask[:, 1:]).sum(1)
+    def stream(self, input_ids, attention_mask=None, **kwargs):
+        """An iterator over the new tokens of greedy search or sampling: each new column
+        (B * num_return_sequences,) int64 NumPy as it is chosen (transformer.generation.stream;
+        the arguments are generate's)."""
+        from ..generation import stream
+        return stream(self, input_ids, attention_mask, **kwargs)
 
     def score(self, input_ids, attention_mask, target_ids, target_mask=None):
         """Per-token log-probabilities of given targets, as CTranslate2's score_batch: target_ids
