@@ -338,7 +338,14 @@ def test_bad_vocabularies_and_tokenizers(shared_models, tmp_path):
 
 
 def test_cli_binary_stdin(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "transformer", "embed", "--input", "-"],
-                       input=b"\xff\xfe\x00binary", capture_output=True, timeout=300, cwd=ROOT)
-    assert p.returncode == 2 and b"stdin: not valid UTF-8" in p.stderr
+    """Undecodable stdin: a warning naming the line and U+FFFD in its place (the corpus job's
+    default --on-bad-line truncate), or with --on-bad-line fail exit 2 naming the line; never a
+    traceback."""
+    cmd = [sys.executable, "-m", "transformer", "embed", "--input", "-"]
+    p = subprocess.run(cmd, input=b"\xff\xfe\x00binary", capture_output=True, timeout=300,
+                       cwd=ROOT)
+    assert p.returncode == 0 and b"line 1" in p.stderr and b"undecodable" in p.stderr
     assert b"Traceback" not in p.stderr
+    p = subprocess.run(cmd + ["--on-bad-line", "fail"], input=b"\xff\xfe\x00binary",
+                       capture_output=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 2 and b"line 1" in p.stderr and b"Traceback" not in p.stderr

@@ -214,7 +214,8 @@ class BandwidthProbe:
         return out
 
 
-INT8_SHAPE = (128, 2048, 128)      # (M, K, N): 256 KiB of int8 operands, resident in L2
+INT8_SHAPE = (512, 1024, 1024)     # (M, K, N): 1.5 MiB of int8 operands, in L2 per thread
+# (each thread a row block against all N: 16 panels of 64 outputs, the kernel's unit of work)
 
 
 class Int8Probe:
