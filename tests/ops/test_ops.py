@@ -357,6 +357,19 @@ def test_beam_topk_ties_and_float32_rounding(rng):
     assert (idx[0] < V).all()
 
 
+@pytest.mark.parametrize("B,num_beams,V,k", [(3, 4, 101, 8), (32, 4, 1000, 8), (1, 2, 4, 4)])
+def test_beam_topk_device_path(fake_gpu, rng, B, num_beams, V, k):
+    """Device logits: the selection runs through CuPy operations (the stand-in here) and only
+    the (B, k) results come back, equal to the CPU kernel's (no ties in these scores)."""
+    logits = randn(rng, B * num_beams, V) * 4
+    scores = randn(rng, B * num_beams) * 3
+    want_vals, want_idx = ops.beam_topk(logits, scores, num_beams, k)
+    got_vals, got_idx = ops.beam_topk(fake_gpu.FAKE_CUPY.asarray(logits), scores, num_beams, k)
+    assert type(got_vals) is np.ndarray and type(got_idx) is np.ndarray
+    np.testing.assert_array_equal(got_idx, want_idx)
+    np.testing.assert_allclose(got_vals, want_vals, rtol=1e-6, atol=1e-5)
+
+
 def test_beam_topk_bad_input(rng):
     with pytest.raises(ValueError, match="num_beams"):
         ops.beam_topk(randn(rng, 6, 10), randn(rng, 6), 4, 2)

@@ -87,8 +87,10 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
     # the results, written when a prompt leaves the search
     out_sequences, out_beam_idx = sequences.copy(), beam_idx.copy()
 
-    logits = to_numpy(decoding.start(B * nb, max_new_tokens))  # (B, V): one row a prompt
-    logits = np.repeat(logits, nb, 0)  # the beams of a prompt all start from its row
+    # logits stay where the model computed them: the fused selection runs there (on a GPU only
+    # (B, k) candidates come back); the other paths bring them to the host as float32
+    logits = decoding.start(B * nb, max_new_tokens)  # (B, V): one row a prompt
+    logits = ops.array_module(logits).repeat(logits, nb, 0)  # beams start from their prompt
     if want_attention:
         att = np.repeat(decoding.attention, nb, 0)
         S = att.shape[1]
@@ -112,6 +114,7 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
                 cand_logp = np.take_along_axis(cand_logp, kept, 1)
                 cand = np.take_along_axis(cand, kept, 1)
         else:
+            logits = to_numpy(logits)
             logp = log_softmax(logits, np.float32)
             if processed or warpers:
                 flat_running = running[:, :, :cur].reshape(A * nb, cur)
@@ -201,7 +204,7 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
         # step the cache holds one row a prompt, which the beams of that prompt share
         index = running_idx[:, :, cur - 1 - T].ravel()
         decoding.reorder(index // nb if cur - 1 == T else index)
-        logits = to_numpy(decoding.step(running[:, :, cur - 1].ravel()))
+        logits = decoding.step(running[:, :, cur - 1].ravel())
         if want_attention:
             att = decoding.attention
 

@@ -686,7 +686,10 @@ def beam_topk(logits, beam_scores, num_beams, k, threads=None):
     float32 log_softmax, the log-sum-exp accumulated in double). Returns (values (B, k) float32,
     indices (B, k) int64 in [0, num_beams * V), index = beam * V + token), best first per entry,
     equal scores in ascending index. Raises TypeError for non-float arrays, ValueError for shapes
-    that do not fit (rows not a multiple of num_beams, k out of range). CPU arrays only."""
+    that do not fit (rows not a multiple of num_beams, k out of range). logits may be a CuPy
+    array: the selection then runs on the device and only the (B, k) results come back (NumPy
+    either way; on the device equal scores at the k-th place may be chosen in another order)."""
+    device = on_device(logits)
     logits = _float32("logits", logits, ndim=2)
     beam_scores = _float32("beam_scores", beam_scores, ndim=1)
     R, V = logits.shape
@@ -698,6 +701,9 @@ def beam_topk(logits, beam_scores, num_beams, k, threads=None):
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= V):
         raise ValueError(f"k must be an integer in [1, V={V}], got {k!r}")
     B = R // num_beams
+    if device:
+        from . import cuda
+        return cuda.beam_topk(logits, beam_scores, int(num_beams), int(k))
     vals = np.empty((B, int(k)), np.float32)
     idx = np.empty((B, int(k)), np.int64)
     if B:

@@ -285,3 +285,27 @@ def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, th
     kernel("attention.cu", "decode_combine", q.dtype)((B * H,), (128,),
                                                       (work, out, np.int32(n_chunks), np.int32(D)))
     return out
+
+
+def beam_topk(logits, beam_scores, num_beams, k):
+    """One beam-search selection step on the device (the CPU backend's fused beam_topk, in CuPy
+    operations): log_softmax of logits (R, V) in float32 with the log-sum-exp summed in float64,
+    plus beam_scores (R,), then per batch entry the k best of its num_beams * V scores
+    (argpartition on the device); only those (B, k) values and indices come to the host, where
+    they are sorted best first, equal values in ascending index. Returns NumPy (values (B, k)
+    float32, indices (B, k) int64)."""
+    cp = cupy()
+    x = logits if logits.dtype == np.float32 else to_float32(logits)
+    m = x.max(axis=1, keepdims=True)
+    lse = cp.log(cp.exp(x - m).sum(axis=1, keepdims=True, dtype=np.float64)).astype(np.float32)
+    scores = (x - m) - lse + cp.asarray(beam_scores, np.float32)[:, None]
+    R, V = scores.shape
+    flat = scores.reshape(R // num_beams, num_beams * V)
+    if k < flat.shape[1]:
+        idx = cp.argpartition(-flat, k - 1, axis=1)[:, :k]
+    else:
+        idx = cp.broadcast_to(cp.arange(flat.shape[1]), flat.shape).copy()
+    vals = cp.take_along_axis(flat, idx, 1).get()
+    idx = idx.get().astype(np.int64)
+    order = np.lexsort((idx, -vals), axis=-1)
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
