@@ -529,39 +529,48 @@ class Seq2SeqModel(DeviceModel):
         p = np.exp(s - s.max(-1, keepdims=True))
         return (p / p.sum(-1, keepdims=True)).mean(1)
 
-    def _prefill_decoder(self, decoder_input_ids, mask, state):
-        """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
-        (positions: columns), each row's real tokens written to rows 0..B-1 of the fresh
-        `state`. Returns logits (B, V) of each row's last real token (as _decode_step)."""
+    def _teacher_forced(self, enc, ids, positions, cu, state=None):
+        """The decoder layers over packed target tokens ids / positions (N,) with cu_seqlens cu
+        (causal self-attention per row, cross-attention to enc). With a decode `state`, each
+        row's keys and values also go to its cache row (and the alignment attention of the
+        last real tokens is kept, CTranslate2's return_attention). Returns h (N, C)."""
         cfg, n = self.config, self.threads
         H, D = cfg.n_heads, cfg.head_dim
-        enc = state.enc
-        ids, positions, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
-                                                 cfg.tgt_vocab_size)
-        seq = np.repeat(np.arange(len(lens)), lens)
-        slot = np.arange(len(ids)) - cu[seq]  # each token's position in its cache row
         scale, bias = cfg.attention_scale, self._position_bias("decoder")
+        if state is not None:
+            seq = np.repeat(np.arange(len(cu) - 1), np.diff(cu))
+            slot = np.arange(len(ids)) - cu[seq]  # each token's position in its cache row
 
         def self_attend(i, qkv):
             qkv = qkv.reshape(len(qkv), 3, H, D)
-            state.k[i, seq, slot] = qkv[:, 1]
-            state.v[i, seq, slot] = qkv[:, 2]
+            if state is not None:
+                state.k[i, seq, slot] = qkv[:, 1]
+                state.v[i, seq, slot] = qkv[:, 2]
             return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
                                         threads=n, scale=scale,
                                         position_bias=bias).reshape(-1, H * D)
 
         def cross_attend(i, q):
             kv = enc.cross_kv[i]
-            if state.alignment is not None and i == state.alignment[0]:  # last real tokens
+            if state is not None and state.alignment is not None and i == state.alignment[0]:
                 state.attention = self._cross_weights(q.reshape(-1, H, D)[cu[1:] - 1], enc, i,
-                                                      np.arange(len(lens)), state.alignment[1])
+                                                      np.arange(len(cu) - 1),
+                                                      state.alignment[1])
             return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
                                         cu_seqlens_k=enc.cu, threads=n,
                                         scale=scale).reshape(-1, H * D)
 
+        return self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
+                                    cross_attend)
+
+    def _prefill_decoder(self, decoder_input_ids, mask, state):
+        """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
+        (positions: columns), each row's real tokens written to rows 0..B-1 of the fresh
+        `state`. Returns logits (B, V) of each row's last real token (as _decode_step)."""
+        ids, positions, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
+                                                 self.config.tgt_vocab_size)
         with blas_single_threaded():
-            h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
-                                     cross_attend)
+            h = self._teacher_forced(state.enc, ids, positions, cu, state)
             state.lengths[:len(lens)] = lens
             last = ops.array_module(h).ascontiguousarray(h[cu[1:] - 1])
             return self._logits(last)
@@ -569,32 +578,14 @@ class Seq2SeqModel(DeviceModel):
     def decode(self, enc, decoder_input_ids, decoder_attention_mask=None):
         """Teacher-forced decoder over whole target prefixes: decoder_input_ids (B, T) against
         the encoder output `enc`. Returns logits (B, T, V) float32 (0 at padded positions)."""
-        cfg, n = self.config, self.threads
-        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
+        cfg = self.config
         ids, positions, flat, cu, lens = self._pack("decoder_input_ids", decoder_input_ids,
                                                     decoder_attention_mask, cfg.tgt_vocab_size)
         B, T = np.shape(decoder_input_ids)
         if B != len(enc.lengths):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
-
-        scale, bias = cfg.attention_scale, self._position_bias("decoder")
-
-        def self_attend(i, qkv):
-            qkv = qkv.reshape(len(qkv), 3, H, D)
-            return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
-                                        threads=n, scale=scale,
-                                        position_bias=bias).reshape(-1, H * D)
-
-        def cross_attend(i, q):
-            kv = enc.cross_kv[i]
-            return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
-                                        cu_seqlens_k=enc.cu, threads=n,
-                                        scale=scale).reshape(-1, H * D)
-
         with blas_single_threaded():
-            h = self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
-                                     cross_attend)
-            logits = self._logits(h)
+            logits = self._logits(self._teacher_forced(enc, ids, positions, cu))
         xp = ops.array_module(logits)
         out = xp.zeros((B * T, cfg.tgt_vocab_size), logits.dtype)
         out[xp.asarray(flat)] = logits
