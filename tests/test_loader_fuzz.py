@@ -34,7 +34,7 @@ def _check_load(target, name, size):
     assert peak < 4 * size + (16 << 20), f"peak {peak} bytes for a {size}-byte file"
 
 
-def _fuzz(path, target, name, rng, n=24):
+def _check_fuzzed(path, target, name, rng, n=24):
     data = path.read_bytes()
     for cut in _offsets(len(data), n, rng):  # truncated
         path.write_bytes(data[:cut])
@@ -51,7 +51,7 @@ def test_fuzz_safetensors(tiny_dir, tmp_path):
     d = tmp_path / "m"
     shutil.copytree(tiny_dir, d)
     rng = np.random.default_rng(0)
-    _fuzz(d / "model.safetensors", d, "model.safetensors", rng)
+    _check_fuzzed(d / "model.safetensors", d, "model.safetensors", rng)
     t = load_file(str(d / "model.safetensors"))
     name = "encoder.layer.0.attention.output.dense.weight"
     for bad in (t[name].astype(np.int64), t[name].astype(np.uint8), t[name][:, :3],
@@ -68,7 +68,7 @@ def test_fuzz_llama2c(shared_models, tmp_path):
     path = tmp_path / "m.bin"
     shutil.copy(src, path)
     shutil.copy(src.parent / "tok512.bin", tmp_path / "tok512.bin")
-    _fuzz(path, path, "m.bin", np.random.default_rng(1))
+    _check_fuzzed(path, path, "m.bin", np.random.default_rng(1))
     tok = tmp_path / "tok512.bin"
     data = tok.read_bytes()
     for cut in _offsets(len(data), 16, np.random.default_rng(2)):
@@ -83,4 +83,4 @@ def test_fuzz_ctranslate2(shared_models, tmp_path, kind):
         pytest.skip("aren-transliteration not found")
     d = tmp_path / "ct2"
     shutil.copytree(src, d)
-    _fuzz(d / "model.bin", d, "model.bin", np.random.default_rng(3), n=12)
+    _check_fuzzed(d / "model.bin", d, "model.bin", np.random.default_rng(3), n=12)
