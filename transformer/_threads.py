@@ -47,17 +47,29 @@ def resolve_threads(threads=None):
     return int(threads)
 
 
+def _blas_libraries():
+    """threadpoolctl's controllers of the loaded BLAS libraries (found once: SciPy's OpenBLAS,
+    which csrc/cpu calls, is loaded with transformer._cpu)."""
+    global _controller
+    if _controller is None:
+        _controller = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _controller
+
+
 class blas_single_threaded:
     """Context manager: BLAS libraries run one thread inside it (re-entrant, shared by Python
-    threads through a counter; the previous setting comes back when the last user leaves)."""
+    threads through a counter; the previous setting comes back when the last user leaves).
+    Entering costs two calls into each BLAS library (get / set its thread count), not a
+    threadpoolctl scan, so a decode step of a small model can afford it."""
 
     def __enter__(self):
-        global _controller, _depth, _saved
+        global _depth, _saved
         with _lock:
             if _depth == 0:
-                if _controller is None:
-                    _controller = ThreadpoolController().select(user_api="blas")
-                _saved = _controller.limit(limits=1)
+                _saved = [(lib, lib.get_num_threads()) for lib in _blas_libraries()]
+                for lib, n in _saved:
+                    if n != 1:
+                        lib.set_num_threads(1)
             _depth += 1
         return self
 
@@ -66,6 +78,8 @@ class blas_single_threaded:
         with _lock:
             _depth -= 1
             if _depth == 0:
-                _saved.restore_original_limits()
+                for lib, n in _saved:
+                    if n != 1:
+                        lib.set_num_threads(n)
                 _saved = None
         return False

@@ -102,6 +102,28 @@ class DeviceModel:
     def _moved(self):
         """Hook: refresh tables derived from the weights after `to`."""
 
+    @property
+    def kernels(self):
+        """The transformer.ops.bound.Kernels of the model's device and threads: the backend
+        chosen once, at the first forward after loading or `to()` (or a change of threads)."""
+        k = self.__dict__.get("_kernels")
+        if k is None or k.device != self.device or k.threads != self.threads:
+            from .ops.bound import Kernels
+            k = self._kernels = Kernels(self.device, self.threads)
+        return k
+
+    def stack(self, prefix=""):
+        """The blocks of the stack `prefix` ("" for a one-stack model, "encoder." / "decoder.")
+        with their weights looked up once per placement: transformer.models.block.layers."""
+        cache = self.__dict__.get("_stacks")
+        if cache is None or cache[0] is not self.weights:
+            cache = self._stacks = (self.weights, {})
+        found = cache[1].get(prefix)
+        if found is None:
+            from .models.block import layers
+            found = cache[1][prefix] = layers(self.weights, prefix)
+        return found
+
     def _output(self, x):
         """A float output as returned to the user: x itself (NumPy float32 on the CPU whatever
         the compute type; CuPy float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to

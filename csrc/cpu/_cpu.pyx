@@ -163,26 +163,47 @@ def layer_norm(const float[:, ::1] x,          # IN  (N, C)
                const float[::1] beta,          # IN  (C)
                float eps,
                float[:, ::1] out,              # OUT (N, C); may be x or residual
-               int n_threads):
-    """out = LayerNorm(x + residual), one row per iteration."""
+               int n_threads,
+               float[:, ::1] sum_out=None):    # OUT (N, C) x + residual, or None
+    """out = LayerNorm(x + residual), one row per iteration; with sum_out (and a residual) the
+    sum is stored there too (the pre-LN residual stream, fused with the next norm)."""
     cdef int N = x.shape[0], C = x.shape[1], r
     cdef bint has_res = residual is not None
+    cdef bint has_sum = sum_out is not None and has_res
     with nogil:
         for r in prange(N, schedule="static", num_threads=n_threads):
-            tf_layer_norm_row(&x[r, 0], &residual[r, 0] if has_res else NULL, &gamma[0],
-                              &beta[0], eps, C, &out[r, 0])
+            if has_sum:
+                _add_row(&x[r, 0], &residual[r, 0], C, &sum_out[r, 0])
+                tf_layer_norm_row(&sum_out[r, 0], NULL, &gamma[0], &beta[0], eps, C, &out[r, 0])
+            else:
+                tf_layer_norm_row(&x[r, 0], &residual[r, 0] if has_res else NULL, &gamma[0],
+                                  &beta[0], eps, C, &out[r, 0])
+
+
+cdef inline void _add_row(const float *a, const float *b, int n, float *out) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        out[i] = a[i] + b[i]
 
 
 def rms_norm(const float[:, ::1] x,         # IN  (N, C)
              const float[::1] weight,        # IN  (C)
              float eps,
              float[:, ::1] out,              # OUT (N, C); may be x
-             int n_threads):
-    """out = RMSNorm(x) * weight, one row per iteration."""
+             int n_threads,
+             const float[:, ::1] residual=None,  # IN  (N, C) added to x first, or None
+             float[:, ::1] sum_out=None):    # OUT (N, C) x + residual (needs residual), or None
+    """out = RMSNorm(x + residual) * weight, one row per iteration; the sum x + residual goes
+    to sum_out (the pre-LN residual stream, fused with the next norm)."""
     cdef int N = x.shape[0], C = x.shape[1], r
+    cdef bint has_res = residual is not None and sum_out is not None
     with nogil:
         for r in prange(N, schedule="static", num_threads=n_threads):
-            tf_rms_norm_row(&x[r, 0], &weight[0], eps, C, &out[r, 0])
+            if has_res:
+                _add_row(&x[r, 0], &residual[r, 0], C, &sum_out[r, 0])
+                tf_rms_norm_row(&sum_out[r, 0], &weight[0], eps, C, &out[r, 0])
+            else:
+                tf_rms_norm_row(&x[r, 0], &weight[0], eps, C, &out[r, 0])
 
 
 def rotary(float[:, ::1] x,                  # IN/OUT (N, W): heads at columns [0, n_heads*D)

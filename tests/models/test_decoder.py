@@ -96,12 +96,11 @@ def test_kv_cache_reorder_paths(rng):
     """KVCache.reorder against per-sequence histories kept in NumPy: table permutations (slots
     keep their lengths, also while dropping sequences) and the gathering fallback (ragged
     lengths move between slots); every decode step's attention compared in float64."""
-    from types import SimpleNamespace
-
-    from transformer.models.decoder import KVCache
-    cfg = SimpleNamespace(n_layers=2, n_kv_heads=2, head_dim=8)
+    from transformer.models.block import BlockSpec, CachedSelfAttention, KVCache
+    from transformer.ops.bound import Kernels
     H = 4  # two query heads per KV head
-    cache = KVCache(cfg, 4, 16)
+    spec, kernels = BlockSpec(n_heads=H, n_kv_heads=2, head_dim=8, causal=True), Kernels()
+    cache = KVCache(2, 4, 16, 2, 8)
     hist = []  # per slot: list of (k, v) (L, Hkv, D) per position
     for b, n in enumerate([3, 5, 2, 4]):  # ragged prompts, written as prefill does
         kv = rng.standard_normal((2, n, 2, 2, 8)).astype(np.float32)
@@ -113,11 +112,13 @@ def test_kv_cache_reorder_paths(rng):
     def step():
         R = len(hist)
         positions = cache.lengths[:R].astype(np.int64)
+        attend = CachedSelfAttention(spec, kernels, cache, positions)
         for layer in range(2):
             q = rng.standard_normal((R, H, 8)).astype(np.float32)
             k = rng.standard_normal((R, 2, 8)).astype(np.float32)
             v = rng.standard_normal((R, 2, 8)).astype(np.float32)
-            got = cache.attend(layer, q, k, v, positions).reshape(R, H, 8)
+            qkv = np.concatenate([a.reshape(R, -1) for a in (q, k, v)], 1)
+            got = attend(layer, qkv).reshape(R, H, 8)
             for r in range(R):
                 if layer == 0:
                     hist[r].append((np.zeros((2, 2, 8), np.float32),

@@ -38,6 +38,21 @@ def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
     return ids.astype(np.int64), mask, lens
 
 
+def check_tokens(tokens, vocab_size, rows):
+    """The new tokens of a decode step: tokens (R,) integers in [0, vocab_size), 1 <= R <= rows
+    (the cache's rows). Returns them as int64 NumPy. Raises ValueError / IndexError naming
+    `tokens`."""
+    tokens = np.asarray(to_numpy(tokens))
+    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer) \
+            or not 0 < len(tokens) <= rows:
+        raise ValueError(f"tokens must be 1 to {rows} integers (one per cache row), got "
+                         f"{tokens.dtype} {tokens.shape}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise IndexError(f"tokens must lie in [0, {vocab_size}), got values in "
+                         f"[{tokens.min()}, {tokens.max()}]")
+    return tokens.astype(np.int64)
+
+
 def pack(mask):
     """Packing of the real tokens of a (B, T) bool mask: flat indices into (B*T,), cu_seqlens
     (B+1,) int64, and each real token's column in the padded batch (its HF position id)."""

@@ -1,23 +1,52 @@
-"""The pieces of a transformer block that vary between families, in one place: the norm (kind
-and placement around the residual) and the feed-forward block (plain or gated), described by a
-BlockSpec and shared by the encoder, decoder and encoder-decoder stacks (Vaswani et al. 2017,
-section 3.1; pre-LN: Xiong et al. 2020; RMSNorm: Zhang & Sennrich 2019; gated FFN: Shazeer
-2020, "GLU Variants Improve Transformer").
+"""The transformer block and the stack runner of every family (Vaswani et al. 2017, section 3.1):
+the encoder-only, decoder-only and encoder-decoder models all run their layers through `run`.
 
-Weights are looked up in a {name: array} dict by prefix: `<prefix>.weight` / `.bias` of a norm
-(no bias for RMSNorm), `<p>ff1.*` (F or, gated, 2F rows: gate | up) and `<p>ff2.*` of the FFN
-(biases optional)."""
+What varies between families is data, not code:
+  BlockSpec     norm kind ("layer_norm" / "rms_norm", Zhang & Sennrich 2019) and placement
+                (post-LN as the paper and BERT, pre-LN as GPT-2 / Llama / T5: Xiong et al. 2020),
+                the FFN (plain, or gated: Shazeer 2020 "GLU Variants Improve Transformer"),
+                heads (n_heads, n_kv_heads for grouped-query attention, head_dim), causal or not,
+                cross-attention, the position scheme and the attention scale.
+  Layer         the weights of one block, looked up once when the model is placed.
+  attention     a context object per forward that says what the block's attention does with
+  contexts      the fused projection of layer i: PackedSelfAttention (ragged prefill / encoder,
+                optionally filling a KVCache), CachedSelfAttention (one new token per row
+                against its KVCache), PackedCrossAttention / CachedCrossAttention (queries
+                against an encoder's keys and values). Rotary positions (RoFormer) and attention
+                biases (ALiBi, Press et al. 2022; relative buckets, Raffel et al. 2020) belong
+                to the contexts, which know the positions.
+  KVCache       keys and values of every layer, sized by shapes.
+
+Our tensor names of one block under its prefix `<stack>layers.{i}.` (C = d_model, Q = H * D,
+K = Hkv * D, F = d_ff; biases optional; norms have no bias for RMSNorm):
+  norm1.*  qkv.weight (Q + 2K, C) rows Q | K | V  out.weight (C, Q)   (self-attention)
+  norm_cross.*  cross_q.weight (Q, C)  cross_out.weight (C, Q)        (cross-attention only;
+                the keys and values come from the encoder, cross_kv.weight (2Q, C))
+  norm2.*  ff1.weight (F, C), or gated (2F, C) rows gate | up  ff2.weight (C, F)
+and `<stack>final_norm.*` after the last block when present.
+
+Kernels come from a transformer.ops.bound.Kernels bound at placement: no argument is checked
+here; the models check their inputs once at their boundary."""
 from dataclasses import dataclass
 
+import numpy as np
+
 from .. import ops
+from ..ops.bound import VarlenPlan
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """What varies in a block: norm "layer_norm" or "rms_norm" with eps, pre_norm (norm before
-    each sub-layer, residual added after; else post-LN: norm(x + sublayer(x))), activation of
-    the FFN ("relu", "gelu", "gelu_tanh", "silu"), gated (act(gate) * up, a fused (2F, C)
-    ff1), attention_scale (None: 1/sqrt(head_dim); T5: 1.0)."""
+    """What varies in a block.
+
+    norm "layer_norm" or "rms_norm" with eps; pre_norm (norm before each sub-layer, residual
+    added after; else post-LN: norm(x + sublayer(x))); activation of the FFN ("relu", "gelu",
+    "gelu_tanh", "silu"); gated (act(gate) * up from a fused (2F, C) ff1); attention_scale
+    (None: 1/sqrt(head_dim); T5: 1.0); n_heads H, n_kv_heads Hkv (None: H), head_dim D;
+    causal self-attention; cross_attention (a decoder of an encoder-decoder); positions: how
+    positions enter ("learned" / "sinusoidal" tables at the embedding, "rotary" in the
+    attention contexts, "alibi" / "relative" attention biases, "none"); rope_interleaved
+    (rotary pairs (2i, 2i+1) as llama2.c, else (i, i + D/2) as HF rotate_half)."""
 
     norm: str = "layer_norm"
     eps: float = 1e-5
@@ -25,43 +54,297 @@ class BlockSpec:
     activation: str = "gelu"
     gated: bool = False
     attention_scale: float = None
+    n_heads: int = None
+    n_kv_heads: int = None
+    head_dim: int = None
+    causal: bool = False
+    cross_attention: bool = False
+    positions: str = "learned"
+    rope_interleaved: bool = False
+
+    @property
+    def kv_heads(self):
+        """Hkv (n_kv_heads, default n_heads)."""
+        return self.n_kv_heads or self.n_heads
 
 
-def norm(spec, w, name, x, threads, residual=None):
-    """norm(x + residual) with the weights `name`.weight (and .bias for LayerNorm); residual
-    (post-LN) fused into the LayerNorm kernel, added first for RMSNorm."""
+class Layer:
+    """The weights of one block (module docstring names), looked up once: each linear and norm
+    as a (weight, bias or None) pair; the cross-attention pairs are None without it."""
+
+    NAMES = ("norm1", "qkv", "out", "norm_cross", "cross_q", "cross_kv", "cross_out", "norm2",
+             "ff1", "ff2")
+    __slots__ = NAMES
+
+    def __init__(self, w, prefix):
+        for name in self.NAMES:
+            weight = w.get(prefix + name + ".weight")
+            setattr(self, name, None if weight is None
+                    else (weight, w.get(prefix + name + ".bias")))
+
+
+def layers(w, prefix):
+    """[Layer] of the blocks `<prefix>layers.{i}.` (i = 0.. while `<prefix>layers.{i}.qkv.weight`
+    is in the weights w), then the (weight, bias) pair of `<prefix>final_norm` or None:
+    (layers, final_norm)."""
+    final = w.get(prefix + "final_norm.weight")
+    n = 0
+    while f"{prefix}layers.{n}.qkv.weight" in w:
+        n += 1
+    return ([Layer(w, f"{prefix}layers.{i}.") for i in range(n)],
+            None if final is None else (final, w.get(prefix + "final_norm.bias")))
+
+
+def norm(spec, k, pair, x, residual=None):
+    """norm(x + residual) with pair = (weight, bias): the residual (post-LN) fused into the
+    LayerNorm kernel, added first for RMSNorm. k: a bound Kernels."""
     if spec.norm == "rms_norm":
         if residual is not None:
-            x = ops.add(x, residual)
-        return ops.rms_norm(x, w[name + ".weight"], spec.eps, threads=threads)
-    return ops.layer_norm(x, w[name + ".weight"], w[name + ".bias"], spec.eps,
-                          residual=residual, threads=threads)
+            x = k.add(x, residual)
+        return k.rms_norm(x, pair[0], spec.eps)
+    return k.layer_norm(x, pair[0], pair[1], spec.eps, residual)
 
 
-def linear(w, name, x, threads, activation=None):
-    """x @ `name`.weight^T (+ `name`.bias when present), then the activation."""
-    return ops.linear(x, w[name + ".weight"], w.get(name + ".bias"), activation,
-                      threads=threads)
-
-
-def feed_forward(spec, w, p, x, threads):
+def feed_forward(spec, k, layer, x):
     """ff2(act(ff1(x))), or gated: ff2(act(gate) * up) with ff1 = gate | up (SwiGLU's fused
     kernel for silu)."""
     if not spec.gated:
-        return linear(w, p + "ff2", linear(w, p + "ff1", x, threads, spec.activation), threads)
-    gate_up = linear(w, p + "ff1", x, threads)
+        return k.linear(k.linear(x, *layer.ff1, spec.activation), *layer.ff2)
+    gate_up = k.linear(x, *layer.ff1)
     if spec.activation == "silu":
-        f = ops.swiglu(gate_up, threads=threads)
+        f = k.swiglu(gate_up)
     else:  # host arrays: the gated families beyond SwiGLU run on the CPU
         F = gate_up.shape[-1] // 2
-        f = ops.bias_act(gate_up[:, :F], None, spec.activation, threads=threads)
+        f = k.bias_act(np.ascontiguousarray(gate_up[:, :F]), spec.activation)
         f *= gate_up[:, F:]
-    return linear(w, p + "ff2", f, threads)
+    return k.linear(f, *layer.ff2)
 
 
-def sublayer(spec, w, norm_name, h, fn, threads):
-    """One residual sub-layer around fn (attention or FFN): pre-LN h + fn(norm(h)), or post-LN
-    norm(h + fn(h))."""
-    if spec.pre_norm:
-        return ops.add(h, fn(norm(spec, w, norm_name, h, threads)))
-    return norm(spec, w, norm_name, fn(h), threads, residual=h)
+def sublayer(spec, k, pair, h, fn):
+    """One post-LN residual sub-layer around fn (attention or FFN) with the norm `pair`:
+    norm(h + fn(h)), the residual add fused into the norm kernel."""
+    return norm(spec, k, pair, fn(h), residual=h)
+
+
+def run(spec, k, stack, h, attend, cross_attend=None):
+    """The stack: each block's self-attention, cross-attention (when cross_attend is given) and
+    feed-forward sub-layers, then the final norm when the stack has one.
+
+    Post-LN: h = norm(h + f(h)) per sub-layer. Pre-LN: h = h + f(norm(h)), each residual add
+    fused with the norm that follows it (Kernels.add_norm), so the residual stream h and the
+    next sub-layer's input x come from one kernel.
+
+    spec: BlockSpec; k: bound Kernels; stack: (layers, final_norm) from `layers`; h (N, C) rows
+    of the model's dtype; attend(i, qkv (N, Q + 2K)) -> context (N, Q) and cross_attend(i,
+    q (N, Q)) -> context (N, Q): attention contexts of this forward. Returns (N, C)."""
+    blocks, final = stack
+    if not spec.pre_norm:
+        for i, layer in enumerate(blocks):
+            h = sublayer(spec, k, layer.norm1, h,
+                         lambda x: k.linear(attend(i, k.linear(x, *layer.qkv)), *layer.out))
+            if cross_attend is not None:
+                h = sublayer(spec, k, layer.norm_cross, h, lambda x: k.linear(
+                    cross_attend(i, k.linear(x, *layer.cross_q)), *layer.cross_out))
+            h = sublayer(spec, k, layer.norm2, h, lambda x: feed_forward(spec, k, layer, x))
+        return h if final is None else norm(spec, k, final, h)
+    if not blocks:
+        return h if final is None else norm(spec, k, final, h)
+    rms = spec.norm == "rms_norm"
+    x = norm(spec, k, blocks[0].norm1, h)
+    for i, layer in enumerate(blocks):
+        y = k.linear(attend(i, k.linear(x, *layer.qkv)), *layer.out)
+        if cross_attend is not None:
+            h, x = k.add_norm(h, y, *layer.norm_cross, spec.eps, rms)
+            y = k.linear(cross_attend(i, k.linear(x, *layer.cross_q)), *layer.cross_out)
+        h, x = k.add_norm(h, y, *layer.norm2, spec.eps, rms)
+        y = feed_forward(spec, k, layer, x)
+        following = blocks[i + 1].norm1 if i + 1 < len(blocks) else final
+        if following is None:
+            return k.add(h, y)
+        h, x = k.add_norm(h, y, *following, spec.eps, rms)
+    return x
+
+
+# -- attention contexts ---------------------------------------------------------------------------
+class _SelfAttention:
+    """What both self-attention contexts share: splitting the fused projection, rotary positions
+    (rope: (cos, sin) tables on the device, or None) and the attention bias (an
+    ops.PositionBias or None)."""
+
+    def __init__(self, spec, k, positions, rope, position_bias):
+        self.spec, self.k = spec, k
+        self.H, self.Hkv, self.D = spec.n_heads, spec.kv_heads, spec.head_dim
+        self.rope, self.position_bias = rope, position_bias
+        if rope is not None:  # the rotary kernel reads positions on x's device
+            self.rope_positions = k.xp.asarray(np.ascontiguousarray(positions, np.int64))
+
+    def split(self, qkv):
+        """q (N, H, D), k, v (N, Hkv, D) views of qkv (N, Q + 2K), rotated first if rotary."""
+        H, Hkv, D = self.H, self.Hkv, self.D
+        if self.rope is not None:
+            self.k.rotary(qkv, self.rope_positions, *self.rope, H + Hkv,
+                          self.spec.rope_interleaved)
+        N = qkv.shape[0]
+        return (qkv[:, :H * D].reshape(N, H, D), qkv[:, H * D:(H + Hkv) * D].reshape(N, Hkv, D),
+                qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D))
+
+
+class PackedSelfAttention(_SelfAttention):
+    """Self-attention of packed rows (N, ...) with cu_seqlens cu (B+1,): sequence b's rows
+    cu[b]:cu[b+1] attend to each other (causal when spec.causal). positions (N,): each row's
+    position (rotary). With a KVCache, row j of sequence b also stores its keys and values at
+    cache row b, position slots[j] (the prefill of generation)."""
+
+    def __init__(self, spec, k, cu, positions=None, rope=None, position_bias=None,
+                 cache=None, slots=None):
+        super().__init__(spec, k, positions, rope, position_bias)
+        self.plan = VarlenPlan(cu)
+        self.cache = cache
+        if cache is not None:
+            seq = np.repeat(np.arange(len(cu) - 1), np.diff(cu))
+            self.cache_index = cache.index(seq, slots)
+
+    def __call__(self, i, qkv):
+        q, k, v = self.split(qkv)
+        if self.cache is not None:
+            self.cache.write(i, self.cache_index, k, v)
+        ctx = self.k.attention_varlen(q, k, v, self.plan, self.spec.causal,
+                                      self.spec.attention_scale, self.position_bias)
+        return ctx.reshape(len(q), -1)
+
+
+class CachedSelfAttention(_SelfAttention):
+    """Self-attention of one new token per cache row r < R at positions (R,) = the row's
+    filled length: its keys and values are appended to the KVCache, then it attends to the
+    row's keys 0..positions[r] (Kernels.decode_attention; through the cache's plane table on
+    the CPU)."""
+
+    def __init__(self, spec, k, cache, positions, rope=None, position_bias=None):
+        super().__init__(spec, k, positions, rope, position_bias)
+        R = len(positions)
+        self.cache, self.R = cache, R
+        self.cache_index = cache.index(np.arange(R), positions)
+        self.lengths = np.ascontiguousarray(positions + 1, np.int32)
+        self.kv_rows = None if cache.copy_on_reorder else cache.planes[:R]
+        self.chunk = k.decode_chunk(self.lengths, self.Hkv) if k.cpu else None
+        if not cache.copy_on_reorder:
+            cache.planes[np.arange(R), positions] = np.arange(R, dtype=np.int32)
+
+    def __call__(self, i, qkv):
+        q, k, v = self.split(qkv)
+        c = self.cache
+        c.write(i, self.cache_index, k, v)
+        if self.kv_rows is None:  # the device: rows kept in place by reorder
+            kc, vc = c.k[i, :self.R], c.v[i, :self.R]
+        else:
+            kc, vc = c.k[i], c.v[i]
+        ctx = self.k.decode_attention(q, kc, vc, self.lengths, self.spec.attention_scale,
+                                      kv_rows=self.kv_rows, position_bias=self.position_bias,
+                                      chunk=self.chunk)
+        return ctx.reshape(self.R, -1)
+
+
+class PackedCrossAttention:
+    """Cross-attention of packed decoder rows with cu_seqlens cu to an encoder's packed keys and
+    values: kv[i] (Ns, 2, H, D) of layer i with cu_seqlens cu_k. record(i, q (N, H, D)) is
+    called first when given (the alignment weights of CTranslate2's return_attention)."""
+
+    def __init__(self, spec, k, cu, kv, cu_k, record=None):
+        self.spec, self.k, self.kv, self.record = spec, k, kv, record
+        self.plan = VarlenPlan(cu, cu_k)
+
+    def __call__(self, i, q):
+        spec = self.spec
+        q = q.reshape(len(q), spec.n_heads, spec.head_dim)
+        if self.record is not None:
+            self.record(i, q)
+        kv = self.kv[i]
+        ctx = self.k.attention_varlen(q, kv[:, 0], kv[:, 1], self.plan, False,
+                                      spec.attention_scale)
+        return ctx.reshape(len(q), -1)
+
+
+class CachedCrossAttention:
+    """Cross-attention of one decoder query per row r < R to the encoder output of source
+    src[r]: planes[i] = (k, v) (B, S_max, H, D) of layer i, lengths (B,) the sources' real
+    tokens. record as PackedCrossAttention."""
+
+    def __init__(self, spec, k, planes, lengths, src, record=None):
+        self.spec, self.k, self.planes, self.record = spec, k, planes, record
+        self.src = np.ascontiguousarray(src, np.int32)
+        self.lengths = np.ascontiguousarray(lengths[self.src], np.int32)
+
+    def __call__(self, i, q):
+        spec = self.spec
+        q = q.reshape(len(q), spec.n_heads, spec.head_dim)
+        if self.record is not None:
+            self.record(i, q)
+        kc, vc = self.planes[i]
+        ctx = self.k.decode_attention(q, kc, vc, self.lengths, spec.attention_scale,
+                                      kv_index=self.src)
+        return ctx.reshape(len(q), -1)
+
+
+# -- the KV cache -----------------------------------------------------------------------------------
+class KVCache:
+    """Keys and values of every layer, preallocated for `max_length` positions and written in
+    place, sized by shapes: k, v (n_layers, batch_size, max_length, n_kv_heads, head_dim), NumPy
+    float32, or beside `like` (a device array: its array module and dtype); lengths (B,) int32,
+    the positions filled per sequence (ragged: sequence b owns rows [0, lengths[b])); planes
+    (B, max_length) int32: the plane of k/v holding position j of sequence b (b itself until a
+    beam search reorders the sequences: then only this table is permuted, the keys and values
+    stay where they are). lengths and planes live on the host on every device.
+
+    copy_on_reorder (True on the GPU, whose decode kernel reads no plane table): reorder gathers
+    the keys and values of the kept sequences into their new rows on the device (as Hugging
+    Face's cache reorder does), so planes stay the identity."""
+
+    def __init__(self, n_layers, batch_size, max_length, n_kv_heads, head_dim, like=None):
+        shape = (n_layers, batch_size, max_length, n_kv_heads, head_dim)
+        xp, dtype = (np, np.float32) if like is None else (ops.array_module(like), like.dtype)
+        self.k = xp.empty(shape, dtype)
+        self.v = xp.empty(shape, dtype)
+        self.copy_on_reorder = xp is not np
+        self.lengths = np.zeros(batch_size, np.int32)
+        self.max_length = max_length
+        self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
+        # (L, B * max_length, Hkv, D) views: one flat index per write
+        self._k_rows = self.k.reshape(n_layers, -1, n_kv_heads, head_dim)
+        self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads, head_dim)
+
+    def index(self, rows, slots):
+        """The flat write index of positions slots (N,) of cache rows `rows` (N,), for
+        `write` (on the cache's device)."""
+        flat = np.asarray(rows, np.int64) * self.max_length + np.asarray(slots, np.int64)
+        return flat if not self.copy_on_reorder else ops.array_module(self.k).asarray(flat)
+
+    def write(self, layer, index, k, v):
+        """Store keys and values k, v (N, Hkv, D) of `layer` at the flat `index` (N,)."""
+        self._k_rows[layer][index] = k
+        self._v_rows[layer][index] = v
+
+    def reorder(self, index):
+        """Keep sequences `index` (B',) in that order, B' <= the current count (beam search
+        reordering beams, or dropping the sequences that finished). When every slot r < B' keeps
+        its length (beams of one prompt reordered among themselves; equal lengths), only the
+        plane table is permuted: every position the table points to lies below the length of its
+        plane's slot, so the next token of slot r goes to a position of plane r that nobody
+        reads. Otherwise the filled positions are gathered in place and the table reset."""
+        index = np.asarray(index)
+        R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
+        if self.copy_on_reorder:  # planes are the identity: gather whole rows
+            xp = ops.array_module(self.k)
+            rows = xp.asarray(index)
+            self.k[:, :R, :S] = xp.take(self.k[:, :, :S], rows, axis=1)
+            self.v[:, :R, :S] = xp.take(self.v[:, :, :S], rows, axis=1)
+            self.lengths[:R] = self.lengths[index]
+            return
+        if np.array_equal(self.lengths[index], self.lengths[:R]):
+            self.planes[:R, :S] = self.planes[index, :S]
+            return
+        src = self.planes[index, :S]  # (R, S) plane of each position, positions along axis 1
+        pos = np.arange(S)[None]
+        self.k[:, :R, :S] = self.k[:, src, pos]
+        self.v[:, :R, :S] = self.v[:, src, pos]
+        self.planes[:] = np.arange(len(self.planes), dtype=np.int32)[:, None]
+        self.lengths[:R] = self.lengths[index]

@@ -1,5 +1,6 @@
 """Model hyper-parameters, one dataclass for every encoder (names from the paper and HF)."""
 from dataclasses import dataclass
+from functools import cached_property
 
 from ..ops import ACTIVATIONS
 from .block import BlockSpec
@@ -69,10 +70,14 @@ class EncoderConfig:
         """D = d_model / n_heads."""
         return self.d_model // self.n_heads
 
-    @property
+    @cached_property
     def block(self):
-        """The BlockSpec of the layers (LayerNorm, post-LN unless pre_norm)."""
-        return BlockSpec("layer_norm", self.layer_norm_eps, self.pre_norm, self.activation)
+        """The BlockSpec of the layers (LayerNorm, post-LN unless pre_norm; bidirectional
+        attention, a relative position bias when relative_attention_num_buckets)."""
+        return BlockSpec("layer_norm", self.layer_norm_eps, self.pre_norm, self.activation,
+                         n_heads=self.n_heads, head_dim=self.head_dim,
+                         positions="relative" if self.relative_attention_num_buckets
+                         else "learned")
 
     @property
     def max_length(self):

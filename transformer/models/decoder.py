@@ -21,17 +21,18 @@ Q = n_heads * D, K = n_kv_heads * D, F = d_ff; ".bias" tensors only when config.
   final_norm.weight (C) [.bias], lm_head.weight (V, C) (the same array as embeddings.word when tied)
 """
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from .. import ops
 from ..ops.position_bias import alibi_slopes
 from . import block
-from .block import BlockSpec
+from .block import BlockSpec, KVCache  # noqa: F401 (KVCache: the cache type of every family)
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device
 from ..generation.contract import Decoding
-from ._inputs import check_batch
+from ._inputs import check_batch, check_tokens
 from .config import check_positive
 
 
@@ -95,12 +96,14 @@ class DecoderConfig:
         if self.positions == "rotary" and self.head_dim % 2:
             raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
 
-    @property
+    @cached_property
     def block(self):
         """The BlockSpec of the layers (pre-norm; SwiGLU is a gated SiLU FFN)."""
         swiglu = self.activation == "swiglu"
         return BlockSpec(self.norm, self.norm_eps, True, "silu" if swiglu else self.activation,
-                         gated=swiglu)
+                         gated=swiglu, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                         head_dim=self.head_dim, causal=True, positions=self.positions,
+                         rope_interleaved=self.rope_interleaved)
 
     @property
     def eos_token_ids(self):
@@ -132,81 +135,6 @@ def decoder_shapes(config):
     shapes.update({"final_norm" + s: (C,) for s in norm})
     shapes["lm_head.weight"] = (config.vocab_size, C)
     return shapes
-
-
-class KVCache:
-    """Keys and values of every layer, preallocated for `max_length` positions and written in
-    place: k, v (L, B, max_length, Hkv, D), NumPy float32, or on the GPU CuPy arrays of the
-    model's dtype (`like`); lengths (B,) int32, the positions filled per sequence (ragged:
-    sequence b owns rows [0, lengths[b])); planes (B, max_length) int32: the plane of k/v holding
-    position j of sequence b (b itself until a beam search reorders the sequences: then only this
-    table is permuted, the keys and values stay where they are). lengths and planes live on the
-    host on every device.
-
-    copy_on_reorder (True on the GPU, whose decode kernel reads no plane table): reorder gathers
-    the keys and values of the kept sequences into their new rows on the device (as Hugging
-    Face's cache reorder does), so planes stay the identity."""
-
-    def __init__(self, config, batch_size, max_length, like=None):
-        shape = (config.n_layers, batch_size, max_length, config.n_kv_heads, config.head_dim)
-        self._allocate(shape, like)
-        self._init_state(batch_size, max_length)
-
-    def _allocate(self, shape, like):
-        """k, v of `shape`: NumPy float32, or beside `like` (its array module and dtype)."""
-        xp, dtype = (np, np.float32) if like is None else (ops.array_module(like), like.dtype)
-        self.k = xp.empty(shape, dtype)
-        self.v = xp.empty(shape, dtype)
-        self.copy_on_reorder = xp is not np
-
-    def _init_state(self, batch_size, max_length):
-        self.lengths = np.zeros(batch_size, np.int32)
-        self.max_length = max_length
-        self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
-
-    def attend(self, layer, q, k, v, positions, threads=None, position_bias=None, scale=None):
-        """Decode step of one layer: write k, v (R, Hkv, D) of the new tokens at `positions`
-        (R,) of rows 0..R-1, then attend each query q (R, H, D) to its row's keys up to and
-        including the new one (position_bias: an ops.PositionBias or None; scale: of the
-        scores, default 1/sqrt(D)). Returns the context (R, H * D) of q's dtype and device."""
-        R = len(q)
-        rows = np.arange(R)
-        self.k[layer, rows, positions] = k
-        self.v[layer, rows, positions] = v
-        self.planes[rows, positions] = rows
-        if self.copy_on_reorder:  # the device: rows kept in place by reorder
-            return ops.decode_attention(q, self.k[layer, :R], self.v[layer, :R], positions + 1,
-                                        threads=threads, position_bias=position_bias,
-                                        scale=scale).reshape(R, -1)
-        return ops.decode_attention(q, self.k[layer], self.v[layer], positions + 1,
-                                    threads=threads, kv_rows=self.planes[:R],
-                                    position_bias=position_bias, scale=scale).reshape(R, -1)
-
-    def reorder(self, index):
-        """Keep sequences `index` (B',) in that order, B' <= the current count (beam search
-        reordering beams, or dropping the sequences that finished). When every slot r < B' keeps
-        its length (beams of one prompt reordered among themselves; equal lengths), only the
-        plane table is permuted: every position the table points to lies below the length of its
-        plane's slot, so the next token of slot r goes to a position of plane r that nobody
-        reads. Otherwise the filled positions are gathered in place and the table reset."""
-        index = np.asarray(index)
-        R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
-        if self.copy_on_reorder:  # planes are the identity: gather whole rows
-            xp = ops.array_module(self.k)
-            rows = xp.asarray(index)
-            self.k[:, :R, :S] = xp.take(self.k[:, :, :S], rows, axis=1)
-            self.v[:, :R, :S] = xp.take(self.v[:, :, :S], rows, axis=1)
-            self.lengths[:R] = self.lengths[index]
-            return
-        if np.array_equal(self.lengths[index], self.lengths[:R]):
-            self.planes[:R, :S] = self.planes[index, :S]
-            return
-        src = self.planes[index, :S]  # (R, S) plane of each position, positions along axis 1
-        pos = np.arange(S)[None]
-        self.k[:, :R, :S] = self.k[:, src, pos]
-        self.v[:, :R, :S] = self.v[:, src, pos]
-        self.planes[:] = np.arange(len(self.planes), dtype=np.int32)[:, None]
-        self.lengths[:R] = self.lengths[index]
 
 
 class DecoderDecoding(Decoding):
@@ -291,42 +219,23 @@ class DecoderModel(DeviceModel):
     # -- building blocks --------------------------------------------------------------------------
     def _embed(self, ids, positions):
         w, cfg = self.weights, self.config
-        norm = dict(norm_weight=w.get("embeddings.norm.weight"),
-                    norm_bias=w.get("embeddings.norm.bias"), eps=cfg.norm_eps)
-        if cfg.positions == "learned":
-            return ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions,
-                                 threads=self.threads, **norm)
-        return ops.embedding(ids, w["embeddings.word"], self._no_positions, np.zeros_like(ids),
-                             threads=self.threads, **norm)
+        if cfg.positions != "learned":
+            positions = np.zeros_like(positions)  # the zero row: positions act in attention
+        return self.kernels.embedding(ids, positions, w["embeddings.word"],
+                                      w.get("embeddings.position", self._no_positions),
+                                      w.get("embeddings.norm.weight"),
+                                      w.get("embeddings.norm.bias"), cfg.norm_eps)
 
-    def _stack(self, h, positions, attend):
-        """Run the L blocks on rows h (N, C) at `positions` (N,); attend(i, qkv (N, Q+2K)) ->
-        context (N, Q) does the attention of layer i (and stores K/V in the cache)."""
-        cfg, w, n = self.config, self.weights, self.threads
-        H, Hkv, spec = cfg.n_heads, cfg.n_kv_heads, cfg.block
-        for i in range(cfg.n_layers):
-            p = f"layers.{i}."
-            qkv = block.linear(w, p + "qkv", block.norm(spec, w, p + "norm1", h, n), n)
-            if cfg.positions == "rotary":
-                cos, sin = self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
-                ops.rotary(qkv, positions, cos, sin, H + Hkv, cfg.rope_interleaved, threads=n)
-            h = ops.add(h, block.linear(w, p + "out", attend(i, qkv), n))
-            h = block.sublayer(spec, w, p + "norm2", h,
-                               lambda x: block.feed_forward(spec, w, p, x, n), n)
-        return block.norm(spec, w, "final_norm", h, n)
-
-    def _split(self, qkv):
-        cfg = self.config
-        N, D, H, Hkv = qkv.shape[0], cfg.head_dim, cfg.n_heads, cfg.n_kv_heads
-        q = qkv[:, :H * D].reshape(N, H, D)
-        k = qkv[:, H * D:(H + Hkv) * D].reshape(N, Hkv, D)
-        v = qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D)
-        return q, k, v
+    def _rope_for(self, positions):
+        """The rotary (cos, sin) tables covering `positions`, or None without rotary."""
+        if self.config.positions != "rotary":
+            return None
+        return self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
 
     def logits(self, h):
         """LM head: h (N, C) -> logits (N, V) float32 (on the GPU the model's dtype, bfloat16 as
         uint16 bits)."""
-        return ops.linear(h, self.weights["lm_head.weight"], threads=self.threads)
+        return self.kernels.linear(h, self.weights["lm_head.weight"])
 
     # -- prefill and decode -------------------------------------------------------------------------
     def prefill(self, input_ids, attention_mask=None, cache=None, all_logits=False):
@@ -339,42 +248,38 @@ class DecoderModel(DeviceModel):
             raise ValueError(f"a prompt of {lens.max()} tokens does not fit the model's "
                              f"{self.config.max_position_embeddings} positions"
                              + (f" / the cache's {cache.max_length}" if cache else ""))
+        if cache is not None and len(lens) > len(cache.lengths):
+            raise ValueError(f"{len(lens)} prompts do not fit the cache's "
+                             f"{len(cache.lengths)} rows")
         flat = np.flatnonzero(mask.ravel())
         cu = np.concatenate([[0], np.cumsum(lens)])
         positions = (np.cumsum(mask, 1) - 1).ravel()[flat]
-        seq = np.repeat(np.arange(len(lens)), lens)
-
-        def attend(i, qkv):
-            q, k, v = self._split(qkv)
-            if cache is not None:
-                cache.k[i, seq, positions] = k
-                cache.v[i, seq, positions] = v
-            return ops.attention_varlen(q, k, v, cu, causal=True, threads=self.threads,
-                                        position_bias=self._position_bias).reshape(len(q), -1)
-
+        spec, k = self.config.block, self.kernels
+        attend = block.PackedSelfAttention(spec, k, cu, positions, self._rope_for(positions),
+                                           self._position_bias, cache, positions)
         with blas_single_threaded():
-            h = self._stack(self._embed(ids.ravel()[flat], positions), positions, attend)
+            h = block.run(spec, k, self.stack(), self._embed(ids.ravel()[flat], positions),
+                          attend)
             if cache is not None:
                 cache.lengths[:len(lens)] = lens
             if all_logits:
                 return self.logits(h), flat
-            return self.logits(ops.array_module(h).ascontiguousarray(h[cu[1:] - 1]))
+            return self.logits(k.xp.ascontiguousarray(h[cu[1:] - 1]))
 
     def decode_step(self, tokens, cache):
-        """One new token per sequence: tokens (B,) integers, appended at position
-        cache.lengths[b]. Returns logits (B, V) as `logits`; the cache grows by one position."""
-        tokens = np.asarray(tokens, np.int64)
+        """One new token per sequence: tokens (B,) integers in [0, V), appended at position
+        cache.lengths[b] of cache rows b < B. Returns logits (B, V) as `logits`; the cache
+        grows by one position. Raises ValueError / IndexError for tokens that do not fit."""
+        tokens = check_tokens(tokens, self.config.vocab_size, len(cache.lengths))
         B = len(tokens)
         positions = cache.lengths[:B].astype(np.int64)
         if positions.max() >= cache.max_length:
             raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
-
-        def attend(i, qkv):
-            return cache.attend(i, *self._split(qkv), positions, self.threads,
-                                self._position_bias)
-
+        spec, k = self.config.block, self.kernels
+        attend = block.CachedSelfAttention(spec, k, cache, positions, self._rope_for(positions),
+                                           self._position_bias)
         with blas_single_threaded():
-            h = self._stack(self._embed(tokens, positions), positions, attend)
+            h = block.run(spec, k, self.stack(), self._embed(tokens, positions), attend)
             cache.lengths[:B] += 1
             return self.logits(h)
 
@@ -394,8 +299,9 @@ class DecoderModel(DeviceModel):
     def new_cache(self, batch_size, max_length):
         """A KVCache for batch_size sequences of up to max_length positions (capped at
         max_position_embeddings)."""
-        return KVCache(self.config, batch_size,
-                       min(max_length, self.config.max_position_embeddings),
+        cfg = self.config
+        return KVCache(cfg.n_layers, batch_size, min(max_length, cfg.max_position_embeddings),
+                       cfg.n_kv_heads, cfg.head_dim,
                        like=None if self.device == "cpu" else self.weights["embeddings.word"])
 
     def decoding(self, input_ids, attention_mask=None, config=None):

@@ -88,31 +88,6 @@ def encoder_shapes(config):
     return shapes
 
 
-def encoder_layers(w, prefix, n_layers, H, D, spec, h, cu, n, position_bias=None):
-    """The L encoder blocks on packed rows h (N, C) with cu_seqlens cu (B+1,): self-attention and
-    feed-forward sub-layers as `spec` (a block.BlockSpec) says (post-LN or pre-LN, then
-    `final_norm` when present; LayerNorm or RMSNorm; plain or gated FFN). w: weights under
-    `prefix` (module docstring names); n: threads; position_bias: an ops.PositionBias shared
-    by every layer, or None. Returns (N, C) float32."""
-    N = h.shape[0]
-    ctx = ops.array_module(h).empty((N, H, D), h.dtype)
-    for i in range(n_layers):
-        p = f"{prefix}layers.{i}."
-
-        def attend(x):
-            qkv = block.linear(w, p + "qkv", x, n).reshape(N, 3, H, D)
-            ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, out=ctx, threads=n,
-                                 scale=spec.attention_scale, position_bias=position_bias)
-            return block.linear(w, p + "out", ctx.reshape(N, H * D), n)
-
-        h = block.sublayer(spec, w, p + "norm1", h, attend, n)
-        h = block.sublayer(spec, w, p + "norm2", h,
-                           lambda x: block.feed_forward(spec, w, p, x, n), n)
-    if prefix + "final_norm.weight" in w:
-        h = block.norm(spec, w, prefix + "final_norm", h, n)
-    return h
-
-
 class EncoderModel(DeviceModel):
     """An encoder-only Transformer: `model(input_ids, attention_mask, token_type_ids)` -> last
     hidden state (B, T, C) float32; `model.embed(...)` -> sentence embeddings (B, C).
@@ -154,23 +129,31 @@ class EncoderModel(DeviceModel):
                                  f"{(B, T)}, got {types.dtype} {types.shape}")
             if not cfg.type_vocab_size and not types.any():
                 types = None  # all type 0 from a tokenizer, for a model without token types
+            elif not cfg.type_vocab_size:
+                raise ValueError("token_type_ids given but the model has no token types")
+            elif types.min() < 0 or types.max() >= cfg.type_vocab_size:
+                raise IndexError(f"token_type_ids must lie in [0, {cfg.type_vocab_size}), got "
+                                 f"values in [{types.min()}, {types.max()}]")
         flat, cu, positions = pack(mask)
         if cfg.position_start is not None:  # rank among the real tokens (RoBERTa)
             positions = np.arange(len(flat)) - np.repeat(cu[:-1], np.diff(cu)) \
                 + cfg.position_start
-        types = None if types is None else types.ravel()[flat]
+        types = None if types is None else types.ravel()[flat].astype(np.int64)
         return ids.ravel()[flat], positions, types, flat, cu, (B, T)
 
     # -- the stack ------------------------------------------------------------------------------
     def _forward_packed(self, ids, positions, types, cu):
-        """(N,) ids/positions/types and cu_seqlens -> hidden states (N, C) float32."""
-        cfg, w, n = self.config, self.weights, self.threads
-        H, D, eps = cfg.n_heads, cfg.head_dim, cfg.layer_norm_eps
-        h = ops.embedding(ids, w["embeddings.word"], w["embeddings.position"], positions, types,
-                          w.get("embeddings.token_type"), w.get("embeddings.norm.weight"),
-                          w.get("embeddings.norm.bias"), eps, threads=n)
-        return encoder_layers(w, "", cfg.n_layers, H, D, cfg.block, h, cu, n,
-                              self._position_bias())
+        """(N,) ids/positions/types (checked) and cu_seqlens -> hidden states (N, C) float32."""
+        cfg, w, k = self.config, self.weights, self.kernels
+        table = w.get("embeddings.token_type")
+        if table is not None and types is None:
+            types = np.zeros(len(ids), np.int64)
+        h = k.embedding(ids, positions, w["embeddings.word"], w["embeddings.position"],
+                        w.get("embeddings.norm.weight"), w.get("embeddings.norm.bias"),
+                        cfg.layer_norm_eps, types, table)
+        spec = cfg.block
+        return block.run(spec, k, self.stack(), h, block.PackedSelfAttention(
+            spec, k, cu, position_bias=self._position_bias()))
 
     def _position_bias(self):
         """The relative attention bias of the layers (an ops.PositionBias), or None."""

@@ -23,7 +23,8 @@ Our tensor names, C = d_model, F = d_ff ([opt] = depending on the config):
   decoder.final_norm.* [opt]; lm_head.weight (Vt, C); lm_head.bias (Vt) [opt: final_logits_bias].
 """
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -35,12 +36,12 @@ from ..ops.packed import PackedWeight
 from ..weights import check_tensors
 from . import register_family
 from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
-from ._inputs import check_batch, pack
+from ._inputs import check_batch, check_tokens, pack
 from . import block
 from .block import BlockSpec
 from .config import check_positive
-from .decoder import KVCache, _device_outputs
-from .encoder import encoder_layers
+from .block import KVCache
+from .decoder import _device_outputs
 
 
 @dataclass(frozen=True)
@@ -119,11 +120,19 @@ class Seq2SeqConfig:
         """D = d_kv, else d_model / n_heads."""
         return self.d_kv or self.d_model // self.n_heads
 
-    @property
-    def block(self):
-        """The BlockSpec of both stacks' layers."""
+    @cached_property
+    def encoder_block(self):
+        """The BlockSpec of the encoder's layers (bidirectional self-attention)."""
         return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
-                         self.attention_scale)
+                         self.attention_scale, n_heads=self.n_heads, head_dim=self.head_dim,
+                         positions="relative" if self.positions == "relative"
+                         else "sinusoidal" if self.positions.startswith("sinusoidal")
+                         else "learned")
+
+    @cached_property
+    def decoder_block(self):
+        """The BlockSpec of the decoder's layers (causal self-attention, cross-attention)."""
+        return replace(self.encoder_block, causal=True, cross_attention=True)
 
     # the names generation reads
     @property
@@ -232,9 +241,8 @@ class _DecodeState(KVCache):
     device and dtype), NumPy float32 when None."""
 
     def __init__(self, config, rows, max_length, enc, src_index, like=None):
-        self._allocate((config.decoder_layers, rows, max_length, config.n_heads,
-                        config.head_dim), like)
-        self._init_state(rows, max_length)
+        super().__init__(config.decoder_layers, rows, max_length, config.n_heads,
+                         config.head_dim, like)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
         self.offset = np.zeros(len(self.src_index), np.int64)
@@ -367,6 +375,13 @@ class Seq2SeqModel(DeviceModel):
             elif scale != 1.0:
                 word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
             self._embed_tables[side] = (word, pos)
+        final = w.get("decoder.final_norm.weight")
+        self._scaled_final = None
+        if config.lm_head_scale != 1.0:
+            if final is None or config.norm != "rms_norm":
+                raise ValueError("lm_head_scale needs an RMSNorm decoder final_norm (T5)")
+            self._scaled_final = (to_device(to_numpy(final) * np.float32(config.lm_head_scale),
+                                            self.device, self.dtype), None)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _position_table(self, side, need):
@@ -402,34 +417,19 @@ class Seq2SeqModel(DeviceModel):
         if positions.size and positions.max() + offset >= min(len(pos), limit):
             raise ValueError(f"a sequence longer than max_position_embeddings="
                              f"{self.config.max_position_embeddings}")
-        return ops.embedding(ids, word, pos, positions + self.config.position_offset, None, None,
-                             w.get(side + ".embeddings.norm.weight"),
-                             w.get(side + ".embeddings.norm.bias"), self.config.norm_eps,
-                             threads=self.threads)
-
-    def _decoder_layers(self, h, self_attend, cross_attend):
-        """Decoder blocks on rows h (N, C); self_attend(i, qkv) and cross_attend(i, q) give the
-        contexts (N, C) of layer i."""
-        cfg, w, n = self.config, self.weights, self.threads
-        spec = cfg.block
-        for i in range(cfg.decoder_layers):
-            p = f"decoder.layers.{i}."
-            for attend, proj, out, norm in ((self_attend, "qkv", "out", "norm1"),
-                                            (cross_attend, "cross_q", "cross_out",
-                                             "norm_cross")):
-                h = block.sublayer(spec, w, p + norm, h, lambda x: block.linear(
-                    w, p + out, attend(i, block.linear(w, p + proj, x, n)), n), n)
-            h = block.sublayer(spec, w, p + "norm2", h,
-                               lambda x: block.feed_forward(spec, w, p, x, n), n)
-        if cfg.decoder_final_norm:
-            h = block.norm(spec, w, "decoder.final_norm", h, n)
-        return h
+        return self.kernels.embedding(ids, positions + offset, word, pos,
+                                      w.get(side + ".embeddings.norm.weight"),
+                                      w.get(side + ".embeddings.norm.bias"), self.config.norm_eps)
 
     def _logits(self, h):
-        w, scale = self.weights, self.config.lm_head_scale
-        if scale != 1.0:  # T5's tied head: the decoder output times d_model^-0.5
-            h = h * np.float32(scale)
-        return ops.linear(h, w["lm_head.weight"], w.get("lm_head.bias"), threads=self.threads)
+        w = self.weights
+        return self.kernels.linear(h, w["lm_head.weight"], w.get("lm_head.bias"))
+
+    def _decoder_stack(self):
+        """The decoder's blocks; with config.lm_head_scale != 1 (T5's tied head: the decoder
+        output times d_model^-0.5) the final norm's weight carries the scale (_moved)."""
+        blocks, final = self.stack("decoder.")
+        return (blocks, self._scaled_final) if self._scaled_final is not None else (blocks, final)
 
     def _position_bias(self, side):
         """The relative position bias of `side`'s self-attention (T5), or None."""
@@ -458,60 +458,62 @@ class Seq2SeqModel(DeviceModel):
         cfg, n = self.config, self.threads
         ids, positions, _, cu, lens = self._pack("input_ids", input_ids, attention_mask,
                                                  cfg.src_vocab_size)
-        H, D = cfg.n_heads, cfg.head_dim
+        H, D, k = cfg.n_heads, cfg.head_dim, self.kernels
+        spec = cfg.encoder_block
         with blas_single_threaded():
-            h = self._embed("encoder", ids, positions)
-            h = encoder_layers(self.weights, "encoder.", cfg.encoder_layers, H, D, cfg.block, h,
-                               cu, n, self._position_bias("encoder"))
+            h = block.run(spec, k, self.stack("encoder."), self._embed("encoder", ids, positions),
+                          block.PackedSelfAttention(spec, k, cu, position_bias=self._position_bias(
+                              "encoder")))
             enc = EncoderOutput(h, cu, lens)
             B, S = len(lens), int(lens.max())
             rows = np.repeat(np.arange(B), lens)
             cols = np.arange(len(h)) - cu[rows]
-            xp = ops.array_module(h)
+            xp = k.xp
             if xp is not np:
                 rows, cols = xp.asarray(rows), xp.asarray(cols)
-            for i in range(cfg.decoder_layers):
-                kv = block.linear(self.weights, f"decoder.layers.{i}.cross_kv", h,
-                                  n).reshape(len(h), 2, H, D)
-                k = xp.zeros((B, S, H, D), h.dtype)
-                v = xp.zeros((B, S, H, D), h.dtype)
-                k[rows, cols], v[rows, cols] = kv[:, 0], kv[:, 1]
+            for layer in self.stack("decoder.")[0]:
+                kv = k.linear(h, *layer.cross_kv).reshape(len(h), 2, H, D)
+                kp = xp.zeros((B, S, H, D), h.dtype)
+                vp = xp.zeros((B, S, H, D), h.dtype)
+                kp[rows, cols], vp[rows, cols] = kv[:, 0], kv[:, 1]
                 enc.cross_kv.append(kv)
-                enc.cross_planes.append((k, v))
+                enc.cross_planes.append((kp, vp))
         return enc
 
     # -- decoder --------------------------------------------------------------------------------
     def _decode_step(self, tokens, state):
         """One decoder token per cache row: tokens (R,) -> logits (R, V) (float32; on the GPU
         the model's dtype); state grows by one."""
-        cfg, n = self.config, self.threads
-        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
-        tokens = np.asarray(tokens, np.int64)
+        cfg = self.config
+        tokens = check_tokens(tokens, cfg.tgt_vocab_size, len(state.lengths))
         R = len(tokens)
         positions = state.lengths[:R].astype(np.int64)
         if positions.max() >= state.max_length:
             raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
         src = state.src_index[:R]
-        enc = state.enc
-        scale, bias = cfg.attention_scale, self._position_bias("decoder")
-
-        def self_attend(i, qkv):
-            qkv = qkv.reshape(R, 3, H, D)
-            return state.attend(i, qkv[:, 0], qkv[:, 1], qkv[:, 2], positions, n, bias, scale)
-
-        def cross_attend(i, q):
-            k, v = enc.cross_planes[i]
-            if state.alignment is not None and i == state.alignment[0]:
-                state.attention = self._cross_weights(q.reshape(R, H, D), enc, i, src,
-                                                      state.alignment[1])
-            return ops.decode_attention(q.reshape(R, H, D), k, v, enc.lengths[src],
-                                        kv_index=src, threads=n, scale=scale).reshape(R, H * D)
-
+        enc, k, spec = state.enc, self.kernels, cfg.decoder_block
+        attend = block.CachedSelfAttention(spec, k, state, positions,
+                                           position_bias=self._position_bias("decoder"))
+        cross = block.CachedCrossAttention(spec, k, enc.cross_planes, enc.lengths, src,
+                                           self._recorder(state, src))
         with blas_single_threaded():
             h = self._embed("decoder", tokens, positions + state.offset[:R])
-            h = self._decoder_layers(h, self_attend, cross_attend)
+            h = block.run(spec, k, self._decoder_stack(), h, attend, cross)
             state.lengths[:R] += 1
             return self._logits(h)
+
+    def _recorder(self, state, src, last=None):
+        """record(i, q) for the cross-attention contexts: keeps the alignment weights of the
+        layer `state.alignment` names (of the rows `last` of q when given), or None."""
+        if state is None or state.alignment is None:
+            return None
+        layer, heads = state.alignment
+
+        def record(i, q):
+            if i == layer:
+                state.attention = self._cross_weights(q if last is None else q[last],
+                                                      state.enc, i, src, heads)
+        return record
 
     def _cross_weights(self, q, enc, layer, src, heads):
         """Cross-attention weights softmax(scale q k^T) (scale: config.attention_scale, default
@@ -534,34 +536,16 @@ class Seq2SeqModel(DeviceModel):
         (causal self-attention per row, cross-attention to enc). With a decode `state`, each
         row's keys and values also go to its cache row (and the alignment attention of the
         last real tokens is kept, CTranslate2's return_attention). Returns h (N, C)."""
-        cfg, n = self.config, self.threads
-        H, D = cfg.n_heads, cfg.head_dim
-        scale, bias = cfg.attention_scale, self._position_bias("decoder")
-        if state is not None:
-            seq = np.repeat(np.arange(len(cu) - 1), np.diff(cu))
-            slot = np.arange(len(ids)) - cu[seq]  # each token's position in its cache row
-
-        def self_attend(i, qkv):
-            qkv = qkv.reshape(len(qkv), 3, H, D)
-            if state is not None:
-                state.k[i, seq, slot] = qkv[:, 1]
-                state.v[i, seq, slot] = qkv[:, 2]
-            return ops.attention_varlen(qkv[:, 0], qkv[:, 1], qkv[:, 2], cu, causal=True,
-                                        threads=n, scale=scale,
-                                        position_bias=bias).reshape(-1, H * D)
-
-        def cross_attend(i, q):
-            kv = enc.cross_kv[i]
-            if state is not None and state.alignment is not None and i == state.alignment[0]:
-                state.attention = self._cross_weights(q.reshape(-1, H, D)[cu[1:] - 1], enc, i,
-                                                      np.arange(len(cu) - 1),
-                                                      state.alignment[1])
-            return ops.attention_varlen(q.reshape(-1, H, D), kv[:, 0], kv[:, 1], cu,
-                                        cu_seqlens_k=enc.cu, threads=n,
-                                        scale=scale).reshape(-1, H * D)
-
-        return self._decoder_layers(self._embed("decoder", ids, positions), self_attend,
-                                    cross_attend)
+        spec, k = self.config.decoder_block, self.kernels
+        slots = None
+        if state is not None:  # each token's position in its cache row
+            slots = np.arange(len(ids)) - np.repeat(cu[:-1], np.diff(cu))
+        attend = block.PackedSelfAttention(spec, k, cu, position_bias=self._position_bias(
+            "decoder"), cache=state, slots=slots)
+        cross = block.PackedCrossAttention(spec, k, cu, enc.cross_kv, enc.cu, self._recorder(
+            state, np.arange(len(cu) - 1), cu[1:] - 1))
+        return block.run(spec, k, self._decoder_stack(), self._embed("decoder", ids, positions),
+                         attend, cross)
 
     def _prefill_decoder(self, decoder_input_ids, mask, state):
         """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
