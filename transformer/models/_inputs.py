@@ -40,17 +40,22 @@ def check_batch(input_ids, attention_mask, vocab_size, name="input_ids",
 
 def check_tokens(tokens, vocab_size, rows):
     """The new tokens of a decode step: tokens (R,) integers in [0, vocab_size), 1 <= R <= rows
-    (the cache's rows). Returns them as int64 NumPy. Raises ValueError / IndexError naming
+    (the cache's rows). Returns them as C-contiguous int64 NumPy. Raises ValueError / IndexError naming
     `tokens`."""
-    tokens = np.asarray(to_numpy(tokens))
-    if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer) \
-            or not 0 < len(tokens) <= rows:
-        raise ValueError(f"tokens must be 1 to {rows} integers (one per cache row), got "
-                         f"{tokens.dtype} {tokens.shape}")
-    if tokens.min() < 0 or tokens.max() >= vocab_size:
+    if type(tokens) is not np.ndarray or tokens.dtype != np.int64 \
+            or not tokens.flags.c_contiguous:
+        tokens = np.asarray(to_numpy(tokens))
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"tokens must be integers, got {tokens.dtype}")
+        tokens = np.ascontiguousarray(tokens, np.int64)
+    if tokens.ndim != 1 or not 0 < len(tokens) <= rows:
+        raise ValueError(f"tokens must be 1 to {rows} integers (one per cache row), got shape "
+                         f"{tokens.shape}")
+    values = tokens.tolist()  # a few rows: Python's min / max beat two NumPy reductions
+    if min(values) < 0 or max(values) >= vocab_size:
         raise IndexError(f"tokens must lie in [0, {vocab_size}), got values in "
-                         f"[{tokens.min()}, {tokens.max()}]")
-    return tokens.astype(np.int64)
+                         f"[{min(values)}, {max(values)}]")
+    return tokens
 
 
 def pack(mask):

@@ -223,12 +223,14 @@ class CachedSelfAttention(_SelfAttention):
         super().__init__(spec, k, positions, rope, position_bias)
         R = len(positions)
         self.cache, self.R = cache, R
-        self.cache_index = cache.index(np.arange(R), positions)
-        self.lengths = np.ascontiguousarray(positions + 1, np.int32)
-        self.kv_rows = None if cache.copy_on_reorder else cache.planes[:R]
-        self.chunk = k.decode_chunk(self.lengths, self.Hkv) if k.cpu else None
-        if not cache.copy_on_reorder:
-            cache.planes[np.arange(R), positions] = np.arange(R, dtype=np.int32)
+        rows = np.arange(R)
+        self.cache_index = cache.index(rows, positions)
+        self.lengths = (positions + 1).astype(np.int32)
+        self.kv_rows = self.chunk = None
+        if not cache.copy_on_reorder:  # the CPU reads keys through the plane table
+            cache.planes[rows, positions] = rows
+            self.kv_rows = cache.planes[:R]
+            self.chunk = k.decode_chunk(self.lengths, self.Hkv)
 
     def __call__(self, i, qkv):
         q, k, v = self.split(qkv)
@@ -313,9 +315,9 @@ class KVCache:
         self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads, head_dim)
 
     def index(self, rows, slots):
-        """The flat write index of positions slots (N,) of cache rows `rows` (N,), for
-        `write` (on the cache's device)."""
-        flat = np.asarray(rows, np.int64) * self.max_length + np.asarray(slots, np.int64)
+        """The flat write index of positions slots (N,) of cache rows `rows` (N,) (int64
+        NumPy), for `write` (on the cache's device)."""
+        flat = rows * self.max_length + slots
         return flat if not self.copy_on_reorder else ops.array_module(self.k).asarray(flat)
 
     def write(self, layer, index, k, v):

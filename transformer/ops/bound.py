@@ -112,8 +112,12 @@ class Kernels:
     def rotary(self, x, positions, cos, sin, n_heads, interleaved):
         """Rotary embedding of the first n_heads heads of each row of x (N, W) in place;
         positions (N,) int64 on x's device, cos / sin (P, D/2) float32 there."""
-        self.backend.rotary(x, positions, cos, sin, n_heads, 2 * cos.shape[1], interleaved,
-                            self.threads)
+        if self.cpu:
+            _cpu.rotary(x, positions, cos, sin, n_heads, 2 * cos.shape[1], interleaved,
+                        self.threads)
+        else:
+            self.backend.rotary(x, positions, cos, sin, n_heads, 2 * cos.shape[1], interleaved,
+                                self.threads)
         return x
 
     def embedding(self, ids, positions, word, position, norm_weight=None, norm_bias=None,
