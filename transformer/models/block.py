@@ -50,12 +50,7 @@ def feed_forward(spec, w, p, x, threads):
     if not spec.gated:
         return linear(w, p + "ff2", linear(w, p + "ff1", x, threads, spec.activation), threads)
     gate_up = linear(w, p + "ff1", x, threads)
-    if spec.activation == "silu":
-        f = ops.swiglu(gate_up, threads=threads)
-    else:  # host arrays: the gated families beyond SwiGLU run on the CPU
-        F = gate_up.shape[-1] // 2
-        f = ops.bias_act(gate_up[:, :F], None, spec.activation, threads=threads)
-        f *= gate_up[:, F:]
+    f = ops.swiglu(gate_up, threads=threads, activation=spec.activation)
     return linear(w, p + "ff2", f, threads)
 
 

@@ -22,10 +22,11 @@ from .position_bias import PositionBias
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight",
-           "PositionBias"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS",
+           "GATED_ACTIVATIONS", "PackedWeight", "PositionBias"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
+GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")  # ops.swiglu
 
 
 _ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type
@@ -330,16 +331,25 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     return x
 
 
-def swiglu(gate_up, threads=None):
-    """SwiGLU activation silu(gate) * up (Shazeer 2020; HF LlamaMLP) of a fused gate|up
-    projection. gate_up: (..., 2F) float, gate first. Returns (..., F) float32."""
+def swiglu(gate_up, threads=None, activation="silu"):
+    """Gated activation act(gate) * up of a fused gate | up projection, the GLU variants of
+    Shazeer 2020 ("GLU Variants Improve Transformer", eq. 5-6): activation "silu" SwiGLU (HF
+    LlamaMLP; the default), "gelu" GEGLU (exact erf), "gelu_tanh" GEGLU with the tanh GELU (HF
+    T5DenseGatedActDense, "gated-gelu"), "relu" ReGLU; the activation formulas of bias_act.
+
+    gate_up: (..., 2F) float, gate first (on the GPU float32, float16 or bfloat16 as the other
+    ops; the product is computed in float32 and rounded once). Returns (..., F) float32 (on the
+    GPU gate_up's dtype). Raises TypeError for a non-float array, ValueError for an odd or empty
+    last axis or an activation not in GATED_ACTIVATIONS."""
     gate_up = _float32("gate_up", gate_up, min_ndim=1)
     if gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up must have an even last axis (gate | up), got {gate_up.shape}")
+    if not isinstance(activation, str) or activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {GATED_ACTIVATIONS}, got {activation!r}")
     F = gate_up.shape[-1] // 2
     out = _empty(gate_up, gate_up.shape[:-1] + (F,))
     _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F),
-                                 resolve_threads(threads))
+                                 resolve_threads(threads), activation=activation)
     return out
 
 

@@ -170,12 +170,14 @@ def softmax(x, mask, out, threads):
     return out
 
 
-def swiglu(gate_up, out, threads):
-    """out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:]."""
+def swiglu(gate_up, out, threads, activation="silu"):
+    """out (N, F) = act(gate_up[:, :F]) * gate_up[:, F:], act "silu" (SwiGLU), "gelu",
+    "gelu_tanh" or "relu" (the CPU backend's signature), in float32, rounded once."""
     n = out.size
     if n:
         kernel("rows.cu", "swiglu", out.dtype)(
-            _grid(n), (256,), (gate_up, out, np.int64(n), np.int32(out.shape[-1])))
+            _grid(n), (256,), (gate_up, out, np.int64(n), np.int32(out.shape[-1]),
+                               np.int32(ACT_CODES[activation])))
     return out
 
 
