@@ -137,12 +137,16 @@ def test_bloom_on_device_matches_cpu(fake_gpu, bloom, rng, dtype):
 
 
 # -- T5 --------------------------------------------------------------------------------------------
+# Only the TypeError is tolerated (any other failure fails); not strict, since the fix (the
+# scale folded into the final RMSNorm weight, or applied in float32) may land before this marker
+# is removed.
 T5_V10_HALF = pytest.mark.xfail(
-    raises=TypeError, strict=True,
+    raises=TypeError, strict=False,
     reason="model side: Seq2SeqModel._logits (seq2seq.py) scales the decoder output of a tied "
            "T5 head by `h * np.float32(scale)`, which on the GPU makes float16 rows float32 (the "
            "head's weight stays float16: TypeError) and scales bfloat16's uint16 bits as "
-           "integers; it must scale through cuda.to_float32 / from_float32 (see the report)")
+           "integers; the scale must be folded into decoder.final_norm.weight or applied "
+           "through cuda.to_float32 / from_float32")
 
 
 def _t5(tmp_path, rng, proj, tied):
