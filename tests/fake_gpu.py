@@ -8,10 +8,15 @@ and results encoded back to, their storage: bfloat16 as uint16 bits, rounded to 
 csrc/cuda does). What this checks: the model code's device branches (arrays allocated beside the
 weights, host index arrays, dtype plumbing, outputs as device arrays, bfloat16 never added as
 integers), as CuPy would see them: mixing device and host arrays in arithmetic raises TypeError,
-as in CuPy. What it cannot check: the CUDA kernels themselves (tests/ops/test_cuda.py on a GPU),
-CuPy's own API coverage, and implicit np.asarray of a device array (CuPy raises; a NumPy
-subclass converts silently).
+as in CuPy. Keyword arguments of the backend functions pass through (swiglu's activation); the
+attention functions' position-bias keywords (an ops.PositionBias's kernel_args()) go through the
+real transformer.ops.cuda.position_bias_args first (its checks, its cache of the tables on the
+"device"), and the CPU kernels get back what its kernel arguments say.
+What it cannot check: the CUDA kernels themselves (tests/ops/test_cuda.py on a GPU), CuPy's own
+API coverage, and implicit np.asarray of a device array (CuPy raises; a NumPy subclass converts
+silently).
 """
+import collections
 import types
 
 import numpy as np
@@ -56,10 +61,12 @@ def _host(a):
 
 
 class _FakeCupy(types.ModuleType):
-    """numpy's functions, returning FakeDeviceArray; asnumpy gives plain NumPy."""
+    """numpy's functions, returning FakeDeviceArray; asnumpy gives plain NumPy; cuda.Device().id
+    is 0 (one device)."""
 
     ndarray = FakeDeviceArray
     __version__ = "fake"
+    cuda = types.SimpleNamespace(Device=lambda *args: types.SimpleNamespace(id=0))
 
     def __getattr__(self, name):
         fn = getattr(np, name)
@@ -100,8 +107,9 @@ def encode(x, dtype):
 
 def _on_cpu(fn, threads_last=True):
     """A cuda backend function computed by the CPU backend's `fn` on float32 copies; one
-    thread (tiny models) when the last argument is `threads`."""
-    def run(*args):
+    thread (tiny models) when the last positional argument is `threads`; keyword arguments
+    passed on (device arrays among them as host arrays)."""
+    def run(*args, **kwargs):
         plain, back = [], []
         for a in args:
             if isinstance(a, FakeDeviceArray) and a.dtype in cuda.SUFFIX:
@@ -113,7 +121,8 @@ def _on_cpu(fn, threads_last=True):
                     back.append((a, f, f.copy()))
             else:
                 plain.append(_host(a))
-        fn(*plain[:-1], 1) if threads_last else fn(*plain)
+        kwargs = {k: _host(v) for k, v in kwargs.items()}
+        fn(*plain[:-1], 1, **kwargs) if threads_last else fn(*plain, **kwargs)
         for a, f, before in back:  # results (and in-place updates) back to their storage
             if not np.array_equal(f, before, equal_nan=True):
                 a.view(np.ndarray)[...] = encode(f, a.dtype)
@@ -121,17 +130,48 @@ def _on_cpu(fn, threads_last=True):
     return run
 
 
+def _cpu_position_bias(H, position_bias):
+    """The CPU kernels' position-bias keywords as the CUDA kernels would see them: the keywords
+    through cuda.position_bias_args (checks, tables uploaded to the stand-in device and cached),
+    then back from its kernel arguments (slopes, table, n_buckets, bucket_of, n_tab, half,
+    bidirectional)."""
+    slopes, table, nb, bucket_of, n_tab, half, bidirectional = \
+        cuda.position_bias_args(H, **position_bias)
+    out = {}
+    if slopes is not cuda._NULL:
+        assert isinstance(slopes, FakeDeviceArray) and slopes.dtype == np.float32
+        out["alibi"] = np.ascontiguousarray(_host(slopes))
+    if table is not cuda._NULL:
+        assert isinstance(table, FakeDeviceArray) and table.shape == (H, int(nb))
+        assert isinstance(bucket_of, FakeDeviceArray) and bucket_of.dtype == np.int32
+        assert bucket_of.shape == (int(n_tab),)
+        out.update(rel_table=np.ascontiguousarray(_host(table)),
+                   bucket_of=np.ascontiguousarray(_host(bucket_of)), half=int(half),
+                   bidirectional=bool(bidirectional))
+    return out
+
+
+def _attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
+               threads, **position_bias):
+    bias = _cpu_position_bias(q.shape[2], position_bias)
+    _on_cpu(cpu_backend.attention)(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias,
+                                   causal, scale, threads, **bias)
+    return out
+
+
 def _add(a, b, out, threads):
     out.view(np.ndarray)[...] = encode(decode(a) + decode(b), out.dtype)
     return out
 
 
-def _decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads):
+def _decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads,
+                      **position_bias):
+    bias = _cpu_position_bias(q.shape[1], position_bias)
     run = _on_cpu(lambda q, k, v, key_bias, out: cpu_backend.decode_attention(
         q, k, v, None if kv_index is None else np.ascontiguousarray(_host(kv_index), np.int32),
         np.ascontiguousarray(_host(lengths), np.int32),
         None if key_bias is None else np.ascontiguousarray(key_bias, np.float32), out, scale,
-        64 if chunk is None else int(chunk), 1, None), threads_last=False)
+        64 if chunk is None else int(chunk), 1, None, **bias), threads_last=False)
     run(q, k, v, key_bias, out)
     return out
 
@@ -147,10 +187,12 @@ def _from_float32(x, dtype):
 def install(monkeypatch):
     """Route transformer.ops.cuda to the stand-in for the rest of the test."""
     monkeypatch.setattr(cuda, "cupy", lambda: FAKE_CUPY)
+    monkeypatch.setattr(cuda, "_TABLES", collections.OrderedDict())  # stand-in arrays stay here
     monkeypatch.setattr(cuda, "available", lambda: True)
     for name in ("linear", "bias_act", "layer_norm", "rms_norm", "softmax", "swiglu",
-                 "embedding", "rotary", "attention"):
+                 "embedding", "rotary"):
         monkeypatch.setattr(cuda, name, _on_cpu(getattr(cpu_backend, name)))
+    monkeypatch.setattr(cuda, "attention", _attention)
     monkeypatch.setattr(cuda, "add", _add)
     monkeypatch.setattr(cuda, "decode_attention", _decode_attention)
     monkeypatch.setattr(cuda, "to_float32", _to_float32)

@@ -16,7 +16,7 @@ from scipy.linalg.cython_blas cimport sgemm
 from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU,
                       tf_layer_norm_row, tf_softmax_row, tf_bias_act_row, tf_embed_row,
                       tf_online_softmax_tile, tf_attention_finalize, tf_rms_norm_row,
-                      tf_rotary_row, tf_swiglu_row, tf_gemm_small, tf_decode_attention_chunk,
+                      tf_rotary_row, tf_gated_act_row, tf_gemm_small, tf_decode_attention_chunk,
                       tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge,
                       tf_pos_bias, tf_position_bias_tile)
 from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16,
@@ -221,12 +221,14 @@ def rotary(float[:, ::1] x,                  # IN/OUT (N, W): heads at columns [
 
 def swiglu(const float[:, ::1] gate_up,      # IN  (N, 2F): gate | up
            float[:, ::1] out,                # OUT (N, F)
-           int n_threads):
-    """out = silu(gate) * up, one row per iteration."""
+           int n_threads, str activation="silu"):
+    """out = act(gate) * up (act: a key of ACTIVATIONS; "silu": SwiGLU), one row per
+    iteration."""
     cdef int N = gate_up.shape[0], F = out.shape[1], r
+    cdef int act = ACTIVATIONS[activation]
     with nogil:
         for r in prange(N, schedule="static", num_threads=n_threads):
-            tf_swiglu_row(&gate_up[r, 0], F, &out[r, 0])
+            tf_gated_act_row(&gate_up[r, 0], F, act, &out[r, 0])
 
 
 def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/head strides

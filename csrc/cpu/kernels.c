@@ -114,10 +114,37 @@ void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *
 }
 
 TF_CLONES
-void tf_swiglu_row(const float *gate_up, int F, float *out) {
-    for (int i = 0; i < F; i++) {
-        const float g = gate_up[i];
-        out[i] = g / (1.f + expf(-g)) * gate_up[F + i];
+void tf_gated_act_row(const float *gate_up, int F, int act, float *out) {
+    const float *up = gate_up + F;
+    switch (act) { /* one plain loop per activation, so that each vectorises */
+    case TF_ACT_SILU:
+        for (int i = 0; i < F; i++) {
+            const float g = gate_up[i];
+            out[i] = g / (1.f + expf(-g)) * up[i];
+        }
+        break;
+    case TF_ACT_GELU:
+        for (int i = 0; i < F; i++) {
+            const float g = gate_up[i];
+            out[i] = 0.5f * g * (1.f + erff(g * 0.70710678118654752f)) * up[i];
+        }
+        break;
+    case TF_ACT_GELU_TANH:
+        for (int i = 0; i < F; i++) {
+            const float g = gate_up[i];
+            out[i] = 0.5f * g * (1.f + tanhf(0.79788456080286536f * (g + 0.044715f * g * g * g)))
+                     * up[i];
+        }
+        break;
+    case TF_ACT_RELU:
+        for (int i = 0; i < F; i++) {
+            const float g = gate_up[i];
+            out[i] = (g > 0.f ? g : 0.f) * up[i];
+        }
+        break;
+    default:
+        for (int i = 0; i < F; i++) out[i] = gate_up[i] * up[i];
+        break;
     }
 }
 

@@ -43,8 +43,11 @@ void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, floa
 void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
                    const float *sin_t, int interleaved);
 
-/* out (F) = silu(gate_up[0:F]) * gate_up[F:2F] (SwiGLU, Shazeer 2020); out may alias gate_up. */
-void tf_swiglu_row(const float *gate_up, int F, float *out);
+/* out (F) = act(gate_up[0:F]) * gate_up[F:2F], the gated linear units of Shazeer 2020 ("GLU
+ * Variants Improve Transformer"): act TF_ACT_SILU SwiGLU, TF_ACT_GELU / TF_ACT_GELU_TANH GEGLU,
+ * TF_ACT_RELU ReGLU, TF_ACT_NONE bilinear; the activation formulas of tf_bias_act_row.
+ * out may alias gate_up. */
+void tf_gated_act_row(const float *gate_up, int F, int act, float *out);
 
 /* out (n) = softmax(x + mask); mask may be NULL; a row whose every entry is -inf gives zeros. */
 void tf_softmax_row(const float *x, const float *mask, int n, float *out);

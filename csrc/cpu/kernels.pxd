@@ -17,7 +17,7 @@ cdef extern from "kernels.h" nogil:
     void tf_rms_norm_row(const float *x, const float *weight, float eps, int n, float *out)
     void tf_rotary_row(float *x, int n_heads, long head_stride, int D, const float *cos_t,
                        const float *sin_t, int interleaved)
-    void tf_swiglu_row(const float *gate_up, int F, float *out)
+    void tf_gated_act_row(const float *gate_up, int F, int act, float *out)
     void tf_decode_attention_chunk(const float *q, long ldq, int G, const float *k, long kps,
                                    long ldk, const float *v, long vps, long ldv,
                                    const int *planes, int n, int D, float scale,

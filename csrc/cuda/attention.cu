@@ -15,10 +15,60 @@
 // Sequence b has q_len[b] queries and k_len[b] keys; causal: query t sees keys
 // s <= t + k_len[b] - q_len[b]. key_bias: (B, kb_stride) float additive (0 / -inf) or null.
 //
+// Position bias (every kernel; PB_ARGS, the CPU's tf_pos_bias of csrc/cpu/kernels.h, filled from
+// the same ops.PositionBias kernel arguments): added to the scaled score of query head h at
+// query position i against key position j, computed here per score, never stored as (H, T, S):
+//   ALiBi (Press et al. 2022; HF BLOOM): pb_slopes[h] * j;
+//   relative buckets (T5, Raffel et al. 2020; MPNet): pb_table[h * pb_n_buckets + bucket(j - i)],
+//   bucket(d) = (pb_bidirectional && d > 0 ? pb_half : 0) + pb_bucket_of[min(n, pb_n_tab - 1)],
+//   n = |d| when bidirectional, else max(-d, 0); pb_bucket_of holds HF's float32 log-bucket of
+//   each distance (transformer/ops/position_bias.py), so buckets equal the CPU kernel's exactly.
+// Positions: prefill / varlen queries sit at the end of their keys (query t at t + k_len[b] -
+// q_len[b]), keys at 0.. k_len[b] - 1 of their sequence; decode: the query at lengths[b] - 1.
+//
 // decode_attention_*: one query per sequence against its KV cache, split over keys (split-K,
 // "flash-decoding"): each block reduces one chunk of keys to (m, l, acc[D]) in a float
 // workspace, then decode_combine merges the chunks.
 #include "common.cuh"
+
+// The position bias arguments of every attention kernel (see the top of this file); both
+// pointers null: no bias.
+#define PB_ARGS                                                                              \
+    const float *pb_slopes, const float *pb_table, int pb_n_buckets, const int *pb_bucket_of, \
+        int pb_n_tab, int pb_half, int pb_bidirectional
+#define PB_CALL pb_slopes, pb_table, pb_n_buckets, pb_bucket_of, pb_n_tab, pb_half, pb_bidirectional
+
+// The position bias of one query head, as few registers as the tile loops can keep live.
+struct HeadBias {
+    bool on;               // any bias at all
+    float slope;           // ALiBi slope of the head, or 0
+    const float* row;      // the head's row of the bucket table, or null
+    const int* bucket_of;  // bucket of each distance 0.. last
+    int last;              // n_tab - 1: the saturated distance
+    int half;              // bidirectional: first bucket of keys after the query; causal: -1
+    // The bias (natural-log units) of query position i against key position j; the terms of
+    // tf_position_bias_tile (csrc/cpu/kernels.c).
+    __device__ __forceinline__ float operator()(int i, int j) const {
+        float b = slope * (float)j;
+        if (row) {
+            const int d = j - i;
+            const int n = min(half >= 0 ? (d < 0 ? -d : d) : (d < 0 ? -d : 0), last);
+            b += row[bucket_of[n] + (half >= 0 && d > 0 ? half : 0)];
+        }
+        return b;
+    }
+};
+
+__device__ __forceinline__ HeadBias head_bias(int h, PB_ARGS) {
+    HeadBias hb;
+    hb.on = pb_slopes != nullptr || pb_table != nullptr;
+    hb.slope = pb_slopes ? pb_slopes[h] : 0.0f;
+    hb.row = pb_table ? pb_table + (long long)h * pb_n_buckets : nullptr;
+    hb.bucket_of = pb_bucket_of;
+    hb.last = pb_n_tab - 1;
+    hb.half = pb_bidirectional ? pb_half : -1;
+    return hb;
+}
 
 #define ATTN_ARGS(T)                                                                          \
     (const T* q, const T* k, const T* v, T* o, long long q_b, long long q_t, long long q_h,    \
@@ -26,11 +76,11 @@
      long long o_b, long long o_t, long long o_h, const int* plane, const int* q_start,        \
      const int* q_len,                                                                         \
      const int* k_start, const int* k_len, const float* key_bias, long long kb_stride, int H,  \
-     int Hkv, int D, int causal, float scale_log2)
+     int Hkv, int D, int causal, float scale_log2, PB_ARGS)
 #define ATTN_CALL                                                                            \
     (q, k, v, o, q_b, q_t, q_h, k_b, k_t, k_h, v_b, v_t, v_h, o_b, o_t, o_h, plane, q_start, \
      q_len,                                                                                 \
-     k_start, k_len, key_bias, kb_stride, H, Hkv, D, causal, scale_log2)
+     k_start, k_len, key_bias, kb_stride, H, Hkv, D, causal, scale_log2, PB_CALL)
 
 // Keys [0, end) that the query tile [q0, q0 + rows) of a sequence can see.
 __device__ __forceinline__ int key_end(int q0, int rows, int T, int S, int causal) {
@@ -60,6 +110,8 @@ __device__ __forceinline__ void attention_impl ATTN_ARGS(T) {
     const T* kb = k + P * k_b + (long long)k_start[b] * k_t + hk * k_h;
     const T* vb = v + P * v_b + (long long)k_start[b] * v_t + hk * v_h;
     const float* bias = key_bias ? key_bias + b * kb_stride : nullptr;
+    const HeadBias pb = head_bias(h, PB_CALL);
+    const int q_pos0 = S_b - T_b;  // position of query 0 among the keys
     for (int i = threadIdx.x; i < SIMT_BQ * D; i += blockDim.x) {
         const int r = i / D, d = i % D;
         qs[r][d] = q0 + r < T_b ? to_float(qb[r * q_t + d]) * scale_log2 : 0.0f;
@@ -90,6 +142,7 @@ __device__ __forceinline__ void attention_impl ATTN_ARGS(T) {
             float score = 0.0f;
             for (int d = 0; d < D; ++d) score += qs[r][d] * ks[lane][d];
             bool valid = s < S_b && (!causal || s <= t + S_b - T_b);
+            if (valid && pb.on) score += pb(t + q_pos0, s) * LOG2E;
             if (valid && bias) score += bias[s] * LOG2E;
             score = valid ? score : NEG_INF;
             const float m_new = fmaxf(m[j], warp_max(score));
@@ -168,6 +221,7 @@ __device__ __forceinline__ void attention_mma_impl ATTN_ARGS(T) {
     const unsigned short* vb = reinterpret_cast<const unsigned short*>(
         v + P * v_b + (long long)k_start[b] * v_t + hk * v_h);
     const float* bias = key_bias ? key_bias + b * kb_stride : nullptr;
+    const HeadBias pb = head_bias(h, PB_CALL);
     const int rows = T_b - q0 - warp * 16;  // valid rows of this warp's 16 (may be <= 0)
     const int t_lo = q0 + warp * 16 + g, t_hi = t_lo + 8;  // the two query rows of this thread
 
@@ -218,6 +272,7 @@ __device__ __forceinline__ void attention_mma_impl ATTN_ARGS(T) {
                 const int key = k0 + n * 8 + 2 * c + (e & 1), t = e < 2 ? t_lo : t_hi;
                 bool valid = key < S_b && (!causal || key <= t + S_b - T_b);
                 float x = s[n][e] * scale_log2;
+                if (valid && pb.on) x += pb(t + S_b - T_b, key) * LOG2E;
                 if (valid && bias) x += bias[key] * LOG2E;
                 s[n][e] = valid ? x : NEG_INF;
                 tile_max[e >> 1] = fmaxf(tile_max[e >> 1], s[n][e]);
@@ -299,14 +354,15 @@ ATTN_MMA(bf16, bf16, 128)
 // contiguous; sequence b reads plane kv_index[b] (or b) up to lengths[b]; key_bias (Bkv, S_max)
 // float or null. Grid (n_chunks, B * H), 128 threads: each warp scores keys (lanes over D), the
 // four warps merge in shared memory, and the block writes (m, l, acc[0:D]) of its chunk to
-// work[(b * H + h) * n_chunks + chunk][0 : D + 2]. D <= 256.
+// work[(b * H + h) * n_chunks + chunk][0 : D + 2]. D <= 256. Position bias (PB_ARGS): the
+// query at position lengths[b] - 1, key s at s.
 #define DEC_MAXD 256
 
 template <typename T>
 __device__ __forceinline__ void decode_attention_impl(
         const T* q, const T* k_cache, const T* v_cache, const int* kv_index, const int* lengths,
         const float* key_bias, float* work, long long q_b, long long q_h, int H, int Hkv, int D,
-        int S_max, int chunk, float scale_log2) {
+        int S_max, int chunk, float scale_log2, PB_ARGS) {
     __shared__ float qs[DEC_MAXD];
     __shared__ float wm[4], wl[4], wacc[4][DEC_MAXD];
     const int n_chunks = gridDim.x, ci = blockIdx.x, b = blockIdx.y / H, h = blockIdx.y % H;
@@ -320,6 +376,8 @@ __device__ __forceinline__ void decode_attention_impl(
     const T* kp = k_cache + (long long)plane * S_max * row + hk * D;
     const T* vp = v_cache + (long long)plane * S_max * row + hk * D;
     const float* bias = key_bias ? key_bias + (long long)plane * S_max : nullptr;
+    const HeadBias pb = head_bias(h, PB_CALL);
+    const int q_pos = lengths[b] - 1;
     float m = NEG_INF, l = 0.0f, acc[DEC_MAXD / 32];
 #pragma unroll
     for (int c = 0; c < DEC_MAXD / 32; ++c) acc[c] = 0.0f;
@@ -327,6 +385,7 @@ __device__ __forceinline__ void decode_attention_impl(
         float part = 0.0f;
         for (int d = lane; d < D; d += 32) part += qs[d] * to_float(kp[s * row + d]);
         float score = warp_sum(part);
+        if (pb.on) score += pb(q_pos, s) * LOG2E;
         if (bias) score += bias[s] * LOG2E;
         if (score == NEG_INF) continue;  // a masked key (warp-uniform)
         const float m_new = fmaxf(m, score);
@@ -365,10 +424,10 @@ __device__ __forceinline__ void decode_attention_impl(
 #define DECODE_ARGS(T)                                                                      \
     (const T* q, const T* k_cache, const T* v_cache, const int* kv_index, const int* lengths, \
      const float* key_bias, float* work, long long q_b, long long q_h, int H, int Hkv, int D, \
-     int S_max, int chunk, float scale_log2)
+     int S_max, int chunk, float scale_log2, PB_ARGS)
 INSTANTIATE(decode_attention, DECODE_ARGS,
             (q, k_cache, v_cache, kv_index, lengths, key_bias, work, q_b, q_h, H, Hkv, D, S_max,
-             chunk, scale_log2))
+             chunk, scale_log2, PB_CALL))
 
 // out (B, H, D) contiguous = the merge of the n_chunks partial results of each (b, h) in work.
 // Grid: B * H blocks; zeros for a sequence that saw no key.

@@ -1,8 +1,9 @@
 // Row kernels of the CUDA backend (transformer/ops/cuda.py): bias + activation, softmax,
-// layer_norm (+ residual), rms_norm, SwiGLU, embedding gather (+ LayerNorm), rotary, residual
-// add and bfloat16 casts. Reductions: one block per row, warp shuffles then shared memory, fp32
-// accumulation; rows are staged once in shared memory as float (C * 4 bytes of dynamic shared
-// memory), read from global memory with 16-byte vector loads where the row is aligned.
+// layer_norm (+ residual), rms_norm, gated activations (SwiGLU, GEGLU, ReGLU), embedding gather
+// (+ LayerNorm), rotary, residual add and bfloat16 casts. Reductions: one block per row, warp
+// shuffles then shared memory, fp32 accumulation; rows are staged once in shared memory as float
+// (C * 4 bytes of dynamic shared memory), read from global memory with 16-byte vector loads where
+// the row is aligned.
 // Formulas as the float64 references in transformer/ops/reference.py.
 #include "common.cuh"
 
@@ -164,18 +165,21 @@ __device__ __forceinline__ void rms_norm_impl(const T* x, const T* weight, float
 #define RMS_NORM_ARGS(T) (const T* x, const T* weight, float eps, T* out, int C)
 INSTANTIATE(rms_norm, RMS_NORM_ARGS, (x, weight, eps, out, C))
 
-// out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:], grid-stride over N * F.
+// out (N, F) = act(gate_up[:, :F]) * gate_up[:, F:], the gated linear units of Shazeer 2020
+// (act ACT_SILU: SwiGLU; ACT_GELU / ACT_GELU_TANH: GEGLU; ACT_RELU: ReGLU; ACT_NONE: bilinear),
+// in float32 and rounded to T once; grid-stride over N * F.
 template <typename T>
-__device__ __forceinline__ void swiglu_impl(const T* gate_up, T* out, long long n, int F) {
+__device__ __forceinline__ void swiglu_impl(const T* gate_up, T* out, long long n, int F,
+                                            int act) {
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         const long long r = i / F, c = i % F;
         const float g = to_float(gate_up[r * 2 * F + c]), u = to_float(gate_up[r * 2 * F + F + c]);
-        out[i] = from_float<T>(g / (1.0f + expf(-g)) * u);
+        out[i] = from_float<T>(activate(g, act) * u);
     }
 }
-#define SWIGLU_ARGS(T) (const T* gate_up, T* out, long long n, int F)
-INSTANTIATE(swiglu, SWIGLU_ARGS, (gate_up, out, n, F))
+#define SWIGLU_ARGS(T) (const T* gate_up, T* out, long long n, int F, int act)
+INSTANTIATE(swiglu, SWIGLU_ARGS, (gate_up, out, n, F, act))
 
 // out (N, C) = LayerNorm(word[ids] + position[pos] + token_type[types]); token_type / types and
 // weight / bias may be null (no table, no norm). Indices were checked in the op front.

@@ -311,7 +311,7 @@ def test_llama2c_bad_files(shared_models, tmp_path):
         transformer.load(v9)
 
 
-def test_bloom_alibi_matches_hf(tmp_path, rng, fake_gpu):
+def test_bloom_alibi_matches_hf(tmp_path, rng):
     """BLOOM: ALiBi slopes in the prefill and decode attention kernels (keys at their rank
     among the real tokens, as HF's cumsum of the mask), embedding LayerNorm, per-head fused
     QKV; left-padded batch: logits, greedy and beam tokens against HF."""
@@ -329,5 +329,3 @@ def test_bloom_alibi_matches_hf(tmp_path, rng, fake_gpu):
     for kw in (dict(), dict(num_beams=3)):
         hf_out = _hf_generate(model, ids, mask, max_new_tokens=8, do_sample=False, **kw)
         np.testing.assert_array_equal(ours.generate(ids, mask, max_new_tokens=8, **kw), hf_out)
-    with pytest.raises(ValueError, match=r"BloomModel runs on \('cpu',\), not 'cuda'"):
-        ours.to("cuda")  # the ALiBi bias runs in the CPU kernels only

@@ -196,9 +196,10 @@ def test_rotary(data, N, D, n_heads, P, interleaved, theta):
 @given(st.data(), st.lists(small, min_size=1, max_size=3))
 def test_swiglu(data, shape):
     x = data.draw(array(tuple(shape), scale=2.0))
-    got = outcome(ops.swiglu, x, threads=2)
+    activation = data.draw(st.sampled_from(ops.GATED_ACTIVATIONS))
+    got = outcome(ops.swiglu, x, threads=2, activation=activation)
     if got is not None:
-        close(got, ref.swiglu(x))
+        close(got, ref.swiglu(x, activation))
 
 
 def _qkv(data, q_shape, k_shape):

@@ -2,7 +2,9 @@
 (`nvcc --cubin`) and under NVRTC (what cupy.RawModule uses at run time) when CuPy's NVRTC is
 installed; device="cuda" fails with a clear error. With a GPU (tests marked `gpu`): every op
 front on CuPy arrays in float32, float16 and bfloat16 against the float64 reference on the same
-(rounded) inputs, outputs poisoned where the op takes `out`."""
+(rounded) inputs, outputs poisoned where the op takes `out`; the position biases (ALiBi,
+relative buckets bidirectional and causal) in the prefill / varlen (SIMT and tensor-core paths)
+and decode kernels; the gated activations."""
 import math
 import pathlib
 import shutil
@@ -14,6 +16,7 @@ import pytest
 import transformer.ops as ops
 from transformer.ops import cuda
 from transformer.ops import reference as ref
+from transformer.ops.position_bias import PositionBias, alibi_slopes
 
 SOURCES = sorted(cuda.source_dir().glob("*.cu"))
 NVCC = shutil.which("nvcc") or next((str(p) for p in pathlib.Path("/usr/local").glob(
@@ -205,6 +208,135 @@ def test_decode_attention(cp, rng, dtype, chunk):
     ops.decode_attention(qd, kd, vd, lengths, mask, out=out, chunk=chunk, kv_index=kv_index)
     want = ref.decode_attention(q, k, v, lengths, mask, kv_index=kv_index)
     assert_close(out, want, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", ops.GATED_ACTIVATIONS)
+@pytest.mark.parametrize("N,F", [(1, 1), (33, 130), (5, 2731)])
+def test_gated_activations(cp, rng, dtype, activation, N, F):
+    gu, gud = rounded(rng, dtype, N, 2 * F, scale=3)
+    got = ops.swiglu(gud, activation=activation)
+    assert got.dtype == gud.dtype and got.shape == (N, F)
+    assert_close(got, ref.swiglu(gu, activation), dtype, 3)
+
+
+def _biases(rng, H):
+    """ALiBi (H not a power of two: the interleaved slopes), bidirectional buckets (MPNet, T5
+    encoder) and causal buckets (T5 decoder), small max_distance so that saturation shows."""
+    return {"alibi": PositionBias.alibi(alibi_slopes(H)),
+            "bidirectional": PositionBias.relative(rng.standard_normal((H, 32)), max_distance=20),
+            "causal": PositionBias.relative(rng.standard_normal((H, 16)), max_distance=40,
+                                            bidirectional=False)}
+
+
+KINDS = ["alibi", "bidirectional", "causal"]
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [64, 128, 40])  # tensor cores (16-bit, 64 / 128) and SIMT
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("B,H,Hkv,T,S", [(2, 6, 3, 77, 77), (1, 3, 1, 5, 300), (3, 2, 2, 130, 65)])
+def test_attention_position_bias(cp, rng, dtype, D, causal, kind, B, H, Hkv, T, S):
+    """Queries at the end of the keys (t at t + S - T), masked keys, a sequence with no key."""
+    pb = _biases(rng, H)[kind]
+    q, qd = rounded(rng, dtype, B, H, T, D)
+    k, kd = rounded(rng, dtype, B, Hkv, S, D)
+    v, vd = rounded(rng, dtype, B, Hkv, S, D)
+    mask = (rng.random((B, S)) < 0.8).astype(np.int64)
+    if B > 1:
+        mask[1] = 0
+    got = ops.attention(qd, kd, vd, mask, causal, position_bias=pb)
+    assert_close(got, ref.attention(q, k, v, mask, causal, position_bias=pb), dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("D", [64, 48])
+@pytest.mark.parametrize("kind", KINDS)
+def test_attention_varlen_position_bias(cp, rng, dtype, D, kind):
+    """Ragged sequences (positions restart at each sequence), strided views of a fused QKV
+    projection, causal and not; cross-attention with cu_seqlens_k (queries at the end)."""
+    H, Hkv = 4, 2
+    pb = _biases(rng, H)[kind]
+    lens_q, lens_k = [5, 0, 70, 130, 1], [9, 3, 1, 200, 77]
+    cu, cu_k = np.cumsum([0] + lens_q), np.cumsum([0] + lens_k)
+    qkv, qkvd = rounded(rng, dtype, cu[-1], 3, H, D)
+    kv, kvd = rounded(rng, dtype, cu_k[-1], 2, Hkv, D)
+    for causal in (False, True):
+        out = poisoned(cp, (cu[-1], H, D), dtype)
+        ops.attention_varlen(qkvd[:, 0], qkvd[:, 1, :Hkv], qkvd[:, 2, :Hkv], cu, causal, out=out,
+                             position_bias=pb)
+        want = ref.attention_varlen(qkv[:, 0], qkv[:, 1, :Hkv], qkv[:, 2, :Hkv], cu, causal,
+                                    position_bias=pb)
+        assert_close(out, want, dtype)
+    out = poisoned(cp, (cu[-1], H, D), dtype)
+    ops.attention_varlen(qkvd[:, 0], kvd[:, 0], kvd[:, 1], cu, out=out, cu_seqlens_k=cu_k,
+                         position_bias=pb)
+    want = ref.attention_varlen(qkv[:, 0], kv[:, 0], kv[:, 1], cu, cu_seqlens_k=cu_k,
+                                position_bias=pb)
+    assert_close(out, want, dtype)
+
+
+@gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("chunk", [None, 7, 64])
+@pytest.mark.parametrize("D", [64, 40])
+@pytest.mark.parametrize("kind", KINDS)
+def test_decode_attention_position_bias(cp, rng, dtype, chunk, D, kind):
+    """The query at lengths[b] - 1 against keys 0.. (split-K chunks carry the key offset),
+    shared planes (kv_index), masked keys, lengths 0 and 1."""
+    B, S, H, Hkv = 5, 333, 6, 2
+    pb = _biases(rng, H)[kind]
+    q, qd = rounded(rng, dtype, B, H, D)
+    k, kd = rounded(rng, dtype, 3, S, Hkv, D)
+    v, vd = rounded(rng, dtype, 3, S, Hkv, D)
+    lengths, kv_index = np.array([1, 333, 0, 100, 64]), np.array([0, 1, 2, 1, 0])
+    mask = (rng.random((3, S)) < 0.9).astype(np.int64)
+    mask[:, 0] = 1
+    out = poisoned(cp, (B, H, D), dtype)
+    ops.decode_attention(qd, kd, vd, lengths, mask, out=out, chunk=chunk, kv_index=kv_index,
+                         position_bias=pb)
+    want = ref.decode_attention(q, k, v, lengths, mask, kv_index=kv_index, position_bias=pb)
+    assert_close(out, want, dtype)
+
+
+@gpu
+def test_decode_matches_prefill_with_position_bias(cp, rng):
+    """The decode step of the last token equals the last row of causal prefill, for each bias
+    (the two kernels place the query alike)."""
+    B, H, T, D = 2, 4, 57, 64
+    for pb in _biases(rng, H).values():
+        q, qd = rounded(rng, "float32", B, H, T, D)
+        k, kd = rounded(rng, "float32", B, H, T, D)
+        v, vd = rounded(rng, "float32", B, H, T, D)
+        full = ops.attention(qd, kd, vd, causal=True, position_bias=pb)
+        step = ops.decode_attention(cp.ascontiguousarray(qd[:, :, -1]),
+                                    cp.ascontiguousarray(kd.transpose(0, 2, 1, 3)),
+                                    cp.ascontiguousarray(vd.transpose(0, 2, 1, 3)),
+                                    np.full(B, T), position_bias=pb)
+        np.testing.assert_allclose(host(step), host(full[:, :, -1]), rtol=1e-5, atol=1e-5)
+
+
+@gpu
+def test_position_bias_tables_uploaded_once(cp, rng):
+    """A PositionBias's host tables cross to the device on first use only."""
+    H = 4
+    pb = _biases(rng, H)["bidirectional"]
+    q = dev(rng.standard_normal((1, H, 9, 64)), "float32")
+    ops.attention(q, q, q, position_bias=pb)
+    table = cuda.position_bias_args(H, **pb.kernel_args())[1]
+    n = len(cuda._TABLES)
+    for _ in range(3):
+        ops.attention(q, q, q, position_bias=pb)
+        ops.decode_attention(cp.ascontiguousarray(q[:, :, 0]),
+                             cp.ascontiguousarray(q.transpose(0, 2, 1, 3)),
+                             cp.ascontiguousarray(q.transpose(0, 2, 1, 3)), np.array([9]),
+                             position_bias=pb)
+    assert len(cuda._TABLES) == n
+    assert cuda.position_bias_args(H, **pb.kernel_args())[1] is table
 
 
 @gpu

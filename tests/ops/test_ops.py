@@ -249,10 +249,30 @@ def test_rotary(rng, interleaved, N, n_heads, D, extra):
     np.testing.assert_array_equal(got[:, n_heads * D:], x[:, n_heads * D:])  # columns past the heads untouched
 
 
-@pytest.mark.parametrize("N,F", [(1, 1), (33, 130)])
-def test_swiglu(backend, rng, N, F):
+@pytest.mark.parametrize("N,F", [(1, 1), (33, 130), (4, 517)])
+@pytest.mark.parametrize("activation", ops.GATED_ACTIVATIONS)
+def test_swiglu(backend, rng, N, F, activation):
+    """The gated activations act(gate) * up (SwiGLU, GEGLU exact and tanh, ReGLU)."""
     gu = randn(rng, N, 2 * F) * 3
-    assert_close(backend.swiglu(gu, poison((N, F)), 2), ref.swiglu(gu), np.float32)
+    assert_close(backend.swiglu(gu, poison((N, F)), 2, activation), ref.swiglu(gu, activation),
+                 np.float32, scale=3)
+
+
+@pytest.mark.parametrize("activation", ops.GATED_ACTIVATIONS)
+def test_gated_front_matches_two_ops(rng, activation):
+    """ops.swiglu(activation=a) equals bias_act(gate, a) * up (the unfused form it replaces) up
+    to rounding (vector and scalar libm lanes differ in the last bit); the default is SwiGLU;
+    (..., 2F) leading axes kept."""
+    gu = randn(rng, 2, 5, 2 * 37) * 3
+    got = ops.swiglu(gu, threads=2, activation=activation)
+    assert got.shape == (2, 5, 37) and got.dtype == np.float32
+    np.testing.assert_allclose(got, ops.bias_act(gu[..., :37], None, activation) * gu[..., 37:],
+                               rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(ops.swiglu(gu), ops.swiglu(gu, activation="silu"))
+    row = gu[1, 2:3].copy()  # the kernel's out may alias gate_up (one row: a contiguous view)
+    from transformer.ops import cpu
+    cpu.swiglu(row, row[:, :37], 1, activation)
+    np.testing.assert_array_equal(row[0, :37], got[1, 2])
 
 
 @pytest.mark.parametrize("B,S,H,Hkv,D", [(1, 1, 1, 1, 4), (3, 300, 8, 2, 16), (2, 1030, 12, 12, 64),
@@ -291,6 +311,11 @@ def test_decoder_ops_bad_input(rng):
         ops.rotary(randn(rng, 2, 8), np.array([0, 1]), cos, sin, 2)
     with pytest.raises(ValueError, match="even last axis"):
         ops.swiglu(randn(rng, 2, 7))
+    for bad in (None, "tanh", "GELU", 3):
+        with pytest.raises(ValueError, match="activation must be one of"):
+            ops.swiglu(randn(rng, 2, 8), activation=bad)
+    with pytest.raises(TypeError, match="gate_up"):
+        ops.swiglu(np.zeros((2, 8), np.int32))
     with pytest.raises(ValueError, match="lengths must lie"):
         ops.decode_attention(randn(rng, 1, 2, 8), randn(rng, 1, 4, 2, 8), randn(rng, 1, 4, 2, 8),
                              np.array([5]))

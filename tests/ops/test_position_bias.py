@@ -104,3 +104,79 @@ def test_position_bias_bad_input(rng):
         PositionBias.relative(np.zeros((2, 1)))
     with pytest.raises(ValueError, match="finite"):
         PositionBias.alibi([np.nan])
+
+
+# -- the device path without a GPU: the stand-in of tests/fake_gpu.py ------------------------------
+def _device(fake_gpu, a, dtype):
+    return fake_gpu.FAKE_CUPY.asarray(fake_gpu.encode(a, np.dtype(dtype)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, np.uint16])
+@pytest.mark.parametrize("kind", [0, 1, 2])
+def test_position_bias_device_paths(fake_gpu, rng, dtype, kind):
+    """On CuPy operands the fronts pass the PositionBias's kernel arguments to the cuda backend
+    as they pass them to the CPU one (no refusal): attention, attention_varlen and
+    decode_attention give the CPU results (float32 exactly, 16-bit storage within its
+    rounding); the tables go to the device once, however many calls."""
+    from transformer.ops import cuda
+    B, H, Hkv, T, S, D = 2, 4, 2, 9, 23, 8
+    pb = biases(rng, H)[kind]
+    q, k, v = randn(rng, B, H, T, D), randn(rng, B, Hkv, S, D), randn(rng, B, Hkv, S, D)
+    if dtype != np.float32:  # the CPU run on the values the device holds
+        q, k, v = (fake_gpu.decode(fake_gpu.encode(a, np.dtype(dtype))) for a in (q, k, v))
+    tol = dict(rtol=0, atol=0) if dtype == np.float32 else dict(rtol=2e-2, atol=2e-2)
+    mask = (rng.random((B, S)) < 0.8).astype(np.int64)
+    dq, dk, dv = (_device(fake_gpu, a, dtype) for a in (q, k, v))
+    for causal in (False, True):
+        got = ops.attention(dq, dk, dv, mask, causal=causal, position_bias=pb)
+        assert ops.on_device(got) and got.dtype == dtype
+        np.testing.assert_allclose(fake_gpu.decode(got),
+                                   ops.attention(q, k, v, mask, causal, position_bias=pb), **tol)
+    lens = [5, 0, 13]
+    cu = np.concatenate([[0], np.cumsum(lens)])
+    qkv = randn(rng, cu[-1], 3, H, D)
+    if dtype != np.float32:
+        qkv = fake_gpu.decode(fake_gpu.encode(qkv, np.dtype(dtype)))
+    dqkv = _device(fake_gpu, qkv, dtype)
+    got = ops.attention_varlen(dqkv[:, 0], dqkv[:, 1, :Hkv], dqkv[:, 2, :Hkv], cu, causal=True,
+                               position_bias=pb)
+    want = ops.attention_varlen(qkv[:, 0], qkv[:, 1, :Hkv], qkv[:, 2, :Hkv], cu, causal=True,
+                                position_bias=pb)
+    np.testing.assert_allclose(fake_gpu.decode(got), want, **tol)
+    kc, vc = randn(rng, B, S, Hkv, D), randn(rng, B, S, Hkv, D)
+    if dtype != np.float32:
+        kc, vc = (fake_gpu.decode(fake_gpu.encode(a, np.dtype(dtype))) for a in (kc, vc))
+    lengths = np.array([S, 7])
+    got = ops.decode_attention(dq[:, :, 0], _device(fake_gpu, kc, dtype),
+                               _device(fake_gpu, vc, dtype), lengths, position_bias=pb)
+    want = ops.decode_attention(np.ascontiguousarray(q[:, :, 0]), kc, vc, lengths,
+                                position_bias=pb)
+    np.testing.assert_allclose(fake_gpu.decode(got), want, **tol)
+    assert len(cuda._TABLES) == (1 if kind == 0 else 2)  # slopes, or table + bucket_of: once
+
+
+def test_position_bias_args(fake_gpu, rng):
+    """cuda.position_bias_args: the CPU keywords as kernel arguments, null pointers for none,
+    clear errors for tables that do not fit (an out-of-range bucket would be an illegal
+    address on the GPU)."""
+    from transformer.ops import cuda
+    null = cuda._NULL
+    args = cuda.position_bias_args(3)
+    assert args[0] is null and args[1] is null and args[3] is null
+    assert [int(a) for a in (args[2], args[4], args[5], args[6])] == [0, 0, 0, 0]
+    pb = PositionBias.relative(randn(rng, 3, 16), max_distance=40, bidirectional=True)
+    _, table, nb, buckets, n_tab, half, bidi = cuda.position_bias_args(3, **pb.kernel_args())
+    assert (int(nb), int(n_tab), int(half), int(bidi)) == (16, 42, 8, 1)
+    np.testing.assert_array_equal(fake_gpu.decode(table), pb.table)
+    assert cuda.position_bias_args(3, **pb.kernel_args())[1] is table  # cached, not re-uploaded
+    kw = pb.kernel_args()
+    with pytest.raises(ValueError, match=r"rel_table must have shape \(4, num_buckets\)"):
+        cuda.position_bias_args(4, **kw)
+    with pytest.raises(ValueError, match=r"alibi must have shape \(4,\)"):
+        cuda.position_bias_args(4, alibi=np.ones(3, np.float32))
+    with pytest.raises(ValueError, match="bucket_of"):
+        cuda.position_bias_args(3, **dict(kw, bucket_of=kw["bucket_of"] + 8))
+    with pytest.raises(ValueError, match="needs bucket_of"):
+        cuda.position_bias_args(3, rel_table=kw["rel_table"])
+    with pytest.raises(TypeError, match="slopes"):
+        cuda.position_bias_args(3, slopes=np.ones(3, np.float32))

@@ -106,18 +106,11 @@ def norm(spec, k, pair, x, residual=None):
 
 
 def feed_forward(spec, k, layer, x):
-    """ff2(act(ff1(x))), or gated: ff2(act(gate) * up) with ff1 = gate | up (SwiGLU's fused
-    kernel for silu)."""
+    """ff2(act(ff1(x))), or gated: ff2(act(gate) * up) with ff1 = gate | up (one fused gated
+    kernel, SwiGLU for silu)."""
     if not spec.gated:
         return k.linear(k.linear(x, *layer.ff1, spec.activation), *layer.ff2)
-    gate_up = k.linear(x, *layer.ff1)
-    if spec.activation == "silu":
-        f = k.swiglu(gate_up)
-    else:  # host arrays: the gated families beyond SwiGLU run on the CPU
-        F = gate_up.shape[-1] // 2
-        f = k.bias_act(np.ascontiguousarray(gate_up[:, :F]), spec.activation)
-        f *= gate_up[:, F:]
-    return k.linear(f, *layer.ff2)
+    return k.linear(k.swiglu(k.linear(x, *layer.ff1), spec.activation), *layer.ff2)
 
 
 def sublayer(spec, k, pair, h, fn):

@@ -68,9 +68,9 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
 @register_family("bloom")
 class BloomModel(HFFamily, DecoderModel):
-    """BLOOM language model (ALiBi, embedding LayerNorm, tied LM head); CPU only (the ALiBi
-    bias runs in the CPU attention kernels). See DecoderModel for the API."""
+    """BLOOM language model (ALiBi, embedding LayerNorm, tied LM head); CPU and GPU (the ALiBi
+    bias runs inside either backend's attention kernels). See DecoderModel for the API."""
 
-    DEVICES = ("cpu",)
+    DEVICES = ("cpu", "cuda")
     config_from_hf = staticmethod(config_from_hf)
     weights_from_hf = staticmethod(weights_from_hf)

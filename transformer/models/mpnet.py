@@ -24,10 +24,10 @@ def mpnet_config(cfg, source="config.json"):
 
 @register_family("mpnet")
 class MPNetModel(BertModel):
-    """MPNet encoder loaded from an HF directory; CPU only (the relative position bias runs in
-    the CPU attention kernels). See EncoderModel for the API."""
+    """MPNet encoder loaded from an HF directory; CPU and GPU (the relative position bias runs
+    inside either backend's attention kernels). See EncoderModel for the API."""
 
-    DEVICES = ("cpu",)
+    DEVICES = ("cpu", "cuda")
 
     @classmethod
     def hf_config(cls, config_dict, source):

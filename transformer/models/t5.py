@@ -5,8 +5,8 @@ stack's first layer shared by its layers (bidirectional buckets in the encoder, 
 decoder; computed inside the attention kernels), one shared embedding for both sides, FFN ReLU
 (v1.0, "relu") or gated GELU-tanh (v1.1 / flan, "gated-gelu"), LM head tied to the shared
 embedding with the decoder output rescaled by d_model^-0.5 (config scale_decoder_outputs, or a
-tied config), or a separate lm_head.weight (v1.1). CPU only: the relative bias runs in the CPU
-attention kernels."""
+tied config), or a separate lm_head.weight (v1.1). CPU and GPU: the relative bias runs inside
+either backend's attention kernels."""
 import numpy as np
 
 from ..weights import check_tensors
@@ -111,8 +111,8 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 
 @register_family("t5")
 class T5Model(HFFamily, Seq2SeqModel):
-    """T5 encoder-decoder (v1.0 and v1.1 / flan); CPU only. See Seq2SeqModel for the API."""
+    """T5 encoder-decoder (v1.0 and v1.1 / flan); CPU and GPU. See Seq2SeqModel for the API."""
 
-    DEVICES = ("cpu",)
+    DEVICES = ("cpu", "cuda")
     config_from_hf = staticmethod(config_from_hf)
     weights_from_hf = staticmethod(weights_from_hf)

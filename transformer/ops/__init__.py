@@ -22,10 +22,11 @@ from .position_bias import PositionBias
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
            "rms_norm",
            "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
-           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS", "PackedWeight",
-           "PositionBias"]
+           "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS",
+           "GATED_ACTIVATIONS", "PackedWeight", "PositionBias"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
+GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")  # ops.swiglu
 
 
 _ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type
@@ -330,16 +331,25 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
     return x
 
 
-def swiglu(gate_up, threads=None):
-    """SwiGLU activation silu(gate) * up (Shazeer 2020; HF LlamaMLP) of a fused gate|up
-    projection. gate_up: (..., 2F) float, gate first. Returns (..., F) float32."""
+def swiglu(gate_up, threads=None, activation="silu"):
+    """Gated activation act(gate) * up of a fused gate | up projection, the GLU variants of
+    Shazeer 2020 ("GLU Variants Improve Transformer", eq. 5-6): activation "silu" SwiGLU (HF
+    LlamaMLP; the default), "gelu" GEGLU (exact erf), "gelu_tanh" GEGLU with the tanh GELU (HF
+    T5DenseGatedActDense, "gated-gelu"), "relu" ReGLU; the activation formulas of bias_act.
+
+    gate_up: (..., 2F) float, gate first (on the GPU float32, float16 or bfloat16 as the other
+    ops; the product is computed in float32 and rounded once). Returns (..., F) float32 (on the
+    GPU gate_up's dtype). Raises TypeError for a non-float array, ValueError for an odd or empty
+    last axis or an activation not in GATED_ACTIVATIONS."""
     gate_up = _float32("gate_up", gate_up, min_ndim=1)
     if gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up must have an even last axis (gate | up), got {gate_up.shape}")
+    if not isinstance(activation, str) or activation not in GATED_ACTIVATIONS:
+        raise ValueError(f"activation must be one of {GATED_ACTIVATIONS}, got {activation!r}")
     F = gate_up.shape[-1] // 2
     out = _empty(gate_up, gate_up.shape[:-1] + (F,))
     _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F),
-                                 resolve_threads(threads))
+                                 resolve_threads(threads), activation=activation)
     return out
 
 
@@ -458,10 +468,10 @@ def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
     return q, k, v
 
 
-def _position_bias(position_bias, H, q):
-    """The CPU kernels' keyword arguments of a PositionBias for H query heads ({} for None).
-    Raises TypeError for another object, ValueError for a head count that does not fit or a
-    GPU operand (the position biases run in the CPU kernels only)."""
+def _position_bias(position_bias, H):
+    """The backends' keyword arguments of a PositionBias for H query heads ({} for None): the
+    same on the CPU and the GPU (whose backend uploads the host tables once). Raises TypeError
+    for another object, ValueError for a head count that does not fit."""
     if position_bias is None:
         return {}
     if not isinstance(position_bias, PositionBias):
@@ -469,8 +479,6 @@ def _position_bias(position_bias, H, q):
                         f"{type(position_bias).__name__}")
     if position_bias.n_heads != H:
         raise ValueError(f"position_bias has {position_bias.n_heads} heads, q has {H}")
-    if on_device(q):
-        raise ValueError("position_bias (ALiBi, relative buckets) runs on the CPU only")
     return position_bias.kernel_args()
 
 
@@ -482,8 +490,9 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     q: (B, H, T, D) float32; k, v: (B, Hkv, S, D) float32 with H a multiple of Hkv (grouped-query
     attention); attention_mask: (B, S) of 0/1 (1 = a real key) or None; causal: query t sees keys
     s <= t + S - T (aligned at the end, as with a KV cache); scale: default 1/sqrt(D);
-    position_bias: a PositionBias (ALiBi or relative buckets) added to the scaled scores, or
-    None. Returns (B, H, T, D) float32; a query that sees no key gets zeros."""
+    position_bias: a PositionBias (ALiBi or relative buckets) added to the scaled scores inside
+    the kernels (CPU and GPU: query t at t + S - T, key s at s), or None. Returns (B, H, T, D)
+    float32; a query that sees no key gets zeros."""
     q, k, v = _check_qkv(q, k, v, 4, "(B, H, T, D)", "(B, Hkv, S, D)", 2)
     B, H, T, D = q.shape
     Bk, Hkv, S, _ = k.shape
@@ -501,7 +510,7 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
             raise TypeError(f"attention_mask must be 0/1 integers or booleans, got {m.dtype}")
         key_bias = xp.where(m != 0, 0.0, -np.inf).astype(np.float32)
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
-    bias = _position_bias(position_bias, H, q)
+    bias = _position_bias(position_bias, H)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
     n = np.arange(B, dtype=np.int32)
     zeros = np.zeros(B, np.int32)
@@ -567,7 +576,7 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
     else:
         _check_out(out, (N, H, D), q)
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
-    bias = _position_bias(position_bias, H, q)
+    bias = _position_bias(position_bias, H)
     starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
     lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
     k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
@@ -594,7 +603,9 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     against its encoder output), default b; kv_rows: (B, S_max) integers in [0, Bkv), CPU only,
     without kv_index and attention_mask: key j of row b is read from plane kv_rows[b, j] (a beam
     search cache reordered through this table instead of copies; k_cache may then hold more
-    planes than B, e.g. those of sequences that finished). Returns out (B, H, D) float32
+    planes than B, e.g. those of sequences that finished); position_bias: a PositionBias or
+    None (CPU and GPU; the query at position lengths[b] - 1, key j at j). Returns out (B, H, D)
+    float32
     (zeros for a sequence with no key; NaN for NaN or +inf scores). Raises TypeError for a
     wrong dtype, ValueError for shapes that do not fit (v_cache must have k_cache's shape) or a
     chunk that is not a positive integer, IndexError for kv_index / kv_rows out of range.
@@ -655,7 +666,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
     else:
         _check_out(out, (B, H, D), q)
     n = resolve_threads(threads)
-    bias = _position_bias(position_bias, H, q)  # the query at lengths[b] - 1, keys at 0..
+    bias = _position_bias(position_bias, H)  # the query at lengths[b] - 1, keys at 0..
     if chunk is not None:  # more keys per item than S_max change nothing
         chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
@@ -663,7 +674,7 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         from . import cuda
         if B:
             cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out, scale,
-                                  chunk, n)
+                                  chunk, n, **bias)
         return out
     if chunk is None:  # at least two work items per thread, at least 32 keys per item
         items = max(1, B * k_cache.shape[2])

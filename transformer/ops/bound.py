@@ -95,19 +95,15 @@ class Kernels:
             _cpu.layer_norm(y, h, weight, bias, eps, out, self.threads, s)
         return s, out
 
-    def swiglu(self, gate_up):
-        """silu(gate) * up of gate_up (N, 2F) -> (N, F)."""
+    def swiglu(self, gate_up, activation="silu"):
+        """act(gate) * up of gate_up (N, 2F) -> (N, F); act one of ops.GATED_ACTIVATIONS
+        (silu: SwiGLU)."""
         out = self.xp.empty((gate_up.shape[0], gate_up.shape[1] // 2), gate_up.dtype)
         if self.cpu:
-            _cpu.swiglu(gate_up, out, self.threads)
+            _cpu.swiglu(gate_up, out, self.threads, activation)
         else:
-            self.backend.swiglu(gate_up, out, self.threads)
+            self.backend.swiglu(gate_up, out, self.threads, activation=activation)
         return out
-
-    def bias_act(self, x, activation):
-        """act(x) of rows (N, O) in place; returns x."""
-        self.backend.bias_act(x, None, activation, self.threads)
-        return x
 
     def rotary(self, x, positions, cos, sin, n_heads, interleaved):
         """Rotary embedding of the first n_heads heads of each row of x (N, W) in place;

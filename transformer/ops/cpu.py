@@ -35,9 +35,10 @@ def rotary(x, positions, cos, sin, n_heads, head_dim, interleaved, threads):
     return x
 
 
-def swiglu(gate_up, out, threads):
-    """out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:]."""
-    _cpu.swiglu(gate_up, out, threads)
+def swiglu(gate_up, out, threads, activation="silu"):
+    """out (N, F) = act(gate_up[:, :F]) * gate_up[:, F:], act "silu" (SwiGLU), "gelu",
+    "gelu_tanh" or "relu"."""
+    _cpu.swiglu(gate_up, out, threads, activation)
     return out
 
 

@@ -8,9 +8,11 @@ compute for every dtype; tensor cores for fp16/bf16). Element types: float32, fl
 bfloat16; CuPy has no bfloat16 dtype, so bfloat16 tensors are uint16 arrays of bf16 bit patterns.
 Every function takes `threads` for the CPU backend's signature and ignores it.
 """
+import collections
 import functools
 import math
 import pathlib
+import threading
 
 import numpy as np
 
@@ -170,12 +172,14 @@ def softmax(x, mask, out, threads):
     return out
 
 
-def swiglu(gate_up, out, threads):
-    """out (N, F) = silu(gate_up[:, :F]) * gate_up[:, F:]."""
+def swiglu(gate_up, out, threads, activation="silu"):
+    """out (N, F) = act(gate_up[:, :F]) * gate_up[:, F:], act "silu" (SwiGLU), "gelu",
+    "gelu_tanh" or "relu" (the CPU backend's signature), in float32, rounded once."""
     n = out.size
     if n:
         kernel("rows.cu", "swiglu", out.dtype)(
-            _grid(n), (256,), (gate_up, out, np.int64(n), np.int32(out.shape[-1])))
+            _grid(n), (256,), (gate_up, out, np.int64(n), np.int32(out.shape[-1]),
+                               np.int32(ACT_CODES[activation])))
     return out
 
 
@@ -230,10 +234,75 @@ def _strides(a):
     return tuple(np.int64(s // a.itemsize) for s in a.strides)
 
 
+# Host position-bias tables uploaded once: (id(host array), device id) -> (host array, device
+# copy); the host array is kept so that its id cannot be reused while the entry lives.
+_TABLES = collections.OrderedDict()
+_TABLES_MAX = 64
+_TABLES_LOCK = threading.Lock()
+
+
+def _device_table(a, dtype):
+    """a as a contiguous device array of dtype: a device array converted as needed; a host array
+    uploaded on first use and cached by identity (an LRU of _TABLES_MAX entries per process), so
+    a PositionBias's tables cross to the GPU once, not at every call (its arrays are not to be
+    modified in place after use)."""
+    cp = cupy()
+    if type(a).__module__.split(".")[0] == "cupy":
+        return cp.ascontiguousarray(a, dtype=dtype)
+    key = (id(a), cp.cuda.Device().id)
+    with _TABLES_LOCK:
+        hit = _TABLES.get(key)
+        if hit is not None and hit[0] is a and hit[1].dtype == dtype:
+            _TABLES.move_to_end(key)
+            return hit[1]
+    d = cp.asarray(np.ascontiguousarray(a, dtype=dtype))
+    with _TABLES_LOCK:
+        _TABLES[key] = (a, d)
+        while len(_TABLES) > _TABLES_MAX:
+            _TABLES.popitem(last=False)
+    return d
+
+
+def position_bias_args(H, alibi=None, rel_table=None, bucket_of=None, half=0,
+                       bidirectional=False):
+    """The PB_ARGS of the attention kernels (csrc/cuda/attention.cu) for H query heads from the
+    CPU backend's position-bias keywords (ops.PositionBias.kernel_args(): alibi (H,) slopes;
+    or rel_table (H, num_buckets) with bucket_of (n_tab,) int, half, bidirectional), tables on
+    the device (_device_table: uploaded once per host array). Returns (slopes, table,
+    n_buckets, bucket_of, n_tab, half, bidirectional) as kernel arguments, null pointers for no
+    bias. Raises TypeError for an unknown keyword, ValueError for tables that do not fit H or
+    buckets outside the table (checked on host tables)."""
+    slopes = table = buckets = None
+    if alibi is not None:
+        if np.shape(alibi) != (H,):
+            raise ValueError(f"alibi must have shape ({H},), got {np.shape(alibi)}")
+        slopes = _device_table(alibi, np.float32)
+    if rel_table is not None:
+        if len(np.shape(rel_table)) != 2 or np.shape(rel_table)[0] != H:
+            raise ValueError(f"rel_table must have shape ({H}, num_buckets), got "
+                             f"{np.shape(rel_table)}")
+        if bucket_of is None or len(np.shape(bucket_of)) != 1 or not np.size(bucket_of):
+            raise ValueError("rel_table needs bucket_of, the (n_tab,) bucket of each distance")
+        nb = np.shape(rel_table)[1]
+        if type(bucket_of).__module__.split(".")[0] != "cupy":
+            top = int(np.max(bucket_of)) + (int(half) if bidirectional else 0)
+            if int(np.min(bucket_of)) < 0 or top >= nb:
+                raise ValueError(f"bucket_of (+ half) must lie in [0, {nb}), got "
+                                 f"[{int(np.min(bucket_of))}, {top}]")
+        table = _device_table(rel_table, np.float32)
+        buckets = _device_table(bucket_of, np.int32)
+    return (_ptr(slopes), _ptr(table), np.int32(0 if table is None else table.shape[1]),
+            _ptr(buckets), np.int32(0 if buckets is None else buckets.size),
+            np.int32(half if table is not None else 0),
+            np.int32(bool(bidirectional) and table is not None))
+
+
 def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
-              threads):
+              threads, **position_bias):
     """Tiled attention over (P, rows, H, D) planes (same contract as the CPU backend): sequence
     b reads plane[b], queries q_start[b] + [0, q_len[b]) and keys k_start[b] + [0, k_len[b]).
+    position_bias: the CPU backend's keywords (an ops.PositionBias's kernel_args(); see
+    position_bias_args), the bias computed per score inside the kernels.
     Tensor cores for fp16/bf16 with D in (64, 128), else the SIMT kernel (D <= 128)."""
     cp = cupy()
     B = len(q_len)
@@ -241,6 +310,7 @@ def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, cau
     Hkv = k.shape[2]
     if D > 128:
         raise ValueError(f"head_dim {D} > 128 is not supported by the GPU attention kernel")
+    pb = position_bias_args(H, **position_bias)
     T_max = int(q_len.max()) if B else 0
     if T_max == 0:
         return out
@@ -251,6 +321,7 @@ def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, cau
                                                                 else bias.shape[1]),
                                           np.int32(H), np.int32(Hkv), np.int32(D),
                                           np.int32(causal), np.float32(scale * math.log2(math.e)))
+    args += pb
     suffix = SUFFIX[q.dtype]
     if suffix != "f32" and D in (64, 128):
         kernel("attention.cu", f"attention_mma_{suffix}_d{D}")((-(-T_max // 64), B * H), (128,),
@@ -260,14 +331,17 @@ def attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, cau
     return out
 
 
-def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads):
+def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads,
+                     **position_bias):
     """Split-K attention of one query per sequence against its KV cache, then the combine
-    kernel. chunk: keys per block, or None for enough blocks to fill the GPU."""
+    kernel. chunk: keys per block, or None for enough blocks to fill the GPU. position_bias:
+    the CPU backend's keywords (see position_bias_args; the query at lengths[b] - 1)."""
     cp = cupy()
     B, H, D = q.shape
     S_max, Hkv = k.shape[1], k.shape[2]
     if D > 256:
         raise ValueError(f"head_dim {D} > 256 is not supported by the GPU decode kernel")
+    pb = position_bias_args(H, **position_bias)
     longest = int(np.max(lengths)) if B else 0  # host lengths from the front: no device sync
     lengths = cp.asarray(lengths, np.int32)
     if chunk is None:  # about 4 blocks per SM across the (b, h) pairs, >= 64 keys each
@@ -281,7 +355,7 @@ def decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, th
         (q, k, v, _ptr(None if kv_index is None else cp.asarray(kv_index, np.int32)), lengths,
          _ptr(None if key_bias is None else cp.asarray(key_bias, np.float32)), work, qs[0], qs[1],
          np.int32(H), np.int32(Hkv), np.int32(D), np.int32(S_max), np.int32(chunk),
-         np.float32(scale * math.log2(math.e))))
+         np.float32(scale * math.log2(math.e))) + pb)
     kernel("attention.cu", "decode_combine", q.dtype)((B * H,), (128,),
                                                       (work, out, np.int32(n_chunks), np.int32(D)))
     return out

@@ -54,7 +54,8 @@ def relative_bucket(relative_position, num_buckets=32, max_distance=128, bidirec
 
 
 class PositionBias:
-    """A position bias for ops.attention / attention_varlen / decode_attention (CPU kernels).
+    """A position bias for ops.attention / attention_varlen / decode_attention (the CPU and
+    the CUDA kernels, which take the same kernel_args()).
 
     PositionBias.alibi(slopes): slopes (H,) float. PositionBias.relative(table, max_distance,
     bidirectional): table (H, num_buckets) float, the learned bias of each head and bucket
@@ -86,7 +87,8 @@ class PositionBias:
         return cls(table=table, max_distance=max_distance, bidirectional=bidirectional)
 
     def kernel_args(self):
-        """Keyword arguments of the CPU kernels (transformer._cpu.attention/decode_attention):
+        """Keyword arguments of the backends' attention kernels (transformer._cpu.attention /
+        decode_attention; transformer.ops.cuda takes the same and uploads the tables once):
         alibi, rel_table, bucket_of (the bucket of each distance 0.. max_distance + 1, whose
         last entry saturates), half (bidirectional: the first bucket of keys after the query),
         bidirectional."""

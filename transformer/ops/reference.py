@@ -63,10 +63,11 @@ def rotary(x, positions, n_heads, head_dim, theta=10000.0, interleaved=False):
     return y
 
 
-def swiglu(gate_up):
-    """silu(gate) * up for gate_up = [gate | up] on the last axis."""
+def swiglu(gate_up, activation="silu"):
+    """act(gate) * up for gate_up = [gate | up] on the last axis (Shazeer 2020, GLU variants:
+    silu SwiGLU, gelu / gelu_tanh GEGLU, relu ReGLU), act as bias_act."""
     g, u = np.split(_f64(gate_up), 2, axis=-1)
-    return g / (1.0 + np.exp(-g)) * u
+    return bias_act(g, None, activation) * u
 
 
 def softmax(x, mask=None):
