@@ -107,11 +107,9 @@ T5_TEXTS = ["hello world", "  hello   world  ", "", " ", "\t\n", "Hello, World!"
             "summarize: " + "the lazy dog sleeps " * 30]
 
 
-@pytest.fixture(scope="module")
-def t5_dir(tmp_path_factory):
-    """A directory holding only spiece.model: a SentencePiece unigram model trained on
-    generated text with T5's special ids (pad 0, eos 1, unk 2, no bos)."""
-    path = tmp_path_factory.mktemp("t5-spiece")
+def train_t5_spiece(path):
+    """Write path/spiece.model: a SentencePiece unigram model of 150 pieces trained on generated
+    text with T5's special ids (pad 0, eos 1, unk 2, no bos). Returns path."""
     gen = random.Random(0)  # training data only: fixed, so the vocabulary is reproducible
     letters = "abcdefghijklmnopqrstuvwxyz"
     lines = [" ".join(gen.choice(T5_WORDS) for _ in range(gen.randint(3, 14)))
@@ -126,6 +124,12 @@ def t5_dir(tmp_path_factory):
     for name in ("corpus.txt", "spiece.vocab"):
         (path / name).unlink()
     return path
+
+
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    """A directory holding only spiece.model (train_t5_spiece)."""
+    return train_t5_spiece(tmp_path_factory.mktemp("t5-spiece"))
 
 
 def _hf_t5(path, **kw):
