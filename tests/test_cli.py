@@ -120,3 +120,84 @@ def test_translate_processor_flags():
     assert p.stdout.split("\n")[0] == "m a h i d"  # greedy gives "m a h m a d"
     p = run("translate", "--model", path, "--num-beams", 1, "--min-new-tokens", 9, "ع ل ي")
     assert len(p.stdout.split()) == 9
+
+
+def _api_translations(model, texts, **kw):
+    """What `transformer translate` should print for `texts` taken as one batch: the model's
+    tokenizer batch, model.generate, each row decoded without its decoder start token; a blank
+    text gives a blank line."""
+    rows = [t for t in texts if t.strip()]
+    if not rows:
+        return [""] * len(texts)
+    batch = model.tokenizer(rows)
+    out = iter(model.generate(batch["input_ids"], batch["attention_mask"], **kw))
+    return [model.tokenizer.decode(next(out)[1:]) if t.strip() else "" for t in texts]
+
+
+def _check_translate_cli(path, texts, tmp_path):
+    """Text arguments (one batch) and --input FILE (a corpus job, one line a batch) through the
+    CLI print what the Python API gives."""
+    import transformer
+    model = transformer.load(path, threads=2)
+    kw = dict(max_new_tokens=8, num_beams=2)
+    p = run("translate", "--model", path, "--num-beams", 2, "--max-new-tokens", 8,
+            "--threads", 2, *texts)
+    assert p.stdout.split("\n")[:-1] == _api_translations(model, texts, **kw)
+    src, out = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    run("translate", "--model", path, "--num-beams", 2, "--max-new-tokens", 8, "--threads", 2,
+        "--batch-size", 1, "--input", src, "--output", out)
+    want = [_api_translations(model, [t], **kw)[0] for t in texts]
+    assert out.read_text(encoding="utf-8").split("\n")[:-1] == want
+    return model
+
+
+def test_translate_t5_spiece_directory(tmp_path):
+    """A tiny random T5 directory with only spiece.model as its tokenizer: text in, text out
+    through `transformer translate` (T5Tokenizer), equal to the Python API's; `generate` on it
+    says to use translate."""
+    torch = pytest.importorskip("torch")
+    hf = pytest.importorskip("transformers")
+    from test_tokenizers import train_t5_spiece
+    from transformer.tokenizer import T5Tokenizer
+
+    path = tmp_path / "t5"
+    path.mkdir()
+    train_t5_spiece(path)
+    torch.manual_seed(0)
+    cfg = hf.T5Config(vocab_size=250, d_model=32, d_kv=8, d_ff=48, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                      relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+                      tie_word_embeddings=False, decoder_start_token_id=0, pad_token_id=0,
+                      eos_token_id=1)
+    hf.T5ForConditionalGeneration(cfg).eval().save_pretrained(path, safe_serialization=True)
+    texts = ["translate English to German: the quick brown fox.", "",
+             "summarize: <extra_id_0> lazy dog <extra_id_1>", "東京 café 😀", "hello world"]
+    model = _check_translate_cli(path, texts, tmp_path)
+    assert isinstance(model.tokenizer, T5Tokenizer)
+    p = run("generate", "--model", path, "--prompt", "hello", check=False)
+    assert p.returncode != 0 and "transformer translate" in p.stderr, p.stderr
+
+
+def test_translate_marian_spm_directory(tmp_path):
+    """A tiny random Marian directory with source.spm / target.spm / vocab.json and no
+    tokenizer.json: `transformer translate` prints what the Python API gives."""
+    torch = pytest.importorskip("torch")
+    hf = pytest.importorskip("transformers")
+    from test_tokenizers import _marian_dir
+    from transformer.tokenizer import MarianTokenizer
+
+    path = tmp_path / "marian"
+    path.mkdir()
+    theirs = _marian_dir(path, False)
+    V = max(json.loads((path / "vocab.json").read_text()).values()) + 1
+    torch.manual_seed(0)
+    cfg = hf.MarianConfig(vocab_size=V, d_model=32, encoder_layers=1, decoder_layers=1,
+                          encoder_attention_heads=4, decoder_attention_heads=4,
+                          encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=64,
+                          pad_token_id=theirs.pad_token_id, eos_token_id=theirs.eos_token_id,
+                          decoder_start_token_id=theirs.pad_token_id)
+    hf.MarianMTModel(cfg).eval().save_pretrained(path, safe_serialization=True)
+    texts = [">>de<< hello world", "", "the lazy fox sleeps", "ein hund, ein fuchs!"]
+    model = _check_translate_cli(path, texts, tmp_path)
+    assert isinstance(model.tokenizer, MarianTokenizer)

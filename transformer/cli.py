@@ -6,6 +6,7 @@
     transformer search "how do I bake bread" --input corpus.txt --top-k 5
     transformer generate --model stories260K.bin --prompt "Once upon a time" --max-new-tokens 60
     transformer translate --model aren-transliteration/float32 "آ ت ز م و ن"
+    transformer translate --model t5-small "translate English to German: Hello"  # spiece.model
     transformer generate --model gpt2-dir --prompt "Hello" --device cuda --dtype float16
     transformer bench kernels --quick --output bench/results/kernels   # see transformer.benchmarks
     transformer info
@@ -183,6 +184,10 @@ def cmd_generate(args):
     model = _load(args)
     if not hasattr(model, "generate"):
         raise SystemExit("error: this model cannot generate text (an encoder-only model?)")
+    if hasattr(model, "encode"):  # its output is a target text, not a continuation
+        raise SystemExit("error: this is an encoder-decoder model: text in, text out is "
+                         "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
+                         "as \"summarize: \" in TEXT)")
     tok = model.tokenizer
     if tok is None:
         raise SystemExit("error: the model has no tokenizer (give --tokenizer FILE)")
@@ -224,8 +229,9 @@ def cmd_generate(args):
 
 def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
-    line per input line, a blank line for a blank one (tokenizer.json when the model has one;
-    else whitespace-separated tokens of its vocabularies in and out)."""
+    line per input line, a blank line for a blank one (the model's tokenizer: tokenizer.json,
+    or the SentencePiece files of a Marian or T5 directory, see models._hf.hf_tokenizer; else
+    whitespace-separated tokens of its vocabularies in and out)."""
     if args.input and not args.text:  # streamed, never read whole
         return _corpus_job("translate", args)
     texts = list(args.text)

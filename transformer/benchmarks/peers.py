@@ -90,14 +90,28 @@ def ct2_convert(model_dir, out_dir, notes, tag="bench", tokenizer=None):
     return out_dir
 
 
+ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(model):
+    """The names of ENCODER_INPUTS that the HF model's forward() takes (MPNet has no
+    token_type_ids), in that order."""
+    import inspect
+    params = inspect.signature(model.forward).parameters
+    return [n for n in ENCODER_INPUTS if n in params]
+
 
 def export_onnx(model_dir, path):
     """Export the HF model's last_hidden_state to ONNX at `path` (dynamic batch and sequence
-    axes; inputs input_ids, attention_mask, token_type_ids). Tries the legacy TorchScript exporter
-    (dynamo=False) first, then the torch.export-based one. Returns a note saying which worked;
-    raises RuntimeError with both errors when neither does."""
+    axes; inputs: those of input_ids, attention_mask, token_type_ids that the model takes,
+    model_inputs). Tries the legacy TorchScript exporter (dynamo=False) first, then the
+    torch.export-based one. Returns a note saying which worked; raises RuntimeError with both
+    errors when neither does."""
     import torch
     import transformers
+
+    model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    names = model_inputs(model)
 
     class LastHidden(torch.nn.Module):
         """Wrapper returning only last_hidden_state, with positional inputs for the exporter."""
@@ -110,12 +124,21 @@ def export_onnx(model_dir, path):
             return self.model(input_ids=input_ids, attention_mask=attention_mask,
                               token_type_ids=token_type_ids).last_hidden_state
 
-    model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
+    class LastHiddenNoTypes(LastHidden):
+        """The same for a model without token types (MPNet)."""
+
+        def forward(self, input_ids, attention_mask):
+            return self.model(input_ids=input_ids,
+                              attention_mask=attention_mask).last_hidden_state
+
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise RuntimeError(f"ONNX export: the model takes {names} of {list(ENCODER_INPUTS)}")
+    wrapper = (LastHidden if "token_type_ids" in names else LastHiddenNoTypes)(model)
     # A padded example, so that no "mask is all ones" shortcut is traced into the graph.
     ids = torch.tensor([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]])
     mask = (ids != 0).long()
-    example = (ids, mask, torch.zeros_like(ids))
-    names = ["input_ids", "attention_mask", "token_type_ids"]
+    example = tuple({"input_ids": ids, "attention_mask": mask,
+                     "token_type_ids": torch.zeros_like(ids)}[n] for n in names)
     axes = {0: "batch", 1: "sequence"}
     tmp = path + ".tmp"
     errors = []
@@ -127,11 +150,11 @@ def export_onnx(model_dir, path):
                           opset_version=17, dynamo=dynamo)
                 if dynamo:
                     kw["dynamic_shapes"] = ({0: torch.export.Dim("batch"),
-                                             1: torch.export.Dim("sequence")},) * 3
+                                             1: torch.export.Dim("sequence")},) * len(names)
                 else:
                     kw["dynamic_axes"] = {n: axes for n in names + ["last_hidden_state"]}
                 with torch.no_grad():
-                    torch.onnx.export(LastHidden(model), example, tmp, **kw)
+                    torch.onnx.export(wrapper, example, tmp, **kw)
             os.replace(tmp, path)
             which = "legacy TorchScript exporter (dynamo=False)" if not dynamo else \
                 "torch.export-based exporter (dynamo=True)"

@@ -1,9 +1,9 @@
 """Shared steps of loading a Hugging Face directory: safetensors weights (one file or an index of
-shards) and the optional tokenizer.json."""
+shards) and the optional tokenizer (tokenizer.json, or SentencePiece files: hf_tokenizer)."""
 import json
 import os
 
-from ..tokenizer import MarianTokenizer, Tokenizer
+from ..tokenizer import MarianTokenizer, T5Tokenizer, Tokenizer
 from ..weights import WeightsError, read_safetensors
 
 
@@ -71,14 +71,16 @@ def check_layer_count(tensors, n_layers, source):
 
 
 def hf_tokenizer(path, max_length):
-    """Tokenizer of `path` truncating to max_length tokens: tokenizer.json (the `tokenizers`
-    library), else a Marian SentencePiece pair (source.spm, target.spm, vocab.json), else
-    None."""
+    """Tokenizer of `path` truncating to max_length tokens, the one place that chooses it:
+    tokenizer.json (the `tokenizers` library), else a Marian SentencePiece pair (source.spm,
+    target.spm, vocab.json), else a T5 SentencePiece model (spiece.model), else None."""
     tok = os.path.join(path, "tokenizer.json")
     if os.path.isfile(tok):
         return Tokenizer(tok, max_length)
     if os.path.isfile(os.path.join(path, "source.spm")):
         return MarianTokenizer(path, max_length)
+    if os.path.isfile(os.path.join(path, "spiece.model")):
+        return T5Tokenizer(path, max_length)
     return None
 
 
