@@ -172,14 +172,14 @@ class _SelfAttention:
             self.rope_positions = k.xp.asarray(np.ascontiguousarray(positions, np.int64))
 
     def split(self, qkv):
-        """q (N, H, D), k, v (N, Hkv, D) views of qkv (N, Q + 2K), rotated first if rotary."""
+        """q (N, H, D) and k, v (N, Hkv * D) views of qkv (N, Q + 2K), rotated first if
+        rotary."""
         H, Hkv, D = self.H, self.Hkv, self.D
         if self.rope is not None:
             self.k.rotary(qkv, self.rope_positions, *self.rope, H + Hkv,
                           self.spec.rope_interleaved)
-        N = qkv.shape[0]
-        return (qkv[:, :H * D].reshape(N, H, D), qkv[:, H * D:(H + Hkv) * D].reshape(N, Hkv, D),
-                qkv[:, (H + Hkv) * D:].reshape(N, Hkv, D))
+        return (qkv[:, :H * D].reshape(qkv.shape[0], H, D), qkv[:, H * D:(H + Hkv) * D],
+                qkv[:, (H + Hkv) * D:])
 
 
 class PackedSelfAttention(_SelfAttention):
@@ -201,7 +201,9 @@ class PackedSelfAttention(_SelfAttention):
         q, k, v = self.split(qkv)
         if self.cache is not None:
             self.cache.write(i, self.cache_index, k, v)
-        ctx = self.k.attention_varlen(q, k, v, self.plan, self.spec.causal,
+        N, Hkv, D = len(q), self.Hkv, self.D
+        ctx = self.k.attention_varlen(q, k.reshape(N, Hkv, D), v.reshape(N, Hkv, D), self.plan,
+                                      self.spec.causal,
                                       self.spec.attention_scale, self.position_bias)
         return ctx.reshape(len(q), -1)
 
@@ -303,20 +305,22 @@ class KVCache:
         self.lengths = np.zeros(batch_size, np.int32)
         self.max_length = max_length
         self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
-        # (L, B * max_length, Hkv, D) views: one flat index per write
-        self._k_rows = self.k.reshape(n_layers, -1, n_kv_heads, head_dim)
-        self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads, head_dim)
+        # (L, B * max_length, Hkv * D) views: one flat index per write
+        self._k_rows = self.k.reshape(n_layers, -1, n_kv_heads * head_dim)
+        self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads * head_dim)
 
     def index(self, rows, slots):
         """The flat write index of positions slots (N,) of cache rows `rows` (N,) (int64
-        NumPy), for `write` (on the cache's device)."""
+        NumPy), for `write`: an index array on the cache's device, or a slice for one row."""
         flat = rows * self.max_length + slots
+        if len(flat) == 1:  # one row (a batch-1 decode step): a slice, cheaper than a gather
+            return slice(int(flat[0]), int(flat[0]) + 1)
         return flat if not self.copy_on_reorder else ops.array_module(self.k).asarray(flat)
 
     def write(self, layer, index, k, v):
-        """Store keys and values k, v (N, Hkv, D) of `layer` at the flat `index` (N,)."""
-        self._k_rows[layer][index] = k
-        self._v_rows[layer][index] = v
+        """Store keys and values k, v (N, Hkv * D) of `layer` at the flat `index` (N,)."""
+        self._k_rows[layer, index] = k
+        self._v_rows[layer, index] = v
 
     def reorder(self, index):
         """Keep sequences `index` (B',) in that order, B' <= the current count (beam search

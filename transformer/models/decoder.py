@@ -226,11 +226,12 @@ class DecoderModel(DeviceModel):
                                       w.get("embeddings.norm.weight"),
                                       w.get("embeddings.norm.bias"), cfg.norm_eps)
 
-    def _rope_for(self, positions):
-        """The rotary (cos, sin) tables covering `positions`, or None without rotary."""
+    def _rope_for(self, longest):
+        """The rotary (cos, sin) tables covering positions 0..longest, or None without
+        rotary."""
         if self.config.positions != "rotary":
             return None
-        return self._rotary_tables(int(positions.max()) + 1 if len(positions) else 1)
+        return self._rotary_tables(longest + 1)
 
     def logits(self, h):
         """LM head: h (N, C) -> logits (N, V) float32 (on the GPU the model's dtype, bfloat16 as
@@ -255,7 +256,8 @@ class DecoderModel(DeviceModel):
         cu = np.concatenate([[0], np.cumsum(lens)])
         positions = (np.cumsum(mask, 1) - 1).ravel()[flat]
         spec, k = self.config.block, self.kernels
-        attend = block.PackedSelfAttention(spec, k, cu, positions, self._rope_for(positions),
+        attend = block.PackedSelfAttention(spec, k, cu, positions,
+                                           self._rope_for(int(positions.max())),
                                            self._position_bias, cache, positions)
         with blas_single_threaded():
             h = block.run(spec, k, self.stack(), self._embed(ids.ravel()[flat], positions),
@@ -273,10 +275,11 @@ class DecoderModel(DeviceModel):
         tokens = check_tokens(tokens, self.config.vocab_size, len(cache.lengths))
         B = len(tokens)
         positions = cache.lengths[:B].astype(np.int64)
-        if positions.max() >= cache.max_length:
+        longest = max(positions.tolist())
+        if longest >= cache.max_length:
             raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
         spec, k = self.config.block, self.kernels
-        attend = block.CachedSelfAttention(spec, k, cache, positions, self._rope_for(positions),
+        attend = block.CachedSelfAttention(spec, k, cache, positions, self._rope_for(longest),
                                            self._position_bias)
         with blas_single_threaded():
             h = block.run(spec, k, self.stack(), self._embed(tokens, positions), attend)

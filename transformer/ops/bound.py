@@ -170,7 +170,7 @@ class Kernels:
         """Keys per work item of decode_attention for rows of `lengths` (host integers): at
         least two work items per thread, at least 32 keys per item (as ops.decode_attention)."""
         per_thread = max(1, -(-2 * self.threads // max(1, len(lengths) * n_kv_heads)))
-        return max(32, -(-int(lengths.max()) // per_thread))
+        return max(32, -(-max(lengths.tolist()) // per_thread))
 
 
 class VarlenPlan:
