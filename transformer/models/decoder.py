@@ -28,7 +28,7 @@ import numpy as np
 from .. import ops
 from ..ops.position_bias import alibi_slopes
 from . import block
-from .block import BlockSpec, KVCache  # noqa: F401 (KVCache: the cache type of every family)
+from .block import BlockSpec, KVCache
 from .._threads import blas_single_threaded, resolve_threads
 from ..device import DeviceModel, host_weights, to_device
 from ..generation.contract import Decoding

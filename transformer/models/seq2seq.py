@@ -38,9 +38,8 @@ from . import register_family
 from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, check_tokens, pack
 from . import block
-from .block import BlockSpec
+from .block import BlockSpec, KVCache
 from .config import check_positive
-from .block import KVCache
 from .decoder import _device_outputs
 
 
@@ -455,7 +454,7 @@ class Seq2SeqModel(DeviceModel):
         """Run the encoder once: input_ids (B, S) integer in [0, Vs), attention_mask (B, S) of 0/1.
         Returns an EncoderOutput (packed hidden states and each decoder layer's cross-attention
         K/V). Raises TypeError/ValueError/IndexError naming the bad argument."""
-        cfg, n = self.config, self.threads
+        cfg = self.config
         ids, positions, _, cu, lens = self._pack("input_ids", input_ids, attention_mask,
                                                  cfg.src_vocab_size)
         H, D, k = cfg.n_heads, cfg.head_dim, self.kernels
