@@ -144,6 +144,23 @@ def _tiny(tmp_path, kind):
         model = hf.LlamaForCausalLM(hf.LlamaConfig(
             vocab_size=97, hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
             num_hidden_layers=2, intermediate_size=96, max_position_embeddings=64))
+    elif kind == "bloom":
+        model = hf.BloomForCausalLM(hf.BloomConfig(vocab_size=97, hidden_size=64, n_head=4,
+                                                   n_layer=2))
+    elif kind == "t5":
+        model = hf.T5ForConditionalGeneration(hf.T5Config(
+            vocab_size=67, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=2,
+            num_heads=4, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+            decoder_start_token_id=0, eos_token_id=1, pad_token_id=0))
+    elif kind == "mpnet":
+        model = hf.MPNetModel(hf.MPNetConfig(vocab_size=97, hidden_size=64,
+                                             num_attention_heads=4, num_hidden_layers=2,
+                                             intermediate_size=96, max_position_embeddings=64),
+                              add_pooling_layer=False)
+    elif kind == "xlm-roberta":
+        model = hf.XLMRobertaModel(hf.XLMRobertaConfig(
+            vocab_size=97, hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+            intermediate_size=96, max_position_embeddings=64), add_pooling_layer=False)
     else:
         model = hf.BartForConditionalGeneration(hf.BartConfig(
             vocab_size=67, d_model=64, encoder_layers=2, decoder_layers=2,
@@ -153,17 +170,20 @@ def _tiny(tmp_path, kind):
     return tmp_path
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "llama", "bart"])
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "bloom", "bart", "t5", "mpnet",
+                                  "xlm-roberta"])
 @pytest.mark.parametrize("dtype,tol", [("int8", 0.05), ("bfloat16", 0.01)])
 def test_tiny_families_close_to_float32(tmp_path, rng, kind, dtype, tol):
-    """Logits within tol x max|logit| of the float32 model's; generate runs and a batch gives
-    the tokens its rows give alone."""
+    """Logits (hidden states for encoders) within tol x max|value| of the float32 model's;
+    generate runs and a batch gives the tokens its rows give alone."""
     path = _tiny(tmp_path, kind)
     f32, q = transformer.load(path, threads=2), transformer.load(path, dtype=dtype, threads=2)
     ids = rng.integers(3, 60, (3, 9))
-    args = (ids, None, ids[:, :5]) if kind == "bart" else (ids,)
+    args = (ids, None, ids[:, :5]) if kind in ("bart", "t5") else (ids,)
     want, got = f32(*args), q(*args)
     assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    if kind in ("mpnet", "xlm-roberta"):
+        return
     together = q.generate(ids, max_new_tokens=6)
     for b in range(len(ids)):
         np.testing.assert_array_equal(q.generate(ids[b:b + 1], max_new_tokens=6)[0],
