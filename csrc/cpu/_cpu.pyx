@@ -231,6 +231,75 @@ def swiglu(const float[:, ::1] gate_up,      # IN  (N, 2F): gate | up
             tf_gated_act_row(&gate_up[r, 0], F, act, &out[r, 0])
 
 
+cdef int _decode(const float *qb, long qbs, long qrs, const float *kb, long kbs, long krs,
+                 long khs, const float *vb, long vbs, long vrs, long vhs, const int *kv_index,
+                 const int *kv_rows, long kv_rows_stride, const int *lengths, const float *kbias,
+                 long kbias_stride, float *out, long obs, long ohs, int B, int H, int D,
+                 int Hkv, float scale, int chunk, int n_threads,
+                 const tf_pos_bias *pbp) noexcept nogil:
+    """The split-K decode attention of `decode_attention` on raw pointers (strides in floats);
+    returns -1 when the partials cannot be allocated."""
+    cdef int G = H // Hkv, max_len = 0, b
+    for b in range(B):
+        max_len = max(max_len, lengths[b])
+    cdef int n_split = max(1, (max_len + chunk - 1) // chunk)
+    cdef long n_items = <long>B * Hkv * n_split
+    # partials, indexed [b, h, split]: m and l (1 value), acc (D values)
+    cdef float *pm = <float *>malloc(sizeof(float) * B * H * n_split * (D + 2))
+    cdef float *pl = pm + <long>B * H * n_split
+    cdef float *pacc = pl + <long>B * H * n_split
+    cdef float *scores
+    cdef float *tm
+    cdef float *tl
+    cdef float *tacc
+    cdef long item
+    cdef int hk, c, j0, n, g, h, bh, bk
+    cdef bint has_rows = kv_rows != NULL
+    if pm == NULL:
+        return -1
+    with parallel(num_threads=n_threads):
+        scores = <float *>malloc(sizeof(float) * G * (chunk + 2 + D))
+        tm = scores + G * chunk
+        tl = tm + G
+        tacc = tl + G
+        for item in prange(n_items, schedule="dynamic"):
+            b = item // (Hkv * n_split)
+            hk = (item // n_split) % Hkv
+            c = item % n_split
+            j0 = c * chunk
+            bk = kv_index[b] if kv_index != NULL else b
+            n = min(chunk, lengths[b] - j0)
+            if n <= 0:
+                for g in range(G):
+                    h = hk * G + g
+                    pm[(b * H + h) * n_split + c] = -INFINITY
+                    pl[(b * H + h) * n_split + c] = 0
+                continue
+            # with kv_rows each key's plane comes from the table (k, v at plane 0), else plane bk
+            tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
+                                      kb + (0 if has_rows else bk * kbs) + j0 * krs + hk * khs,
+                                      kbs, krs,
+                                      vb + (0 if has_rows else bk * vbs) + j0 * vrs + hk * vhs,
+                                      vbs, vrs, kv_rows + b * kv_rows_stride + j0 if has_rows
+                                      else NULL, n, D,
+                                      scale, kbias + bk * kbias_stride + j0 if kbias != NULL
+                                      else NULL, scores, tm, tl, tacc, pbp, hk * G,
+                                      lengths[b] - 1, j0)
+            for g in range(G):
+                h = hk * G + g
+                pm[(b * H + h) * n_split + c] = tm[g]
+                pl[(b * H + h) * n_split + c] = tl[g]
+                memcpy(pacc + ((<long>b * H + h) * n_split + c) * D, tacc + g * D,
+                       sizeof(float) * D)
+        free(scores)
+    for bh in prange(B * H, schedule="static", num_threads=n_threads):
+        tf_decode_attention_combine(pm + <long>bh * n_split, pl + <long>bh * n_split,
+                                    pacc + <long>bh * n_split * D, n_split, D,
+                                    out + (bh // H) * obs + (bh % H) * ohs)
+    free(pm)
+    return 0
+
+
 def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/head strides
                      const float[:, :, :, :] k,     # IN  (B, S_max, Hkv, D) KV cache
                      const float[:, :, :, :] v,     # IN  (B, S_max, Hkv, D)
@@ -250,77 +319,68 @@ def decode_attention(const float[:, :, :] q,        # IN  (B, H, D), any row/hea
     read once per group, never copied); a second loop combines the chunks of each query head.
     kv_index lets several query rows share one K/V plane (beams over one source sentence);
     kv_rows picks the plane per key instead (beams whose cache was reordered by a table)."""
-    cdef int B = q.shape[0], H = q.shape[1], D = q.shape[2], Hkv = k.shape[2]
-    cdef int G = H // Hkv, max_len = 0, b
-    for b in range(B):
-        max_len = max(max_len, lengths[b])
-    cdef int n_split = max(1, (max_len + chunk - 1) // chunk)
-    cdef long n_items = <long>B * Hkv * n_split
-    cdef long qrs = q.strides[1] // 4, qbs = q.strides[0] // 4
-    cdef long kbs = k.strides[0] // 4, krs = k.strides[1] // 4, khs = k.strides[2] // 4
-    cdef long vbs = v.strides[0] // 4, vrs = v.strides[1] // 4, vhs = v.strides[2] // 4
-    cdef const float *qb = &q[0, 0, 0]
-    cdef const float *kb = &k[0, 0, 0, 0]
-    cdef const float *vb = &v[0, 0, 0, 0]
-    cdef const float *kbias = &key_bias[0, 0] if key_bias is not None else NULL
-    cdef long kbias_stride = key_bias.shape[1] if key_bias is not None else 0
-    # partials, indexed [b, h, split]: m and l (1 value), acc (D values)
-    cdef float *pm = <float *>malloc(sizeof(float) * B * H * n_split * (D + 2))
-    cdef float *pl = pm + <long>B * H * n_split
-    cdef float *pacc = pl + <long>B * H * n_split
-    cdef float *scores
-    cdef float *tm
-    cdef float *tl
-    cdef float *tacc
-    cdef long item
-    cdef int hk, c, j0, n, g, h, bh, bk
-    cdef bint has_index = kv_index is not None
-    cdef bint has_rows = kv_rows is not None
     cdef tf_pos_bias pb
     cdef const tf_pos_bias *pbp = &pb if _pos_bias(&pb, alibi, rel_table, bucket_of, half,
                                                     bidirectional) else NULL
-    if pm == NULL:
-        raise MemoryError()
-    with nogil, parallel(num_threads=n_threads):
-        scores = <float *>malloc(sizeof(float) * G * (chunk + 2 + D))
-        tm = scores + G * chunk
-        tl = tm + G
-        tacc = tl + G
-        for item in prange(n_items, schedule="dynamic"):
-            b = item // (Hkv * n_split)
-            hk = (item // n_split) % Hkv
-            c = item % n_split
-            j0 = c * chunk
-            bk = kv_index[b] if has_index else b
-            n = min(chunk, lengths[b] - j0)
-            if n <= 0:
-                for g in range(G):
-                    h = hk * G + g
-                    pm[(b * H + h) * n_split + c] = -INFINITY
-                    pl[(b * H + h) * n_split + c] = 0
-                continue
-            # with kv_rows each key's plane comes from the table (k, v at plane 0), else plane bk
-            tf_decode_attention_chunk(qb + b * qbs + hk * G * qrs, qrs, G,
-                                      kb + (0 if has_rows else bk * kbs) + j0 * krs + hk * khs,
-                                      kbs, krs,
-                                      vb + (0 if has_rows else bk * vbs) + j0 * vrs + hk * vhs,
-                                      vbs, vrs, &kv_rows[b, j0] if has_rows else NULL, n, D,
-                                      scale, kbias + bk * kbias_stride + j0 if kbias != NULL
-                                      else NULL, scores, tm, tl, tacc, pbp, hk * G,
-                                      lengths[b] - 1, j0)
-            for g in range(G):
-                h = hk * G + g
-                pm[(b * H + h) * n_split + c] = tm[g]
-                pl[(b * H + h) * n_split + c] = tl[g]
-                memcpy(pacc + ((<long>b * H + h) * n_split + c) * D, tacc + g * D,
-                       sizeof(float) * D)
-        free(scores)
+    cdef int rc
     with nogil:
-        for bh in prange(B * H, schedule="static", num_threads=n_threads):
-            tf_decode_attention_combine(pm + <long>bh * n_split, pl + <long>bh * n_split,
-                                        pacc + <long>bh * n_split * D, n_split, D,
-                                        &out[bh // H, bh % H, 0])
-    free(pm)
+        rc = _decode(&q[0, 0, 0], q.strides[0] // 4, q.strides[1] // 4, &k[0, 0, 0, 0],
+                     k.strides[0] // 4, k.strides[1] // 4, k.strides[2] // 4, &v[0, 0, 0, 0],
+                     v.strides[0] // 4, v.strides[1] // 4, v.strides[2] // 4,
+                     &kv_index[0] if kv_index is not None else NULL,
+                     &kv_rows[0, 0] if kv_rows is not None else NULL,
+                     kv_rows.shape[1] if kv_rows is not None else 0, &lengths[0],
+                     &key_bias[0, 0] if key_bias is not None else NULL,
+                     key_bias.shape[1] if key_bias is not None else 0, &out[0, 0, 0],
+                     out.strides[0] // 4, out.strides[1] // 4, q.shape[0], q.shape[1],
+                     q.shape[2], k.shape[2], scale, chunk, n_threads, pbp)
+    if rc:
+        raise MemoryError()
+
+
+def decode_self_attention(float[:, ::1] qkv,          # IN/OUT (R, (H + 2 Hkv) D) new tokens
+                          int n_heads,
+                          const long[::1] positions,  # IN  (R) int64: lengths[r] - 1
+                          const float[:, ::1] cos,    # IN  (P, D/2) rotary, or None
+                          const float[:, ::1] sin,    # IN  (P, D/2), or None
+                          bint interleaved,
+                          float[:, :, :, ::1] k,      # IN/OUT (Bkv, S_max, Hkv, D) one layer
+                          float[:, :, :, ::1] v,      # IN/OUT (Bkv, S_max, Hkv, D)
+                          const int[:, ::1] kv_rows,  # IN  (R, S_max) plane table, or None
+                          const int[::1] lengths,     # IN  (R) keys of row r, the new one last
+                          float[:, :, ::1] out,       # OUT (R, H, D)
+                          float scale, int chunk, int n_threads,
+                          const float[::1] alibi=None,
+                          const float[:, ::1] rel_table=None,
+                          const int[::1] bucket_of=None,
+                          int half=0, bint bidirectional=False):
+    """A decode step's self-attention for one new token per cache row, fused (as
+    FlashAttention's flash_attn_with_kvcache): rotate the Q and K heads of each fused QKV row
+    by its position (when cos is given), store the row's K and V heads at position positions[r]
+    of cache plane r, then decode_attention of its Q heads over keys [0, lengths[r]) (through
+    kv_rows when given). D = cos.shape[1] * 2, or qkv's width / (H + 2 Hkv) with Hkv = k's."""
+    cdef int R = qkv.shape[0], Hkv = k.shape[2], D = k.shape[3], H = n_heads, r
+    cdef long W = qkv.shape[1]
+    cdef tf_pos_bias pb
+    cdef const tf_pos_bias *pbp = &pb if _pos_bias(&pb, alibi, rel_table, bucket_of, half,
+                                                    bidirectional) else NULL
+    cdef bint rotate = cos is not None
+    cdef int rc
+    with nogil:
+        for r in range(R):
+            if rotate:
+                tf_rotary_row(&qkv[r, 0], H + Hkv, D, D, &cos[positions[r], 0],
+                              &sin[positions[r], 0], interleaved)
+            memcpy(&k[r, positions[r], 0, 0], &qkv[r, H * D], sizeof(float) * Hkv * D)
+            memcpy(&v[r, positions[r], 0, 0], &qkv[r, (H + Hkv) * D], sizeof(float) * Hkv * D)
+        rc = _decode(&qkv[0, 0], W, D, &k[0, 0, 0, 0], k.strides[0] // 4, k.strides[1] // 4,
+                     D, &v[0, 0, 0, 0], v.strides[0] // 4, v.strides[1] // 4, D, NULL,
+                     &kv_rows[0, 0] if kv_rows is not None else NULL,
+                     kv_rows.shape[1] if kv_rows is not None else 0, &lengths[0], NULL, 0,
+                     &out[0, 0, 0], out.strides[0] // 4, out.strides[1] // 4, R, H, D, Hkv,
+                     scale, chunk, n_threads, pbp)
+    if rc:
+        raise MemoryError()
 
 
 def softmax(const float[:, ::1] x,        # IN  (N, S)

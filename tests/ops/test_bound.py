@@ -110,3 +110,33 @@ def test_decode_attention_equals_front(rng, planes):
         k.decode_attention(q, cache_k, cache_v, lengths, 0.5, kv_index=index),
         ops.decode_attention(q, cache_k, cache_v, lengths, scale=0.5, kv_index=index,
                              threads=2))
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+@pytest.mark.parametrize("bias", [None, "alibi"])
+def test_decode_self_attention_equals_separate_ops(rng, rotary, bias):
+    """The fused CPU decode step (rotate, append to the cache, attend through the plane table)
+    against the fronts run one after the other: the cache and the context bit for bit."""
+    k = _poisoned()
+    R, H, Hkv, D, S = 3, 4, 2, 8, 40
+    cache_k, cache_v = _f32(rng, R + 1, S, Hkv, D), _f32(rng, R + 1, S, Hkv, D)
+    qkv = _f32(rng, R, (H + 2 * Hkv) * D)
+    positions = np.array([0, 17, 39], np.int64)
+    kv_rows = rng.integers(0, R + 1, (R, S)).astype(np.int32)
+    kv_rows[np.arange(R), positions] = np.arange(R)  # the new key of row r lies in plane r
+    cos, sin = ops.rotary_tables(S, D)
+    pb = None if bias is None else ops.PositionBias.alibi(ops.position_bias.alibi_slopes(H))
+    want_qkv = qkv.copy()
+    if rotary:
+        ops.rotary(want_qkv, positions, cos, sin, H + Hkv, threads=2)
+    want_k, want_v = cache_k.copy(), cache_v.copy()
+    want_k[np.arange(R), positions] = want_qkv[:, H * D:(H + Hkv) * D].reshape(R, Hkv, D)
+    want_v[np.arange(R), positions] = want_qkv[:, (H + Hkv) * D:].reshape(R, Hkv, D)
+    lengths = (positions + 1).astype(np.int32)
+    want = ops.decode_attention(want_qkv[:, :H * D].reshape(R, H, D), want_k, want_v, lengths,
+                                threads=2, kv_rows=kv_rows, position_bias=pb)
+    got = k.decode_self_attention(qkv, H, positions, (cos, sin) if rotary else None, False,
+                                  cache_k, cache_v, lengths, None, kv_rows, pb)
+    np.testing.assert_array_equal(cache_k, want_k)
+    np.testing.assert_array_equal(cache_v, want_v)
+    np.testing.assert_array_equal(got, want)

@@ -209,35 +209,40 @@ class PackedSelfAttention(_SelfAttention):
 
 
 class CachedSelfAttention(_SelfAttention):
-    """Self-attention of one new token per cache row r < R at positions (R,) = the row's
-    filled length: its keys and values are appended to the KVCache, then it attends to the
-    row's keys 0..positions[r] (Kernels.decode_attention; through the cache's plane table on
-    the CPU)."""
+    """Self-attention of one new token per cache row r < R at positions (R,) int64 = the
+    row's filled length: its keys and values are appended to the KVCache, then it attends to
+    the row's keys 0..positions[r]. On the CPU one fused kernel rotates, appends and attends
+    through the cache's plane table (Kernels.decode_self_attention); on the GPU: rotary, the
+    write, then Kernels.decode_attention."""
 
     def __init__(self, spec, k, cache, positions, rope=None, position_bias=None):
         super().__init__(spec, k, positions, rope, position_bias)
         R = len(positions)
-        self.cache, self.R = cache, R
+        self.cache, self.R, self.positions = cache, R, positions
         rows = np.arange(R)
-        self.cache_index = cache.index(rows, positions)
         self.lengths = (positions + 1).astype(np.int32)
         self.kv_rows = self.chunk = None
-        if not cache.copy_on_reorder:  # the CPU reads keys through the plane table
+        if cache.copy_on_reorder:
+            self.cache_index = cache.index(rows, positions)
+        else:  # the CPU reads keys through the plane table
             cache.planes[rows, positions] = rows
             self.kv_rows = cache.planes[:R]
             self.chunk = k.decode_chunk(self.lengths, self.Hkv)
 
     def __call__(self, i, qkv):
-        q, k, v = self.split(qkv)
         c = self.cache
+        if self.kv_rows is not None:  # the CPU: rotary, cache append and attention in one call
+            kc, vc = c.layers[i]
+            ctx = self.k.decode_self_attention(
+                qkv, self.H, self.positions, self.rope, self.spec.rope_interleaved, kc, vc,
+                self.lengths, self.spec.attention_scale, self.kv_rows, self.position_bias,
+                self.chunk)
+            return ctx.reshape(self.R, -1)
+        q, k, v = self.split(qkv)  # the device: rows kept in place by reorder
         c.write(i, self.cache_index, k, v)
-        if self.kv_rows is None:  # the device: rows kept in place by reorder
-            kc, vc = c.k[i, :self.R], c.v[i, :self.R]
-        else:
-            kc, vc = c.k[i], c.v[i]
-        ctx = self.k.decode_attention(q, kc, vc, self.lengths, self.spec.attention_scale,
-                                      kv_rows=self.kv_rows, position_bias=self.position_bias,
-                                      chunk=self.chunk)
+        ctx = self.k.decode_attention(q, c.k[i, :self.R], c.v[i, :self.R], self.lengths,
+                                      self.spec.attention_scale,
+                                      position_bias=self.position_bias)
         return ctx.reshape(self.R, -1)
 
 
@@ -305,6 +310,7 @@ class KVCache:
         self.lengths = np.zeros(batch_size, np.int32)
         self.max_length = max_length
         self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
+        self.layers = [(self.k[i], self.v[i]) for i in range(n_layers)]  # per-layer views
         # (L, B * max_length, Hkv * D) views: one flat index per write
         self._k_rows = self.k.reshape(n_layers, -1, n_kv_heads * head_dim)
         self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads * head_dim)

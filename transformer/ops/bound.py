@@ -166,6 +166,26 @@ class Kernels:
                               chunk, self.threads, **bias)
         return out
 
+    def decode_self_attention(self, qkv, n_heads, positions, rope, interleaved, k_cache,
+                              v_cache, lengths, scale, kv_rows=None, position_bias=None,
+                              chunk=None):
+        """A CPU decode step's self-attention, fused: qkv (R, (H + 2 Hkv) D) float32 fused
+        projections of one new token per row, rotated in place by positions (R,) int64 when
+        rope = (cos, sin) is given; each row's K and V heads stored at positions[r] of plane r
+        of k_cache, v_cache (Bkv, S_max, Hkv, D) (one layer, C-contiguous); then its Q heads
+        attend to keys [0, lengths[r]) (lengths = positions + 1, int32), through the plane
+        table kv_rows (R, S_max) int32 when given. Returns (R, H, D)."""
+        R, D = len(qkv), k_cache.shape[3]
+        out = np.empty((R, n_heads, D), np.float32)
+        cos, sin = (None, None) if rope is None else rope
+        bias = {} if position_bias is None else position_bias.kernel_args()
+        _cpu.decode_self_attention(
+            qkv, n_heads, positions, cos, sin, interleaved, k_cache, v_cache, kv_rows, lengths,
+            out, 1.0 / math.sqrt(D) if scale is None else scale,
+            self.decode_chunk(lengths, k_cache.shape[2]) if chunk is None else chunk,
+            self.threads, **bias)
+        return out
+
     def decode_chunk(self, lengths, n_kv_heads):
         """Keys per work item of decode_attention for rows of `lengths` (host integers): at
         least two work items per thread, at least 32 keys per item (as ops.decode_attention)."""
