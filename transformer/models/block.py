@@ -203,9 +203,9 @@ class PackedSelfAttention(_SelfAttention):
             self.cache.write(i, self.cache_index, k, v)
         N, Hkv, D = len(q), self.Hkv, self.D
         ctx = self.k.attention_varlen(q, k.reshape(N, Hkv, D), v.reshape(N, Hkv, D), self.plan,
-                                      self.spec.causal,
-                                      self.spec.attention_scale, self.position_bias)
-        return ctx.reshape(len(q), -1)
+                                      self.spec.causal, self.spec.attention_scale,
+                                      self.position_bias)
+        return ctx.reshape(N, -1)
 
 
 class CachedSelfAttention(_SelfAttention):
