@@ -182,22 +182,14 @@ def test_translate_t5_spiece_directory(tmp_path):
 def test_translate_marian_spm_directory(tmp_path):
     """A tiny random Marian directory with source.spm / target.spm / vocab.json and no
     tokenizer.json: `transformer translate` prints what the Python API gives."""
-    torch = pytest.importorskip("torch")
-    hf = pytest.importorskip("transformers")
-    from test_tokenizers import _marian_dir
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from test_tokenizers import tiny_marian
     from transformer.tokenizer import MarianTokenizer
 
     path = tmp_path / "marian"
     path.mkdir()
-    theirs = _marian_dir(path, False)
-    V = max(json.loads((path / "vocab.json").read_text()).values()) + 1
-    torch.manual_seed(0)
-    cfg = hf.MarianConfig(vocab_size=V, d_model=32, encoder_layers=1, decoder_layers=1,
-                          encoder_attention_heads=4, decoder_attention_heads=4,
-                          encoder_ffn_dim=40, decoder_ffn_dim=40, max_position_embeddings=64,
-                          pad_token_id=theirs.pad_token_id, eos_token_id=theirs.eos_token_id,
-                          decoder_start_token_id=theirs.pad_token_id)
-    hf.MarianMTModel(cfg).eval().save_pretrained(path, safe_serialization=True)
+    tiny_marian(path)
     texts = [">>de<< hello world", "", "the lazy fox sleeps", "ein hund, ein fuchs!"]
     model = _check_translate_cli(path, texts, tmp_path)
     assert isinstance(model.tokenizer, MarianTokenizer)

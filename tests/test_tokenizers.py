@@ -67,14 +67,12 @@ def test_marian_tokenizer_matches_hf(tmp_path, separate):
         ours.decode([10 ** 6])
 
 
-def test_marian_directory_without_tokenizer_json(tmp_path, rng):
-    """A saved tiny MarianMTModel with the SentencePiece files and no tokenizer.json loads its
-    tokenizer and translates text (tokens equal to HF generate on the same ids)."""
-    import transformer
-    torch = pytest.importorskip("torch")
-
-    theirs = _marian_dir(tmp_path, False)
-    V = max(json.loads((tmp_path / "vocab.json").read_text()).values()) + 1
+def tiny_marian(path):
+    """A tiny random MarianMTModel saved in `path` with the SentencePiece files of _marian_dir
+    and no tokenizer.json. Returns the HF model (eval mode)."""
+    import torch
+    theirs = _marian_dir(path, False)
+    V = max(json.loads((path / "vocab.json").read_text()).values()) + 1
     torch.manual_seed(0)
     cfg = hf.MarianConfig(vocab_size=V, d_model=32, encoder_layers=1, decoder_layers=1,
                           encoder_attention_heads=4, decoder_attention_heads=4,
@@ -82,7 +80,17 @@ def test_marian_directory_without_tokenizer_json(tmp_path, rng):
                           pad_token_id=theirs.pad_token_id, eos_token_id=theirs.eos_token_id,
                           decoder_start_token_id=theirs.pad_token_id)
     model = hf.MarianMTModel(cfg).eval()
-    model.save_pretrained(tmp_path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def test_marian_directory_without_tokenizer_json(tmp_path, rng):
+    """A saved tiny MarianMTModel with the SentencePiece files and no tokenizer.json loads its
+    tokenizer and translates text (tokens equal to HF generate on the same ids)."""
+    import transformer
+    torch = pytest.importorskip("torch")
+
+    model = tiny_marian(tmp_path)
     ours = transformer.load(tmp_path, threads=2)
     assert isinstance(ours.tokenizer, MarianTokenizer)
     src = np.array([ours.tokenizer.encode("hello world")])

@@ -138,14 +138,8 @@ def test_bloom_on_device_matches_cpu(fake_gpu, bloom, rng, dtype):
 
 # -- T5 --------------------------------------------------------------------------------------------
 def _t5(tmp_path, rng, proj, tied):
-    torch.manual_seed(int(rng.integers(1 << 31)))
-    cfg = hf.T5Config(vocab_size=67, d_model=40, d_kv=12, d_ff=56, num_layers=2,
-                      num_decoder_layers=2, num_heads=3, feed_forward_proj=proj,
-                      relative_attention_max_distance=20, tie_word_embeddings=tied,
-                      decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
-                      dropout_rate=0.0)
-    perturb(hf.T5ForConditionalGeneration(cfg), 0.1).save_pretrained(tmp_path,
-                                                                      safe_serialization=True)
+    from test_seq2seq import tiny_t5
+    tiny_t5(tmp_path, rng, proj, tied)
     return transformer.load(tmp_path, threads=2)
 
 

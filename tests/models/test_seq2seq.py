@@ -243,12 +243,10 @@ def test_ctranslate2_bad_files(shared_models, tmp_path):
         transformer.load(d)
 
 
-@pytest.mark.parametrize("proj,tied", [("relu", True), ("gated-gelu", False)])
-def test_t5_matches_hf(tmp_path, rng, proj, tied):
-    """T5 v1.0 (ReLU, tied head rescaled by d_model^-0.5) and v1.1 (gated GELU, separate head):
-    RMS norms, unscaled attention, relative position buckets inside the kernels (encoder
-    bidirectional, decoder causal, distances beyond max_distance), d_kv != d_model / H; logits
-    of ragged batches, greedy and beam tokens against HF."""
+def tiny_t5(path, rng, proj, tied):
+    """A tiny random T5ForConditionalGeneration (V 67, C 40, d_kv 12 != C / H, 2 + 2 layers,
+    relative_attention_max_distance 20; feed_forward_proj `proj`, tie_word_embeddings `tied`),
+    perturbed, saved in `path`. Returns the HF model."""
     torch.manual_seed(int(rng.integers(1 << 31)))
     cfg = hf.T5Config(vocab_size=67, d_model=40, d_kv=12, d_ff=56, num_layers=2,
                       num_decoder_layers=2, num_heads=3, feed_forward_proj=proj,
@@ -256,7 +254,17 @@ def test_t5_matches_hf(tmp_path, rng, proj, tied):
                       decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
                       dropout_rate=0.0)
     model = perturb(hf.T5ForConditionalGeneration(cfg), 0.1)
-    model.save_pretrained(tmp_path, safe_serialization=True)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+@pytest.mark.parametrize("proj,tied", [("relu", True), ("gated-gelu", False)])
+def test_t5_matches_hf(tmp_path, rng, proj, tied):
+    """T5 v1.0 (ReLU, tied head rescaled by d_model^-0.5) and v1.1 (gated GELU, separate head):
+    RMS norms, unscaled attention, relative position buckets inside the kernels (encoder
+    bidirectional, decoder causal, distances beyond max_distance), d_kv != d_model / H; logits
+    of ragged batches, greedy and beam tokens against HF."""
+    model = tiny_t5(tmp_path, rng, proj, tied)
     ours = transformer.load(tmp_path, threads=2)
     src, mask = _source(rng, 3, 30)
     src = np.where(mask == 1, np.maximum(src, 2), 0)
