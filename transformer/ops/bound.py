@@ -11,6 +11,10 @@ CPU), weights are the placed ones (float32 / PackedWeight on the CPU, CuPy array
 the GPU), indices are in range, and the caller holds `blas_single_threaded()` (the stack entry
 points do).
 
+On the CPU the hot methods call transformer._cpu (csrc/cpu/_cpu.pyx) directly rather than through
+ops/cpu.py, one Python frame less per kernel; decode_self_attention is CPU only (the GPU runs
+rotary, the cache write and decode_attention as three calls).
+
 Direct callers use transformer.ops, whose checks stay as they are; tests/ops compare these
 bound methods with the fronts (same kernels, so bit for bit)."""
 import math
