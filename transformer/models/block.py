@@ -164,22 +164,27 @@ class _SelfAttention:
     (rope: (cos, sin) tables on the device, or None) and the attention bias (an
     ops.PositionBias or None)."""
 
+    rope_positions = None
+
     def __init__(self, spec, k, positions, rope, position_bias):
         self.spec, self.k = spec, k
         self.H, self.Hkv, self.D = spec.n_heads, spec.kv_heads, spec.head_dim
         self.rope, self.position_bias = rope, position_bias
-        if rope is not None:  # the rotary kernel reads positions on x's device
-            self.rope_positions = k.xp.asarray(np.ascontiguousarray(positions, np.int64))
+        self.positions = positions
 
     def split(self, qkv):
         """q (N, H, D) and k, v (N, Hkv * D) views of qkv (N, Q + 2K), rotated first if
         rotary."""
         H, Hkv, D = self.H, self.Hkv, self.D
         if self.rope is not None:
+            if self.rope_positions is None:  # on x's device, made once
+                self.rope_positions = self.k.xp.asarray(
+                    np.ascontiguousarray(self.positions, np.int64))
             self.k.rotary(qkv, self.rope_positions, *self.rope, H + Hkv,
                           self.spec.rope_interleaved)
         return (qkv[:, :H * D].reshape(qkv.shape[0], H, D), qkv[:, H * D:(H + Hkv) * D],
                 qkv[:, (H + Hkv) * D:])
+
 
 
 class PackedSelfAttention(_SelfAttention):
@@ -218,7 +223,7 @@ class CachedSelfAttention(_SelfAttention):
     def __init__(self, spec, k, cache, positions, rope=None, position_bias=None):
         super().__init__(spec, k, positions, rope, position_bias)
         R = len(positions)
-        self.cache, self.R, self.positions = cache, R, positions
+        self.cache, self.R = cache, R
         rows = np.arange(R)
         self.lengths = (positions + 1).astype(np.int32)
         self.kv_rows = self.chunk = None

@@ -149,11 +149,10 @@ class Kernels:
         return out
 
     def decode_attention(self, q, k_cache, v_cache, lengths, scale, kv_index=None,
-                         kv_rows=None, position_bias=None, chunk=None):
+                         kv_rows=None, position_bias=None):
         """One query per row q (R, H, D) against caches (Bkv, S_max, Hkv, D): row r attends to
         keys [0, lengths[r]) (int32 host array) of plane kv_index[r] (int32, default r), or
-        through the plane table kv_rows (R, S_max) int32 (CPU). chunk: keys per work item
-        (decode_chunk; None: computed here). Returns (R, H, D)."""
+        through the plane table kv_rows (R, S_max) int32 (CPU). Returns (R, H, D)."""
         R, H, D = q.shape
         out = self.xp.empty(q.shape, q.dtype)
         scale = 1.0 / math.sqrt(D) if scale is None else scale
@@ -164,10 +163,8 @@ class Kernels:
             self.backend.decode_attention(q, k_cache, v_cache, kv_index, lengths, None, out,
                                           scale, None, self.threads, **bias)
             return out
-        if chunk is None:
-            chunk = self.decode_chunk(lengths, k_cache.shape[2])
         _cpu.decode_attention(q, k_cache, v_cache, kv_index, kv_rows, lengths, None, out, scale,
-                              chunk, self.threads, **bias)
+                              self.decode_chunk(lengths, k_cache.shape[2]), self.threads, **bias)
         return out
 
     def decode_self_attention(self, qkv, n_heads, positions, rope, interleaved, k_cache,
