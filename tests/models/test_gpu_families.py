@@ -23,14 +23,15 @@ TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 6e-2}  # of max(1, |referen
 NEAR_TIE = {"float16": 0.1, "bfloat16": 0.5}  # logit gap a 16-bit greedy choice may lose
 
 
-def _close(got, want, dtype, real=None):
+def _close(got, want, dtype, real=None, slack=1.0):
+    """got (device) within slack * TOL[dtype] of max(1, |want|) (over the `real` positions)."""
     got = to_numpy(got)
     assert got.dtype == np.float32 or (dtype == "float16" and got.dtype == np.float16)
     got = got.astype(np.float32)
     if real is not None:
         got, want = got[real], want[real]
     err = np.abs(got - want).max()
-    assert err <= TOL[dtype] * max(1.0, np.abs(want).max()), err
+    assert err <= slack * TOL[dtype] * max(1.0, np.abs(want).max()), err
 
 
 def _on_device(cpu_model, path, dtype):
@@ -143,12 +144,16 @@ def _t5(tmp_path, rng, proj, tied):
     return transformer.load(tmp_path, threads=2)
 
 
-T5_CASES = [pytest.param("relu", True, dtype, id=f"v1.0-{dtype}") for dtype in DTYPES] + \
-    [pytest.param("gated-gelu", False, dtype, id=f"v1.1-{dtype}") for dtype in DTYPES]
+# v1.1's gated FFN multiplies two rounded projections, and T5's unscaled attention and unscaled
+# residual stream give logits up to ~25: over 60 seeds its 16-bit error reached 0.82 (float16) and
+# 7.0 (bfloat16) percent of max |logits| against 0.44 and 3.0 for v1.0; HF's own bfloat16 run of the
+# same weights (torch) errs up to 6.4 percent over those seeds and 10 on others. Hence a slack of 2.
+T5_CASES = [pytest.param("relu", True, dtype, 1.0, id=f"v1.0-{dtype}") for dtype in DTYPES] + \
+    [pytest.param("gated-gelu", False, dtype, 2.0, id=f"v1.1-{dtype}") for dtype in DTYPES]
 
 
-@pytest.mark.parametrize("proj,tied,dtype", T5_CASES)
-def test_t5_on_device_matches_cpu(fake_gpu, tmp_path, rng, proj, tied, dtype):
+@pytest.mark.parametrize("proj,tied,dtype,slack", T5_CASES)
+def test_t5_on_device_matches_cpu(fake_gpu, tmp_path, rng, proj, tied, dtype, slack):
     """T5 v1.0 (ReLU, tied head rescaled by d_model^-0.5) and v1.1 (gated GELU-tanh through the
     fused gated op, separate head): logits of a ragged batch (encoder bidirectional and decoder
     causal buckets in the device attention, distances beyond max_distance 20), a left-padded
@@ -161,7 +166,7 @@ def test_t5_on_device_matches_cpu(fake_gpu, tmp_path, rng, proj, tied, dtype):
     gpu = _on_device(cpu, tmp_path, dtype)
     got = gpu(src, src_mask, tgt)
     assert ops.on_device(got) and got.shape == (3, 26, 67)
-    _close(got, cpu(src, src_mask, tgt), dtype)
+    _close(got, cpu(src, src_mask, tgt), dtype, slack=slack)
     prefix = dict(decoder_input_ids=np.array([[0, 5, 9], [0, 0, 11], [0, 7, 3]]),
                   decoder_attention_mask=np.array([[1, 1, 1], [0, 1, 1], [1, 1, 1]]))
     for kw in (dict(num_beams=1), dict(num_beams=3), dict(num_beams=2, **prefix),
