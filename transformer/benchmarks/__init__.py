@@ -56,6 +56,19 @@ class SuiteSkipped(Exception):
     report as a skip, not an error."""
 
 
+def require_random_model(workdir, name):
+    """Raise SuiteSkipped unless the random model `name` is cached under `workdir` (its
+    model.safetensors) or torch and transformers are importable to make it."""
+    if os.path.exists(os.path.join(workdir, name, "model.safetensors")):
+        return
+    try:
+        import torch  # noqa: F401
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise SuiteSkipped(f"the random {name} model is not cached under {workdir} and "
+                           f"making it needs torch and transformers ({e})") from e
+
+
 @dataclasses.dataclass
 class BenchConfig:
     """Options of one benchmark run (the command line's, resolved).

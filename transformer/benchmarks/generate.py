@@ -320,16 +320,9 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
 def run(cfg):
     """The generate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
     dtype)."""
-    from . import SuiteSkipped
+    from . import require_random_model
     level = LEVELS[cfg.sizes]
-    name = level["model"][0]
-    if not os.path.exists(os.path.join(cfg.workdir, name, "model.safetensors")):
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as e:
-            raise SuiteSkipped(f"the random {name} model is not cached under {cfg.workdir} and "
-                               f"making it needs torch and transformers ({e})") from e
+    require_random_model(cfg.workdir, level["model"][0])
     return run_generate(cfg.threads, cfg.rounds or level["rounds"], level["batch_sizes"],
                         level["new_tokens"], level["prompt_len"], cfg.peers, cfg.workdir,
                         cfg.seed, level["bw_mib"], cfg.pause, level["model"],

@@ -453,16 +453,9 @@ def run_translate(threads, rounds, peers, batch_size=32, beams=4,
 def run(cfg):
     """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
     dtype, sentences)."""
-    from . import SuiteSkipped
+    from . import require_random_model
     level = LEVELS[cfg.sizes]
-    name = level["model"][0]
-    if not os.path.exists(os.path.join(cfg.workdir, name, "model.safetensors")):
-        try:
-            import torch  # noqa: F401
-            import transformers  # noqa: F401
-        except ImportError as e:
-            raise SuiteSkipped(f"the random {name} model is not cached under {cfg.workdir} and "
-                               f"making it needs torch and transformers ({e})") from e
+    require_random_model(cfg.workdir, level["model"][0])
     return run_translate(cfg.threads, cfg.rounds or level["rounds"], cfg.peers,
                          workdir=cfg.workdir, sentences=cfg.sentences,
                          max_sentences=level["max_sentences"], seed=cfg.seed, pause=cfg.pause,
