@@ -89,23 +89,55 @@ def test_aren_int8_goldens(shared_models, stored):
         np.testing.assert_array_equal(np.rint(np.asarray(w) * w.scale[:, None]), stored_q)
 
 
+def _aren_beam4(path, words, dtype):
+    """Our beam-4 transliterations (strings) of `words` by the model at path in dtype."""
+    model = transformer.load(path, dtype=dtype, threads=2)
+    return [model.tokenizer.decode(model.generate(np.array([model.tokenizer.encode(w)]),
+                                                  num_beams=4, max_new_tokens=40)[0])
+            for w in words]
+
+
+def _ctranslate2_beam4(ctranslate2, path, words, compute_type):
+    """CTranslate2's beam-4 transliterations of `words` at compute_type."""
+    translator = ctranslate2.Translator(str(path), compute_type=compute_type, intra_threads=2)
+    return [" ".join(r.hypotheses[0])
+            for r in translator.translate_batch([w.split() for w in words], beam_size=4)]
+
+
+def _agreement(a, b):
+    return float(np.mean([x == y for x, y in zip(a, b)]))
+
+
+# random letter strings are out of distribution: near-tied hypotheses flip under any rounding
+# change (on AVX-512 machines CTranslate2 int8 agrees with its own float32 on ~88% of them)
+@pytest.mark.slow
+def test_aren_int8_matches_float32(shared_models):
+    """int8 beam search on the stored int8 model agrees with float32 on the same (dequantized)
+    weights for at least 80% of 100 random names."""
+    path = shared_models / "aren-transliteration" / "int8"
+    if not (path / "model.bin").is_file():
+        pytest.skip(f"{path} not found")
+    words = _aren_words(path, 100, seed=7)
+    agree = _agreement(_aren_beam4(path, words, "int8"), _aren_beam4(path, words, "float32"))
+    assert agree >= 0.8, agree
+
+
 @pytest.mark.slow
 def test_aren_int8_matches_ctranslate2(shared_models):
+    """Our int8 agrees with CTranslate2's int8 on at least 80% of 100 random names, where
+    CTranslate2's int8 is a reference on this CPU: it must agree with its own float32 on 80%
+    (measured 2026-12-02 on an AVX2-only AMD EPYC: 37% for CTranslate2 4.8.5, 90% for ours)."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     path = shared_models / "aren-transliteration" / "int8"
     if not (path / "model.bin").is_file():
         pytest.skip(f"{path} not found")
     words = _aren_words(path, 100, seed=7)
-    translator = ctranslate2.Translator(str(path), compute_type="int8", intra_threads=2)
-    want = [" ".join(r.hypotheses[0])
-            for r in translator.translate_batch([w.split() for w in words], beam_size=4)]
-    model = transformer.load(path, dtype="int8", threads=2)
-    got = [model.tokenizer.decode(model.generate(np.array([model.tokenizer.encode(w)]),
-                                                 num_beams=4, max_new_tokens=40)[0])
-           for w in words]
-    # random letter strings are out of distribution: near-tied hypotheses flip under any
-    # rounding change (CTranslate2 int8 agrees with its own float32 on ~88% of them)
-    agree = np.mean([a == b for a, b in zip(got, want)])
+    want = _ctranslate2_beam4(ctranslate2, path, words, "int8")
+    faithful = _agreement(want, _ctranslate2_beam4(ctranslate2, path, words, "float32"))
+    if faithful < 0.8:
+        pytest.skip(f"CTranslate2 {ctranslate2.__version__} int8 agrees with its own float32 "
+                    f"on {faithful:.0%} of the names on this CPU: not a reference here")
+    agree = _agreement(_aren_beam4(path, words, "int8"), want)
     assert agree >= 0.8, agree
 
 
