@@ -225,39 +225,51 @@ TGT_VNNI static void int8_panel_512(const int8_t *xq, int M, int K4, const int8_
 
 /* ---- int8: AVX2 --------------------------------------------------------------------------- */
 
-/* acc (M, 64; stride lda) = xq @ panel^T, exact: int8 widened to int16, pairs through vpmaddwd.
- * A 16-byte slice of a weight vector is 4 outputs x 4 k; x's 4 values are broadcast as 64 bits. */
+/* R rows x 16 outputs (block j of the panel): acc = x @ w^T, exact.  AVX2 has no u8 x s8 dot
+ * product into int32 without saturation, so the product goes through vpmaddubsw with both
+ * operands sign-moved onto x: |w| (u8, <= 128) times sign(w) x (s8, |x| <= 127) gives pairs of
+ * int16 of at most 2 * 128 * 127 = 32512 (no saturation), summed to int32 by vpmaddwd with
+ * ones.  A 32-byte slice of the panel is 8 outputs x 4 k, so each int32 lane is one output:
+ * no horizontal adds.  x must lie in [-127, 127] (tf_quantize_row_int8's range); w may be -128. */
+TGT2 INLINE void int8_tile_avx2(const int8_t *xq, long ldx, const int8_t *wb, int K4, const int R,
+                                int32_t *acc_out, long lda) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256i acc[3][2];
+    for (int i = 0; i < R; i++) acc[i][0] = acc[i][1] = _mm256_setzero_si256();
+    for (int kg = 0; kg < K4 / 4; kg++) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wb + kg * 64));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wb + kg * 64 + 32));
+        const __m256i a0 = _mm256_abs_epi8(w0), a1 = _mm256_abs_epi8(w1);
+        for (int i = 0; i < R; i++) {
+            int32_t four;
+            memcpy(&four, xq + i * ldx + kg * 4, 4);
+            const __m256i xv = _mm256_set1_epi32(four);
+            const __m256i p0 = _mm256_maddubs_epi16(a0, _mm256_sign_epi8(xv, w0));
+            const __m256i p1 = _mm256_maddubs_epi16(a1, _mm256_sign_epi8(xv, w1));
+            acc[i][0] = _mm256_add_epi32(acc[i][0], _mm256_madd_epi16(p0, ones));
+            acc[i][1] = _mm256_add_epi32(acc[i][1], _mm256_madd_epi16(p1, ones));
+        }
+    }
+    for (int i = 0; i < R; i++) {
+        _mm256_storeu_si256((__m256i *)(acc_out + i * lda), acc[i][0]);
+        _mm256_storeu_si256((__m256i *)(acc_out + i * lda + 8), acc[i][1]);
+    }
+}
+
+/* acc (M, 64; stride lda) = xq @ panel^T, exact: tiles of 3 rows x 16 outputs (6 accumulators
+ * and 4 weight registers, within AVX2's 16). */
 TGT2 static void int8_panel_avx2(const int8_t *xq, int M, int K4, const int8_t *panel,
                                  int32_t *acc_out, long lda) {
-    const long bs = (long)K4 * 16;
-    for (int m = 0; m < M; m += 2) {
-        const int rows = M - m >= 2 ? 2 : 1;
+    const long bs = (long)K4 * 16; /* bytes between the panel's 16-output blocks */
+    for (int m = 0; m < M; m += 3) {
+        const int8_t *x = xq + (size_t)m * K4;
         for (int j = 0; j < 4; j++) {
-            __m256i a[2][4];
-            for (int i = 0; i < 2; i++)
-                for (int q = 0; q < 4; q++) a[i][q] = _mm256_setzero_si256();
-            const int8_t *wb = panel + j * bs;
-            for (int kg = 0; kg < K4 / 4; kg++) {
-                __m256i w[4];
-                for (int q = 0; q < 4; q++)
-                    w[q] = _mm256_cvtepi8_epi16(
-                        _mm_loadu_si128((const __m128i *)(wb + kg * 64 + 16 * q)));
-                for (int i = 0; i < rows; i++) {
-                    int32_t four;
-                    memcpy(&four, xq + (size_t)(m + i) * K4 + kg * 4, 4);
-                    const __m256i xv = _mm256_broadcastq_epi64(
-                        _mm_cvtepi8_epi16(_mm_cvtsi32_si128(four)));
-                    for (int q = 0; q < 4; q++)
-                        a[i][q] = _mm256_add_epi32(a[i][q], _mm256_madd_epi16(xv, w[q]));
-                }
+            int32_t *ao = acc_out + m * lda + 16 * j;
+            switch (M - m >= 3 ? 3 : M - m) { /* constant R: accumulators in registers */
+            case 3: int8_tile_avx2(x, K4, panel + j * bs, K4, 3, ao, lda); break;
+            case 2: int8_tile_avx2(x, K4, panel + j * bs, K4, 2, ao, lda); break;
+            default: int8_tile_avx2(x, K4, panel + j * bs, K4, 1, ao, lda);
             }
-            for (int i = 0; i < rows; i++)
-                for (int q = 0; q < 4; q += 2) { /* lanes: pairs of k of outputs 4q.. 4q+7 */
-                    const __m256i h = _mm256_permute4x64_epi64(
-                        _mm256_hadd_epi32(a[i][q], a[i][q + 1]), _MM_SHUFFLE(3, 1, 2, 0));
-                    _mm256_storeu_si256((__m256i *)(acc_out + (m + i) * lda + 16 * j + 4 * q),
-                                        h);
-                }
         }
     }
 }

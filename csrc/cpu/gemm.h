@@ -13,8 +13,8 @@
  * bf16 rows rounded to nearest even.  Accumulation is int32 (exact) or float32.
  *
  * Each product has three variants, chosen at run time (tf_gemm_variant): AVX-512 (VNNI for int8,
- * BF16 for bf16), AVX2 (int8: sign-extended 16-bit pairs through vpmaddwd, exact; bf16: widened to
- * float32 for FMA) and a portable C twin, the reference in tests and the fallback on any CPU.
+ * BF16 for bf16), AVX2 (int8: vpmaddubsw on |w| and sign(w) x, exact since |x| <= 127, then
+ * vpmaddwd into int32; bf16: widened to float32 for FMA) and a portable C twin, the reference in tests and the fallback on any CPU.
  * All variants of a product give the same int32 accumulators (int8) or the same float32 products
  * summed in another order (bf16).
  */

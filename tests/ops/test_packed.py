@@ -50,9 +50,10 @@ def test_quantize_rows_matches_numpy(rng, M, K, O):
 @pytest.mark.parametrize("M,K,O", SHAPES)
 def test_int8_accumulators_exact(rng, name, M, K, O):
     """int32 accumulators of xq @ q^T equal the int64 NumPy product, bit for bit (extreme
-    values included: all +-127 rows)."""
-    q = rng.integers(-127, 128, (O, K), dtype=np.int8)
+    values included: all +-127 rows, and weights of -128, which a stored int8 model may hold)."""
+    q = rng.integers(-128, 128, (O, K), dtype=np.int8)
     q[0] = 127 if O > 1 else q[0]
+    q[-1] = -128 if O > 2 else q[-1]
     w = PackedWeight.from_int8(q, np.ones(O, np.float32))
     K4 = -(-K // 4) * 4
     xq = np.zeros((M, K4), np.int8)
