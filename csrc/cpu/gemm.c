@@ -90,7 +90,8 @@ __attribute__((target("avx512f,avx512bw"))) static float quantize_row_512(const 
                                                                           int8_t *q) {
     __m512 vmax = _mm512_setzero_ps();
     int k = 0;
-    for (; k + 16 <= K; k += 16) vmax = _mm512_max_ps(vmax, _mm512_abs_ps(_mm512_loadu_ps(x + k)));
+    for (; k + 16 <= K; k += 16) /* max(new, vmax): a NaN x leaves vmax as it is, as fmaxf does */
+        vmax = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + k)), vmax);
     float amax = _mm512_reduce_max_ps(vmax);
     for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
     const float s = amax > 0.f ? 127.f / amax : 1.f;
@@ -104,15 +105,48 @@ __attribute__((target("avx512f,avx512bw"))) static float quantize_row_512(const 
     for (; k < K; k++) q[k] = (int8_t)(int)fminf(fmaxf(rintf(x[k] * s), -127.f), 127.f);
     return s;
 }
+
+/* The same on AVX2: max|x| (exact in any order), q = round-half-even(x * s) clamped, packed
+ * from int32 to int8 through saturating packs (values already in [-127, 127]). */
+TGT2 static float quantize_row_avx2(const float *x, int K, int8_t *q) {
+    const __m256 sign = _mm256_set1_ps(-0.f);
+    __m256 vmax = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 8 <= K; k += 8) /* max(new, vmax): a NaN x leaves vmax as it is, as fmaxf does */
+        vmax = _mm256_max_ps(_mm256_andnot_ps(sign, _mm256_loadu_ps(x + k)), vmax);
+    float lanes[8], amax = 0.f;
+    _mm256_storeu_ps(lanes, vmax);
+    for (int i = 0; i < 8; i++) amax = fmaxf(amax, lanes[i]);
+    for (; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
+    const float s = amax > 0.f ? 127.f / amax : 1.f;
+    const __m256 vs = _mm256_set1_ps(s), lo = _mm256_set1_ps(-127.f), hi = _mm256_set1_ps(127.f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (k = 0; k + 32 <= K; k += 32) {
+        __m256i v[4];
+        for (int i = 0; i < 4; i++) {
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + k + 8 * i), vs),
+                                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        }
+        /* packs work within 128-bit lanes: the dword permute restores k order */
+        const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(v[0], v[1]),
+                                             _mm256_packs_epi32(v[2], v[3]));
+        _mm256_storeu_si256((__m256i *)(q + k), _mm256_permutevar8x32_epi32(b, order));
+    }
+    for (; k < K; k++) q[k] = (int8_t)(int)fminf(fmaxf(rintf(x[k] * s), -127.f), 127.f);
+    return s;
+}
 #endif
 
 float tf_quantize_row_int8(const float *x, int K, int K4, int8_t *q) {
     float s;
     for (int k = K; k < K4; k++) q[k] = 0;
 #if TF_X86
-    static int has512 = -1;
+    static int has512 = -1, has2 = -1;
     if (has512 < 0) has512 = __builtin_cpu_supports("avx512bw");
     if (has512) return quantize_row_512(x, K, q);
+    if (has2 < 0) has2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    if (has2) return quantize_row_avx2(x, K, q);
 #endif
     float amax = 0.f;
     for (int k = 0; k < K; k++) amax = fmaxf(amax, fabsf(x[k]));
