@@ -108,36 +108,41 @@ def _agreement(a, b):
     return float(np.mean([x == y for x, y in zip(a, b)]))
 
 
-# random letter strings are out of distribution: near-tied hypotheses flip under any rounding
-# change (on AVX-512 machines CTranslate2 int8 agrees with its own float32 on ~88% of them)
-@pytest.mark.slow
-def test_aren_int8_matches_float32(shared_models):
-    """int8 beam search on the stored int8 model agrees with float32 on the same (dequantized)
-    weights for at least 80% of 100 random names."""
+@pytest.fixture(scope="module")
+def aren_int8(shared_models):
+    """(path, words, ours): the stored int8 aren model, 100 random names and our int8 beam-4
+    transliterations of them (computed once for the tests below)."""
     path = shared_models / "aren-transliteration" / "int8"
     if not (path / "model.bin").is_file():
         pytest.skip(f"{path} not found")
     words = _aren_words(path, 100, seed=7)
-    agree = _agreement(_aren_beam4(path, words, "int8"), _aren_beam4(path, words, "float32"))
+    return path, words, _aren_beam4(path, words, "int8")
+
+
+# random letter strings are out of distribution: near-tied hypotheses flip under any rounding
+# change (on AVX-512 machines CTranslate2 int8 agrees with its own float32 on ~88% of them)
+@pytest.mark.slow
+def test_aren_int8_matches_float32(aren_int8):
+    """int8 beam search on the stored int8 model agrees with float32 on the same (dequantized)
+    weights for at least 80% of 100 random names."""
+    path, words, ours = aren_int8
+    agree = _agreement(ours, _aren_beam4(path, words, "float32"))
     assert agree >= 0.8, agree
 
 
 @pytest.mark.slow
-def test_aren_int8_matches_ctranslate2(shared_models):
+def test_aren_int8_matches_ctranslate2(aren_int8):
     """Our int8 agrees with CTranslate2's int8 on at least 80% of 100 random names, where
     CTranslate2's int8 is a reference on this CPU: it must agree with its own float32 on 80%
     (measured 2026-12-02 on an AVX2-only AMD EPYC: 37% for CTranslate2 4.8.5, 90% for ours)."""
     ctranslate2 = pytest.importorskip("ctranslate2")
-    path = shared_models / "aren-transliteration" / "int8"
-    if not (path / "model.bin").is_file():
-        pytest.skip(f"{path} not found")
-    words = _aren_words(path, 100, seed=7)
+    path, words, ours = aren_int8
     want = _ctranslate2_beam4(ctranslate2, path, words, "int8")
     faithful = _agreement(want, _ctranslate2_beam4(ctranslate2, path, words, "float32"))
     if faithful < 0.8:
         pytest.skip(f"CTranslate2 {ctranslate2.__version__} int8 agrees with its own float32 "
                     f"on {faithful:.0%} of the names on this CPU: not a reference here")
-    agree = _agreement(_aren_beam4(path, words, "int8"), want)
+    agree = _agreement(ours, want)
     assert agree >= 0.8, agree
 
 
