@@ -56,7 +56,7 @@ def _load(path, threads, tokenizer, dtype):
     config_dict = read_json(config_path, "JSON object (the model's config)")
     family = family_for(config_dict, config_path)
     model = family.from_pretrained(path, config_dict, threads=threads)
-    if hasattr(model, "generate"):  # HF's generation_config.json: the decoding defaults
+    if model.kind != "encoder":  # HF's generation_config.json: the decoding defaults
         from .generation.config import GenerationConfig
         model.generation_config = GenerationConfig.from_file(path)
     return model

@@ -19,7 +19,8 @@ import sys
 import numpy as np
 
 from . import __version__
-from .device import DEVICES, DTYPES, to_numpy
+from .device import DEVICES, to_numpy
+from .dtypes import all_dtypes
 
 
 def default_model_path():
@@ -182,9 +183,9 @@ def cmd_generate(args):
     if args.input:
         return _corpus_job("generate", args)
     model = _load(args)
-    if not hasattr(model, "generate"):
+    if model.kind == "encoder":
         raise SystemExit("error: this model cannot generate text (an encoder-only model?)")
-    if hasattr(model, "encode"):  # its output is a target text, not a continuation
+    if model.kind == "seq2seq":  # its output is a target text, not a continuation
         raise SystemExit("error: this is an encoder-decoder model: text in, text out is "
                          "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
                          "as \"summarize: \" in TEXT)")
@@ -242,7 +243,7 @@ def cmd_translate(args):
     if args.model is None:
         raise SystemExit("error: --model is required for translate")
     model = _load(args)
-    if not hasattr(model, "encode"):
+    if model.kind != "seq2seq":
         raise SystemExit("error: this model is not an encoder-decoder (translate needs one)")
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
         raise SystemExit("error: --batch-size, --max-new-tokens and --num-beams must be >= 1")
@@ -371,14 +372,13 @@ def cmd_info(args):
 
 def _compute_types():
     """CPU compute types: float32 always; int8 and bfloat16 with the kernel variant in use and
-    whether this CPU runs them natively (AVX-512 VNNI / AVX512-BF16) or emulated."""
+    the instructions it computes with (transformer.dtypes.INSTRUCTIONS)."""
+    from .dtypes import INSTRUCTIONS
     from .ops import packed
-    native = {"int8": "AVX-512 VNNI vpdpbusd", "bfloat16": "AVX512-BF16 vdpbf16ps"}
     parts = ["float32 (BLAS sgemm)"]
     for dtype in packed.DTYPES:
         v = packed.VARIANT[dtype]
-        how = native[dtype] if v == "avx512" else "not native here, emulated"
-        parts.append(f"{dtype} ({v} kernel: {how})")
+        parts.append(f"{dtype} ({v} kernel: {INSTRUCTIONS[dtype][v]})")
     return ", ".join(parts)
 
 
@@ -413,7 +413,7 @@ def build_parser():
         sp.add_argument("--device", default="cpu", choices=DEVICES,
                         help="cpu (default) or cuda (needs CuPy and a GPU)")
         sp.add_argument("--dtype", default=None,
-                        choices=sorted(set(DTYPES["cpu"]) | set(DTYPES["cuda"])),
+                        choices=all_dtypes(),
                         help="float32 (default); int8 or bfloat16 on cpu; float16 or "
                         "bfloat16 on cuda")
         sp.add_argument("--threads", type=int, default=None,

@@ -8,10 +8,10 @@ On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf
 (transformer.ops)."""
 import numpy as np
 
+from .dtypes import DTYPES
 from .ops.packed import PackedWeight
 
-DEVICES = ("cpu", "cuda")
-DTYPES = {"cpu": ("float32", "int8", "bfloat16"), "cuda": ("float32", "float16", "bfloat16")}
+DEVICES = tuple(DTYPES)
 
 
 def check(device, dtype):

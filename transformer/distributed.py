@@ -242,7 +242,7 @@ class TranslateTask(CorpusTask):
 
     def load(self):
         model = super().load()
-        if not hasattr(model, "encode"):
+        if model.kind != "seq2seq":
             raise CorpusError("translate needs an encoder-decoder model")
         return model
 
@@ -279,7 +279,7 @@ class GenerateTask(CorpusTask):
 
     def load(self):
         model = super().load()
-        if not hasattr(model, "generate") or hasattr(model, "encode"):
+        if model.kind != "decoder":
             raise CorpusError("generate needs a decoder-only model")
         if model.tokenizer is None:
             raise CorpusError("the model has no tokenizer (give tokenizer=FILE / --tokenizer)")

@@ -180,6 +180,7 @@ class DecoderModel(DeviceModel):
     be NumPy or CuPy."""
 
     DEVICES = ("cpu", "cuda")
+    kind = "decoder"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
     DEFAULT_MAX_NEW_TOKENS = 32
     generation_config = None  # GenerationConfig of generation_config.json, set at load
 

@@ -98,6 +98,7 @@ class EncoderModel(DeviceModel):
     float16; bfloat16 outputs come back as float32); inputs may stay NumPy."""
 
     DEVICES = ("cpu", "cuda")
+    kind = "encoder"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config

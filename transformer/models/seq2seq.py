@@ -345,6 +345,7 @@ class Seq2SeqModel(DeviceModel):
     returns NumPy; inputs may be NumPy or CuPy."""
 
     DEVICES = ("cpu", "cuda")
+    kind = "seq2seq"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
 
     def __init__(self, config, weights, tokenizer=None, threads=None, source_vocabulary=None,
                  target_vocabulary=None):

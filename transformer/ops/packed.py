@@ -20,8 +20,7 @@ import numpy as np
 
 from .. import _cpu
 
-DTYPES = ("int8", "bfloat16")
-_VARIANT_ORDER = ("portable", "avx2", "avx512")
+from ..dtypes import PACKED as DTYPES, VARIANTS as _VARIANT_ORDER
 
 
 def best_variant(dtype):
