@@ -69,8 +69,9 @@ def test_order_kept_under_length_sorting_and_budget(rng, tmp_path):
 
 
 def test_batches_longest_first_within_budget():
+    from transformer.corpus.batching import token_batches
     lengths = [3, 10, 1, 10, 7, 200, 2]
-    batches = list(dist._batches(lengths, 25, max_batch_lines=2))
+    batches = list(token_batches(lengths, 25, max_batch_lines=2))
     assert batches[0] == [5]  # over the budget: alone
     assert [i for b in batches for i in b] == [5, 1, 3, 4, 0, 6, 2]
     assert all(len(b) * lengths[b[0]] <= 25 and len(b) <= 2 for b in batches[1:])

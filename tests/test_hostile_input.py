@@ -146,7 +146,7 @@ def test_index_shards_must_stay_inside_the_directory(tiny_dir, tmp_path):
 
 # 7 ---------------------------------------------------------------------------------------------
 def test_llama2c_tokenizer_is_not_quadratic(stories):
-    from transformer.models.llama2c import Llama2cTokenizer
+    from transformer.tokenizer import Llama2cTokenizer
     tok = stories.tokenizer
     unbounded = Llama2cTokenizer(ROOT.parent / "shared" / "models" / "stories260K" / "tok512.bin",
                                  512)
@@ -324,7 +324,7 @@ def test_bad_vocabularies_and_tokenizers(shared_models, tmp_path):
     (d / "target_vocabulary.txt").write_bytes(b"\xff\xfe\n")
     with pytest.raises(ValueError, match="target_vocabulary.txt: not valid UTF-8"):
         transformer.load(d)
-    from transformer.models.llama2c import Llama2cTokenizer
+    from transformer.tokenizer import Llama2cTokenizer
     data = (shared_models / "stories260K" / "tok512.bin").read_bytes()
     out, pos = bytearray(data[:4]), 4  # the same vocabulary with the " " token renamed
     while pos < len(data):

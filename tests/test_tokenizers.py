@@ -222,8 +222,7 @@ def test_t5_tokenizer_config_and_errors(t5_dir, tmp_path):
 def test_t5_directory_selects_spiece(t5_dir, tmp_path):
     """hf_tokenizer (the one selection place) picks T5Tokenizer for a directory with
     spiece.model and no tokenizer.json; tokenizer.json still wins when present."""
-    from transformer.models._hf import hf_tokenizer
-    from transformer.tokenizer import Tokenizer
+    from transformer.tokenizer import Tokenizer, hf_tokenizer
 
     (tmp_path / "spiece.model").write_bytes((t5_dir / "spiece.model").read_bytes())
     tok = hf_tokenizer(str(tmp_path), 64)

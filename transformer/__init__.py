@@ -52,7 +52,7 @@ def _load(path, threads, tokenizer, dtype):
     config_path = os.path.join(path, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
-    from .models._hf import read_json
+    from ._io import read_json
     config_dict = read_json(config_path, "JSON object (the model's config)")
     family = family_for(config_dict, config_path)
     model = family.from_pretrained(path, config_dict, threads=threads)

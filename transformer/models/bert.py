@@ -7,10 +7,10 @@ import os
 
 import numpy as np
 
-from ..tokenizer import Tokenizer
+from ..tokenizer import Tokenizer, max_input_length
 from ..weights import WeightsError, check_tensors
 from . import register_family
-from ._hf import check_layer_count, read_hf_weights, read_json
+from ._hf import check_layer_count, read_hf_weights
 from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes, sentence_transformers_pooling
 
@@ -101,20 +101,6 @@ def weights_from_hf(tensors, config, source="model.safetensors", layout=BERT_LAY
     return weights
 
 
-def _max_length(path, config, tokenizer_json):
-    """Longest input in tokens: sentence-transformers' max_seq_length when present, else the
-    tokenizer's truncation length, capped at max_position_embeddings."""
-    limit = config.max_length
-    st = os.path.join(path, "sentence_bert_config.json")
-    try:
-        if os.path.isfile(st):
-            return min(limit, int(read_json(st).get("max_seq_length", limit)))
-        trunc = read_json(tokenizer_json).get("truncation") or {}
-        return min(limit, int(trunc.get("max_length", limit)))
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: bad max_seq_length or truncation setting ({e})")
-
-
 @register_family("bert")
 class BertModel(EncoderModel):
     """BERT encoder (post-LN), loaded from an HF directory; see EncoderModel for the API."""
@@ -143,7 +129,7 @@ class BertModel(EncoderModel):
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None
         if os.path.isfile(tok_path):
-            tokenizer = Tokenizer(tok_path, _max_length(path, config, tok_path))
+            tokenizer = Tokenizer(tok_path, max_input_length(path, config.max_length, tok_path))
         model = cls(config, weights, tokenizer, threads)
         declared = sentence_transformers_pooling(path)
         if declared:

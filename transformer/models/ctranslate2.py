@@ -6,53 +6,13 @@ positions counted from 1, fused QKV (self-attention) and KV (cross-attention) pr
 output projection with bias. float32, int8 and int16 weights (dequantized on load)."""
 import os
 
-from ..tokenizer import check_ids, check_text
+from ..tokenizer.vocabulary import VocabularyTokenizer, read_vocabulary
 from ..weights import WeightsError
 from ..weights.ctranslate2 import read_ctranslate2
 from . import register_layout
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 HEADS = {"TransformerBase": 8, "TransformerBig": 16}
-
-
-def read_vocabulary(path):
-    """Tokens of a CTranslate2 vocabulary file, one a line, with "<unk>" appended when absent (as
-    CTranslate2 does). Raises FileNotFoundError."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"vocabulary not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            tokens = [line.rstrip("\r\n") for line in f]
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 ({e})")
-    if tokens and tokens[-1] == "":
-        tokens.pop()
-    if "<unk>" not in tokens:
-        tokens.append("<unk>")
-    return tokens
-
-
-class VocabularyTokenizer:
-    """Whitespace tokens <-> ids for vocabulary-only models: encode("a b c") -> ids (unknown
-    tokens map to <unk>, no BOS/EOS added); decode(ids) -> tokens joined by spaces, special
-    tokens (<blank>, <s>, </s>) dropped."""
-
-    SPECIAL = ("<blank>", "<s>", "</s>")
-
-    def __init__(self, source, target):
-        self.source, self.target = source, target
-        self._ids = {t: i for i, t in enumerate(source)}
-        self._unk = self._ids["<unk>"]
-
-    def encode(self, text):
-        """Source ids (list of int) of whitespace-separated tokens."""
-        return [self._ids.get(t, self._unk) for t in check_text(text).split()]
-
-    def decode(self, ids):
-        """Target tokens of ids, space-separated, special tokens dropped. Raises IndexError for
-        an id outside [0, len(target))."""
-        return " ".join(self.target[i] for i in check_ids(ids, len(self.target))
-                        if self.target[i] not in self.SPECIAL)
 
 
 def _names(side, i):

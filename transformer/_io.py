@@ -1,0 +1,108 @@
+"""Files and the terminal, once for the whole package: reading a JSON file with errors that name
+it (read_json), writing an output file that is never left half written (atomic_output), and
+progress lines on stderr (Progress). Only the standard library is imported here."""
+import json
+import os
+import sys
+import tempfile
+import time
+
+__all__ = ["read_json", "atomic_output", "Progress"]
+
+
+def read_json(path, what="JSON object", kind=dict):
+    """The JSON value of type `kind` (an object: dict; a list: list) in the file at `path`.
+    what: how the error names the expected value. Raises FileNotFoundError for a missing
+    file, ValueError naming the file for bad UTF-8, bad JSON, JSON nested too deeply, or JSON
+    of another type."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 ({e})")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})")
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply")
+    if not isinstance(value, kind):
+        raise ValueError(f"{path}: expected a {what}, got a JSON {type(value).__name__}")
+    return value
+
+
+class atomic_output:
+    """Context manager: a file written under a temporary name in the directory of `path`
+    (.NAME.XXXXXXXX.tmp), flushed to disk (fsync) and renamed onto `path` (os.replace) only
+    when the `with` block completes; on any exception or interrupt the temporary file is
+    removed and `path` is left as it was, never half written.
+
+        with atomic_output("emb.npy", "wb") as f:
+            np.save(f, emb)
+
+    mode: "w" (text, UTF-8) or "wb" (binary). Raises what opening, writing or renaming raises
+    (OSError: a missing directory, no permission, a full disk)."""
+
+    def __init__(self, path, mode="w"):
+        if mode not in ("w", "wb"):
+            raise ValueError(f"mode must be 'w' or 'wb', got {mode!r}")
+        self.path, self.mode = os.fspath(path), mode
+
+    def __enter__(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        fd, self.tmp = tempfile.mkstemp(prefix="." + os.path.basename(self.path) + ".",
+                                        suffix=".tmp", dir=folder)
+        self.file = os.fdopen(fd, self.mode, **({} if "b" in self.mode
+                                               else {"encoding": "utf-8"}))
+        return self.file
+
+    def __exit__(self, kind, value, tb):
+        try:
+            if kind is None:
+                self.file.flush()
+                os.fsync(self.file.fileno())
+            self.file.close()
+            if kind is None:
+                os.replace(self.tmp, self.path)
+        finally:
+            if not self.file.closed:
+                self.file.close()
+            if os.path.exists(self.tmp):
+                os.unlink(self.tmp)
+        return False
+
+
+class Progress:
+    """Progress of long work on stderr: `label: done/total unit, R unit/s, ETA h:mm:ss`,
+    updated in place ('\\r') on a terminal at most 5 times a second; elsewhere (a log, a pipe)
+    a line at most every 10 s. The last report (done == total, or final=True) always prints,
+    once, and ends the line.
+
+    Call it as progress(done) or progress(done, total) (the callback of
+    EncoderModel.embed_texts), and progress(done, final=True) at the end when the total is
+    not known (total None: `done/?`, no ETA). stream: default sys.stderr."""
+
+    def __init__(self, label, total=None, unit="lines", stream=None):
+        self.label, self.total, self.unit = label, total, unit
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.tty = getattr(self.stream, "isatty", lambda: False)()
+        self.done, self.finished = 0, False
+
+    def __call__(self, done, total=None, final=False):
+        if total is not None:
+            self.total = total
+        self.done = done
+        final = final or self.total is not None and done >= self.total
+        if self.finished:
+            return
+        now = time.monotonic()
+        if not (final or self.tty and now - self.last >= 0.2 or now - self.last >= 10):
+            return
+        self.last, self.finished = now, final
+        rate = done / max(now - self.start, 1e-9)
+        msg = (f"{self.label}: {done}/{self.total if self.total is not None else '?'} "
+               f"{self.unit}, {rate:.1f} {self.unit}/s")
+        if self.total is not None and rate > 0 and not final:
+            s = int((self.total - done) / rate)
+            msg += f", ETA {s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+        end = "\n" if final or not self.tty else ""
+        print(("\r" if self.tty else "") + msg, end=end, file=self.stream, flush=True)

@@ -1,0 +1,234 @@
+"""What a corpus job does to each line: a CorpusTask loads a model once per process, tokenizes
+lines and runs batches of token lists; EmbedTask, TranslateTask and GenerateTask are the three
+jobs of `transformer embed / translate / generate --input`."""
+import json
+import os
+
+import numpy as np
+
+from .errors import CorpusError
+
+__all__ = ["CorpusTask", "EmbedTask", "TranslateTask", "GenerateTask"]
+
+
+class CorpusTask:
+    """What a corpus job does to each line: load a model once per process, tokenize lines, run a
+    batch of token lists. Subclasses: EmbedTask, TranslateTask, GenerateTask; a subclass must be
+    picklable (it travels to the Dask workers) and importable there.
+
+    model: model path (as transformer.load); device, dtype, threads, tokenizer: as
+    transformer.load. threads is not part of the job's identity (resume and outputs ignore it)."""
+
+    kind = "task"
+    suffixes = (".txt",)  # output file suffixes this task writes; the first is the default
+
+    def __init__(self, model, device="cpu", dtype=None, threads=None, tokenizer=None):
+        self.model = None if model is None else os.fspath(model)
+        self.device, self.dtype, self.threads, self.tokenizer = device, dtype, threads, tokenizer
+
+    def identity(self):
+        """JSON-able dict naming everything that changes the output (for resume)."""
+        d = {k: v for k, v in vars(self).items() if k != "threads"}
+        d["kind"] = self.kind
+        return d
+
+    def with_threads(self, threads):
+        """A copy that loads its model with `threads` kernel threads."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(vars(self), threads=threads)
+        return clone
+
+    def load(self):
+        """The model, loaded once per process."""
+        import transformer
+        kwargs = {"tokenizer": self.tokenizer} if self.tokenizer else {}
+        return transformer.load(self.model, device=self.device, dtype=self.dtype,
+                                threads=self.threads, **kwargs)
+
+    def encode(self, model, texts):
+        """Token ids (list of int) of each text, and whether each one was cut to the model's
+        limit: returns (ids lists, truncated flags). Default: model.tokenizer.encode, cut at
+        self.limit(model)."""
+        limit = self.limit(model)
+        ids = [model.tokenizer.encode(t) for t in texts]
+        return [x[:limit] for x in ids], [len(x) > limit for x in ids]
+
+    def limit(self, model):
+        """Most tokens of one line."""
+        return model.config.max_position_embeddings
+
+    def run_batch(self, model, batch, seed):
+        """Results (one per token list) of a batch of token lists; seed: int for this batch."""
+        raise NotImplementedError
+
+    def blank(self, model):
+        """The result of a blank line."""
+        return ""
+
+    def collect(self, results):
+        """Results of a shard (list, input order) -> what the driver writes."""
+        return results
+
+    def write(self, f, suffix, lines, results):
+        """Write a shard's results to the binary file f (suffix: the output's)."""
+        for r in results:
+            f.write((r.replace("\n", " ") + "\n").encode("utf-8"))
+
+
+def _hf_encode(tokenizer, texts, limit):
+    """Token ids of texts through a transformer.tokenizer.Tokenizer, truncated as the Hugging Face
+    tokenizer does (special tokens kept) at `limit`, no padding: (ids lists, truncated flags)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    raw = HFTokenizer.from_str(tokenizer._tok.to_str())  # a copy: no padding, our truncation
+    raw.no_padding()
+    raw.enable_truncation(limit)
+    enc = raw.encode_batch(list(texts))
+    return [e.ids for e in enc], [len(e.overflowing) > 0 for e in enc]
+
+
+def _padded(batch, pad, left=False):
+    """(B, T) int64 ids and mask of token lists, padded right (or left) with `pad`."""
+    T = max(map(len, batch))
+    ids = np.full((len(batch), T), pad, np.int64)
+    mask = np.zeros((len(batch), T), np.int64)
+    for b, seq in enumerate(batch):
+        cols = slice(T - len(seq), T) if left else slice(0, len(seq))
+        ids[b, cols], mask[b, cols] = seq, 1
+    return ids, mask
+
+
+class EmbedTask(CorpusTask):
+    """Sentence embeddings (model.embed: pooling "mean" or "cls", L2-normalized when normalize).
+    Output .npy: float32 (N, C), a blank line a row of zeros; .jsonl: {"text", "embedding"}
+    per line (7 decimals, as `transformer embed`)."""
+
+    kind = "embed"
+    suffixes = (".npy", ".jsonl")
+
+    def __init__(self, model, pooling="mean", normalize=True, **load):
+        super().__init__(model, **load)
+        self.pooling, self.normalize = pooling, normalize
+
+    def limit(self, model):
+        tok = getattr(model.tokenizer, "max_length", None)
+        P = model.config.max_position_embeddings
+        return min(tok, P) if tok else P
+
+    def encode(self, model, texts):
+        if model.tokenizer is None:
+            raise CorpusError("embed needs a model with a tokenizer.json")
+        return _hf_encode(model.tokenizer, texts, self.limit(model))
+
+    def run_batch(self, model, batch, seed):
+        from ..device import to_numpy
+        ids, mask = _padded(batch, 0)
+        return list(to_numpy(model.embed(ids, mask, pooling=self.pooling,
+                                         normalize=self.normalize)))
+
+    def blank(self, model):
+        return np.zeros(model.config.d_model, np.float32)
+
+    def collect(self, results):
+        return np.stack(results).astype(np.float32, copy=False)
+
+    def write(self, f, suffix, lines, results):
+        if suffix == ".npy":
+            np.save(f, results)
+            return
+        for text, e in zip(lines, results):
+            f.write((json.dumps({"text": text, "embedding": [round(float(x), 7) for x in e]},
+                                ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+class TranslateTask(CorpusTask):
+    """Translations with an encoder-decoder (model.generate: beam search with num_beams and
+    length_penalty, at most max_new_tokens), one text line per input line (newlines inside a
+    translation become spaces)."""
+
+    kind = "translate"
+    suffixes = (".txt",)
+
+    def __init__(self, model, num_beams=4, length_penalty=1.0, max_new_tokens=256, **load):
+        super().__init__(model, **load)
+        self.num_beams, self.length_penalty = num_beams, length_penalty
+        self.max_new_tokens = max_new_tokens
+
+    def load(self):
+        model = super().load()
+        if model.kind != "seq2seq":
+            raise CorpusError("translate needs an encoder-decoder model")
+        return model
+
+    def encode(self, model, texts):
+        if hasattr(model.tokenizer, "_tok"):  # a tokenizer.json: its own truncation
+            return _hf_encode(model.tokenizer, texts, self.limit(model))
+        return super().encode(model, texts)
+
+    def run_batch(self, model, batch, seed):
+        from ..device import to_numpy
+        ids, mask = _padded(batch, model.config.pad_token_id)
+        out = to_numpy(model.generate(ids, mask, max_new_tokens=self.max_new_tokens,
+                                      num_beams=self.num_beams,
+                                      length_penalty=self.length_penalty))
+        return [model.tokenizer.decode(row[1:]) for row in out]
+
+
+class GenerateTask(CorpusTask):
+    """Continuations of prompts with a decoder (greedy by default; sampling with do_sample,
+    temperature, top_k, top_p, seed: each batch draws from its own seed, derived from `seed`,
+    the shard and the batch, so a job is reproducible on any scheduler; beam search with
+    num_beams). Output: JSON lines {"prompt", "completion"} (the new text only, up to the first
+    eos). A prompt is cut to the model's positions minus max_new_tokens."""
+
+    kind = "generate"
+    suffixes = (".jsonl",)
+
+    def __init__(self, model, max_new_tokens=64, do_sample=False, temperature=1.0, top_k=0,
+                 top_p=1.0, num_beams=1, seed=None, **load):
+        super().__init__(model, **load)
+        self.max_new_tokens, self.do_sample, self.temperature = max_new_tokens, do_sample, \
+            temperature
+        self.top_k, self.top_p, self.num_beams, self.seed = top_k, top_p, num_beams, seed
+
+    def load(self):
+        model = super().load()
+        if model.kind != "decoder":
+            raise CorpusError("generate needs a decoder-only model")
+        if model.tokenizer is None:
+            raise CorpusError("the model has no tokenizer (give tokenizer=FILE / --tokenizer)")
+        return model
+
+    def limit(self, model):
+        n = model.config.max_position_embeddings - self.max_new_tokens
+        if n < 1:
+            raise CorpusError(f"max_new_tokens must be below the model's "
+                              f"{model.config.max_position_embeddings} positions, got "
+                              f"{self.max_new_tokens}")
+        return n
+
+    def run_batch(self, model, batch, seed):
+        from ..device import to_numpy
+        cfg, tok = model.config, model.tokenizer
+        pad = cfg.pad_token_id if cfg.pad_token_id is not None else 0
+        ids, mask = _padded(batch, pad, left=True)
+        out = to_numpy(model.generate(ids, mask, max_new_tokens=self.max_new_tokens,
+                                      do_sample=self.do_sample, temperature=self.temperature,
+                                      top_k=self.top_k, top_p=self.top_p,
+                                      num_beams=self.num_beams,
+                                      seed=None if self.seed is None else seed))
+        eos = set(cfg.eos_token_ids)
+        completions = []
+        for prompt, row in zip(batch, out):
+            new = [int(t) for t in row[ids.shape[1]:]]
+            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
+            head, full = tok.decode(prompt), tok.decode(list(prompt) + new[:cut])
+            completions.append(full[len(head):] if full.startswith(head) else
+                               tok.decode(new[:cut]))
+        return completions
+
+    def write(self, f, suffix, lines, results):
+        for prompt, c in zip(lines, results):
+            f.write((json.dumps({"prompt": prompt, "completion": c}, ensure_ascii=False)
+                     + "\n").encode("utf-8"))
+
+

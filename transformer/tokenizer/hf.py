@@ -1,0 +1,90 @@
+"""Hugging Face's tokenizer.json (the `tokenizers` library) and the choice of a model directory's
+tokenizer: tokenizer.json, else a Marian or T5 SentencePiece model (hf_tokenizer)."""
+import os
+
+import numpy as np
+
+from .._io import read_json
+from .checks import check_ids, check_text
+from .marian import MarianTokenizer
+from .t5 import T5Tokenizer
+
+__all__ = ["Tokenizer", "hf_tokenizer", "max_input_length"]
+
+
+class Tokenizer:
+    """Wraps tokenizers.Tokenizer: pads each batch to its longest sequence (not to a fixed
+    length) and truncates to `max_length` tokens.
+
+    path: tokenizer.json; max_length: longest sequence in tokens, special tokens included.
+    Calling it on a list of B strings returns {"input_ids", "attention_mask", "token_type_ids"},
+    each (B, T) int64. Raises FileNotFoundError / ValueError for a missing or unreadable file."""
+
+    def __init__(self, path, max_length):
+        from tokenizers import Tokenizer as _HFTokenizer
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"tokenizer file not found: {path}")
+        try:
+            self._tok = _HFTokenizer.from_file(path)
+        except Exception as e:
+            raise ValueError(f"cannot read tokenizer {path}: {e}")
+        padding = read_json(path).get("padding") or {}
+        if not isinstance(padding, dict):
+            raise ValueError(f"{path}: padding must be a JSON object, got {padding!r}")
+        self.max_length = int(max_length)
+        self._tok.enable_truncation(self.max_length)
+        self._tok.enable_padding(pad_id=padding.get("pad_id", 0),
+                                 pad_type_id=padding.get("pad_type_id", 0),
+                                 pad_token=padding.get("pad_token", "[PAD]"))
+
+    def __call__(self, texts):
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = [check_text(t) for t in texts]
+        enc = self._tok.encode_batch(texts)
+        return {"input_ids": np.array([e.ids for e in enc], np.int64),
+                "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
+                "token_type_ids": np.array([e.type_ids for e in enc], np.int64)}
+
+    def encode(self, text):
+        """Token ids (list of int) of one text, special tokens added as the tokenizer's
+        post-processor says (e.g. [CLS] ... [SEP], or a BOS)."""
+        return self._tok.encode(check_text(text)).ids
+
+    def decode(self, ids):
+        """Text of a sequence of token ids (special tokens skipped). Raises IndexError for an id
+        outside [0, vocabulary size)."""
+        return self._tok.decode(check_ids(ids, self._tok.get_vocab_size()))
+
+
+
+
+def hf_tokenizer(path, max_length):
+    """Tokenizer of `path` truncating to max_length tokens, the one place that chooses it:
+    tokenizer.json (the `tokenizers` library), else a Marian SentencePiece pair (source.spm,
+    target.spm, vocab.json), else a T5 SentencePiece model (spiece.model), else None."""
+    tok = os.path.join(path, "tokenizer.json")
+    if os.path.isfile(tok):
+        return Tokenizer(tok, max_length)
+    if os.path.isfile(os.path.join(path, "source.spm")):
+        return MarianTokenizer(path, max_length)
+    if os.path.isfile(os.path.join(path, "spiece.model")):
+        return T5Tokenizer(path, max_length)
+    return None
+
+
+def max_input_length(path, limit, tokenizer_json):
+    """Longest input in tokens of the encoder directory `path`: sentence-transformers'
+    max_seq_length (sentence_bert_config.json) when present, else the truncation length of
+    `tokenizer_json`, capped at `limit` (the model's positions). Raises ValueError naming the
+    directory for a setting that is not a number."""
+    st = os.path.join(path, "sentence_bert_config.json")
+    try:
+        if os.path.isfile(st):
+            return min(limit, int(read_json(st).get("max_seq_length", limit)))
+        trunc = read_json(tokenizer_json).get("truncation") or {}
+        return min(limit, int(trunc.get("max_length", limit)))
+    except (TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{path}: bad max_seq_length or truncation setting ({e})")
