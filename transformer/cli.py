@@ -190,8 +190,9 @@ def cmd_generate(args):
 def cmd_translate(args):
     """Translate TEXT arguments or the lines of --input with an encoder-decoder model, one output
     line per input line, a blank line for a blank one (the model's tokenizer: tokenizer.json,
-    or the SentencePiece files of a Marian or T5 directory, see transformer.tokenizer.hf_tokenizer; else
-    whitespace-separated tokens of its vocabularies in and out)."""
+    or the SentencePiece files of a Marian or T5 directory, see
+    transformer.tokenizer.hf_tokenizer; else whitespace-separated tokens of its vocabularies in
+    and out)."""
     if args.input and not args.text:  # streamed, never read whole
         return _corpus_job("translate", args)
     texts = list(args.text)

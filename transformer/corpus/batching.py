@@ -18,8 +18,9 @@ class ShardResult:
 
 
 def token_batches(lengths, max_batch_tokens, max_batch_lines):
-    """Batches (lists of indices into `lengths`), longest first, cut into batches of at most max_batch_tokens
-    (rows x longest row) and max_batch_lines rows; a row longer than the budget runs alone."""
+    """Batches (lists of indices into `lengths`), longest first, of at most max_batch_tokens
+    (rows x longest row) and max_batch_lines rows (None: no limit); a row longer than the
+    budget runs alone."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])  # stable: ties keep order
     batch = []
     for i in order:

@@ -64,7 +64,8 @@ def _model_plugin_class():
 
 
 def __getattr__(name):
-    """Module attribute _ModelPlugin on demand (Dask's serializer finds the plugin class by this name)."""
+    """Module attribute _ModelPlugin on demand (Dask's serializer finds the plugin class by
+    this name)."""
     if name == "_ModelPlugin":
         globals()[name] = _model_plugin_class()
         return globals()[name]
