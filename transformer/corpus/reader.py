@@ -30,8 +30,8 @@ def count_lines(path):
 
 def read_shards(path, shard_lines, on_bad_line, warn):
     """Shards (Shard) of the decoded lines of `path` ('-': stdin), streamed (a trailing
-    b"\\r" dropped). Undecodable bytes: replaced
-    by U+FFFD with warn(message), or CorpusError under on_bad_line="fail"."""
+    b"\\r" dropped). Undecodable bytes: replaced by U+FFFD with warn(message), or CorpusError
+    under on_bad_line="fail"."""
     f = sys.stdin.buffer if path == "-" else open(path, "rb")
     try:
         lines, index, line_no = [], 0, 0
