@@ -85,15 +85,12 @@ class DeviceModel:
         device, dtype = check(device, dtype)
         if device not in self.DEVICES:
             raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
+        from .ops.backend import backend
+        place = backend(device, dtype, self.threads).place_weight
         moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        pack = device == "cpu" and dtype != "float32"
         for k, v in self.weights.items():
-            if id(v) in moved:
-                continue
-            if pack and packs(k, v):
-                moved[id(v)] = PackedWeight.pack(v, dtype)
-            else:
-                moved[id(v)] = to_device(to_numpy(v), device, dtype)
+            if id(v) not in moved:
+                moved[id(v)] = place(k, v)
         self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
         self.device, self.dtype = device, dtype
         self._moved()
@@ -104,12 +101,14 @@ class DeviceModel:
 
     @property
     def kernels(self):
-        """The transformer.ops.bound.Kernels of the model's device and threads: the backend
-        chosen once, at the first forward after loading or `to()` (or a change of threads)."""
+        """The backend object (transformer.ops.backend) of the model's device, dtype and
+        threads: chosen once, at the first forward after loading or `to()` (or a change of
+        threads)."""
         k = self.__dict__.get("_kernels")
-        if k is None or k.device != self.device or k.threads != self.threads:
-            from .ops.bound import Kernels
-            k = self._kernels = Kernels(self.device, self.threads)
+        if k is None or k.device != self.device or k.threads != self.threads \
+                or k.dtype != self.dtype:
+            from .ops.backend import backend
+            k = self._kernels = backend(self.device, self.dtype, self.threads)
         return k
 
     def stack(self, prefix=""):
@@ -125,19 +124,12 @@ class DeviceModel:
         return found
 
     def _output(self, x):
-        """A float output as returned to the user: x itself (NumPy float32 on the CPU whatever
-        the compute type; CuPy float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to
-        CuPy float32."""
-        if self.device == "cuda" and self.dtype == "bfloat16":
-            from .ops import cuda
-            return cuda.to_float32(x)
-        return x
+        """A float output as returned to the user (the backend's output: float32 NumPy on the
+        CPU whatever the compute type; CuPy float32 or float16 on the GPU, bfloat16 decoded to
+        float32)."""
+        return self.kernels.output(x)
 
     def _host_output(self, a):
-        """A host array computed for the user (token ids, scores) as returned: a itself on the
-        CPU, a CuPy copy on the GPU (outputs live where the model does; to_numpy brings them
-        back)."""
-        if self.device == "cpu":
-            return a
-        from .ops import cuda
-        return cuda.cupy().asarray(a)
+        """A host array computed for the user (token ids, scores) as returned: where the model
+        lives (the backend's from_host: a CuPy copy on the GPU; to_numpy brings it back)."""
+        return self.kernels.from_host(a)

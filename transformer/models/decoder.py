@@ -30,7 +30,7 @@ from ..ops.position_bias import alibi_slopes
 from . import block
 from .block import BlockSpec, KVCache
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights, to_device
+from ..device import DeviceModel, host_weights
 from ..generation.contract import Decoding
 from ._inputs import check_batch, check_tokens
 from .config import check_positive
@@ -144,7 +144,7 @@ class DecoderDecoding(Decoding):
     IndexError naming a bad input (transformer.models._inputs.check_batch)."""
 
     def __init__(self, model, input_ids, attention_mask=None):
-        self.model, self.threads = model, model.threads
+        self.model, self.threads, self.backend = model, model.threads, model.kernels
         self.sequences, self.mask, self.lengths = check_batch(input_ids, attention_mask,
                                                               model.config.vocab_size)
         self.vocab_size = model.config.vocab_size
@@ -199,8 +199,7 @@ class DecoderModel(DeviceModel):
         self._rope = None
         self._position_bias = ops.PositionBias.alibi(alibi_slopes(cfg.n_heads)) \
             if cfg.positions == "alibi" else None
-        self._no_positions = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
-                                       self.dtype)
+        self._no_positions = self.kernels.place(np.zeros((1, cfg.d_model), np.float32))
 
     def _rotary_tables(self, need):
         """(cos, sin) covering positions [0, need) at least: computed on first use and grown by
@@ -212,7 +211,7 @@ class DecoderModel(DeviceModel):
             cfg = self.config
             n = min(cfg.max_position_embeddings,
                     max(need, 2 * (0 if rope is None else len(rope[0])), 256))
-            rope = tuple(to_device(t, self.device)
+            rope = tuple(self.kernels.upload(t)
                          for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta))
             self._rope = rope
         return rope
@@ -295,7 +294,7 @@ class DecoderModel(DeviceModel):
         Raises TypeError/ValueError/IndexError naming the bad argument."""
         ids, mask, _ = check_batch(input_ids, attention_mask, self.config.vocab_size)
         logits, flat = self.prefill(ids, mask, all_logits=True)
-        xp = ops.array_module(logits)
+        xp = self.kernels.xp
         out = xp.zeros((ids.size, self.config.vocab_size), logits.dtype)
         out[xp.asarray(flat)] = logits
         return self._output(out.reshape(ids.shape + (-1,)))
@@ -305,8 +304,7 @@ class DecoderModel(DeviceModel):
         max_position_embeddings)."""
         cfg = self.config
         return KVCache(cfg.n_layers, batch_size, min(max_length, cfg.max_position_embeddings),
-                       cfg.n_kv_heads, cfg.head_dim,
-                       like=None if self.device == "cpu" else self.weights["embeddings.word"])
+                       cfg.n_kv_heads, cfg.head_dim, self.kernels)
 
     def decoding(self, input_ids, attention_mask=None, config=None):
         """The search contract for these prompts (DecoderDecoding); config is unused here."""

@@ -163,7 +163,7 @@ class EncoderModel(DeviceModel):
             return None
         cached = getattr(self, "_position_bias_cache", None)
         if cached is None or cached[0] is not table:
-            pb = ops.PositionBias.relative(to_numpy(table),
+            pb = ops.PositionBias.relative(self.kernels.to_host(table),
                                            self.config.relative_attention_max_distance)
             self._position_bias_cache = cached = (table, pb)
         return cached[1]
@@ -179,7 +179,7 @@ class EncoderModel(DeviceModel):
                                                       truncate)
         with blas_single_threaded():
             h = self._output(self._forward_packed(ids, pos, types, cu))
-        xp = ops.array_module(h)
+        xp = self.kernels.xp
         out = xp.zeros((B * T, self.config.d_model), h.dtype)
         out[xp.asarray(flat)] = h
         return out.reshape(B, T, -1)
@@ -188,18 +188,13 @@ class EncoderModel(DeviceModel):
 
     def _pool(self, h, cu, modes):
         """Pooled rows (B, C * len(modes)) of packed hidden states h (N, C), in `modes` order."""
-        xp = ops.array_module(h)
+        xp = self.kernels.xp
         lens = xp.asarray(np.diff(cu).astype(np.float64))[:, None]
         sums = None
         out = []
         for mode in modes:
             if mode in ("mean", "mean_sqrt_len") and sums is None:
-                if xp is np:
-                    sums = np.add.reduceat(h.astype(np.float64), cu[:-1], axis=0)
-                else:  # segment sums from a float64 running sum
-                    s = xp.concatenate([xp.zeros((1, h.shape[1])),
-                                        xp.cumsum(h, 0, dtype=np.float64)])
-                    sums = s[cu[1:]] - s[cu[:-1]]
+                sums = self.kernels.segment_sums(h, cu)
             if mode == "mean":
                 out.append(sums / lens)
             elif mode == "mean_sqrt_len":
@@ -232,7 +227,7 @@ class EncoderModel(DeviceModel):
             h = self._output(self._forward_packed(ids, pos, types, cu))
         e = self._pool(h, cu, modes)
         if normalize:
-            xp = ops.array_module(e)
+            xp = self.kernels.xp
             e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
 
@@ -250,7 +245,7 @@ class EncoderModel(DeviceModel):
         texts = list(texts)
         n_modes = len(self.pooling if pooling is None else
                       (pooling,) if isinstance(pooling, str) else tuple(pooling))
-        out = ops.array_module(self.weights["embeddings.word"]).empty(
+        out = self.kernels.xp.empty(
             (len(texts), self.config.d_model * n_modes), np.float32)
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size])

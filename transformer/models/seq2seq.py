@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import ops
 from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights, to_device, to_numpy
+from ..device import DeviceModel, host_weights
 from ..generation.contract import Decoding
 from ..ops.packed import PackedWeight
 from ..weights import check_tensors
@@ -236,12 +236,12 @@ class EncoderOutput:
 class _DecodeState(KVCache):
     """KV cache of the decoder plus, per cache row, the source sentence it translates
     (src_index) and the offset of its positions (offset: a left-padded decoder prefix's
-    padding, so that a token's position is its column, as HF); k, v beside `like` (the model's
-    device and dtype), NumPy float32 when None."""
+    padding, so that a token's position is its column, as HF); k, v on the device of
+    `backend` (the model's)."""
 
-    def __init__(self, config, rows, max_length, enc, src_index, like=None):
+    def __init__(self, config, rows, max_length, enc, src_index, backend=None):
         super().__init__(config.decoder_layers, rows, max_length, config.n_heads,
-                         config.head_dim, like)
+                         config.head_dim, backend)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
         self.offset = np.zeros(len(self.src_index), np.int64)
@@ -268,6 +268,7 @@ class Seq2SeqDecoding(Decoding):
                  decoder_input_ids=None, decoder_attention_mask=None):
         cfg = model.config
         self.model, self.threads, self.vocab_size = model, model.threads, cfg.tgt_vocab_size
+        self.backend = model.kernels
         self.enc = model.encode(input_ids, attention_mask)
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
@@ -316,8 +317,7 @@ class Seq2SeqDecoding(Decoding):
                              f"exceeds the model's {cfg.max_position_embeddings} positions")
         lens = self.mask.sum(1)
         self.state = _DecodeState(cfg, rows, int(lens.max()) + max_new_tokens, self.enc,
-                                  np.arange(B),
-                                  like=None if model.device == "cpu" else self.enc.hidden)
+                                  np.arange(B), model.kernels)
         self.state.offset = (T - lens).astype(np.int64)
         self.state.alignment = self._alignment
         if T == 1:
@@ -373,15 +373,15 @@ class Seq2SeqModel(DeviceModel):
             if scale != 1.0 and isinstance(word, PackedWeight):
                 word = word.scaled(scale)
             elif scale != 1.0:
-                word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
+                word = self.kernels.place(self.kernels.to_host(word) * np.float32(scale))
             self._embed_tables[side] = (word, pos)
         final = w.get("decoder.final_norm.weight")
         self._scaled_final = None
         if config.lm_head_scale != 1.0:
             if final is None or config.norm != "rms_norm":
                 raise ValueError("lm_head_scale needs an RMSNorm decoder final_norm (T5)")
-            self._scaled_final = (to_device(to_numpy(final) * np.float32(config.lm_head_scale),
-                                            self.device, self.dtype), None)
+            self._scaled_final = (self.kernels.place(
+                self.kernels.to_host(final) * np.float32(config.lm_head_scale)), None)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _position_table(self, side, need):
@@ -393,15 +393,13 @@ class Seq2SeqModel(DeviceModel):
         cfg = self.config
         if cfg.positions == "relative":  # no position embedding: one zero row
             if pos is None:
-                pos = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
-                                self.dtype)
+                pos = self.kernels.place(np.zeros((1, cfg.d_model), np.float32))
                 self._embed_tables[side] = (word, pos)
             return pos
         limit = cfg.max_position_embeddings + cfg.position_offset
         if pos is None or len(pos) < min(need, limit):
             n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
-            pos = to_device(sinusoid_table(n, cfg.d_model, cfg.positions), self.device,
-                            self.dtype)
+            pos = self.kernels.place(sinusoid_table(n, cfg.d_model, cfg.positions))
             self._embed_tables[side] = (word, pos)
         return pos
 
@@ -440,7 +438,8 @@ class Seq2SeqModel(DeviceModel):
         if side not in cache or cache[side][0] is not table:
             cfg = self.config
             cache[side] = (table, ops.PositionBias.relative(
-                to_numpy(table), cfg.relative_attention_max_distance, side == "encoder"))
+                self.kernels.to_host(table), cfg.relative_attention_max_distance,
+                side == "encoder"))
         return cache[side][1]
 
     # -- encoder ----------------------------------------------------------------------------------
@@ -469,8 +468,7 @@ class Seq2SeqModel(DeviceModel):
             rows = np.repeat(np.arange(B), lens)
             cols = np.arange(len(h)) - cu[rows]
             xp = k.xp
-            if xp is not np:
-                rows, cols = xp.asarray(rows), xp.asarray(cols)
+            rows, cols = k.indices(rows), k.indices(cols)
             for layer in self.stack("decoder.")[0]:
                 kv = k.linear(h, *layer.cross_kv).reshape(len(h), 2, H, D)
                 kp = xp.zeros((B, S, H, D), h.dtype)
@@ -521,8 +519,8 @@ class Seq2SeqModel(DeviceModel):
         src (R,), averaged over the first `heads` heads: (R, S_max) float32 NumPy, 0 beyond each
         source's length (CTranslate2's alignment: return_attention). Computed on the host in
         float32."""
-        k = to_numpy(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
-        q = to_numpy(q).astype(np.float32)[:, :heads]
+        k = self.kernels.to_host(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
+        q = self.kernels.to_host(q).astype(np.float32)[:, :heads]
         scale = self.config.attention_scale
         scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
         s = np.einsum("rhd,rshd->rhs", q, k) * np.float32(scale)
@@ -556,7 +554,7 @@ class Seq2SeqModel(DeviceModel):
         with blas_single_threaded():
             h = self._teacher_forced(state.enc, ids, positions, cu, state)
             state.lengths[:len(lens)] = lens
-            last = ops.array_module(h).ascontiguousarray(h[cu[1:] - 1])
+            last = self.kernels.xp.ascontiguousarray(h[cu[1:] - 1])
             return self._logits(last)
 
     def decode(self, enc, decoder_input_ids, decoder_attention_mask=None):
@@ -570,7 +568,7 @@ class Seq2SeqModel(DeviceModel):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
         with blas_single_threaded():
             logits = self._logits(self._teacher_forced(enc, ids, positions, cu))
-        xp = ops.array_module(logits)
+        xp = self.kernels.xp
         out = xp.zeros((B * T, cfg.tgt_vocab_size), logits.dtype)
         out[xp.asarray(flat)] = logits
         return self._output(out.reshape(B, T, -1))
@@ -643,7 +641,7 @@ class Seq2SeqModel(DeviceModel):
         dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
         for b, L in enumerate(lens):
             dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]
-        lp = log_softmax(to_numpy(self(input_ids, attention_mask, dec_in, dmask)))
+        lp = log_softmax(self.kernels.to_host(self(input_ids, attention_mask, dec_in, dmask)))
         tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         return [tok[b, :L + 1] for b, L in enumerate(lens)]
 
