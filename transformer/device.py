@@ -5,7 +5,11 @@ On the CPU, int8 and bfloat16 are compute types of the matrix products: every li
 the word-embedding tables are packed once (transformer.ops.packed.PackedWeight), everything else
 (norms, biases, position tables, activations, attention, the KV cache) stays float32.
 On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns
-(transformer.ops)."""
+(transformer.ops).
+
+This module places arrays (check, packs, host_weights, to_device, to_numpy); the model base that
+uses it is transformer.models.base.Model, and the per-device strategies are the backend objects
+of transformer.ops.backend."""
 import numpy as np
 
 from .dtypes import DTYPES
@@ -65,71 +69,3 @@ def to_numpy(a):
     if a.dtype.kind == "f" or a.dtype == np.uint16:
         a = cuda.to_float32(a)
     return cuda.cupy().asnumpy(a)
-
-
-class DeviceModel:
-    """Mixin of the model classes: `self.weights` ({name: array}) moved by `to(device, dtype)`;
-    `self.device` / `self.dtype` say where they are. Families list the devices they run on in
-    DEVICES."""
-
-    DEVICES = ("cpu",)
-    device, dtype = "cpu", "float32"
-
-    def to(self, device, dtype=None):
-        """Move the weights to device ("cpu" or "cuda") in dtype (default float32); returns self.
-        On the CPU, dtype "int8" / "bfloat16" packs the linear weights and word embeddings
-        (`packs`; int8 quantized per row, CTranslate2's int8) and keeps the rest float32.
-        Tensors shared between names (tied embeddings and LM head) stay shared.
-        Raises ValueError for a device this family does not run on or a dtype the device does
-        not run, RuntimeError without CuPy or a GPU."""
-        device, dtype = check(device, dtype)
-        if device not in self.DEVICES:
-            raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
-        from .ops.backend import backend
-        place = backend(device, dtype, self.threads).place_weight
-        moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        for k, v in self.weights.items():
-            if id(v) not in moved:
-                moved[id(v)] = place(k, v)
-        self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
-        self.device, self.dtype = device, dtype
-        self._moved()
-        return self
-
-    def _moved(self):
-        """Hook: refresh tables derived from the weights after `to`."""
-
-    @property
-    def kernels(self):
-        """The backend object (transformer.ops.backend) of the model's device, dtype and
-        threads: chosen once, at the first forward after loading or `to()` (or a change of
-        threads)."""
-        k = self.__dict__.get("_kernels")
-        if k is None or k.device != self.device or k.threads != self.threads \
-                or k.dtype != self.dtype:
-            from .ops.backend import backend
-            k = self._kernels = backend(self.device, self.dtype, self.threads)
-        return k
-
-    def stack(self, prefix=""):
-        """The blocks of the stack `prefix` ("" for a one-stack model, "encoder." / "decoder.")
-        with their weights looked up once per placement: transformer.models.block.layers."""
-        cache = self.__dict__.get("_stacks")
-        if cache is None or cache[0] is not self.weights:
-            cache = self._stacks = (self.weights, {})
-        found = cache[1].get(prefix)
-        if found is None:
-            from .models.block import layers
-            found = cache[1][prefix] = layers(self.weights, prefix)
-        return found
-
-    def _output(self, x):
-        """A float output as returned to the user (the backend's output: float32 NumPy on the
-        CPU whatever the compute type; CuPy float32 or float16 on the GPU, bfloat16 decoded to
-        float32)."""
-        return self.kernels.output(x)
-
-    def _host_output(self, a):
-        """A host array computed for the user (token ids, scores) as returned: where the model
-        lives (the backend's from_host: a CuPy copy on the GPU; to_numpy brings it back)."""
-        return self.kernels.from_host(a)

@@ -29,10 +29,10 @@ from .. import ops
 from ..ops.position_bias import alibi_slopes
 from . import block
 from .block import BlockSpec, KVCache
-from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights
+from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
 from ._inputs import check_batch, check_tokens
+from .base import Model
 from .config import check_positive
 
 
@@ -168,7 +168,7 @@ class DecoderDecoding(Decoding):
         self.cache.reorder(index)
 
 
-class DecoderModel(DeviceModel):
+class DecoderModel(Model):
     """A decoder-only language model: `model(input_ids, attention_mask)` -> logits (B, T, V)
     float32; `model.generate(...)` -> token ids (see transformer.generation.generate).
 
@@ -179,59 +179,35 @@ class DecoderModel(DeviceModel):
     float32), generate returns CuPy int64 ids (transformer.device.to_numpy for NumPy); inputs may
     be NumPy or CuPy."""
 
-    DEVICES = ("cpu", "cuda")
-    kind = "decoder"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
+    kind = "decoder"
     DEFAULT_MAX_NEW_TOKENS = 32
     generation_config = None  # GenerationConfig of generation_config.json, set at load
 
-    def __init__(self, config, weights, tokenizer=None, threads=None):
-        self.config = config
-        self.tokenizer = tokenizer
-        self.threads = resolve_threads(threads)
-        self.weights = host_weights(weights)
-        self._moved()
-
     def _moved(self):
-        """Tables beside the weights, on their device: the rotary cos/sin (float32 whatever the
-        dtype; made on first use, see _rotary_tables) and the zero position table (1, C) that
-        models without learned positions add."""
+        """The ALiBi bias of the config (host slopes; the GPU backend uploads them once)."""
         cfg = self.config
-        self._rope = None
         self._position_bias = ops.PositionBias.alibi(alibi_slopes(cfg.n_heads)) \
             if cfg.positions == "alibi" else None
-        self._no_positions = self.kernels.place(np.zeros((1, cfg.d_model), np.float32))
-
-    def _rotary_tables(self, need):
-        """(cos, sin) covering positions [0, need) at least: computed on first use and grown by
-        doubling, never beyond max_position_embeddings, so that a config's huge
-        max_position_embeddings costs nothing until a sequence is that long. One tuple
-        attribute, replaced whole (Python threads may share the model)."""
-        rope = self._rope
-        if rope is None or len(rope[0]) < need:
-            cfg = self.config
-            n = min(cfg.max_position_embeddings,
-                    max(need, 2 * (0 if rope is None else len(rope[0])), 256))
-            rope = tuple(self.kernels.upload(t)
-                         for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta))
-            self._rope = rope
-        return rope
 
     # -- building blocks --------------------------------------------------------------------------
     def _embed(self, ids, positions):
         w, cfg = self.weights, self.config
         if cfg.positions != "learned":
             positions = np.zeros_like(positions)  # the zero row: positions act in attention
+        position = w.get("embeddings.position")
         return self.kernels.embedding(ids, positions, w["embeddings.word"],
-                                      w.get("embeddings.position", self._no_positions),
+                                      self._zero_positions() if position is None else position,
                                       w.get("embeddings.norm.weight"),
                                       w.get("embeddings.norm.bias"), cfg.norm_eps)
 
     def _rope_for(self, longest):
-        """The rotary (cos, sin) tables covering positions 0..longest, or None without
-        rotary."""
-        if self.config.positions != "rotary":
+        """The rotary (cos, sin) tables (P, D/2) covering positions 0..longest at least, float32
+        on the device whatever the dtype (Model._grown), or None without rotary."""
+        cfg = self.config
+        if cfg.positions != "rotary":
             return None
-        return self._rotary_tables(longest + 1)
+        return self._grown("rope", longest + 1, cfg.max_position_embeddings, lambda n: tuple(
+            self.kernels.upload(t) for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta)))
 
     def logits(self, h):
         """LM head: h (N, C) -> logits (N, V) float32 (on the GPU the model's dtype, bfloat16 as
@@ -294,10 +270,7 @@ class DecoderModel(DeviceModel):
         Raises TypeError/ValueError/IndexError naming the bad argument."""
         ids, mask, _ = check_batch(input_ids, attention_mask, self.config.vocab_size)
         logits, flat = self.prefill(ids, mask, all_logits=True)
-        xp = self.kernels.xp
-        out = xp.zeros((ids.size, self.config.vocab_size), logits.dtype)
-        out[xp.asarray(flat)] = logits
-        return self._output(out.reshape(ids.shape + (-1,)))
+        return self._padded(logits, flat, ids.shape)
 
     def new_cache(self, batch_size, max_length):
         """A KVCache for batch_size sequences of up to max_length positions (capped at
@@ -317,7 +290,7 @@ class DecoderModel(DeviceModel):
         copied back each step as float32); with return_scores / return_dict_in_generate the
         scores too (generate's docstring)."""
         from ..generation import generate
-        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
+        return self._device_outputs(generate(self, input_ids, attention_mask, **kwargs))
 
     def stream(self, input_ids, attention_mask=None, **kwargs):
         """An iterator over the new tokens of greedy search or sampling: each new column
@@ -326,15 +299,3 @@ class DecoderModel(DeviceModel):
         from ..generation import stream
         return stream(self, input_ids, attention_mask, **kwargs)
 
-
-def _device_outputs(model, out):
-    """generate's result (ids, (ids, scores) or a GenerateOutput) with its arrays as the
-    model returns them (model._host_output: CuPy on the GPU)."""
-    if isinstance(out, tuple):
-        return tuple(model._host_output(a) for a in out)
-    if hasattr(out, "sequences"):  # the attention weights stay NumPy (host-computed)
-        for name in ("sequences", "scores", "sequences_scores", "token_logprobs"):
-            if getattr(out, name) is not None:
-                setattr(out, name, model._host_output(getattr(out, name)))
-        return out
-    return model._host_output(out)

@@ -28,9 +28,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .. import ops
-from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights
+from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
 from ..ops.packed import PackedWeight
 from ..weights import check_tensors
@@ -39,8 +37,8 @@ from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
 from ._inputs import check_batch, check_tokens, pack
 from . import block
 from .block import BlockSpec, KVCache
+from .base import Model
 from .config import check_positive
-from .decoder import _device_outputs
 
 
 @dataclass(frozen=True)
@@ -331,7 +329,7 @@ class Seq2SeqDecoding(Decoding):
         self.state.reorder(index)
 
 
-class Seq2SeqModel(DeviceModel):
+class Seq2SeqModel(Model):
     """An encoder-decoder Transformer. model(input_ids, attention_mask, decoder_input_ids) ->
     logits (B, T, V); generate(input_ids, attention_mask, ...) -> target ids starting with
     decoder_start_token_id; score(...) -> per-token log-probabilities.
@@ -344,37 +342,28 @@ class Seq2SeqModel(DeviceModel):
     model; bfloat16 comes back as float32), generate returns CuPy ids (and scores); score()
     returns NumPy; inputs may be NumPy or CuPy."""
 
-    DEVICES = ("cpu", "cuda")
-    kind = "seq2seq"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
+    kind = "seq2seq"
 
     def __init__(self, config, weights, tokenizer=None, threads=None, source_vocabulary=None,
                  target_vocabulary=None):
-        self.config = config
-        self.tokenizer = tokenizer
         self.source_vocabulary = source_vocabulary
         self.target_vocabulary = target_vocabulary
-        self.threads = resolve_threads(threads)
-        self.weights = host_weights(weights)
-        self._moved()
+        super().__init__(config, weights, tokenizer, threads)
 
     def _moved(self):
-        """The embedding tables of each side beside the weights (same device and dtype): the
-        word embeddings times sqrt(C) when config.scale_embedding (scaled in float32, then
-        rounded to the dtype), and the position table (learned, or a stored sinusoid table, else
-        the config's sinusoids)."""
+        """The word embeddings of each side beside the weights (same device and dtype), times
+        sqrt(C) when config.scale_embedding (scaled in float32, then rounded to the dtype), and
+        T5's scaled final norm (_decoder_stack)."""
         config, w = self.config, self.weights
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self._embed_tables = {}
+        self._words = {}
         for side in ("encoder", "decoder"):
-            # learned, or a stored sinusoid table; else None: the config's sinusoids, made on
-            # first use for the positions needed (_position_table)
-            pos = w.get(side + ".embeddings.position")
             word = w[side + ".embeddings.word"]
             if scale != 1.0 and isinstance(word, PackedWeight):
                 word = word.scaled(scale)
             elif scale != 1.0:
                 word = self.kernels.place(self.kernels.to_host(word) * np.float32(scale))
-            self._embed_tables[side] = (word, pos)
+            self._words[side] = word
         final = w.get("decoder.final_norm.weight")
         self._scaled_final = None
         if config.lm_head_scale != 1.0:
@@ -385,26 +374,22 @@ class Seq2SeqModel(DeviceModel):
 
     # -- blocks ---------------------------------------------------------------------------------
     def _position_table(self, side, need):
-        """The position table of `side` covering rows [0, need) at least (a stored table, or
-        the config's sinusoids grown by doubling up to max_position_embeddings + offset)."""
-        word, pos = self._embed_tables[side]
-        if side + ".embeddings.position" in self.weights:
-            return pos
+        """The position table of `side` covering rows [0, need) at least: learned or a stored
+        sinusoid table as it is; relative positions: one zero row; else the config's sinusoids
+        (one table for both sides, grown by doubling up to max_position_embeddings + offset:
+        Model._grown)."""
+        stored = self.weights.get(side + ".embeddings.position")
+        if stored is not None:
+            return stored
         cfg = self.config
         if cfg.positions == "relative":  # no position embedding: one zero row
-            if pos is None:
-                pos = self.kernels.place(np.zeros((1, cfg.d_model), np.float32))
-                self._embed_tables[side] = (word, pos)
-            return pos
-        limit = cfg.max_position_embeddings + cfg.position_offset
-        if pos is None or len(pos) < min(need, limit):
-            n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
-            pos = self.kernels.place(sinusoid_table(n, cfg.d_model, cfg.positions))
-            self._embed_tables[side] = (word, pos)
-        return pos
+            return self._zero_positions()
+        return self._grown("sinusoids", need, cfg.max_position_embeddings + cfg.position_offset,
+                           lambda n: self.kernels.place(sinusoid_table(n, cfg.d_model,
+                                                                       cfg.positions)))
 
     def _embed(self, side, ids, positions):
-        word = self._embed_tables[side][0]
+        word = self._words[side]
         w = self.weights
         offset = self.config.position_offset
         pos = self._position_table(side, int(positions.max()) + offset + 1 if positions.size
@@ -430,17 +415,10 @@ class Seq2SeqModel(DeviceModel):
         return (blocks, self._scaled_final) if self._scaled_final is not None else (blocks, final)
 
     def _position_bias(self, side):
-        """The relative position bias of `side`'s self-attention (T5), or None."""
-        table = self.weights.get(side + ".position_bias.relative")
-        if table is None:
-            return None
-        cache = self.__dict__.setdefault("_position_biases", {})
-        if side not in cache or cache[side][0] is not table:
-            cfg = self.config
-            cache[side] = (table, ops.PositionBias.relative(
-                self.kernels.to_host(table), cfg.relative_attention_max_distance,
-                side == "encoder"))
-        return cache[side][1]
+        """The relative position bias of `side`'s self-attention (T5: bidirectional in the
+        encoder, causal in the decoder), or None."""
+        return self._relative_bias(side + ".", self.config.relative_attention_max_distance,
+                                   side == "encoder")
 
     # -- encoder ----------------------------------------------------------------------------------
     def _pack(self, name, input_ids, attention_mask, vocab):
@@ -568,10 +546,7 @@ class Seq2SeqModel(DeviceModel):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
         with blas_single_threaded():
             logits = self._logits(self._teacher_forced(enc, ids, positions, cu))
-        xp = self.kernels.xp
-        out = xp.zeros((B * T, cfg.tgt_vocab_size), logits.dtype)
-        out[xp.asarray(flat)] = logits
-        return self._output(out.reshape(B, T, -1))
+        return self._padded(logits, flat, (B, T))
 
     # -- public API -------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None,
@@ -608,7 +583,7 @@ class Seq2SeqModel(DeviceModel):
         NumPy arrays; CuPy on device="cuda" (the search runs on the host over logits copied
         back each step as float32; the encoder output and KV cache stay on the device)."""
         from ..generation import generate
-        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
+        return self._device_outputs(generate(self, input_ids, attention_mask, **kwargs))
 
     def stream(self, input_ids, attention_mask=None, **kwargs):
         """An iterator over the new tokens of greedy search or sampling: each new column
