@@ -38,7 +38,7 @@ def register_family(*model_types):
 def family_for(config_dict, source="config.json"):
     """The family class for an HF config dict (chosen by model_type, else by architectures).
     Raises ValueError naming the unknown family and the known ones."""
-    from . import bart, bert, bloom, gpt2, llama, mpnet, seq2seq, t5  # noqa: F401  (registers the families)
+    from . import bart, bert, bloom, gpt2, llama, mpnet, t5, transformer2017  # noqa: F401  (registers the families)
 
     model_type = config_dict.get("model_type")
     if isinstance(model_type, str) and model_type in _FAMILIES:

@@ -37,6 +37,18 @@ from .. import ops
 from ..ops.backend import VarlenPlan
 
 
+NORMS = ("layer_norm", "rms_norm")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # of the FFN (gated: act(gate) * up)
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "relative", "none")
+
+
+def _positive(name, value, optional=True):
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 @dataclass(frozen=True)
 class BlockSpec:
     """What varies in a block.
@@ -63,6 +75,30 @@ class BlockSpec:
     cross_attention: bool = False
     positions: str = "learned"
     rope_interleaved: bool = False
+
+    def __post_init__(self):
+        """The one vocabulary of blocks, checked: norm in NORMS with eps > 0, activation in
+        ACTIVATIONS, positions in POSITIONS, positive head counts with n_heads a multiple of
+        n_kv_heads, an even head_dim for rotary positions, a positive attention_scale or None.
+        Raises ValueError naming the field."""
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ValueError(f"norm eps must be positive, got {self.eps!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        for name in ("n_heads", "n_kv_heads", "head_dim"):
+            _positive(name, getattr(self, name))
+        if self.n_heads and self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
+        if self.positions == "rotary" and self.head_dim and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.attention_scale is not None and not self.attention_scale > 0:
+            raise ValueError(f"attention_scale must be positive or None, got "
+                             f"{self.attention_scale!r}")
 
     @property
     def kv_heads(self):

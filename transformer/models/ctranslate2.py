@@ -116,7 +116,8 @@ class CTranslate2Model(Seq2SeqModel):
                 src_vocab_size=len(src), tgt_vocab_size=len(tgt), d_model=C, n_heads=HEADS[spec],
                 encoder_layers=count("encoder"), decoder_layers=count("decoder"), d_ff=F,
                 activation="relu", pre_norm=True, encoder_final_norm=True, decoder_final_norm=True,
-                positions="sinusoidal_t2t", position_offset=1, max_position_embeddings=1024,
+                positions="sinusoidal", sinusoids="t2t", position_offset=1,
+                max_position_embeddings=1024,
                 scale_embedding=True, norm_eps=1e-6, decoder_start_token_id=tgt.index("<s>"),
                 eos_token_id=tgt.index("</s>"),
                 pad_token_id=tgt.index("<blank>") if "<blank>" in tgt else 0)

@@ -20,96 +20,19 @@ Q = n_heads * D, K = n_kv_heads * D, F = d_ff; ".bias" tensors only when config.
   layers.{i}.ff2.weight (C, F) [.bias]
   final_norm.weight (C) [.bias], lm_head.weight (V, C) (the same array as embeddings.word when tied)
 """
-from dataclasses import dataclass
-from functools import cached_property
-
 import numpy as np
 
 from .. import ops
 from ..ops.position_bias import alibi_slopes
 from . import block
-from .block import BlockSpec, KVCache
+from .block import KVCache
 from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
 from ._inputs import check_batch, check_tokens
 from .base import Model
-from .config import check_positive
+from .config import DecoderConfig
 
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Hyper-parameters of a decoder-only model.
-
-    vocab_size V, d_model C, n_heads H, n_kv_heads Hkv (grouped-query attention when < H),
-    n_layers L, d_ff F, max_position_embeddings (longest sequence, prompt + new tokens),
-    head_dim D (default C / H), norm "layer_norm" or "rms_norm", norm_eps, activation "gelu_tanh",
-    "gelu", "relu" or "swiglu", positions "learned", "rotary" or "alibi" (ALiBi slopes in the
-    attention kernels, BLOOM), rope_theta, rope_interleaved (llama2.c pairs (2i, 2i+1); False:
-    HF rotate_half), embedding_norm (a LayerNorm after the word embedding, BLOOM), bias (linear
-    layers carry biases),
-    tie_word_embeddings, bos/eos/pad token ids (eos_token_id may be a tuple).
-    Raises ValueError for inconsistent values."""
-
-    vocab_size: int
-    d_model: int
-    n_heads: int
-    n_layers: int
-    d_ff: int
-    n_kv_heads: int = None
-    max_position_embeddings: int = 1024
-    head_dim: int = None
-    norm: str = "layer_norm"
-    norm_eps: float = 1e-5
-    activation: str = "gelu_tanh"
-    positions: str = "learned"
-    rope_theta: float = 10000.0
-    rope_interleaved: bool = False
-    embedding_norm: bool = False
-    bias: bool = True
-    tie_word_embeddings: bool = True
-    bos_token_id: int = None
-    eos_token_id: object = None
-    pad_token_id: int = None
-
-    def __post_init__(self):
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                                 f"n_heads={self.n_heads} (or give head_dim)")
-            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-        if isinstance(self.eos_token_id, list):
-            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        check_positive(self, ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers",
-                              "d_ff", "max_position_embeddings", "head_dim"))
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"config n_heads={self.n_heads} must be a multiple of "
-                             f"n_kv_heads={self.n_kv_heads}")
-        if self.norm not in ("layer_norm", "rms_norm"):
-            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
-        if self.activation not in ("gelu_tanh", "gelu", "relu", "swiglu"):
-            raise ValueError(f"config activation {self.activation!r} is not supported")
-        if self.positions not in ("learned", "rotary", "alibi"):
-            raise ValueError(f"config positions must be 'learned', 'rotary' or 'alibi', got "
-                             f"{self.positions!r}")
-        if self.positions == "rotary" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
-
-    @cached_property
-    def block(self):
-        """The BlockSpec of the layers (pre-norm; SwiGLU is a gated SiLU FFN)."""
-        swiglu = self.activation == "swiglu"
-        return BlockSpec(self.norm, self.norm_eps, True, "silu" if swiglu else self.activation,
-                         gated=swiglu, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                         head_dim=self.head_dim, causal=True, positions=self.positions,
-                         rope_interleaved=self.rope_interleaved)
-
-    @property
-    def eos_token_ids(self):
-        """The end-of-sequence ids as a tuple (empty when none)."""
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)
+__all__ = ["DecoderConfig", "DecoderModel", "DecoderDecoding", "decoder_shapes"]
 
 
 def decoder_shapes(config):
@@ -124,7 +47,7 @@ def decoder_shapes(config):
         shapes["embeddings.position"] = (config.max_position_embeddings, C)
     for i in range(config.n_layers):
         p = f"layers.{i}."
-        F1 = 2 * F if config.activation == "swiglu" else F
+        F1 = 2 * F if config.gated else F
         for name, shape in (("qkv", (Q + 2 * K, C)), ("out", (C, Q)), ("ff1", (F1, C)),
                             ("ff2", (C, F))):
             shapes[p + name + ".weight"] = shape

@@ -1,6 +1,8 @@
 """Encoder-decoder Transformer (Vaswani et al. 2017, section 3.1): an encoder stack, a decoder
 stack with masked self-attention and cross-attention over the encoder output, and the LM head.
-Marian, BART and CTranslate2 TransformerBase/Big models are this class with different settings.
+Marian, BART, T5 and CTranslate2 TransformerBase/Big models are this class with different
+settings; the paper's own presets and its bring-your-own-weights family are in
+transformer.models.transformer2017; the config is transformer.models.config.Seq2SeqConfig.
 
 encode() and decode-time state are separate (the Annotated Transformer's EncoderDecoder): the
 encoder runs once per request, the cross-attention K/V of every layer are computed once from its
@@ -23,160 +25,21 @@ Our tensor names, C = d_model, F = d_ff ([opt] = depending on the config):
   decoder.final_norm.* [opt]; lm_head.weight (Vt, C); lm_head.bias (Vt) [opt: final_logits_bias].
 """
 import math
-from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 
 from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
+from ..ops import sinusoid_table
 from ..ops.packed import PackedWeight
-from ..weights import check_tensors
-from . import register_family
-from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
-from ._inputs import check_batch, check_tokens, pack
 from . import block
-from .block import BlockSpec, KVCache
+from ._inputs import check_batch, check_tokens, pack
 from .base import Model
-from .config import check_positive
+from .block import KVCache
+from .config import Seq2SeqConfig
 
-
-@dataclass(frozen=True)
-class Seq2SeqConfig:
-    """Hyper-parameters of an encoder-decoder model.
-
-    src_vocab_size, tgt_vocab_size, d_model C, n_heads H, encoder_layers, decoder_layers, d_ff F,
-    activation ("relu", "gelu", "gelu_tanh", "silu"), pre_norm (False: post-LN as the paper,
-    Marian and BART), encoder_final_norm / decoder_final_norm, layernorm_embedding (BART),
-    positions: "learned", or sinusoidal "sinusoidal_paper" (PE(p, 2i) = sin, PE(p, 2i+1) = cos,
-    frequencies 10000^(-2i/C)), "sinusoidal_marian" ([sin | cos], 10000^(-2i/C)) or
-    "sinusoidal_t2t" ([sin | cos], 10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2);
-    position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
-    max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
-    eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
-    generation defaults of the family).
-    T5's settings: norm "rms_norm" (no biases in norms), gated (a gated FFN, ff1 = gate | up),
-    bias (False: no linear biases), d_kv (head_dim when not d_model / n_heads), attention_scale
-    (1.0: unscaled scores; None: 1/sqrt(D)), positions "relative" (no position tables; a learned
-    relative position bias per stack, relative_attention_num_buckets and
-    relative_attention_max_distance: bidirectional in the encoder, causal in the decoder),
-    lm_head_scale (d_model^-0.5 for T5's rescaled head).
-    Raises ValueError for inconsistent values."""
-
-    src_vocab_size: int
-    tgt_vocab_size: int
-    d_model: int
-    n_heads: int
-    encoder_layers: int
-    decoder_layers: int
-    d_ff: int
-    activation: str = "relu"
-    pre_norm: bool = False
-    encoder_final_norm: bool = False
-    decoder_final_norm: bool = False
-    layernorm_embedding: bool = False
-    positions: str = "sinusoidal_paper"
-    position_offset: int = 0
-    max_position_embeddings: int = 1024
-    scale_embedding: bool = True
-    norm_eps: float = 1e-5
-    decoder_start_token_id: int = 0
-    eos_token_id: int = 1
-    pad_token_id: int = 0
-    bos_token_id: int = None
-    forced_bos_token_id: int = None
-    forced_eos_token_id: int = None
-    norm: str = "layer_norm"
-    gated: bool = False
-    bias: bool = True
-    d_kv: int = None
-    attention_scale: float = None
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    lm_head_scale: float = 1.0
-
-    def __post_init__(self):
-        check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
-                              "encoder_layers", "decoder_layers", "d_ff",
-                              "max_position_embeddings"))
-        if self.d_kv is None and self.d_model % self.n_heads:
-            raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                             f"n_heads={self.n_heads} (or give d_kv)")
-        if self.d_kv is not None:
-            check_positive(self, ("d_kv",))
-        if self.norm not in ("layer_norm", "rms_norm"):
-            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
-        if self.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
-            raise ValueError(f"config activation {self.activation!r} is not supported")
-        if self.positions not in ("learned", "sinusoidal_paper", "sinusoidal_marian",
-                                  "sinusoidal_t2t", "relative"):
-            raise ValueError(f"config positions {self.positions!r} is not supported")
-
-    @property
-    def head_dim(self):
-        """D = d_kv, else d_model / n_heads."""
-        return self.d_kv or self.d_model // self.n_heads
-
-    @cached_property
-    def encoder_block(self):
-        """The BlockSpec of the encoder's layers (bidirectional self-attention)."""
-        return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
-                         self.attention_scale, n_heads=self.n_heads, head_dim=self.head_dim,
-                         positions="relative" if self.positions == "relative"
-                         else "sinusoidal" if self.positions.startswith("sinusoidal")
-                         else "learned")
-
-    @cached_property
-    def decoder_block(self):
-        """The BlockSpec of the decoder's layers (causal self-attention, cross-attention)."""
-        return replace(self.encoder_block, causal=True, cross_attention=True)
-
-    # the names generation reads
-    @property
-    def vocab_size(self):
-        """Target vocabulary size (the LM head's width)."""
-        return self.tgt_vocab_size
-
-    @property
-    def eos_token_ids(self):
-        """The end-of-sequence ids as a tuple."""
-        return () if self.eos_token_id is None else (self.eos_token_id,)
-
-
-PRESETS = {  # Vaswani et al. 2017, table 3; ReLU, post-LN, sinusoidal positions, scaled embeddings
-    "transformer-base": dict(d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048),
-    "transformer-big": dict(d_model=1024, n_heads=16, encoder_layers=6, decoder_layers=6,
-                            d_ff=4096),
-}
-
-
-def preset(name, src_vocab_size, tgt_vocab_size, **overrides):
-    """Seq2SeqConfig of the paper's "transformer-base" (N=6, d_model=512, d_ff=2048, h=8) or
-    "transformer-big" (N=6, d_model=1024, d_ff=4096, h=16). Raises ValueError for another name."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return Seq2SeqConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
-                         **dict(PRESETS[name], **overrides))
-
-
-def sinusoid_table(n_positions, C, kind):
-    """Sinusoidal position encodings (n_positions, C) float32 for position 0.. (Vaswani et al.
-    2017, section 3.5), in the layout `kind` (see Seq2SeqConfig.positions); computed in float64."""
-    pos = np.arange(n_positions, dtype=np.float64)[:, None]
-    half = C // 2
-    if kind == "sinusoidal_t2t":
-        inv = np.exp(-math.log(10000.0) * np.arange(half) / max(half - 1, 1))
-    else:
-        inv = 10000.0 ** (-2.0 * np.arange(half) / C)
-    ang = pos * inv[None]
-    table = np.zeros((n_positions, C))
-    if kind == "sinusoidal_paper":
-        table[:, 0:2 * half:2] = np.sin(ang)
-        table[:, 1:2 * half:2] = np.cos(ang)
-    else:
-        table[:, :half] = np.sin(ang)
-        table[:, half:2 * half] = np.cos(ang)
-    return table.astype(np.float32)
+__all__ = ["Seq2SeqConfig", "Seq2SeqModel", "Seq2SeqDecoding", "EncoderOutput", "seq2seq_shapes",
+           "sinusoid_table"]
 
 
 def seq2seq_shapes(config, lm_head_bias=False):
@@ -386,7 +249,7 @@ class Seq2SeqModel(Model):
             return self._zero_positions()
         return self._grown("sinusoids", need, cfg.max_position_embeddings + cfg.position_offset,
                            lambda n: self.kernels.place(sinusoid_table(n, cfg.d_model,
-                                                                       cfg.positions)))
+                                                                       cfg.sinusoids)))
 
     def _embed(self, side, ids, positions):
         word = self._words[side]
@@ -619,31 +482,3 @@ class Seq2SeqModel(Model):
         lp = log_softmax(self.kernels.to_host(self(input_ids, attention_mask, dec_in, dmask)))
         tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         return [tok[b, :L + 1] for b, L in enumerate(lens)]
-
-
-
-@register_family("transformer")
-class TransformerModel(Seq2SeqModel):
-    """Bring-your-own-weights encoder-decoder: config.json {"model_type": "transformer",
-    "preset": "transformer-base" | "transformer-big" (optional), "src_vocab_size": ...,
-    "tgt_vocab_size": ..., any Seq2SeqConfig field} and model.safetensors holding our tensor names
-    (this module's docstring; lm_head.bias optional)."""
-
-    @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load the directory; ValueError for unknown config keys, WeightsError for tensors that
-        do not fit the config."""
-        fields = {k: v for k, v in config_dict.items()
-                  if k not in ("model_type", "preset", "architectures")}
-        try:
-            if "preset" in config_dict:
-                config = preset(config_dict["preset"], **fields)
-            else:
-                config = Seq2SeqConfig(**fields)
-        except TypeError as e:
-            raise ValueError(f"{path}/config.json: {e}")
-        tensors, source = read_hf_weights(path)
-        check_layer_count(tensors, config.encoder_layers + config.decoder_layers, source)
-        shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
-        weights = check_tensors(tensors, shapes, (), source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)

@@ -21,8 +21,8 @@ from .packed import PackedWeight
 from .position_bias import PositionBias
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
-           "rms_norm",
-           "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
+           "rms_norm", "softmax", "embedding", "rotary", "rotary_tables", "sinusoid_table",
+           "swiglu", "attention",
            "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS",
            "GATED_ACTIVATIONS", "PackedWeight", "PositionBias", "backend", "backend_for",
            "on_device", "VarlenPlan"]
@@ -257,6 +257,28 @@ def rms_norm(x, weight, eps=1e-6, threads=None):
     out = _empty(x, x.shape)
     backend_for(x, threads).rms_norm(x.reshape(-1, C), weight, eps, out.reshape(-1, C))
     return out
+
+
+def sinusoid_table(n_positions, C, layout="paper"):
+    """Sinusoidal position encodings (n_positions, C) float32 for position 0.. (Vaswani et al.
+    2017, section 3.5), in the layout "paper" (PE(p, 2i) = sin, PE(p, 2i+1) = cos, frequencies
+    10000^(-2i/C)), "marian" ([sin | cos], 10000^(-2i/C)) or "t2t" ([sin | cos],
+    10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2); computed in float64."""
+    pos = np.arange(n_positions, dtype=np.float64)[:, None]
+    half = C // 2
+    if layout == "t2t":
+        inv = np.exp(-math.log(10000.0) * np.arange(half) / max(half - 1, 1))
+    else:
+        inv = 10000.0 ** (-2.0 * np.arange(half) / C)
+    ang = pos * inv[None]
+    table = np.zeros((n_positions, C))
+    if layout == "paper":
+        table[:, 0:2 * half:2] = np.sin(ang)
+        table[:, 1:2 * half:2] = np.cos(ang)
+    else:
+        table[:, :half] = np.sin(ang)
+        table[:, half:2 * half] = np.cos(ang)
+    return table.astype(np.float32)
 
 
 def rotary_tables(max_positions, head_dim, theta=10000.0):
