@@ -11,8 +11,12 @@ around the one stack runner (transformer.models.block.run).
                  doubling: rotary cos / sin, sinusoids), `_relative_bias` (relative position
                  biases per stack, rebuilt when their table changes)
   kind           "encoder", "decoder" or "seq2seq": what the model takes and returns
+  loading        `load(path, threads, tokenizer, dtype)`, every family's entry
+                 (transformer.models.register_family): a config.json directory here
 
 No device is tested here: whatever differs between devices is a method of the backend."""
+import os
+
 import numpy as np
 
 from .. import ops
@@ -30,6 +34,22 @@ class Model:
     DEVICES = ("cpu", "cuda")
     kind = None  # "encoder", "decoder" or "seq2seq": what the model takes and returns
     device, dtype = "cpu", "float32"
+
+    @classmethod
+    def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
+        """The model at `path`, the one loading signature of every family (transformer.load's
+        entry; tokenizer and dtype serve the layouts that override it): here a config.json
+        directory, through the family's from_pretrained(path, config_dict, threads), with HF's
+        generation_config.json as the decoding defaults of a model that generates. Raises
+        FileNotFoundError, ValueError or transformer.weights.WeightsError naming the file."""
+        from ._hf import read_json
+        config_dict = read_json(os.path.join(path, "config.json"),
+                                "JSON object (the model's config)")
+        model = cls.from_pretrained(path, config_dict, threads=threads)
+        if model.kind != "encoder":
+            from ..generation.config import GenerationConfig
+            model.generation_config = GenerationConfig.from_file(path)
+        return model
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config

@@ -9,7 +9,7 @@ import os
 from ..tokenizer import check_ids, check_text
 from ..weights import WeightsError
 from ..weights.ctranslate2 import read_ctranslate2
-from . import register_layout
+from . import register_family
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 HEADS = {"TransformerBase": 8, "TransformerBig": 16}
@@ -75,12 +75,12 @@ def is_ctranslate2_directory(path):
         os.path.join(path, "model.safetensors"))
 
 
-@register_layout("CTranslate2 directory", is_ctranslate2_directory)
+@register_family(layout="CTranslate2 directory", detect=is_ctranslate2_directory)
 class CTranslate2Model(Seq2SeqModel):
     """A CTranslate2 TransformerBase/Big model as a Seq2SeqModel (see it for the API)."""
 
     @classmethod
-    def from_layout(cls, path, threads=None, tokenizer=None, dtype="float32"):
+    def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
         """transformer.load's entry: from_directory (its vocabularies are the tokenizer)."""
         return cls.from_directory(path, threads=threads, dtype=dtype)
 
