@@ -2,12 +2,13 @@
 bfloat16, or "cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or bfloat16.
 
 On the CPU, int8 and bfloat16 are compute types of the matrix products: every linear weight and
-the word-embedding tables are packed once (transformer.ops.packed.PackedWeight), everything else
+the word-embedding tables are packed once (transformer.ops.packed.PackedWeight; which ones:
+transformer.ops.cpu.packs), everything else
 (norms, biases, position tables, activations, attention, the KV cache) stays float32.
 On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns
 (transformer.ops).
 
-This module places arrays (check, packs, host_weights, to_device, to_numpy); the model base that
+This module places arrays (check, host_weights, to_numpy); the model base that
 uses it is transformer.models.base.Model, and the per-device strategies are the backend objects
 of transformer.ops.backend."""
 import numpy as np
@@ -35,29 +36,11 @@ def check(device, dtype):
     return device, dtype
 
 
-def packs(name, a):
-    """True for a weight that a CPU int8 / bfloat16 model packs: a 2-D tensor named
-    "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
-    gathered from the packed rows; tied to the LM head it stays one array)."""
-    return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
-                                           or name.endswith("embeddings.word"))
-
-
 def host_weights(weights):
     """{name: weight} with every array as C-contiguous float32 on the host, PackedWeights as
     they are (a model's __init__; tied arrays stay one object)."""
     return {k: v if isinstance(v, PackedWeight) else np.ascontiguousarray(v, np.float32)
             for k, v in weights.items()}
-
-
-def to_device(a, device, dtype="float32"):
-    """A host float array (or PackedWeight, dequantized) as a contiguous array of `device` in
-    `dtype`; on the CPU float32 whatever the dtype (see `packs` for what the CPU packs)."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if device == "cpu":
-        return a
-    from .ops import cuda
-    return cuda.from_float32(cuda.cupy().asarray(a), dtype)
 
 
 def to_numpy(a):

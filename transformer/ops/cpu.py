@@ -7,9 +7,16 @@ import math
 import numpy as np
 
 from .. import _cpu
-from ..device import packs, to_device, to_numpy
-from .backend import Backend
+from .backend import Backend, backend_for, on_device
 from .packed import PackedWeight
+
+
+def packs(name, a):
+    """True for a weight that a CPU int8 / bfloat16 model packs: a 2-D tensor named
+    "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
+    gathered from the packed rows; tied to the LM head it stays one array)."""
+    return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
+                                           or name.endswith("embeddings.word"))
 
 
 class CPUBackend(Backend):
@@ -179,15 +186,18 @@ class CPUBackend(Backend):
     # -- placement and outputs ------------------------------------------------------------------
     def place_weight(self, name, a):
         """Weight `name` (host or device array, or PackedWeight) as the model keeps it: packed
-        for an int8 / bfloat16 compute type when transformer.device.packs says so (int8
-        quantized per row, CTranslate2's int8), else float32."""
+        for an int8 / bfloat16 compute type when `packs` says so (int8 quantized per row,
+        CTranslate2's int8), else float32 (place)."""
         if self.dtype != "float32" and packs(name, a):
             return PackedWeight.pack(a, self.dtype)
-        return to_device(to_numpy(a), "cpu")
+        return self.place(a)
 
     def place(self, a):
-        """A host float array as a weight-like table of the model: C-contiguous float32."""
-        return to_device(a, "cpu")
+        """A float array (host or device, or a PackedWeight, dequantized) as a weight-like
+        table of the model: C-contiguous float32 NumPy."""
+        if on_device(a):  # a GPU model coming back: decoded to float32 on the host
+            a = backend_for(a).to_host(a)
+        return np.ascontiguousarray(a, dtype=np.float32)
 
     def upload(self, a):
         """A host array on the device, its dtype kept: a itself."""

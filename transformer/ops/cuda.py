@@ -18,8 +18,7 @@ import threading
 
 import numpy as np
 
-from ..device import to_device, to_numpy
-from .backend import Backend
+from .backend import Backend, on_device
 
 SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16"}
 ACT_CODES = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
@@ -540,7 +539,9 @@ class CUDABackend(Backend):
         return self.place(a)
 
     def place(self, a):
-        return to_device(to_numpy(a), "cuda", self.dtype)
+        host = self.to_host(a) if on_device(a) else a
+        return from_float32(cupy().asarray(np.ascontiguousarray(host, dtype=np.float32)),
+                            self.dtype)
 
     def upload(self, a):
         return self.xp.asarray(a)
@@ -551,7 +552,7 @@ class CUDABackend(Backend):
     def to_host(self, a):
         if a.dtype.kind == "f" or a.dtype == np.uint16:
             a = to_float32(a)
-        return self.xp.asnumpy(a)
+        return cupy().asnumpy(a)
 
     def output(self, x):
         return to_float32(x) if self.dtype == "bfloat16" else x
