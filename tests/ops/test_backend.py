@@ -142,3 +142,20 @@ def test_decode_self_attention_equals_separate_ops(rng, rotary, bias):
     np.testing.assert_array_equal(cache_k, want_k)
     np.testing.assert_array_equal(cache_v, want_v)
     np.testing.assert_array_equal(got, want)
+
+
+def test_backends_have_the_same_methods_and_signatures():
+    """CPUBackend and CUDABackend: the same public methods with the same argument lists, so a
+    model or the search never branches on the device (inspected without a GPU)."""
+    import inspect
+
+    from transformer.ops.cuda import CUDABackend
+
+    def methods(cls):
+        return {name: inspect.signature(getattr(cls, name)) for name in dir(cls)
+                if not name.startswith("_") and callable(getattr(cls, name))}
+    cpu, cuda = methods(CPUBackend), methods(CUDABackend)
+    assert set(cpu) == set(cuda), set(cpu) ^ set(cuda)
+    for name in cpu:
+        assert cpu[name] == cuda[name], (name, cpu[name], cuda[name])
+    assert {"decode_attention", "decode_self_attention", "beam_topk", "reorder_cache"} <= set(cpu)
