@@ -2,8 +2,9 @@
 
 `install(monkeypatch)` makes transformer.ops.cuda believe a GPU is there: cuda.cupy() returns
 FAKE_CUPY, a module whose arrays (FakeDeviceArray, a NumPy subclass whose type says it comes
-from "cupy") the op fronts dispatch to transformer.ops.cuda, and every cuda backend function is
-replaced by the CPU backend's math on float32 copies (float16 and bfloat16 operands decoded from,
+from "cupy") the op fronts dispatch to transformer.ops.cuda.CUDABackend, and every kernel
+function of transformer.ops.cuda (which that backend object calls) is replaced by the CPU
+kernels (transformer._cpu, CPU_MATH) on float32 copies (float16 and bfloat16 operands decoded from,
 and results encoded back to, their storage: bfloat16 as uint16 bits, rounded to nearest even as
 csrc/cuda does). What this checks: the model code's device branches (arrays allocated beside the
 weights, host index arrays, dtype plumbing, outputs as device arrays, bfloat16 never added as
@@ -21,7 +22,7 @@ import types
 
 import numpy as np
 
-from transformer.ops import cpu as cpu_backend
+from transformer import _cpu
 from transformer.ops import cuda
 
 
@@ -85,6 +86,21 @@ class _FakeCupy(types.ModuleType):
 
 
 FAKE_CUPY = _FakeCupy("cupy")
+
+
+# The CPU kernels (transformer._cpu) behind the argument lists of transformer.ops.cuda's kernel
+# functions, which CUDABackend calls (threads last, as there).
+CPU_MATH = {
+    "linear": lambda x, w, b, act, out, threads: _cpu.linear(x, w, b, out, act, threads),
+    "bias_act": _cpu.bias_act,
+    "layer_norm": _cpu.layer_norm,
+    "rms_norm": _cpu.rms_norm,
+    "softmax": _cpu.softmax,
+    "swiglu": lambda gate_up, out, threads, activation="silu": _cpu.swiglu(gate_up, out, threads,
+                                                                           activation),
+    "embedding": _cpu.embedding,
+    "rotary": _cpu.rotary,
+}
 
 
 # -- float encodings ------------------------------------------------------------------------------
@@ -154,7 +170,7 @@ def _cpu_position_bias(H, position_bias):
 def _attention(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias, causal, scale,
                threads, **position_bias):
     bias = _cpu_position_bias(q.shape[2], position_bias)
-    _on_cpu(cpu_backend.attention)(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias,
+    _on_cpu(_cpu.attention)(q, k, v, out, plane, q_start, q_len, k_start, k_len, key_bias,
                                    causal, scale, threads, **bias)
     return out
 
@@ -167,11 +183,11 @@ def _add(a, b, out, threads):
 def _decode_attention(q, k, v, kv_index, lengths, key_bias, out, scale, chunk, threads,
                       **position_bias):
     bias = _cpu_position_bias(q.shape[1], position_bias)
-    run = _on_cpu(lambda q, k, v, key_bias, out: cpu_backend.decode_attention(
+    run = _on_cpu(lambda q, k, v, key_bias, out: _cpu.decode_attention(
         q, k, v, None if kv_index is None else np.ascontiguousarray(_host(kv_index), np.int32),
-        np.ascontiguousarray(_host(lengths), np.int32),
+        None, np.ascontiguousarray(_host(lengths), np.int32),
         None if key_bias is None else np.ascontiguousarray(key_bias, np.float32), out, scale,
-        64 if chunk is None else int(chunk), 1, None, **bias), threads_last=False)
+        64 if chunk is None else int(chunk), 1, **bias), threads_last=False)
     run(q, k, v, key_bias, out)
     return out
 
@@ -191,7 +207,7 @@ def install(monkeypatch):
     monkeypatch.setattr(cuda, "available", lambda: True)
     for name in ("linear", "bias_act", "layer_norm", "rms_norm", "softmax", "swiglu",
                  "embedding", "rotary"):
-        monkeypatch.setattr(cuda, name, _on_cpu(getattr(cpu_backend, name)))
+        monkeypatch.setattr(cuda, name, _on_cpu(CPU_MATH[name]))
     monkeypatch.setattr(cuda, "attention", _attention)
     monkeypatch.setattr(cuda, "add", _add)
     monkeypatch.setattr(cuda, "decode_attention", _decode_attention)

@@ -35,28 +35,11 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     from .device import check
 
     device, dtype = check(device, dtype)
-    model = _load(os.fspath(path), threads, tokenizer, dtype if device == "cpu" else "float32")
+    from .models import load as load_family
+
+    model = load_family(os.fspath(path), threads, tokenizer,
+                        dtype if device == "cpu" else "float32")
     if device == "cpu" and dtype == "float32":
         return model
     return model.to(device, dtype)  # ValueError for a family that does not run on the device
 
-
-def _load(path, threads, tokenizer, dtype):
-    from .models import family_for, layout_for
-
-    family = layout_for(path)  # a llama2.c checkpoint, a CTranslate2 directory
-    if family is not None:
-        return family.from_layout(path, threads=threads, tokenizer=tokenizer, dtype=dtype)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"model directory not found: {path}")
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        raise FileNotFoundError(f"{path}: no config.json")
-    from ._io import read_json
-    config_dict = read_json(config_path, "JSON object (the model's config)")
-    family = family_for(config_dict, config_path)
-    model = family.from_pretrained(path, config_dict, threads=threads)
-    if model.kind != "encoder":  # HF's generation_config.json: the decoding defaults
-        from .generation.config import GenerationConfig
-        model.generation_config = GenerationConfig.from_file(path)
-    return model

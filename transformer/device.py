@@ -2,10 +2,15 @@
 bfloat16, or "cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or bfloat16.
 
 On the CPU, int8 and bfloat16 are compute types of the matrix products: every linear weight and
-the word-embedding tables are packed once (transformer.ops.packed.PackedWeight), everything else
+the word-embedding tables are packed once (transformer.ops.packed.PackedWeight; which ones:
+transformer.ops.cpu.packs), everything else
 (norms, biases, position tables, activations, attention, the KV cache) stays float32.
 On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns
-(transformer.ops)."""
+(transformer.ops).
+
+This module places arrays (check, host_weights, to_numpy); the model base that
+uses it is transformer.models.base.Model, and the per-device strategies are the backend objects
+of transformer.ops.backend."""
 import numpy as np
 
 from .dtypes import DTYPES
@@ -31,29 +36,11 @@ def check(device, dtype):
     return device, dtype
 
 
-def packs(name, a):
-    """True for a weight that a CPU int8 / bfloat16 model packs: a 2-D tensor named
-    "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
-    gathered from the packed rows; tied to the LM head it stays one array)."""
-    return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
-                                           or name.endswith("embeddings.word"))
-
-
 def host_weights(weights):
     """{name: weight} with every array as C-contiguous float32 on the host, PackedWeights as
     they are (a model's __init__; tied arrays stay one object)."""
     return {k: v if isinstance(v, PackedWeight) else np.ascontiguousarray(v, np.float32)
             for k, v in weights.items()}
-
-
-def to_device(a, device, dtype="float32"):
-    """A host float array (or PackedWeight, dequantized) as a contiguous array of `device` in
-    `dtype`; on the CPU float32 whatever the dtype (see `packs` for what the CPU packs)."""
-    a = np.ascontiguousarray(a, dtype=np.float32)
-    if device == "cpu":
-        return a
-    from .ops import cuda
-    return cuda.from_float32(cuda.cupy().asarray(a), dtype)
 
 
 def to_numpy(a):
@@ -65,79 +52,3 @@ def to_numpy(a):
     if a.dtype.kind == "f" or a.dtype == np.uint16:
         a = cuda.to_float32(a)
     return cuda.cupy().asnumpy(a)
-
-
-class DeviceModel:
-    """Mixin of the model classes: `self.weights` ({name: array}) moved by `to(device, dtype)`;
-    `self.device` / `self.dtype` say where they are. Families list the devices they run on in
-    DEVICES."""
-
-    DEVICES = ("cpu",)
-    device, dtype = "cpu", "float32"
-
-    def to(self, device, dtype=None):
-        """Move the weights to device ("cpu" or "cuda") in dtype (default float32); returns self.
-        On the CPU, dtype "int8" / "bfloat16" packs the linear weights and word embeddings
-        (`packs`; int8 quantized per row, CTranslate2's int8) and keeps the rest float32.
-        Tensors shared between names (tied embeddings and LM head) stay shared.
-        Raises ValueError for a device this family does not run on or a dtype the device does
-        not run, RuntimeError without CuPy or a GPU."""
-        device, dtype = check(device, dtype)
-        if device not in self.DEVICES:
-            raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
-        moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        pack = device == "cpu" and dtype != "float32"
-        for k, v in self.weights.items():
-            if id(v) in moved:
-                continue
-            if pack and packs(k, v):
-                moved[id(v)] = PackedWeight.pack(v, dtype)
-            else:
-                moved[id(v)] = to_device(to_numpy(v), device, dtype)
-        self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
-        self.device, self.dtype = device, dtype
-        self._moved()
-        return self
-
-    def _moved(self):
-        """Hook: refresh tables derived from the weights after `to`."""
-
-    @property
-    def kernels(self):
-        """The transformer.ops.bound.Kernels of the model's device and threads: the backend
-        chosen once, at the first forward after loading or `to()` (or a change of threads)."""
-        k = self.__dict__.get("_kernels")
-        if k is None or k.device != self.device or k.threads != self.threads:
-            from .ops.bound import Kernels
-            k = self._kernels = Kernels(self.device, self.threads)
-        return k
-
-    def stack(self, prefix=""):
-        """The blocks of the stack `prefix` ("" for a one-stack model, "encoder." / "decoder.")
-        with their weights looked up once per placement: transformer.models.block.layers."""
-        cache = self.__dict__.get("_stacks")
-        if cache is None or cache[0] is not self.weights:
-            cache = self._stacks = (self.weights, {})
-        found = cache[1].get(prefix)
-        if found is None:
-            from .models.block import layers
-            found = cache[1][prefix] = layers(self.weights, prefix)
-        return found
-
-    def _output(self, x):
-        """A float output as returned to the user: x itself (NumPy float32 on the CPU whatever
-        the compute type; CuPy float32 or float16 on the GPU), except bfloat16 device arrays (uint16 bits), decoded to
-        CuPy float32."""
-        if self.device == "cuda" and self.dtype == "bfloat16":
-            from .ops import cuda
-            return cuda.to_float32(x)
-        return x
-
-    def _host_output(self, a):
-        """A host array computed for the user (token ids, scores) as returned: a itself on the
-        CPU, a CuPy copy on the GPU (outputs live where the model does; to_numpy brings them
-        back)."""
-        if self.device == "cpu":
-            return a
-        from .ops import cuda
-        return cuda.cupy().asarray(a)

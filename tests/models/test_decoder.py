@@ -97,9 +97,9 @@ def test_kv_cache_reorder_paths(rng):
     keep their lengths, also while dropping sequences) and the gathering fallback (ragged
     lengths move between slots); every decode step's attention compared in float64."""
     from transformer.models.block import BlockSpec, CachedSelfAttention, KVCache
-    from transformer.ops.bound import Kernels
+    from transformer.ops import backend
     H = 4  # two query heads per KV head
-    spec, kernels = BlockSpec(n_heads=H, n_kv_heads=2, head_dim=8, causal=True), Kernels()
+    spec, kernels = BlockSpec(n_heads=H, n_kv_heads=2, head_dim=8, causal=True), backend()
     cache = KVCache(2, 4, 16, 2, 8)
     hist = []  # per slot: list of (k, v) (L, Hkv, D) per position
     for b, n in enumerate([3, 5, 2, 4]):  # ragged prompts, written as prefill does

@@ -8,8 +8,8 @@ import pytest
 import transformer
 from conftest import perturb, torch_call
 from transformer.device import to_numpy
-from transformer.models.seq2seq import (PRESETS, Seq2SeqConfig, preset, seq2seq_shapes,
-                                        sinusoid_table)
+from transformer.models.seq2seq import Seq2SeqConfig, seq2seq_shapes, sinusoid_table
+from transformer.models.transformer2017 import PRESETS, preset
 from transformer.weights import WeightsError
 
 torch = pytest.importorskip("torch")
@@ -119,15 +119,15 @@ def test_settled_sources_leave_the_batch(tmp_path, rng):
 def test_marian_sinusoids_match_hf(tmp_path, rng):
     model, _ = _save(tmp_path, rng, "marian")
     table = model.model.encoder.embed_positions.weight.detach().numpy()
-    np.testing.assert_allclose(sinusoid_table(64, 32, "sinusoidal_marian"), table, atol=1e-6)
+    np.testing.assert_allclose(sinusoid_table(64, 32, "marian"), table, atol=1e-6)
 
 
 def test_sinusoid_layouts():
-    t = sinusoid_table(50, 8, "sinusoidal_paper")
+    t = sinusoid_table(50, 8, "paper")
     pos, i = 7, 2
     assert np.isclose(t[pos, 2 * i], np.sin(pos / 10000 ** (2 * i / 8)))
     assert np.isclose(t[pos, 2 * i + 1], np.cos(pos / 10000 ** (2 * i / 8)))
-    t = sinusoid_table(50, 8, "sinusoidal_t2t")
+    t = sinusoid_table(50, 8, "t2t")
     assert np.isclose(t[pos, 4 + 3], np.cos(pos * np.exp(-np.log(10000) * 3 / 3)))
 
 

@@ -16,30 +16,32 @@ DTYPES = list(TOL)
 
 
 class DeviceBackend:
-    """The cuda backend behind the CPU backend's NumPy signatures: float arrays (NaN poison
-    included) go to the GPU as float32, index arrays as they are, the result comes back."""
+    """The cuda backend object behind NumPy arguments: arrays (NaN-poisoned outputs included)
+    go to the GPU as they are (float32), the result comes back."""
 
-    def __init__(self, module):
-        self.module = module
-        self.cp = module.cupy()
+    def __init__(self, obj, cp):
+        self.obj, self.cp = obj, cp
 
     def __getattr__(self, name):
-        fn = getattr(self.module, name)
+        fn = getattr(self.obj, name)
 
-        def call(*args):
+        def call(*args, **kwargs):
             args = [self.cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
-            return self.cp.asnumpy(fn(*args))
+            kwargs = {k: self.cp.asarray(a) if isinstance(a, np.ndarray) else a
+                      for k, a in kwargs.items()}
+            return self.cp.asnumpy(fn(*args, **kwargs))
         return call
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+    """backend(threads): the backend object of the parametrized device for `threads`."""
     module = importlib.import_module(f"transformer.ops.{request.param}")
     if request.param == "cuda":
         if not module.available():
             pytest.skip("no CUDA GPU (needs CuPy and a device)")
-        return DeviceBackend(module)
-    return module
+        return lambda threads: DeviceBackend(module.CUDABackend(threads), module.cupy())
+    return module.CPUBackend
 
 
 def assert_close(got, want, dtype, scale=1.0):
@@ -63,9 +65,9 @@ def randn(rng, *shape, dtype=np.float32):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_linear(backend, rng, dtype, N, K, O, activation, threads):
     x, w, b = randn(rng, N, K), randn(rng, O, K) / K ** 0.5, randn(rng, O)
-    out = backend.linear(x, w, b, activation, poison((N, O)), threads)
+    out = backend(threads).linear(x, w, b, activation, out=poison((N, O)))
     assert_close(out, ref.linear(x, w, b, activation), dtype)
-    out = backend.linear(x, w, None, activation, poison((N, O)), threads)
+    out = backend(threads).linear(x, w, None, activation, out=poison((N, O)))
     assert_close(out, ref.linear(x, w, None, activation), dtype)
 
 
@@ -85,17 +87,17 @@ def test_layer_norm(backend, rng, N, C, with_residual):
     x = randn(rng, N, C) * 3 + 1
     res = randn(rng, N, C) if with_residual else None
     g, b = randn(rng, C), randn(rng, C)
-    out = backend.layer_norm(x, res, g, b, 1e-5, poison((N, C)), 2)
+    out = backend(2).layer_norm(x, g, b, 1e-5, res, out=poison((N, C)))
     assert_close(out, ref.layer_norm(x, g, b, 1e-5, res), np.float32)
 
 
 def test_layer_norm_in_place(rng):
     """out may alias the residual (the post-LN update h = LN(a + h))."""
-    from transformer.ops import cpu
+    from transformer.ops.cpu import CPUBackend
     x, h = randn(rng, 9, 120), randn(rng, 9, 120)
     g, b = randn(rng, 120), randn(rng, 120)
     want = ref.layer_norm(x, g, b, 1e-12, h)
-    cpu.layer_norm(x, h, g, b, 1e-12, h, 2)
+    CPUBackend(2).layer_norm(x, g, b, 1e-12, residual=h, out=h)
     assert_close(h, want, np.float32)
 
 
@@ -107,7 +109,7 @@ def test_softmax(backend, rng, N, S, masked):
     if masked:
         mask = np.where(rng.random((N, S)) < 0.3, -np.inf, 0).astype(np.float32)
         mask[0] = -np.inf  # a fully masked row gives zeros, not NaN
-    out = backend.softmax(x, mask, poison((N, S)), 2)
+    out = backend(2).softmax(x, mask, out=poison((N, S)))
     want = ref.softmax(x, mask)
     assert_close(out, want, np.float32)
     if masked:
@@ -159,15 +161,14 @@ def test_attention(rng, B, H, Hkv, T, S, D, causal, masked, threads):
 
 def test_attention_poisoned_strided(rng):
     """The backend writes every element of its output, reading q/k/v through strides."""
-    from transformer.ops import cpu
+    from transformer.ops.backend import VarlenPlan
+    from transformer.ops.cpu import CPUBackend
     B, T, H, D = 2, 130, 3, 24
     qkv = randn(rng, B, T, 3, H, D)
     out = poison((B, T, H, D))
-    n = np.arange(B, dtype=np.int32)
-    z = np.zeros(B, np.int32)
-    L = np.full(B, T, np.int32)
-    cpu.attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], out, n, z, L, z, L, None, False,
-                  1 / np.sqrt(D), 2)
+    plan = VarlenPlan.padded(B, T, T)  # sequence b: plane b, queries and keys rows 0..T-1
+    CPUBackend(2).attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], plan, False,
+                            1 / np.sqrt(D), out=out)
     t = lambda a: a.transpose(0, 2, 1, 3)
     assert_close(t(out), ref.attention(t(qkv[:, :, 0]), t(qkv[:, :, 1]), t(qkv[:, :, 2])), np.float32)
 
@@ -233,7 +234,7 @@ def test_embedding_bad_input(rng):
 @pytest.mark.parametrize("N,C", [(1, 1), (257, 120), (3, 64)])
 def test_rms_norm(backend, rng, N, C):
     x, w = randn(rng, N, C) * 2, randn(rng, C)
-    out = backend.rms_norm(x, w, 1e-5, poison((N, C)), 2)
+    out = backend(2).rms_norm(x, w, 1e-5, out=poison((N, C)))
     assert_close(out, ref.rms_norm(x, w, 1e-5), np.float32)
 
 
@@ -254,7 +255,7 @@ def test_rotary(rng, interleaved, N, n_heads, D, extra):
 def test_swiglu(backend, rng, N, F, activation):
     """The gated activations act(gate) * up (SwiGLU, GEGLU exact and tanh, ReGLU)."""
     gu = randn(rng, N, 2 * F) * 3
-    assert_close(backend.swiglu(gu, poison((N, F)), 2, activation), ref.swiglu(gu, activation),
+    assert_close(backend(2).swiglu(gu, activation, out=poison((N, F))), ref.swiglu(gu, activation),
                  np.float32, scale=3)
 
 
@@ -270,8 +271,8 @@ def test_gated_front_matches_two_ops(rng, activation):
                                rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(ops.swiglu(gu), ops.swiglu(gu, activation="silu"))
     row = gu[1, 2:3].copy()  # the kernel's out may alias gate_up (one row: a contiguous view)
-    from transformer.ops import cpu
-    cpu.swiglu(row, row[:, :37], 1, activation)
+    from transformer.ops.cpu import CPUBackend
+    CPUBackend(1).swiglu(row, activation, out=row[:, :37])
     np.testing.assert_array_equal(row[0, :37], got[1, 2])
 
 
@@ -351,11 +352,11 @@ def test_attention_varlen_cross(rng, lens_q, lens_k):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_beam_topk(rng, B, num_beams, V, k, threads):
     """Fused log_softmax + beam scores + top-k against the float64 reference (outputs poisoned)."""
-    from transformer.ops import cpu
+    from transformer.ops.cpu import CPUBackend
     logits = randn(rng, B * num_beams, V) * 4
     scores = randn(rng, B * num_beams) * 3
     vals, idx = poison((B, k)), np.full((B, k), -1, np.int64)
-    cpu.beam_topk(logits, scores, num_beams, k, vals, idx, threads)
+    CPUBackend(threads).beam_topk(logits, scores, num_beams, k, out=(vals, idx))
     want_vals, want_idx = ref.beam_topk(logits, scores, num_beams, k)
     np.testing.assert_array_equal(idx, want_idx)
     assert_close(vals, want_vals, np.float32, scale=10)

@@ -12,7 +12,6 @@ batch at once: its rows are dropped from the cache and later steps decode only t
 import numpy as np
 
 from .. import ops
-from ..device import to_numpy
 from .sampling import log_softmax
 
 NEG = -1.0e9
@@ -90,7 +89,7 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
     # logits stay where the model computed them: the fused selection runs there (on a GPU only
     # (B, k) candidates come back); the other paths bring them to the host as float32
     logits = decoding.start(B * nb, max_new_tokens)  # (B, V): one row a prompt
-    logits = ops.array_module(logits).repeat(logits, nb, 0)  # beams start from their prompt
+    logits = decoding.backend.xp.repeat(logits, nb, 0)  # beams start from their prompt
     if want_attention:
         att = np.repeat(decoding.attention, nb, 0)
         S = att.shape[1]
@@ -114,7 +113,7 @@ def beam_search(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fal
                 cand_logp = np.take_along_axis(cand_logp, kept, 1)
                 cand = np.take_along_axis(cand, kept, 1)
         else:
-            logits = to_numpy(logits)
+            logits = decoding.backend.to_host(logits)
             logp = log_softmax(logits, np.float32)
             if processed or warpers:
                 flat_running = running[:, :, :cur].reshape(A * nb, cur)

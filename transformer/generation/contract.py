@@ -12,6 +12,8 @@ A model that generates returns, from model.decoding(input_ids, attention_mask, c
                (its prompt_ignore_length: the left padding of the attention mask)
   vocab_size   V, the width of the logits
   threads      the model's kernel threads (the fused beam top-k uses them)
+  backend      the model's backend object (transformer.ops.backend): the search brings
+               logits to the host with backend.to_host and repeats rows with backend.xp
   start(rows, max_new_tokens) -> logits (B, V)
                run every prompt once (prefill) into a fresh cache with room for `rows` rows
                of up to T + max_new_tokens tokens; the logits of each row's last token. Raises
@@ -33,16 +35,18 @@ Optional, for encoder-decoders (CTranslate2's return_attention):
 The base class refuses record_attention with a ValueError (no cross-attention).
 
 Logits may be device arrays (CuPy): the search brings them to the host as float32
-(transformer.device.to_numpy); token ids go to step as NumPy int64. The search never reads the
+(backend.to_host); token ids go to step as NumPy int64. The search never reads the
 model's internals, and the model never sees the search's state (scores, processors)."""
 
 
 class Decoding:
-    """A base for the contract: `sequences`, `mask`, `vocab_size`, `threads`, `ignore` set by
-    the subclass; start / step / reorder to implement (see the module docstring)."""
+    """A base for the contract: `sequences`, `mask`, `vocab_size`, `threads`, `backend`,
+    `ignore` set by the subclass; start / step / reorder to implement (see the module
+    docstring)."""
 
     ignore = None
     threads = None
+    backend = None
     attention = None
 
     def record_attention(self, layer, heads):

@@ -3,7 +3,6 @@ GenerationMixin._sample (transformers generation/utils.py): each step the proces
 float32 logits, then (sampling) the warpers and one draw, else the argmax."""
 import numpy as np
 
-from ..device import to_numpy
 from .sampling import log_softmax, sample_next
 
 
@@ -42,7 +41,8 @@ def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fa
     tokens = np.full((B, T + max_new), cfg.pad_token_id, np.int64)
     tokens[:, :T] = np.repeat(ids, n, 0)
     logprobs = np.zeros((B, max_new), np.float32) if want_scores else None
-    logits = to_numpy(decoding.start(B, max_new))  # the search runs on the host
+    to_host = decoding.backend.to_host  # the search runs on the host
+    logits = to_host(decoding.start(B, max_new))
     att = np.repeat(decoding.attention, n, 0) if want_attention else None
     if want_attention:
         attention = np.zeros((B, max_new, att.shape[1]), np.float32)
@@ -74,7 +74,7 @@ def greedy_steps(decoding, cfg, processors, warpers=(), rng=None, want_scores=Fa
         if not going.all():
             alive, nxt = alive[going], nxt[going]
             decoding.reorder(np.flatnonzero(going))
-        logits = to_numpy(decoding.step(nxt))
+        logits = to_host(decoding.step(nxt))
         if want_attention:
             att = decoding.attention
     out = tokens[:, :T + steps], None if logprobs is None else logprobs[:, :steps]

@@ -36,7 +36,7 @@ def config_from_hf(cfg, source="config.json"):
             encoder_layers=cfg["encoder_layers"], decoder_layers=cfg["decoder_layers"],
             d_ff=cfg["encoder_ffn_dim"], activation=ACTIVATIONS[act], pre_norm=False,
             layernorm_embedding=kind == "bart",
-            positions="learned" if kind == "bart" else "sinusoidal_marian",
+            positions="learned" if kind == "bart" else "sinusoidal", sinusoids="marian",
             position_offset=2 if kind == "bart" else 0,
             max_position_embeddings=cfg.get("max_position_embeddings", 1024),
             scale_embedding=bool(cfg.get("scale_embedding", kind == "marian")), norm_eps=1e-5,

@@ -25,14 +25,28 @@ K = Hkv * D, F = d_ff; biases optional; norms have no bias for RMSNorm):
   norm2.*  ff1.weight (F, C), or gated (2F, C) rows gate | up  ff2.weight (C, F)
 and `<stack>final_norm.*` after the last block when present.
 
-Kernels come from a transformer.ops.bound.Kernels bound at placement: no argument is checked
-here; the models check their inputs once at their boundary."""
+Kernels come from the backend object chosen at placement (transformer.ops.backend; `k` below):
+no argument is checked here, the models check their inputs once at their boundary; what
+differs between devices (how the KV cache reorders, how a decode step's attention runs) is the
+backend's, never tested here."""
 from dataclasses import dataclass
 
 import numpy as np
 
 from .. import ops
-from ..ops.bound import VarlenPlan
+from ..ops.backend import VarlenPlan
+
+
+NORMS = ("layer_norm", "rms_norm")
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu")  # of the FFN (gated: act(gate) * up)
+POSITIONS = ("learned", "sinusoidal", "rotary", "alibi", "relative", "none")
+
+
+def _positive(name, value, optional=True):
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,6 +75,30 @@ class BlockSpec:
     cross_attention: bool = False
     positions: str = "learned"
     rope_interleaved: bool = False
+
+    def __post_init__(self):
+        """The one vocabulary of blocks, checked: norm in NORMS with eps > 0, activation in
+        ACTIVATIONS, positions in POSITIONS, positive head counts with n_heads a multiple of
+        n_kv_heads, an even head_dim for rotary positions, a positive attention_scale or None.
+        Raises ValueError naming the field."""
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
+        if not (isinstance(self.eps, (int, float)) and self.eps > 0):
+            raise ValueError(f"norm eps must be positive, got {self.eps!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
+        for name in ("n_heads", "n_kv_heads", "head_dim"):
+            _positive(name, getattr(self, name))
+        if self.n_heads and self.n_kv_heads and self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
+        if self.positions == "rotary" and self.head_dim and self.head_dim % 2:
+            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
+        if self.attention_scale is not None and not self.attention_scale > 0:
+            raise ValueError(f"attention_scale must be positive or None, got "
+                             f"{self.attention_scale!r}")
 
     @property
     def kv_heads(self):
@@ -97,7 +135,7 @@ def layers(w, prefix):
 
 def norm(spec, k, pair, x, residual=None):
     """norm(x + residual) with pair = (weight, bias): the residual (post-LN) fused into the
-    LayerNorm kernel, added first for RMSNorm. k: a bound Kernels."""
+    LayerNorm kernel, added first for RMSNorm. k: the backend object."""
     if spec.norm == "rms_norm":
         if residual is not None:
             x = k.add(x, residual)
@@ -124,10 +162,10 @@ def run(spec, k, stack, h, attend, cross_attend=None):
     feed-forward sub-layers, then the final norm when the stack has one.
 
     Post-LN: h = norm(h + f(h)) per sub-layer. Pre-LN: h = h + f(norm(h)), each residual add
-    fused with the norm that follows it (Kernels.add_norm), so the residual stream h and the
+    fused with the norm that follows it (the backend's add_norm), so the residual stream h and the
     next sub-layer's input x come from one kernel.
 
-    spec: BlockSpec; k: bound Kernels; stack: (layers, final_norm) from `layers`; h (N, C) rows
+    spec: BlockSpec; k: the backend object; stack: (layers, final_norm) from `layers`; h (N, C) rows
     of the model's dtype; attend(i, qkv (N, Q + 2K)) -> context (N, Q) and cross_attend(i,
     q (N, Q)) -> context (N, Q): attention contexts of this forward. Returns (N, C)."""
     blocks, final = stack
@@ -178,8 +216,7 @@ class _SelfAttention:
         H, Hkv, D = self.H, self.Hkv, self.D
         if self.rope is not None:
             if self.rope_positions is None:  # on x's device, made once
-                self.rope_positions = self.k.xp.asarray(
-                    np.ascontiguousarray(self.positions, np.int64))
+                self.rope_positions = self.k.indices(self.positions)
             self.k.rotary(qkv, self.rope_positions, *self.rope, H + Hkv,
                           self.spec.rope_interleaved)
         return (qkv[:, :H * D].reshape(qkv.shape[0], H, D), qkv[:, H * D:(H + Hkv) * D],
@@ -215,10 +252,10 @@ class PackedSelfAttention(_SelfAttention):
 
 class CachedSelfAttention(_SelfAttention):
     """Self-attention of one new token per cache row r < R at positions (R,) int64 = the
-    row's filled length: its keys and values are appended to the KVCache, then it attends to
-    the row's keys 0..positions[r]. On the CPU one fused kernel rotates, appends and attends
-    through the cache's plane table (Kernels.decode_self_attention); on the GPU: rotary, the
-    write, then Kernels.decode_attention."""
+    row's filled length: its keys and values are appended to the KVCache at position
+    positions[r] of plane r (entered in the cache's plane table), then it attends to the row's
+    keys 0..positions[r] through that table: the backend's decode_self_attention (one fused
+    kernel on the CPU)."""
 
     def __init__(self, spec, k, cache, positions, rope=None, position_bias=None):
         super().__init__(spec, k, positions, rope, position_bias)
@@ -226,28 +263,16 @@ class CachedSelfAttention(_SelfAttention):
         self.cache, self.R = cache, R
         rows = np.arange(R)
         self.lengths = (positions + 1).astype(np.int32)
-        self.kv_rows = self.chunk = None
-        if cache.copy_on_reorder:
-            self.cache_index = cache.index(rows, positions)
-        else:  # the CPU reads keys through the plane table
-            cache.planes[rows, positions] = rows
-            self.kv_rows = cache.planes[:R]
-            self.chunk = k.decode_chunk(self.lengths, self.Hkv)
+        cache.planes[rows, positions] = rows
+        self.kv_rows = cache.planes[:R]
+        self.chunk = k.decode_chunk(self.lengths, self.Hkv)
 
     def __call__(self, i, qkv):
-        c = self.cache
-        if self.kv_rows is not None:  # the CPU: rotary, cache append and attention in one call
-            kc, vc = c.layers[i]
-            ctx = self.k.decode_self_attention(
-                qkv, self.H, self.positions, self.rope, self.spec.rope_interleaved, kc, vc,
-                self.lengths, self.spec.attention_scale, self.kv_rows, self.position_bias,
-                self.chunk)
-            return ctx.reshape(self.R, -1)
-        q, k, v = self.split(qkv)  # the device: rows kept in place by reorder
-        c.write(i, self.cache_index, k, v)
-        ctx = self.k.decode_attention(q, c.k[i, :self.R], c.v[i, :self.R], self.lengths,
-                                      self.spec.attention_scale,
-                                      position_bias=self.position_bias)
+        kc, vc = self.cache.layers[i]
+        ctx = self.k.decode_self_attention(
+            qkv, self.H, self.positions, self.rope, self.spec.rope_interleaved, kc, vc,
+            self.lengths, self.spec.attention_scale, self.kv_rows, self.position_bias,
+            self.chunk)
         return ctx.reshape(self.R, -1)
 
 
@@ -295,23 +320,20 @@ class CachedCrossAttention:
 # -- the KV cache -----------------------------------------------------------------------------------
 class KVCache:
     """Keys and values of every layer, preallocated for `max_length` positions and written in
-    place, sized by shapes: k, v (n_layers, batch_size, max_length, n_kv_heads, head_dim), NumPy
-    float32, or beside `like` (a device array: its array module and dtype); lengths (B,) int32,
-    the positions filled per sequence (ragged: sequence b owns rows [0, lengths[b])); planes
-    (B, max_length) int32: the plane of k/v holding position j of sequence b (b itself until a
-    beam search reorders the sequences: then only this table is permuted, the keys and values
-    stay where they are). lengths and planes live on the host on every device.
+    place, sized by shapes: k, v (n_layers, batch_size, max_length, n_kv_heads, head_dim) on the
+    device of `backend` (a transformer.ops.backend object, default the CPU's) in its activation
+    dtype; lengths (B,) int32, the positions filled per sequence (ragged: sequence b owns rows
+    [0, lengths[b])); planes (B, max_length) int32: the plane of k/v holding position j of
+    sequence b (b itself until a beam search reorders the sequences). lengths and planes live
+    on the host on every device. How the cache reorders is the backend's (reorder_cache: on
+    the CPU the table is permuted and the keys stay in place; on the GPU the keys are gathered
+    and the table stays the identity: copy_on_reorder)."""
 
-    copy_on_reorder (True on the GPU, whose decode kernel reads no plane table): reorder gathers
-    the keys and values of the kept sequences into their new rows on the device (as Hugging
-    Face's cache reorder does), so planes stay the identity."""
-
-    def __init__(self, n_layers, batch_size, max_length, n_kv_heads, head_dim, like=None):
+    def __init__(self, n_layers, batch_size, max_length, n_kv_heads, head_dim, backend=None):
         shape = (n_layers, batch_size, max_length, n_kv_heads, head_dim)
-        xp, dtype = (np, np.float32) if like is None else (ops.array_module(like), like.dtype)
-        self.k = xp.empty(shape, dtype)
-        self.v = xp.empty(shape, dtype)
-        self.copy_on_reorder = xp is not np
+        self.backend = ops.backend() if backend is None else backend
+        self.k = self.backend.empty(shape)
+        self.v = self.backend.empty(shape)
         self.lengths = np.zeros(batch_size, np.int32)
         self.max_length = max_length
         self.planes = np.repeat(np.arange(batch_size, dtype=np.int32)[:, None], max_length, 1)
@@ -320,13 +342,19 @@ class KVCache:
         self._k_rows = self.k.reshape(n_layers, -1, n_kv_heads * head_dim)
         self._v_rows = self.v.reshape(n_layers, -1, n_kv_heads * head_dim)
 
+    @property
+    def copy_on_reorder(self):
+        """True when reorder gathers the keys and values (the plane table stays the identity),
+        False when it permutes the plane table: the backend's strategy."""
+        return self.backend.copy_on_reorder
+
     def index(self, rows, slots):
         """The flat write index of positions slots (N,) of cache rows `rows` (N,) (int64
         NumPy), for `write`: an index array on the cache's device, or a slice for one row."""
         flat = rows * self.max_length + slots
         if len(flat) == 1:  # one row (a batch-1 decode step): a slice, cheaper than a gather
             return slice(int(flat[0]), int(flat[0]) + 1)
-        return flat if not self.copy_on_reorder else ops.array_module(self.k).asarray(flat)
+        return self.backend.indices(flat)
 
     def write(self, layer, index, k, v):
         """Store keys and values k, v (N, Hkv * D) of `layer` at the flat `index` (N,)."""
@@ -335,26 +363,6 @@ class KVCache:
 
     def reorder(self, index):
         """Keep sequences `index` (B',) in that order, B' <= the current count (beam search
-        reordering beams, or dropping the sequences that finished). When every slot r < B' keeps
-        its length (beams of one prompt reordered among themselves; equal lengths), only the
-        plane table is permuted: every position the table points to lies below the length of its
-        plane's slot, so the next token of slot r goes to a position of plane r that nobody
-        reads. Otherwise the filled positions are gathered in place and the table reset."""
-        index = np.asarray(index)
-        R, S = len(index), int(self.lengths[index].max(initial=0))  # only the filled positions
-        if self.copy_on_reorder:  # planes are the identity: gather whole rows
-            xp = ops.array_module(self.k)
-            rows = xp.asarray(index)
-            self.k[:, :R, :S] = xp.take(self.k[:, :, :S], rows, axis=1)
-            self.v[:, :R, :S] = xp.take(self.v[:, :, :S], rows, axis=1)
-            self.lengths[:R] = self.lengths[index]
-            return
-        if np.array_equal(self.lengths[index], self.lengths[:R]):
-            self.planes[:R, :S] = self.planes[index, :S]
-            return
-        src = self.planes[index, :S]  # (R, S) plane of each position, positions along axis 1
-        pos = np.arange(S)[None]
-        self.k[:, :R, :S] = self.k[:, src, pos]
-        self.v[:, :R, :S] = self.v[:, src, pos]
-        self.planes[:] = np.arange(len(self.planes), dtype=np.int32)[:, None]
-        self.lengths[:R] = self.lengths[index]
+        reordering beams, or dropping the sequences that finished): the backend's
+        reorder_cache."""
+        self.backend.reorder_cache(self, index)

@@ -71,6 +71,5 @@ class BloomModel(HFFamily, DecoderModel):
     """BLOOM language model (ALiBi, embedding LayerNorm, tied LM head); CPU and GPU (the ALiBi
     bias runs inside either backend's attention kernels). See DecoderModel for the API."""
 
-    DEVICES = ("cpu", "cuda")
     config_from_hf = staticmethod(config_from_hf)
     weights_from_hf = staticmethod(weights_from_hf)

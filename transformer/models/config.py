@@ -1,9 +1,17 @@
-"""Model hyper-parameters, one dataclass for every encoder (names from the paper and HF)."""
-from dataclasses import dataclass
+"""Model hyper-parameters: EncoderConfig, DecoderConfig and Seq2SeqConfig (names from the paper and
+HF), one vocabulary for all three, that of the blocks (transformer.models.block): norm in NORMS,
+activation in ACTIVATIONS (gated: act(gate) * up, Shazeer 2020), positions in POSITIONS. Each
+config builds the BlockSpec of its layers when it is made, so that its fields are validated
+there, once (a ValueError prefixed "config")."""
+from dataclasses import dataclass, replace
 from functools import cached_property
 
-from ..ops import ACTIVATIONS
-from .block import BlockSpec
+from .block import ACTIVATIONS, NORMS, POSITIONS, BlockSpec
+
+__all__ = ["EncoderConfig", "DecoderConfig", "Seq2SeqConfig", "ACTIVATIONS", "NORMS",
+           "POSITIONS", "SINUSOIDS", "HF_ACTIVATIONS", "check_positive"]
+
+SINUSOIDS = ("paper", "marian", "t2t")  # layouts of sinusoidal positions (Seq2SeqConfig)
 
 # HF `hidden_act` strings -> our activation names
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh",
@@ -18,19 +26,35 @@ def check_positive(config, names):
             raise ValueError(f"config {name} must be a positive integer, got {value!r}")
 
 
+def _check_blocks(config, *names):
+    """Build the config's BlockSpecs (its cached properties `names`), re-raising their
+    ValueError as the config's."""
+    try:
+        for name in names:
+            getattr(config, name)
+    except ValueError as e:
+        raise ValueError(f"config {e}") from None
+
+
+def _check_positions(config, allowed):
+    if config.positions not in allowed:
+        raise ValueError(f"config positions must be one of {allowed} for "
+                         f"{type(config).__name__}, got {config.positions!r}")
+
+
 @dataclass(frozen=True)
 class EncoderConfig:
     """Hyper-parameters of an encoder stack (Vaswani et al. 2017, section 3.1; BERT, table 1).
 
     vocab_size V, d_model C, n_heads H (head_dim D = C / H), n_layers L, d_ff F,
     max_position_embeddings (longest T), type_vocab_size (0: no token types), activation of the
-    feed-forward block, layer_norm_eps, pre_norm (False: post-LN as BERT and the 2017 paper,
-    True: pre-LN with a final LayerNorm), pad_token_id, position_start (None: a token's position
-    id is its column in the batch, as BERT; an integer: its rank among its sequence's real
-    tokens plus position_start, as RoBERTa's padding_idx + 1 in HF modeling_roberta.py
-    create_position_ids_from_input_ids), relative_attention_num_buckets (0: none; else a learned
-    bidirectional relative position bias shared by the layers, MPNet) and
-    relative_attention_max_distance.
+    feed-forward block (ACTIVATIONS), layer_norm_eps, pre_norm (False: post-LN as BERT and the
+    2017 paper, True: pre-LN with a final LayerNorm), pad_token_id, position_start (None: a
+    token's position id is its column in the batch, as BERT; an integer: its rank among its
+    sequence's real tokens plus position_start, as RoBERTa's padding_idx + 1 in HF
+    modeling_roberta.py create_position_ids_from_input_ids), relative_attention_num_buckets (0:
+    none; else a learned bidirectional relative position bias shared by the layers, MPNet:
+    positions "relative", else "learned") and relative_attention_max_distance.
     Raises ValueError when a value is out of range or d_model is not a multiple of n_heads."""
 
     vocab_size: int
@@ -59,27 +83,198 @@ class EncoderConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
                              f"n_heads={self.n_heads}")
-        if self.activation not in ACTIVATIONS or self.activation is None:
-            raise ValueError(f"config activation must be one of {ACTIVATIONS[1:]}, got "
-                             f"{self.activation!r}")
-        if not self.layer_norm_eps > 0:
-            raise ValueError(f"config layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        _check_blocks(self, "block")
 
     @property
     def head_dim(self):
         """D = d_model / n_heads."""
         return self.d_model // self.n_heads
 
+    @property
+    def positions(self):
+        """"relative" with a relative position bias, else "learned"."""
+        return "relative" if self.relative_attention_num_buckets else "learned"
+
     @cached_property
     def block(self):
         """The BlockSpec of the layers (LayerNorm, post-LN unless pre_norm; bidirectional
-        attention, a relative position bias when relative_attention_num_buckets)."""
+        attention)."""
         return BlockSpec("layer_norm", self.layer_norm_eps, self.pre_norm, self.activation,
-                         n_heads=self.n_heads, head_dim=self.head_dim,
-                         positions="relative" if self.relative_attention_num_buckets
-                         else "learned")
+                         n_heads=self.n_heads, head_dim=self.head_dim, positions=self.positions)
 
     @property
     def max_length(self):
         """Longest sequence in tokens: the position table's rows after position_start."""
         return self.max_position_embeddings - (self.position_start or 0)
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    """Hyper-parameters of a decoder-only model.
+
+    vocab_size V, d_model C, n_heads H, n_kv_heads Hkv (grouped-query attention when < H),
+    n_layers L, d_ff F, max_position_embeddings (longest sequence, prompt + new tokens),
+    head_dim D (default C / H), norm (NORMS), norm_eps, activation (ACTIVATIONS) and gated (a
+    gated FFN act(gate) * up with ff1 = gate | up; activation "swiglu" is short for "silu"
+    gated, SwiGLU, and is stored so), positions "learned", "rotary" or "alibi" (ALiBi slopes
+    in the attention kernels, BLOOM), rope_theta, rope_interleaved (llama2.c pairs (2i, 2i+1);
+    False: HF rotate_half), embedding_norm (a LayerNorm after the word embedding, BLOOM), bias
+    (linear layers carry biases), tie_word_embeddings, bos/eos/pad token ids (eos_token_id may
+    be a tuple). Raises ValueError for inconsistent values."""
+
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    n_layers: int
+    d_ff: int
+    n_kv_heads: int = None
+    max_position_embeddings: int = 1024
+    head_dim: int = None
+    norm: str = "layer_norm"
+    norm_eps: float = 1e-5
+    activation: str = "gelu_tanh"
+    positions: str = "learned"
+    rope_theta: float = 10000.0
+    rope_interleaved: bool = False
+    embedding_norm: bool = False
+    bias: bool = True
+    tie_word_embeddings: bool = True
+    bos_token_id: int = None
+    eos_token_id: object = None
+    pad_token_id: int = None
+    gated: bool = False
+
+    def __post_init__(self):
+        if self.activation == "swiglu":
+            object.__setattr__(self, "activation", "silu")
+            object.__setattr__(self, "gated", True)
+        if self.n_kv_heads is None:
+            object.__setattr__(self, "n_kv_heads", self.n_heads)
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"config d_model={self.d_model} must be a multiple of "
+                                 f"n_heads={self.n_heads} (or give head_dim)")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        check_positive(self, ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers",
+                              "d_ff", "max_position_embeddings", "head_dim"))
+        _check_positions(self, ("learned", "rotary", "alibi"))
+        _check_blocks(self, "block")
+
+    @cached_property
+    def block(self):
+        """The BlockSpec of the layers (pre-norm, causal)."""
+        return BlockSpec(self.norm, self.norm_eps, True, self.activation, self.gated,
+                         n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
+                         head_dim=self.head_dim, causal=True, positions=self.positions,
+                         rope_interleaved=self.rope_interleaved)
+
+    @property
+    def eos_token_ids(self):
+        """The end-of-sequence ids as a tuple (empty when none)."""
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)
+
+
+@dataclass(frozen=True)
+class Seq2SeqConfig:
+    """Hyper-parameters of an encoder-decoder model.
+
+    src_vocab_size, tgt_vocab_size, d_model C, n_heads H, encoder_layers, decoder_layers, d_ff F,
+    activation (ACTIVATIONS), pre_norm (False: post-LN as the paper, Marian and BART),
+    encoder_final_norm / decoder_final_norm, layernorm_embedding (BART), positions "learned",
+    "sinusoidal" (in the layout `sinusoids`: "paper": PE(p, 2i) = sin, PE(p, 2i+1) = cos,
+    frequencies 10000^(-2i/C); "marian": [sin | cos], 10000^(-2i/C); "t2t": [sin | cos],
+    10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2; positions
+    "sinusoidal_<layout>" is short for both and stored so) or "relative";
+    position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
+    max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
+    eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
+    generation defaults of the family).
+    T5's settings: norm "rms_norm" (no biases in norms), gated (a gated FFN, ff1 = gate | up),
+    bias (False: no linear biases), d_kv (head_dim when not d_model / n_heads), attention_scale
+    (1.0: unscaled scores; None: 1/sqrt(D)), positions "relative" (no position tables; a learned
+    relative position bias per stack, relative_attention_num_buckets and
+    relative_attention_max_distance: bidirectional in the encoder, causal in the decoder),
+    lm_head_scale (d_model^-0.5 for T5's rescaled head).
+    Raises ValueError for inconsistent values."""
+
+    src_vocab_size: int
+    tgt_vocab_size: int
+    d_model: int
+    n_heads: int
+    encoder_layers: int
+    decoder_layers: int
+    d_ff: int
+    activation: str = "relu"
+    pre_norm: bool = False
+    encoder_final_norm: bool = False
+    decoder_final_norm: bool = False
+    layernorm_embedding: bool = False
+    positions: str = "sinusoidal"
+    position_offset: int = 0
+    max_position_embeddings: int = 1024
+    scale_embedding: bool = True
+    norm_eps: float = 1e-5
+    decoder_start_token_id: int = 0
+    eos_token_id: int = 1
+    pad_token_id: int = 0
+    bos_token_id: int = None
+    forced_bos_token_id: int = None
+    forced_eos_token_id: int = None
+    norm: str = "layer_norm"
+    gated: bool = False
+    bias: bool = True
+    d_kv: int = None
+    attention_scale: float = None
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    lm_head_scale: float = 1.0
+    sinusoids: str = "paper"
+
+    def __post_init__(self):
+        check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
+                              "encoder_layers", "decoder_layers", "d_ff",
+                              "max_position_embeddings"))
+        if self.d_kv is None and self.d_model % self.n_heads:
+            raise ValueError(f"config d_model={self.d_model} must be a multiple of "
+                             f"n_heads={self.n_heads} (or give d_kv)")
+        if self.d_kv is not None:
+            check_positive(self, ("d_kv",))
+        if isinstance(self.positions, str) and self.positions.startswith("sinusoidal_"):
+            object.__setattr__(self, "sinusoids", self.positions[len("sinusoidal_"):])
+            object.__setattr__(self, "positions", "sinusoidal")
+        _check_positions(self, ("learned", "sinusoidal", "relative"))
+        if self.sinusoids not in SINUSOIDS:
+            raise ValueError(f"config sinusoids must be one of {SINUSOIDS}, got "
+                             f"{self.sinusoids!r}")
+        _check_blocks(self, "encoder_block", "decoder_block")
+
+    @property
+    def head_dim(self):
+        """D = d_kv, else d_model / n_heads."""
+        return self.d_kv or self.d_model // self.n_heads
+
+    @cached_property
+    def encoder_block(self):
+        """The BlockSpec of the encoder's layers (bidirectional self-attention)."""
+        return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
+                         self.attention_scale, n_heads=self.n_heads, head_dim=self.head_dim,
+                         positions=self.positions)
+
+    @cached_property
+    def decoder_block(self):
+        """The BlockSpec of the decoder's layers (causal self-attention, cross-attention)."""
+        return replace(self.encoder_block, causal=True, cross_attention=True)
+
+    # the names generation reads
+    @property
+    def vocab_size(self):
+        """Target vocabulary size (the LM head's width)."""
+        return self.tgt_vocab_size
+
+    @property
+    def eos_token_ids(self):
+        """The end-of-sequence ids as a tuple."""
+        return () if self.eos_token_id is None else (self.eos_token_id,)

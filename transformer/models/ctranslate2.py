@@ -9,7 +9,7 @@ import os
 from ..tokenizer.vocabulary import VocabularyTokenizer, read_vocabulary
 from ..weights import WeightsError
 from ..weights.ctranslate2 import read_ctranslate2
-from . import register_layout
+from . import register_family
 from .seq2seq import Seq2SeqConfig, Seq2SeqModel, seq2seq_shapes
 
 HEADS = {"TransformerBase": 8, "TransformerBig": 16}
@@ -35,12 +35,12 @@ def is_ctranslate2_directory(path):
         os.path.join(path, "model.safetensors"))
 
 
-@register_layout("CTranslate2 directory", is_ctranslate2_directory)
+@register_family(layout="CTranslate2 directory", detect=is_ctranslate2_directory)
 class CTranslate2Model(Seq2SeqModel):
     """A CTranslate2 TransformerBase/Big model as a Seq2SeqModel (see it for the API)."""
 
     @classmethod
-    def from_layout(cls, path, threads=None, tokenizer=None, dtype="float32"):
+    def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
         """transformer.load's entry: from_directory (its vocabularies are the tokenizer)."""
         return cls.from_directory(path, threads=threads, dtype=dtype)
 
@@ -76,7 +76,8 @@ class CTranslate2Model(Seq2SeqModel):
                 src_vocab_size=len(src), tgt_vocab_size=len(tgt), d_model=C, n_heads=HEADS[spec],
                 encoder_layers=count("encoder"), decoder_layers=count("decoder"), d_ff=F,
                 activation="relu", pre_norm=True, encoder_final_norm=True, decoder_final_norm=True,
-                positions="sinusoidal_t2t", position_offset=1, max_position_embeddings=1024,
+                positions="sinusoidal", sinusoids="t2t", position_offset=1,
+                max_position_embeddings=1024,
                 scale_embedding=True, norm_eps=1e-6, decoder_start_token_id=tgt.index("<s>"),
                 eos_token_id=tgt.index("</s>"),
                 pad_token_id=tgt.index("<blank>") if "<blank>" in tgt else 0)

@@ -20,96 +20,19 @@ Q = n_heads * D, K = n_kv_heads * D, F = d_ff; ".bias" tensors only when config.
   layers.{i}.ff2.weight (C, F) [.bias]
   final_norm.weight (C) [.bias], lm_head.weight (V, C) (the same array as embeddings.word when tied)
 """
-from dataclasses import dataclass
-from functools import cached_property
-
 import numpy as np
 
 from .. import ops
 from ..ops.position_bias import alibi_slopes
 from . import block
-from .block import BlockSpec, KVCache
-from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights, to_device
+from .block import KVCache
+from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
 from ._inputs import check_batch, check_tokens
-from .config import check_positive
+from .base import Model
+from .config import DecoderConfig
 
-
-@dataclass(frozen=True)
-class DecoderConfig:
-    """Hyper-parameters of a decoder-only model.
-
-    vocab_size V, d_model C, n_heads H, n_kv_heads Hkv (grouped-query attention when < H),
-    n_layers L, d_ff F, max_position_embeddings (longest sequence, prompt + new tokens),
-    head_dim D (default C / H), norm "layer_norm" or "rms_norm", norm_eps, activation "gelu_tanh",
-    "gelu", "relu" or "swiglu", positions "learned", "rotary" or "alibi" (ALiBi slopes in the
-    attention kernels, BLOOM), rope_theta, rope_interleaved (llama2.c pairs (2i, 2i+1); False:
-    HF rotate_half), embedding_norm (a LayerNorm after the word embedding, BLOOM), bias (linear
-    layers carry biases),
-    tie_word_embeddings, bos/eos/pad token ids (eos_token_id may be a tuple).
-    Raises ValueError for inconsistent values."""
-
-    vocab_size: int
-    d_model: int
-    n_heads: int
-    n_layers: int
-    d_ff: int
-    n_kv_heads: int = None
-    max_position_embeddings: int = 1024
-    head_dim: int = None
-    norm: str = "layer_norm"
-    norm_eps: float = 1e-5
-    activation: str = "gelu_tanh"
-    positions: str = "learned"
-    rope_theta: float = 10000.0
-    rope_interleaved: bool = False
-    embedding_norm: bool = False
-    bias: bool = True
-    tie_word_embeddings: bool = True
-    bos_token_id: int = None
-    eos_token_id: object = None
-    pad_token_id: int = None
-
-    def __post_init__(self):
-        if self.n_kv_heads is None:
-            object.__setattr__(self, "n_kv_heads", self.n_heads)
-        if self.head_dim is None:
-            if self.d_model % self.n_heads:
-                raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                                 f"n_heads={self.n_heads} (or give head_dim)")
-            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
-        if isinstance(self.eos_token_id, list):
-            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        check_positive(self, ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers",
-                              "d_ff", "max_position_embeddings", "head_dim"))
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"config n_heads={self.n_heads} must be a multiple of "
-                             f"n_kv_heads={self.n_kv_heads}")
-        if self.norm not in ("layer_norm", "rms_norm"):
-            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
-        if self.activation not in ("gelu_tanh", "gelu", "relu", "swiglu"):
-            raise ValueError(f"config activation {self.activation!r} is not supported")
-        if self.positions not in ("learned", "rotary", "alibi"):
-            raise ValueError(f"config positions must be 'learned', 'rotary' or 'alibi', got "
-                             f"{self.positions!r}")
-        if self.positions == "rotary" and self.head_dim % 2:
-            raise ValueError(f"rotary positions need an even head_dim, got {self.head_dim}")
-
-    @cached_property
-    def block(self):
-        """The BlockSpec of the layers (pre-norm; SwiGLU is a gated SiLU FFN)."""
-        swiglu = self.activation == "swiglu"
-        return BlockSpec(self.norm, self.norm_eps, True, "silu" if swiglu else self.activation,
-                         gated=swiglu, n_heads=self.n_heads, n_kv_heads=self.n_kv_heads,
-                         head_dim=self.head_dim, causal=True, positions=self.positions,
-                         rope_interleaved=self.rope_interleaved)
-
-    @property
-    def eos_token_ids(self):
-        """The end-of-sequence ids as a tuple (empty when none)."""
-        eos = self.eos_token_id
-        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)
+__all__ = ["DecoderConfig", "DecoderModel", "DecoderDecoding", "decoder_shapes"]
 
 
 def decoder_shapes(config):
@@ -124,7 +47,7 @@ def decoder_shapes(config):
         shapes["embeddings.position"] = (config.max_position_embeddings, C)
     for i in range(config.n_layers):
         p = f"layers.{i}."
-        F1 = 2 * F if config.activation == "swiglu" else F
+        F1 = 2 * F if config.gated else F
         for name, shape in (("qkv", (Q + 2 * K, C)), ("out", (C, Q)), ("ff1", (F1, C)),
                             ("ff2", (C, F))):
             shapes[p + name + ".weight"] = shape
@@ -144,7 +67,7 @@ class DecoderDecoding(Decoding):
     IndexError naming a bad input (transformer.models._inputs.check_batch)."""
 
     def __init__(self, model, input_ids, attention_mask=None):
-        self.model, self.threads = model, model.threads
+        self.model, self.threads, self.backend = model, model.threads, model.kernels
         self.sequences, self.mask, self.lengths = check_batch(input_ids, attention_mask,
                                                               model.config.vocab_size)
         self.vocab_size = model.config.vocab_size
@@ -168,7 +91,7 @@ class DecoderDecoding(Decoding):
         self.cache.reorder(index)
 
 
-class DecoderModel(DeviceModel):
+class DecoderModel(Model):
     """A decoder-only language model: `model(input_ids, attention_mask)` -> logits (B, T, V)
     float32; `model.generate(...)` -> token ids (see transformer.generation.generate).
 
@@ -179,60 +102,35 @@ class DecoderModel(DeviceModel):
     float32), generate returns CuPy int64 ids (transformer.device.to_numpy for NumPy); inputs may
     be NumPy or CuPy."""
 
-    DEVICES = ("cpu", "cuda")
-    kind = "decoder"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
+    kind = "decoder"
     DEFAULT_MAX_NEW_TOKENS = 32
     generation_config = None  # GenerationConfig of generation_config.json, set at load
 
-    def __init__(self, config, weights, tokenizer=None, threads=None):
-        self.config = config
-        self.tokenizer = tokenizer
-        self.threads = resolve_threads(threads)
-        self.weights = host_weights(weights)
-        self._moved()
-
     def _moved(self):
-        """Tables beside the weights, on their device: the rotary cos/sin (float32 whatever the
-        dtype; made on first use, see _rotary_tables) and the zero position table (1, C) that
-        models without learned positions add."""
+        """The ALiBi bias of the config (host slopes; the GPU backend uploads them once)."""
         cfg = self.config
-        self._rope = None
         self._position_bias = ops.PositionBias.alibi(alibi_slopes(cfg.n_heads)) \
             if cfg.positions == "alibi" else None
-        self._no_positions = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
-                                       self.dtype)
-
-    def _rotary_tables(self, need):
-        """(cos, sin) covering positions [0, need) at least: computed on first use and grown by
-        doubling, never beyond max_position_embeddings, so that a config's huge
-        max_position_embeddings costs nothing until a sequence is that long. One tuple
-        attribute, replaced whole (Python threads may share the model)."""
-        rope = self._rope
-        if rope is None or len(rope[0]) < need:
-            cfg = self.config
-            n = min(cfg.max_position_embeddings,
-                    max(need, 2 * (0 if rope is None else len(rope[0])), 256))
-            rope = tuple(to_device(t, self.device)
-                         for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta))
-            self._rope = rope
-        return rope
 
     # -- building blocks --------------------------------------------------------------------------
     def _embed(self, ids, positions):
         w, cfg = self.weights, self.config
         if cfg.positions != "learned":
             positions = np.zeros_like(positions)  # the zero row: positions act in attention
+        position = w.get("embeddings.position")
         return self.kernels.embedding(ids, positions, w["embeddings.word"],
-                                      w.get("embeddings.position", self._no_positions),
+                                      self._zero_positions() if position is None else position,
                                       w.get("embeddings.norm.weight"),
                                       w.get("embeddings.norm.bias"), cfg.norm_eps)
 
     def _rope_for(self, longest):
-        """The rotary (cos, sin) tables covering positions 0..longest, or None without
-        rotary."""
-        if self.config.positions != "rotary":
+        """The rotary (cos, sin) tables (P, D/2) covering positions 0..longest at least, float32
+        on the device whatever the dtype (Model._grown), or None without rotary."""
+        cfg = self.config
+        if cfg.positions != "rotary":
             return None
-        return self._rotary_tables(longest + 1)
+        return self._grown("rope", longest + 1, cfg.max_position_embeddings, lambda n: tuple(
+            self.kernels.upload(t) for t in ops.rotary_tables(n, cfg.head_dim, cfg.rope_theta)))
 
     def logits(self, h):
         """LM head: h (N, C) -> logits (N, V) float32 (on the GPU the model's dtype, bfloat16 as
@@ -295,18 +193,14 @@ class DecoderModel(DeviceModel):
         Raises TypeError/ValueError/IndexError naming the bad argument."""
         ids, mask, _ = check_batch(input_ids, attention_mask, self.config.vocab_size)
         logits, flat = self.prefill(ids, mask, all_logits=True)
-        xp = ops.array_module(logits)
-        out = xp.zeros((ids.size, self.config.vocab_size), logits.dtype)
-        out[xp.asarray(flat)] = logits
-        return self._output(out.reshape(ids.shape + (-1,)))
+        return self._padded(logits, flat, ids.shape)
 
     def new_cache(self, batch_size, max_length):
         """A KVCache for batch_size sequences of up to max_length positions (capped at
         max_position_embeddings)."""
         cfg = self.config
         return KVCache(cfg.n_layers, batch_size, min(max_length, cfg.max_position_embeddings),
-                       cfg.n_kv_heads, cfg.head_dim,
-                       like=None if self.device == "cpu" else self.weights["embeddings.word"])
+                       cfg.n_kv_heads, cfg.head_dim, self.kernels)
 
     def decoding(self, input_ids, attention_mask=None, config=None):
         """The search contract for these prompts (DecoderDecoding); config is unused here."""
@@ -319,7 +213,7 @@ class DecoderModel(DeviceModel):
         copied back each step as float32); with return_scores / return_dict_in_generate the
         scores too (generate's docstring)."""
         from ..generation import generate
-        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
+        return self._device_outputs(generate(self, input_ids, attention_mask, **kwargs))
 
     def stream(self, input_ids, attention_mask=None, **kwargs):
         """An iterator over the new tokens of greedy search or sampling: each new column
@@ -328,15 +222,3 @@ class DecoderModel(DeviceModel):
         from ..generation import stream
         return stream(self, input_ids, attention_mask, **kwargs)
 
-
-def _device_outputs(model, out):
-    """generate's result (ids, (ids, scores) or a GenerateOutput) with its arrays as the
-    model returns them (model._host_output: CuPy on the GPU)."""
-    if isinstance(out, tuple):
-        return tuple(model._host_output(a) for a in out)
-    if hasattr(out, "sequences"):  # the attention weights stay NumPy (host-computed)
-        for name in ("sequences", "scores", "sequences_scores", "token_logprobs"):
-            if getattr(out, name) is not None:
-                setattr(out, name, model._host_output(getattr(out, name)))
-        return out
-    return model._host_output(out)

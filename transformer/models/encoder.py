@@ -21,11 +21,11 @@ import os
 
 import numpy as np
 
-from .. import ops
 from . import block
-from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights, to_numpy
-from ._hf import read_json
+from .._threads import blas_single_threaded
+from ..device import to_numpy
+from .._io import read_json
+from .base import Model
 from ._inputs import check_batch, pack
 
 POOLING_MODES = ("mean", "max", "cls", "mean_sqrt_len")
@@ -88,7 +88,7 @@ def encoder_shapes(config):
     return shapes
 
 
-class EncoderModel(DeviceModel):
+class EncoderModel(Model):
     """An encoder-only Transformer: `model(input_ids, attention_mask, token_type_ids)` -> last
     hidden state (B, T, C) float32; `model.embed(...)` -> sentence embeddings (B, C).
 
@@ -97,14 +97,7 @@ class EncoderModel(DeviceModel):
     On device="cuda" (`to("cuda", dtype)`) outputs are CuPy arrays (float32, or the model's
     float16; bfloat16 outputs come back as float32); inputs may stay NumPy."""
 
-    DEVICES = ("cpu", "cuda")
-    kind = "encoder"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
-
-    def __init__(self, config, weights, tokenizer=None, threads=None):
-        self.config = config
-        self.tokenizer = tokenizer
-        self.threads = resolve_threads(threads)
-        self.weights = host_weights(weights)
+    kind = "encoder"
 
     # -- inputs ---------------------------------------------------------------------------------
     def _pack(self, input_ids, attention_mask, token_type_ids, truncate):
@@ -154,19 +147,8 @@ class EncoderModel(DeviceModel):
                         cfg.layer_norm_eps, types, table)
         spec = cfg.block
         return block.run(spec, k, self.stack(), h, block.PackedSelfAttention(
-            spec, k, cu, position_bias=self._position_bias()))
-
-    def _position_bias(self):
-        """The relative attention bias of the layers (an ops.PositionBias), or None."""
-        table = self.weights.get("position_bias.relative")
-        if table is None:
-            return None
-        cached = getattr(self, "_position_bias_cache", None)
-        if cached is None or cached[0] is not table:
-            pb = ops.PositionBias.relative(to_numpy(table),
-                                           self.config.relative_attention_max_distance)
-            self._position_bias_cache = cached = (table, pb)
-        return cached[1]
+            spec, k, cu, position_bias=self._relative_bias(
+                "", self.config.relative_attention_max_distance)))
 
     # -- public API -----------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, truncate=False):
@@ -178,28 +160,19 @@ class EncoderModel(DeviceModel):
         ids, pos, types, flat, cu, (B, T) = self._pack(input_ids, attention_mask, token_type_ids,
                                                       truncate)
         with blas_single_threaded():
-            h = self._output(self._forward_packed(ids, pos, types, cu))
-        xp = ops.array_module(h)
-        out = xp.zeros((B * T, self.config.d_model), h.dtype)
-        out[xp.asarray(flat)] = h
-        return out.reshape(B, T, -1)
+            return self._padded(self._forward_packed(ids, pos, types, cu), flat, (B, T))
 
     pooling, normalize = ("mean",), True  # embed()'s defaults; a directory may declare others
 
     def _pool(self, h, cu, modes):
         """Pooled rows (B, C * len(modes)) of packed hidden states h (N, C), in `modes` order."""
-        xp = ops.array_module(h)
+        xp = self.kernels.xp
         lens = xp.asarray(np.diff(cu).astype(np.float64))[:, None]
         sums = None
         out = []
         for mode in modes:
             if mode in ("mean", "mean_sqrt_len") and sums is None:
-                if xp is np:
-                    sums = np.add.reduceat(h.astype(np.float64), cu[:-1], axis=0)
-                else:  # segment sums from a float64 running sum
-                    s = xp.concatenate([xp.zeros((1, h.shape[1])),
-                                        xp.cumsum(h, 0, dtype=np.float64)])
-                    sums = s[cu[1:]] - s[cu[:-1]]
+                sums = self.kernels.segment_sums(h, cu)
             if mode == "mean":
                 out.append(sums / lens)
             elif mode == "mean_sqrt_len":
@@ -232,7 +205,7 @@ class EncoderModel(DeviceModel):
             h = self._output(self._forward_packed(ids, pos, types, cu))
         e = self._pool(h, cu, modes)
         if normalize:
-            xp = ops.array_module(e)
+            xp = self.kernels.xp
             e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
 
@@ -250,7 +223,7 @@ class EncoderModel(DeviceModel):
         texts = list(texts)
         n_modes = len(self.pooling if pooling is None else
                       (pooling,) if isinstance(pooling, str) else tuple(pooling))
-        out = ops.array_module(self.weights["embeddings.word"]).empty(
+        out = self.kernels.xp.empty(
             (len(texts), self.config.d_model * n_modes), np.float32)
         for start in range(0, len(texts), batch_size):
             batch = self.tokenizer(texts[start:start + batch_size])

@@ -8,16 +8,16 @@ import numpy as np
 from ..tokenizer.llama2c import BOS, Llama2cTokenizer, find_tokenizer
 from ..weights import WeightsError
 from ..weights.llama2c import read_llama2c
-from . import register_layout
+from . import register_family
 from .decoder import DecoderConfig, DecoderModel
 
 
-@register_layout("llama2.c checkpoint", os.path.isfile)
+@register_family(layout="llama2.c checkpoint", detect=os.path.isfile)
 class Llama2cModel(DecoderModel):
     """A llama2.c checkpoint as a DecoderModel (see it for the API)."""
 
     @classmethod
-    def from_layout(cls, path, threads=None, tokenizer=None, dtype="float32"):
+    def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
         """transformer.load's entry: from_checkpoint (dtype is applied by load)."""
         return cls.from_checkpoint(path, tokenizer=tokenizer, threads=threads)
 

@@ -27,8 +27,6 @@ class MPNetModel(BertModel):
     """MPNet encoder loaded from an HF directory; CPU and GPU (the relative position bias runs
     inside either backend's attention kernels). See EncoderModel for the API."""
 
-    DEVICES = ("cpu", "cuda")
-
     @classmethod
     def hf_config(cls, config_dict, source):
         """EncoderConfig from an HF MPNetConfig dict."""

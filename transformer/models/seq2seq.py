@@ -1,6 +1,8 @@
 """Encoder-decoder Transformer (Vaswani et al. 2017, section 3.1): an encoder stack, a decoder
 stack with masked self-attention and cross-attention over the encoder output, and the LM head.
-Marian, BART and CTranslate2 TransformerBase/Big models are this class with different settings.
+Marian, BART, T5 and CTranslate2 TransformerBase/Big models are this class with different
+settings; the paper's own presets and its bring-your-own-weights family are in
+transformer.models.transformer2017; the config is transformer.models.config.Seq2SeqConfig.
 
 encode() and decode-time state are separate (the Annotated Transformer's EncoderDecoder): the
 encoder runs once per request, the cross-attention K/V of every layer are computed once from its
@@ -23,162 +25,21 @@ Our tensor names, C = d_model, F = d_ff ([opt] = depending on the config):
   decoder.final_norm.* [opt]; lm_head.weight (Vt, C); lm_head.bias (Vt) [opt: final_logits_bias].
 """
 import math
-from dataclasses import dataclass, replace
-from functools import cached_property
 
 import numpy as np
 
-from .. import ops
-from .._threads import blas_single_threaded, resolve_threads
-from ..device import DeviceModel, host_weights, to_device, to_numpy
+from .._threads import blas_single_threaded
 from ..generation.contract import Decoding
+from ..ops import sinusoid_table
 from ..ops.packed import PackedWeight
-from ..weights import check_tensors
-from . import register_family
-from ._hf import check_layer_count, hf_tokenizer, read_hf_weights
-from ._inputs import check_batch, check_tokens, pack
 from . import block
-from .block import BlockSpec, KVCache
-from .config import check_positive
-from .decoder import _device_outputs
+from ._inputs import check_batch, check_tokens, pack
+from .base import Model
+from .block import KVCache
+from .config import Seq2SeqConfig
 
-
-@dataclass(frozen=True)
-class Seq2SeqConfig:
-    """Hyper-parameters of an encoder-decoder model.
-
-    src_vocab_size, tgt_vocab_size, d_model C, n_heads H, encoder_layers, decoder_layers, d_ff F,
-    activation ("relu", "gelu", "gelu_tanh", "silu"), pre_norm (False: post-LN as the paper,
-    Marian and BART), encoder_final_norm / decoder_final_norm, layernorm_embedding (BART),
-    positions: "learned", or sinusoidal "sinusoidal_paper" (PE(p, 2i) = sin, PE(p, 2i+1) = cos,
-    frequencies 10000^(-2i/C)), "sinusoidal_marian" ([sin | cos], 10000^(-2i/C)) or
-    "sinusoidal_t2t" ([sin | cos], 10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2);
-    position_offset (added to the 0-based position: 2 for BART, 1 for CTranslate2),
-    max_position_embeddings, scale_embedding (x sqrt(C)), norm_eps, decoder_start_token_id,
-    eos_token_id, pad_token_id, bos_token_id, forced_bos_token_id / forced_eos_token_id (HF
-    generation defaults of the family).
-    T5's settings: norm "rms_norm" (no biases in norms), gated (a gated FFN, ff1 = gate | up),
-    bias (False: no linear biases), d_kv (head_dim when not d_model / n_heads), attention_scale
-    (1.0: unscaled scores; None: 1/sqrt(D)), positions "relative" (no position tables; a learned
-    relative position bias per stack, relative_attention_num_buckets and
-    relative_attention_max_distance: bidirectional in the encoder, causal in the decoder),
-    lm_head_scale (d_model^-0.5 for T5's rescaled head).
-    Raises ValueError for inconsistent values."""
-
-    src_vocab_size: int
-    tgt_vocab_size: int
-    d_model: int
-    n_heads: int
-    encoder_layers: int
-    decoder_layers: int
-    d_ff: int
-    activation: str = "relu"
-    pre_norm: bool = False
-    encoder_final_norm: bool = False
-    decoder_final_norm: bool = False
-    layernorm_embedding: bool = False
-    positions: str = "sinusoidal_paper"
-    position_offset: int = 0
-    max_position_embeddings: int = 1024
-    scale_embedding: bool = True
-    norm_eps: float = 1e-5
-    decoder_start_token_id: int = 0
-    eos_token_id: int = 1
-    pad_token_id: int = 0
-    bos_token_id: int = None
-    forced_bos_token_id: int = None
-    forced_eos_token_id: int = None
-    norm: str = "layer_norm"
-    gated: bool = False
-    bias: bool = True
-    d_kv: int = None
-    attention_scale: float = None
-    relative_attention_num_buckets: int = 32
-    relative_attention_max_distance: int = 128
-    lm_head_scale: float = 1.0
-
-    def __post_init__(self):
-        check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
-                              "encoder_layers", "decoder_layers", "d_ff",
-                              "max_position_embeddings"))
-        if self.d_kv is None and self.d_model % self.n_heads:
-            raise ValueError(f"config d_model={self.d_model} must be a multiple of "
-                             f"n_heads={self.n_heads} (or give d_kv)")
-        if self.d_kv is not None:
-            check_positive(self, ("d_kv",))
-        if self.norm not in ("layer_norm", "rms_norm"):
-            raise ValueError(f"config norm must be 'layer_norm' or 'rms_norm', got {self.norm!r}")
-        if self.activation not in ("relu", "gelu", "gelu_tanh", "silu"):
-            raise ValueError(f"config activation {self.activation!r} is not supported")
-        if self.positions not in ("learned", "sinusoidal_paper", "sinusoidal_marian",
-                                  "sinusoidal_t2t", "relative"):
-            raise ValueError(f"config positions {self.positions!r} is not supported")
-
-    @property
-    def head_dim(self):
-        """D = d_kv, else d_model / n_heads."""
-        return self.d_kv or self.d_model // self.n_heads
-
-    @cached_property
-    def encoder_block(self):
-        """The BlockSpec of the encoder's layers (bidirectional self-attention)."""
-        return BlockSpec(self.norm, self.norm_eps, self.pre_norm, self.activation, self.gated,
-                         self.attention_scale, n_heads=self.n_heads, head_dim=self.head_dim,
-                         positions="relative" if self.positions == "relative"
-                         else "sinusoidal" if self.positions.startswith("sinusoidal")
-                         else "learned")
-
-    @cached_property
-    def decoder_block(self):
-        """The BlockSpec of the decoder's layers (causal self-attention, cross-attention)."""
-        return replace(self.encoder_block, causal=True, cross_attention=True)
-
-    # the names generation reads
-    @property
-    def vocab_size(self):
-        """Target vocabulary size (the LM head's width)."""
-        return self.tgt_vocab_size
-
-    @property
-    def eos_token_ids(self):
-        """The end-of-sequence ids as a tuple."""
-        return () if self.eos_token_id is None else (self.eos_token_id,)
-
-
-PRESETS = {  # Vaswani et al. 2017, table 3; ReLU, post-LN, sinusoidal positions, scaled embeddings
-    "transformer-base": dict(d_model=512, n_heads=8, encoder_layers=6, decoder_layers=6, d_ff=2048),
-    "transformer-big": dict(d_model=1024, n_heads=16, encoder_layers=6, decoder_layers=6,
-                            d_ff=4096),
-}
-
-
-def preset(name, src_vocab_size, tgt_vocab_size, **overrides):
-    """Seq2SeqConfig of the paper's "transformer-base" (N=6, d_model=512, d_ff=2048, h=8) or
-    "transformer-big" (N=6, d_model=1024, d_ff=4096, h=16). Raises ValueError for another name."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; known: {sorted(PRESETS)}")
-    return Seq2SeqConfig(src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size,
-                         **dict(PRESETS[name], **overrides))
-
-
-def sinusoid_table(n_positions, C, kind):
-    """Sinusoidal position encodings (n_positions, C) float32 for position 0.. (Vaswani et al.
-    2017, section 3.5), in the layout `kind` (see Seq2SeqConfig.positions); computed in float64."""
-    pos = np.arange(n_positions, dtype=np.float64)[:, None]
-    half = C // 2
-    if kind == "sinusoidal_t2t":
-        inv = np.exp(-math.log(10000.0) * np.arange(half) / max(half - 1, 1))
-    else:
-        inv = 10000.0 ** (-2.0 * np.arange(half) / C)
-    ang = pos * inv[None]
-    table = np.zeros((n_positions, C))
-    if kind == "sinusoidal_paper":
-        table[:, 0:2 * half:2] = np.sin(ang)
-        table[:, 1:2 * half:2] = np.cos(ang)
-    else:
-        table[:, :half] = np.sin(ang)
-        table[:, half:2 * half] = np.cos(ang)
-    return table.astype(np.float32)
+__all__ = ["Seq2SeqConfig", "Seq2SeqModel", "Seq2SeqDecoding", "EncoderOutput", "seq2seq_shapes",
+           "sinusoid_table"]
 
 
 def seq2seq_shapes(config, lm_head_bias=False):
@@ -236,12 +97,12 @@ class EncoderOutput:
 class _DecodeState(KVCache):
     """KV cache of the decoder plus, per cache row, the source sentence it translates
     (src_index) and the offset of its positions (offset: a left-padded decoder prefix's
-    padding, so that a token's position is its column, as HF); k, v beside `like` (the model's
-    device and dtype), NumPy float32 when None."""
+    padding, so that a token's position is its column, as HF); k, v on the device of
+    `backend` (the model's)."""
 
-    def __init__(self, config, rows, max_length, enc, src_index, like=None):
+    def __init__(self, config, rows, max_length, enc, src_index, backend=None):
         super().__init__(config.decoder_layers, rows, max_length, config.n_heads,
-                         config.head_dim, like)
+                         config.head_dim, backend)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
         self.offset = np.zeros(len(self.src_index), np.int64)
@@ -268,6 +129,7 @@ class Seq2SeqDecoding(Decoding):
                  decoder_input_ids=None, decoder_attention_mask=None):
         cfg = model.config
         self.model, self.threads, self.vocab_size = model, model.threads, cfg.tgt_vocab_size
+        self.backend = model.kernels
         self.enc = model.encode(input_ids, attention_mask)
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
@@ -316,8 +178,7 @@ class Seq2SeqDecoding(Decoding):
                              f"exceeds the model's {cfg.max_position_embeddings} positions")
         lens = self.mask.sum(1)
         self.state = _DecodeState(cfg, rows, int(lens.max()) + max_new_tokens, self.enc,
-                                  np.arange(B),
-                                  like=None if model.device == "cpu" else self.enc.hidden)
+                                  np.arange(B), model.kernels)
         self.state.offset = (T - lens).astype(np.int64)
         self.state.alignment = self._alignment
         if T == 1:
@@ -331,7 +192,7 @@ class Seq2SeqDecoding(Decoding):
         self.state.reorder(index)
 
 
-class Seq2SeqModel(DeviceModel):
+class Seq2SeqModel(Model):
     """An encoder-decoder Transformer. model(input_ids, attention_mask, decoder_input_ids) ->
     logits (B, T, V); generate(input_ids, attention_mask, ...) -> target ids starting with
     decoder_start_token_id; score(...) -> per-token log-probabilities.
@@ -344,69 +205,54 @@ class Seq2SeqModel(DeviceModel):
     model; bfloat16 comes back as float32), generate returns CuPy ids (and scores); score()
     returns NumPy; inputs may be NumPy or CuPy."""
 
-    DEVICES = ("cpu", "cuda")
-    kind = "seq2seq"  # "encoder", "decoder" or "seq2seq": what the model takes and returns
+    kind = "seq2seq"
 
     def __init__(self, config, weights, tokenizer=None, threads=None, source_vocabulary=None,
                  target_vocabulary=None):
-        self.config = config
-        self.tokenizer = tokenizer
         self.source_vocabulary = source_vocabulary
         self.target_vocabulary = target_vocabulary
-        self.threads = resolve_threads(threads)
-        self.weights = host_weights(weights)
-        self._moved()
+        super().__init__(config, weights, tokenizer, threads)
 
     def _moved(self):
-        """The embedding tables of each side beside the weights (same device and dtype): the
-        word embeddings times sqrt(C) when config.scale_embedding (scaled in float32, then
-        rounded to the dtype), and the position table (learned, or a stored sinusoid table, else
-        the config's sinusoids)."""
+        """The word embeddings of each side beside the weights (same device and dtype), times
+        sqrt(C) when config.scale_embedding (scaled in float32, then rounded to the dtype), and
+        T5's scaled final norm (_decoder_stack)."""
         config, w = self.config, self.weights
         scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0
-        self._embed_tables = {}
+        self._words = {}
         for side in ("encoder", "decoder"):
-            # learned, or a stored sinusoid table; else None: the config's sinusoids, made on
-            # first use for the positions needed (_position_table)
-            pos = w.get(side + ".embeddings.position")
             word = w[side + ".embeddings.word"]
             if scale != 1.0 and isinstance(word, PackedWeight):
                 word = word.scaled(scale)
             elif scale != 1.0:
-                word = to_device(to_numpy(word) * np.float32(scale), self.device, self.dtype)
-            self._embed_tables[side] = (word, pos)
+                word = self.kernels.place(self.kernels.to_host(word) * np.float32(scale))
+            self._words[side] = word
         final = w.get("decoder.final_norm.weight")
         self._scaled_final = None
         if config.lm_head_scale != 1.0:
             if final is None or config.norm != "rms_norm":
                 raise ValueError("lm_head_scale needs an RMSNorm decoder final_norm (T5)")
-            self._scaled_final = (to_device(to_numpy(final) * np.float32(config.lm_head_scale),
-                                            self.device, self.dtype), None)
+            self._scaled_final = (self.kernels.place(
+                self.kernels.to_host(final) * np.float32(config.lm_head_scale)), None)
 
     # -- blocks ---------------------------------------------------------------------------------
     def _position_table(self, side, need):
-        """The position table of `side` covering rows [0, need) at least (a stored table, or
-        the config's sinusoids grown by doubling up to max_position_embeddings + offset)."""
-        word, pos = self._embed_tables[side]
-        if side + ".embeddings.position" in self.weights:
-            return pos
+        """The position table of `side` covering rows [0, need) at least: learned or a stored
+        sinusoid table as it is; relative positions: one zero row; else the config's sinusoids
+        (one table for both sides, grown by doubling up to max_position_embeddings + offset:
+        Model._grown)."""
+        stored = self.weights.get(side + ".embeddings.position")
+        if stored is not None:
+            return stored
         cfg = self.config
         if cfg.positions == "relative":  # no position embedding: one zero row
-            if pos is None:
-                pos = to_device(np.zeros((1, cfg.d_model), np.float32), self.device,
-                                self.dtype)
-                self._embed_tables[side] = (word, pos)
-            return pos
-        limit = cfg.max_position_embeddings + cfg.position_offset
-        if pos is None or len(pos) < min(need, limit):
-            n = min(limit, max(need, 2 * (0 if pos is None else len(pos)), 256))
-            pos = to_device(sinusoid_table(n, cfg.d_model, cfg.positions), self.device,
-                            self.dtype)
-            self._embed_tables[side] = (word, pos)
-        return pos
+            return self._zero_positions()
+        return self._grown("sinusoids", need, cfg.max_position_embeddings + cfg.position_offset,
+                           lambda n: self.kernels.place(sinusoid_table(n, cfg.d_model,
+                                                                       cfg.sinusoids)))
 
     def _embed(self, side, ids, positions):
-        word = self._embed_tables[side][0]
+        word = self._words[side]
         w = self.weights
         offset = self.config.position_offset
         pos = self._position_table(side, int(positions.max()) + offset + 1 if positions.size
@@ -432,16 +278,10 @@ class Seq2SeqModel(DeviceModel):
         return (blocks, self._scaled_final) if self._scaled_final is not None else (blocks, final)
 
     def _position_bias(self, side):
-        """The relative position bias of `side`'s self-attention (T5), or None."""
-        table = self.weights.get(side + ".position_bias.relative")
-        if table is None:
-            return None
-        cache = self.__dict__.setdefault("_position_biases", {})
-        if side not in cache or cache[side][0] is not table:
-            cfg = self.config
-            cache[side] = (table, ops.PositionBias.relative(
-                to_numpy(table), cfg.relative_attention_max_distance, side == "encoder"))
-        return cache[side][1]
+        """The relative position bias of `side`'s self-attention (T5: bidirectional in the
+        encoder, causal in the decoder), or None."""
+        return self._relative_bias(side + ".", self.config.relative_attention_max_distance,
+                                   side == "encoder")
 
     # -- encoder ----------------------------------------------------------------------------------
     def _pack(self, name, input_ids, attention_mask, vocab):
@@ -469,8 +309,7 @@ class Seq2SeqModel(DeviceModel):
             rows = np.repeat(np.arange(B), lens)
             cols = np.arange(len(h)) - cu[rows]
             xp = k.xp
-            if xp is not np:
-                rows, cols = xp.asarray(rows), xp.asarray(cols)
+            rows, cols = k.indices(rows), k.indices(cols)
             for layer in self.stack("decoder.")[0]:
                 kv = k.linear(h, *layer.cross_kv).reshape(len(h), 2, H, D)
                 kp = xp.zeros((B, S, H, D), h.dtype)
@@ -521,8 +360,8 @@ class Seq2SeqModel(DeviceModel):
         src (R,), averaged over the first `heads` heads: (R, S_max) float32 NumPy, 0 beyond each
         source's length (CTranslate2's alignment: return_attention). Computed on the host in
         float32."""
-        k = to_numpy(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
-        q = to_numpy(q).astype(np.float32)[:, :heads]
+        k = self.kernels.to_host(enc.cross_planes[layer][0]).astype(np.float32)[src, :, :heads]
+        q = self.kernels.to_host(q).astype(np.float32)[:, :heads]
         scale = self.config.attention_scale
         scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
         s = np.einsum("rhd,rshd->rhs", q, k) * np.float32(scale)
@@ -556,7 +395,7 @@ class Seq2SeqModel(DeviceModel):
         with blas_single_threaded():
             h = self._teacher_forced(state.enc, ids, positions, cu, state)
             state.lengths[:len(lens)] = lens
-            last = ops.array_module(h).ascontiguousarray(h[cu[1:] - 1])
+            last = self.kernels.xp.ascontiguousarray(h[cu[1:] - 1])
             return self._logits(last)
 
     def decode(self, enc, decoder_input_ids, decoder_attention_mask=None):
@@ -570,10 +409,7 @@ class Seq2SeqModel(DeviceModel):
             raise ValueError(f"decoder_input_ids has {B} rows, the source batch {len(enc.lengths)}")
         with blas_single_threaded():
             logits = self._logits(self._teacher_forced(enc, ids, positions, cu))
-        xp = ops.array_module(logits)
-        out = xp.zeros((B * T, cfg.tgt_vocab_size), logits.dtype)
-        out[xp.asarray(flat)] = logits
-        return self._output(out.reshape(B, T, -1))
+        return self._padded(logits, flat, (B, T))
 
     # -- public API -------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None, decoder_input_ids=None,
@@ -610,7 +446,7 @@ class Seq2SeqModel(DeviceModel):
         NumPy arrays; CuPy on device="cuda" (the search runs on the host over logits copied
         back each step as float32; the encoder output and KV cache stay on the device)."""
         from ..generation import generate
-        return _device_outputs(self, generate(self, input_ids, attention_mask, **kwargs))
+        return self._device_outputs(generate(self, input_ids, attention_mask, **kwargs))
 
     def stream(self, input_ids, attention_mask=None, **kwargs):
         """An iterator over the new tokens of greedy search or sampling: each new column
@@ -643,34 +479,6 @@ class Seq2SeqModel(DeviceModel):
         dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
         for b, L in enumerate(lens):
             dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]
-        lp = log_softmax(to_numpy(self(input_ids, attention_mask, dec_in, dmask)))
+        lp = log_softmax(self.kernels.to_host(self(input_ids, attention_mask, dec_in, dmask)))
         tok = np.take_along_axis(lp, labels[..., None], -1)[..., 0]
         return [tok[b, :L + 1] for b, L in enumerate(lens)]
-
-
-
-@register_family("transformer")
-class TransformerModel(Seq2SeqModel):
-    """Bring-your-own-weights encoder-decoder: config.json {"model_type": "transformer",
-    "preset": "transformer-base" | "transformer-big" (optional), "src_vocab_size": ...,
-    "tgt_vocab_size": ..., any Seq2SeqConfig field} and model.safetensors holding our tensor names
-    (this module's docstring; lm_head.bias optional)."""
-
-    @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load the directory; ValueError for unknown config keys, WeightsError for tensors that
-        do not fit the config."""
-        fields = {k: v for k, v in config_dict.items()
-                  if k not in ("model_type", "preset", "architectures")}
-        try:
-            if "preset" in config_dict:
-                config = preset(config_dict["preset"], **fields)
-            else:
-                config = Seq2SeqConfig(**fields)
-        except TypeError as e:
-            raise ValueError(f"{path}/config.json: {e}")
-        tensors, source = read_hf_weights(path)
-        check_layer_count(tensors, config.encoder_layers + config.decoder_layers, source)
-        shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
-        weights = check_tensors(tensors, shapes, (), source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)

@@ -113,6 +113,5 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
 class T5Model(HFFamily, Seq2SeqModel):
     """T5 encoder-decoder (v1.0 and v1.1 / flan); CPU and GPU. See Seq2SeqModel for the API."""
 
-    DEVICES = ("cpu", "cuda")
     config_from_hf = staticmethod(config_from_hf)
     weights_from_hf = staticmethod(weights_from_hf)

@@ -1,6 +1,7 @@
-"""The one kernel interface: every op checks its arguments here, once, then dispatches to a
-backend by where its operands live: NumPy arrays run on `cpu` (csrc/cpu), CuPy arrays on `cuda`
-(csrc/cuda); the backend files hold only the math.
+"""The one kernel interface for direct callers: every op checks its arguments here, once, then
+runs on the backend object of where its operands live (transformer.ops.choose.backend_for:
+NumPy arrays on CPUBackend, csrc/cpu; CuPy arrays on CUDABackend, csrc/cuda), the same objects
+a placed model calls without these checks; the backend files hold only the math.
 
 Conventions: on the CPU activations are float32 (other float dtypes are converted; anything else
 is a TypeError); on the GPU every operand of an op is a CuPy array of one dtype, float32, float16
@@ -14,31 +15,21 @@ import math
 
 import numpy as np
 
-from .._threads import blas_single_threaded, resolve_threads
-from . import cpu as _cpu_backend
+from .._threads import blas_single_threaded
+from .backend import VarlenPlan, on_device
+from .choose import backend, backend_for
 from .packed import PackedWeight
 from .position_bias import PositionBias
 
 __all__ = ["linear", "bias_act", "add", "gelu", "gelu_tanh", "relu", "silu", "layer_norm",
-           "rms_norm",
-           "softmax", "embedding", "rotary", "rotary_tables", "swiglu", "attention",
+           "rms_norm", "softmax", "embedding", "rotary", "rotary_tables", "sinusoid_table",
+           "swiglu", "attention",
            "attention_varlen", "decode_attention", "beam_topk", "ACTIVATIONS",
-           "GATED_ACTIVATIONS", "PackedWeight", "PositionBias"]
+           "GATED_ACTIVATIONS", "PackedWeight", "PositionBias", "backend", "backend_for",
+           "on_device", "VarlenPlan"]
 
 ACTIVATIONS = (None, "relu", "gelu", "gelu_tanh", "silu")
 GATED_ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")  # ops.swiglu
-
-
-_ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type
-
-
-def on_device(a):
-    """True for a CuPy (GPU) array."""
-    t = type(a)
-    known = _ON_DEVICE.get(t)
-    if known is None:
-        known = _ON_DEVICE[t] = t.__module__.split(".")[0] == "cupy"
-    return known
 
 
 def array_module(a):
@@ -47,13 +38,6 @@ def array_module(a):
         from . import cuda
         return cuda.cupy()
     return np
-
-
-def _backend_for(a):
-    if on_device(a):
-        from . import cuda
-        return cuda
-    return _cpu_backend
 
 
 def _empty(like, shape):
@@ -184,12 +168,8 @@ def linear(x, weight, bias=None, activation=None, threads=None):
             raise ValueError(f"bias must have shape ({weight.shape[0]},), got {bias.shape}")
     _activation(activation)
     x2 = x.reshape(-1, x.shape[-1])
-    out = _empty(x, (x2.shape[0], weight.shape[0]))
-    if packed:
-        weight.linear(x2, bias, activation, out, resolve_threads(threads))
-        return out.reshape(x.shape[:-1] + (weight.shape[0],))
     with blas_single_threaded():
-        _backend_for(x).linear(x2, weight, bias, activation, out, resolve_threads(threads))
+        out = backend_for(x, threads).linear(x2, weight, bias, activation)
     return out.reshape(x.shape[:-1] + (weight.shape[0],))
 
 
@@ -202,8 +182,7 @@ def bias_act(x, bias=None, activation="gelu", threads=None):
         if bias.shape[0] != x.shape[-1]:
             raise ValueError(f"bias must have shape ({x.shape[-1]},), got {bias.shape}")
     _activation(activation)
-    _backend_for(x).bias_act(x.reshape(-1, x.shape[-1]), bias, activation,
-                             resolve_threads(threads))
+    backend_for(x, threads).bias_act(x.reshape(-1, x.shape[-1]), bias, activation)
     return x
 
 
@@ -215,10 +194,7 @@ def add(a, b, threads=None):
     b = _float32("b", b, like=a)
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {a.shape} and {b.shape}")
-    if not on_device(a):
-        return a + b
-    from . import cuda
-    return cuda.add(a, b, _empty(a, a.shape), None)
+    return backend_for(a, threads).add(a, b)
 
 
 def _elementwise(x, activation, threads):
@@ -265,9 +241,8 @@ def layer_norm(x, weight, bias, eps=1e-5, residual=None, threads=None):
         residual = residual.reshape(-1, C)
     eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).layer_norm(x.reshape(-1, C), residual, weight, bias, eps,
-                               out.reshape(-1, C),
-                        resolve_threads(threads))
+    backend_for(x, threads).layer_norm(x.reshape(-1, C), weight, bias, eps, residual,
+                                       out.reshape(-1, C))
     return out
 
 
@@ -281,9 +256,30 @@ def rms_norm(x, weight, eps=1e-6, threads=None):
         raise ValueError(f"weight must have shape ({C},), got {weight.shape}")
     eps = _real("eps", eps, positive=True)
     out = _empty(x, x.shape)
-    _backend_for(x).rms_norm(x.reshape(-1, C), weight, eps, out.reshape(-1, C),
-                      resolve_threads(threads))
+    backend_for(x, threads).rms_norm(x.reshape(-1, C), weight, eps, out.reshape(-1, C))
     return out
+
+
+def sinusoid_table(n_positions, C, layout="paper"):
+    """Sinusoidal position encodings (n_positions, C) float32 for position 0.. (Vaswani et al.
+    2017, section 3.5), in the layout "paper" (PE(p, 2i) = sin, PE(p, 2i+1) = cos, frequencies
+    10000^(-2i/C)), "marian" ([sin | cos], 10000^(-2i/C)) or "t2t" ([sin | cos],
+    10000^(-i/(C/2 - 1)), tensor2tensor / OpenNMT / CTranslate2); computed in float64."""
+    pos = np.arange(n_positions, dtype=np.float64)[:, None]
+    half = C // 2
+    if layout == "t2t":
+        inv = np.exp(-math.log(10000.0) * np.arange(half) / max(half - 1, 1))
+    else:
+        inv = 10000.0 ** (-2.0 * np.arange(half) / C)
+    ang = pos * inv[None]
+    table = np.zeros((n_positions, C))
+    if layout == "paper":
+        table[:, 0:2 * half:2] = np.sin(ang)
+        table[:, 1:2 * half:2] = np.cos(ang)
+    else:
+        table[:, :half] = np.sin(ang)
+        table[:, half:2 * half] = np.cos(ang)
+    return table.astype(np.float32)
 
 
 def rotary_tables(max_positions, head_dim, theta=10000.0):
@@ -326,8 +322,7 @@ def rotary(x, positions, cos, sin, n_heads, interleaved=False, threads=None):
         raise ValueError(f"{n_heads} heads of {D} do not fit in rows of {x.shape[1]}")
     pos = _indices("positions", array_module(positions).asarray(positions), cos.shape[0],
                    (x.shape[0],), like=x)
-    _backend_for(x).rotary(x, pos, cos, sin, int(n_heads), D, bool(interleaved),
-                    resolve_threads(threads))
+    backend_for(x, threads).rotary(x, pos, cos, sin, int(n_heads), bool(interleaved))
     return x
 
 
@@ -348,8 +343,8 @@ def swiglu(gate_up, threads=None, activation="silu"):
         raise ValueError(f"activation must be one of {GATED_ACTIVATIONS}, got {activation!r}")
     F = gate_up.shape[-1] // 2
     out = _empty(gate_up, gate_up.shape[:-1] + (F,))
-    _backend_for(gate_up).swiglu(gate_up.reshape(-1, 2 * F), out.reshape(-1, F),
-                                 resolve_threads(threads), activation=activation)
+    backend_for(gate_up, threads).swiglu(gate_up.reshape(-1, 2 * F), activation,
+                                         out.reshape(-1, F))
     return out
 
 
@@ -369,8 +364,8 @@ def softmax(x, mask=None, threads=None):
             raise ValueError(f"mask of shape {mask.shape} does not broadcast to x {x.shape}")
         mask = mask.reshape(-1, x.shape[-1])
     out = _empty(x, x.shape)
-    _backend_for(x).softmax(x.reshape(-1, x.shape[-1]), mask, out.reshape(-1, x.shape[-1]),
-                     resolve_threads(threads))
+    backend_for(x, threads).softmax(x.reshape(-1, x.shape[-1]), mask,
+                                    out.reshape(-1, x.shape[-1]))
     return out
 
 
@@ -421,16 +416,10 @@ def embedding(input_ids, word_embeddings, position_embeddings, position_ids=None
         norm_bias = _float32("norm_bias", norm_bias, ndim=1, like=word)
         if norm_weight.shape != (C,) or norm_bias.shape != (C,):
             raise ValueError(f"norm_weight and norm_bias must have shape ({C},)")
-    n = resolve_threads(threads)
-    flat_ids = ids.reshape(-1)
-    if packed:  # gather and dequantize the rows once, then the fused sum + norm reads them
-        word, flat_ids = word.rows(flat_ids, n), np.arange(flat_ids.size, dtype=np.int64)
-    out = _empty(word, ids.shape + (C,))
-    _backend_for(word).embedding(flat_ids, pos.reshape(-1),
-                       None if types is None else types.reshape(-1), word, position, token_type,
-                       norm_weight, norm_bias, eps if norm_weight is not None else 0.0,
-                       out.reshape(-1, C), n)
-    return out
+    out = backend_for(position, threads).embedding(
+        ids.reshape(-1), pos.reshape(-1), word, position, norm_weight, norm_bias, eps,
+        None if types is None else types.reshape(-1), token_type)
+    return out.reshape(ids.shape + (C,))
 
 
 def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
@@ -469,17 +458,17 @@ def _check_qkv(q, k, v, ndim, q_axes, k_axes, row_axis, names=("q", "k", "v")):
 
 
 def _position_bias(position_bias, H):
-    """The backends' keyword arguments of a PositionBias for H query heads ({} for None): the
-    same on the CPU and the GPU (whose backend uploads the host tables once). Raises TypeError
+    """position_bias checked for H query heads (a PositionBias or None; the backends pass its
+    kernel_args() to the kernels, the GPU uploading the host tables once). Raises TypeError
     for another object, ValueError for a head count that does not fit."""
     if position_bias is None:
-        return {}
+        return None
     if not isinstance(position_bias, PositionBias):
         raise TypeError(f"position_bias must be a transformer.ops.PositionBias or None, got "
                         f"{type(position_bias).__name__}")
     if position_bias.n_heads != H:
         raise ValueError(f"position_bias has {position_bias.n_heads} heads, q has {H}")
-    return position_bias.kernel_args()
+    return position_bias
 
 
 def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=None,
@@ -512,13 +501,10 @@ def attention(q, k, v, attention_mask=None, causal=False, scale=None, threads=No
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     bias = _position_bias(position_bias, H)
     out = _empty(q, (B, T, H, D))  # rows-major planes, returned as a (B, H, T, D) view
-    n = np.arange(B, dtype=np.int32)
-    zeros = np.zeros(B, np.int32)
     with blas_single_threaded():
-        _backend_for(q).attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
-                           v.transpose(0, 2, 1, 3), out, n, zeros, np.full(B, T, np.int32),
-                           zeros, np.full(B, S, np.int32), key_bias, bool(causal), scale,
-                           resolve_threads(threads), **bias)
+        backend_for(q, threads).attention(
+            q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3),
+            VarlenPlan.padded(B, T, S), bool(causal), scale, key_bias, bias, out)
     return out.transpose(0, 2, 1, 3)
 
 
@@ -577,15 +563,9 @@ def attention_varlen(q, k, v, cu_seqlens, causal=False, scale=None, out=None, cu
         _check_out(out, (N, H, D), q)
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
     bias = _position_bias(position_bias, H)
-    starts = np.ascontiguousarray(cu[:-1], dtype=np.int32)
-    lens = np.ascontiguousarray(np.diff(cu), dtype=np.int32)
-    k_starts = np.ascontiguousarray(cu_k[:-1], dtype=np.int32)
-    k_lens = np.ascontiguousarray(np.diff(cu_k), dtype=np.int32)
     with blas_single_threaded():
-        _backend_for(q).attention(q[None], k[None], v[None], out[None],
-                                  np.zeros(len(lens), np.int32),
-                           starts, lens, k_starts, k_lens, None, bool(causal), scale,
-                           resolve_threads(threads), **bias)
+        backend_for(q, threads).attention_varlen(q, k, v, VarlenPlan(cu, cu_k), bool(causal),
+                                                 scale, bias, out)
     return out
 
 
@@ -665,26 +645,13 @@ def decode_attention(q, k_cache, v_cache, lengths, attention_mask=None, scale=No
         out = _empty(q, (B, H, D))
     else:
         _check_out(out, (B, H, D), q)
-    n = resolve_threads(threads)
     bias = _position_bias(position_bias, H)  # the query at lengths[b] - 1, keys at 0..
     if chunk is not None:  # more keys per item than S_max change nothing
         chunk = min(_integer("chunk", chunk, 1), max(1, S_max))
     scale = 1.0 / math.sqrt(D) if scale is None else _real("scale", scale, positive=True)
-    if on_device(q):
-        from . import cuda
-        if B:
-            cuda.decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out, scale,
-                                  chunk, n, **bias)
-        return out
-    if chunk is None:  # at least two work items per thread, at least 32 keys per item
-        items = max(1, B * k_cache.shape[2])
-        longest = int(lengths.max()) if B else 1
-        chunk = max(32, -(-longest // max(1, -(-2 * n // items))))
-    if B:
-        _cpu_backend.decode_attention(q, k_cache, v_cache, kv_index,
-                                  np.ascontiguousarray(lengths, np.int32),
-                                  key_bias, out, scale, int(chunk), n, kv_rows, **bias)
-    return out
+    return backend_for(q, threads).decode_attention(
+        q, k_cache, v_cache, np.ascontiguousarray(lengths, np.int32), scale, kv_index, kv_rows,
+        key_bias, bias, chunk, out)
 
 
 def beam_topk(logits, beam_scores, num_beams, k, threads=None):
@@ -700,7 +667,6 @@ def beam_topk(logits, beam_scores, num_beams, k, threads=None):
     that do not fit (rows not a multiple of num_beams, k out of range). logits may be a CuPy
     array: the selection then runs on the device and only the (B, k) results come back (NumPy
     either way; on the device equal scores at the k-th place may be chosen in another order)."""
-    device = on_device(logits)
     logits = _float32("logits", logits, ndim=2)
     beam_scores = _float32("beam_scores", beam_scores, ndim=1)
     R, V = logits.shape
@@ -711,13 +677,4 @@ def beam_topk(logits, beam_scores, num_beams, k, threads=None):
         raise ValueError(f"beam_scores must have shape ({R},), got {beam_scores.shape}")
     if not (isinstance(k, (int, np.integer)) and 1 <= k <= V):
         raise ValueError(f"k must be an integer in [1, V={V}], got {k!r}")
-    B = R // num_beams
-    if device:
-        from . import cuda
-        return cuda.beam_topk(logits, beam_scores, int(num_beams), int(k))
-    vals = np.empty((B, int(k)), np.float32)
-    idx = np.empty((B, int(k)), np.int64)
-    if B:
-        _cpu_backend.beam_topk(logits, beam_scores, int(num_beams), int(k), vals, idx,
-                               resolve_threads(threads))
-    return vals, idx
+    return backend_for(logits, threads).beam_topk(logits, beam_scores, int(num_beams), int(k))

@@ -6,7 +6,9 @@ once per process by NVRTC through cupy.RawModule and cached; each source is read
 prefix so compiler messages name the real file. Matmuls: cuBLAS gemmEx on 2-D operands (fp32
 compute for every dtype; tensor cores for fp16/bf16). Element types: float32, float16 and
 bfloat16; CuPy has no bfloat16 dtype, so bfloat16 tensors are uint16 arrays of bf16 bit patterns.
-Every function takes `threads` for the CPU backend's signature and ignores it.
+The module's functions launch the kernels (each takes `threads` and ignores it);
+CUDABackend, the backend object (transformer.ops.backend), calls them with the CPU backend's
+method names and argument lists.
 """
 import collections
 import functools
@@ -15,6 +17,8 @@ import pathlib
 import threading
 
 import numpy as np
+
+from .backend import Backend, on_device
 
 SUFFIX = {np.dtype(np.float32): "f32", np.dtype(np.float16): "f16", np.dtype(np.uint16): "bf16"}
 ACT_CODES = {None: 0, "relu": 1, "gelu": 2, "gelu_tanh": 3, "silu": 4}
@@ -218,6 +222,14 @@ def to_float32(x):
     return x.astype(np.float32)
 
 
+def to_host(a):
+    """A device array as NumPy: floats (bfloat16 bits included) as float32, integers as they
+    are."""
+    if a.dtype.kind == "f" or a.dtype == np.uint16:
+        a = to_float32(a)
+    return cupy().asnumpy(a)
+
+
 def from_float32(x, dtype):
     """x (float32 device array) as dtype "float32", "float16" or "bfloat16" (uint16 bits)."""
     cp = cupy()
@@ -383,3 +395,189 @@ def beam_topk(logits, beam_scores, num_beams, k):
     idx = idx.get().astype(np.int64)
     order = np.lexsort((idx, -vals), axis=-1)
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+
+
+_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+
+
+class CUDABackend(Backend):
+    """The kernels of csrc/cuda (the functions above) behind the CPU backend's methods, the
+    same names and argument lists (transformer.ops.cpu.CPUBackend documents each); arrays are
+    CuPy arrays of the model's dtype (float32, float16, bfloat16 as uint16 bits); host index
+    arrays are moved here. Where the CPU has a fused op the GPU lacks (decode_self_attention),
+    the method composes the kernels; what the GPU kernels cannot read (decode_attention's plane
+    table kv_rows) is gathered first. threads is kept for the signature and not used."""
+
+    device = "cuda"
+    copy_on_reorder = True  # reorder_cache gathers rows: the plane table stays the identity
+
+    def __init__(self, threads=None, dtype="float32"):
+        super().__init__(threads, dtype)
+        self.xp = cupy()
+        self.act_dtype = np.dtype(_DTYPES[dtype])
+        self._step = None  # (host positions, device positions, cache write index): one step
+
+    # -- rows ---------------------------------------------------------------------------------
+    def linear(self, x, weight, bias=None, activation=None, out=None):
+        if out is None:
+            out = self.xp.empty((x.shape[0], weight.shape[0]), x.dtype)
+        linear(x, weight, bias, activation, out, self.threads)
+        return out
+
+    def bias_act(self, x, bias, activation):
+        bias_act(x, bias, activation, self.threads)
+        return x
+
+    def add(self, a, b, out=None):
+        if out is None:
+            out = self.xp.empty(a.shape, a.dtype)
+        add(a, b, out, None)
+        return out
+
+    def layer_norm(self, x, weight, bias, eps, residual=None, out=None):
+        if out is None:
+            out = self.xp.empty(x.shape, x.dtype)
+        layer_norm(x, residual, weight, bias, eps, out, self.threads)
+        return out
+
+    def rms_norm(self, x, weight, eps, out=None):
+        if out is None:
+            out = self.xp.empty(x.shape, x.dtype)
+        rms_norm(x, weight, eps, out, self.threads)
+        return out
+
+    def add_norm(self, h, y, weight, bias, eps, rms):
+        s, out = self.xp.empty(h.shape, h.dtype), self.xp.empty(h.shape, h.dtype)
+        add(h, y, s, None)
+        if rms:
+            rms_norm(s, weight, eps, out, self.threads)
+        else:
+            layer_norm(s, None, weight, bias, eps, out, self.threads)
+        return s, out
+
+    def swiglu(self, gate_up, activation="silu", out=None):
+        if out is None:
+            out = self.xp.empty((gate_up.shape[0], gate_up.shape[1] // 2), gate_up.dtype)
+        swiglu(gate_up, out, self.threads, activation=activation)
+        return out
+
+    def softmax(self, x, mask=None, out=None):
+        if out is None:
+            out = self.xp.empty(x.shape, x.dtype)
+        softmax(x, mask, out, self.threads)
+        return out
+
+    def rotary(self, x, positions, cos, sin, n_heads, interleaved):
+        rotary(x, positions, cos, sin, n_heads, 2 * cos.shape[1], interleaved, self.threads)
+        return x
+
+    def embedding(self, ids, positions, word, position, norm_weight=None, norm_bias=None,
+                  eps=0.0, token_types=None, token_type=None, out=None):
+        xp = self.xp
+        ids, positions = xp.asarray(ids), xp.asarray(positions)
+        token_types = None if token_types is None else xp.asarray(token_types)
+        if out is None:
+            out = xp.empty((len(ids), word.shape[1]), word.dtype)
+        embedding(ids, positions, token_types, word, position, token_type, norm_weight,
+                  norm_bias, eps if norm_weight is not None else 0.0, out, self.threads)
+        return out
+
+    # -- attention ----------------------------------------------------------------------------
+    def attention(self, q, k, v, plan, causal, scale, key_bias=None, position_bias=None,
+                  out=None):
+        if out is None:
+            out = self.xp.empty(q.shape, q.dtype)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        bias = {} if position_bias is None else position_bias.kernel_args()
+        attention(q, k, v, out, plan.planes, plan.starts, plan.lens, plan.k_starts, plan.k_lens,
+                  key_bias, causal, scale, self.threads, **bias)
+        return out
+
+    def decode_attention(self, q, k_cache, v_cache, lengths, scale=None, kv_index=None,
+                         kv_rows=None, key_bias=None, position_bias=None, chunk=None, out=None):
+        if out is None:
+            out = self.xp.empty(q.shape, q.dtype)
+        if not len(q):
+            return out
+        scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
+        bias = {} if position_bias is None else position_bias.kernel_args()
+        if kv_rows is not None:  # the kernel reads planes: gather each row's keys first
+            rows = self.xp.asarray(kv_rows)
+            pos = self.xp.arange(kv_rows.shape[1])[None]
+            k_cache = self.xp.ascontiguousarray(k_cache[rows, pos])
+            v_cache = self.xp.ascontiguousarray(v_cache[rows, pos])
+        decode_attention(q, k_cache, v_cache, kv_index, lengths, key_bias, out, scale, chunk,
+                         self.threads, **bias)
+        return out
+
+    def decode_self_attention(self, qkv, n_heads, positions, rope, interleaved, k_cache,
+                              v_cache, lengths, scale, kv_rows=None, position_bias=None,
+                              chunk=None):
+        """The CPU's fused step composed: rotary, the cache write, decode_attention. The cache
+        reorders by copying (reorder_cache), so kv_rows is the identity and is not read; the
+        device positions and write index are made once per step (positions: the same host
+        array for every layer)."""
+        R, (S_max, Hkv, D) = len(qkv), k_cache.shape[1:]
+        step = self._step
+        if step is None or step[0] is not positions:
+            flat = np.arange(R) * S_max + positions
+            index = slice(int(flat[0]), int(flat[0]) + 1) if R == 1 else self.xp.asarray(flat)
+            step = self._step = (positions, self.xp.asarray(positions), index)
+        if rope is not None:
+            rotary(qkv, step[1], rope[0], rope[1], n_heads + Hkv, D, interleaved, self.threads)
+        H = n_heads
+        k_cache.reshape(-1, Hkv * D)[step[2]] = qkv[:, H * D:(H + Hkv) * D]
+        v_cache.reshape(-1, Hkv * D)[step[2]] = qkv[:, (H + Hkv) * D:]
+        return self.decode_attention(qkv[:, :H * D].reshape(R, H, D), k_cache[:R], v_cache[:R],
+                                     lengths, scale, position_bias=position_bias)
+
+    def decode_chunk(self, lengths, n_kv_heads):
+        """None: the GPU kernel sizes its chunks to fill the device."""
+        return None
+
+    def beam_topk(self, logits, beam_scores, num_beams, k, out=None):
+        vals, idx = beam_topk(logits, beam_scores, num_beams, k)
+        if out is None:
+            return vals, idx
+        out[0][...], out[1][...] = vals, idx
+        return out
+
+    # -- placement and outputs ------------------------------------------------------------------
+    def place_weight(self, name, a):
+        return self.place(a)
+
+    def place(self, a):
+        host = self.to_host(a) if on_device(a) else a
+        return from_float32(cupy().asarray(np.ascontiguousarray(host, dtype=np.float32)),
+                            self.dtype)
+
+    def upload(self, a):
+        return self.xp.asarray(a)
+
+    def indices(self, a):
+        return self.xp.asarray(np.ascontiguousarray(a, np.int64))
+
+    def to_host(self, a):
+        return to_host(a)
+
+    def output(self, x):
+        return to_float32(x) if self.dtype == "bfloat16" else x
+
+    def from_host(self, a):
+        return self.xp.asarray(a)
+
+    def segment_sums(self, h, cu):
+        xp = self.xp  # segment sums from a float64 running sum
+        s = xp.concatenate([xp.zeros((1, h.shape[1])), xp.cumsum(h, 0, dtype=np.float64)])
+        return s[cu[1:]] - s[cu[:-1]]
+
+    def reorder_cache(self, cache, index):
+        """Keep sequences `index` (B',) of a KVCache in that order: the filled positions of
+        the kept rows gathered into their new rows on the device (as Hugging Face's cache
+        reorder); the plane table stays the identity."""
+        index = np.asarray(index)
+        R, S = len(index), int(cache.lengths[index].max(initial=0))
+        rows = self.xp.asarray(index)
+        cache.k[:, :R, :S] = self.xp.take(cache.k[:, :, :S], rows, axis=1)
+        cache.v[:, :R, :S] = self.xp.take(cache.v[:, :, :S], rows, axis=1)
+        cache.lengths[:R] = cache.lengths[index]

@@ -1,5 +1,5 @@
-"""transformer.ops.bound.Kernels (the kernels a model binds at placement, without checks) against
-the checked op fronts, which call the same kernels: bit for bit, on fresh random inputs, with
+"""The CPU backend object (transformer.ops.cpu.CPUBackend: what a model binds at placement, without
+checks) against the checked op fronts, which run on the same object: bit for bit, on fresh random inputs, with
 every output allocated NaN-poisoned so that an unwritten element shows. The fused residual +
 norm (add_norm) has no front: it is held to the float64 reference."""
 import types
@@ -9,12 +9,14 @@ import pytest
 
 from transformer import ops
 from transformer.ops import reference
-from transformer.ops.bound import Kernels, VarlenPlan
+from transformer.ops.backend import VarlenPlan
+from transformer.ops.cpu import CPUBackend
 
 
 def _poisoned(threads=2):
-    """Kernels whose every output array starts as NaN."""
-    k = Kernels("cpu", threads)
+    """A CPU backend (a fresh one, not the shared object) whose every output array starts as
+    NaN."""
+    k = CPUBackend(threads)
     k.xp = types.SimpleNamespace(empty=lambda shape, dtype: np.full(shape, np.nan, dtype),
                                  asarray=np.asarray, ascontiguousarray=np.ascontiguousarray)
     return k
@@ -140,3 +142,20 @@ def test_decode_self_attention_equals_separate_ops(rng, rotary, bias):
     np.testing.assert_array_equal(cache_k, want_k)
     np.testing.assert_array_equal(cache_v, want_v)
     np.testing.assert_array_equal(got, want)
+
+
+def test_backends_have_the_same_methods_and_signatures():
+    """CPUBackend and CUDABackend: the same public methods with the same argument lists, so a
+    model or the search never branches on the device (inspected without a GPU)."""
+    import inspect
+
+    from transformer.ops.cuda import CUDABackend
+
+    def methods(cls):
+        return {name: inspect.signature(getattr(cls, name)) for name in dir(cls)
+                if not name.startswith("_") and callable(getattr(cls, name))}
+    cpu, cuda = methods(CPUBackend), methods(CUDABackend)
+    assert set(cpu) == set(cuda), set(cpu) ^ set(cuda)
+    for name in cpu:
+        assert cpu[name] == cuda[name], (name, cpu[name], cuda[name])
+    assert {"decode_attention", "decode_self_attention", "beam_topk", "reorder_cache"} <= set(cpu)
