@@ -92,9 +92,13 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
            const float[:, ::1] weight,       # IN  (O, K), PyTorch nn.Linear layout
            const float[::1] bias,            # IN  (O) or None
            float[:, ::1] out,                # OUT (N, O)
-           str activation, int n_threads):
+           str activation, int n_threads, bint row_invariant=False):
     """out = act(x @ weight^T + bias). Up to SMALL_N rows (decode steps): blocks of output features
-    across threads through tf_gemm_small, one pass over the weights. More rows: each thread runs
+    across threads through tf_gemm_small, one pass over the weights. row_invariant: every row
+    count takes that path, SMALL_N rows at a time inside each block of outputs (whose weights
+    stay in cache), so each output row is the same bits whatever the other rows (tf_gemm_small
+    sums each dot product in one order, whatever N and the row's place: batch invariance for
+    the serving engine). More rows: each thread runs
     one single-threaded sgemm on its share of output columns, so each packs only its part of the
     weights (decode steps of many beams, N < O: the LM head runs 1.35x faster than split by rows),
     or on its share of rows when there are at least as many rows as output features. Bias and
@@ -107,17 +111,22 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
     cdef int chunk, r0, r1, c0, c1, r, step
     if N == 0 or O == 0:
         return
-    if N <= SMALL_N:
+    if N <= SMALL_N or row_invariant:
         with nogil:
             for chunk in prange((O + SMALL_BLOCK - 1) // SMALL_BLOCK, schedule="dynamic",
                                 num_threads=n_threads):
                 c0 = chunk * SMALL_BLOCK
                 c1 = min(O, c0 + SMALL_BLOCK)
-                tf_gemm_small(&x[0, 0], N, K, &weight[c0, 0], c1 - c0, &out[0, c0], O)
-                if b != NULL or act != TF_ACT_NONE:
-                    for r in range(N):
-                        tf_bias_act_row(&out[r, c0], b + c0 if b != NULL else NULL, c1 - c0,
-                                        act)
+                r0 = 0
+                while r0 < N:
+                    r1 = min(N, r0 + SMALL_N)
+                    tf_gemm_small(&x[r0, 0], r1 - r0, K, &weight[c0, 0], c1 - c0, &out[r0, c0],
+                                  O)
+                    if b != NULL or act != TF_ACT_NONE:
+                        for r in range(r0, r1):
+                            tf_bias_act_row(&out[r, c0], b + c0 if b != NULL else NULL,
+                                            c1 - c0, act)
+                    r0 = r1
         return
     if split_rows:
         step = (N + n_chunks - 1) // n_chunks
