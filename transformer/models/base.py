@@ -34,6 +34,9 @@ class Model:
     DEVICES = ("cpu", "cuda")
     kind = None  # "encoder", "decoder" or "seq2seq": what the model takes and returns
     device, dtype = "cpu", "float32"
+    # every output row the same bits whatever the other rows of the batch (the backend's
+    # row_invariant products; set by transformer.serving.Engine, or by hand)
+    batch_invariant = False
 
     @classmethod
     def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
@@ -86,13 +89,14 @@ class Model:
 
     @property
     def kernels(self):
-        """The backend object (transformer.ops.backend) of the model's device, dtype and
-        threads: chosen once, at the first forward after loading or `to()` (or a change of
-        threads)."""
+        """The backend object (transformer.ops.backend) of the model's device, dtype, threads
+        and batch_invariant: chosen once, at the first forward after loading or `to()` (or a
+        change of threads or batch_invariant)."""
         k = self.__dict__.get("_kernels")
         if k is None or k.device != self.device or k.threads != self.threads \
-                or k.dtype != self.dtype:
-            k = self._kernels = ops.backend(self.device, self.dtype, self.threads)
+                or k.dtype != self.dtype or k.row_invariant != self.batch_invariant:
+            k = self._kernels = ops.backend(self.device, self.dtype, self.threads,
+                                            self.batch_invariant)
         return k
 
     def stack(self, prefix=""):

@@ -276,6 +276,24 @@ class CachedSelfAttention(_SelfAttention):
         return ctx.reshape(self.R, -1)
 
 
+class RowGroups:
+    """The attention of several independent forwards run as one: rows [offsets[g],
+    offsets[g + 1]) belong to contexts[g] (a CachedSelfAttention, CachedCrossAttention, ... of
+    its own cache), which attends them alone; the linears, norms and FFN around it run once over
+    all rows. So a decode step of many requests (the serving engine's continuous batching)
+    reads each weight once, and each request's rows get what they would alone whenever the
+    products are row invariant (transformer.ops.backend.Backend.row_invariant).
+    offsets: (G + 1,) host integers from 0."""
+
+    def __init__(self, k, contexts, offsets):
+        self.k, self.contexts, self.offsets = k, contexts, [int(o) for o in offsets]
+
+    def __call__(self, i, x):
+        o = self.offsets
+        return self.k.xp.concatenate([ctx(i, x[o[g]:o[g + 1]])
+                                      for g, ctx in enumerate(self.contexts)])
+
+
 class PackedCrossAttention:
     """Cross-attention of packed decoder rows with cu_seqlens cu to an encoder's packed keys and
     values: kv[i] (Ns, 2, H, D) of layer i with cu_seqlens cu_k. record(i, q (N, H, D)) is

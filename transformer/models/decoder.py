@@ -172,18 +172,56 @@ class DecoderModel(Model):
         cache.lengths[b] of cache rows b < B. Returns logits (B, V) as `logits`; the cache
         grows by one position. Raises ValueError / IndexError for tokens that do not fit."""
         tokens = check_tokens(tokens, self.config.vocab_size, len(cache.lengths))
-        B = len(tokens)
-        positions = cache.lengths[:B].astype(np.int64)
-        longest = max(positions.tolist())
-        if longest >= cache.max_length:
-            raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
+        positions = self._step_positions(tokens, cache)
         spec, k = self.config.block, self.kernels
-        attend = block.CachedSelfAttention(spec, k, cache, positions, self._rope_for(longest),
+        attend = block.CachedSelfAttention(spec, k, cache, positions,
+                                           self._rope_for(max(positions.tolist())),
                                            self._position_bias)
         with blas_single_threaded():
             h = block.run(spec, k, self.stack(), self._embed(tokens, positions), attend)
-            cache.lengths[:B] += 1
+            cache.lengths[:len(tokens)] += 1
             return self.logits(h)
+
+    def decode_steps(self, steps):
+        """decode_step for several caches at once, as one forward: steps [(tokens (B_i,),
+        cache_i)] with distinct caches. The rows of every cache go through each linear
+        together; each cache's rows attend to it alone (block.RowGroups). Returns [logits
+        (B_i, V)], each what decode_step(tokens_i, cache_i) returns (bit for bit when the model
+        is batch_invariant). Every step is checked before any cache changes: ValueError /
+        IndexError as decode_step's."""
+        if len(steps) == 1:
+            return [self.decode_step(*steps[0])]
+        V = self.config.vocab_size
+        tokens = [check_tokens(t, V, len(cache.lengths)) for t, cache in steps]
+        positions = [self._step_positions(t, cache) for t, (_, cache) in zip(tokens, steps)]
+        spec, k = self.config.block, self.kernels
+        rope = self._rope_for(max(max(p.tolist()) for p in positions))
+        offsets = np.cumsum([0] + [len(t) for t in tokens])
+        attend = block.RowGroups(k, [
+            block.CachedSelfAttention(spec, k, cache, p, rope, self._position_bias)
+            for (_, cache), p in zip(steps, positions)], offsets)
+        with blas_single_threaded():
+            h = block.run(spec, k, self.stack(),
+                          self._embed(np.concatenate(tokens), np.concatenate(positions)), attend)
+            for t, (_, cache) in zip(tokens, steps):
+                cache.lengths[:len(t)] += 1
+            logits = self.logits(h)
+        return [logits[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def step_decodings(self, work):
+        """One search step of several requests as one forward (the serving engine's batched
+        step): work [(decoding, tokens (R_i,))] of DecoderDecodings of this model, started.
+        Returns [logits (R_i, V)], what each decoding.step(tokens) returns (decode_steps)."""
+        return self.decode_steps([(tokens, decoding.cache) for decoding, tokens in work])
+
+    @staticmethod
+    def _step_positions(tokens, cache):
+        """The positions (B,) int64 of one new token per cache row b < B: the rows' lengths.
+        Raises ValueError when a row's cache is full."""
+        positions = cache.lengths[:len(tokens)].astype(np.int64)
+        if positions.max() >= cache.max_length:
+            raise ValueError(f"the KV cache is full ({cache.max_length} positions)")
+        return positions
 
     # -- public API ---------------------------------------------------------------------------------
     def __call__(self, input_ids, attention_mask=None):

@@ -323,23 +323,55 @@ class Seq2SeqModel(Model):
     def _decode_step(self, tokens, state):
         """One decoder token per cache row: tokens (R,) -> logits (R, V) (float32; on the GPU
         the model's dtype); state grows by one."""
-        cfg = self.config
-        tokens = check_tokens(tokens, cfg.tgt_vocab_size, len(state.lengths))
-        R = len(tokens)
-        positions = state.lengths[:R].astype(np.int64)
-        if positions.max() >= state.max_length:
-            raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
-        src = state.src_index[:R]
-        enc, k, spec = state.enc, self.kernels, cfg.decoder_block
-        attend = block.CachedSelfAttention(spec, k, state, positions,
-                                           position_bias=self._position_bias("decoder"))
-        cross = block.CachedCrossAttention(spec, k, enc.cross_planes, enc.lengths, src,
-                                           self._recorder(state, src))
+        return self._decode_steps([(tokens, state)])[0]
+
+    def _decode_steps(self, steps):
+        """_decode_step of several decode states [(tokens (R_i,), state_i)] as one forward:
+        the rows of every state go through each linear together, each state's rows attend to
+        its own cache and source (block.RowGroups when there are several). Returns [logits
+        (R_i, V)], each what _decode_step returns alone (bit for bit when the model is
+        batch_invariant). Every step is checked before any state changes."""
+        cfg, k = self.config, self.kernels
+        spec, bias = cfg.decoder_block, self._position_bias("decoder")
+        tokens, positions, attends, crosses = [], [], [], []
+        for t, state in steps:
+            t = check_tokens(t, cfg.tgt_vocab_size, len(state.lengths))
+            R = len(t)
+            p = state.lengths[:R].astype(np.int64)
+            if p.max() >= state.max_length:
+                raise ValueError(f"the decoder cache is full ({state.max_length} positions)")
+            src = state.src_index[:R]
+            enc = state.enc
+            tokens.append(t)
+            positions.append(p)
+            attends.append(block.CachedSelfAttention(spec, k, state, p, position_bias=bias))
+            crosses.append(block.CachedCrossAttention(spec, k, enc.cross_planes, enc.lengths,
+                                                      src, self._recorder(state, src)))
+        if len(steps) == 1:
+            attend, cross = attends[0], crosses[0]
+            ids, pos = tokens[0], positions[0] + steps[0][1].offset[:len(tokens[0])]
+        else:
+            offsets = np.cumsum([0] + [len(t) for t in tokens])
+            attend, cross = block.RowGroups(k, attends, offsets), block.RowGroups(k, crosses,
+                                                                                  offsets)
+            ids = np.concatenate(tokens)
+            pos = np.concatenate([p + state.offset[:len(p)]
+                                  for p, (_, state) in zip(positions, steps)])
         with blas_single_threaded():
-            h = self._embed("decoder", tokens, positions + state.offset[:R])
-            h = block.run(spec, k, self._decoder_stack(), h, attend, cross)
-            state.lengths[:R] += 1
-            return self._logits(h)
+            h = block.run(spec, k, self._decoder_stack(), self._embed("decoder", ids, pos),
+                          attend, cross)
+            for t, (_, state) in zip(tokens, steps):
+                state.lengths[:len(t)] += 1
+            logits = self._logits(h)
+        if len(steps) == 1:
+            return [logits]
+        return [logits[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def step_decodings(self, work):
+        """One search step of several requests as one forward (the serving engine's batched
+        step): work [(decoding, tokens (R_i,))] of Seq2SeqDecodings of this model, started.
+        Returns [logits (R_i, V)], what each decoding.step(tokens) returns (_decode_steps)."""
+        return self._decode_steps([(tokens, decoding.state) for decoding, tokens in work])
 
     def _recorder(self, state, src, last=None):
         """record(i, q) for the cross-attention contexts: keeps the alignment weights of the

@@ -51,14 +51,22 @@ class VarlenPlan:
 
 class Backend:
     """What both backends share. Subclasses set `device` ("cpu" / "cuda"), `xp` (the array
-    module), `act_dtype` (the activations' NumPy dtype) and `copy_on_reorder`."""
+    module), `act_dtype` (the activations' NumPy dtype) and `copy_on_reorder`.
+
+    row_invariant: every row of a product comes out with the same bits whatever the other rows
+    of the call (batch invariance, which the serving engine needs to give a request the same
+    output alone or among others). The CPU's int8 and bfloat16 products always are (per-row
+    quantization, one summation order); its float32 products are only with this set (one
+    kernel for every row count, csrc/cpu/_cpu.pyx linear; else BLAS above 16 rows). On the GPU
+    it is recorded but not enforced (cuBLAS picks its algorithm by shape)."""
 
     device = None
     copy_on_reorder = False
 
-    def __init__(self, threads=None, dtype="float32"):
+    def __init__(self, threads=None, dtype="float32", row_invariant=False):
         self.threads = resolve_threads(threads)
         self.dtype = dtype
+        self.row_invariant = bool(row_invariant)
 
     def attention_varlen(self, q, k, v, plan, causal, scale, position_bias=None, out=None):
         """Attention of packed rows: q (N, H, D), k, v (Nk, Hkv, D) views; plan: a VarlenPlan;
@@ -78,7 +86,8 @@ class Backend:
         return self.xp.zeros(shape, self.act_dtype if dtype is None else dtype)
 
     def __repr__(self):
-        return f"{type(self).__name__}(threads={self.threads}, dtype={self.dtype!r})"
+        return (f"{type(self).__name__}(threads={self.threads}, dtype={self.dtype!r}"
+                + (", row_invariant=True)" if self.row_invariant else ")"))
 
 
 _ON_DEVICE = {np.ndarray: False}  # type -> whether it is a CuPy array type

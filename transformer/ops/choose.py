@@ -15,13 +15,14 @@ _BACKENDS = {}
 _LOCK = threading.Lock()
 
 
-def backend(device="cpu", dtype="float32", threads=None):
+def backend(device="cpu", dtype="float32", threads=None, row_invariant=False):
     """The backend object of device ("cpu" / "cuda") for a model of dtype (a compute type of
-    transformer.dtypes) and threads (transformer._threads), built once and shared. Raises
-    RuntimeError for "cuda" without CuPy or a GPU."""
+    transformer.dtypes) and threads (transformer._threads), with row-invariant products or not
+    (transformer.ops.backend.Backend), built once and shared. Raises RuntimeError for "cuda"
+    without CuPy or a GPU."""
     threads = resolve_threads(threads)
     if device == "cpu":
-        key = (device, dtype, threads)
+        key = (device, dtype, threads, row_invariant)
         found = _BACKENDS.get(key)
         if found is not None:  # the op fronts' common case: no import statement
             return found
@@ -29,10 +30,10 @@ def backend(device="cpu", dtype="float32", threads=None):
     else:
         from . import cuda
         cls = cuda.CUDABackend
-        key = (device, dtype, threads, cuda.cupy)  # a stand-in cupy (tests) gets its own
+        key = (device, dtype, threads, row_invariant, cuda.cupy)  # a stand-in cupy (tests) gets its own
     found = _BACKENDS.get(key)
     if found is None:
-        found = cls(threads, dtype)
+        found = cls(threads, dtype, row_invariant)
         with _LOCK:
             found = _BACKENDS.setdefault(key, found)
     return found

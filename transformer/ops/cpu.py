@@ -38,7 +38,7 @@ class CPUBackend(Backend):
         if type(weight) is PackedWeight:
             weight.linear(x, bias, activation, out, self.threads)
         else:
-            _cpu.linear(x, weight, bias, out, activation, self.threads)
+            _cpu.linear(x, weight, bias, out, activation, self.threads, self.row_invariant)
         return out
 
     def bias_act(self, x, bias, activation):

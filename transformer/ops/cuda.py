@@ -411,8 +411,8 @@ class CUDABackend(Backend):
     device = "cuda"
     copy_on_reorder = True  # reorder_cache gathers rows: the plane table stays the identity
 
-    def __init__(self, threads=None, dtype="float32"):
-        super().__init__(threads, dtype)
+    def __init__(self, threads=None, dtype="float32", row_invariant=False):
+        super().__init__(threads, dtype, row_invariant)
         self.xp = cupy()
         self.act_dtype = np.dtype(_DTYPES[dtype])
         self._step = None  # (host positions, device positions, cache write index): one step
