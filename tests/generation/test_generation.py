@@ -93,7 +93,10 @@ def test_processors_match_hf_seq2seq(seq2seq, num_beams):
 
 @pytest.mark.parametrize("num_beams", [1, 4])
 def test_decoder_prefix_of_different_lengths(seq2seq, num_beams):
-    """decoder_input_ids rows of 1, 3 and 2 real tokens, left padded, as HF generate."""
+    """decoder_input_ids rows of 1, 3 and 2 real tokens, left padded: each row gives the tokens
+    it gives alone (positions counted from its first real token, as CTranslate2), and alone
+    the tokens of HF generate (whose positions are the padded columns, so that HF's own
+    batched rows differ from its rows alone)."""
     model, ours, src, mask = seq2seq
     rng = np.random.default_rng(5)
     start, pad = ours.config.decoder_start_token_id, ours.config.pad_token_id
@@ -103,13 +106,20 @@ def test_decoder_prefix_of_different_lengths(seq2seq, num_beams):
         prefix[b, 3 - n:] = [start] + list(rng.integers(4, 67, n - 1))
         dmask[b, 3 - n:] = 1
     for kw in (dict(), dict(no_repeat_ngram_size=2, repetition_penalty=1.2)):
-        common = dict(max_new_tokens=8, num_beams=num_beams, eos_token_id=2, **kw)
-        want = s2s._hf_generate(model, src, mask, decoder_input_ids=torch.tensor(prefix),
-                                decoder_attention_mask=torch.tensor(dmask), do_sample=False,
-                                **common)
+        common = dict(max_new_tokens=8, num_beams=num_beams, eos_token_id=2, pad_token_id=pad,
+                      **kw)
         got = ours.generate(src, mask, decoder_input_ids=prefix, decoder_attention_mask=dmask,
                             **common)
-        np.testing.assert_array_equal(got, want, err_msg=str(kw))
+        for b in range(3):
+            s, p = src[b:b + 1, mask[b] == 1], prefix[b:b + 1, dmask[b] == 1]
+            want = s2s._hf_generate(model, s, np.ones_like(s), do_sample=False,
+                                    decoder_input_ids=torch.tensor(p), **common)
+            alone = ours.generate(s, decoder_input_ids=p, **common)
+            np.testing.assert_array_equal(alone, want, err_msg=str(kw))
+            n = alone.shape[1]
+            np.testing.assert_array_equal(got[b, 3 - p.shape[1]:3 - p.shape[1] + n], alone[0],
+                                          err_msg=str(kw))
+            assert (got[b, 3 - p.shape[1] + n:] == pad).all()
     # a prefix without the start token gets it prepended (HF), and the tokens of the prefix
     words = rng.integers(4, 67, (3, 2))
     got = ours.generate(src, mask, decoder_input_ids=words, max_new_tokens=4, eos_token_id=[])

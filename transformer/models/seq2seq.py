@@ -96,23 +96,20 @@ class EncoderOutput:
 
 class _DecodeState(KVCache):
     """KV cache of the decoder plus, per cache row, the source sentence it translates
-    (src_index) and the offset of its positions (offset: a left-padded decoder prefix's
-    padding, so that a token's position is its column, as HF); k, v on the device of
-    `backend` (the model's)."""
+    (src_index); k, v on the device of `backend` (the model's). A row's positions count its
+    own tokens (its length), whatever the padding of the batch it came in."""
 
     def __init__(self, config, rows, max_length, enc, src_index, backend=None):
         super().__init__(config.decoder_layers, rows, max_length, config.n_heads,
                          config.head_dim, backend)
         self.enc = enc
         self.src_index = np.asarray(src_index, np.int32)
-        self.offset = np.zeros(len(self.src_index), np.int64)
         self.alignment = None  # (layer, heads) whose cross-attention weights to record
         self.attention = None  # (R, S_max) float32: those weights at the last call
 
     def reorder(self, index):
         super().reorder(index)
         self.src_index = self.src_index[np.asarray(index)]
-        self.offset = self.offset[np.asarray(index)]
 
 
 class Seq2SeqDecoding(Decoding):
@@ -121,9 +118,10 @@ class Seq2SeqDecoding(Decoding):
     decoder_input_ids (B, T) with decoder_attention_mask (B, T) (rows of different lengths left
     padded; default: decoder_start_token_id alone). As HF (_prepare_decoder_input_ids_for_
     generation), a prefix whose rows all start with another token gets decoder_start_token_id
-    prepended (and a 1 in its mask). Positions are columns of the padded prefix and attention
-    skips its padding, as HF's Marian / BART. Raises TypeError / ValueError / IndexError naming
-    a bad input."""
+    prepended (and a 1 in its mask). Attention skips the padding, and each row's positions
+    count from its first real token (CTranslate2's), so a row gives the same tokens batched or
+    alone; alone (no padding) that is HF's Marian / BART, whose positions are the columns of
+    the padded prefix. Raises TypeError / ValueError / IndexError naming a bad input."""
 
     def __init__(self, model, input_ids, attention_mask=None, start_token_id=None,
                  decoder_input_ids=None, decoder_attention_mask=None):
@@ -179,7 +177,6 @@ class Seq2SeqDecoding(Decoding):
         lens = self.mask.sum(1)
         self.state = _DecodeState(cfg, rows, int(lens.max()) + max_new_tokens, self.enc,
                                   np.arange(B), model.kernels)
-        self.state.offset = (T - lens).astype(np.int64)
         self.state.alignment = self._alignment
         if T == 1:
             return model._decode_step(self.sequences[:, 0], self.state)
@@ -349,14 +346,13 @@ class Seq2SeqModel(Model):
                                                       src, self._recorder(state, src)))
         if len(steps) == 1:
             attend, cross = attends[0], crosses[0]
-            ids, pos = tokens[0], positions[0] + steps[0][1].offset[:len(tokens[0])]
+            ids, pos = tokens[0], positions[0]
         else:
             offsets = np.cumsum([0] + [len(t) for t in tokens])
             attend, cross = block.RowGroups(k, attends, offsets), block.RowGroups(k, crosses,
                                                                                   offsets)
             ids = np.concatenate(tokens)
-            pos = np.concatenate([p + state.offset[:len(p)]
-                                  for p, (_, state) in zip(positions, steps)])
+            pos = np.concatenate(positions)
         with blas_single_threaded():
             h = block.run(spec, k, self._decoder_stack(), self._embed("decoder", ids, pos),
                           attend, cross)
@@ -419,11 +415,15 @@ class Seq2SeqModel(Model):
                          attend, cross)
 
     def _prefill_decoder(self, decoder_input_ids, mask, state):
-        """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool
-        (positions: columns), each row's real tokens written to rows 0..B-1 of the fresh
-        `state`. Returns logits (B, V) of each row's last real token (as _decode_step)."""
-        ids, positions, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
-                                                 self.config.tgt_vocab_size)
+        """Teacher-forced decoder over prefixes decoder_input_ids (B, T) with mask (B, T) bool,
+        each row's real tokens written to rows 0..B-1 of the fresh `state`, their positions
+        counted from the row's first real token (CTranslate2's; a row alone is HF's, whose
+        positions are the columns of the padded batch: the same without padding), so that a
+        row gives the same tokens batched or alone. Returns logits (B, V) of each row's last
+        real token (as _decode_step)."""
+        ids, _, _, cu, lens = self._pack("decoder_input_ids", decoder_input_ids, mask,
+                                         self.config.tgt_vocab_size)
+        positions = np.arange(len(ids), dtype=np.int64) - np.repeat(cu[:-1], lens)
         with blas_single_threaded():
             h = self._teacher_forced(state.enc, ids, positions, cu, state)
             state.lengths[:len(lens)] = lens
