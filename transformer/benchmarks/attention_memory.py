@@ -1,49 +1,19 @@
 """Attention-memory suite: peak memory and time against sequence length, our tiled attention
 (transformer.ops.attention: blocks of queries x blocks of keys, online softmax, O(block) scratch)
-against a naive NumPy attention that materialises the (B, H, T, T) float32 score matrix.
-
-What is measured
-----------------
-B=1, H=8, D=64, T = S from 128 to 4096 (--quick; 16384 in full, the naive one up to 8192 or
-while its score matrix fits in half the available memory; --sizes tiny: 64 to 256),
-non-causal self-attention on random float32 q, k, v of shape (B, H, T, D).
-
-  transformer   ops.attention(q, k, v, threads=n)
-  naive         s = q @ k^T (B, H, T, T) float32, scaled, softmax in place (max, exp, sum,
-                divide), then s @ v; BLAS pinned to n threads. The leanest form of the naive
-                algorithm: one T x T matrix per head, no further temporaries of that size.
-
-Each (implementation, T) runs in a fresh Python subprocess, so that one measurement's peak does
-not hide the next one's. In the subprocess: the inputs are made, one tiny call warms up the
-thread pools, then the peak-RSS counter is reset (Linux: writing 5 to /proc/self/clear_refs, so
-VmHWM restarts from the current RSS), and one call runs under tracemalloc. Reported:
-
-  peak RSS delta   VmHWM after the call minus VmRSS before it (/proc/self/status): every byte
-                   the call touched, whoever allocated it: NumPy arrays, and the blocks our C
-                   kernel allocates with malloc, which tracemalloc does not see. Without
-                   clear_refs (not Linux, or not allowed), the delta over the previous peak.
-  traced peak      tracemalloc's peak during the call: NumPy's allocations only (the output, and
-                   for naive the score matrix); not the C kernel's scratch.
-  time             median of the timed calls after that one (seconds), and GFLOP/s =
-                   4 B H T S D / time, as a fraction of the sgemm GFLOP/s measured in this suite.
-
-The growth exponent is the least-squares slope of log(value) against log(T) over the larger half
-of the sizes (where fixed costs no longer dominate): about 1 means memory linear in T (the
-output), 2 quadratic (the score matrix). Time is quadratic for both (the work is).
-
-Before the runs, both implementations are checked against the float64 reference at the smallest
-T (max |diff|); one that disagrees is flagged and not measured (unless --time-disagreeing).
+against a naive NumPy attention that materialises the (B, H, T, T) float32 score matrix
+(bench/README.md, "attention-memory"). Each (implementation, T) runs in a fresh process
+(process.run_in_process(measure_one, ...)): peak RSS delta (VmHWM reset by clear_refs) and
+tracemalloc's peak of one call, then the median time of `reps` more; growth exponents are the
+log-log slopes over the larger half of the sizes (1: linear, 2: quadratic).
 """
 import gc
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 
+from .. import machine
 from . import harness, limits, stats
-from .harness import ENGINE
+from .engines import ENGINE
+from .process import WorkerError, run_in_process
 from .stats import log
 
 TAG = "attention-memory"
@@ -53,7 +23,6 @@ LEVELS = {"tiny": dict(T=[64, 128, 256], naive_max=256, reps=1),
           "quick": dict(T=[128, 256, 512, 1024, 2048, 4096], naive_max=4096, reps=2),
           "full": dict(T=[128, 256, 512, 1024, 2048, 4096, 8192, 16384], naive_max=8192,
                        reps=3)}
-WORKER_TIMEOUT = 900
 
 
 def naive_attention(q, k, v):
@@ -94,7 +63,7 @@ def measure_one(impl, T, threads, reps, seed=0):
     """In this process: the memory and time of one attention call at sequence length T (see the
     module docstring). impl: "transformer" or "naive". Returns {"impl", "T", "peak_rss_bytes",
     "rss_method", "traced_peak_bytes", "first_s", "seconds" (list), "output_bytes"}.
-    Meant to run in a fresh subprocess (worker_main)."""
+    Meant to run in a fresh process (process.run_in_process)."""
     import tracemalloc
 
     import numpy as np
@@ -149,30 +118,6 @@ def measure_one(impl, T, threads, reps, seed=0):
             "output_bytes": out_bytes}
 
 
-def worker_main(argv):
-    """`python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS REPS SEED`:
-    print measure_one's record as one JSON line."""
-    impl, T, threads, reps, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), \
-        int(argv[4])
-    print(json.dumps(measure_one(impl, T, threads, reps, seed)), flush=True)
-    return 0
-
-
-def run_worker(impl, T, threads, reps, seed, timeout=WORKER_TIMEOUT):
-    """measure_one in a fresh subprocess (same interpreter, this package on its path, BLAS and
-    OpenMP at `threads`). Returns its record, or raises RuntimeError with its stderr."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = str(threads)
-    p = subprocess.run([sys.executable, "-m", "transformer.benchmarks.attention_memory",
-                        "--worker", impl, str(T), str(threads), str(reps), str(seed)],
-                       capture_output=True, text=True, timeout=timeout, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"worker {impl} T={T} exited {p.returncode}: {p.stderr[-2000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def check(T, seed=0):
     """Both implementations against the float64 reference at sequence length T.
     Returns {impl: agreement record (harness.compare_arrays, tolerance 1e-3)}."""
@@ -195,7 +140,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     """Measure every (implementation, T); returns the SUITE record (report.py)."""
     import numpy as np
     Ts = sorted(Ts)
-    avail = limits.memory_info().get("available_gib")
+    avail = machine.memory().get("available_gib")
     notes = []
     agreement = check(Ts[0], seed)
     for impl, a in agreement.items():
@@ -204,7 +149,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             log(f"WARNING: {impl} disagrees with the float64 reference at T={Ts[0]}: "
                 f"{a['text']}", TAG)
     probe = limits.LimitProbe(threads, gemm=(1024, 1024, 1024), copy_mib=16, reps=3)
-    limit_runs = [probe.measure()]
+    limit_runs = [run_in_process(probe.measure)]
     ticks = stats.cpu_sample()
     records = {}
     for T in Ts:
@@ -220,16 +165,15 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                 continue
             log(f"T={T}: {impl} (fresh subprocess)", TAG)
             try:
-                records[(impl, T)] = run_worker(impl, T, threads, reps, seed)
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                records[(impl, T)] = run_in_process(measure_one, impl, T, threads, reps, seed)
+            except (WorkerError, ValueError) as e:
                 notes.append(f"{impl} at T={T} failed: {e}")
                 log(f"{impl} at T={T} failed: {e}", TAG)
     usage = stats.cpu_usage(ticks, stats.cpu_sample())
     warning = stats.busy_warning(usage)
     if warning:
         log(warning, TAG)
-    limit_runs.append(probe.measure())
-    probe.close()
+    limit_runs.append(run_in_process(probe.measure))
     lim = limits.limits_summary(limit_runs)
     sgemm = lim.get("sgemm_gflops")
 
@@ -354,11 +298,3 @@ def run(cfg):
     level = LEVELS[cfg.sizes]
     return run_sizes(level["T"], cfg.threads, cfg.rounds or level["reps"], level["naive_max"],
                      cfg.seed, cfg.time_disagreeing)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(worker_main(sys.argv[2:]))
-    print("usage: python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS "
-          "REPS SEED (run by `transformer bench attention-memory`)", file=sys.stderr)
-    sys.exit(2)

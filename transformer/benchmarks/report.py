@@ -443,16 +443,6 @@ def _scaling_plot(plt, sc, path):
     plt.close(fig)
 
 
-def plot_suite(name, suite, path):
-    """Draw one suite's throughput chart into `path` (PNG). Returns False, drawing nothing, when
-    matplotlib is not installed or nothing was timed."""
-    plt = _pyplot()
-    if plt is None:
-        return False
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return _throughput_plot(plt, name, suite, path)
-
-
 def write_plots(results, out_dir):
     """Draw every suite's throughput chart and scaling plots as PNG files in out_dir; their
     names go into results["plots"] and each suite's "plots". Returns (paths, note): note is
