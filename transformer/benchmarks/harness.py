@@ -191,6 +191,8 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
     Returns (rows, probes): rows in case-then-engine order, {"case", "case_index", "engine",
     "status" ("timed", "disagrees", "n/a", "error"), "agreement", "seconds" (summarize()), 
     "inner", "note", "output" (the check round's)}; probes: the probe results per round."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
     indexed = list(enumerate(cases))
     results, live, engines = {}, [], list(engines)
     ref_out = None
@@ -209,7 +211,7 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
         try:
             results[e.name] = _run(e, indexed, None, min_seconds, True,
                                    keep=e.name == reference_engine)
-            if e.name == reference_engine:
+            if e.name == reference_engine and hasattr(e, "close"):
                 live.append(e)
         except Exception as exc:  # noqa: BLE001 - an isolated engine that cannot load
             if hasattr(e, "run_cases") and e.name != engines[0].name:
