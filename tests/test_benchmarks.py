@@ -490,7 +490,8 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
     assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
-    assert results["machine"]["versions"]["transformer"]
+    assert results["machine"]["versions"]["transformer"] and results["machine"]["simd"]
+    assert results["parent_imports"] == []            # every engine ran in a process of its own
     md = (out / "report.md").read_text(encoding="utf-8")
     for op in ("softmax", "layer_norm", "gelu", "linear", "attention", "decode attention"):
         assert op in md

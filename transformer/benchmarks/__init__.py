@@ -278,6 +278,9 @@ def run(cfg, command="transformer bench"):
         paths, note = report.write_plots(results, cfg.output)
         log(note or f"wrote {len(paths)} plots")
     results["wall_s"] = time.perf_counter() - t_start
+    # The record that this (orchestrating) process ran no peer: each engine ran in its own.
+    results["parent_imports"] = [m for m in ("torch", "onnxruntime", "ctranslate2", "llama_cpp")
+                                 if m in sys.modules]
     report.write_results(results, cfg.output)
     path = report.write_report(results, cfg.output)
     log(f"wrote {os.path.join(cfg.output, 'results.json')} and {path} "
