@@ -18,7 +18,7 @@ import zipfile
 import numpy as np
 
 from . import harness, limits, stats
-from .engines import ENGINE, Setup, engine_notes, load_engines, reference_options
+from .engines import Setup, engine_notes, load_engines, reference_options
 from .process import run_in_process
 from .stats import log
 
@@ -243,26 +243,12 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers,
     notes = engine_notes(reference, engines, skipped, "embeddings are", dtype)
     engines = [e for e in engines if not e.skipped]
 
-    by_name = {e.name: e for e in engines}
-    ours = {r["case"]: r["seconds"]["median"] for r in rows
-            if r["engine"] == ENGINE and r["seconds"]}
-    out_rows = []
-    for r in rows:
-        row = {"case": r["case"], "group": "encode", "engine": r["engine"],
-               "compute_type": by_name[r["engine"]].compute_type,
-               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
-               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
-               "accuracy": accuracy_text(r["agreement"]) if dtype != "float32" else None,
-               "note": r["note"]}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            row["figures"] = [{"value": len(sentences) / med, "unit": "sentences/s"},
-                              {"value": n_tokens / med, "unit": "tokens/s"}]
-            row["ratio"] = stats.ratio(ours.get(r["case"]), med)
-            if lim["value"]:
-                row["fraction_of_limit"] = flops / med / (lim["value"] * 1e9)
-                row["limit"] = lim["label"]
-        out_rows.append(row)
+    def figures(r, med):
+        return [{"value": len(sentences) / med, "unit": "sentences/s"},
+                {"value": n_tokens / med, "unit": "tokens/s"}], flops / 1e9
+    out_rows = harness.report_rows(rows, engines, "encode", figures,
+                                   (lim["value"], lim["label"]),
+                                   accuracy_text if dtype != "float32" else None)
 
     names = [e.name for e in engines]
     scaling = [{"name": "batch", "title": "Sentence embeddings: throughput against batch size",

@@ -12,7 +12,7 @@ import statistics
 import numpy as np
 
 from . import harness, limits, peers as peer_setup, stats
-from .engines import ENGINE, Setup, engine_notes, load_engines, reference_options
+from .engines import Setup, engine_notes, load_engines, reference_options
 from .process import run_in_process
 from .stats import log
 
@@ -188,33 +188,16 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
     source = max((k for k in bw if k != "copy_1thread"), key=bw.get) if bw else None
     limit = bw.get(source)
 
-    by_name = {e.name: e for e in engines}
-    ours = {r["case"]: r["seconds"]["median"] for r in rows
-            if r["engine"] == ENGINE and r["seconds"]}
-    out_rows, targets = [], []
-    goals = TARGETS.get(dtype, {})
-    for r in rows:
+    def figures(r, med):
         b = batch_sizes[r["case_index"]]
-        row = {"case": r["case"], "group": "generate", "engine": r["engine"],
-               "compute_type": by_name[r["engine"]].compute_type,
-               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
-               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
-               "accuracy": accuracy_text(r["agreement"]) if dtype != "float32" else None,
-               "note": r["note"], "batch": b}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            row["figures"] = [{"value": b * new_tokens / med, "unit": "new tokens/s"},
-                              {"value": 1e3 * med / new_tokens, "unit": "ms/step"}]
-            row["ratio"] = stats.ratio(ours.get(r["case"]), med)
-            if limit:
-                row["fraction_of_limit"] = nbytes * (new_tokens / med) / (limit * 1e9)
-                row["limit"] = f"read {limit:.1f} GB/s"
-            if r["engine"] in goals and row["ratio"] is not None:
-                goal = goals[r["engine"]]
-                targets.append(f"target >= {goal}x {r['engine']} ({dtype}) at batch {b}: "
-                               f"ratio {row['ratio']:.2f} -> "
-                               + ("met" if row["ratio"] >= goal else "**not met**"))
-        out_rows.append(row)
+        return [{"value": b * new_tokens / med, "unit": "new tokens/s"},
+                {"value": 1e3 * med / new_tokens, "unit": "ms/step"}], nbytes * new_tokens / 1e9
+    out_rows = harness.report_rows(rows, engines, "generate", figures,
+                                   limit and (limit, f"read {limit:.1f} GB/s"),
+                                   accuracy_text if dtype != "float32" else None)
+    for row, r in zip(out_rows, rows):
+        row["batch"] = batch_sizes[r["case_index"]]
+    targets = harness.target_notes(out_rows, TARGETS.get(dtype, {}), dtype)
 
     names = [e.name for e in engines]
     scaling = [{"name": "batch", "title": "Greedy generation: new tokens/s against batch size",

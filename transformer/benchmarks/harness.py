@@ -302,3 +302,39 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
             log(f"ERROR: {row['engine']} raised while timed on {row['case']} "
                 f"({errors[key].strip().splitlines()[-1]})", tag)
     return rows, probes
+
+
+def report_rows(rows, engines, group, figures, limit=None, accuracy=None):
+    """The report's ROWs (report.py) of compare_engines' rows: figures(row, median seconds) ->
+    ([{"value", "unit"}], work per call in the limit's units or None); limit: (units/s,
+    label) or None, giving "fraction_of_limit" = work / median / limit; "ratio" = our first
+    figure over the engine's on the same case (> 1: ours is faster); accuracy(agreement) -> the
+    accuracy cell (at a compute type other than float32), or None."""
+    by_name, out = {e.name: e for e in engines}, []
+    for r in rows:
+        row = {"case": r["case"], "group": group, "engine": r["engine"],
+               "compute_type": getattr(by_name.get(r["engine"]), "compute_type", None),
+               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
+               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
+               "accuracy": accuracy(r["agreement"]) if accuracy else None, "note": r["note"]}
+        if r["seconds"]:
+            row["figures"], work = figures(r, r["seconds"]["median"])
+            if limit and limit[0] and work is not None:
+                row["fraction_of_limit"] = work / r["seconds"]["median"] / limit[0]
+                row["limit"] = limit[1]
+        out.append(row)
+    ours = {r["case"]: r["figures"][0]["value"] for r in out
+            if r["engine"] == engines[0].name and r["figures"]}
+    for row in out:
+        if row["figures"] and ours.get(row["case"]):
+            row["ratio"] = ours[row["case"]] / row["figures"][0]["value"]
+    return out
+
+
+def target_notes(rows, goals, dtype):
+    """"target >= 1.3x torch (float32) at batch 1: ratio 1.52 -> met" for each row of an engine
+    with a goal (goals: {engine: ratio}) that has a ratio."""
+    return [f"target >= {goals[r['engine']]}x {r['engine']} ({dtype}) at {r['case']}: ratio "
+            f"{r['ratio']:.2f} -> " + ("met" if r["ratio"] >= goals[r["engine"]] else
+                                       "**not met**")
+            for r in rows if r["engine"] in goals and r["ratio"] is not None]

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import harness, limits, peers as peer_setup, stats
 from .. import machine
-from .engines import ENGINE, Setup, engine_notes, load_engines, reference_options
+from .engines import Setup, engine_notes, load_engines, reference_options
 from .process import run_in_process
 from .stats import log
 
@@ -293,41 +293,23 @@ def run_translate(threads, rounds, peers, batch_size=32, beams=4,
                                                      "hypotheses are", dtype)
     engines = [e for e in engines if not e.skipped]
 
-    by_name = {e.name: e for e in engines}
     last = {r["engine"]: r["output"][0] for r in rows if r["output"] is not None}
     counts = {n: [len(h) for h in hyps] for n, hyps in last.items()}
-    rates = {r["engine"]: sum(counts[r["engine"]]) / r["seconds"]["median"] for r in rows
-             if r["seconds"]}
-    out_rows, targets = [], []
-    goals = TARGETS.get(dtype, {})
-    for r in rows:
-        engine = r["engine"]
-        hyps = last.get(engine)
-        row = {"case": r["case"], "group": "translate", "engine": engine, "status": r["status"],
-               "figures": [], "seconds": r["seconds"], "ratio": None, "fraction_of_limit": None,
-               "limit": None, "agreement": r["agreement"], "note": r["note"],
-               "version": by_name[engine].version,
-               "compute_type": by_name[engine].compute_type,
-               "target_tokens": None if hyps is None else int(sum(counts[engine])),
-               "eos_ended": None if hyps is None else
-               int(sum(1 for h in hyps if h and h[-1] == EOS))}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            flops = dense_flops(config, src_lengths, counts[engine], beams)
-            row["figures"] = [{"value": rates[engine], "unit": "target tokens/s"},
-                              {"value": flops / med / 1e9, "unit": "GFLOP/s"}]
-            row["dense_gflop"] = flops / 1e9
-            if rates.get(ENGINE):
-                row["ratio"] = rates[ENGINE] / rates[engine]
-            if lim["value"]:
-                row["fraction_of_limit"] = flops / med / (lim["value"] * 1e9)
-                row["limit"] = lim["label"]
-            if engine in goals and row["ratio"] is not None:
-                goal = goals[engine]
-                targets.append(f"target >= {goal}x {engine} ({dtype}): ratio "
-                               f"{row['ratio']:.2f} -> "
-                               + ("met" if row["ratio"] >= goal else "**not met**"))
-        out_rows.append(row)
+
+    def figures(r, med):
+        flops = dense_flops(config, src_lengths, counts[r["engine"]], beams)
+        return [{"value": sum(counts[r["engine"]]) / med, "unit": "target tokens/s"},
+                {"value": flops / med / 1e9, "unit": "GFLOP/s"}], flops / 1e9
+    out_rows = harness.report_rows(rows, engines, "translate", figures,
+                                   (lim["value"], lim["label"]))
+    for row in out_rows:
+        hyps, e = last.get(row["engine"]), {e.name: e for e in engines}[row["engine"]]
+        row.update(version=e.version, target_tokens=None if hyps is None else
+                   int(sum(counts[row["engine"]])), eos_ended=None if hyps is None else
+                   int(sum(1 for h in hyps if h and h[-1] == EOS)))
+        if row["seconds"]:
+            row["dense_gflop"] = row["figures"][1]["value"] * row["seconds"]["median"]
+    targets = harness.target_notes(out_rows, TARGETS.get(dtype, {}), dtype)
 
     problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in out_rows
                 if r["status"] == "error" and r["note"]]
