@@ -470,6 +470,45 @@ def test_bench_config_from_the_command_line():
     assert parse_config(["encode", "--threads", "1"]).dtype == "float32"
 
 
+def test_bench_config_on_the_gpu(monkeypatch):
+    """--device cuda: float16 by default, the GPU's compute types only, and a clean refusal
+    (exit status 2, the reason) where CuPy or a GPU is missing."""
+    from transformer.benchmarks import parse_config
+    from transformer.ops import cuda
+    monkeypatch.setattr(cuda, "cupy", lambda: object())
+    cfg = parse_config(["all", "--device", "cuda", "--threads", "1"])
+    assert (cfg.device, cfg.dtype, cfg.suites[0]) == ("cuda", "float16", "kernels")
+    assert parse_config(["encode", "--device", "cuda", "--dtype", "bfloat16"]).dtype == "bfloat16"
+
+    def missing():
+        raise RuntimeError("device='cuda' needs CuPy: pip install 'transformer[cuda12]'")
+    monkeypatch.setattr(cuda, "cupy", missing)
+    with pytest.raises(SystemExit) as e:
+        parse_config(["kernels", "--device", "cuda"])
+    assert e.value.code == 2
+
+
+def test_gpu_cases_and_their_figures_on_the_cpu():
+    """The --device cuda kernel cases (attention at the 16-bit types, row kernels at every GPU
+    type), their float64 references and their figures against the GPU's limits."""
+    cases = kernels.gpu_cases("tiny")
+    assert {c.op for c in cases} == {"attention", "layer_norm", "rms_norm", "softmax", "gelu"}
+    assert {c.dtype for c in cases if c.op == "attention"} == {"float16", "bfloat16"}
+    att = next(c for c in cases if c.op == "attention" and c.params["causal"])
+    B, H, T, D = att.inputs["q"].shape
+    assert att.check == (0, 0) and att.flops == 4.0 * B * H * T * T * D / 2 and H * D == 2048
+    row = next(c for c in cases if c.op == "softmax" and c.dtype == "float16")
+    assert row.nbytes == 2 * 256 * 512 * 2
+    lim = {"hgemm_tflops": 500.0, "sgemm_gflops": 5e5, f"copy_at_{row.nbytes}": 2000.0}
+    figs, frac, text = kernels._figures(row, 1e-3, lim, gpu=True)
+    assert figs[0]["unit"] == "GB/s" and text.startswith("device copy 2000.0 GB/s on ")
+    assert frac == pytest.approx(row.nbytes / 1e-3 / 1e9 / 2000.0)
+    figs, frac, text = kernels._figures(att, 1e-3, lim, gpu=True)
+    assert text == "fp16 GEMM 500 TFLOP/s" and frac == pytest.approx(att.flops / 1e-3 / 5e14)
+    for c in (att, row, next(c for c in cases if c.op == "rms_norm")):
+        assert np.isfinite(kernels.reference(c)).all()
+
+
 def test_smoke_bench_kernels_quick_tiny(tmp_path):
     out = tmp_path / "run"
     p = bench("kernels", "--quick", "--sizes", "tiny", "--threads", "1", "--output", out)

@@ -588,13 +588,10 @@ class OrtEngine(Engine):
         return fn
 
 
-CT2_COMPUTE = {"float32": "float32", "int8": "int8", "bfloat16": "bfloat16"}
-
-
 @register
 class Ct2Engine(Engine):
     """CTranslate2 on the float32 conversion (peers.ct2_convert, cached), loaded with
-    compute_type = CT2_COMPUTE[dtype] (skipped when CTranslate2 has no such type on this CPU):
+    compute_type = dtype (the same names; skipped when CTranslate2 has no such type on this CPU):
     Encoder.forward_batch on unpadded id lists (pooled in NumPy over the real tokens; an
     architecture its converter has not, such as MPNet, is Unsupported: skipped with "n/a"),
     Generator.generate_batch (sampling_topk=1, end_token=[], prompt as stand-in token strings),
@@ -607,7 +604,7 @@ class Ct2Engine(Engine):
         """The float32 conversion (peers.ct2_convert, cached); Unsupported for a compute type
         this CPU has not or an architecture the converter does not know (MPNet)."""
         import ctranslate2
-        compute = CT2_COMPUTE[setup.dtype]
+        compute = setup.dtype
         supported = ctranslate2.get_supported_compute_types("cpu")
         if compute not in supported:
             raise Unsupported(f"no {compute} on this CPU (CTranslate2 runs "
@@ -633,7 +630,7 @@ class Ct2Engine(Engine):
         super().__init__(setup)
         import ctranslate2
         self.version = f"ctranslate2 {ctranslate2.__version__}"
-        compute = self.compute_type = CT2_COMPUTE[setup.dtype]
+        compute = self.compute_type = setup.dtype
         self.dir = os.path.join(setup.cache, "ctranslate2")
         kw = dict(device="cpu", compute_type=compute, intra_threads=setup.threads,
                   inter_threads=1)

@@ -18,11 +18,6 @@ ENGINE = "transformer"
 # Agreement: every engine's output against the reference, before any timing
 # ---------------------------------------------------------------------------------------------
 
-def reference_agreement():
-    """The agreement record of the reference itself."""
-    return {"ok": True, "is_reference": True, "max_abs_diff": 0.0, "text": "reference"}
-
-
 def compare_arrays(out, ref, rtol=1e-4, atol=1e-4):
     """Elementwise check of an engine's array against the reference (float64 math).
 

@@ -11,7 +11,9 @@ import math
 
 import numpy as np
 
-from . import harness, limits as machine, stats
+from ..dtypes import DTYPES
+from . import harness, stats
+from .limits import DeviceProbe, LimitProbe, limits_summary, llc_bytes
 from .engines import ACTIVATIONS, ENGINE, Isolated, Setup, load_engines
 from .process import run_in_process
 from .report import fmt_seconds
@@ -127,11 +129,11 @@ def make_cases(level, seed=0):
 
 
 def gpu_cases(level, seed=0):
-    """The --device cuda cases of a size level: attention at float16 and bfloat16 (checked on
-    batch row 0, head 0) and the row kernels layer_norm, rms_norm, softmax and gelu at float32
-    and float16 (bytes = element size x 2 N C)."""
+    """The --device cuda cases of a size level: attention at the 16-bit GPU dtypes (checked on
+    batch row 0, head 0) and the row kernels layer_norm, rms_norm, softmax and gelu at every GPU
+    dtype (transformer.dtypes.DTYPES["cuda"]; bytes = element size x 2 N C)."""
     rng, sz, cases = np.random.default_rng(seed), GPU_SIZES[level], []
-    for dtype in ("float16", "bfloat16"):
+    for dtype in DTYPES["cuda"][1:]:
         for D in sz["D"]:
             for T in sz["T"]:
                 B, H = max(1, 16384 // T), 2048 // D
@@ -143,11 +145,11 @@ def gpu_cases(level, seed=0):
                                       {"causal": causal}, None,
                                       4.0 * B * H * T * T * D / (2 if causal else 1), "sgemm",
                                       GPU_TOL[dtype], (0, 0), dtype))
-    for dtype in ("float32", "float16"):
+    for dtype in DTYPES["cuda"]:
         for N, C in sz["rows"]:
             x = rng.standard_normal((N, C), dtype=np.float32)
             w, b = rng.standard_normal(C, dtype=np.float32), np.zeros(C, np.float32)
-            nbytes = 2 * N * C * np.dtype(dtype).itemsize
+            nbytes = 2 * N * C * (2 if "16" in dtype else 4)
             for op, inputs in (("layer_norm", {"x": x, "w": w, "b": b}),
                                ("rms_norm", {"x": x, "w": w}), ("softmax", {"x": x}),
                                ("gelu", {"x": x})):
@@ -259,9 +261,9 @@ def run(cfg):
         skipped["torch"] = "not requested (--peers)"
     # The limit of each memory-bound case: copy bandwidth on its own footprint.
     footprints = {c.nbytes for c in cases if c.limit == "copy" and c.nbytes}
-    probe = machine.DeviceProbe(footprints) if gpu else \
-        machine.LimitProbe(n, **PROBE[level], footprints=footprints)
-    llc = None if gpu else machine.llc_bytes()
+    probe = DeviceProbe(footprints) if gpu else \
+        LimitProbe(n, **PROBE[level], footprints=footprints)
+    llc = None if gpu else llc_bytes()
     log(f"{len(cases)} cases x {[e.name for e in engines]}; {rounds} rounds; threads {n}", TAG)
     ticks = stats.cpu_sample()
     rows, probes = harness.compare_engines(
@@ -270,7 +272,7 @@ def run(cfg):
         time_disagreeing=cfg.time_disagreeing, tag=TAG, case_label=lambda c: c.label)
     scaling_rows, scaling = ([], []) if gpu else thread_scaling(cases, rows, n, level, rounds)
     usage, warning = stats.busy_check(ticks, TAG)
-    limits = machine.limits_summary(probes)
+    limits = limits_summary(probes)
     if gpu and limits:
         limits["sgemm_gflops"] = 1e3 * limits["hgemm_tflops"]
     skipped.update({e.name: e.skipped for e in engines if e.skipped})
