@@ -19,6 +19,7 @@ from .stats import log
 TAG = "attention-memory"
 B, H, D = 1, 8, 64
 NAIVE = "naive"
+WHAT = {"peak_rss_bytes": "peak RSS", "traced_peak_bytes": "traced peak", "time": "time"}
 LEVELS = {"tiny": dict(T=[64, 128, 256], naive_max=256, reps=1),
           "quick": dict(T=[128, 256, 512, 1024, 2048, 4096], naive_max=4096, reps=2),
           "full": dict(T=[128, 256, 512, 1024, 2048, 4096, 8192, 16384], naive_max=8192,
@@ -163,7 +164,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                 notes.append(f"naive at T={T} skipped: its {need / 2**30:.1f} GiB score matrix "
                              f"exceeds half the {avail:.1f} GiB available")
                 continue
-            log(f"T={T}: {impl} (fresh subprocess)", TAG)
+            log(f"T={T}: {impl} (fresh process)", TAG)
             try:
                 records[(impl, T)] = run_in_process(measure_one, impl, T, threads, reps, seed)
             except (WorkerError, ValueError) as e:
@@ -207,51 +208,29 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             rows.append(row)
 
     def series(impl, key):
-        out = []
-        for T in Ts:
-            r = records.get((impl, T))
-            out.append(None if r is None else _mib(r[key]))
-        return out
-
-    def time_series(impl):
-        return [None if (impl, T) not in records else
-                1e3 * stats.summarize(records[(impl, T)]["seconds"]
-                                        or [records[(impl, T)]["first_s"]])["median"]
-                for T in Ts]
+        """MiB of `key` per T (key "time": ms per call), None where not measured."""
+        recs = [records.get((impl, T)) for T in Ts]
+        if key == "time":
+            return [r and 1e3 * stats.summarize(r["seconds"] or [r["first_s"]])["median"]
+                    for r in recs]
+        return [r and _mib(r[key]) for r in recs]
 
     upper = [T for T in Ts if T >= Ts[len(Ts) // 2]] if len(Ts) > 2 else Ts
-    slopes = {}
-    for impl in (ENGINE, NAIVE):
-        for what, ys in (("peak RSS", series(impl, "peak_rss_bytes")),
-                         ("traced peak", series(impl, "traced_peak_bytes")),
-                         ("time", time_series(impl))):
-            pts = [(T, y) for T, y in zip(Ts, ys) if T in upper and y]
-            slopes[(impl, what)] = stats.loglog_slope([p[0] for p in pts],
-                                                        [p[1] for p in pts])
-    times_ms = {impl: dict(zip(Ts, time_series(impl))) for impl in (ENGINE, NAIVE)}
-
-    def cell(impl, T, key=None):
-        r = records.get((impl, T))
-        if r is None:
-            return "-"
-        return f"{times_ms[impl][T]:.2f}" if key is None else f"{_mib(r[key]):.2f}"
-    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}",
-                   cell(ENGINE, T, "peak_rss_bytes"), cell(NAIVE, T, "peak_rss_bytes"),
-                   cell(ENGINE, T, "traced_peak_bytes"), cell(NAIVE, T, "traced_peak_bytes"),
-                   cell(ENGINE, T), cell(NAIVE, T)] for T in Ts]
-
-    def fmt_slope(s):
-        return "-" if s is None else f"{s:.2f}"
-    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00",
-                       fmt_slope(slopes[(ENGINE, "peak RSS")]),
-                       fmt_slope(slopes[(NAIVE, "peak RSS")]),
-                       fmt_slope(slopes[(ENGINE, "traced peak")]),
-                       fmt_slope(slopes[(NAIVE, "traced peak")]),
-                       fmt_slope(slopes[(ENGINE, "time")]), fmt_slope(slopes[(NAIVE, "time")])])
+    columns = [(impl, key) for key in ("peak_rss_bytes", "traced_peak_bytes", "time")
+               for impl in (ENGINE, NAIVE)]
+    values = {c: series(*c) for c in columns}
+    slopes = {c: stats.loglog_slope(*zip(*[(T, y) for T, y in zip(Ts, values[c])
+                                           if T in upper and y] or [((), ())]))
+              for c in columns}
+    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}"]
+                  + ["-" if values[c][i] is None else f"{values[c][i]:.2f}" for c in columns]
+                  for i, T in enumerate(Ts)]
+    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00"]
+                      + ["-" if slopes[c] is None else f"{slopes[c]:.2f}" for c in columns])
     method = next((r["rss_method"] for r in records.values()), "-")
     summary = [
         (f"Non-causal self-attention, B={B}, H={H}, D={D}, float32, "
-         f"{stats.plural(threads, 'thread')}; each (implementation, T) in a fresh subprocess. "
+         f"{stats.plural(threads, 'thread')}; each (implementation, T) in a fresh process. "
          "transformer: ops.attention (tiled, online softmax); naive: NumPy with the full "
          "(B, H, T, T) float32 score matrix, softmax in place. Time: median of "
          f"{stats.plural(reps, 'call')} after the measured one."),
@@ -267,26 +246,22 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": rows,
             "tables": [{"title": "Peak memory (MiB) and time (ms) per sequence length",
-                        "header": ["T", "(B,H,T,T) float32 MiB", "transformer peak RSS",
-                                   "naive peak RSS", "transformer traced", "naive traced",
-                                   "transformer ms", "naive ms"],
+                        "header": ["T", "(B,H,T,T) float32 MiB"]
+                        + [f"{i} {WHAT[k].replace('time', 'ms').replace(' peak', '')}"
+                           if k != "peak_rss_bytes" else f"{i} peak RSS" for i, k in columns],
                         "rows": table_rows}],
             "scaling": [{"name": "memory", "title": "Peak memory against sequence length",
                          "xlabel": "T (= S)", "ylabel": "MiB", "x": Ts,
-                         "series": {f"{ENGINE} peak RSS": series(ENGINE, "peak_rss_bytes"),
-                                    f"{NAIVE} peak RSS": series(NAIVE, "peak_rss_bytes"),
-                                    f"{ENGINE} traced (NumPy)": series(ENGINE,
-                                                                       "traced_peak_bytes"),
-                                    f"{NAIVE} traced (NumPy)": series(NAIVE,
-                                                                      "traced_peak_bytes"),
+                         "series": {**{f"{i} {'peak RSS' if k[0] == 'p' else 'traced (NumPy)'}":
+                                       values[(i, k)] for i, k in columns[:4]},
                                     "(B,H,T,T) float32": [_mib(B * H * T * T * 4) for T in Ts]},
                          "logx": True, "logy": True},
                         {"name": "time", "title": "Time against sequence length",
                          "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
-                         "series": {ENGINE: time_series(ENGINE), NAIVE: time_series(NAIVE)},
+                         "series": {i: values[(i, "time")] for i in (ENGINE, NAIVE)},
                          "logx": True, "logy": True}],
             "skipped": {}, "notes": notes, "limits": lim,
-            "growth_exponents": {f"{impl} {what}": s for (impl, what), s in slopes.items()},
+            "growth_exponents": {f"{i} {WHAT[k]}": v for (i, k), v in slopes.items()},
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
             "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,
                        "naive_max": naive_max, "numpy": np.__version__}}

@@ -12,7 +12,6 @@ A reply is ("ok", value) or ("error", kind, message, traceback); the error is ra
 the parent as the same class for ImportError, ValueError, engines.Unsupported and
 harness.NotApplicable, else as WorkerError naming the kind.
 """
-import importlib
 import os
 import pickle
 import subprocess
@@ -40,7 +39,7 @@ def _raise_again(kind, message):
 
 
 class Worker:
-    """A fresh `python -m transformer.benchmarks.process` (this interpreter, this package first
+    """A fresh Python running serve() (this interpreter, this package first
     on its path, the parent's environment: OMP_NUM_THREADS included). Use as a context manager;
     request(...) sends one request and returns the value (see the module docstring)."""
 
@@ -48,8 +47,9 @@ class Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH")
                                     else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", "transformer.benchmarks.process"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "from transformer.benchmarks.process import serve; serve()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
     def request(self, *req):
         """Send one request; return its value or raise the worker's error again."""
@@ -115,7 +115,3 @@ def serve():
             reply = ("error", type(e).__name__, str(e), traceback.format_exc())
         pickle.dump(reply, channel)
         channel.flush()
-
-
-if __name__ == "__main__":
-    importlib.import_module("transformer.benchmarks.process").serve()
