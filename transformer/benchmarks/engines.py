@@ -476,7 +476,7 @@ class TorchEngine(Engine):
         else:
             fn = {"softmax": lambda: torch.softmax(x, -1),
                   "layer_norm": lambda: F.layer_norm(x, x.shape[-1:], t["w"], t["b"], p["eps"]),
-                  "rms_norm": lambda: F.rms_norm(x, x.shape[-1:], t["w"]),
+                  "rms_norm": lambda: F.rms_norm(x, x.shape[-1:], t["w"], 1e-6),
                   "gelu": lambda: F.gelu(x), "gelu_tanh": lambda: F.gelu(x, approximate="tanh"),
                   "silu": lambda: F.silu(x), "relu": lambda: torch.relu(x),
                   "linear": lambda: F.linear(x, t["w"], t["b"])}[case.op]

@@ -62,69 +62,75 @@ REF_LIMIT_BYTES = 1 << 28   # float64 attention references bigger than this chec
 
 
 class Case:
-    """One op at one size: inputs (float32 NumPy arrays; an engine on a GPU uploads them in
-    `dtype`), the work it does, its limit kind.
+    """One op at one size: its inputs, the work it does, its limit kind.
 
-    op: key of the op; group: plot/report group; label: row name; inputs: dict of arrays;
-    params: dict of scalars; nbytes: bytes moved per call or None; flops: per call or None;
-    limit: "copy" (report GB/s) or "sgemm" (report GFLOP/s); tol: (rtol, atol) of the check;
-    check: None, or (b, h) when only that batch row and head is checked against the float64
-    reference (big attention cases)."""
+    op: key of the op; group: plot/report group; label: row name; shapes: {input name:
+    (shape, scale)}, the inputs being seeded standard-normal float32 arrays times scale, made
+    at first use of .inputs in each process (a case is sent to an engine's process without
+    them; an engine on a GPU uploads them in `dtype`); params: dict of scalars and small
+    arrays; nbytes: bytes moved per call or None; flops: per call or None; limit: "copy"
+    (report GB/s) or "sgemm" (report GFLOP/s); tol: (rtol, atol) of the check; check: None, or
+    (b, h) when only that batch row and head is checked against the float64 reference (big
+    attention cases)."""
 
-    def __init__(self, op, group, label, inputs, params, nbytes, flops, limit, tol=(1e-4, 1e-4),
-                 check=None, dtype="float32"):
+    def __init__(self, op, group, label, shapes, params, nbytes, flops, limit, tol=(1e-4, 1e-4),
+                 check=None, dtype="float32", seed=0):
         self.op, self.group, self.label, self.dtype = op, group, label, dtype
-        self.inputs, self.params = inputs, params
+        self.shapes, self.params, self.seed, self._inputs = shapes, params, seed, None
         self.nbytes, self.flops, self.limit, self.tol, self.check = \
             nbytes, flops, limit, tol, check
 
+    @property
+    def inputs(self):
+        """{name: float32 array}, made once per process."""
+        if self._inputs is None:
+            rng = np.random.default_rng(self.seed)
+            self._inputs = {k: rng.standard_normal(shape, dtype=np.float32) * np.float32(scale)
+                            for k, (shape, scale) in self.shapes.items()}
+        return self._inputs
+
+    def __getstate__(self):
+        return dict(self.__dict__, _inputs=None)
+
 
 def make_cases(level, seed=0):
-    """The cases of a size level ("tiny", "quick", "full"), inputs drawn from one seeded
-    generator. Raises ValueError for an unknown level."""
+    """The cases of a size level ("tiny", "quick", "full"), case i's inputs seeded seed + i.
+    Raises ValueError for an unknown level."""
     if level not in SIZES:
         raise ValueError(f"unknown size level {level!r}; choose from {list(SIZES)}")
-    rng = np.random.default_rng(seed)
-    sz = SIZES[level]
+    sz, cases = SIZES[level], []
 
-    def randn(*shape, scale=1.0):
-        return (rng.standard_normal(shape, dtype=np.float32) * np.float32(scale))
-
-    cases = []
+    def add(op, group, label, shapes, params, *work, **kw):
+        cases.append(Case(op, group, label, shapes, params, *work, seed=seed + len(cases), **kw))
     for N, S in sz["softmax"]:
-        cases.append(Case("softmax", "softmax", f"softmax {N}x{S}", {"x": randn(N, S, scale=3)},
-                          {}, 4 * 2 * N * S, None, "copy"))
+        add("softmax", "softmax", f"softmax {N}x{S}", {"x": ((N, S), 3)}, {}, 4 * 2 * N * S,
+            None, "copy")
     for N, C in sz["layer_norm"]:
-        cases.append(Case("layer_norm", "layer_norm", f"layer_norm {N}x{C}",
-                          {"x": randn(N, C, scale=2), "w": randn(C), "b": randn(C)},
-                          {"eps": 1e-5}, 4 * (2 * N * C + 2 * C), None, "copy"))
+        add("layer_norm", "layer_norm", f"layer_norm {N}x{C}",
+            {"x": ((N, C), 2), "w": ((C,), 1), "b": ((C,), 1)}, {"eps": 1e-5},
+            4 * (2 * N * C + 2 * C), None, "copy")
     for act in ACTIVATIONS:
         for N, F in sz["act"]:
-            cases.append(Case(act, "activations", f"{act} {N}x{F}", {"x": randn(N, F, scale=2)},
-                              {}, 4 * 2 * N * F, None, "copy"))
+            add(act, "activations", f"{act} {N}x{F}", {"x": ((N, F), 2)}, {}, 4 * 2 * N * F,
+                None, "copy")
     for M, K, O in sz["linear"]:
         skinny = M <= 16
-        cases.append(Case("linear", "linear", f"linear M={M} K={K} O={O}",
-                          {"x": randn(M, K), "w": randn(O, K, scale=1 / math.sqrt(K)),
-                           "b": randn(O)}, {},
-                          4 * (O * K + M * K + M * O + O) if skinny else None,
-                          2.0 * M * K * O, "copy" if skinny else "sgemm"))
+        add("linear", "linear", f"linear M={M} K={K} O={O}",
+            {"x": ((M, K), 1), "w": ((O, K), 1 / math.sqrt(K)), "b": ((O,), 1)}, {},
+            4 * (O * K + M * K + M * O + O) if skinny else None, 2.0 * M * K * O,
+            "copy" if skinny else "sgemm")
     for B, H, T, D, causal in sz["attention"]:
         pairs = T * (T + 1) / 2 if causal else T * T
-        big = 8 * B * H * T * T > REF_LIMIT_BYTES
-        cases.append(Case("attention", "attention",
-                          f"attention B={B} H={H} T={T} D={D}" + (" causal" if causal else ""),
-                          {"q": randn(B, H, T, D), "k": randn(B, H, T, D),
-                           "v": randn(B, H, T, D)}, {"causal": causal}, None,
-                          4.0 * B * H * D * pairs, "sgemm", tol=(1e-3, 1e-3),
-                          check=(0, 0) if big else None))
+        add("attention", "attention",
+            f"attention B={B} H={H} T={T} D={D}" + (" causal" if causal else ""),
+            {n: ((B, H, T, D), 1) for n in "qkv"}, {"causal": causal}, None,
+            4.0 * B * H * D * pairs, "sgemm", tol=(1e-3, 1e-3),
+            check=(0, 0) if 8 * B * H * T * T > REF_LIMIT_BYTES else None)
     for B, H, D, S in sz["decode"]:
-        cases.append(Case("decode_attention", "decode attention",
-                          f"decode attention B={B} H={H} S={S} D={D}",
-                          {"q": randn(B, H, D), "k_cache": randn(B, S, H, D),
-                           "v_cache": randn(B, S, H, D)}, {"lengths": np.full(B, S, np.int64)},
-                          4 * (2 * B * S * H * D + 2 * B * H * D), 4.0 * B * H * D * S, "copy",
-                          tol=(1e-3, 1e-3)))
+        add("decode_attention", "decode attention", f"decode attention B={B} H={H} S={S} D={D}",
+            {"q": ((B, H, D), 1), "k_cache": ((B, S, H, D), 1), "v_cache": ((B, S, H, D), 1)},
+            {"lengths": np.full(B, S, np.int64)}, 4 * (2 * B * S * H * D + 2 * B * H * D),
+            4.0 * B * H * D * S, "copy", tol=(1e-3, 1e-3))
     return cases
 
 
@@ -132,30 +138,25 @@ def gpu_cases(level, seed=0):
     """The --device cuda cases of a size level: attention at the 16-bit GPU dtypes (checked on
     batch row 0, head 0) and the row kernels layer_norm, rms_norm, softmax and gelu at every GPU
     dtype (transformer.dtypes.DTYPES["cuda"]; bytes = element size x 2 N C)."""
-    rng, sz, cases = np.random.default_rng(seed), GPU_SIZES[level], []
+    sz, cases = GPU_SIZES[level], []
     for dtype in DTYPES["cuda"][1:]:
         for D in sz["D"]:
             for T in sz["T"]:
                 B, H = max(1, 16384 // T), 2048 // D
                 for causal in (False, True):
-                    qkv = {n: rng.standard_normal((B, H, T, D), dtype=np.float32)
-                           for n in "qkv"}
-                    cases.append(Case("attention", "attention", f"attention {dtype} B={B} H={H} "
-                                      f"T={T} D={D}" + (" causal" if causal else ""), qkv,
-                                      {"causal": causal}, None,
-                                      4.0 * B * H * T * T * D / (2 if causal else 1), "sgemm",
-                                      GPU_TOL[dtype], (0, 0), dtype))
+                    cases.append(Case(
+                        "attention", "attention", f"attention {dtype} B={B} H={H} T={T} D={D}"
+                        + (" causal" if causal else ""), {n: ((B, H, T, D), 1) for n in "qkv"},
+                        {"causal": causal}, None, 4.0 * B * H * T * T * D / (2 if causal else 1),
+                        "sgemm", GPU_TOL[dtype], (0, 0), dtype, seed + len(cases)))
     for dtype in DTYPES["cuda"]:
         for N, C in sz["rows"]:
-            x = rng.standard_normal((N, C), dtype=np.float32)
-            w, b = rng.standard_normal(C, dtype=np.float32), np.zeros(C, np.float32)
             nbytes = 2 * N * C * (2 if "16" in dtype else 4)
-            for op, inputs in (("layer_norm", {"x": x, "w": w, "b": b}),
-                               ("rms_norm", {"x": x, "w": w}), ("softmax", {"x": x}),
-                               ("gelu", {"x": x})):
-                cases.append(Case(op, "row kernels", f"{op} {dtype} {N}x{C}", inputs,
+            for op in ("layer_norm", "rms_norm", "softmax", "gelu"):
+                shapes = {"x": ((N, C), 1), "w": ((C,), 1), "b": ((C,), 1)}
+                cases.append(Case(op, "row kernels", f"{op} {dtype} {N}x{C}", shapes,
                                   {"eps": 1e-5}, nbytes, None, "copy", GPU_TOL[dtype],
-                                  dtype=dtype))
+                                  dtype=dtype, seed=seed + len(cases)))
     return cases
 
 
@@ -164,6 +165,7 @@ def reference(case):
     case.check = (b, h), only that batch row and head."""
     from ..ops import reference as ref
     i, p = case.inputs, case.params
+    case._inputs = None                         # made again where the engines run
     if case.op == "softmax":
         return ref.softmax(i["x"])
     if case.op == "layer_norm":
