@@ -557,6 +557,8 @@ class OrtEngine(Engine):
 
     @classmethod
     def prepare_files(cls, setup):
+        """The ONNX export (and its int8 quantization) of the encoder, cached."""
+        import onnxruntime  # noqa: F401 - no export without the peer that runs it
         notes = []
         try:
             peer_setup.onnx_model(setup.model_dir, setup.cache, setup.dtype, notes, setup.task)

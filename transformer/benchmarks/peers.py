@@ -21,6 +21,7 @@ def load_torch(threads):
     import torch
     import transformers
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
