@@ -802,7 +802,8 @@ def load_engines(setup, peers, tag="bench", isolated=False):
             if s.task not in cls.tasks or s.device not in cls.devices:
                 raise Unsupported(f"not applicable to {s.task} on {s.device}")
             e = Isolated(name, s)
-            e.notes = run_in_process(cls.prepare_files, s)
+            if cls.prepare_files.__func__ is not Engine.prepare_files.__func__:
+                e.notes = run_in_process(cls.prepare_files, s)
             return e
         except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
             if name == ENGINE:
@@ -822,8 +823,7 @@ def load_engines(setup, peers, tag="bench", isolated=False):
             if isolated and reference is not None:
                 reference.name = "torch (float32 reference)"
     for name in names:
-        e = attempt(name, setup) if not (name == "torch" and reference == "torch") else \
-            attempt(name, ref_setup)
+        e = attempt(name, ref_setup if name == "torch" and reference == "torch" else setup)
         if e is not None:
             engines.append(e)
             if reference == "torch" and name == "torch":
