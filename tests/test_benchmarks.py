@@ -105,8 +105,14 @@ def test_a_worker_error_comes_back_with_its_kind():
     assert process.run_in_process(engines.target_tokens, [5, 0, 7], 9, 0) == [5, 0]
     with pytest.raises(engines.Unsupported, match="not applicable to encode"):
         engines.Isolated("numpy", engines.Setup("encode")).imported()
-    with pytest.raises(process.WorkerError, match="ZeroDivisionError"):
-        process.run_in_process(divmod, 1, 0)
+    with pytest.raises(process.WorkerError, match="KeyError"):
+        process.run_in_process(engines.make, "nope", engines.Setup("kernels"))
+    with pytest.raises(ValueError, match="not a name of this package"):
+        process.run_in_process(os.path.join, "a", "b")        # nothing outside it is looked up
+    arrays, value = [], {1: (np.arange(6, dtype=np.float32).reshape(2, 3), None, "x"), "k": [2.5]}
+    back = process.decode(json.loads(json.dumps(process.encode(value, arrays))), arrays)
+    assert back[1][0].dtype == np.float32 and back[1][0].tolist() == value[1][0].tolist()
+    assert back[1][1:] == (None, "x") and back["k"] == [2.5]
 
 
 def test_busy_machine_is_detected(monkeypatch):

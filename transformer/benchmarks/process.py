@@ -2,8 +2,8 @@
 object (an engine of the registry, a limit probe) and answers calls on it, so that no runtime's
 thread pools, allocator or imports disturb another's timings.
 
-Protocol: pickled requests on the worker's stdin, pickled replies on a duplicate of its stdout
-(fd 1 itself is pointed at stderr, so a runtime that prints cannot corrupt the channel):
+Protocol: requests on the worker's stdin, replies on a duplicate of its stdout (fd 1 itself is
+pointed at stderr, so a runtime that prints cannot corrupt the channel):
   ("new", fn, args)      obj = fn(*args) (e.g. engines.make(name, setup))
   ("call", method, args) getattr(obj, method)(*args)
   ("run", fn, args)      fn(*args) (a preparation step: a model made, a conversion cached)
@@ -11,14 +11,133 @@ Protocol: pickled requests on the worker's stdin, pickled replies on a duplicate
 A reply is ("ok", value) or ("error", kind, message, traceback); the error is raised again in
 the parent as the same class for ImportError, ValueError, engines.Unsupported and
 harness.NotApplicable, else as WorkerError naming the kind.
+
+Messages are JSON with the NumPy arrays sent as raw buffers after it (write_message): plain
+values, lists, tuples, dicts, arrays of non-object dtypes, and functions, classes and objects
+(their __dict__) of this package's modules only, named "module:qualname" and looked up, never
+executed from the message (decode refuses any other name).
 """
+import importlib
+import json
 import os
-import pickle
+import struct
 import subprocess
 import sys
 import traceback
+import types
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _name(obj):
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _lookup(name):
+    """The function or class "module:qualname" of this package; ValueError for any other."""
+    module, _, qual = name.partition(":")
+    if not module.startswith("transformer."):
+        raise ValueError(f"refused to look up {name!r}: not a name of this package")
+    obj = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def encode(value, arrays):
+    """value as JSON-able data, its arrays appended to `arrays` (see the module docstring).
+    Raises TypeError for a value it cannot send."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("object arrays are not sent")
+        arrays.append(np.ascontiguousarray(value))
+        return {"nd": len(arrays) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, list):
+        return [encode(v, arrays) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [encode(v, arrays) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[encode(k, arrays), encode(v, arrays)] for k, v in value.items()]}
+    if isinstance(value, types.MethodType):
+        return {"method": [encode(value.__self__, arrays), value.__func__.__name__]}
+    if isinstance(value, (type, types.FunctionType)):
+        return {"fn": _name(value)}
+    if hasattr(value, "__dict__"):
+        state = value.__getstate__() if hasattr(value, "__getstate__") else value.__dict__
+        return {"obj": _name(type(value)), "state": encode(dict(state or {}), arrays)}
+    raise TypeError(f"cannot send a {type(value).__name__}")
+
+
+def decode(data, arrays):
+    """The value encode() described (arrays: the buffers that came with it)."""
+    if isinstance(data, list):
+        return [decode(v, arrays) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "nd" in data:
+        return arrays[data["nd"]]
+    if "tuple" in data:
+        return tuple(decode(v, arrays) for v in data["tuple"])
+    if "dict" in data:
+        return {decode(k, arrays): decode(v, arrays) for k, v in data["dict"]}
+    if "method" in data:
+        return getattr(decode(data["method"][0], arrays), data["method"][1])
+    if "fn" in data:
+        return _lookup(data["fn"])
+    cls = _lookup(data["obj"])
+    obj = cls.__new__(cls)
+    obj.__dict__.update(decode(data["state"], arrays))
+    return obj
+
+
+def write_message(f, value):
+    """Send value on the binary stream f: sizes, the JSON, then each array's bytes."""
+    arrays = []
+    head = json.dumps(encode(value, arrays)).encode()
+    f.write(struct.pack("<QQ", len(head), len(arrays)) + head)
+    for a in arrays:
+        f.write(struct.pack("<Q", a.nbytes))
+        f.write(a.tobytes())
+    f.flush()
+
+
+def _read(f, n):
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = f.readinto(view[got:])
+        if not k:
+            raise EOFError("the stream ended")
+        got += k
+    return buf
+
+
+def read_message(f):
+    """The value write_message sent on f; EOFError at the end of the stream."""
+    n_head, n_arrays = struct.unpack("<QQ", _read(f, 16))
+    data = json.loads(bytes(_read(f, n_head)))
+    buffers = [_read(f, struct.unpack("<Q", _read(f, 8))[0]) for _ in range(n_arrays)]
+    arrays = []
+
+    def find(d):       # the array descriptions, in the order they were appended
+        if isinstance(d, dict):
+            if "nd" in d:
+                arrays.append(d)
+            for v in d.values():
+                find(v)
+        elif isinstance(d, list):
+            for v in d:
+                find(v)
+    find(data)
+    made = {d["nd"]: np.frombuffer(buffers[d["nd"]], np.dtype(d["dtype"])).reshape(d["shape"])
+            for d in arrays}
+    return decode(data, made)
 
 
 class WorkerError(RuntimeError):
@@ -54,10 +173,9 @@ class Worker:
     def request(self, *req):
         """Send one request; return its value or raise the worker's error again."""
         try:
-            pickle.dump(req, self.proc.stdin)
-            self.proc.stdin.flush()
-            reply = pickle.load(self.proc.stdout)
-        except (EOFError, BrokenPipeError, pickle.UnpicklingError) as e:
+            write_message(self.proc.stdin, req)
+            reply = read_message(self.proc.stdout)
+        except (EOFError, BrokenPipeError) as e:
             code = self.proc.wait(timeout=60)
             raise WorkerError("WorkerDied", f"the worker process exited with status {code} "
                               f"({type(e).__name__})") from None
@@ -84,8 +202,8 @@ class Worker:
 
 
 def run_in_process(fn, *args):
-    """fn(*args) in a fresh worker (fn and args picklable: a module-level function or a bound
-    method of a picklable object); returns its value."""
+    """fn(*args) in a fresh worker (fn: a function of this package, or a bound method of an
+    object of this package's classes; see encode); returns its value."""
     with Worker() as w:
         return w.request("run", fn, args)
 
@@ -98,10 +216,7 @@ def serve():
     obj = None
     while True:
         try:
-            op, *rest = pickle.load(sys.stdin.buffer)
-        except EOFError:
-            return
-        try:
+            op, *rest = read_message(sys.stdin.buffer)
             if op == "new":
                 obj, value = rest[0](*rest[1]), None
             elif op == "call":
@@ -111,7 +226,11 @@ def serve():
             else:
                 value = sorted(sys.modules)
             reply = ("ok", value)
+        except EOFError:
+            return
         except BaseException as e:  # noqa: BLE001 - every error goes back to the parent
             reply = ("error", type(e).__name__, str(e), traceback.format_exc())
-        pickle.dump(reply, channel)
-        channel.flush()
+        try:
+            write_message(channel, reply)
+        except TypeError as e:
+            write_message(channel, ("error", "TypeError", str(e), ""))
