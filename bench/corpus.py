@@ -5,7 +5,8 @@ Run (from the repository root, nothing else heavy running on the machine):
 
   PYTHONPATH=. .venv-test/bin/python bench/corpus.py --lines 20000 --threads 2
 
-The input: --lines lines drawn (seeded) from bench/data/sentences.txt. Timed, one run each:
+The input: --lines lines drawn (seeded) from transformer/benchmarks/data/sentences.txt.
+Timed, one run each:
   transformer embed --input F --output F.npy --threads T (the command as a user runs it: wall
     time, model load and Python start included) with --scheduler local, local:1 and local:2
     (local:N: N worker processes sharing the T threads, cluster start included);
@@ -32,10 +33,9 @@ def main(argv=None):
     p.add_argument("--model", default=None, help="default: the installed all-MiniLM-L6-v2")
     p.add_argument("--schedulers", default="local,local:1,local:2")
     args = p.parse_args(argv)
-    from transformer.cli import default_model_path
-    model = args.model or default_model_path()
-    with open(os.path.join(REPO, "bench", "data", "sentences.txt"), encoding="utf-8") as f:
-        pool = [line.rstrip("\n") for line in f if line.strip()]
+    from transformer.benchmarks.encode import default_model_dir, default_sentences, read_sentences
+    model = args.model or default_model_dir()
+    pool = read_sentences(default_sentences())
     rng = np.random.default_rng(0)
     lines = [pool[i] for i in rng.integers(0, len(pool), args.lines)]
     rows = []

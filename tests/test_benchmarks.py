@@ -59,22 +59,60 @@ def test_ratio_and_growth_exponent():
     assert stats.loglog_slope([1], [1]) is None
 
 
-def test_interleaved_rounds_rotate_the_order_and_run_the_probe():
+class Recorder:
+    """An in-process engine that records the case and its name at every call."""
+
+    def __init__(self, name, calls):
+        self.name, self.calls = name, calls
+
+    def prepare(self, case):
+        return lambda: (self.calls.append((case, self.name)), np.zeros(1))[1]
+
+
+def test_timed_rounds_rotate_the_order_and_run_the_probe():
     calls = []
-    items = [(name, (lambda n=name: calls.append(n)), 1) for name in "abc"]
-    times, probes = stats.interleaved_rounds(items, 3, probe=lambda: {"x": 1.0})
-    assert calls == list("abc" "bca" "cab")
-    assert all(len(t) == 3 for t in times.values())
+    rows, probes = harness.compare_engines([Recorder(n, calls) for n in "abc"], [1],
+                                           lambda out, ref, case: {"ok": True}, 3,
+                                           probe=lambda: {"x": 1.0})
+    timed = [name for _, name in calls[3:][1::2]]        # after the check round; warm-ups out
+    assert timed == list("abc" "bca" "cab")
+    assert all(r["seconds"]["n"] == 3 for r in rows)
     assert len(probes) == 3 and all("cpu_steal" in p and p["x"] == 1.0 for p in probes)
     with pytest.raises(ValueError):
-        stats.interleaved_rounds(items, 0)
-    # grouped: an engine's items back to back, whole engines rotated
+        harness.compare_engines([Recorder("a", [])], [1], None, 0)
+    # an engine's cases back to back, whole engines rotated
     calls.clear()
-    items = [((case, eng), (lambda k=(case, eng): calls.append(k)), 1)
-             for case in (1, 2) for eng in ("x", "y")]
-    stats.interleaved_rounds(items, 2, group=lambda key: key[1])
-    assert calls == [(1, "x"), (2, "x"), (1, "y"), (2, "y"),
-                     (1, "y"), (2, "y"), (1, "x"), (2, "x")]
+    harness.compare_engines([Recorder(n, calls) for n in "xy"], [1, 2],
+                            lambda out, ref, case: {"ok": True}, 2)
+    assert calls[4:][1::2] == [(1, "x"), (2, "x"), (1, "y"), (2, "y"),
+                               (1, "y"), (2, "y"), (1, "x"), (2, "x")]
+
+
+def test_each_engine_runs_in_a_process_of_its_own():
+    """The isolation of the protocol: our engine's process imports no peer; torch's imports
+    neither our compiled kernels nor another peer."""
+    ours = engines.Isolated("transformer", engines.Setup("kernels")).imported()
+    assert "transformer._cpu" in ours
+    assert not {"torch", "ctranslate2", "onnxruntime", "llama_cpp"} & set(ours)
+    pytest.importorskip("torch")
+    theirs = engines.Isolated("torch", engines.Setup("kernels")).imported()
+    assert "torch" in theirs
+    assert not {"transformer._cpu", "ctranslate2", "onnxruntime", "llama_cpp"} & set(theirs)
+
+
+def test_a_worker_error_comes_back_with_its_kind():
+    from transformer.benchmarks import process
+    assert process.run_in_process(engines.target_tokens, [5, 0, 7], 9, 0) == [5, 0]
+    with pytest.raises(engines.Unsupported, match="not applicable to encode"):
+        engines.Isolated("numpy", engines.Setup("encode")).imported()
+    with pytest.raises(process.WorkerError, match="KeyError"):
+        process.run_in_process(engines.make, "nope", engines.Setup("kernels"))
+    with pytest.raises(ValueError, match="not a name of this package"):
+        process.run_in_process(os.path.join, "a", "b")        # nothing outside it is looked up
+    arrays, value = [], {1: (np.arange(6, dtype=np.float32).reshape(2, 3), None, "x"), "k": [2.5]}
+    back = process.decode(json.loads(json.dumps(process.encode(value, arrays))), arrays)
+    assert back[1][0].dtype == np.float32 and back[1][0].tolist() == value[1][0].tolist()
+    assert back[1][1:] == (None, "x") and back["k"] == [2.5]
 
 
 def test_busy_machine_is_detected(monkeypatch):
@@ -162,14 +200,14 @@ def test_agreement_check_flags_a_wrong_peer_and_does_not_time_it():
 
 
 class FlakyEngine(FakeEngine):
-    """Passes the check, then raises on its third call (the second timed round)."""
+    """Passes the check, then raises on its fourth call (the warm-up of the second timed
+    round: check, then warm-up and sample per round)."""
+    calls = 0
 
     def prepare(self, case):
-        calls = []
-
         def fn():
-            calls.append(1)
-            if len(calls) == 3:
+            self.calls += 1
+            if self.calls == 4:
                 raise RuntimeError("lost the model")
             return np.arange(case, dtype=np.float64)
         return fn
@@ -410,8 +448,12 @@ def test_translate_suite_tiny(tmp_path):
 def test_bench_cli_errors():
     p = bench("nope", check=False)
     assert p.returncode == 2 and "invalid choice" in p.stderr
-    p = bench("kernels", "--device", "cuda", check=False)
-    assert p.returncode == 2 and "bench/gpu.py" in p.stderr and "Traceback" not in p.stderr
+    p = bench("kernels", "--device", "cuda", check=False)      # no CuPy / GPU here
+    if p.returncode == 2:
+        assert "--device cuda" in p.stderr and "Traceback" not in p.stderr
+        assert "CuPy" in p.stderr or "GPU" in p.stderr
+    p = bench("encode", "--device", "cuda", "--dtype", "int8", check=False)
+    assert p.returncode == 2 and "--dtype int8 on --device cuda" in p.stderr
     p = bench("kernels", "--peers", "torch,tensorflow", check=False)
     assert p.returncode == 2 and "unknown peers" in p.stderr
     p = bench("kernels", "--threads", "0", check=False)
@@ -434,6 +476,45 @@ def test_bench_config_from_the_command_line():
     assert parse_config(["encode", "--threads", "1"]).dtype == "float32"
 
 
+def test_bench_config_on_the_gpu(monkeypatch):
+    """--device cuda: float16 by default, the GPU's compute types only, and a clean refusal
+    (exit status 2, the reason) where CuPy or a GPU is missing."""
+    from transformer.benchmarks import parse_config
+    from transformer.ops import cuda
+    monkeypatch.setattr(cuda, "cupy", lambda: object())
+    cfg = parse_config(["all", "--device", "cuda", "--threads", "1"])
+    assert (cfg.device, cfg.dtype, cfg.suites[0]) == ("cuda", "float16", "kernels")
+    assert parse_config(["encode", "--device", "cuda", "--dtype", "bfloat16"]).dtype == "bfloat16"
+
+    def missing():
+        raise RuntimeError("device='cuda' needs CuPy: pip install 'transformer[cuda12]'")
+    monkeypatch.setattr(cuda, "cupy", missing)
+    with pytest.raises(SystemExit) as e:
+        parse_config(["kernels", "--device", "cuda"])
+    assert e.value.code == 2
+
+
+def test_gpu_cases_and_their_figures_on_the_cpu():
+    """The --device cuda kernel cases (attention at the 16-bit types, row kernels at every GPU
+    type), their float64 references and their figures against the GPU's limits."""
+    cases = kernels.gpu_cases("tiny")
+    assert {c.op for c in cases} == {"attention", "layer_norm", "rms_norm", "softmax", "gelu"}
+    assert {c.dtype for c in cases if c.op == "attention"} == {"float16", "bfloat16"}
+    att = next(c for c in cases if c.op == "attention" and c.params["causal"])
+    B, H, T, D = att.inputs["q"].shape
+    assert att.check == (0, 0) and att.flops == 4.0 * B * H * T * T * D / 2 and H * D == 2048
+    row = next(c for c in cases if c.op == "softmax" and c.dtype == "float16")
+    assert row.nbytes == 2 * 256 * 512 * 2
+    lim = {"hgemm_tflops": 500.0, "sgemm_gflops": 5e5, f"copy_at_{row.nbytes}": 2000.0}
+    figs, frac, text = kernels._figures(row, 1e-3, lim, gpu=True)
+    assert figs[0]["unit"] == "GB/s" and text.startswith("device copy 2000.0 GB/s on ")
+    assert frac == pytest.approx(row.nbytes / 1e-3 / 1e9 / 2000.0)
+    figs, frac, text = kernels._figures(att, 1e-3, lim, gpu=True)
+    assert text == "fp16 GEMM 500 TFLOP/s" and frac == pytest.approx(att.flops / 1e-3 / 5e14)
+    for c in (att, row, next(c for c in cases if c.op == "rms_norm")):
+        assert np.isfinite(kernels.reference(c)).all()
+
+
 def test_smoke_bench_kernels_quick_tiny(tmp_path):
     out = tmp_path / "run"
     p = bench("kernels", "--quick", "--sizes", "tiny", "--threads", "1", "--output", out)
@@ -454,7 +535,8 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
     assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
-    assert results["machine"]["versions"]["transformer"]
+    assert results["machine"]["versions"]["transformer"] and results["machine"]["simd"]
+    assert results["parent_imports"] == []            # every engine ran in a process of its own
     md = (out / "report.md").read_text(encoding="utf-8")
     for op in ("softmax", "layer_norm", "gelu", "linear", "attention", "decode attention"):
         assert op in md
@@ -519,13 +601,14 @@ def test_weight_bytes_per_dtype():
 
 
 class StubEngine(engines.Engine):
-    """A registry entry for the loading test: its constructor raises what it is given."""
+    """A registry entry for the loading test: its constructor raises its `error`."""
     tasks = ("encode",)
+    error = None
 
-    def __init__(self, setup, error=None):
+    def __init__(self, setup):
         super().__init__(setup)
-        if error is not None:
-            raise error
+        if self.error is not None:
+            raise self.error
         self.version = "stub"
 
 
@@ -533,15 +616,13 @@ def test_load_engines_reports_failures_and_skips(monkeypatch):
     import transformer
 
     def stub(name, error):
-        cls = type(f"Stub{len(name)}", (StubEngine,), {"name": name})
-        return lambda setup: cls(setup, error)
+        return type(f"Stub{len(name)}", (StubEngine,), {"name": name, "error": error})
     monkeypatch.setattr(engines, "REGISTRY", {
         "transformer": engines.TransformerEngine, "torch": stub("torch", ImportError("no torch")),
         "a": stub("a", None), "b": stub("b", engines.Unsupported("no int8 on this CPU")),
         "c": stub("c", RuntimeError("conversion broke")), "d": stub("d", None)})
-    monkeypatch.setattr(engines, "TorchEngine", engines.REGISTRY["torch"])
 
-    def refuse(path, dtype=None, threads=None):
+    def refuse(path, dtype=None, **kw):
         raise ValueError("the CPU backend runs float32 only")
     monkeypatch.setattr(transformer, "load", refuse)
     loaded, reference, skipped = engines.load_engines(
@@ -551,8 +632,7 @@ def test_load_engines_reports_failures_and_skips(monkeypatch):
                        "c": "setup failed: RuntimeError: conversion broke"}
     with pytest.raises(RuntimeError, match="failed to load: ValueError: the CPU backend"):
         loaded[0].embedder([])
-    rows, _ = harness.compare_engines([engines.Bound(loaded[0], lambda e, c: e.embedder(c))],
-                                      [1], None, 1)
+    rows, _ = harness.compare_engines([loaded[0]], [{"batches": []}], None, 1)
     assert rows[0]["status"] == "error" and "float32 only" in rows[0]["note"]
 
 

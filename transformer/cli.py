@@ -13,7 +13,6 @@
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -292,35 +291,15 @@ def _corpus_arguments(sp, output=False):
 def cmd_info(args):
     """Version, build flags, threads, SIMD level, BLAS in use, CPU compute types and kernel
     variants, CUDA."""
-    from threadpoolctl import threadpool_info
+    from . import _cpu, machine
 
-    from . import _cpu
-    from ._threads import resolve_threads
-
-    flags = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
-        pass
-    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
-        simd = "x86-64-v4 (AVX-512)"
-    elif {"avx2", "fma", "bmi2"} <= flags:
-        simd = "x86-64-v3 (AVX2 + FMA)"
-    else:
-        simd = "baseline (SSE2)"
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
-    blas = [f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture', '?')}, "
-            f"{os.path.basename(i.get('filepath', ''))})"
-            for i in threadpool_info() if i.get("user_api") == "blas"
-            and "scipy" in i.get("filepath", "") and "64_" not in i.get("filepath", "")]
+    described = machine.describe(args.threads)
     info = {"version": __version__, "build_flags": _cpu.build_flags(),
-            "openmp": _cpu.openmp_enabled(), "threads": resolve_threads(args.threads),
-            "simd": simd + ", chosen at load time among AVX-512 / AVX2 / baseline clones",
-            "blas": blas[0] if blas else "unknown",
+            "openmp": _cpu.openmp_enabled(), "threads": described["threads"],
+            "cpu": described["cpu"],
+            "simd": described["simd"]
+            + ", chosen at load time among AVX-512 / AVX2 / baseline clones",
+            "blas": ", ".join(described["blas"]) or "unknown",
             "compute_types": _compute_types(), "cuda": _cuda_info(),
             "default_model": default_model_path()}
     if args.json:

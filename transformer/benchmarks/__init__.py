@@ -1,50 +1,43 @@
 """`transformer bench`: performance comparison runs, one command from measurement to report.
 
     transformer bench {kernels,encode,generate,translate,attention-memory,all}
-        [--device cpu|cuda] [--dtype float32|int8|bfloat16] [--threads N] [--quick]
-        [--output DIR] [--peers torch,onnxruntime,ctranslate2,llama.cpp]
+        [--device cpu|cuda] [--dtype DTYPE] [--threads N] [--quick] [--output DIR]
+        [--peers torch,onnxruntime,ctranslate2,llama.cpp]
 
 Runs this engine and each installed peer (PyTorch eager through HF transformers, ONNX Runtime,
-CTranslate2, llama.cpp) on the same model, inputs, thread count and machine, in one process,
-with warm-up and interleaved rounds; reports medians and spread (min-max, IQR). Every engine's
-output is checked against the float32 reference before it is timed; one that disagrees is
-flagged in the report and not timed. --dtype int8 (or bfloat16) runs every engine of the model
-suites at that compute type (a peer without it is skipped with a note) and adds the accuracy
-against float32. The machine's own limits are measured in the same run (sgemm GFLOP/s, int8
-GOP/s, copy GB/s on each kernel's footprint, read bandwidth for decoding) and each result is
-given as a fraction of its limit.
+CTranslate2, llama.cpp) on the same model, inputs, thread count and machine, each engine in a
+fresh process of its own per round (rounds interleaved), after checking every engine's output
+against the float32 reference; reports medians and spread (min-max, IQR), the ratio of this
+engine's throughput to each peer's, and each result as a fraction of the machine's own limit
+(sgemm GFLOP/s, int8 GOP/s, copy GB/s, read bandwidth) measured in the same run.
 
-Suites (each module's docstring says exactly what it measures):
+Suites (bench/README.md says exactly what each measures):
   kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
-  encode            sentence embeddings (all-MiniLM-L6-v2; --model all-mpnet-base-v2 or a
-                    directory): transformer, torch, onnxruntime, ctranslate2 (not MPNet)
-  generate          greedy generation, GPT-2-small shape: transformer, torch, ctranslate2,
-                    llama.cpp (when llama_cpp is importable; batch 1)
-  translate         beam-search translation, Marian shape (random weights): transformer, torch,
-                    ctranslate2
-  attention-memory  peak memory and time against sequence length: our tiled attention against a
-                    naive (B, H, T, T) NumPy attention, each size in a fresh subprocess
+                    (--device cuda: attention against torch SDPA, row kernels against a copy)
+  encode            sentence embeddings (all-MiniLM-L6-v2; --model all-mpnet-base-v2 or DIR)
+  generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)
+  translate         beam-search translation, Marian shape (random weights); CPU only
+  attention-memory  peak memory and time against sequence length, tiled against naive; CPU only
   all               every suite above, in that order
 
-Output (--output DIR, default bench/results/<date-time>): results.json (machine, versions,
-limits, every figure), report.md (tables) and PNG plots (with matplotlib, the optional [bench]
-extra). Progress goes to stderr, the report to stdout. Peers are imported only inside the suites
-that use them; a peer that is not installed is skipped with a note in the report, never an error.
---quick runs small sizes and few rounds (`transformer bench all --quick` takes a few minutes on
-2 cores); --sizes tiny is smaller still (for tests).
+Output (--output DIR, default bench/results/<date-time>): results.json, report.md and PNG plots
+(with matplotlib). Progress goes to stderr, the report to stdout. A peer that is not installed
+is skipped with a note, never an error. `transformer bench all --quick` takes a few minutes.
 """
 import argparse
 import dataclasses
 import os
-import shutil
 import sys
 import time
 import traceback
 
-from .engines import DTYPES, peer_names
+from ..dtypes import DTYPES as DEVICE_DTYPES, all_dtypes
+from .engines import peer_names
 
 SUITES = ("kernels", "encode", "generate", "translate", "attention-memory")
 PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
+DTYPES = DEVICE_DTYPES["cpu"]
+CPU_ONLY = ("translate", "attention-memory")
 MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
            "translate": "translate", "attention-memory": "attention_memory"}
 
@@ -58,29 +51,28 @@ class SuiteSkipped(Exception):
 
 def require_random_model(workdir, name):
     """Raise SuiteSkipped unless the random model `name` is cached under `workdir` (its
-    model.safetensors) or torch and transformers are importable to make it."""
+    model.safetensors) or torch and transformers are installed to make it (nothing imported)."""
+    from importlib.util import find_spec
     if os.path.exists(os.path.join(workdir, name, "model.safetensors")):
         return
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-    except ImportError as e:
+    missing = [m for m in ("torch", "transformers") if find_spec(m) is None]
+    if missing:
         raise SuiteSkipped(f"the random {name} model is not cached under {workdir} and "
-                           f"making it needs torch and transformers ({e})") from e
+                           f"making it needs {' and '.join(missing)}")
 
 
 @dataclasses.dataclass
 class BenchConfig:
     """Options of one benchmark run (the command line's, resolved).
 
-    suites: names from SUITES; device: "cpu"; threads: for every engine (>= 1); sizes: "tiny",
+    suites: names from SUITES; device: "cpu" or "cuda"; threads: for every engine (>= 1); sizes: "tiny",
     "quick" or "full"; rounds: timed rounds, or None for the suite's default at that size;
     peers: peer names from PEERS to run; output: directory for results.json, report.md, plots;
     workdir: cache of converted peer models; model: encoder model directory or name
     (encode.MODELS) for `encode` (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
     (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
     plots: draw PNGs when matplotlib is installed; seed: inputs' seed; dtype: compute type of
-    every engine in the model suites (DTYPES); sentences: the encode and translate sentence
+    every engine in the model suites (transformer.dtypes.DTYPES[device]); sentences: the encode and translate sentence
     file (None: the one shipped in transformer/benchmarks/data)."""
     suites: list
     device: str = "cpu"
@@ -130,13 +122,15 @@ def build_parser():
         prog="transformer bench", description=__doc__.split("\n\n")[0],
         epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("suite", choices=SUITES + ("all",), help="what to measure")
-    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
-                   help="cpu (default); these suites compare CPU engines: the GPU comparison "
-                        "is bench/gpu.py")
-    p.add_argument("--dtype", default="float32", choices=DTYPES,
+    p.add_argument("--device", default="cpu", choices=tuple(DEVICE_DTYPES),
+                   help="cpu (default) or cuda (needs CuPy and a GPU: kernels, encode and "
+                        "generate against PyTorch on the same GPU)")
+    p.add_argument("--dtype", default=None, choices=all_dtypes(),
                    help="compute type of every engine in encode, generate and translate "
-                        "(default float32; int8: CTranslate2's int8 semantics; peers at their "
-                        "matching type, accuracy against float32 reported)")
+                        "(default float32 on cpu, float16 on cuda; cpu: "
+                        f"{'/'.join(DEVICE_DTYPES['cpu'])}, cuda: "
+                        f"{'/'.join(DEVICE_DTYPES['cuda'])}; peers at their matching type, "
+                        "accuracy against float32 reported)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads for every engine (default: OMP_NUM_THREADS, else all cores)")
     p.add_argument("--quick", action="store_true",
@@ -169,22 +163,19 @@ def build_parser():
     return p
 
 
-def gpu_present():
-    """Whether this machine shows an NVIDIA GPU (device files or nvidia-smi; nothing imported)."""
-    return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
-
-
 def check_device(device):
-    """None when `device` can run these suites, else the reason: they compare CPU engines; the
-    GPU benchmark (our CUDA kernels and models against PyTorch on the same GPU) is bench/gpu.py."""
+    """None when `device` can run the suites here, else the reason: "cuda" needs CuPy and a
+    visible GPU (transformer.ops.cuda.cupy says which is missing)."""
     if device == "cpu":
         return None
-    if device == "cuda":
-        where = ("this machine has an NVIDIA GPU; " if gpu_present()
-                 else "this machine shows no NVIDIA GPU; ")
-        return (f"--device cuda: {where}these suites compare CPU engines (run with --device "
-                "cpu); the GPU benchmark is `python bench/gpu.py`")
-    return f"--device must be cpu or cuda, got {device!r}"
+    if device != "cuda":
+        return f"--device must be cpu or cuda, got {device!r}"
+    from ..ops import cuda
+    try:
+        cuda.cupy()
+    except RuntimeError as e:
+        return f"--device cuda: {e}"
+    return None
 
 
 def parse_config(argv):
@@ -192,6 +183,10 @@ def parse_config(argv):
     arguments (argparse), an unknown peer, or an unusable device."""
     p = build_parser()
     args = p.parse_args(argv)
+    dtype = args.dtype or ("float16" if args.device == "cuda" else "float32")
+    if dtype not in DEVICE_DTYPES[args.device]:
+        p.error(f"--dtype {dtype} on --device {args.device}: choose from "
+                f"{', '.join(DEVICE_DTYPES[args.device])}")
     problem = check_device(args.device)
     if problem:
         p.exit(2, f"error: {problem}\n")
@@ -210,7 +205,7 @@ def parse_config(argv):
                        device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
                        peers=peers, output=output, workdir=args.workdir, model=args.model,
                        pause=args.pause, time_disagreeing=args.time_disagreeing,
-                       plots=not args.no_plots, seed=args.seed, dtype=args.dtype,
+                       plots=not args.no_plots, seed=args.seed, dtype=dtype,
                        sentences=args.sentences)
 
 
@@ -223,6 +218,7 @@ def run(cfg, command="transformer bench"):
     Returns the results document (see report.py)."""
     from . import limits, report
     from .kernels import PROBE
+    from .process import run_in_process
     from .stats import log
 
     t_start = time.perf_counter()
@@ -230,37 +226,32 @@ def run(cfg, command="transformer bench"):
     prev = os.environ.get("OMP_NUM_THREADS")
     if prev not in (None, str(cfg.threads)):
         log(f"note: OMP_NUM_THREADS was {prev}; set to {cfg.threads} for this run")
-    # Peer runtimes (torch's OpenMP, ORT, CTranslate2) read it when they are first imported.
+    # Every engine's process (torch's OpenMP, ORT, CTranslate2) reads it when it starts.
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
     options = {"suites": cfg.suites, "device": cfg.device, "threads": cfg.threads,
                "quick": cfg.quick, "sizes": cfg.sizes, "rounds": cfg.rounds, "peers": cfg.peers,
                "output": os.path.abspath(cfg.output), "workdir": os.path.abspath(cfg.workdir),
-               "pause": cfg.pause, "seed": cfg.seed,
-               "dtype": cfg.dtype}
+               "pause": cfg.pause, "seed": cfg.seed, "dtype": cfg.dtype,
+               "protocol": "each engine in a fresh process of its own per round"}
     results = report.new_results(command, options, limits.machine_info(cfg.threads))
     if hasattr(os, "getloadavg"):
         results["machine"]["load_before"] = os.getloadavg()[0]
     log(f"machine: {results['machine']['cpu']}, {results['machine']['cores']} cores; "
-                f"threads {cfg.threads}; dtype {cfg.dtype}; sizes {cfg.sizes}; output {cfg.output}")
-    # The run's reference limits: one warm-up measurement (thread pools start, clocks ramp up),
-    # then the median of two. Each suite also measures its own, interleaved with its timings.
+        f"threads {cfg.threads}; {cfg.device} {cfg.dtype}; sizes {cfg.sizes}; output "
+        f"{cfg.output}")
+    # The run's reference limits, in a process of their own: one warm-up measurement (thread
+    # pools start, clocks ramp up), then the median of two. Each suite measures its own too.
     sizes = dict(PROBE[cfg.sizes], gemm=(1024, 1024, 1024)) if cfg.sizes == "quick" \
         else PROBE[cfg.sizes]
-    probe = limits.LimitProbe(cfg.threads, **sizes)
-    try:
-        probe.measure()
-        results["limits"] = limits.limits_summary([probe.measure(), probe.measure()])
-        results["limits"]["probe"] = probe.describe()
-    finally:
-        probe.close()
-    lim = results["limits"]
-    log(f"limits: sgemm {lim['sgemm_gflops']:.1f} GFLOP/s, copy {lim['copy_gbs']:.1f} "
-                "GB/s")
+    results["limits"] = lim = run_in_process(limits.LimitProbe(cfg.threads, **sizes).reference)
+    log(f"limits: sgemm {lim['sgemm_gflops']:.1f} GFLOP/s, copy {lim['copy_gbs']:.1f} GB/s")
 
     for name in cfg.suites:
         log(f"=== suite {name} ===")
         t0 = time.perf_counter()
         try:
+            if cfg.device != "cpu" and name in CPU_ONLY:
+                raise SuiteSkipped(f"{name} compares CPU engines (run it with --device cpu)")
             module = __import__(f"{__name__}.{MODULES[name]}", fromlist=["run"])
             suite = module.run(cfg)
         except SuiteSkipped as e:
@@ -272,7 +263,8 @@ def run(cfg, command="transformer bench"):
             traceback.print_exc(file=sys.stderr)
             log(f"suite {name} failed: {type(e).__name__}: {e}")
             suite = {"title": name, "status": "error", "error": f"{type(e).__name__}: {e}"}
-        if cfg.dtype != "float32" and name in ("kernels", "attention-memory"):
+        if cfg.device == "cpu" and cfg.dtype != "float32" and name in ("kernels",
+                                                                       "attention-memory"):
             suite.setdefault("notes", []).append(f"--dtype {cfg.dtype} does not apply: "
                                                  "this suite measures the float32 ops")
         suite["wall_s"] = time.perf_counter() - t0
@@ -286,6 +278,9 @@ def run(cfg, command="transformer bench"):
         paths, note = report.write_plots(results, cfg.output)
         log(note or f"wrote {len(paths)} plots")
     results["wall_s"] = time.perf_counter() - t_start
+    # The record that this (orchestrating) process ran no peer: each engine ran in its own.
+    results["parent_imports"] = [m for m in ("torch", "onnxruntime", "ctranslate2", "llama_cpp")
+                                 if m in sys.modules]
     report.write_results(results, cfg.output)
     path = report.write_report(results, cfg.output)
     log(f"wrote {os.path.join(cfg.output, 'results.json')} and {path} "

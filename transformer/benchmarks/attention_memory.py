@@ -1,59 +1,29 @@
 """Attention-memory suite: peak memory and time against sequence length, our tiled attention
 (transformer.ops.attention: blocks of queries x blocks of keys, online softmax, O(block) scratch)
-against a naive NumPy attention that materialises the (B, H, T, T) float32 score matrix.
-
-What is measured
-----------------
-B=1, H=8, D=64, T = S from 128 to 4096 (--quick; 16384 in full, the naive one up to 8192 or
-while its score matrix fits in half the available memory; --sizes tiny: 64 to 256),
-non-causal self-attention on random float32 q, k, v of shape (B, H, T, D).
-
-  transformer   ops.attention(q, k, v, threads=n)
-  naive         s = q @ k^T (B, H, T, T) float32, scaled, softmax in place (max, exp, sum,
-                divide), then s @ v; BLAS pinned to n threads. The leanest form of the naive
-                algorithm: one T x T matrix per head, no further temporaries of that size.
-
-Each (implementation, T) runs in a fresh Python subprocess, so that one measurement's peak does
-not hide the next one's. In the subprocess: the inputs are made, one tiny call warms up the
-thread pools, then the peak-RSS counter is reset (Linux: writing 5 to /proc/self/clear_refs, so
-VmHWM restarts from the current RSS), and one call runs under tracemalloc. Reported:
-
-  peak RSS delta   VmHWM after the call minus VmRSS before it (/proc/self/status): every byte
-                   the call touched, whoever allocated it: NumPy arrays, and the blocks our C
-                   kernel allocates with malloc, which tracemalloc does not see. Without
-                   clear_refs (not Linux, or not allowed), the delta over the previous peak.
-  traced peak      tracemalloc's peak during the call: NumPy's allocations only (the output, and
-                   for naive the score matrix); not the C kernel's scratch.
-  time             median of the timed calls after that one (seconds), and GFLOP/s =
-                   4 B H T S D / time, as a fraction of the sgemm GFLOP/s measured in this suite.
-
-The growth exponent is the least-squares slope of log(value) against log(T) over the larger half
-of the sizes (where fixed costs no longer dominate): about 1 means memory linear in T (the
-output), 2 quadratic (the score matrix). Time is quadratic for both (the work is).
-
-Before the runs, both implementations are checked against the float64 reference at the smallest
-T (max |diff|); one that disagrees is flagged and not measured (unless --time-disagreeing).
+against a naive NumPy attention that materialises the (B, H, T, T) float32 score matrix
+(bench/README.md, "attention-memory"). Each (implementation, T) runs in a fresh process
+(process.run_in_process(measure_one, ...)): peak RSS delta (VmHWM reset by clear_refs) and
+tracemalloc's peak of one call, then the median time of `reps` more; growth exponents are the
+log-log slopes over the larger half of the sizes (1: linear, 2: quadratic).
 """
 import gc
-import json
 import math
-import os
-import subprocess
-import sys
 import time
 
+from .. import machine
 from . import harness, limits, stats
-from .harness import ENGINE
+from .engines import ENGINE
+from .process import WorkerError, run_in_process
 from .stats import log
 
 TAG = "attention-memory"
 B, H, D = 1, 8, 64
 NAIVE = "naive"
+WHAT = {"peak_rss_bytes": "peak RSS", "traced_peak_bytes": "traced peak", "time": "time"}
 LEVELS = {"tiny": dict(T=[64, 128, 256], naive_max=256, reps=1),
           "quick": dict(T=[128, 256, 512, 1024, 2048, 4096], naive_max=4096, reps=2),
           "full": dict(T=[128, 256, 512, 1024, 2048, 4096, 8192, 16384], naive_max=8192,
                        reps=3)}
-WORKER_TIMEOUT = 900
 
 
 def naive_attention(q, k, v):
@@ -94,7 +64,7 @@ def measure_one(impl, T, threads, reps, seed=0):
     """In this process: the memory and time of one attention call at sequence length T (see the
     module docstring). impl: "transformer" or "naive". Returns {"impl", "T", "peak_rss_bytes",
     "rss_method", "traced_peak_bytes", "first_s", "seconds" (list), "output_bytes"}.
-    Meant to run in a fresh subprocess (worker_main)."""
+    Meant to run in a fresh process (process.run_in_process)."""
     import tracemalloc
 
     import numpy as np
@@ -149,30 +119,6 @@ def measure_one(impl, T, threads, reps, seed=0):
             "output_bytes": out_bytes}
 
 
-def worker_main(argv):
-    """`python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS REPS SEED`:
-    print measure_one's record as one JSON line."""
-    impl, T, threads, reps, seed = argv[0], int(argv[1]), int(argv[2]), int(argv[3]), \
-        int(argv[4])
-    print(json.dumps(measure_one(impl, T, threads, reps, seed)), flush=True)
-    return 0
-
-
-def run_worker(impl, T, threads, reps, seed, timeout=WORKER_TIMEOUT):
-    """measure_one in a fresh subprocess (same interpreter, this package on its path, BLAS and
-    OpenMP at `threads`). Returns its record, or raises RuntimeError with its stderr."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env["OMP_NUM_THREADS"] = str(threads)
-    p = subprocess.run([sys.executable, "-m", "transformer.benchmarks.attention_memory",
-                        "--worker", impl, str(T), str(threads), str(reps), str(seed)],
-                       capture_output=True, text=True, timeout=timeout, env=env)
-    if p.returncode != 0:
-        raise RuntimeError(f"worker {impl} T={T} exited {p.returncode}: {p.stderr[-2000:]}")
-    return json.loads(p.stdout.strip().splitlines()[-1])
-
-
 def check(T, seed=0):
     """Both implementations against the float64 reference at sequence length T.
     Returns {impl: agreement record (harness.compare_arrays, tolerance 1e-3)}."""
@@ -195,7 +141,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     """Measure every (implementation, T); returns the SUITE record (report.py)."""
     import numpy as np
     Ts = sorted(Ts)
-    avail = limits.memory_info().get("available_gib")
+    avail = machine.memory().get("available_gib")
     notes = []
     agreement = check(Ts[0], seed)
     for impl, a in agreement.items():
@@ -204,7 +150,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             log(f"WARNING: {impl} disagrees with the float64 reference at T={Ts[0]}: "
                 f"{a['text']}", TAG)
     probe = limits.LimitProbe(threads, gemm=(1024, 1024, 1024), copy_mib=16, reps=3)
-    limit_runs = [probe.measure()]
+    limit_runs = [run_in_process(probe.measure)]
     ticks = stats.cpu_sample()
     records = {}
     for T in Ts:
@@ -218,18 +164,17 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                 notes.append(f"naive at T={T} skipped: its {need / 2**30:.1f} GiB score matrix "
                              f"exceeds half the {avail:.1f} GiB available")
                 continue
-            log(f"T={T}: {impl} (fresh subprocess)", TAG)
+            log(f"T={T}: {impl} (fresh process)", TAG)
             try:
-                records[(impl, T)] = run_worker(impl, T, threads, reps, seed)
-            except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+                records[(impl, T)] = run_in_process(measure_one, impl, T, threads, reps, seed)
+            except (WorkerError, ValueError) as e:
                 notes.append(f"{impl} at T={T} failed: {e}")
                 log(f"{impl} at T={T} failed: {e}", TAG)
     usage = stats.cpu_usage(ticks, stats.cpu_sample())
     warning = stats.busy_warning(usage)
     if warning:
         log(warning, TAG)
-    limit_runs.append(probe.measure())
-    probe.close()
+    limit_runs.append(run_in_process(probe.measure))
     lim = limits.limits_summary(limit_runs)
     sgemm = lim.get("sgemm_gflops")
 
@@ -263,51 +208,29 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             rows.append(row)
 
     def series(impl, key):
-        out = []
-        for T in Ts:
-            r = records.get((impl, T))
-            out.append(None if r is None else _mib(r[key]))
-        return out
-
-    def time_series(impl):
-        return [None if (impl, T) not in records else
-                1e3 * stats.summarize(records[(impl, T)]["seconds"]
-                                        or [records[(impl, T)]["first_s"]])["median"]
-                for T in Ts]
+        """MiB of `key` per T (key "time": ms per call), None where not measured."""
+        recs = [records.get((impl, T)) for T in Ts]
+        if key == "time":
+            return [r and 1e3 * stats.summarize(r["seconds"] or [r["first_s"]])["median"]
+                    for r in recs]
+        return [r and _mib(r[key]) for r in recs]
 
     upper = [T for T in Ts if T >= Ts[len(Ts) // 2]] if len(Ts) > 2 else Ts
-    slopes = {}
-    for impl in (ENGINE, NAIVE):
-        for what, ys in (("peak RSS", series(impl, "peak_rss_bytes")),
-                         ("traced peak", series(impl, "traced_peak_bytes")),
-                         ("time", time_series(impl))):
-            pts = [(T, y) for T, y in zip(Ts, ys) if T in upper and y]
-            slopes[(impl, what)] = stats.loglog_slope([p[0] for p in pts],
-                                                        [p[1] for p in pts])
-    times_ms = {impl: dict(zip(Ts, time_series(impl))) for impl in (ENGINE, NAIVE)}
-
-    def cell(impl, T, key=None):
-        r = records.get((impl, T))
-        if r is None:
-            return "-"
-        return f"{times_ms[impl][T]:.2f}" if key is None else f"{_mib(r[key]):.2f}"
-    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}",
-                   cell(ENGINE, T, "peak_rss_bytes"), cell(NAIVE, T, "peak_rss_bytes"),
-                   cell(ENGINE, T, "traced_peak_bytes"), cell(NAIVE, T, "traced_peak_bytes"),
-                   cell(ENGINE, T), cell(NAIVE, T)] for T in Ts]
-
-    def fmt_slope(s):
-        return "-" if s is None else f"{s:.2f}"
-    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00",
-                       fmt_slope(slopes[(ENGINE, "peak RSS")]),
-                       fmt_slope(slopes[(NAIVE, "peak RSS")]),
-                       fmt_slope(slopes[(ENGINE, "traced peak")]),
-                       fmt_slope(slopes[(NAIVE, "traced peak")]),
-                       fmt_slope(slopes[(ENGINE, "time")]), fmt_slope(slopes[(NAIVE, "time")])])
+    columns = [(impl, key) for key in ("peak_rss_bytes", "traced_peak_bytes", "time")
+               for impl in (ENGINE, NAIVE)]
+    values = {c: series(*c) for c in columns}
+    slopes = {c: stats.loglog_slope(*zip(*[(T, y) for T, y in zip(Ts, values[c])
+                                           if T in upper and y] or [((), ())]))
+              for c in columns}
+    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}"]
+                  + ["-" if values[c][i] is None else f"{values[c][i]:.2f}" for c in columns]
+                  for i, T in enumerate(Ts)]
+    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00"]
+                      + ["-" if slopes[c] is None else f"{slopes[c]:.2f}" for c in columns])
     method = next((r["rss_method"] for r in records.values()), "-")
     summary = [
         (f"Non-causal self-attention, B={B}, H={H}, D={D}, float32, "
-         f"{stats.plural(threads, 'thread')}; each (implementation, T) in a fresh subprocess. "
+         f"{stats.plural(threads, 'thread')}; each (implementation, T) in a fresh process. "
          "transformer: ops.attention (tiled, online softmax); naive: NumPy with the full "
          "(B, H, T, T) float32 score matrix, softmax in place. Time: median of "
          f"{stats.plural(reps, 'call')} after the measured one."),
@@ -323,26 +246,22 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": rows,
             "tables": [{"title": "Peak memory (MiB) and time (ms) per sequence length",
-                        "header": ["T", "(B,H,T,T) float32 MiB", "transformer peak RSS",
-                                   "naive peak RSS", "transformer traced", "naive traced",
-                                   "transformer ms", "naive ms"],
+                        "header": ["T", "(B,H,T,T) float32 MiB"]
+                        + [f"{i} {WHAT[k].replace('time', 'ms').replace(' peak', '')}"
+                           if k != "peak_rss_bytes" else f"{i} peak RSS" for i, k in columns],
                         "rows": table_rows}],
             "scaling": [{"name": "memory", "title": "Peak memory against sequence length",
                          "xlabel": "T (= S)", "ylabel": "MiB", "x": Ts,
-                         "series": {f"{ENGINE} peak RSS": series(ENGINE, "peak_rss_bytes"),
-                                    f"{NAIVE} peak RSS": series(NAIVE, "peak_rss_bytes"),
-                                    f"{ENGINE} traced (NumPy)": series(ENGINE,
-                                                                       "traced_peak_bytes"),
-                                    f"{NAIVE} traced (NumPy)": series(NAIVE,
-                                                                      "traced_peak_bytes"),
+                         "series": {**{f"{i} {'peak RSS' if k[0] == 'p' else 'traced (NumPy)'}":
+                                       values[(i, k)] for i, k in columns[:4]},
                                     "(B,H,T,T) float32": [_mib(B * H * T * T * 4) for T in Ts]},
                          "logx": True, "logy": True},
                         {"name": "time", "title": "Time against sequence length",
                          "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
-                         "series": {ENGINE: time_series(ENGINE), NAIVE: time_series(NAIVE)},
+                         "series": {i: values[(i, "time")] for i in (ENGINE, NAIVE)},
                          "logx": True, "logy": True}],
             "skipped": {}, "notes": notes, "limits": lim,
-            "growth_exponents": {f"{impl} {what}": s for (impl, what), s in slopes.items()},
+            "growth_exponents": {f"{i} {WHAT[k]}": v for (i, k), v in slopes.items()},
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
             "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,
                        "naive_max": naive_max, "numpy": np.__version__}}
@@ -354,11 +273,3 @@ def run(cfg):
     level = LEVELS[cfg.sizes]
     return run_sizes(level["T"], cfg.threads, cfg.rounds or level["reps"], level["naive_max"],
                      cfg.seed, cfg.time_disagreeing)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--worker"]:
-        sys.exit(worker_main(sys.argv[2:]))
-    print("usage: python -m transformer.benchmarks.attention_memory --worker IMPL T THREADS "
-          "REPS SEED (run by `transformer bench attention-memory`)", file=sys.stderr)
-    sys.exit(2)

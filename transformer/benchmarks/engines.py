@@ -1,30 +1,27 @@
-"""The engine registry shared by the model suites: one class per runtime, each implementing the
-tasks it can run (encode, generate, translate) at the compute types it has.
+"""The one engine registry of the suites and the kernel lab: one class per runtime, each
+implementing the tasks it has (kernels, encode, generate, translate) on the devices and at the
+compute types it has (bench/README.md lists what each runs and how).
 
-  transformer   this project: `transformer.load(dir, dtype=dtype, threads=n)`
-  torch         Hugging Face transformers in PyTorch eager mode (also the float32 reference of
-                every check); int8: torch.ao.quantization.quantize_dynamic; bfloat16: .to()
-  onnxruntime   the encoder exported to ONNX (int8: onnxruntime.quantization.quantize_dynamic)
-  ctranslate2   the model converted by CTranslate2's TransformersConverter, loaded with
-                compute_type = the dtype (CTranslate2 quantizes at load); not for MPNet (no
-                converter: skipped, "n/a" with the reason)
-  llama.cpp     llama-cpp-python on a GGUF written from the same weights (f32 / q8_0 / bf16),
-                generate only, one sequence at a time
+  transformer   this project: transformer.ops (kernels), transformer.load(dir, device, dtype)
+  numpy         kernels only: the same math as plain float32 NumPy/SciPy (not a peer)
+  torch         PyTorch eager ops and HF transformers models (also the float32 reference)
+  onnxruntime   encode: the exported encoder (int8: quantize_dynamic on it)
+  ctranslate2   the CTranslate2 conversion at compute_type = the dtype (no MPNet)
+  llama.cpp     generate: llama-cpp-python on a GGUF of the same weights, batch 1
 
-A suite makes a Setup (task, model directory, threads, dtype, work directory and the task's
-token ids) and calls load_engines(setup, peers): this engine first, HF torch float32 as the
-reference (always tried, timed only when asked for at float32), then the requested peers. A
-peer that is not installed, or has no such task or compute type, is skipped with the reason.
+A suite gets its engines from load_engines(setup, peers, isolated=True): each an Isolated, which
+builds the engine in a fresh process of its own for the check round and for every timed round
+(process.Worker): that process imports only its own runtime. Preparation (a CTranslate2
+conversion, the ONNX export, the GGUF file) runs before, once per run, in a preparation process
+of its own (Engine.prepare_files) and is cached on disk.
 
-Each engine turns the suite's shared inputs into its own form once, outside the timing, and
-returns a zero-argument pass:
-  embedder(batches) -> fn() -> (N, C) float32 L2-normalised mean-pooled embeddings; batches: a
-      list of {"input_ids", "attention_mask", "token_type_ids"} (B, T) int64 dicts
-  generator(prompts, new_tokens) -> fn() -> ((B, N) int64 new tokens, problem or None);
-      prompts: (B, P) int64, no padding; exactly N greedy tokens, no early stop
-  translator(batches, beams, length_penalty) -> fn() -> (target ids per sentence, problem or
-      None, engine name); batches: {"input_ids", "attention_mask" (B, S) int64, "lengths",
-      "max_new_tokens"}; target ids: the best hypothesis up to and including eos
+An engine's prepare(case) -> fn() runs one case; per task, the case is a dict:
+  encode     {"batches": [{"input_ids", "attention_mask", "token_type_ids"} (B, T) int64]}
+             -> (N, C) float32 L2-normalised mean-pooled embeddings
+  generate   {"prompts": (B, P) int64, "new_tokens": N} -> ((B, N) int64 new tokens, problem)
+  translate  {"batches": [{"input_ids", "attention_mask", "lengths", "max_new_tokens"}],
+             "beams", "length_penalty"} -> (target ids per sentence, problem, engine name)
+  kernels    a kernels.Case -> the op's output (on the device; host() brings it back)
 """
 import dataclasses
 import json
@@ -34,17 +31,14 @@ import traceback
 import numpy as np
 
 from . import peers as peer_setup
-from .harness import ENGINE
+from .harness import NotApplicable, Unsupported, run_cases, skip_reason
+from .process import Worker, run_in_process
 from .stats import log
 
-TASKS = ("encode", "generate", "translate")
-DTYPES = ("float32", "int8", "bfloat16")
+ENGINE = "transformer"
+TASKS = ("kernels", "encode", "generate", "translate")
 REGISTRY = {}          # name -> Engine subclass, in registration (table) order
-
-
-class Unsupported(Exception):
-    """Raised by an engine's constructor for a task or compute type it does not have: the peer
-    is skipped with the message, not reported as an error."""
+ACTIVATIONS = ("gelu", "gelu_tanh", "silu", "relu")
 
 
 def register(cls):
@@ -54,24 +48,30 @@ def register(cls):
 
 
 def peer_names():
-    """Every registered peer (all engines but this one), in table order."""
-    return tuple(n for n in REGISTRY if n != ENGINE)
+    """Every registered peer (not this engine, not the NumPy baseline), in table order."""
+    return tuple(n for n, c in REGISTRY.items() if c.peer)
+
+
+def make(name, setup):
+    """The registry's engine `name` built for `setup` (what a worker process runs)."""
+    return REGISTRY[name](setup)
 
 
 @dataclasses.dataclass
 class Setup:
-    """What an engine needs to load for a suite. task: one of TASKS; model_dir: HF directory;
-    threads: for every engine; dtype: one of DTYPES; workdir: cache of conversions;
-    vocab_size, eos, unk, pad: the token ids of a random model (generate, translate)."""
+    """What an engine needs to load. task: one of TASKS; model_dir: HF directory (None for
+    kernels); threads; dtype: a compute type of `device` (transformer.dtypes.DTYPES); workdir:
+    cache of conversions; vocab_size, eos, unk, pad: a random model's token ids."""
     task: str
-    model_dir: str
-    threads: int
+    model_dir: str = None
+    threads: int = 1
     dtype: str = "float32"
     workdir: str = os.path.join(".cache", "bench")
     vocab_size: int = None
     eos: int = None
     unk: int = None
     pad: int = None
+    device: str = "cpu"
 
     @property
     def cache(self):
@@ -102,18 +102,55 @@ def target_tokens(row, pad, eos):
 
 
 class Engine:
-    """Interface (see the module docstring). name; tasks: the tasks it implements; version;
-    notes: list of str for the report; dtype; compute_type: what it runs, in words;
-    last: the target ids of the latest translate pass."""
+    """One runtime (see the module docstring). name; tasks; devices; peer: on the --peers list;
+    version, notes (list of str for the report), compute_type (what it runs, in words)."""
     name = "?"
     tasks = ()
+    devices = ("cpu",)
+    peer = True
 
     def __init__(self, setup):
         if setup.task not in self.tasks:
             raise Unsupported(f"not applicable to {setup.task}")
+        if setup.device not in self.devices:
+            raise Unsupported(f"runs on {', '.join(self.devices)} only in this benchmark")
         self.setup, self.dtype = setup, setup.dtype
         self.version, self.notes, self.compute_type = "?", [], setup.dtype
-        self.last = None
+        self.notes += self.prepare_files(setup)
+
+    @classmethod
+    def prepare_files(cls, setup):
+        """Make what the engine loads (a conversion, an export), cached on disk; returns notes.
+        Run once per run in a preparation process before the rounds (load_engines)."""
+        return []
+
+    def prepare(self, case):
+        """The zero-argument run of one case of this engine's task (the module docstring)."""
+        if self.setup.task == "kernels":
+            return self.kernel(case)
+        if self.setup.task == "encode":
+            return self.embedder(case["batches"])
+        if self.setup.task == "generate":
+            return self.generator(case["prompts"], case["new_tokens"])
+        return self.translator(case["batches"], case["beams"], case["length_penalty"])
+
+    def host(self, out, case):
+        """A kernel's output as NumPy (device arrays copied back), the checked slice only when
+        the case checks one (case.check = (b, h)); other tasks' outputs as they are."""
+        if self.setup.task != "kernels":
+            return out
+        out = self.to_numpy(out)
+        return out if case.check is None else out[case.check[0]:case.check[0] + 1,
+                                                  case.check[1]:case.check[1] + 1]
+
+    @staticmethod
+    def to_numpy(out):
+        """out as a NumPy array."""
+        return np.asarray(out)
+
+    def run_cases(self, *args):
+        """harness.run_cases on this engine, in this process (what an Isolated's worker calls)."""
+        return run_cases(self, *args)
 
     # --- generate: engines whose output echoes the prompt
     @staticmethod
@@ -144,7 +181,6 @@ class Engine:
                     raise RuntimeError(f"raised in batch {i}:\n{traceback.format_exc()}") from e
                 out += rows
                 problem = problem or p
-            self.last = out
             return out, problem, self.name
         return one_pass
 
@@ -167,11 +203,9 @@ class Engine:
 
 
 class FailedEngine:
-    """Stands for this engine when it failed to load: its check raises the load error, so its
-    row reports it (status "error") and it is not timed."""
-    version = None
-    notes = ()
-    last = None
+    """Stands for this engine when it failed to load in this process: each case raises the
+    load error, so its row reports it (status "error") and it is not timed."""
+    version, notes, last = None, (), None
 
     def __init__(self, name, dtype, error):
         self.name, self.dtype, self.compute_type, self.error = name, dtype, dtype, error
@@ -180,7 +214,59 @@ class FailedEngine:
         """Raise the load error (its last line: the traceback went to the log)."""
         raise RuntimeError(f"failed to load: {self.error.strip().splitlines()[-1]}")
 
-    embedder = generator = translator = fail
+    prepare = embedder = generator = translator = fail
+
+
+class Isolated:
+    """An engine of the registry in a fresh process of its own per run_cases call (a
+    process.Worker building make(engine, setup)). name: the row's name (default the engine's);
+    version, notes, compute_type: the engine's, once it ran; skipped: why it could not load.
+    With keep, the check process stays alive: call(method, *args), and the reference's tools
+    logit_gap and scores, run in it, until close()."""
+
+    def __init__(self, engine, setup, name=None):
+        self.engine, self.setup, self.name = engine, setup, name or engine
+        self.version, self.notes, self.compute_type = None, [], setup.dtype
+        self.skipped, self.worker = None, None
+
+    def run_cases(self, cases, inner, min_seconds, check, keep=False):
+        """harness.run_cases in a fresh process (see harness.compare_engines)."""
+        w = Worker()
+        try:
+            w.request("new", make, (self.engine, self.setup))
+            out = w.request("call", "run_cases", (cases, inner, min_seconds, check))
+        except BaseException:
+            w.close()
+            raise
+        if keep:
+            self.worker = w
+        else:
+            w.close()
+        return out
+
+    def imported(self):
+        """The modules a fresh process of this engine has imported once loaded (sys.modules)."""
+        with Worker() as w:
+            w.request("new", make, (self.engine, self.setup))
+            return w.request("modules")
+
+    def call(self, method, *args):
+        """engine.method(*args) in the kept process."""
+        return self.worker.request("call", method, args)
+
+    def logit_gap(self, *args):
+        """TorchEngine.logit_gap in the kept process."""
+        return self.call("logit_gap", *args)
+
+    def scores(self, *args):
+        """TorchEngine.scores in the kept process."""
+        return self.call("scores", *args)
+
+    def close(self):
+        """End the kept process."""
+        if self.worker is not None:
+            self.worker.close()
+            self.worker = None
 
 
 def packed_variant(dtype):
@@ -195,103 +281,235 @@ def packed_variant(dtype):
 
 @register
 class TransformerEngine(Engine):
-    """This project: transformer.load(dir, dtype=dtype, threads=n)."""
+    """This project: transformer.ops (kernels; on "cuda" the inputs uploaded in case.dtype) and
+    transformer.load(dir, device, dtype, threads) (the model tasks)."""
     name = ENGINE
     tasks = TASKS
+    devices = ("cpu", "cuda")
+    peer = False
 
     def __init__(self, setup):
         super().__init__(setup)
         import transformer
-        self.version = transformer.__version__
-        self.model = transformer.load(setup.model_dir, dtype=setup.dtype,
+        from .. import ops
+        from ..device import to_numpy
+        self.ops, self.version, self.to_numpy = ops, transformer.__version__, to_numpy
+        if setup.task == "kernels":
+            return
+        self.model = transformer.load(setup.model_dir, device=setup.device, dtype=setup.dtype,
                                       threads=setup.threads)
         self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}"
-                          f", dtype {setup.dtype}" + packed_variant(setup.dtype))
+                          f", {setup.device} {setup.dtype}" + packed_variant(setup.dtype))
+
+    def kernel(self, case):
+        """The op through transformer.ops (see kernels.py for the ops and their layouts)."""
+        ops, n, p = self.ops, self.setup.threads, case.params
+        i, sync = case.inputs, (lambda: None)
+        if self.setup.device == "cuda":
+            from ..ops.cuda import cupy
+            place = ops.backend("cuda", case.dtype, n).place
+            i = {k: place(v) if v.dtype.kind == "f" else v for k, v in i.items()}
+            sync = cupy().cuda.Device().synchronize
+        call = {"softmax": lambda: ops.softmax(i["x"], threads=n),
+                "layer_norm": lambda: ops.layer_norm(i["x"], i["w"], i["b"], p["eps"],
+                                                     threads=n),
+                "rms_norm": lambda: ops.rms_norm(i["x"], i["w"], threads=n),
+                "linear": lambda: ops.linear(i["x"], i["w"], i["b"], threads=n),
+                "attention": lambda: ops.attention(i["q"], i["k"], i["v"], causal=p["causal"],
+                                                   threads=n),
+                "decode_attention": lambda: ops.decode_attention(
+                    i["q"], i["k_cache"], i["v_cache"], p["lengths"], threads=n)}
+        for act in ACTIVATIONS:
+            call[act] = lambda f=getattr(ops, act): f(i["x"], threads=n)
+        fn = call[case.op]
+        return lambda: (fn(), sync())[0]
 
     def embedder(self, batches):
-        return lambda: np.concatenate([self.model.embed(**b) for b in batches])
+        return lambda: np.concatenate([self.to_numpy(self.model.embed(**b)) for b in batches])
 
     def generator(self, prompts, new_tokens):
         def fn():
             out = self.model.generate(prompts, max_new_tokens=new_tokens, do_sample=False,
                                       eos_token_id=[], pad_token_id=0)
-            return self.split_prompt(prompts, new_tokens, out)
+            return self.split_prompt(prompts, new_tokens, self.to_numpy(out))
         return fn
 
     def translate_batch(self, i, batch):
         out = self.model.generate(batch["input_ids"], batch["attention_mask"],
                                   max_new_tokens=batch["max_new_tokens"], num_beams=self.beams,
                                   length_penalty=self.length_penalty)
-        return self.start_rows(i, batch, out)
+        return self.start_rows(i, batch, self.to_numpy(out))
+
+
+def _np_softmax(x):
+    """float32 softmax over the last axis, in place on a fresh array."""
+    e = x - x.max(-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(-1, keepdims=True)
+    return e
+
+
+@register
+class NumpyEngine(Engine):
+    """The kernel lab's baseline: the same math as straightforward float32 NumPy (and
+    scipy.special.erf for GELU), BLAS pinned to n threads by threadpoolctl."""
+    name = "numpy"
+    tasks = ("kernels",)
+    peer = False
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        from threadpoolctl import threadpool_limits
+        self.version = f"numpy {np.__version__}"
+        threadpool_limits(limits=setup.threads, user_api="blas")
+
+    def kernel(self, case):
+        """The op as a closure; the decode cache is transposed to (B, H, S, D) here."""
+        from scipy.special import erf
+        i, p, f32 = case.inputs, case.params, np.float32
+        x = i.get("x")
+        if case.op == "layer_norm":
+            w, b, eps = i["w"], i["b"], f32(p["eps"])
+
+            def layer_norm():
+                xc = x - x.mean(-1, keepdims=True)
+                xc *= 1 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)
+                xc *= w
+                xc += b
+                return xc
+            return layer_norm
+        if case.op in ("attention", "decode_attention"):
+            q = i["q"] if case.op == "attention" else i["q"][:, :, None, :]
+            k, v = (i["k"], i["v"]) if case.op == "attention" else (
+                np.ascontiguousarray(i[c].transpose(0, 2, 1, 3)) for c in ("k_cache", "v_cache"))
+            scale, T, S = f32(q.shape[-1] ** -0.5), q.shape[2], k.shape[2]
+            mask = np.where(np.arange(S)[None] <= np.arange(T)[:, None] + S - T, 0, -np.inf
+                            ).astype(f32) if p.get("causal") else None
+
+            def attention():
+                s = q @ k.swapaxes(-1, -2)
+                s *= scale
+                if mask is not None:
+                    s += mask
+                out = _np_softmax(s) @ v
+                return out if case.op == "attention" else out[:, :, 0]
+            return attention
+        c = f32((2 / np.pi) ** 0.5)
+        return {"softmax": lambda: _np_softmax(x),
+                "gelu": lambda: f32(0.5) * x * (f32(1) + erf(x * f32(0.5 ** 0.5))),
+                "gelu_tanh": lambda: f32(0.5) * x * (f32(1) + np.tanh(
+                    c * (x + f32(0.044715) * x * x * x))),
+                "silu": lambda: x / (f32(1) + np.exp(-x)),
+                "relu": lambda: np.maximum(x, f32(0)),
+                "linear": lambda: i["x"] @ i["w"].T + i["b"]}[case.op]
 
 
 @register
 class TorchEngine(Engine):
-    """Hugging Face transformers in PyTorch eager (its default attention implementation):
-    AutoModel (encode; last_hidden_state pooled in NumPy), GPT2LMHeadModel.generate (greedy, KV
-    cache, no eos), MarianMTModel.generate (beam search); at int8 / bfloat16 through
-    peers.torch_at_dtype. `base`: a float32 TorchEngine whose model is reused (the
-    reference), so the weights are read once."""
+    """PyTorch eager: its ops (kernels; scaled_dot_product_attention, on "cuda" the FlashAttention
+    backend) and HF transformers models (AutoModel for encode, GPT2LMHeadModel.generate: greedy,
+    KV cache, no eos; MarianMTModel.generate: beam search), at int8 / bfloat16 / float16
+    through peers.torch_at_dtype, on the setup's device."""
     name = "torch"
     tasks = TASKS
+    devices = ("cpu", "cuda")
 
-    def __init__(self, setup, base=None):
+    def __init__(self, setup):
         super().__init__(setup)
         torch, transformers, self.version = peer_setup.load_torch(setup.threads)
-        self.torch = torch
-        if base is not None:
-            model = base.float_model
-        elif setup.task == "encode":
+        self.torch, self.dev = torch, setup.device
+        if setup.task == "kernels":
+            return
+        if setup.task == "encode":
             model = transformers.AutoModel.from_pretrained(setup.model_dir)
         elif setup.task == "generate":
             model = transformers.GPT2LMHeadModel.from_pretrained(setup.model_dir)
-        else:
-            model = transformers.MarianMTModel.from_pretrained(setup.model_dir)
-        self.float_model = model.eval()
-        if setup.task == "generate":
             g = model.generation_config
             # No early stop: a GenerationConfig passed to generate() is merged with the model's,
             # so the eos has to be removed from the model's own generation config.
             g.eos_token_id = g.bos_token_id = None
             g.pad_token_id, g.do_sample, g.num_beams, g.use_cache = 0, False, 1, True
-        elif setup.task == "translate":
+        else:
+            model = transformers.MarianMTModel.from_pretrained(setup.model_dir)
             g = model.generation_config
             g.do_sample, g.early_stopping, g.num_return_sequences, g.use_cache = \
                 False, False, 1, True
             g.max_length = g.forced_eos_token_id = g.forced_bos_token_id = None
             g.bad_words_ids, g.min_length = None, 0
-        self.model = peer_setup.torch_at_dtype(torch, model, setup.dtype, self.notes)
+        self.float_model = model.eval()
+        self.model = peer_setup.torch_at_dtype(torch, model, setup.dtype, self.notes).to(self.dev)
         self.notes.append(peer_setup.torch_note(torch, model))
+
+    def tensor(self, a):
+        """A NumPy array as a tensor on the device (sharing memory on the CPU)."""
+        return self.torch.from_numpy(a).to(self.dev)
+
+    @staticmethod
+    def to_numpy(out):
+        return out.float().cpu().numpy() if hasattr(out, "cpu") else np.asarray(out)
+
+    def kernel(self, case):
+        """The op as a closure over tensors made here (outside the timing); the decode cache is
+        transposed to (B, H, S, D)."""
+        torch, F, p = self.torch, self.torch.nn.functional, case.params
+        dt = getattr(torch, case.dtype)
+        t = {k: self.tensor(v).to(dt) if v.dtype.kind == "f" else self.tensor(v)
+             for k, v in case.inputs.items()}
+        sync = torch.cuda.synchronize if self.dev == "cuda" else (lambda: None)
+        x = t.get("x")
+        if case.op == "decode_attention":
+            q = t["q"][:, :, None, :]
+            k, v = (t[c].permute(0, 2, 1, 3).contiguous() for c in ("k_cache", "v_cache"))
+            fn = lambda: F.scaled_dot_product_attention(q, k, v)[:, :, 0]  # noqa: E731
+        elif case.op == "attention":
+            import contextlib
+
+            import torch.nn.attention as backends
+            flash = (lambda: backends.sdpa_kernel(backends.SDPBackend.FLASH_ATTENTION)) \
+                if self.dev == "cuda" else contextlib.nullcontext
+
+            def fn():   # T == S here, so torch's top-left causal mask is ours
+                with flash():
+                    return F.scaled_dot_product_attention(t["q"], t["k"], t["v"],
+                                                          is_causal=p["causal"])
+        else:
+            fn = {"softmax": lambda: torch.softmax(x, -1),
+                  "layer_norm": lambda: F.layer_norm(x, x.shape[-1:], t["w"], t["b"], p["eps"]),
+                  "rms_norm": lambda: F.rms_norm(x, x.shape[-1:], t["w"], 1e-6),
+                  "gelu": lambda: F.gelu(x), "gelu_tanh": lambda: F.gelu(x, approximate="tanh"),
+                  "silu": lambda: F.silu(x), "relu": lambda: torch.relu(x),
+                  "linear": lambda: F.linear(x, t["w"], t["b"])}[case.op]
+        return lambda: (fn(), sync())[0]
 
     def embedder(self, batches):
         wanted = peer_setup.model_inputs(self.float_model)  # MPNet: no token_type_ids
-        inputs = [({k: self.torch.from_numpy(v) for k, v in b.items() if k in wanted},
+        inputs = [({k: self.tensor(v) for k, v in b.items() if k in wanted},
                    b["attention_mask"]) for b in batches]
 
         def fn():
             out = []
             with self.torch.inference_mode():
                 for inp, mask in inputs:
-                    h = self.model(**inp).last_hidden_state.float().numpy()
+                    h = self.model(**inp).last_hidden_state.float().cpu().numpy()
                     out.append(mean_pool_normalize(h, mask))
             return np.concatenate(out)
         return fn
 
     def generator(self, prompts, new_tokens):
-        ids = self.torch.from_numpy(prompts)
+        ids = self.tensor(prompts)
         mask = self.torch.ones_like(ids)
 
         def fn():
             with self.torch.inference_mode():
                 out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens,
                                           do_sample=False, use_cache=True)
-            return self.split_prompt(prompts, new_tokens, out.numpy())
+            return self.split_prompt(prompts, new_tokens, out.cpu().numpy())
         return fn
 
     def translate_inputs(self, batches):
         self.batches = batches
-        self.inputs = [(self.torch.from_numpy(b["input_ids"]),
-                        self.torch.from_numpy(b["attention_mask"])) for b in batches]
+        self.inputs = [(self.tensor(b["input_ids"]), self.tensor(b["attention_mask"]))
+                       for b in batches]
 
     def translate_batch(self, i, batch):
         ids, mask = self.inputs[i]
@@ -299,15 +517,15 @@ class TorchEngine(Engine):
             out = self.model.generate(ids, attention_mask=mask, num_beams=self.beams,
                                       length_penalty=self.length_penalty, do_sample=False,
                                       max_new_tokens=batch["max_new_tokens"])
-        return self.start_rows(i, batch, out.numpy())
+        return self.start_rows(i, batch, out.cpu().numpy())
 
-    # --- the reference's tools (float32 model)
+    # --- the reference's tools (the float32 model)
     def logit_gap(self, prompt, prefix, token_a, token_b):
         """logit[token_a] - logit[token_b] at the position after prompt + prefix (1-D ids), by
         the float32 model."""
         ids = np.concatenate([prompt, prefix]).astype(np.int64)[None]
         with self.torch.inference_mode():
-            logits = self.float_model(self.torch.from_numpy(ids)).logits[0, -1]
+            logits = self.float_model(self.tensor(ids)).logits[0, -1]
         return float(logits[int(token_a)] - logits[int(token_b)])
 
     def scores(self, batch_index, row, hyps):
@@ -317,15 +535,14 @@ class TorchEngine(Engine):
         torch, pad = self.torch, self.setup.pad
         b = self.batches[batch_index]
         n = int(b["lengths"][row])
-        src = torch.from_numpy(b["input_ids"][row:row + 1, :n]).repeat(len(hyps), 1)
+        src = self.tensor(b["input_ids"][row:row + 1, :n]).repeat(len(hyps), 1)
         T = max(len(h) for h in hyps)
         dec = np.full((len(hyps), T), pad, np.int64)
         for k, h in enumerate(hyps):
             dec[k, 1:len(h)] = h[:-1]
         with torch.inference_mode():
-            logits = self.float_model(input_ids=src,
-                                      decoder_input_ids=torch.from_numpy(dec)).logits
-            lp = torch.log_softmax(logits.double(), -1).numpy()
+            logits = self.float_model(input_ids=src, decoder_input_ids=self.tensor(dec)).logits
+            lp = torch.log_softmax(logits.double(), -1).cpu().numpy()
         return [float(sum(lp[k, t, tok] for t, tok in enumerate(h))
                       / max(len(h), 1) ** self.length_penalty) for k, h in enumerate(hyps)]
 
@@ -337,15 +554,22 @@ class OrtEngine(Engine):
     name = "onnxruntime"
     tasks = ("encode",)
 
+    @classmethod
+    def prepare_files(cls, setup):
+        """The ONNX export (and its int8 quantization) of the encoder, cached."""
+        import onnxruntime  # noqa: F401 - no export without the peer that runs it
+        notes = []
+        try:
+            peer_setup.onnx_model(setup.model_dir, setup.cache, setup.dtype, notes, setup.task)
+        except ValueError as e:
+            raise Unsupported(str(e)) from e
+        return notes
+
     def __init__(self, setup):
         super().__init__(setup)
         import onnxruntime as ort
         self.version = f"onnxruntime {ort.__version__}"
-        try:
-            path = peer_setup.onnx_model(setup.model_dir, setup.cache, setup.dtype, self.notes,
-                                         setup.task)
-        except ValueError as e:
-            raise Unsupported(str(e)) from e
+        path = peer_setup.onnx_model(setup.model_dir, setup.cache, setup.dtype, [], setup.task)
         so = ort.SessionOptions()
         so.intra_op_num_threads = setup.threads
         so.inter_op_num_threads = 1
@@ -365,13 +589,10 @@ class OrtEngine(Engine):
         return fn
 
 
-CT2_COMPUTE = {"float32": "float32", "int8": "int8", "bfloat16": "bfloat16"}
-
-
 @register
 class Ct2Engine(Engine):
     """CTranslate2 on the float32 conversion (peers.ct2_convert, cached), loaded with
-    compute_type = CT2_COMPUTE[dtype] (skipped when CTranslate2 has no such type on this CPU):
+    compute_type = dtype (the same names; skipped when CTranslate2 has no such type on this CPU):
     Encoder.forward_batch on unpadded id lists (pooled in NumPy over the real tokens; an
     architecture its converter has not, such as MPNet, is Unsupported: skipped with "n/a"),
     Generator.generate_batch (sampling_topk=1, end_token=[], prompt as stand-in token strings),
@@ -379,33 +600,39 @@ class Ct2Engine(Engine):
     name = "ctranslate2"
     tasks = TASKS
 
-    def __init__(self, setup):
-        super().__init__(setup)
+    @classmethod
+    def prepare_files(cls, setup):
+        """The float32 conversion (peers.ct2_convert, cached); Unsupported for a compute type
+        this CPU has not or an architecture the converter does not know (MPNet)."""
         import ctranslate2
-        self.ct2 = ctranslate2
-        self.version = f"ctranslate2 {ctranslate2.__version__}"
-        compute = CT2_COMPUTE[setup.dtype]
+        compute = setup.dtype
         supported = ctranslate2.get_supported_compute_types("cpu")
         if compute not in supported:
             raise Unsupported(f"no {compute} on this CPU (CTranslate2 runs "
                               f"{', '.join(sorted(supported))} here)")
-        self.compute_type = compute
-        tokenizer = None
+        tokenizer, notes = None, []
         if setup.task == "generate":
             tokenizer = peer_setup.StandInGPT2Tokenizer(setup.vocab_size)
         elif setup.task == "translate":
             tokenizer = peer_setup.StandInMarianTokenizer(setup.vocab_size, setup.eos,
                                                           setup.unk)
         try:
-            self.dir = peer_setup.ct2_convert(setup.model_dir,
-                                              os.path.join(setup.cache, "ctranslate2"),
-                                              self.notes, setup.task, tokenizer)
+            peer_setup.ct2_convert(setup.model_dir, os.path.join(setup.cache, "ctranslate2"),
+                                   notes, setup.task, tokenizer)
         except ValueError as e:  # an architecture its converter does not know (MPNet)
             if "No conversion is registered" not in str(e):
                 raise
             kind = str(e).split("configuration ")[-1].split(" ")[0]
-            raise Unsupported(f"n/a: {self.version} cannot convert this model "
-                              f"(TransformersConverter has no conversion for {kind})") from e
+            raise Unsupported(f"n/a: ctranslate2 {ctranslate2.__version__} cannot convert this "
+                              f"model (TransformersConverter has no conversion for {kind})") from e
+        return notes
+
+    def __init__(self, setup):
+        super().__init__(setup)
+        import ctranslate2
+        self.version = f"ctranslate2 {ctranslate2.__version__}"
+        compute = self.compute_type = setup.dtype
+        self.dir = os.path.join(setup.cache, "ctranslate2")
         kw = dict(device="cpu", compute_type=compute, intra_threads=setup.threads,
                   inter_threads=1)
         if setup.task == "encode":
@@ -500,18 +727,29 @@ class LlamaCppEngine(Engine):
     name = "llama.cpp"
     tasks = ("generate",)
 
+    @classmethod
+    def prepare_files(cls, setup):
+        """The GGUF file of the dtype (peers.write_gpt2_gguf), cached."""
+        import llama_cpp  # noqa: F401 - no GGUF without the peer that reads it
+        path = cls.gguf_path(setup)
+        if os.path.exists(path):
+            return [f"reused cached GGUF {path}"]
+        log(f"writing the {peer_setup.GGUF_TYPES[setup.dtype]} GGUF for llama.cpp (once; "
+            "cached)", setup.task)
+        return [peer_setup.write_gpt2_gguf(setup.model_dir, path, setup.dtype)]
+
+    @staticmethod
+    def gguf_path(setup):
+        """The cached GGUF of setup.dtype."""
+        return os.path.join(setup.cache, f"model-{peer_setup.GGUF_TYPES[setup.dtype].lower()}"
+                                         ".gguf")
+
     def __init__(self, setup):
         super().__init__(setup)
         import llama_cpp
         self.version = f"llama-cpp-python {llama_cpp.__version__}"
-        kind = peer_setup.GGUF_TYPES[setup.dtype]
-        self.compute_type = kind
-        path = os.path.join(setup.cache, f"model-{kind.lower()}.gguf")
-        if os.path.exists(path):
-            self.notes.append(f"reused cached GGUF {path}")
-        else:
-            log(f"writing the {kind} GGUF for llama.cpp (once; cached)", setup.task)
-            self.notes.append(peer_setup.write_gpt2_gguf(setup.model_dir, path, setup.dtype))
+        self.compute_type = peer_setup.GGUF_TYPES[setup.dtype]
+        path = self.gguf_path(setup)
         with open(os.path.join(setup.model_dir, "config.json"), encoding="utf-8") as f:
             n_ctx = json.load(f)["n_positions"]
         self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512,
@@ -519,7 +757,6 @@ class LlamaCppEngine(Engine):
                                    seed=0, verbose=False)
 
     def generator(self, prompts, new_tokens):
-        from .harness import NotApplicable
         if prompts.shape[0] != 1:
             raise NotApplicable("llama-cpp-python's Llama runs one sequence at a time: "
                                 "batch 1 only")
@@ -537,84 +774,93 @@ class LlamaCppEngine(Engine):
         return fn
 
 
-def load_engines(setup, peers, tag="bench"):
-    """Load this engine at setup.dtype, HF torch float32 as the reference (always tried: it is
-    the reference of the checks), and the requested peers at setup.dtype.
+def load_engines(setup, peers, tag="bench", isolated=False):
+    """This engine at setup.dtype, HF torch float32 as the reference of the checks (always
+    tried), and the requested peers at setup.dtype, in table order.
 
-    This engine failing to load is a FailedEngine in the list (its row reports the error); a
-    peer that cannot be loaded is skipped with the reason ("not installed (...)" for an
-    ImportError, the Unsupported text for a task or compute type it has not, "setup failed:
-    ..." for anything else). Returns (engines in table order: this one, then the peers in
-    registry order; the float32 torch reference or None; {peer: reason skipped} for the peers
-    asked for)."""
+    isolated (what the suites run): every engine an Isolated (a fresh process per round); each
+    peer's files are prepared first in a preparation process of its own (prepare_files); a peer
+    that has not the task or device, or whose preparation fails, is skipped with the reason
+    (harness.skip_reason); one that cannot load is found out in the check round
+    (harness.compare_engines). In this process (tests): each engine built here; this one failing
+    is a FailedEngine (its rows report the error), a peer failing is skipped.
+    Returns (engines, reference: the torch float32 engine, which is in engines when torch is
+    timed at float32, or None when it could not load here; {peer: reason skipped})."""
     engines, skipped = [], {}
-    log(f"loading {ENGINE} ({setup.dtype})", tag)
-    try:
-        engines.append(TransformerEngine(setup))
-    except Exception:  # noqa: BLE001 - reported in its row; the peers go on
-        engines.append(FailedEngine(ENGINE, setup.dtype, traceback.format_exc()))
-        log(f"ERROR: {ENGINE} failed to load:\n{engines[0].error}", tag)
+    ref_setup = dataclasses.replace(setup, dtype="float32")
+    names = [ENGINE] + [n for n in peer_names() if n in peers]
+    if setup.task == "kernels":
+        names.insert(1, "numpy")
 
-    def attempt(name, make, dtype=setup.dtype):
-        log(f"loading {name} ({dtype})", tag)
+    def attempt(name, s):
+        log(f"{'preparing' if isolated else 'loading'} {name} ({s.dtype})", tag)
         try:
-            return make()
-        except ImportError as e:
-            skipped[name] = f"not installed ({e})"
-        except Unsupported as e:
-            skipped[name] = str(e)
+            if not isolated:
+                return make(name, s)
+            cls = REGISTRY[name]
+            if s.task not in cls.tasks or s.device not in cls.devices:
+                raise Unsupported(f"not applicable to {s.task} on {s.device}")
+            e = Isolated(name, s)
+            if cls.prepare_files.__func__ is not Engine.prepare_files.__func__:
+                e.notes = run_in_process(cls.prepare_files, s)
+            return e
         except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
-            skipped[name] = f"setup failed: {type(e).__name__}: {e}"
+            if name == ENGINE:
+                if isolated:
+                    return Isolated(name, s)
+                log(f"ERROR: {ENGINE} failed to load:\n{traceback.format_exc()}", tag)
+                return FailedEngine(ENGINE, s.dtype, traceback.format_exc())
+            skipped[name] = skip_reason(e)
         return None
 
-    reference = attempt("torch", lambda: TorchEngine(dataclasses.replace(setup,
-                                                                         dtype="float32")),
-                        "float32, the reference")
-    for name in peer_names():
-        if name not in peers:
-            continue
-        if name == "torch":
-            if reference is not None and setup.dtype != "float32":
-                engine = attempt(name, lambda: TorchEngine(setup, base=reference))
-            else:
-                engine = reference
+    reference = None
+    if setup.task != "kernels":
+        if "torch" in peers and setup.dtype == "float32":
+            reference = "torch"
         else:
-            engine = attempt(name, lambda: REGISTRY[name](setup))
-        if engine is not None:
-            engines.append(engine)
+            reference = attempt("torch", ref_setup)
+            if isolated and reference is not None:
+                reference.name = "torch (float32 reference)"
+    for name in names:
+        e = attempt(name, ref_setup if name == "torch" and reference == "torch" else setup)
+        if e is not None:
+            engines.append(e)
+            if reference == "torch" and name == "torch":
+                reference = e
+    if reference == "torch":
+        reference = None
     skipped = {k: v for k, v in skipped.items() if k in peers}
     for p, why in skipped.items():
         log(f"skipping {p}: {why}", tag)
     return engines, reference, skipped
 
 
-def reference_options(reference, engines, prepare, what):
-    """How compare_engines gets its reference: HF torch float32's outputs (`reference`, or None
-    when torch is missing), whether or not torch is timed; prepare(engine, case) -> fn is the
-    suite's. Returns (keyword arguments for compare_engines, notes for the report: the
-    reference's, then each engine's own "name (version, compute type): note"); `what` says what
-    is compared without torch."""
+def reference_options(reference, engines):
+    """compare_engines' keyword arguments for the reference: its row when it is among the
+    engines (torch timed at float32), else the engine itself (its own process, not timed), or,
+    without it, this engine's outputs."""
     if reference is None:
-        kw, notes = {"reference_engine": ENGINE}, [
-            f"HF torch is not available: {what} compared with {ENGINE}'s instead"]
-    elif reference in engines:
-        kw, notes = {"reference_engine": reference.name}, []
-    else:
-        kw = {"reference": lambda case: prepare(reference, case)()}
-        notes = ["HF torch float32 is the reference of the check"
-                 + (" but not timed (not in --peers)" if engines[0].dtype == "float32" else "")]
+        return {"reference_engine": ENGINE}
+    if reference in engines:
+        return {"reference_engine": reference.name}
+    return {"reference": reference}
+
+
+def engine_notes(reference, engines, skipped, what, dtype):
+    """The report's notes on the reference (`what`: what is compared) and each engine's own
+    "name (version, compute type): note"; adds to skipped the engines that could not load in
+    their process (their .skipped)."""
     for e in engines:
-        notes += [f"{e.name} ({e.version}, {e.compute_type}): {n}" for n in e.notes]
-    return kw, notes
-
-
-class Bound:
-    """An engine with the suite's prepare(engine, case) -> fn bound to it: the interface of
-    harness.compare_engines (.name, .prepare(case))."""
-
-    def __init__(self, engine, prepare):
-        self.engine, self.name, self._prepare = engine, engine.name, prepare
-
-    def prepare(self, case):
-        """The engine's zero-argument run of `case`."""
-        return self._prepare(self.engine, case)
+        if getattr(e, "skipped", None):
+            skipped[e.name] = e.skipped
+    if reference is None or getattr(reference, "skipped", None):
+        notes = [f"HF torch is not available: {what} compared with {ENGINE}'s instead"]
+    elif reference in engines:
+        notes = []
+    else:
+        notes = ["HF torch float32 is the reference of the check"
+                 + (" but not timed (not in --peers)" if dtype == "float32" else "")]
+    for e in engines:
+        if not getattr(e, "skipped", None):
+            notes += [f"{e.name} ({e.version}, {e.compute_type}): {n}" for n in e.notes or ()]
+    return notes

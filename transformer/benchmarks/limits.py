@@ -1,19 +1,21 @@
-"""The machine and its own limits, measured in the same run as the engines, for the "fraction of
-limit" figures: float32 GEMM GFLOP/s (a fixed shape, or a model's own mix of dense shapes),
-memory copy GB/s, cache bandwidth on a given footprint, read-only memory bandwidth (decoding),
-and int8 dot-product GOP/s; plus the description of the machine and the software versions.
+"""The machine's own limits, measured in the same run as the engines (each measurement in a
+process of its own, harness.compare_engines' probe), for the "fraction of limit" figures: float32
+GEMM GFLOP/s (a fixed shape, or a model's own mix of dense shapes), copy GB/s on a footprint,
+read-only memory bandwidth (decoding), int8 dot-product GOP/s, and on a GPU fp16 GEMM TFLOP/s
+and device copy GB/s; plus the run's machine and software description.
 
-Only NumPy, SciPy and threadpoolctl are imported here. GB = 1e9 bytes, GFLOP = 1e9
-floating-point operations (a multiply-add counts 2), GOP = 1e9 integer operations (likewise).
+The probes allocate their buffers at their first measure(), so that a probe made here can be
+sent to a worker process (process.run_in_process(probe.measure)). Only NumPy, SciPy and
+threadpoolctl are imported here. GB = 1e9 bytes, GFLOP = 1e9 floating-point operations (a
+multiply-add counts 2), GOP = 1e9 integer operations (likewise).
 """
-import os
-import platform
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .stats import calibrate, plural, time_call
+
 
 def median_seconds(fn, reps, min_seconds):
     """Median seconds per call of fn over `reps` samples of calibrated length."""
@@ -22,63 +24,66 @@ def median_seconds(fn, reps, min_seconds):
     return statistics.median(time_call(fn, inner) for _ in range(reps))
 
 
-class LimitProbe:
-    """The machine's own limits, for "fraction of limit" figures.
+class GemmProbe:
+    """float32 GEMM throughput on a mix of (M, K) @ (K, N) shapes (a model's dense layers, or
+    one square shape): one pass runs each once, through NumPy's matmul and through SciPy's sgemm
+    (the BLAS this engine calls), BLAS pinned to `threads` by threadpoolctl; GFLOP/s = the
+    mix's 2 M N K summed / seconds per pass. measure() returns {"numpy", "scipy"} GFLOP/s;
+    shape_text describes the mix ("4x (512x384)@(384x384) + ..."). Raises ValueError for an
+    empty mix or a non-positive size."""
 
-    sgemm: float32 (M, K) @ (K, N) through NumPy's matmul and through SciPy's sgemm (the BLAS our
-    kernels call), BLAS pinned to `threads` by threadpoolctl; GFLOP/s = 2 M N K / seconds.
-    copy: NumPy copyto of a `copy_mib` MiB float32 buffer, by 1 thread and by `threads` Python
-    threads each copying a slice (NumPy releases the GIL); GB/s counts bytes read + written.
-    measure() returns {"sgemm_numpy", "sgemm_scipy" (GFLOP/s), "copy_1thread", "copy_threads"
-    (GB/s)}. Raises ValueError for non-positive sizes."""
-
-    def __init__(self, threads, gemm=(1024, 1024, 1024), copy_mib=64, reps=5, min_seconds=0.02):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        M, K, N = gemm
-        if min(M, K, N, copy_mib, threads, reps) < 1:
-            raise ValueError("LimitProbe sizes, threads and reps must be positive")
-        self.limits = threadpool_limits
+    def __init__(self, shapes, threads, reps=5, min_seconds=0.02):
+        if not shapes or min(min(s) for s in shapes) < 1 or min(threads, reps) < 1:
+            raise ValueError("GemmProbe shapes, threads and reps must be positive")
         self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((M, K), dtype=np.float32)
-        b = rng.standard_normal((K, N), dtype=np.float32)
-        c = np.empty((M, N), np.float32)
-        af, bf = np.asfortranarray(a), np.asfortranarray(b)
-        self.gemm_ops = {"sgemm_numpy": lambda: np.matmul(a, b, out=c),
-                         "sgemm_scipy": lambda: scipy.linalg.blas.sgemm(1.0, af, bf)}
-        self.flops = 2.0 * M * N * K
-        self.gemm_text = f"({M}x{K})@({K}x{N}) float32"
-        self.copy = CopyProbe(threads, [2 * (copy_mib << 20)], reps, 0)
-        self.copy_text = f"{copy_mib} MiB float32 buffer"
+        self.shapes, self.ops = [tuple(s) for s in shapes], None
+        self.flops = sum(2.0 * M * K * N for M, K, N in self.shapes)
+        runs = []                                   # consecutive equal shapes: [shape, count]
+        for shape in self.shapes:
+            if runs and runs[-1][0] == shape:
+                runs[-1][1] += 1
+            else:
+                runs.append([shape, 1])
+        self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
+                                     for (M, K, N), n in runs)
+
+    def _passes(self):
+        import scipy.linalg.blas
+        rng, ops = np.random.default_rng(0), {"numpy": [], "scipy": []}
+        for M, K, N in self.shapes:
+            a = rng.standard_normal((M, K), dtype=np.float32)
+            b = rng.standard_normal((K, N), dtype=np.float32)
+            c = np.empty((M, N), np.float32)
+            af, bf = np.asfortranarray(a), np.asfortranarray(b)
+            ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
+            ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
+        return {k: (lambda fns=fns: [f() for f in fns]) for k, fns in ops.items()}
+
+    @staticmethod
+    def roofline(probes):
+        """From the rounds' measure() results: ({"numpy", "scipy"} median GFLOP/s, the faster
+        one's name, its GFLOP/s); ({}, None, None) for no rounds."""
+        if not probes:
+            return {}, None, None
+        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
+        source = max(sgemm, key=sgemm.get)
+        return sgemm, source, sgemm[source]
 
     def measure(self):
-        """One measurement of every limit (see the class docstring)."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            out = {k: self.flops / median_seconds(op, self.reps, self.min_seconds) / 1e9
-                   for k, op in self.gemm_ops.items()}
-        out["copy_1thread"], out["copy_threads"] = self.copy.measure_one(self.copy.footprints[0])
-        return out
-
-    def describe(self):
-        """The probe's shapes, for the report."""
-        return {"sgemm": f"{self.gemm_text}, BLAS pinned to {plural(self.threads, 'thread')}, "
-                         "NumPy matmul and SciPy sgemm (the faster is the limit)",
-                "copy": f"NumPy copyto of a {self.copy_text}, 1 and {self.threads} threads, "
-                        "bytes read + written (the faster is the limit)"}
-
-    def close(self):
-        """Stop the copy threads."""
-        self.copy.close()
+        """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""
+        from threadpoolctl import threadpool_limits
+        self.ops = self.ops or self._passes()
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return {k: self.flops / median_seconds(op, self.reps, self.min_seconds) / 1e9
+                    for k, op in self.ops.items()}
 
 
 class CopyProbe:
     """Copy bandwidth on given footprints, the limit of a kernel that moves that many bytes: for
     a footprint of F bytes, NumPy copyto of an F/2-byte float32 buffer into another (F bytes
     read + written), by 1 thread and by `threads` Python threads each copying a slice (NumPy
-    releases the GIL); samples of at least min_seconds of back-to-back calls, median of reps.
-    A footprint that fits a cache measures that cache's bandwidth (and the call overhead a
-    kernel of that size pays too); one beyond the last-level cache, memory's.
+    releases the GIL); median of reps samples of at least min_seconds. A footprint that fits a
+    cache measures that cache's bandwidth, one beyond the last-level cache memory's.
     measure() returns {F: GB/s, the faster of 1 and n threads}. Raises ValueError for a
     footprint under 8 bytes."""
 
@@ -87,26 +92,26 @@ class CopyProbe:
         if not self.footprints or self.footprints[0] < 8 or threads < 1:
             raise ValueError("CopyProbe footprints must be >= 8 bytes, threads >= 1")
         self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
-        self.buffers = {}
-        for f in self.footprints:
-            n = f // 8                                      # float32 elements per buffer
-            src = np.ones(n, np.float32)
-            slices = [slice(int(s[0]), int(s[-1]) + 1)
-                      for s in np.array_split(np.arange(n), threads) if len(s)]
-            self.buffers[f] = (src, np.empty_like(src), slices)
-        self.pool = ThreadPoolExecutor(threads) if threads > 1 else None
+        self.buffers, self.pool = None, None
 
     def measure_one(self, footprint):
         """(GB/s by 1 thread, GB/s by `threads` threads) of one footprint."""
+        if self.buffers is None:
+            self.buffers = {}
+            for f in self.footprints:
+                src = np.ones(f // 8, np.float32)
+                slices = [slice(int(s[0]), int(s[-1]) + 1)
+                          for s in np.array_split(np.arange(src.size), self.threads) if len(s)]
+                self.buffers[f] = (src, np.empty_like(src), slices)
+            self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         src, dst, slices = self.buffers[footprint]
-        moved = 8 * src.size
 
         def threaded():
             if self.pool is None:
                 np.copyto(dst, src)
             else:
                 list(self.pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
-        return tuple(moved / median_seconds(fn, self.reps, self.min_seconds) / 1e9
+        return tuple(8 * src.size / median_seconds(fn, self.reps, self.min_seconds) / 1e9
                      for fn in (lambda: np.copyto(dst, src), threaded))
 
     def measure(self):
@@ -119,62 +124,45 @@ class CopyProbe:
             self.pool.shutdown()
 
 
-class GemmProbe:
-    """float32 GEMM throughput on a model's own mix of dense shapes, the roofline of its dense
-    layers: one pass runs every (M, K) @ (K, N) of `shapes` (list of (M, K, N)) once, through
-    NumPy's matmul and through SciPy's sgemm (the BLAS this engine calls), BLAS pinned to
-    `threads` by threadpoolctl; GFLOP/s = the mix's 2 M N K summed / seconds per pass (median of
-    `reps` calibrated samples). measure() returns {"numpy", "scipy"} GFLOP/s (the faster is the
-    roofline); shape_text describes the mix ("4x (512x384)@(384x384) + ...")."""
+class LimitProbe:
+    """The run's reference limits: sgemm (GemmProbe on one `gemm` = (M, K, N) shape) and copy
+    (CopyProbe of a `copy_mib` MiB buffer, 1 and n threads), and the copy bandwidth on each of
+    `footprints` (bytes: the kernels' own). measure() returns {"sgemm_numpy", "sgemm_scipy"
+    (GFLOP/s), "copy_1thread", "copy_threads", "copy_at_<F>" (GB/s)}."""
 
-    def __init__(self, shapes, threads, reps=5, min_seconds=0.02):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        if not shapes or min(min(s) for s in shapes) < 1 or min(threads, reps) < 1:
-            raise ValueError("GemmProbe shapes, threads and reps must be positive")
-        self.limits = threadpool_limits
-        self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
-        self.shapes = list(shapes)
-        rng = np.random.default_rng(0)
-        self.ops = {"numpy": [], "scipy": []}
-        self.flops = 0.0
-        for (M, K, N) in self.shapes:
-            a = rng.standard_normal((M, K), dtype=np.float32)
-            b = rng.standard_normal((K, N), dtype=np.float32)
-            c = np.empty((M, N), np.float32)
-            af, bf = np.asfortranarray(a), np.asfortranarray(b)
-            self.ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
-            self.ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
-            self.flops += 2.0 * M * K * N
-        runs = []                                   # consecutive equal shapes: [shape, count]
-        for shape in self.shapes:
-            if runs and runs[-1][0] == shape:
-                runs[-1][1] += 1
-            else:
-                runs.append([shape, 1])
-        self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
-                                     for (M, K, N), n in runs)
-
-    @staticmethod
-    def roofline(probes):
-        """From the measure() results of the rounds: ({"numpy", "scipy"} median GFLOP/s, the
-        faster one's name, its GFLOP/s); ({}, None, None) for no rounds."""
-        if not probes:
-            return {}, None, None
-        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
-        source = max(sgemm, key=sgemm.get)
-        return sgemm, source, sgemm[source]
+    def __init__(self, threads, gemm=(1024, 1024, 1024), copy_mib=64, reps=5, min_seconds=0.02,
+                 footprints=()):
+        if min(copy_mib, threads, reps) < 1:
+            raise ValueError("LimitProbe sizes, threads and reps must be positive")
+        self.threads = threads
+        self.gemm = GemmProbe([gemm], threads, reps, min_seconds)
+        self.copy = CopyProbe(threads, [2 * (copy_mib << 20)], reps, 0)
+        self.cache = CopyProbe(threads, footprints, reps, min_seconds) if footprints else None
+        self.gemm_text, self.copy_text = f"{self.gemm.shape_text} float32", \
+            f"{copy_mib} MiB float32 buffer"
 
     def measure(self):
-        """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""
-        def mix(ops):
-            def one_pass():
-                for op in ops:
-                    op()
-            return one_pass
-        with self.limits(limits=self.threads, user_api="blas"):
-            return {k: self.flops / median_seconds(mix(ops), self.reps, self.min_seconds) / 1e9
-                    for k, ops in self.ops.items()}
+        """One measurement of every limit (see the class docstring)."""
+        g = self.gemm.measure()
+        out = {"sgemm_numpy": g["numpy"], "sgemm_scipy": g["scipy"]}
+        out["copy_1thread"], out["copy_threads"] = self.copy.measure_one(self.copy.footprints[0])
+        if self.cache is not None:
+            out.update({f"copy_at_{f}": v for f, v in self.cache.measure().items()})
+        return out
+
+    def describe(self):
+        """The probe's shapes, for the report."""
+        return {"sgemm": f"{self.gemm_text}, BLAS pinned to {plural(self.threads, 'thread')}, "
+                         "NumPy matmul and SciPy sgemm (the faster is the limit)",
+                "copy": f"NumPy copyto of a {self.copy_text}, 1 and {self.threads} threads, "
+                        "bytes read + written (the faster is the limit)"}
+
+    def reference(self, rounds=2):
+        """limits_summary of `rounds` measurements after one warm-up, with "probe" (describe)."""
+        self.measure()
+        out = limits_summary([self.measure() for _ in range(rounds)])
+        out["probe"] = self.describe()
+        return out
 
 
 class BandwidthProbe:
@@ -184,33 +172,51 @@ class BandwidthProbe:
     {"sgemv_numpy", "sgemv_scipy", "copy_1thread"} in GB/s."""
 
     def __init__(self, mib, threads, reps=5):
-        import scipy.linalg.blas
-        from threadpoolctl import threadpool_limits
-        self.limits = threadpool_limits
-        self.threads, self.reps = threads, reps
-        cols = 8192
-        rows = max(1, (mib << 20) // (4 * cols))
-        self.nbytes = 4 * rows * cols
-        self.a = np.full((rows, cols), 0.5, np.float32)          # C order: A @ x is an sgemv
-        self.x = np.ones(cols, np.float32)
-        self.y = np.empty(rows, np.float32)
-        self.dst = np.empty_like(self.a)
-        sgemv = scipy.linalg.blas.sgemv
-        # SciPy: a C-ordered (rows, cols) array is the Fortran (cols, rows) transpose; trans=1.
-        self.ops = {"sgemv_numpy": lambda: np.matmul(self.a, self.x, out=self.y),
-                    "sgemv_scipy": lambda: sgemv(1.0, self.a.T, self.x, trans=1)}
-        self.shape_text = f"({rows}x{cols}) float32, {self.nbytes / 2**20:.0f} MiB"
-
-    def _seconds(self, op):
-        op()
-        return statistics.median(time_call(op) for _ in range(self.reps))
+        self.threads, self.reps, self.ops = threads, reps, None
+        self.cols = 8192
+        self.rows = max(1, (mib << 20) // (4 * self.cols))
+        self.nbytes = 4 * self.rows * self.cols
+        self.shape_text = f"({self.rows}x{self.cols}) float32, {self.nbytes / 2**20:.0f} MiB"
 
     def measure(self):
         """One measurement of each stream (see the class docstring)."""
-        with self.limits(limits=self.threads, user_api="blas"):
-            out = {k: self.nbytes / self._seconds(op) / 1e9 for k, op in self.ops.items()}
-        out["copy_1thread"] = 2 * self.nbytes / self._seconds(
-            lambda: np.copyto(self.dst, self.a)) / 1e9
+        import scipy.linalg.blas
+        from threadpoolctl import threadpool_limits
+        if self.ops is None:
+            a = np.full((self.rows, self.cols), 0.5, np.float32)  # C order: A @ x is an sgemv
+            x, y, dst = np.ones(self.cols, np.float32), np.empty(self.rows, np.float32), \
+                np.empty_like(a)
+            # SciPy: a C-ordered (rows, cols) array is the Fortran (cols, rows) transpose
+            self.ops = {"sgemv_numpy": lambda: np.matmul(a, x, out=y),
+                        "sgemv_scipy": lambda: scipy.linalg.blas.sgemv(1.0, a.T, x, trans=1),
+                        "copy_1thread": lambda: np.copyto(dst, a)}
+        with threadpool_limits(limits=self.threads, user_api="blas"):
+            return {k: self.nbytes * (2 if k.startswith("copy") else 1)
+                    / median_seconds(op, self.reps, 0) / 1e9 for k, op in self.ops.items()}
+
+
+class DeviceProbe:
+    """The GPU's limits (CuPy): fp16 GEMM TFLOP/s (cuBLAS through cupy.matmul, n x n x n) and
+    device-to-device copy GB/s (read + written) on each footprint; timed with
+    synchronisation, median of reps. measure() returns {"hgemm_tflops", "copy_at_<F>"}."""
+
+    def __init__(self, footprints, n=8192, reps=5):
+        self.footprints, self.n, self.reps = sorted({int(f) for f in footprints}), n, reps
+
+    def measure(self):
+        """One measurement (see the class docstring)."""
+        from ..ops.cuda import cupy
+        cp = cupy()
+        sync = cp.cuda.Device().synchronize
+
+        def seconds(fn):
+            return median_seconds(lambda: (fn(), sync()), self.reps, 0.01)
+        m = cp.ones((self.n, self.n), cp.float16)
+        out = {"hgemm_tflops": 2.0 * self.n ** 3 / seconds(lambda: cp.matmul(m, m)) / 1e12}
+        for f in self.footprints:
+            src = cp.ones(f // 4, cp.uint16)
+            dst = cp.empty_like(src)
+            out[f"copy_at_{f}"] = f / seconds(lambda: cp.copyto(dst, src)) / 1e9
         return out
 
 
@@ -329,13 +335,25 @@ def llc_bytes():
 class DenseLimit:
     """The limit of a model's dense (matmul) work at a compute type, measured once per round:
     float32 and bfloat16: GemmProbe on the model's own shapes (sgemm GFLOP/s; bfloat16 is held
-    against float32's, there is no bfloat16 probe); int8: Int8Probe (int8 GOP/s, the same
-    operation count). measure() is the probe's; summarize(probes) gives the limit."""
+    against float32's); int8: Int8Probe (int8 GOP/s, the same operation count, made at the first
+    measure(): in the probe's own process); on "cuda": DeviceProbe's fp16 GEMM. measure() is the
+    probe's (int8 and cuda: with "describe", the limit in words); summarize(probes) gives the
+    limit."""
 
-    def __init__(self, dtype, shapes, threads):
-        self.dtype = dtype
-        self.probe = Int8Probe(threads) if dtype == "int8" else GemmProbe(shapes, threads)
-        self.measure = self.probe.measure
+    def __init__(self, dtype, shapes, threads, device="cpu"):
+        self.dtype, self.threads, self.device, self.int8 = dtype, threads, device, None
+        self.probe = DeviceProbe([]) if device == "cuda" else \
+            None if dtype == "int8" else GemmProbe(shapes, threads)
+
+    def measure(self):
+        """One measurement of the probe."""
+        if self.device == "cuda":
+            return dict(self.probe.measure(), describe=f"fp16 GEMM {self.probe.n}^3 through "
+                                                       "cupy.matmul (cuBLAS)")
+        if self.dtype != "int8":
+            return self.probe.measure()
+        self.int8 = self.int8 or Int8Probe(self.threads)
+        return dict(self.int8.measure(), describe=self.int8.describe())
 
     def summarize(self, probes):
         """From the rounds' measure() results: {"value" (G op/s, None without rounds), "label"
@@ -344,10 +362,17 @@ class DenseLimit:
         out = {"value": None, "label": None, "text": None, "per_round": probes}
         if not probes:
             return out
+        if self.device == "cuda":
+            v = 1e3 * statistics.median(p["hgemm_tflops"] for p in probes)
+            return dict(out, value=v, label=f"fp16 GEMM {v / 1e3:.0f} TFLOP/s",
+                        text=f"fp16 GEMM {v / 1e3:.1f} TFLOP/s ({probes[0]['describe']})")
         if self.dtype == "int8":
             v = statistics.median(p["int8_gops"] for p in probes)
-            out.update(value=v, label=f"int8 {v:.0f} GOP/s", source=self.probe.source,
-                       text=f"int8 {v:.1f} GOP/s ({self.probe.describe()})")
+            self.int8 = self.int8 or (None if probes[0].get("describe") else
+                                      Int8Probe(self.threads))
+            text = probes[0].get("describe") or self.int8.describe()
+            out.update(value=v, label=f"int8 {v:.0f} GOP/s", text=f"int8 {v:.1f} GOP/s ({text})",
+                       source=text.split("through ")[-1])
             return out
         sgemm, source, v = self.probe.roofline(probes)
         threads = plural(self.probe.threads, "thread")
@@ -371,7 +396,7 @@ def limits_summary(probes):
         return {}
     out = {}
     for key in probes[0]:
-        vals = [p[key] for p in probes if p.get(key) is not None]
+        vals = [p[key] for p in probes if isinstance(p.get(key), (int, float))]
         out[key] = statistics.median(vals) if vals else None
     if "sgemm_numpy" in out:
         out["sgemm_gflops"] = max(out["sgemm_numpy"], out["sgemm_scipy"])
@@ -381,43 +406,8 @@ def limits_summary(probes):
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# The machine and the versions
-# ---------------------------------------------------------------------------------------------
-
-def cpu_name():
-    """CPU model name from /proc/cpuinfo (Linux), else platform.processor()."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def available_cores():
-    """Cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def memory_info():
-    """{"total_gib", "available_gib"} from /proc/meminfo, or {} off Linux."""
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("MemTotal", "MemAvailable"):
-                    out["total_gib" if key == "MemTotal" else "available_gib"] = \
-                        int(rest.split()[0]) / 2**20
-    except (OSError, ValueError):
-        pass
-    return out
+PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
+                      "gguf", "llama_cpp_python", "cupy")
 
 
 def package_version(name):
@@ -429,30 +419,13 @@ def package_version(name):
         return None
 
 
-PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
-                      "gguf", "llama_cpp_python")
-
-
 def machine_info(threads):
-    """Machine and software description for results.json: CPU, cores, memory, OS, Python,
-    versions of this package and its dependencies and of every peer (None: not installed),
-    the BLAS libraries loaded, and the thread count of the run."""
+    """The machine (transformer.machine.describe) and the versions of this package, NumPy,
+    SciPy, threadpoolctl and every peer (None: not installed), for results.json."""
     import transformer
-    info = {"cpu": cpu_name(), "cores": available_cores(), "threads": threads,
-            "memory": memory_info(), "platform": platform.platform(),
-            "machine": platform.machine(), "python": platform.python_version(),
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
-    versions = {"transformer": transformer.__version__, "numpy": np.__version__}
-    for name in ("scipy", "threadpoolctl") + PEER_DISTRIBUTIONS:
-        versions[name] = package_version(name)
-    info["versions"] = versions
-    try:
-        import scipy.linalg  # noqa: F401  (loads SciPy's BLAS so threadpoolctl sees it)
-        from threadpoolctl import threadpool_info
-        info["blas"] = sorted({f"{i.get('internal_api')} {i.get('version')} "
-                               f"({i.get('architecture', '?')}, "
-                               f"{os.path.basename(i.get('filepath', ''))})"
-                               for i in threadpool_info() if i.get("user_api") == "blas"})
-    except Exception:  # noqa: BLE001 - descriptive only
-        info["blas"] = []
+    from .. import machine
+    info = machine.describe(threads)
+    info["versions"] = {"transformer": transformer.__version__, "numpy": np.__version__,
+                        **{n: package_version(n) for n in ("scipy", "threadpoolctl")
+                           + PEER_DISTRIBUTIONS}}
     return info

@@ -1,7 +1,8 @@
 """Peer set-up shared by the model suites: PyTorch through HF transformers, the CTranslate2
 conversion, the ONNX export, the int8 versions of each peer (torch dynamic quantization, ONNX
-Runtime dynamic quantization), the GGUF file for llama.cpp, and the random models the suites
-make once and cache. Each peer runtime is imported inside the function that needs it.
+Runtime dynamic quantization), the GGUF file for llama.cpp (the `gguf` package), and the random
+models the suites make once and cache. Each peer runtime is imported inside the function that
+needs it; conversions run in a preparation process (engines.Engine.prepare_files).
 """
 import hashlib
 import json
@@ -20,6 +21,7 @@ def load_torch(threads):
     import torch
     import transformers
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.set_num_threads(threads)
     try:
         torch.set_num_interop_threads(1)
@@ -39,8 +41,10 @@ def torch_note(torch, model):
 def cached_model(workdir, name, expected, make, tag="bench"):
     """The model directory `name` under workdir, made once and reused: reused when it has a
     model.safetensors and its config.json has every key of `expected` with that value; else
-    make(folder) -> note writes it into a temporary folder, which is then renamed (a run cut
-    short leaves no half-written model). Returns (dir, note)."""
+    make(folder, expected) -> note (a module-level function: it runs in a preparation process
+    of its own, process.run_in_process) writes it into a temporary folder, which is then
+    renamed (a run cut short leaves no half-written model). Returns (dir, note)."""
+    from .process import run_in_process
     path = os.path.join(workdir, name)
     cfg_path = os.path.join(path, "config.json")
     if os.path.exists(cfg_path) and os.path.exists(os.path.join(path, "model.safetensors")):
@@ -53,7 +57,7 @@ def cached_model(workdir, name, expected, make, tag="bench"):
     os.makedirs(workdir, exist_ok=True)
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    note = make(tmp)
+    note = run_in_process(make, tmp, expected)
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
     return path, f"made {path}: {note}"
@@ -65,10 +69,10 @@ def ct2_convert(model_dir, out_dir, notes, tag="bench", tokenizer=None):
     None (the converter loads the model's own), or a stand-in object it gets instead (a random
     model has none; it supplies the vocabulary). Appends what was done to notes; returns
     out_dir. Raises ImportError without ctranslate2."""
-    from ctranslate2.converters import TransformersConverter
     if os.path.exists(os.path.join(out_dir, "model.bin")):
         notes.append(f"reused cached CTranslate2 conversion {out_dir}")
         return out_dir
+    from ctranslate2.converters import TransformersConverter
 
     class Converter(TransformersConverter):
         def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
@@ -232,14 +236,14 @@ def torch_at_dtype(torch, model, dtype, notes):
     "int8" torch.ao.quantization.quantize_dynamic on every nn.Linear (GPT-2's Conv1D made
     Linear first), qint8 weights with one scale per output row
     (per_channel_dynamic_qconfig, as CTranslate2's int8), activations quantized per call;
-    "bfloat16" model.to(torch.bfloat16). Appends the recipe to notes."""
+    "bfloat16" / "float16" model.to(that dtype). Appends the recipe to notes."""
     import copy
     if dtype == "float32":
         return model
     model = copy.deepcopy(model)
-    if dtype == "bfloat16":
-        notes.append("bfloat16: model.to(torch.bfloat16)")
-        return model.to(torch.bfloat16).eval()
+    if dtype in ("bfloat16", "float16"):
+        notes.append(f"{dtype}: model.to(torch.{dtype})")
+        return model.to(getattr(torch, dtype)).eval()
     n = conv1d_to_linear(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,34 +1,6 @@
 """results.json (the record of one run), report.md (its tables), PNG plots (optional matplotlib).
-
-The schema of results.json ("schema": "transformer-bench/1"):
-
-    {"schema", "created" (ISO 8601, local time), "command", "options" {suite, device, threads,
-     quick, sizes, rounds, peers, output}, "machine" (limits.machine_info, plus "load_before":
-     the 1-minute load average when the run started), "limits" (the machine's limits measured
-     at the start: limits.limits_summary + "probe" descriptions), "suites": {name: SUITE},
-     "wall_s", "plots": [file names]}
-
-    SUITE: {"title", "status" ("ok", "skipped", "error"), "error" (text, for "error" and
-     "skipped"), "wall_s", "summary": [lines of setup text], "rows": [ROW], "tables": [TABLE],
-     "scaling": [SCALING], "skipped": {peer: reason}, "notes": [text], "limits": {the suite's own
-     limit measurements, median over its rounds}, "warnings": [text] (e.g. the machine was
-     busy: stats.busy_warning), "cpu" (stats.cpu_usage while timing), "markdown"
-     (optional: text shown verbatim), "show_rows" (optional, default true; false: the rows
-     are left out of report.md, as one of the suite's TABLEs shows them with its own columns),
-     "plots": [file names], "config": {the suite's parameters}}
-
-    ROW (one engine on one case): {"case", "group" (rows of a group are plotted together),
-     "engine", "status" ("timed", "disagrees", "n/a", "error", "not timed"),
-     "figures": [{"value", "unit"}] (the first is the main figure: larger is better),
-     "seconds": stats.summarize() or None, "ratio" (transformer's throughput / this
-     engine's: > 1 means transformer is faster), "fraction_of_limit", "limit" (its name, e.g.
-     "sgemm 120.3 GFLOP/s"), "compute_type" (optional: "int8", ...), "accuracy" (optional: text
-     against the float32 reference, e.g. "cosine mean 0.9991, min 0.9952"), "agreement": {"ok",
-     "is_reference", "text", ...} or None, "note"}
-
-    TABLE: {"title", "header": [str], "rows": [[cell]]} rendered as given.
-    SCALING: {"name", "title", "xlabel", "ylabel", "x": [..], "series": {label: [y or None]},
-     "logx", "logy"}: one line plot each.
+The schema of results.json ("schema": "transformer-bench/1": the run, the machine, its limits,
+and per suite its rows, one per engine and case) is described in bench/README.md.
 
 `python -m transformer.benchmarks.report DIR/results.json` renders report.md and the plots again
 from a recorded results.json.
@@ -359,58 +331,35 @@ def _pyplot():
 
 def _throughput_plot(plt, name, suite, path):
     """Bars of the main figure per engine and case, error bars from the timing min-max; one
-    panel per row group. Returns True when something was drawn."""
+    panel per row group and unit. Returns True when something was drawn."""
     timed = [r for r in suite.get("rows", []) if r.get("seconds") and r.get("figures")]
+    panels = list(dict.fromkeys((r.get("group") or name, r["figures"][0]["unit"])
+                                for r in timed))
+    engines = list(dict.fromkeys(r["engine"] for r in timed))
     if not timed:
         return False
-
-    def panel(r):
-        """One panel per group and unit (a group may mix GB/s and GFLOP/s cases)."""
-        return (r.get("group") or name, r["figures"][0]["unit"])
-    groups = []
-    for r in timed:
-        if panel(r) not in groups:
-            groups.append(panel(r))
-    several_units = {g for g, _ in groups if sum(1 for h, _ in groups if h == g) > 1}
-    engines = []
-    for r in timed:
-        if r["engine"] not in engines:
-            engines.append(r["engine"])
-    cols = min(3, len(groups))
-    nrows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.0, 5.2 * cols), 3.6 * nrows),
-                             squeeze=False)
-    for ax in axes.flat[len(groups):]:
+    cols = min(3, len(panels))
+    fig, axes = plt.subplots(-(-len(panels) // cols), cols, squeeze=False,
+                             figsize=(max(6.0, 5.2 * cols), 3.6 * -(-len(panels) // cols)))
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
-    width = 0.8 / max(1, len(engines))
-    for ax, (g, unit) in zip(axes.flat, groups):
-        rows = [r for r in timed if panel(r) == (g, unit)]
-        cases = []
-        for r in rows:
-            if r["case"] not in cases:
-                cases.append(r["case"])
+    width = 0.8 / len(engines)
+    for ax, (g, unit) in zip(axes.flat, panels):
+        rows = [r for r in timed if (r.get("group") or name, r["figures"][0]["unit"]) == (g, unit)]
+        cases = list(dict.fromkeys(r["case"] for r in rows))
         for j, e in enumerate(engines):
-            xs, ys, lo, hi = [], [], [], []
-            for i, c in enumerate(cases):
-                r = next((r for r in rows if r["case"] == c and r["engine"] == e), None)
-                if r is None:
-                    continue
-                v, s = r["figures"][0]["value"], r["seconds"]
-                xs.append(i + (j - (len(engines) - 1) / 2) * width)
-                ys.append(v)
-                lo.append(max(0.0, v - v * s["median"] / s["max"]) if s["max"] else 0.0)
-                hi.append(max(0.0, v * s["median"] / s["min"] - v) if s["min"] else 0.0)
-            if xs:
-                ax.bar(xs, ys, width, yerr=[lo, hi], capsize=2, label=e,
+            mine = [(cases.index(r["case"]), r["figures"][0]["value"], r["seconds"]) for r in rows
+                    if r["engine"] == e]
+            if mine:
+                ax.bar([i + (j - (len(engines) - 1) / 2) * width for i, _, _ in mine],
+                       [v for _, v, _ in mine], width, capsize=2, label=e,
+                       yerr=[[v - v * s["median"] / s["max"] for _, v, s in mine],
+                             [v * s["median"] / s["min"] - v for _, v, s in mine]],
                        color="C3" if e == ENGINE else f"C{engines.index(e) % 10}")
         ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels([c.replace(g, "").strip(" ,") or c for c in cases], rotation=20,
-                           ha="right", fontsize=7)
+        ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=7)
         ax.set_ylabel(unit)
-        ax.set_title(f"{g} ({unit})" if g in several_units else g, fontsize=9)
-        vals = [r["figures"][0]["value"] for r in rows if r["figures"][0]["value"]]
-        if vals and max(vals) / max(min(vals), 1e-30) > 100:
-            ax.set_yscale("log")
+        ax.set_title(f"{g} ({unit})", fontsize=9)
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(f"{name}: throughput, median (min-max), {ENGINE} in red", fontsize=9)
     fig.tight_layout()
@@ -441,16 +390,6 @@ def _scaling_plot(plt, sc, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def plot_suite(name, suite, path):
-    """Draw one suite's throughput chart into `path` (PNG). Returns False, drawing nothing, when
-    matplotlib is not installed or nothing was timed."""
-    plt = _pyplot()
-    if plt is None:
-        return False
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return _throughput_plot(plt, name, suite, path)
 
 
 def write_plots(results, out_dir):

@@ -1,7 +1,6 @@
 """Statistics and timing of the benchmark suite: progress lines, the summary of timing samples
-(median, min, max, quartiles), ratios and growth exponents, interleaved rounds (warm-up,
-calibrated samples, rotating order), and who else used the CPUs while timing (other processes,
-hypervisor steal).
+(median, min, max, quartiles), ratios and growth exponents, calibrated samples, and who else
+used the CPUs while timing (other processes, hypervisor steal).
 
 Only NumPy is imported here. Conventions: times are seconds (float); rates are per second.
 """
@@ -11,7 +10,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 
 import numpy as np
 
@@ -159,71 +157,6 @@ def calibrate(fn, min_seconds, max_inner=1 << 16):
             break
         inner *= 2
     return inner
-
-
-def round_order(items, r, group=None):
-    """The items of round r: rotated to start at item r mod k; with group(key) given, whole
-    groups are rotated instead (group r mod g first), each group's items in their order."""
-    if group is None:
-        k = len(items)
-        return [items[(r + i) % k] for i in range(k)]
-    names = []
-    for key, _, _ in items:
-        if group(key) not in names:
-            names.append(group(key))
-    g = len(names)
-    order = [names[(r + i) % g] for i in range(g)]
-    return [it for name in order for it in items if group(it[0]) == name]
-
-
-def interleaved_rounds(items, rounds, pause=0.0, probe=None, on_round=None, group=None,
-                       errors=None):
-    """Interleaved timing: in round r every item runs one sample, the order rotated to start at
-    item r mod k (so no engine always runs first, or right after another one), with `pause`
-    seconds of idle before each (so the spinning worker threads of one runtime, OpenMP or BLAS,
-    go to sleep instead of eating into the next one's time); then probe() runs, if given (a
-    machine-limit measurement in the same conditions).
-
-    items: list of (key, fn, inner): fn() is one call, inner the calls per sample.
-    group(key): when given, the items of one group (an engine) run back to back and whole
-    groups are rotated from round to round; the pause then comes only before each group.
-    on_round(r, times, probe_result) is called after each round (progress).
-    errors: None (an exception propagates), or a dict that receives {key: "round r: traceback"}
-    for an item that raises; that item is left out of the later rounds, the others go on.
-    Returns ({key: [seconds per call, one per round]}, [probe results, each a dict with
-    cpu_usage() of that round added: "cpu_steal", "cpu_others"])."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
-    times = {key: [] for key, _, _ in items}
-    probes = []
-    for r in range(rounds):
-        ticks = cpu_sample()
-        previous = object()
-        for key, fn, inner in round_order(items, r, group):
-            if errors is not None and key in errors:
-                continue
-            current = key if group is None else group(key)
-            if pause and current != previous:
-                time.sleep(pause)
-            previous = current
-            if errors is None:
-                times[key].append(time_call(fn, inner))
-                continue
-            try:
-                times[key].append(time_call(fn, inner))
-            except Exception:  # noqa: BLE001 - reported by the caller, the others go on
-                errors[key] = f"round {r + 1}: {traceback.format_exc()}"
-        result = None
-        if probe is not None:
-            if pause:
-                time.sleep(pause)
-            result = dict(probe())
-            result.update({"cpu_steal": None, "cpu_others": None},
-                          **cpu_usage(ticks, cpu_sample()))
-            probes.append(result)
-        if on_round is not None:
-            on_round(r, times, result)
-    return times, probes
 
 
 def busy_check(ticks, tag="bench"):

