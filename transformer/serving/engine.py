@@ -14,7 +14,7 @@ from ..generation import generate
 from ..models.encoder import POOLING_MODES
 from .admission import as_batch, check_ids, kv_bytes_per_token, plan_generation
 from .batch import step_many
-from .errors import EngineClosed, QueueFull, _Abort
+from .errors import EngineClosed, QueueFull, RequestCancelled, _Abort
 from .handle import Handle
 from .metrics import Histogram
 from .proxy import ProxyModel
@@ -234,31 +234,32 @@ class Engine:
         streamer = None
         if plan.cfg.num_beams == 1:
             streamer = stops.observe if stops is not None else handle._push
-        outcome = "requests_failed"
+        result, error, columns = None, None, None
         try:
-            out = generate(req.proxy, plan.ids, plan.mask, streamer=streamer, **kwargs)
-            columns = None
-            if stops is not None or plan.cfg.num_beams > 1:
-                if stops is not None:
-                    out = stops.cut(out, req.prompt_width, plan.cfg.pad_token_id)
-                    if as_tuple:
-                        out = (out.sequences, out.scores)
-                seqs = out[0] if isinstance(out, tuple) else getattr(out, "sequences", out)
-                columns = list(seqs[:, req.prompt_width:].T.copy())
-            handle._finish(result=out, columns=columns)
-            outcome = "requests_finished"
-        except _Abort:
-            handle._cancelled()
-            outcome = None  # counted by _cancel
-        except BaseException as e:  # the request's own error, raised by result()
-            if not handle._finish(error=e):
-                outcome = None
+            try:
+                out = generate(req.proxy, plan.ids, plan.mask, streamer=streamer, **kwargs)
+                if stops is not None or plan.cfg.num_beams > 1:
+                    if stops is not None:
+                        out = stops.cut(out, req.prompt_width, plan.cfg.pad_token_id)
+                        if as_tuple:
+                            out = (out.sequences, out.scores)
+                    seqs = out[0] if isinstance(out, tuple) else getattr(out, "sequences", out)
+                    columns = list(seqs[:, req.prompt_width:].T.copy())
+                result = out
+            except _Abort:
+                error = RequestCancelled("the request was cancelled")
+            except BaseException as e:  # the request's own error, raised by result()
+                error = e
+            with self._cond:  # retired (KV released, counted) before its caller sees the end
+                self._retire(req)
+                if not req.cancelled:
+                    self._count["requests_failed" if error is not None
+                                else "requests_finished"] += 1
+            req.handle._finish(result=result, error=error, columns=columns)
         finally:
             with self._cond:
-                self._retire(req)
-                if outcome is not None and not req.cancelled:
-                    self._count[outcome] += 1
                 self._threads.discard(threading.current_thread())
+                self._cond.notify_all()
 
     # -- cancelling and retiring --------------------------------------------------------------
     def _cancel(self, req):
