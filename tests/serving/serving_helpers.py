@@ -45,9 +45,10 @@ def _root():
 
 
 @functools.cache
-def generation_models():
-    """{family: model} for gpt2 (float32), llama (int8), marian (float32), bart (int8)."""
-    return {f: _build(f, _root()) for f in FAMILIES}
+def generation_model(family):
+    """The model of `family` (FAMILIES: gpt2 float32, llama int8, marian float32, bart int8),
+    built on first use."""
+    return _build(family, _root())
 
 
 @functools.cache

@@ -11,14 +11,20 @@ import time
 import numpy as np
 import pytest
 
-from serving_helpers import FAMILIES, bert_models, generation_models, serving_threads
+from serving_helpers import FAMILIES, bert_models, generation_model, serving_threads
 from transformer.generation import GenerateOutput
 from transformer.serving import Engine, EngineClosed, QueueFull, RequestCancelled
 
 
+class _Models:
+    def __getitem__(self, family):
+        return generation_model(family)
+
+
 @pytest.fixture
 def serving_models():
-    return generation_models()
+    """{family: model}, each built on first use."""
+    return _Models()
 
 
 def assert_same(got, want):

@@ -259,6 +259,7 @@ class Engine:
         finally:
             with self._cond:
                 self._threads.discard(threading.current_thread())
+                req.thread = req.proxy = None  # no cycles: freed without the collector
                 self._cond.notify_all()
 
     # -- cancelling and retiring --------------------------------------------------------------
@@ -284,7 +285,9 @@ class Engine:
                     self._retire(req)
             self._count["requests_cancelled"] += 1
             self._cond.notify_all()
-        req.handle._cancelled()
+            busy = req.busy
+        if not busy:  # else the scheduler ends it right after its computation
+            req.handle._cancelled()
         return True
 
     def _retire(self, req):
@@ -299,7 +302,7 @@ class Engine:
                 self._reserved -= req.plan.kv_tokens
         if req.proxy is not None:
             req.proxy.release()
-        req.decoding = None
+        req.decoding = req.proxy = None
         self._cond.notify_all()
 
     # -- the scheduler ------------------------------------------------------------------------
@@ -394,6 +397,7 @@ class Engine:
         """Results back to the request threads; a request cancelled meanwhile gets _Abort and
         is retired now."""
         now = time.monotonic()
+        cancelled = []
         with self._cond:
             for job in jobs:
                 req = job.req
@@ -401,6 +405,7 @@ class Engine:
                 if req.cancelled:
                     job.value, job.error = None, _Abort()
                     self._retire(req)
+                    cancelled.append(req)
                 elif job.error is None and job.kind in ("start", "step"):
                     rows = len(job.value)
                     self._count["tokens_generated"] += rows
@@ -409,6 +414,8 @@ class Engine:
                     else:
                         self._itl.observe(now - req.last)
                     req.last = now
+        for req in cancelled:  # its end seen only once its KV is released
+            req.handle._cancelled()
         for job in jobs:
             job.event.set()
 
@@ -487,7 +494,9 @@ class Engine:
                                 else "requests_failed"] += 1
                 self._retire(r)
         for r in reqs:
-            if not r.cancelled:
+            if r.cancelled:
+                r.handle._cancelled()
+            else:
                 value, error = results[r]
                 r.handle._finish(result=value, error=error)
 

@@ -48,6 +48,7 @@ class Handle:
             if columns is not None:
                 self._columns = list(columns)
             self._ended = True
+            self._canceller = None  # no cycle back to the engine's request once ended
             self._wake()
         if error is not None:
             self._future.set_exception(error)
@@ -85,7 +86,8 @@ class Handle:
         """Cancel the request: it leaves the queue, or its search unwinds at its next model
         call, and its KV reservation is released at once; result() then raises
         RequestCancelled. Returns True when the request had not ended."""
-        return self._canceller()
+        canceller = self._canceller
+        return False if canceller is None else canceller()
 
     def _cancelled(self):
         self._finish(error=RequestCancelled("the request was cancelled"))
