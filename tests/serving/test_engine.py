@@ -33,6 +33,9 @@ def assert_same(got, want):
         assert isinstance(got, GenerateOutput)
         for name in ("sequences", "scores", "sequences_scores", "token_logprobs"):
             np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+        assert (got.attention is None) == (want.attention is None)
+        for g, w in zip(got.attention or (), want.attention or ()):
+            np.testing.assert_array_equal(g, w)
     elif isinstance(want, tuple):
         assert isinstance(got, tuple) and len(got) == len(want)
         for g, w in zip(got, want):
@@ -61,6 +64,8 @@ def _mix(model, rng, n):
                       num_return_sequences=int(rng.integers(1, 3)), return_dict_in_generate=True)
         elif mode == 2:
             kw.update(num_beams=3, num_return_sequences=2, return_dict_in_generate=True)
+            if model.kind == "seq2seq" and i % 2:
+                kw.update(return_attention=True)
         elif mode == 3:
             kw.update(repetition_penalty=1.3, no_repeat_ngram_size=2, return_scores=True)
             if model.kind == "seq2seq":
