@@ -23,7 +23,13 @@ def step_many(model, work):
     decoding's cache advanced by one position and its `attention` (encoder-decoders recording
     cross-attention) set as step sets it. A request's logits must be bit-identical to its
     decoding.step(tokens) alone (the engine's batch invariance).
-    Raises what decoding.step raises; the engine fails only the request whose step raised
-    when the list is computed one request at a time (see Engine), so a batched body should
-    raise before touching any cache when an input is bad."""
+    Raises what decoding.step raises; the engine then fails every request of the call with
+    that error, so a batched body should check its inputs before touching any cache. The
+    tokens come from the searches (ids in [0, V), one per running row), so an error here is
+    a bug or an exhausted resource, not a bad request.
+
+    A batched body (the coordinator's): the requests' rows are independent (each its own
+    cache rows, positions = each row's cache length, and for encoder-decoders its own source
+    rows and cross-attention keys / values); the sum over R_i rows is the batch; the split
+    of the (sum R_i, V) logits by R_i gives the list. All decodings are of this one model."""
     return [decoding.step(tokens) for decoding, tokens in work]

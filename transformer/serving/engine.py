@@ -349,11 +349,11 @@ class Engine:
 
     def _take_prefill(self):
         """(b) Under the lock: posted constructions / prefills, FIFO, within
-        max_prefill_tokens (the first one whatever its size)."""
+        max_prefill_tokens (the first one with a cost whatever its size)."""
         taken, used = [], 0
         while self._prefill_jobs:
             job = self._prefill_jobs[0]
-            if taken and used + job.cost > self.max_prefill_tokens:
+            if used and used + job.cost > self.max_prefill_tokens:
                 break
             self._prefill_jobs.popleft()
             job.req.busy = True
