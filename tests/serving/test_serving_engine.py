@@ -280,3 +280,14 @@ def test_stop_strings_end_the_request_early(serving_models, monkeypatch):
         assert engine.metrics()["tokens_generated"] <= keep[0] + 2 + 1
     seqs, _, scores = _cut(ref, 4, keep, 0)
     assert_same(out, (seqs, scores))
+
+
+def test_one_dimensional_source_and_prefix(serving_models):
+    model = serving_models["bart"]
+    src = np.array([7, 9, 11, 13])
+    prefix = np.array([model.config.decoder_start_token_id, 20, 21])
+    with Engine(model) as engine:
+        got = engine.submit(src, decoder_input_ids=prefix, max_new_tokens=5,
+                            return_scores=True).result(20)
+    assert_same(got, model.generate(src[None], decoder_input_ids=prefix[None], max_new_tokens=5,
+                                    return_scores=True))

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..device import to_numpy
 from ..generation import generation_defaults
 from ..generation.config import GenerationConfig
 
@@ -35,8 +36,8 @@ class Plan:
 def as_batch(a, name, dtype_kind="i"):
     """a as a 2-D NumPy array: a 1-D array becomes one row (1, T). Raises TypeError for
     non-integer values (dtype_kind "i"; "b" also takes bool), ValueError for another rank or
-    an empty array."""
-    a = np.asarray(a)
+    an empty array. CuPy arrays come to the host."""
+    a = np.asarray(to_numpy(a))
     if a.ndim == 1:
         a = a[None]
     kinds = ("i", "u") + (("b",) if dtype_kind == "b" else ())
@@ -108,8 +109,11 @@ def plan_generation(model, input_ids, attention_mask, kwargs):
         if prefix is None:
             T, longest = 1, 1
         else:
-            prefix, _, plens = check_ids(prefix, inputs.get("decoder_attention_mask"), V_out,
-                                         "decoder_input_ids", "decoder_attention_mask")
+            prefix, pmask, plens = check_ids(prefix, inputs.get("decoder_attention_mask"),
+                                             V_out, "decoder_input_ids", "decoder_attention_mask")
+            kwargs = dict(kwargs, decoder_input_ids=prefix)  # (T,) given: one row, as the source
+            if pmask is not None:
+                kwargs["decoder_attention_mask"] = pmask
             if len(prefix) != B:
                 raise ValueError(f"decoder_input_ids has {len(prefix)} rows, the source {B}")
             grow = int((prefix[:, 0] != start).all())  # decoder_start_token_id prepended
