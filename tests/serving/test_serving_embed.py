@@ -70,3 +70,16 @@ def test_embed_errors_at_submit():
             engine.embed([1, 5], attention_mask=[0, 0])
         np.testing.assert_array_equal(engine.embed([1, 5, 7]).result(10),
                                       model.embed(np.array([[1, 5, 7]])))
+
+
+def test_encode_hidden_states_packed():
+    model = bert_models()["int8"]
+    requests = _requests(np.random.default_rng(13), 12)
+    with Engine(model, max_batch_tokens=200) as engine:
+        handles = [engine.encode(ids, mask, types) for ids, mask, types, _ in requests]
+        handles.append(engine.embed(*requests[0][:3]))  # another key: its own batch
+        got = [h.result(30) for h in handles]
+        assert engine.metrics()["embed_batches"] < len(handles)
+    for (ids, mask, types, _), g in zip(requests, got):
+        np.testing.assert_array_equal(g, model(ids, mask, types))
+    np.testing.assert_array_equal(got[-1], model.embed(*requests[0][:3]))

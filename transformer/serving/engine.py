@@ -21,6 +21,7 @@ from .proxy import ProxyModel
 from .stops import StopStrings, check_stop_strings
 
 _ids = itertools.count()
+_HIDDEN = ("hidden states",)  # the "pooling" of Engine.encode requests: model(...) itself
 
 
 class _Job:
@@ -173,7 +174,7 @@ class Engine:
                                  f"{ids.shape}, got {types.shape}")
         modes = None if pooling is None else (pooling,) if isinstance(pooling, str) \
             else tuple(pooling)
-        if modes is not None:  # the model's own check, before queueing
+        if modes is not None and modes != _HIDDEN:  # the model's own check, before queueing
             if not modes or any(m not in POOLING_MODES for m in modes):
                 raise ValueError(f"pooling must be one of {POOLING_MODES} or a tuple of them, "
                                  f"got {pooling!r}")
@@ -183,6 +184,13 @@ class Engine:
                        normalize=normalize, tokens=int(lengths.sum()), kv_tokens=0)
         self._enqueue(req, self._embed_waiting)
         return req.handle
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Queue a request for an encoder's last hidden state; its handle's result() is
+        model(input_ids, attention_mask, token_type_ids): (B, T, C) float32, 0 at padded
+        positions. Packed with the other waiting encode requests by max_batch_tokens, as
+        embed. Raises embed's errors."""
+        return self.embed(input_ids, attention_mask, token_type_ids, pooling=_HIDDEN)
 
     def _enqueue(self, req, queue):
         with self._cond:
@@ -470,18 +478,26 @@ class Engine:
             if r.types is not None:
                 types[at:at + b, :t] = r.types
             at += b
-        key = dict(pooling=reqs[0].modes, normalize=reqs[0].normalize)
+        hidden = reqs[0].modes == _HIDDEN
+
+        def run(ids, mask, types):  # one model call: hidden states or pooled embeddings
+            if hidden:
+                return self.model(ids, mask, types)
+            return self.model.embed(ids, mask, types, pooling=reqs[0].modes,
+                                    normalize=reqs[0].normalize)
+
         results = {}
         try:
-            out = self.model.embed(ids, mask, types, **key)
+            out = run(ids, mask, types)
             at = 0
             for r in reqs:
-                results[r] = (out[at:at + len(r.ids)].copy(), None)
+                rows = out[at:at + len(r.ids)]
+                results[r] = ((rows[:, :r.ids.shape[1]] if hidden else rows).copy(), None)
                 at += len(r.ids)
         except BaseException:  # one request's bad input: each alone, so only it fails
             for r in reqs:
                 try:
-                    results[r] = (self.model.embed(r.ids, r.mask, r.types, **key), None)
+                    results[r] = (run(r.ids, r.mask, r.types), None)
                 except BaseException as e:
                     results[r] = (None, e)
         with self._cond:
