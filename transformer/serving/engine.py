@@ -328,14 +328,33 @@ class Engine:
                                               or self._embed_waiting):
                         return
                     self._cond.wait()
-            for req in admitted:
-                req.thread.start()
-            if prefill:
-                self._run_prefill(prefill)
-            if steps:
-                self._run_steps(steps)
-            if embeds:
-                self._run_embeds(embeds)
+            try:
+                for req in admitted:
+                    req.thread.start()
+                if prefill:
+                    self._run_prefill(prefill)
+                if steps:
+                    self._run_steps(steps)
+                if embeds:
+                    self._run_embeds(embeds)
+            except BaseException as e:  # a bug of the engine: fail this work, keep serving
+                self._fail_all(prefill + steps, embeds, e)
+
+    def _fail_all(self, jobs, embeds, error):
+        """The scheduler's safety net: every job and embedding request of a failed iteration
+        ends with `error` (none is left waiting for an answer that never comes)."""
+        for job in jobs:
+            if not job.event.is_set():
+                job.value, job.error = None, error
+                with self._cond:
+                    job.req.busy = False
+                job.event.set()
+        with self._cond:
+            for r in embeds:
+                r.busy = False
+                self._retire(r)
+        for r in embeds:
+            r.handle._finish(error=error)
 
     def _admit(self):
         """(a) Under the lock: the waiting requests that fit the KV budget, FIFO (the head

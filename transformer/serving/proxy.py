@@ -59,17 +59,23 @@ class ProxyDecoding:
         return getattr(real, name)
 
     def record_attention(self, layer, heads):
+        """The real decoding's record_attention (it only records the choice)."""
         self._real.record_attention(layer, heads)
 
     def start(self, rows, max_new_tokens):
+        """The real start(rows, max_new_tokens), run by the scheduler: logits (B, V)."""
         self._reorder = None
         return self._post("start", (rows, max_new_tokens))
 
     def reorder(self, index):
+        """Compose index (R',) int64 with the pending reorder; the scheduler applies it just
+        before the next step."""
         index = np.asarray(index, np.int64)
         self._reorder = index if self._reorder is None else self._reorder[index]
 
     def step(self, tokens):
+        """The real step(tokens (R,) int64) after the pending reorder, run by the scheduler in
+        one batched step (transformer.serving.batch.step_many): logits (R, V)."""
         tokens = np.ascontiguousarray(tokens, np.int64)
         if self._stops is not None and self._stops.all_stopped:
             self._post("check", None)  # a cancelled request still unwinds here
