@@ -13,7 +13,7 @@ import pytest
 
 from serving_helpers import FAMILIES, bert_models, generation_model, serving_threads
 from transformer.generation import GenerateOutput
-from transformer.serving import Engine, EngineClosed, QueueFull, RequestCancelled
+from transformer.serving import Engine, EngineClosed, Handle, QueueFull, RequestCancelled
 
 
 class _Models:
@@ -252,6 +252,8 @@ def test_stop_strings(serving_models, monkeypatch):
     texts = [_Letters().decode(r[5:]) for r in ref.sequences]
     stop = texts[0][4:6]  # occurs in row 0; maybe in the others
     keep = [t.find(stop) if stop in t else 20 for t in texts]
+    pushed, push = [], Handle._push
+    monkeypatch.setattr(Handle, "_push", lambda self, c: (pushed.append(c), push(self, c)))
     with Engine(model) as engine:
         with pytest.raises(ValueError, match="beam"):
             engine.submit(ids, stop_strings=stop, num_beams=2)
@@ -263,6 +265,8 @@ def test_stop_strings(serving_models, monkeypatch):
     np.testing.assert_array_equal(out.token_logprobs, lp)
     np.testing.assert_array_equal(out.scores, scores)
     np.testing.assert_array_equal(np.stack(columns, 1), seqs[:, 5:])
+    assert pushed  # streamed as they settled: a prefix of the result's columns
+    np.testing.assert_array_equal(np.stack(pushed, 1), seqs[:, 5:5 + len(pushed)])
     assert stop not in _Letters().decode(out.sequences[0, 5:5 + keep[0]])
 
 

@@ -233,7 +233,7 @@ class Engine:
         as_tuple = False
         if req.strings is not None:
             stops = StopStrings(req.strings, self.model.tokenizer, plan.rows,
-                                plan.cfg.eos_token_id)
+                                plan.cfg.eos_token_id, plan.cfg.pad_token_id, handle._push)
             if kwargs.get("return_scores") and not (kwargs.get("return_dict_in_generate")
                                                     or kwargs.get("return_attention")):
                 kwargs["return_dict_in_generate"], as_tuple = True, True

@@ -17,8 +17,9 @@ class Handle:
     own error (generate's ValueError, ...). `await handle.aresult()`: the same from asyncio.
     Iteration (`for column in handle`, `async for column in handle`): each new column
     (N,) int64 NumPy as the search chooses it (greedy and sampling; pad for finished rows, as
-    transformer.generation.stream); beam search and requests with stop_strings yield the
-    columns of their final result once it is settled. Leaving the iteration early (break, or
+    transformer.generation.stream); with stop_strings each column once no stop string can
+    change it (pad after a row's cut: the result's columns); beam search yields the columns
+    of its final result once it is settled. Leaving the iteration early (break, or
     the iterator collected) cancels the request. cancel(): stop the request (waiting or
     running; its KV reservation is freed at once); True when it had not ended. done(): True
     once it ended (result, error or cancelled)."""

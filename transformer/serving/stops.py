@@ -33,14 +33,20 @@ def check_stop_strings(stop_strings, tokenizer, num_beams):
 class StopStrings:
     """The stop-string state of one request: fed each new column (N,) int64 (generate's
     streamer), it records per row whether it ended (eos) or stopped (a stop string) and how
-    many new tokens to keep; `all_stopped` once no row is generating."""
+    many new tokens to keep; `all_stopped` once no row is generating. push: callable(column
+    (N,) int64) given each column as soon as no stop string can change it any more (a row's
+    text is final up to its last len(longest stop string) - 1 characters), pad after a
+    row's cut: the columns of the result, streamed."""
 
-    def __init__(self, strings, tokenizer, rows, eos_token_id):
+    def __init__(self, strings, tokenizer, rows, eos_token_id, pad_token_id=0, push=None):
         self.strings, self.tokenizer = strings, tokenizer
         self.eos = set(np.atleast_1d(np.asarray(eos_token_id, np.int64)).tolist())
         self.new = [[] for _ in range(rows)]
         self.keep = [None] * rows  # new tokens kept (None: still generating)
+        self.safe = [0] * rows  # new tokens no stop string can cut any more
         self.running = rows
+        self.pad, self.push, self.released = pad_token_id, push, 0
+        self.longest = max(len(s) for s in strings)
 
     @property
     def all_stopped(self):
@@ -68,6 +74,25 @@ class StopStrings:
                     keep = j
                 self.keep[r] = keep
                 self.running -= 1
+                continue
+            # the text before its last longest - 1 characters is final: a stop string
+            # starting there would already be complete
+            final, j = len(text) - self.longest + 1, len(self.new[r])
+            while j > self.safe[r] and len(self.tokenizer.decode(self.new[r][:j])) > final:
+                j -= 1
+            self.safe[r] = j
+        if self.push is not None:
+            self._release()
+
+    def _release(self):
+        """Push the columns every row has settled: a running row up to its safe tokens, a
+        stopped row its kept tokens then pad."""
+        running = [self.safe[r] for r in range(len(self.keep)) if self.keep[r] is None]
+        upto = min(running) if running else max(self.keep)
+        for c in range(self.released, upto):
+            self.push(np.array([row[c] if (k is None or c < k) and c < len(row) else self.pad
+                                for row, k in zip(self.new, self.keep)], np.int64))
+        self.released = max(self.released, upto)
 
     def cut(self, out, prompt_width, pad_token_id):
         """generate's output (ids (N, T + n) or a GenerateOutput; the engine asks for the
