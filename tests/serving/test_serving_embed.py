@@ -22,15 +22,9 @@ def _requests(rng, n, V=99):
     return out
 
 
-# float32: a product of at most 16 packed rows takes another kernel (another summation order)
-# than a larger one, so a request of <= 16 real tokens alone differs by ~1 ulp from the same
-# request packed among others (also across some larger row counts, e.g. 24 vs 32); the
-# kernels are to be made row-count invariant (issue 19, point 2), then this xfail goes
-FLOAT32_ROWS = pytest.mark.xfail(reason="float32 products: the kernel depends on the row "
-                                 "count (<= 16 rows vs more)", strict=False)
 
 
-@pytest.mark.parametrize("dtype", ["int8", pytest.param("float32", marks=FLOAT32_ROWS)])
+@pytest.mark.parametrize("dtype", ["int8", "float32"])
 def test_embed_from_many_threads(dtype):
     model = bert_models()[dtype]
     requests = _requests(np.random.default_rng(12), 40)

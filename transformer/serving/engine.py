@@ -78,7 +78,10 @@ class Engine:
     every request that posted one (each with its pending reorder applied first); (d) one
     embedding batch; results go back to the request threads, finished or cancelled requests
     release their KV reservation at once. Outputs are bit-identical to model.generate /
-    model.embed of the request alone (the kernels see the same rows).
+    model.embed of the request alone: the engine sets model.batch_invariant (every product
+    row gives the same bits whatever the other rows; on the CPU float32 products then take
+    one kernel for every row count, int8 and bfloat16 always do), and the batched step runs
+    each request's attention on its own cache.
 
     Thread-safe; usable from asyncio (handle.aresult(), `async for`). shutdown() or `with`
     ends it. Raises ValueError for a model of another kind or bad sizes."""
@@ -101,6 +104,9 @@ class Engine:
         if not isinstance(kv_budget_tokens, int) or kv_budget_tokens < 1:
             raise ValueError(f"the KV budget must hold at least one token, got "
                              f"kv_budget_tokens={kv_budget_tokens!r}")
+        # a request's output the same bits alone or among others: row-invariant products (the
+        # model's own generate / embed then compute the same way: the engine's reference)
+        model.batch_invariant = True
         self.model, self.max_queue = model, max_queue
         self.kv_budget_tokens, self.max_batch_tokens = kv_budget_tokens, max_batch_tokens
         self.max_prefill_tokens = max_prefill_tokens or max_batch_tokens
