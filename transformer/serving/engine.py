@@ -320,12 +320,24 @@ class Engine:
         self._cond.notify_all()
 
     # -- the scheduler ------------------------------------------------------------------------
+    # how long a decode step waits for running requests whose search is still choosing their
+    # next token (seconds): without it a step would take only the requests that were quick,
+    # and every weight would be read twice per token
+    STEP_GATHER = 0.02
+
     def _loop(self):
         while True:
             with self._cond:
+                gather_until = None
                 while True:
                     admitted = self._admit()
                     prefill = self._take_prefill()
+                    if not (admitted or prefill) and self._step_jobs and self._choosing():
+                        now = time.monotonic()
+                        gather_until = gather_until or now + self.STEP_GATHER
+                        if now < gather_until:
+                            self._cond.wait(gather_until - now)
+                            continue
                     steps = self._take(self._step_jobs)
                     embeds = self._take_embeds()
                     if admitted or prefill or steps or embeds:
@@ -345,6 +357,11 @@ class Engine:
                     self._run_embeds(embeds)
             except BaseException as e:  # a bug of the engine: fail this work, keep serving
                 self._fail_all(prefill + steps, embeds, e)
+
+    def _choosing(self):
+        """Under the lock: True when a running request has had logits back and has not yet
+        posted its next step (its search is choosing the next token in its own thread)."""
+        return any(r.last is not None and r.job is None and not r.busy for r in self._running)
 
     def _fail_all(self, jobs, embeds, error):
         """The scheduler's safety net: every job and embedding request of a failed iteration
