@@ -84,3 +84,58 @@ def test_step_decodings_checks_before_any_cache_changes(tmp_path, rng):
         model.step_decodings([(d1, np.array([5])), (d2, np.array([10 ** 6]))])
     np.testing.assert_array_equal(d1.cache.lengths, before[0])
     np.testing.assert_array_equal(d2.cache.lengths, before[1])
+
+
+def _decoder(tmp_path, rng, family, dtype):
+    """A tiny random decoder with 512 positions (prompts of several 64-token tiles)."""
+    import transformer
+    torch, hf = dec.torch, dec.hf
+    if family == "bloom":
+        torch.manual_seed(int(rng.integers(1 << 31)))
+        hf.BloomForCausalLM(hf.BloomConfig(vocab_size=97, hidden_size=48, n_head=4, n_layer=2)
+                            ).save_pretrained(tmp_path, safe_serialization=True)
+        model = transformer.load(tmp_path, threads=2)
+    else:
+        cfg = dict(dec.GPT2_CONFIGS[0], n_positions=512) if family == "gpt2" else \
+            dict(dec.LLAMA_CONFIGS[0], max_position_embeddings=512)
+        _, model = dec._save(tmp_path, rng, family, cfg)
+    if dtype != "float32":
+        model.to("cpu", dtype)
+    model.batch_invariant = True
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "bloom"])
+def test_prompt_chunks_equal_the_whole_prefill(tmp_path, rng, family, dtype):
+    """Prompts prefilled in chunks of whole 64-row tiles (several prompts a forward:
+    prefill_decodings) give the bits of start()'s whole prefill, and so do the steps after."""
+    model = _decoder(tmp_path, rng, family, dtype)
+    V = model.config.vocab_size
+    lengths = [1, 63, 64, 65, 130, 200]
+    prompts = [rng.integers(3, V, (1, n)) for n in lengths]
+    whole = [model.decoding(p) for p in prompts]
+    want = [d.start(1, 8) for d in whole]
+    chunked = [model.decoding(p) for p in prompts]
+    for d in chunked:
+        d.begin(1, 8)
+    got = [None] * len(chunked)
+    todo = list(range(len(chunked)))
+    size = {i: int(rng.choice([64, 128])) for i in todo}
+    while todo:
+        work = [(chunked[i], min(size[i], len(chunked[i].prompt)
+                                 - int(chunked[i].cache.lengths[0]))) for i in todo]
+        for i, out in zip(todo, model.prefill_decodings(work)):
+            if out is not None:
+                got[i] = out
+        todo = [i for i in todo if got[i] is None]
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a, b)
+    for step in range(3):
+        tokens = [rng.integers(3, V, 1) for _ in prompts]
+        a = [d.step(t) for d, t in zip(whole, tokens)]
+        b = model.step_decodings(list(zip(chunked, tokens)))
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match="chunk"):
+        model.prefill_decodings([(chunked[0], 1)])  # its prompt is done

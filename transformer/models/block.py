@@ -276,6 +276,32 @@ class CachedSelfAttention(_SelfAttention):
         return ctx.reshape(self.R, -1)
 
 
+class PromptChunk(_SelfAttention):
+    """Self-attention of the next n tokens of one sequence's prompt, at positions
+    start..start+n-1 of KVCache row `row` (chunked prefill, Agrawal et al. 2023 "SARATHI"):
+    their keys and values are written there, then each attends causally to the row's keys up to
+    itself (the earlier chunks read from the cache; the attention kernel aligns causal queries
+    to the end of the keys). Chunks that start at multiples of the kernel's query tile (64
+    rows) give the same bits as the whole prompt through PackedSelfAttention: the same query
+    tiles meet the same key blocks. rope: (cos, sin) or None; position_bias as the others."""
+
+    def __init__(self, spec, k, cache, row, start, n, rope=None, position_bias=None):
+        super().__init__(spec, k, np.arange(start, start + n, dtype=np.int64), rope,
+                         position_bias)
+        self.cache, self.row, self.n = cache, row, n
+        self.index = cache.index(np.full(n, row), self.positions)
+        self.plan = VarlenPlan([0, n], [0, start + n])
+
+    def __call__(self, i, qkv):
+        q, k, v = self.split(qkv)
+        self.cache.write(i, self.index, k, v)
+        kc, vc = self.cache.layers[i]
+        r = self.row
+        ctx = self.k.attention(q[None], kc[r:r + 1], vc[r:r + 1], self.plan, self.spec.causal,
+                               self.spec.attention_scale, position_bias=self.position_bias)
+        return ctx.reshape(self.n, -1)
+
+
 class RowGroups:
     """The attention of several independent forwards run as one: rows [offsets[g],
     offsets[g + 1]) belong to contexts[g] (a CachedSelfAttention, CachedCrossAttention, ... of

@@ -76,13 +76,20 @@ class DecoderDecoding(Decoding):
         self.cache = None
 
     def start(self, rows, max_new_tokens):
+        self.begin(rows, max_new_tokens)
+        return self.model.prefill(self.sequences, self.mask, self.cache)
+
+    def begin(self, rows, max_new_tokens):
+        """start without the prefill: the cache made (ValueError when a prompt +
+        max_new_tokens exceeds the model's positions); a one-prompt decoding is then
+        prefilled in chunks by DecoderModel.prefill_decodings (the serving engine)."""
         longest = int(self.lengths.max()) + max_new_tokens
         positions = self.model.config.max_position_embeddings
         if longest > positions:
             raise ValueError(f"a prompt of {self.lengths.max()} tokens + max_new_tokens="
                              f"{max_new_tokens} exceeds the model's {positions} positions")
         self.cache = self.model.new_cache(rows, longest)
-        return self.model.prefill(self.sequences, self.mask, self.cache)
+        self.prompt = self.sequences[0][self.mask[0]] if len(self.sequences) == 1 else None
 
     def step(self, tokens):
         return self.model.decode_step(tokens, self.cache)
@@ -207,6 +214,41 @@ class DecoderModel(Model):
                 cache.lengths[:len(t)] += 1
             logits = self.logits(h)
         return [logits[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+    def prefill_decodings(self, work):
+        """The next chunk of several one-prompt decodings' prompts as one forward (the serving
+        engine's chunked, batched prefill): work [(decoding, n)] of DecoderDecodings that ran
+        begin(), n >= 1 the tokens of the chunk (each decoding's chunks in order; every chunk
+        but a prompt's last a multiple of 64 tokens keeps the bits of the whole prefill:
+        block.PromptChunk). The rows of every chunk go through each linear together, each
+        chunk's attention on its own cache row 0. Returns, per pair, the logits (1, V) of the
+        prompt's last token once its last chunk ran, else None. Raises ValueError for a chunk
+        past its prompt, before any cache changes."""
+        spec, k = self.config.block, self.kernels
+        chunks = []
+        for decoding, n in work:
+            cache, prompt = decoding.cache, decoding.prompt
+            start = int(cache.lengths[0])
+            if prompt is None or not 1 <= n <= len(prompt) - start:
+                raise ValueError(f"a prompt chunk of {n} tokens from position {start} does not "
+                                 f"fit a one-prompt decoding")
+            chunks.append((cache, start, n, prompt[start:start + n]))
+        rope = self._rope_for(max(start + n for _, start, n, _ in chunks))
+        contexts = [block.PromptChunk(spec, k, cache, 0, start, n, rope, self._position_bias)
+                    for cache, start, n, _ in chunks]
+        offsets = np.cumsum([0] + [n for _, _, n, _ in chunks])
+        attend = contexts[0] if len(contexts) == 1 else block.RowGroups(k, contexts, offsets)
+        ids = np.concatenate([c[3] for c in chunks])
+        positions = np.concatenate([ctx.positions for ctx in contexts])
+        with blas_single_threaded():
+            h = block.run(spec, k, self.stack(), self._embed(ids, positions), attend)
+            done = []
+            for (decoding, _), (cache, start, n, _) in zip(work, chunks):
+                cache.lengths[0] = start + n
+                done.append(start + n == len(decoding.prompt))
+            last = [int(o) - 1 for o, d in zip(offsets[1:], done) if d]
+            logits = iter(self.logits(k.xp.ascontiguousarray(h[last])) if last else [])
+        return [next(logits)[None] if d else None for d in done]
 
     def step_decodings(self, work):
         """One search step of several requests as one forward (the serving engine's batched
