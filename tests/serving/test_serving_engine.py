@@ -83,7 +83,7 @@ def test_many_threads_bit_identical_to_alone(serving_models, family):
     requests = _mix(model, np.random.default_rng(len(family)), 20)
     want = [None if cancel else model.generate(ids[None], **kw) for ids, kw, cancel in requests]
     got, errors = [None] * len(requests), []
-    engine = Engine(model, kv_budget_tokens=160, max_prefill_tokens=12)
+    engine = Engine(model, kv_budget_tokens=160, max_prefill_tokens=64)  # the least: 1 tile
 
     def client(k):
         try:
@@ -295,3 +295,31 @@ def test_one_dimensional_source_and_prefix(serving_models):
                             return_scores=True).result(20)
     assert_same(got, model.generate(src[None], decoder_input_ids=prefix[None], max_new_tokens=5,
                                     return_scores=True))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_long_prompts_prefilled_in_chunks(tmp_path, family):
+    """Prompts of several 64-token tiles are prefilled a tile or a few per iteration
+    (max_prefill_tokens=128) between the decode steps of the requests already running; every
+    request still gets model.generate's tokens and scores alone, bit for bit."""
+    import test_decoder as dec
+    rng = np.random.default_rng(31 + len(family))
+    cfg = dict(dec.GPT2_CONFIGS[0], n_positions=512) if family == "gpt2" else \
+        dict(dec.LLAMA_CONFIGS[0], max_position_embeddings=512)
+    _, model = dec._save(tmp_path, rng, family, cfg)
+    V = model.config.vocab_size
+    requests = [(rng.integers(3, V, int(n)), dict(max_new_tokens=int(rng.integers(4, 24)),
+                                                  eos_token_id=[], return_scores=True))
+                for n in rng.integers(1, 330, 10)]
+    with Engine(model, max_prefill_tokens=128) as engine:
+        handles = []
+        for ids, kw in requests:
+            handles.append(engine.submit(ids, **kw))
+            time.sleep(0.01)  # arrivals while others run
+        got = [h.result(timeout=120) for h in handles]
+        steps = engine.metrics()["steps"]
+    for (ids, kw), (seq, scores) in zip(requests, got):
+        want_seq, want_scores = model.generate(ids[None], **kw)
+        np.testing.assert_array_equal(seq, want_seq)
+        np.testing.assert_array_equal(scores, want_scores)
+    assert steps > 0

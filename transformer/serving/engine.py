@@ -15,6 +15,8 @@ from ..models.encoder import POOLING_MODES
 from .admission import as_batch, check_ids, kv_bytes_per_token, plan_generation
 from .batch import step_many
 from .errors import EngineClosed, QueueFull, RequestCancelled, _Abort
+
+CHUNK = 64  # prompt chunks are whole query tiles of the attention kernel (csrc/cpu: BQ)
 from .handle import Handle
 from .metrics import Histogram
 from .proxy import ProxyModel
@@ -28,10 +30,12 @@ class _Job:
     """One piece of model work a request's thread posted: kind "create" / "start" / "step",
     its payload, its token cost for the prefill budget; value or error once run."""
 
-    __slots__ = ("req", "kind", "payload", "cost", "event", "value", "error")
+    __slots__ = ("req", "kind", "payload", "cost", "event", "value", "error", "prefilled",
+                 "chunk")
 
     def __init__(self, req, kind, payload, cost=0):
         self.req, self.kind, self.payload, self.cost = req, kind, payload, cost
+        self.prefilled = self.chunk = 0  # a chunked prefill's progress (prompt tokens)
         self.event = threading.Event()
         self.value = self.error = None
 
@@ -66,8 +70,11 @@ class Engine:
     source tokens, the cross-attention keys and values) from admission until it ends; default
     64 x max_position_embeddings. max_batch_tokens: real tokens of one embedding batch (one
     request's tokens at least). max_prefill_tokens: prompt tokens prefilled (and sources
-    encoded) in one scheduler iteration, one request's whole prompt at least (default
-    max_batch_tokens): running requests wait at most that much prefill between two tokens.
+    encoded) in one scheduler iteration (default 512, rounded down to a multiple of 64, at
+    least 64): a decoder's prompt is prefilled in chunks of whole 64-token tiles, several
+    requests' chunks in one forward (chunked prefill, SARATHI), so running requests wait at
+    most that much prefill between two tokens; an encoder-decoder's source and decoder prefix
+    go whole (at least one request an iteration), as does a request of several prompts.
 
     One scheduler thread does all model compute; each generation request runs the unchanged
     transformer.generation.generate in a thread of its own on a ProxyModel whose decoding
@@ -109,7 +116,11 @@ class Engine:
         model.batch_invariant = True
         self.model, self.max_queue = model, max_queue
         self.kv_budget_tokens, self.max_batch_tokens = kv_budget_tokens, max_batch_tokens
-        self.max_prefill_tokens = max_prefill_tokens or max_batch_tokens
+        if max_prefill_tokens is not None and (not isinstance(max_prefill_tokens, int)
+                                               or max_prefill_tokens < CHUNK):
+            raise ValueError(f"max_prefill_tokens must be an integer >= {CHUNK}, got "
+                             f"{max_prefill_tokens!r}")
+        self.max_prefill_tokens = (max_prefill_tokens or 512) // CHUNK * CHUNK
         self._cond = threading.Condition(threading.Lock())
         self._waiting, self._embed_waiting = deque(), deque()
         self._running, self._threads = set(), set()
@@ -399,17 +410,40 @@ class Engine:
 
     def _take_prefill(self):
         """(b) Under the lock: posted constructions / prefills, FIFO, within
-        max_prefill_tokens (the first one with a cost whatever its size)."""
-        taken, used = [], 0
+        max_prefill_tokens (the first one with a cost whatever its size). A decoder's
+        one-prompt start is prefilled in chunks (job.chunk: the tokens of this iteration, whole
+        64-token tiles but for a prompt's last chunk, so that the bits are the whole prefill's:
+        transformer.models.block.PromptChunk); it stays first in the queue until its last
+        chunk, so running requests wait at most max_prefill_tokens of prefill a token."""
+        taken, used, budget = [], 0, self.max_prefill_tokens
         while self._prefill_jobs:
             job = self._prefill_jobs[0]
-            if used and used + job.cost > self.max_prefill_tokens:
+            if self._chunked(job):
+                left = job.cost - job.prefilled
+                n = left if left <= budget - used else (budget - used) // CHUNK * CHUNK
+                if n <= 0:
+                    break
+                job.chunk = n
+                if n == left:
+                    self._prefill_jobs.popleft()
+                job.req.busy = True
+                taken.append(job)
+                used += n
+                if n < left:
+                    break
+                continue
+            if used and used + job.cost > budget:
                 break
             self._prefill_jobs.popleft()
             job.req.busy = True
             taken.append(job)
             used += job.cost
         return taken
+
+    def _chunked(self, job):
+        """A start prefilled in chunks: a decoder's decoding of one prompt."""
+        return (job.kind == "start" and self.model.kind == "decoder"
+                and len(job.req.decoding.sequences) == 1)
 
     def _take(self, jobs):
         """(c) Under the lock: every posted step."""
@@ -470,7 +504,12 @@ class Engine:
             job.event.set()
 
     def _run_prefill(self, jobs):
+        chunks = [job for job in jobs if self._chunked(job)]
+        if chunks:
+            self._run_chunks(chunks)
         for job in jobs:
+            if job in chunks:
+                continue
             req = job.req
             try:
                 if job.kind == "create":
@@ -482,6 +521,36 @@ class Engine:
             except BaseException as e:
                 job.error = e
             self._deliver([job])
+
+    def _run_chunks(self, jobs):
+        """Prompt chunks of several requests as one forward (model.prefill_decodings); a
+        request whose prompt is complete gets its start logits, the others stay queued."""
+        try:
+            for job in jobs:
+                if job.prefilled == 0:
+                    job.req.decoding.begin(*job.payload)
+            outs = self.model.prefill_decodings([(j.req.decoding, j.chunk) for j in jobs])
+        except BaseException as e:
+            with self._cond:
+                for job in jobs:
+                    if job in self._prefill_jobs:
+                        self._prefill_jobs.remove(job)
+            for job in jobs:
+                job.error = e
+            self._deliver(jobs)
+            return
+        done = []
+        with self._cond:
+            for job, out in zip(jobs, outs):
+                job.prefilled += job.chunk
+                if out is not None or job.req.cancelled:
+                    if job in self._prefill_jobs:
+                        self._prefill_jobs.remove(job)
+                    job.value = out
+                    done.append(job)
+                else:
+                    job.req.busy = False
+        self._deliver(done)
 
     def _run_steps(self, jobs):
         ready = []
