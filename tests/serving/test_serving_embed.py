@@ -22,8 +22,6 @@ def _requests(rng, n, V=99):
     return out
 
 
-
-
 @pytest.mark.parametrize("dtype", ["int8", "float32"])
 def test_embed_from_many_threads(dtype):
     model = bert_models()[dtype]

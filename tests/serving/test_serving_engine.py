@@ -323,3 +323,29 @@ def test_long_prompts_prefilled_in_chunks(tmp_path, family):
         np.testing.assert_array_equal(seq, want_seq)
         np.testing.assert_array_equal(scores, want_scores)
     assert steps > 0
+
+
+def test_sources_admitted_together_are_encoded_together(serving_models, monkeypatch):
+    """Encoder-decoder requests admitted in one iteration have their sources encoded as one
+    batch (split back per request), and each still translates as model.generate alone."""
+    model = generation_model("marian")
+    rng = np.random.default_rng(8)
+    V = _vocab(model)
+    sources = [rng.integers(4, V, int(n)) for n in rng.integers(2, 12, 6)]
+    want = [model.generate(s[None], max_new_tokens=6, num_beams=2) for s in sources]
+    batches, go = [], threading.Event()
+    encode = model.encode
+
+    def spy(input_ids, attention_mask=None):  # the first source waits for the other five
+        batches.append(len(input_ids))
+        go.wait(30)
+        return encode(input_ids, attention_mask)
+
+    monkeypatch.setattr(model, "encode", spy)
+    with Engine(model) as engine:
+        handles = [engine.submit(s, max_new_tokens=6, num_beams=2) for s in sources]
+        go.set()
+        got = [h.result(timeout=60) for h in handles]
+    for a, b in zip(got, want):
+        np.testing.assert_array_equal(a, b)
+    assert max(batches) > 1, batches

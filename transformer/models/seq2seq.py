@@ -93,6 +93,24 @@ class EncoderOutput:
         self.cross_kv = []      # per layer: (N, 2, H, D)
         self.cross_planes = []  # per layer: (k (B, S_max, H, D), v (B, S_max, H, D))
 
+    def split(self, counts):
+        """The outputs of consecutive groups of counts[g] sources (sum(counts) = B), each as
+        encode() returns it for those sources alone (its planes as wide as its own longest
+        source): the serving engine encodes the sources of several requests together."""
+        out, b0 = [], 0
+        for n in counts:
+            b1 = b0 + n
+            a, z = int(self.cu[b0]), int(self.cu[b1])
+            part = EncoderOutput(self.hidden[a:z], self.cu[b0:b1 + 1] - self.cu[b0],
+                                 self.lengths[b0:b1])
+            S = int(self.lengths[b0:b1].max())
+            part.cross_kv = [kv[a:z] for kv in self.cross_kv]
+            part.cross_planes = [tuple(p[b0:b1, :S].copy() for p in planes)
+                                 for planes in self.cross_planes]
+            out.append(part)
+            b0 = b1
+        return out
+
 
 class _DecodeState(KVCache):
     """KV cache of the decoder plus, per cache row, the source sentence it translates
@@ -124,11 +142,12 @@ class Seq2SeqDecoding(Decoding):
     the padded prefix. Raises TypeError / ValueError / IndexError naming a bad input."""
 
     def __init__(self, model, input_ids, attention_mask=None, start_token_id=None,
-                 decoder_input_ids=None, decoder_attention_mask=None):
+                 decoder_input_ids=None, decoder_attention_mask=None, encoder_output=None):
         cfg = model.config
         self.model, self.threads, self.vocab_size = model, model.threads, cfg.tgt_vocab_size
         self.backend = model.kernels
-        self.enc = model.encode(input_ids, attention_mask)
+        self.enc = model.encode(input_ids, attention_mask) if encoder_output is None \
+            else encoder_output
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
         if decoder_input_ids is None:
@@ -459,12 +478,13 @@ class Seq2SeqModel(Model):
     generation_config = None  # GenerationConfig of generation_config.json, set at load
 
     def decoding(self, input_ids, attention_mask=None, config=None, decoder_input_ids=None,
-                 decoder_attention_mask=None):
-        """The search contract for this request (Seq2SeqDecoding): the source encoded once,
-        the decoder prefix (default: config.decoder_start_token_id) to extend."""
+                 decoder_attention_mask=None, encoder_output=None):
+        """The search contract for this request (Seq2SeqDecoding): the source encoded once
+        (or encoder_output, encode()'s result for input_ids, when given), the decoder prefix
+        (default: config.decoder_start_token_id) to extend."""
         return Seq2SeqDecoding(self, input_ids, attention_mask,
                                None if config is None else config.decoder_start_token_id,
-                               decoder_input_ids, decoder_attention_mask)
+                               decoder_input_ids, decoder_attention_mask, encoder_output)
 
     def generate(self, input_ids, attention_mask=None, **kwargs):
         """Translate: target ids (B * num_return_sequences, T + n_new) int64: the decoder

@@ -507,9 +507,14 @@ class Engine:
         chunks = [job for job in jobs if self._chunked(job)]
         if chunks:
             self._run_chunks(chunks)
+        sources = [job for job in jobs if job.kind == "create" and self.model.kind == "seq2seq"]
+        encoded = self._encode_together(sources) if len(sources) > 1 else {}
         for job in jobs:
             if job in chunks:
                 continue
+            if job in encoded:
+                args, kwargs = job.payload
+                job.payload = (args, dict(kwargs, encoder_output=encoded[job]))
             req = job.req
             try:
                 if job.kind == "create":
@@ -521,6 +526,28 @@ class Engine:
             except BaseException as e:
                 job.error = e
             self._deliver([job])
+
+    def _encode_together(self, jobs):
+        """The sources of several encoder-decoder requests' constructions encoded as one
+        batch (their rows padded to one width), split back per request: {job: its
+        EncoderOutput}; {} when the batch fails (each request then encodes alone and gets its
+        own error)."""
+        sources = [(np.asarray(job.payload[0][0]), job.payload[0][1]) for job in jobs]
+        width = max(ids.shape[1] for ids, _ in sources)
+        rows = sum(len(ids) for ids, _ in sources)
+        ids_all = np.zeros((rows, width), np.int64)
+        mask_all = np.zeros((rows, width), np.int64)
+        at = 0
+        for ids, mask in sources:
+            n, t = ids.shape
+            ids_all[at:at + n, :t] = ids
+            mask_all[at:at + n, :t] = 1 if mask is None else np.asarray(mask)
+            at += n
+        try:
+            parts = self.model.encode(ids_all, mask_all).split([len(ids) for ids, _ in sources])
+        except Exception:  # noqa: BLE001 - each request then raises its own error alone
+            return {}
+        return dict(zip(jobs, parts))
 
     def _run_chunks(self, jobs):
         """Prompt chunks of several requests as one forward (model.prefill_decodings); a
