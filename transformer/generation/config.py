@@ -3,12 +3,13 @@
 the engine's defaults, then the model config's token ids, then the model directory's
 generation_config.json, then the keyword arguments of the call (the arguments win)."""
 import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
 
 import numpy as np
+
+from .._io import read_json
 
 # generation_config.json keys read from a model directory (the others are ignored: HF writes
 # bookkeeping such as "transformers_version" and "_from_model_config")
@@ -117,13 +118,7 @@ class GenerationConfig:
         file = os.path.join(path, "generation_config.json")
         if not os.path.isfile(file):
             return None
-        try:
-            with open(file, encoding="utf-8") as f:
-                data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{file}: not valid JSON ({e})")
-        if not isinstance(data, dict):
-            raise ValueError(f"{file}: expected a JSON object")
+        data = read_json(file, "JSON object (generation options)")
         given = {k: data[k] for k in _FILE_KEYS if k in data}
         cfg = cls().update(**given)
         cfg.given = tuple(given)  # the keys the file sets (they win over config.json's)
