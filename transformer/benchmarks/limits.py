@@ -406,7 +406,7 @@ def limits_summary(probes):
     return out
 
 
-PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
+PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2",
                       "gguf", "llama_cpp_python", "cupy")
 
 
