@@ -170,10 +170,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             except (WorkerError, ValueError) as e:
                 notes.append(f"{impl} at T={T} failed: {e}")
                 log(f"{impl} at T={T} failed: {e}", TAG)
-    usage = stats.cpu_usage(ticks, stats.cpu_sample())
-    warning = stats.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
+    usage, warning = stats.busy_check(ticks, TAG)
     limit_runs.append(run_in_process(probe.measure))
     lim = limits.limits_summary(limit_runs)
     sgemm = lim.get("sgemm_gflops")

@@ -254,16 +254,6 @@ class Isolated:
             self.worker = None
 
 
-def packed_variant(dtype):
-    """", kernel variant avx512" for an int8 / bfloat16 model (transformer.ops.packed), else
-    ""."""
-    try:
-        from ..ops import packed
-        return f", kernel variant {packed.VARIANT[dtype]}" if dtype in packed.VARIANT else ""
-    except (ImportError, AttributeError):
-        return ""
-
-
 @register
 class TransformerEngine(Engine):
     """This project: transformer.ops (kernels; on "cuda" the inputs uploaded in case.dtype) and
@@ -278,13 +268,16 @@ class TransformerEngine(Engine):
         import transformer
         from .. import ops
         from ..device import to_numpy
+        from ..ops import packed
         self.ops, self.version, self.to_numpy = ops, transformer.__version__, to_numpy
         if setup.task == "kernels":
             return
         self.model = transformer.load(setup.model_dir, device=setup.device, dtype=setup.dtype,
                                       threads=setup.threads)
+        variant = packed.VARIANT.get(setup.dtype)
         self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}"
-                          f", {setup.device} {setup.dtype}" + packed_variant(setup.dtype))
+                          f", {setup.device} {setup.dtype}"
+                          + (f", kernel variant {variant}" if variant else ""))
 
     def kernel(self, case):
         """The op through transformer.ops (see kernels.py for the ops and their layouts)."""
