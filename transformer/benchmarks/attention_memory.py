@@ -235,7 +235,6 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     return {"title": "Attention memory: tiled against naive (B, H, T, T)", "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": rows,
-            "tables": [],
             "skipped": {}, "notes": notes, "limits": lim,
             "growth_exponents": slopes,
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],

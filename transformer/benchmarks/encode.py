@@ -156,7 +156,7 @@ def run(cfg):
                f"timed down to {COSINE_WRONG} (a wrong result below)."))
     return {"title": f"Encode: sentence embeddings ({model_name(model_dir)}, {dtype})",
             "status": "ok", "warnings": got["warnings"], "summary": summary, "rows": rows,
-            "tables": [], "skipped": got["skipped"], "notes": got["notes"],
+            "skipped": got["skipped"], "notes": got["notes"],
             "limits": {"dense": lim, **got["usage"]},
             "config": {"model_dir": model_dir, "n_sentences": len(sentences),
                        "n_tokens": n_tokens, "padded_tokens": padded, "batch_sizes": batch_sizes,

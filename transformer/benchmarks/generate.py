@@ -195,7 +195,7 @@ def run(cfg):
             f"({n_params / 1e6:.1f} M parameters, tied LM head counted once; weight_bytes), so "
             f"batch-1 decoding is bound at {limit * 1e9 / nbytes:.1f} tokens/s.")
     return {"title": f"Generate: greedy decoding ({name}, {dtype})", "status": "ok",
-            "summary": summary, "warnings": got["warnings"], "rows": rows, "tables": [],
+            "summary": summary, "warnings": got["warnings"], "rows": rows,
             "skipped": got["skipped"], "notes": harness.target_notes(
                 rows, TARGETS.get(dtype, {}), dtype) + [model_note] + got["notes"],
             "limits": {"read_gbs": limit, "read_source": source, "bandwidth": bw,

@@ -304,7 +304,7 @@ def run(cfg):
     return {"title": "Kernels: transformer.ops against NumPy and PyTorch"
                      + (" (GPU)" if gpu else ""), "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
-            "summary": summary, "rows": out_rows, "tables": [],
+            "summary": summary, "rows": out_rows,
             "skipped": skipped, "notes": notes, "limits": limits,
             "config": {"level": level, "rounds": rounds, "min_seconds": MIN_SECONDS[level],
                        "threads": n, "device": cfg.device}}

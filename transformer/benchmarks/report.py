@@ -154,8 +154,8 @@ def check_cell(row):
 
 
 def render_suite(name, suite):
-    """Markdown section of one suite: title, setup lines, the rows table, extra tables, skipped
-    peers and notes."""
+    """Markdown section of one suite: title, setup lines, the rows table, its own tables if
+    any, skipped peers and notes."""
     lines = [f"## {suite.get('title', name)}", ""]
     status = suite.get("status", "ok")
     if status != "ok":
@@ -167,7 +167,7 @@ def render_suite(name, suite):
     if suite.get("summary"):
         lines.append("")
     rows = suite.get("rows", [])
-    if rows and suite.get("show_rows", True):
+    if rows:
         # Optional columns: the compute type of each engine, its accuracy against float32.
         typed = any(r.get("compute_type") for r in rows)
         accuracy = any(r.get("accuracy") for r in rows)
@@ -192,8 +192,6 @@ def render_suite(name, suite):
         lines += table(t["header"], [[fmt_num(c) if isinstance(c, float) else c for c in r]
                                      for r in t["rows"]], t.get("align"))
         lines.append("")
-    if suite.get("markdown"):
-        lines += [suite["markdown"], ""]
     for peer, why in suite.get("skipped", {}).items():
         lines.append(f"- skipped {peer}: {why}")
     for note in suite.get("notes", []):

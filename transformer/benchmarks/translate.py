@@ -274,7 +274,7 @@ def run(cfg):
         summary.append(f"Machine limit (same run, median over rounds): {lim['text']}.")
     return {"title": f"Translate: beam-search translation, {name} (Marian shape, random "
                      f"weights, {dtype})", "status": "ok", "summary": summary,
-            "warnings": got["warnings"], "rows": rows, "tables": [],
+            "warnings": got["warnings"], "rows": rows,
             "skipped": got["skipped"], "notes": harness.target_notes(
                 rows, TARGETS.get(dtype, {}), dtype) + problems + [model_note, length_note]
             + got["notes"], "limits": {"dense": lim, **got["usage"]},
