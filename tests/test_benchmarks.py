@@ -605,7 +605,8 @@ def test_load_engines_reports_failures_and_skips():
     class Refusing(engines.Isolated):
         def run_cases(self, *args):
             raise engines.Unsupported(f"{self.name} refuses")
-    ours, peer = Refusing("transformer", engines.Setup("encode")), Refusing("b", engines.Setup("encode"))
+    ours = Refusing("transformer", engines.Setup("encode"))
+    peer = Refusing("b", engines.Setup("encode"))
     rows, _ = harness.compare_engines([ours, peer], [{"batches": []}], None, 1)
     assert [r["engine"] for r in rows] == ["transformer"] and rows[0]["status"] == "error"
     assert "failed to load: Unsupported: transformer refuses" in rows[0]["note"]

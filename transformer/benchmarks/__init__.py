@@ -20,7 +20,8 @@ Suites (bench/README.md says exactly what each measures):
   attention-memory  peak memory and time against sequence length, tiled against naive; CPU only
   all               every suite above, in that order
 
-Output (--output DIR, default bench/results/<date-time>): results.json and report.md. Progress goes to stderr, the report to stdout. A peer that is not installed
+Output (--output DIR, default bench/results/<date-time>): results.json and report.md.
+Progress goes to stderr, the report to stdout. A peer that is not installed
 is skipped with a note, never an error. `transformer bench all --quick` takes a few minutes.
 """
 import argparse

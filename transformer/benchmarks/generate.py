@@ -199,7 +199,8 @@ def run(cfg):
             "skipped": got["skipped"], "notes": harness.target_notes(
                 rows, TARGETS.get(dtype, {}), dtype) + [model_note] + got["notes"],
             "limits": {"read_gbs": limit, "read_source": source, "bandwidth": bw,
-                       "bandwidth_per_round": probes, "bandwidth_shape": getattr(probe, "shape_text", None),
+                       "bandwidth_per_round": probes,
+                       "bandwidth_shape": getattr(probe, "shape_text", None),
                        **got["usage"]},
             "config": {"model_dir": model_dir, "model": name, "shape": shape,
                        "batch_sizes": batch_sizes, "new_tokens": new_tokens,

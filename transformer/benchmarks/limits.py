@@ -265,7 +265,8 @@ class Int8Probe:
 
 
 def int8_kernel():
-    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant). a (M, K) and b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
+    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant). a (M, K) and
+    b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
     packed once (transformer.ops.packed.PackedWeight.from_int8), then fn runs
     PackedWeight.int32_product of the variant int8 models use (packed.VARIANT, VNNI /
     AVX2 / portable) on `threads` row blocks at once (one Python thread each; the kernel

@@ -85,17 +85,6 @@ def fmt_num(v, digits=3):
     return f"{v:.{max(0, decimals)}f}"
 
 
-def fmt_seconds(s):
-    """Seconds with a unit chosen by magnitude: "12.3 us", "4.56 ms", "1.23 s"."""
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{fmt_num(s * 1e6)} us"
-    if s < 1:
-        return f"{fmt_num(s * 1e3)} ms"
-    return f"{fmt_num(s)} s"
-
-
 def fmt_time(stats):
     """Timing cell: median (min-max, IQR) in one unit, "-" when not timed."""
     if not stats:
