@@ -1,8 +1,8 @@
 """The benchmark package (transformer.benchmarks): statistics, the agreement check that keeps a
 wrong peer from being timed, the machine limits (int8 probe, copy on a footprint), the engine
 registry and its int8 peers, the GGUF writer for llama.cpp, report rendering from a recorded
-results.json, the suites' checks and tiny in-process runs (translate; encode and generate at
-int8 with transformer.load's dtype stubbed until the int8 kernels land), the command line, and
+results.json, the suites' checks and tiny runs (translate; encode and generate at int8; the
+int8 peers of encode built in this process through engines.make), the command line, and
 one smoke run of `transformer bench kernels` at the tiny size. Runs with and without the peers
 installed (each is used only when present)."""
 import dataclasses

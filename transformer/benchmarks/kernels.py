@@ -14,7 +14,7 @@ import numpy as np
 from ..dtypes import DTYPES
 from . import harness, stats
 from .limits import DeviceProbe, LimitProbe, limits_summary, llc_bytes
-from .engines import ACTIVATIONS, ENGINE, Setup, load_engines
+from .engines import ACTIVATIONS, Setup, load_engines
 from .process import run_in_process
 from .stats import log
 
@@ -263,21 +263,11 @@ def run(cfg):
         limits["sgemm_gflops"] = 1e3 * limits["hgemm_tflops"]
     skipped.update({e.name: e.skipped for e in engines if e.skipped})
 
-    out_rows = []
-    ours = {r["case_index"]: r["seconds"]["median"] for r in rows
-            if r["engine"] == ENGINE and r["seconds"]}
-    for r in rows:
-        case = cases[r["case_index"]]
-        row = {"case": r["case"], "group": case.group, "engine": r["engine"],
-               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
-               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
-               "note": r["note"], "inner": r["inner"]}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            row["figures"], row["fraction_of_limit"], row["limit"] = \
-                _figures(case, med, limits, llc, gpu)
-            row["ratio"] = stats.ratio(ours.get(r["case_index"]), med)
-        out_rows.append(row)
+    out_rows = harness.report_rows(
+        rows, engines, lambda r: cases[r["case_index"]].group,
+        lambda r, med: _figures(cases[r["case_index"]], med, limits, llc, gpu))
+    for row in out_rows:
+        row["compute_type"] = None                  # the case's dtype is in its label
 
     where = "on the GPU" if gpu else f"{stats.plural(n, 'thread')} each (BLAS pinned to {n})"
     summary = [
