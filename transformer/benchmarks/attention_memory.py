@@ -170,10 +170,7 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
             except (WorkerError, ValueError) as e:
                 notes.append(f"{impl} at T={T} failed: {e}")
                 log(f"{impl} at T={T} failed: {e}", TAG)
-    usage = stats.cpu_usage(ticks, stats.cpu_sample())
-    warning = stats.busy_warning(usage)
-    if warning:
-        log(warning, TAG)
+    usage, warning = stats.busy_check(ticks, TAG)
     limit_runs.append(run_in_process(probe.measure))
     lim = limits.limits_summary(limit_runs)
     sgemm = lim.get("sgemm_gflops")
@@ -196,7 +193,9 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                 row["seconds"] = stats.summarize(secs)
                 med = row["seconds"]["median"]
                 row["figures"] = [{"value": flops / med / 1e9, "unit": "GFLOP/s"},
-                                  {"value": _mib(r["peak_rss_bytes"]), "unit": "MiB peak RSS"}]
+                                  {"value": _mib(r["peak_rss_bytes"]), "unit": "MiB peak RSS"},
+                                  {"value": _mib(r["traced_peak_bytes"]),
+                                   "unit": "MiB traced peak"}]
                 if ours and ours["seconds"]:
                     row["ratio"] = stats.ratio(stats.summarize(ours["seconds"])["median"],
                                                  med)
@@ -207,26 +206,17 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
                                                    "output_bytes", "rss_method", "first_s")}
             rows.append(row)
 
-    def series(impl, key):
-        """MiB of `key` per T (key "time": ms per call), None where not measured."""
-        recs = [records.get((impl, T)) for T in Ts]
-        if key == "time":
-            return [r and 1e3 * stats.summarize(r["seconds"] or [r["first_s"]])["median"]
-                    for r in recs]
-        return [r and _mib(r[key]) for r in recs]
-
     upper = [T for T in Ts if T >= Ts[len(Ts) // 2]] if len(Ts) > 2 else Ts
-    columns = [(impl, key) for key in ("peak_rss_bytes", "traced_peak_bytes", "time")
-               for impl in (ENGINE, NAIVE)]
-    values = {c: series(*c) for c in columns}
-    slopes = {c: stats.loglog_slope(*zip(*[(T, y) for T, y in zip(Ts, values[c])
-                                           if T in upper and y] or [((), ())]))
-              for c in columns}
-    table_rows = [[str(T), f"{B * H * T * T * 4 / 2**20:.1f}"]
-                  + ["-" if values[c][i] is None else f"{values[c][i]:.2f}" for c in columns]
-                  for i, T in enumerate(Ts)]
-    table_rows.append([f"growth exponent (T >= {upper[0]})", "2.00"]
-                      + ["-" if slopes[c] is None else f"{slopes[c]:.2f}" for c in columns])
+    slopes = {}
+    for impl in (ENGINE, NAIVE):
+        for key in ("peak_rss_bytes", "traced_peak_bytes", "time"):
+            pts = [(T, records[(impl, T)]) for T in upper if (impl, T) in records]
+            y = [stats.summarize(r["seconds"] or [r["first_s"]])["median"] if key == "time"
+                 else r[key] for _, r in pts]
+            slopes[f"{impl} {WHAT[key]}"] = stats.loglog_slope([T for T, _ in pts], y)
+    notes.append(f"growth exponents (T >= {upper[0]}; the (B, H, T, T) matrix: 2.00): "
+                 + ", ".join(f"{k} {'-' if v is None else f'{v:.2f}'}"
+                             for k, v in slopes.items()))
     method = next((r["rss_method"] for r in records.values()), "-")
     summary = [
         (f"Non-causal self-attention, B={B}, H={H}, D={D}, float32, "
@@ -245,23 +235,8 @@ def run_sizes(Ts, threads, reps, naive_max, seed=0, time_disagreeing=False):
     return {"title": "Attention memory: tiled against naive (B, H, T, T)", "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": rows,
-            "tables": [{"title": "Peak memory (MiB) and time (ms) per sequence length",
-                        "header": ["T", "(B,H,T,T) float32 MiB"]
-                        + [f"{i} {WHAT[k].replace('time', 'ms').replace(' peak', '')}"
-                           if k != "peak_rss_bytes" else f"{i} peak RSS" for i, k in columns],
-                        "rows": table_rows}],
-            "scaling": [{"name": "memory", "title": "Peak memory against sequence length",
-                         "xlabel": "T (= S)", "ylabel": "MiB", "x": Ts,
-                         "series": {**{f"{i} {'peak RSS' if k[0] == 'p' else 'traced (NumPy)'}":
-                                       values[(i, k)] for i, k in columns[:4]},
-                                    "(B,H,T,T) float32": [_mib(B * H * T * T * 4) for T in Ts]},
-                         "logx": True, "logy": True},
-                        {"name": "time", "title": "Time against sequence length",
-                         "xlabel": "T (= S)", "ylabel": "ms per call", "x": Ts,
-                         "series": {i: values[(i, "time")] for i in (ENGINE, NAIVE)},
-                         "logx": True, "logy": True}],
             "skipped": {}, "notes": notes, "limits": lim,
-            "growth_exponents": {f"{i} {WHAT[k]}": v for (i, k), v in slopes.items()},
+            "growth_exponents": slopes,
             "measurements": [records[k] for k in sorted(records, key=lambda k: (k[1], k[0]))],
             "config": {"B": B, "H": H, "D": D, "T": Ts, "threads": threads, "reps": reps,
                        "naive_max": naive_max, "numpy": np.__version__}}

@@ -9,7 +9,7 @@ compute types it has (bench/README.md lists what each runs and how).
   ctranslate2   the CTranslate2 conversion at compute_type = the dtype (no MPNet)
   llama.cpp     generate: llama-cpp-python on a GGUF of the same weights, batch 1
 
-A suite gets its engines from load_engines(setup, peers, isolated=True): each an Isolated, which
+A suite gets its engines from load_engines(setup, peers): each an Isolated, which
 builds the engine in a fresh process of its own for the check round and for every timed round
 (process.Worker): that process imports only its own runtime. Preparation (a CTranslate2
 conversion, the ONNX export, the GGUF file) runs before, once per run, in a preparation process
@@ -31,9 +31,9 @@ import traceback
 import numpy as np
 
 from . import peers as peer_setup
-from .harness import NotApplicable, Unsupported, run_cases, skip_reason
+from .harness import NotApplicable, Unsupported, compare_engines, run_cases, skip_reason
 from .process import Worker, run_in_process
-from .stats import log
+from .stats import busy_check, cpu_sample, log, usage_text
 
 ENGINE = "transformer"
 TASKS = ("kernels", "encode", "generate", "translate")
@@ -202,21 +202,6 @@ class Engine:
         return [target_tokens(r[1:], pad, eos) for r in out], problem
 
 
-class FailedEngine:
-    """Stands for this engine when it failed to load in this process: each case raises the
-    load error, so its row reports it (status "error") and it is not timed."""
-    version, notes, last = None, (), None
-
-    def __init__(self, name, dtype, error):
-        self.name, self.dtype, self.compute_type, self.error = name, dtype, dtype, error
-
-    def fail(self, *args, **kwargs):
-        """Raise the load error (its last line: the traceback went to the log)."""
-        raise RuntimeError(f"failed to load: {self.error.strip().splitlines()[-1]}")
-
-    prepare = embedder = generator = translator = fail
-
-
 class Isolated:
     """An engine of the registry in a fresh process of its own per run_cases call (a
     process.Worker building make(engine, setup)). name: the row's name (default the engine's);
@@ -269,16 +254,6 @@ class Isolated:
             self.worker = None
 
 
-def packed_variant(dtype):
-    """", kernel variant avx512" for an int8 / bfloat16 model (transformer.ops.packed), else
-    ""."""
-    try:
-        from ..ops import packed
-        return f", kernel variant {packed.VARIANT[dtype]}" if dtype in packed.VARIANT else ""
-    except (ImportError, AttributeError):
-        return ""
-
-
 @register
 class TransformerEngine(Engine):
     """This project: transformer.ops (kernels; on "cuda" the inputs uploaded in case.dtype) and
@@ -293,13 +268,16 @@ class TransformerEngine(Engine):
         import transformer
         from .. import ops
         from ..device import to_numpy
+        from ..ops import packed
         self.ops, self.version, self.to_numpy = ops, transformer.__version__, to_numpy
         if setup.task == "kernels":
             return
         self.model = transformer.load(setup.model_dir, device=setup.device, dtype=setup.dtype,
                                       threads=setup.threads)
+        variant = packed.VARIANT.get(setup.dtype)
         self.notes.append(f"loaded as {type(self.model).__module__}.{type(self.model).__name__}"
-                          f", {setup.device} {setup.dtype}" + packed_variant(setup.dtype))
+                          f", {setup.device} {setup.dtype}"
+                          + (f", kernel variant {variant}" if variant else ""))
 
     def kernel(self, case):
         """The op through transformer.ops (see kernels.py for the ops and their layouts)."""
@@ -774,65 +752,79 @@ class LlamaCppEngine(Engine):
         return fn
 
 
-def load_engines(setup, peers, tag="bench", isolated=False):
+def load_engines(setup, peers, tag="bench"):
     """This engine at setup.dtype, HF torch float32 as the reference of the checks (always
-    tried), and the requested peers at setup.dtype, in table order.
-
-    isolated (what the suites run): every engine an Isolated (a fresh process per round); each
-    peer's files are prepared first in a preparation process of its own (prepare_files); a peer
-    that has not the task or device, or whose preparation fails, is skipped with the reason
-    (harness.skip_reason); one that cannot load is found out in the check round
-    (harness.compare_engines). In this process (tests): each engine built here; this one failing
-    is a FailedEngine (its rows report the error), a peer failing is skipped.
-    Returns (engines, reference: the torch float32 engine, which is in engines when torch is
-    timed at float32, or None when it could not load here; {peer: reason skipped})."""
+    tried), and the requested peers at setup.dtype, in table order, each an Isolated (a fresh
+    process per round). Each peer's files are prepared first in a preparation process of its
+    own (prepare_files); a peer that has not the task or device, or whose preparation fails, is
+    skipped with the reason (harness.skip_reason); one that cannot load is found out in the
+    check round (harness.compare_engines). Returns (engines, reference: the torch float32
+    engine, which is in engines when torch is timed at float32, or None when it could not be
+    prepared; {peer: reason skipped})."""
     engines, skipped = [], {}
-    ref_setup = dataclasses.replace(setup, dtype="float32")
-    names = [ENGINE] + [n for n in peer_names() if n in peers]
-    if setup.task == "kernels":
-        names.insert(1, "numpy")
+    names = [ENGINE] + (["numpy"] if setup.task == "kernels" else []) \
+        + [n for n in peer_names() if n in peers]
 
     def attempt(name, s):
-        log(f"{'preparing' if isolated else 'loading'} {name} ({s.dtype})", tag)
+        log(f"preparing {name} ({s.dtype})", tag)
+        cls, e = REGISTRY[name], Isolated(name, s)
         try:
-            if not isolated:
-                return make(name, s)
-            cls = REGISTRY[name]
             if s.task not in cls.tasks or s.device not in cls.devices:
                 raise Unsupported(f"not applicable to {s.task} on {s.device}")
-            e = Isolated(name, s)
             if cls.prepare_files.__func__ is not Engine.prepare_files.__func__:
                 e.notes = run_in_process(cls.prepare_files, s)
             return e
-        except Exception as e:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
+        except Exception as exc:  # noqa: BLE001 - a peer that cannot be set up is skipped, noted
             if name == ENGINE:
-                if isolated:
-                    return Isolated(name, s)
-                log(f"ERROR: {ENGINE} failed to load:\n{traceback.format_exc()}", tag)
-                return FailedEngine(ENGINE, s.dtype, traceback.format_exc())
-            skipped[name] = skip_reason(e)
+                return e          # its rows report why it cannot run
+            skipped[name] = skip_reason(exc)
         return None
 
+    timed_reference = setup.task != "kernels" and "torch" in peers and setup.dtype == "float32"
     reference = None
-    if setup.task != "kernels":
-        if "torch" in peers and setup.dtype == "float32":
-            reference = "torch"
-        else:
-            reference = attempt("torch", ref_setup)
-            if isolated and reference is not None:
-                reference.name = "torch (float32 reference)"
+    if setup.task != "kernels" and not timed_reference:
+        reference = attempt("torch", dataclasses.replace(setup, dtype="float32"))
+        if reference is not None:
+            reference.name = "torch (float32 reference)"
     for name in names:
-        e = attempt(name, ref_setup if name == "torch" and reference == "torch" else setup)
+        e = attempt(name, setup)
         if e is not None:
             engines.append(e)
-            if reference == "torch" and name == "torch":
+            if timed_reference and name == "torch":
                 reference = e
-    if reference == "torch":
-        reference = None
     skipped = {k: v for k, v in skipped.items() if k in peers}
     for p, why in skipped.items():
         log(f"skipping {p}: {why}", tag)
     return engines, reference, skipped
+
+
+def run_model_suite(setup, peers, cases, compare, rounds, probe, pause=0.25,
+                    time_disagreeing=False, what="outputs are"):
+    """The protocol of the model suites (encode, generate, translate): load_engines, then
+    harness.compare_engines on `cases` (dicts, each named by its "label") against HF torch
+    float32, `probe`.measure() in a process of its own after each round, and who else used the
+    CPUs meanwhile. compare(out, ref, case, reference): the suite's check, reference being the
+    live torch float32 engine (its logit_gap, scores) or None. what: "embeddings are", ...
+    (engine_notes). Returns {"engines" (those that ran), "rows", "probes", "usage",
+    "warnings", "skipped", "notes", "protocol" (the summary's words on the protocol)}."""
+    tag = setup.task
+    engines, reference, skipped = load_engines(setup, peers, tag)
+
+    def check(out, ref, case):
+        live = None if reference is None or reference.skipped else reference
+        return compare(out, ref, case, live)
+    log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", tag)
+    ticks = cpu_sample()
+    rows, probes = compare_engines(
+        engines, cases, check, rounds, pause=pause, probe=lambda: run_in_process(probe.measure),
+        time_disagreeing=time_disagreeing, tag=tag, case_label=lambda c: c["label"],
+        **reference_options(reference, engines))
+    usage, warning = busy_check(ticks, tag)
+    notes = engine_notes(reference, engines, skipped, what, setup.dtype)
+    return {"engines": [e for e in engines if not e.skipped], "rows": rows, "probes": probes,
+            "usage": usage, "warnings": [warning] if warning else [], "skipped": skipped,
+            "notes": notes, "protocol": f"median of {rounds} interleaved rounds, each engine in "
+            f"a fresh process of its own per round{usage_text(usage)}"}
 
 
 def reference_options(reference, engines):

@@ -12,8 +12,7 @@ import statistics
 import numpy as np
 
 from . import harness, limits, peers as peer_setup, stats
-from .engines import Setup, engine_notes, load_engines, reference_options
-from .process import run_in_process
+from .engines import Setup, run_model_suite
 from .stats import log
 
 TAG = "generate"
@@ -137,51 +136,32 @@ def accuracy_text(agreement):
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
-                 workdir=os.path.join(".cache", "bench"), seed=0, bw_mib=512, pause=0.25,
-                 model=("gpt2-small-random", GPT2_SMALL), time_disagreeing=False,
-                 dtype="float32", device="cpu"):
-    """Make/load the model, check every engine at `dtype` against HF torch float32, time,
-    return the SUITE record (report.py). Raises ValueError for bad sizes; ImportError when the
-    model must be made and torch is missing."""
-    name, shape = model
-    if (threads < 1 or rounds < 1 or new_tokens < 1 or prompt_len < 1 or bw_mib < 1
-            or not batch_sizes or min(batch_sizes) < 1):
-        raise ValueError("threads, rounds, new tokens, prompt length, bandwidth MiB and the "
-                         "batch sizes must be positive")
-    if prompt_len + new_tokens > shape["n_positions"]:
-        raise ValueError(f"prompt length + new tokens exceeds the model's "
-                         f"{shape['n_positions']} positions")
-    model_dir, model_note = ensure_model(workdir, name, shape)
+def run(cfg):
+    """The generate suite for a BenchConfig (sizes level, threads, peers, rounds, seed, dtype,
+    device): make/load the model, check every engine at cfg.dtype against HF torch float32,
+    time; returns the SUITE record (report.py). Raises SuiteSkipped when the model must be made
+    without torch and transformers."""
+    from . import require_random_model
+    level, dtype, threads, gpu = LEVELS[cfg.sizes], cfg.dtype, cfg.threads, cfg.device == "cuda"
+    (name, shape), rounds = level["model"], cfg.rounds or level["rounds"]
+    batch_sizes, new_tokens, bw_mib = level["batch_sizes"], level["new_tokens"], level["bw_mib"]
+    require_random_model(cfg.workdir, name)
+    model_dir, model_note = ensure_model(cfg.workdir, name, shape)
     log(model_note, TAG)
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    vocab = config["vocab_size"]
-    n_params = model_params(config)
-    nbytes = weight_bytes(config, dtype)
-    prompts = make_prompts(batch_sizes, prompt_len, vocab, seed)
-    log(f"model {model_dir}; batch sizes {batch_sizes}; prompt {prompt_len} + {new_tokens} new "
-        f"tokens; threads {threads}; dtype {dtype}", TAG)
-    engines, reference, skipped = load_engines(
-        Setup("generate", model_dir, threads, dtype, workdir, vocab_size=vocab, device=device),
-        peers, TAG, isolated=True)
+    n_params, nbytes = model_params(config), weight_bytes(config, dtype)
+    prompts = make_prompts(batch_sizes, level["prompt_len"], config["vocab_size"], cfg.seed)
     cases = [{"label": f"batch {b}", "batch": b, "prompts": prompts[b],
               "new_tokens": new_tokens} for b in batch_sizes]
-
-    def compare(out, ref, case):
-        alive = None if reference is None or getattr(reference, "skipped", None) else reference
-        return token_agreement(out, ref, prompts, case["batch"], alive, dtype)
-    gpu = device == "cuda"
     probe = limits.DeviceProbe([bw_mib << 20]) if gpu else limits.BandwidthProbe(bw_mib, threads)
-    log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
-    ticks = stats.cpu_sample()
-    rows, probes = harness.compare_engines(
-        engines, cases, compare, rounds, pause=pause, probe=lambda: run_in_process(probe.measure),
-        time_disagreeing=time_disagreeing, tag=TAG, case_label=lambda c: c["label"],
-        **reference_options(reference, engines))
-    usage, warning = stats.busy_check(ticks, TAG)
-    notes = [model_note] + engine_notes(reference, engines, skipped, "tokens are", dtype)
-    engines = [e for e in engines if not e.skipped]
+    got = run_model_suite(
+        Setup("generate", model_dir, threads, dtype, cfg.workdir,
+              vocab_size=config["vocab_size"], device=cfg.device), cfg.peers, cases,
+        lambda out, ref, case, reference: token_agreement(out, ref, prompts, case["batch"],
+                                                          reference, dtype),
+        rounds, probe, cfg.pause, cfg.time_disagreeing, "tokens are")
+    probes = got["probes"]
     keys = {"device_copy": f"copy_at_{bw_mib << 20}"} if gpu else \
         {k: k for k in ("sgemv_numpy", "sgemv_scipy", "copy_1thread")}
     bw = {k: statistics.median(p[v] for p in probes) for k, v in keys.items()} if probes else {}
@@ -192,30 +172,17 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
         b = batch_sizes[r["case_index"]]
         return [{"value": b * new_tokens / med, "unit": "new tokens/s"},
                 {"value": 1e3 * med / new_tokens, "unit": "ms/step"}], nbytes * new_tokens / 1e9
-    out_rows = harness.report_rows(rows, engines, "generate", figures,
-                                   limit and (limit, f"read {limit:.1f} GB/s"),
-                                   accuracy_text if dtype != "float32" else None)
-    for row, r in zip(out_rows, rows):
+    rows = harness.report_rows(got["rows"], got["engines"], "generate", figures,
+                               limit and (limit, f"read {limit:.1f} GB/s"),
+                               accuracy_text if dtype != "float32" else None)
+    for row, r in zip(rows, got["rows"]):
         row["batch"] = batch_sizes[r["case_index"]]
-    targets = harness.target_notes(out_rows, TARGETS.get(dtype, {}), dtype)
-
-    names = [e.name for e in engines]
-    scaling = [{"name": "batch", "title": "Greedy generation: new tokens/s against batch size",
-                "xlabel": "batch size", "ylabel": "new tokens / s", "x": batch_sizes,
-                "series": {n: [next((r["figures"][0]["value"] for r in out_rows
-                                     if r["engine"] == n and r["batch"] == b and r["figures"]),
-                                    None) for b in batch_sizes] for n in names},
-                "logx": True, "logy": True}] if len(batch_sizes) > 1 else []
     summary = [
         f"Greedy generation, {name} (GPT-2 shape: {shape['n_layer']} layers, C="
         f"{shape['n_embd']}, {shape['n_head']} heads, vocab {shape['vocab_size']}; random "
-        f"weights), {device.upper()}, {dtype}, {stats.plural(threads, 'thread')}: prompts of "
-        f"{prompt_len} "
-        f"random tokens, exactly {new_tokens} new tokens per sequence (no early stop), time "
-        f"includes the prefill; median of {rounds} interleaved rounds, each engine in a fresh "
-        "process of its own per round"
-        f"{stats.usage_text(usage)}.",
-    ]
+        f"weights), {cfg.device.upper()}, {dtype}, {stats.plural(threads, 'thread')}: prompts "
+        f"of {level['prompt_len']} random tokens, exactly {new_tokens} new tokens per sequence "
+        f"(no early stop), time includes the prefill; {got['protocol']}."]
     if limit:
         how = f"{SOURCE_TEXT[source]}, {bw_mib} MiB" if gpu else (
             f"float32 sgemv through {SOURCE_TEXT[source]} over {probe.shape_text}, "
@@ -228,26 +195,15 @@ def run_generate(threads, rounds, batch_sizes, new_tokens, prompt_len, peers,
             f"({n_params / 1e6:.1f} M parameters, tied LM head counted once; weight_bytes), so "
             f"batch-1 decoding is bound at {limit * 1e9 / nbytes:.1f} tokens/s.")
     return {"title": f"Generate: greedy decoding ({name}, {dtype})", "status": "ok",
-            "summary": summary, "warnings": [warning] if warning else [],
-            "rows": out_rows, "tables": [], "scaling": scaling, "skipped": skipped,
-            "notes": targets + notes,
+            "summary": summary, "warnings": got["warnings"], "rows": rows,
+            "skipped": got["skipped"], "notes": harness.target_notes(
+                rows, TARGETS.get(dtype, {}), dtype) + [model_note] + got["notes"],
             "limits": {"read_gbs": limit, "read_source": source, "bandwidth": bw,
-                       "bandwidth_per_round": probes, "bandwidth_shape": probe.shape_text,
-                       **usage},
+                       "bandwidth_per_round": probes,
+                       "bandwidth_shape": getattr(probe, "shape_text", None),
+                       **got["usage"]},
             "config": {"model_dir": model_dir, "model": name, "shape": shape,
                        "batch_sizes": batch_sizes, "new_tokens": new_tokens,
-                       "prompt_len": prompt_len, "rounds": rounds, "threads": threads,
-                       "seed": seed, "n_params": n_params, "weight_bytes": nbytes,
-                       "dtype": dtype, "pause": pause}}
-
-
-def run(cfg):
-    """The generate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
-    dtype)."""
-    from . import require_random_model
-    level = LEVELS[cfg.sizes]
-    require_random_model(cfg.workdir, level["model"][0])
-    return run_generate(cfg.threads, cfg.rounds or level["rounds"], level["batch_sizes"],
-                        level["new_tokens"], level["prompt_len"], cfg.peers, cfg.workdir,
-                        cfg.seed, level["bw_mib"], cfg.pause, level["model"],
-                        cfg.time_disagreeing, cfg.dtype, cfg.device)
+                       "prompt_len": level["prompt_len"], "rounds": rounds, "threads": threads,
+                       "seed": cfg.seed, "n_params": n_params, "weight_bytes": nbytes,
+                       "dtype": dtype, "pause": cfg.pause}}

@@ -302,20 +302,25 @@ def compare_engines(engines, cases, compare, rounds, reference=None, reference_e
 def report_rows(rows, engines, group, figures, limit=None, accuracy=None):
     """The report's ROWs (report.py) of compare_engines' rows: figures(row, median seconds) ->
     ([{"value", "unit"}], work per call in the limit's units or None); limit: (units/s,
-    label) or None, giving "fraction_of_limit" = work / median / limit; "ratio" = our first
-    figure over the engine's on the same case (> 1: ours is faster); accuracy(agreement) -> the
-    accuracy cell (at a compute type other than float32), or None."""
+    label) or None, giving "fraction_of_limit" = work / median / limit; or, a limit per case,
+    figures -> (figures, fraction_of_limit, limit label) and limit None; "ratio" = our first
+    figure over the engine's on the same case (> 1: ours is faster); group: the rows' group,
+    or a function of the row; accuracy(agreement) -> the accuracy cell (at a compute type other
+    than float32), or None."""
     by_name, out = {e.name: e for e in engines}, []
     for r in rows:
-        row = {"case": r["case"], "group": group, "engine": r["engine"],
+        row = {"case": r["case"], "group": group(r) if callable(group) else group,
+               "engine": r["engine"],
                "compute_type": getattr(by_name.get(r["engine"]), "compute_type", None),
                "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
                "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
                "accuracy": accuracy(r["agreement"]) if accuracy else None, "note": r["note"]}
         if r["seconds"]:
-            row["figures"], work = figures(r, r["seconds"]["median"])
-            if limit and limit[0] and work is not None:
-                row["fraction_of_limit"] = work / r["seconds"]["median"] / limit[0]
+            row["figures"], *rest = figures(r, r["seconds"]["median"])
+            if len(rest) == 2:                              # a limit per case
+                row["fraction_of_limit"], row["limit"] = rest
+            elif limit and limit[0] and rest[0] is not None:
+                row["fraction_of_limit"] = rest[0] / r["seconds"]["median"] / limit[0]
                 row["limit"] = limit[1]
         out.append(row)
     ours = {r["case"]: r["figures"][0]["value"] for r in out

@@ -14,9 +14,8 @@ import numpy as np
 from ..dtypes import DTYPES
 from . import harness, stats
 from .limits import DeviceProbe, LimitProbe, limits_summary, llc_bytes
-from .engines import ACTIVATIONS, ENGINE, Isolated, Setup, load_engines
+from .engines import ACTIVATIONS, Setup, load_engines
 from .process import run_in_process
-from .report import fmt_seconds
 from .stats import log
 
 TAG = "kernels"
@@ -64,7 +63,7 @@ REF_LIMIT_BYTES = 1 << 28   # float64 attention references bigger than this chec
 class Case:
     """One op at one size: its inputs, the work it does, its limit kind.
 
-    op: key of the op; group: plot/report group; label: row name; shapes: {input name:
+    op: key of the op; group: report group; label: row name; shapes: {input name:
     (shape, scale)}, the inputs being seeded standard-normal float32 arrays times scale, made
     at first use of .inputs in each process (a case is sent to an engine's process without
     them; an engine on a GPU uploads them in `dtype`); params: dict of scalars and small
@@ -234,20 +233,6 @@ def _figures(case, seconds, limits, llc=None, gpu=False):
     return figs, frac, limit
 
 
-def thread_counts(threads, level):
-    """Thread counts of the scaling run: 1, 2, 4, ... up to `threads` and `threads` itself
-    (only 1 and `threads` below the full level); [] for one thread."""
-    if threads < 2:
-        return []
-    if level != "full":
-        return [1, threads]
-    counts, t = [], 1
-    while t < threads:
-        counts.append(t)
-        t *= 2
-    return counts + [threads]
-
-
 def run(cfg):
     """Run the kernel suite for a BenchConfig (device, threads, sizes level, rounds, peers,
     time_disagreeing); returns its SUITE record (see report.py)."""
@@ -256,7 +241,7 @@ def run(cfg):
     cases = gpu_cases(level, cfg.seed) if gpu else make_cases(level, cfg.seed)
     setup = Setup("kernels", threads=n, device=cfg.device)
     peers = [p for p in cfg.peers if p == "torch"]
-    engines, _, skipped = load_engines(setup, peers, TAG, isolated=True)
+    engines, _, skipped = load_engines(setup, peers, TAG)
     skipped.update({p: "not applicable to kernels (no op-level API)" for p in cfg.peers
                     if p != "torch"})
     if "torch" not in cfg.peers:
@@ -272,28 +257,17 @@ def run(cfg):
         engines, cases, compare, rounds, reference=reference, min_seconds=MIN_SECONDS[level],
         pause=PAUSE[level], probe=lambda: run_in_process(probe.measure),
         time_disagreeing=cfg.time_disagreeing, tag=TAG, case_label=lambda c: c.label)
-    scaling_rows, scaling = ([], []) if gpu else thread_scaling(cases, rows, n, level, rounds)
     usage, warning = stats.busy_check(ticks, TAG)
     limits = limits_summary(probes)
     if gpu and limits:
         limits["sgemm_gflops"] = 1e3 * limits["hgemm_tflops"]
     skipped.update({e.name: e.skipped for e in engines if e.skipped})
 
-    out_rows = []
-    ours = {r["case_index"]: r["seconds"]["median"] for r in rows
-            if r["engine"] == ENGINE and r["seconds"]}
-    for r in rows:
-        case = cases[r["case_index"]]
-        row = {"case": r["case"], "group": case.group, "engine": r["engine"],
-               "status": r["status"], "figures": [], "seconds": r["seconds"], "ratio": None,
-               "fraction_of_limit": None, "limit": None, "agreement": r["agreement"],
-               "note": r["note"], "inner": r["inner"]}
-        if r["seconds"]:
-            med = r["seconds"]["median"]
-            row["figures"], row["fraction_of_limit"], row["limit"] = \
-                _figures(case, med, limits, llc, gpu)
-            row["ratio"] = stats.ratio(ours.get(r["case_index"]), med)
-        out_rows.append(row)
+    out_rows = harness.report_rows(
+        rows, engines, lambda r: cases[r["case_index"]].group,
+        lambda r, med: _figures(cases[r["case_index"]], med, limits, llc, gpu))
+    for row in out_rows:
+        row["compute_type"] = None                  # the case's dtype is in its label
 
     where = "on the GPU" if gpu else f"{stats.plural(n, 'thread')} each (BLAS pinned to {n})"
     summary = [
@@ -316,50 +290,12 @@ def run(cfg):
     elif limits:
         summary.append(f"GPU limits (median of {limits['rounds']} rounds): fp16 GEMM "
                        f"{limits['hgemm_tflops']:.1f} TFLOP/s; device copy: the limit column.")
-    tables = []
-    if scaling_rows:
-        counts = thread_counts(n, level)
-        tables.append({"title": "transformer: time per call and speedup by thread count",
-                       "header": ["case"] + [f"{t} thr" for t in counts]
-                       + [f"speedup at {counts[-1]}"], "rows": scaling_rows})
     notes = [f"{e.name} ({e.version}): {x}" for e in engines if not e.skipped for x in e.notes]
     return {"title": "Kernels: transformer.ops against NumPy and PyTorch"
                      + (" (GPU)" if gpu else ""), "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
-            "summary": summary, "rows": out_rows, "tables": tables, "scaling": scaling,
+            "summary": summary, "rows": out_rows,
             "skipped": skipped, "notes": notes, "limits": limits,
             "config": {"level": level, "rounds": rounds, "min_seconds": MIN_SECONDS[level],
                        "threads": n, "device": cfg.device}}
 
-
-def thread_scaling(cases, rows, threads, level, rounds):
-    """transformer on the largest timed case of each group at each thread count of
-    thread_counts(), each count in a fresh process per round, two rounds more than the
-    comparison (a multi-threaded sample is the one that suffers when another process takes a
-    core for a moment). Returns (table rows [case, seconds per count..., speedup],
-    [SCALING record]); ([], []) for one thread."""
-    counts = thread_counts(threads, level)
-    if not counts:
-        return [], []
-    timed = {r["case_index"] for r in rows if r["engine"] == ENGINE and r["seconds"]}
-    pick = {cases[ci].group: ci for ci in sorted(timed)}       # the last (largest) of each group
-    chosen = [cases[ci] for ci in pick.values()]
-    log(f"thread scaling: {len(chosen)} cases x threads {counts}", TAG)
-    engines = [Isolated(ENGINE, Setup("kernels", threads=t), name=f"{t} threads")
-               for t in counts]
-    got, _ = harness.compare_engines(engines, chosen, lambda *a: {"ok": True}, rounds + 2,
-                                     reference=lambda case: None,
-                                     min_seconds=MIN_SECONDS[level], tag=TAG)
-    med = {(r["case_index"], r["engine"]): r["seconds"]["median"] for r in got if r["seconds"]}
-    table_rows, series = [], {}
-    for ci, case in enumerate(chosen):
-        times = [med.get((ci, e.name)) for e in engines]
-        if None in times:
-            continue
-        table_rows.append([case.label] + [fmt_seconds(t) for t in times]
-                          + [f"{times[0] / times[-1]:.2f}x"])
-        series[case.label] = [times[0] / t for t in times]
-    series["ideal"] = [t / counts[0] for t in counts]
-    return table_rows, [{"name": "threads", "title": "transformer: speedup over 1 thread",
-                         "xlabel": "threads", "ylabel": "speedup", "x": counts,
-                         "series": series, "logx": False, "logy": False}]

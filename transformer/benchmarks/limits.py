@@ -231,9 +231,7 @@ class Int8Probe:
 
     The kernel: this project's raw int8 GEMM (int8_kernel: the packed int32 product of the
     variant its int8 models run, VNNI / AVX2 / portable, without dequantization), checked once
-    against the exact integer product (source "transformer int8 GEMM (<variant>)"). Without it,
-    the fallback is NumPy's int32 matmul (source "numpy int32 matmul (fallback)"): a plain
-    loop, far below the machine's int8 peak, so fractions of it overstate; the report says so.
+    against the exact integer product (source "transformer int8 GEMM (<variant>)").
     measure() returns {"int8_gops"}; .source names the kernel. Raises ValueError for a
     non-positive shape, RuntimeError when our kernel gives a wrong product."""
 
@@ -247,20 +245,13 @@ class Int8Probe:
         b = rng.integers(-127, 128, (N, K), dtype=np.int8)
         self.ops = 2.0 * M * N * K
         self.shape_text = f"({M}x{K}) int8 x ({N}x{K})^T int8 -> int32"
-        prepare = int8_kernel()
-        if prepare is not None:
-            self.fn, variant = prepare(a, b, threads)
-            exact = a.astype(np.int64) @ b.T.astype(np.int64)
-            got = np.asarray(self.fn())
-            if got.shape != exact.shape or not np.array_equal(got.astype(np.int64), exact):
-                raise RuntimeError(f"the int8 GEMM ({variant}) differs from the exact integer "
-                                   "product: not used as the int8 limit")
-            self.source, self.fallback = f"transformer int8 GEMM ({variant})", False
-        else:
-            a32, bt32 = a.astype(np.int32), np.ascontiguousarray(b.T, dtype=np.int32)
-            out = np.empty((M, N), np.int32)
-            self.source, self.fallback = "numpy int32 matmul (fallback)", True
-            self.fn = lambda: np.matmul(a32, bt32, out=out)
+        self.fn, variant = int8_kernel()(a, b, threads)
+        exact = a.astype(np.int64) @ b.T.astype(np.int64)
+        got = np.asarray(self.fn())
+        if got.shape != exact.shape or not np.array_equal(got.astype(np.int64), exact):
+            raise RuntimeError(f"the int8 GEMM ({variant}) differs from the exact integer "
+                               "product: not used as the int8 limit")
+        self.source = f"transformer int8 GEMM ({variant})"
 
     def measure(self):
         """{"int8_gops": GOP/s} of the kernel (see the class docstring)."""
@@ -269,27 +260,18 @@ class Int8Probe:
 
     def describe(self):
         """The limit in words, for the report."""
-        text = f"int8 dot products, {self.shape_text}, {plural(self.threads, 'thread')}, " \
+        return f"int8 dot products, {self.shape_text}, {plural(self.threads, 'thread')}, " \
                f"through {self.source}"
-        if self.fallback:
-            text += (" (this package has no raw int8 GEMM: NumPy's integer matmul is a plain "
-                     "loop, far below the machine's int8 peak, so fractions of it overstate)")
-        return text
 
 
 def int8_kernel():
-    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant), or None when the
-    package has none. a (M, K) and b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
+    """This project's raw int8 GEMM as prepare(a, b, threads) -> (fn, variant). a (M, K) and
+    b (N, K) int8; fn() -> (M, N) int32 = a b^T exactly. b is
     packed once (transformer.ops.packed.PackedWeight.from_int8), then fn runs
     PackedWeight.int32_product of the variant int8 models use (packed.VARIANT, VNNI /
     AVX2 / portable) on `threads` row blocks at once (one Python thread each; the kernel
     releases the GIL)."""
-    try:
-        from ..ops import packed
-    except ImportError:
-        return None
-    if not hasattr(packed.PackedWeight, "int32_product"):
-        return None
+    from ..ops import packed
     variant = packed.VARIANT["int8"]
 
     def prepare(a, b, threads):
@@ -368,9 +350,7 @@ class DenseLimit:
                         text=f"fp16 GEMM {v / 1e3:.1f} TFLOP/s ({probes[0]['describe']})")
         if self.dtype == "int8":
             v = statistics.median(p["int8_gops"] for p in probes)
-            self.int8 = self.int8 or (None if probes[0].get("describe") else
-                                      Int8Probe(self.threads))
-            text = probes[0].get("describe") or self.int8.describe()
+            text = probes[0]["describe"]
             out.update(value=v, label=f"int8 {v:.0f} GOP/s", text=f"int8 {v:.1f} GOP/s ({text})",
                        source=text.split("through ")[-1])
             return out
@@ -406,7 +386,7 @@ def limits_summary(probes):
     return out
 
 
-PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2", "matplotlib",
+PEER_DISTRIBUTIONS = ("torch", "transformers", "onnxruntime", "onnx", "ctranslate2",
                       "gguf", "llama_cpp_python", "cupy")
 
 

@@ -75,13 +75,13 @@ def encode(value, arrays):
 
 
 def decode(data, arrays):
-    """The value encode() described (arrays: the buffers that came with it)."""
+    """The value encode() described (arrays: the buffers that came with it, in order)."""
     if isinstance(data, list):
         return [decode(v, arrays) for v in data]
     if not isinstance(data, dict):
         return data
-    if "nd" in data:
-        return arrays[data["nd"]]
+    if "nd" in data:      # an array's buffer (bytes or the array itself) as described
+        return np.frombuffer(arrays[data["nd"]], np.dtype(data["dtype"])).reshape(data["shape"])
     if "tuple" in data:
         return tuple(decode(v, arrays) for v in data["tuple"])
     if "dict" in data:
@@ -122,22 +122,7 @@ def read_message(f):
     """The value write_message sent on f; EOFError at the end of the stream."""
     n_head, n_arrays = struct.unpack("<QQ", _read(f, 16))
     data = json.loads(bytes(_read(f, n_head)))
-    buffers = [_read(f, struct.unpack("<Q", _read(f, 8))[0]) for _ in range(n_arrays)]
-    arrays = []
-
-    def find(d):       # the array descriptions, in the order they were appended
-        if isinstance(d, dict):
-            if "nd" in d:
-                arrays.append(d)
-            for v in d.values():
-                find(v)
-        elif isinstance(d, list):
-            for v in d:
-                find(v)
-    find(data)
-    made = {d["nd"]: np.frombuffer(buffers[d["nd"]], np.dtype(d["dtype"])).reshape(d["shape"])
-            for d in arrays}
-    return decode(data, made)
+    return decode(data, [_read(f, struct.unpack("<Q", _read(f, 8))[0]) for _ in range(n_arrays)])
 
 
 class WorkerError(RuntimeError):

@@ -1,15 +1,12 @@
-"""results.json (the record of one run), report.md (its tables), PNG plots (optional matplotlib).
-The schema of results.json ("schema": "transformer-bench/1": the run, the machine, its limits,
-and per suite its rows, one per engine and case) is described in bench/README.md.
-
-`python -m transformer.benchmarks.report DIR/results.json` renders report.md and the plots again
-from a recorded results.json.
+"""results.json (the record of one run) and report.md (its tables; no plots: the tables and
+results.json are the record). The schema of results.json ("schema": "transformer-bench/1": the
+run, the machine, its limits, and per suite its rows, one per engine and case) is described in
+bench/README.md.
 """
 import datetime
 import json
 import math
 import os
-import sys
 
 SCHEMA = "transformer-bench/1"
 ENGINE = "transformer"
@@ -23,7 +20,7 @@ def new_results(command, options, machine):
     """An empty results document (see the module docstring) for one run."""
     return {"schema": SCHEMA, "created": datetime.datetime.now().astimezone().isoformat(
         timespec="seconds"), "command": command, "options": options, "machine": machine,
-        "limits": {}, "suites": {}, "wall_s": None, "plots": []}
+        "limits": {}, "suites": {}, "wall_s": None}
 
 
 def jsonable(obj):
@@ -88,17 +85,6 @@ def fmt_num(v, digits=3):
     return f"{v:.{max(0, decimals)}f}"
 
 
-def fmt_seconds(s):
-    """Seconds with a unit chosen by magnitude: "12.3 us", "4.56 ms", "1.23 s"."""
-    if s is None:
-        return "-"
-    if s < 1e-3:
-        return f"{fmt_num(s * 1e6)} us"
-    if s < 1:
-        return f"{fmt_num(s * 1e3)} ms"
-    return f"{fmt_num(s)} s"
-
-
 def fmt_time(stats):
     """Timing cell: median (min-max, IQR) in one unit, "-" when not timed."""
     if not stats:
@@ -157,8 +143,8 @@ def check_cell(row):
 
 
 def render_suite(name, suite):
-    """Markdown section of one suite: title, setup lines, the rows table, extra tables, skipped
-    peers, notes and plots."""
+    """Markdown section of one suite: title, setup lines, the rows table, its own tables if
+    any, skipped peers and notes."""
     lines = [f"## {suite.get('title', name)}", ""]
     status = suite.get("status", "ok")
     if status != "ok":
@@ -170,7 +156,7 @@ def render_suite(name, suite):
     if suite.get("summary"):
         lines.append("")
     rows = suite.get("rows", [])
-    if rows and suite.get("show_rows", True):
+    if rows:
         # Optional columns: the compute type of each engine, its accuracy against float32.
         typed = any(r.get("compute_type") for r in rows)
         accuracy = any(r.get("accuracy") for r in rows)
@@ -195,16 +181,12 @@ def render_suite(name, suite):
         lines += table(t["header"], [[fmt_num(c) if isinstance(c, float) else c for c in r]
                                      for r in t["rows"]], t.get("align"))
         lines.append("")
-    if suite.get("markdown"):
-        lines += [suite["markdown"], ""]
     for peer, why in suite.get("skipped", {}).items():
         lines.append(f"- skipped {peer}: {why}")
     for note in suite.get("notes", []):
         lines.append(f"- {note}")
     if suite.get("skipped") or suite.get("notes"):
         lines.append("")
-    for p in suite.get("plots", []):
-        lines += [f"![{p}]({p})", ""]
     if suite.get("wall_s") is not None:
         lines += [f"_{name}: {suite['wall_s']:.1f} s wall time._", ""]
     return "\n".join(lines)
@@ -300,8 +282,6 @@ def render_markdown(results):
                    "reference and was not timed)."), ""] + head + [""]
     for name, suite in results.get("suites", {}).items():
         lines.append(render_suite(name, suite))
-    if results.get("plots_note"):
-        lines += [f"_Plots: {results['plots_note']}_", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -312,133 +292,3 @@ def write_report(results, out_dir):
     with open(path, "w", encoding="utf-8") as f:
         f.write(render_markdown(results))
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# Plots (matplotlib, optional: pip install "transformer[bench]")
-# ---------------------------------------------------------------------------------------------
-
-def _pyplot():
-    """matplotlib.pyplot with the Agg backend, or None when matplotlib is not installed."""
-    try:
-        import matplotlib
-    except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _throughput_plot(plt, name, suite, path):
-    """Bars of the main figure per engine and case, error bars from the timing min-max; one
-    panel per row group and unit. Returns True when something was drawn."""
-    timed = [r for r in suite.get("rows", []) if r.get("seconds") and r.get("figures")]
-    panels = list(dict.fromkeys((r.get("group") or name, r["figures"][0]["unit"])
-                                for r in timed))
-    engines = list(dict.fromkeys(r["engine"] for r in timed))
-    if not timed:
-        return False
-    cols = min(3, len(panels))
-    fig, axes = plt.subplots(-(-len(panels) // cols), cols, squeeze=False,
-                             figsize=(max(6.0, 5.2 * cols), 3.6 * -(-len(panels) // cols)))
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
-    width = 0.8 / len(engines)
-    for ax, (g, unit) in zip(axes.flat, panels):
-        rows = [r for r in timed if (r.get("group") or name, r["figures"][0]["unit"]) == (g, unit)]
-        cases = list(dict.fromkeys(r["case"] for r in rows))
-        for j, e in enumerate(engines):
-            mine = [(cases.index(r["case"]), r["figures"][0]["value"], r["seconds"]) for r in rows
-                    if r["engine"] == e]
-            if mine:
-                ax.bar([i + (j - (len(engines) - 1) / 2) * width for i, _, _ in mine],
-                       [v for _, v, _ in mine], width, capsize=2, label=e,
-                       yerr=[[v - v * s["median"] / s["max"] for _, v, s in mine],
-                             [v * s["median"] / s["min"] - v for _, v, s in mine]],
-                       color="C3" if e == ENGINE else f"C{engines.index(e) % 10}")
-        ax.set_xticks(range(len(cases)))
-        ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=7)
-        ax.set_ylabel(unit)
-        ax.set_title(f"{g} ({unit})", fontsize=9)
-    axes.flat[0].legend(fontsize=7)
-    fig.suptitle(f"{name}: throughput, median (min-max), {ENGINE} in red", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
-def _scaling_plot(plt, sc, path):
-    """One line per series of a SCALING entry."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    others = iter(f"C{i}" for i in range(100) if i % 10 != 3)   # C3 (red) is transformer's
-    for label, ys in sc["series"].items():
-        pts = [(x, y) for x, y in zip(sc["x"], ys) if y is not None]
-        if pts:
-            dashed = "traced" in label or label in ("ideal", "(B,H,T,T) float32")
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o--" if dashed else "o-",
-                    label=label, color="C3" if label == ENGINE else next(others))
-    if sc.get("logx"):
-        ax.set_xscale("log", base=2)
-    if sc.get("logy"):
-        ax.set_yscale("log")
-    ax.set_xlabel(sc.get("xlabel", ""))
-    ax.set_ylabel(sc.get("ylabel", ""))
-    ax.set_title(sc.get("title", sc["name"]), fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def write_plots(results, out_dir):
-    """Draw every suite's throughput chart and scaling plots as PNG files in out_dir; their
-    names go into results["plots"] and each suite's "plots". Returns (paths, note): note is
-    None, or why nothing was drawn (matplotlib not installed: never an error)."""
-    plt = _pyplot()
-    if plt is None:
-        note = ("matplotlib is not installed, so no plots were drawn "
-                "(pip install 'transformer[bench]')")
-        results["plots_note"] = note
-        return [], note
-    results.pop("plots_note", None)
-    os.makedirs(out_dir, exist_ok=True)
-    paths = []
-    for name, suite in results.get("suites", {}).items():
-        suite["plots"] = []
-        fname = f"{name}-throughput.png"
-        if _throughput_plot(plt, name, suite, os.path.join(out_dir, fname)):
-            suite["plots"].append(fname)
-        for sc in suite.get("scaling", []):
-            if not sc.get("x"):
-                continue
-            fname = f"{name}-scaling-{sc['name']}.png".replace(" ", "-")
-            _scaling_plot(plt, sc, os.path.join(out_dir, fname))
-            suite["plots"].append(fname)
-        paths += [os.path.join(out_dir, p) for p in suite["plots"]]
-    results["plots"] = [os.path.basename(p) for p in paths]
-    return paths, None
-
-
-def main(argv=None):
-    """`python -m transformer.benchmarks.report RESULTS.json [OUT_DIR]`: render report.md (and
-    the plots, with matplotlib) from a recorded results.json; returns the exit status."""
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help") or len(argv) > 2:
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    try:
-        results = load_results(argv[0])
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    src = argv[0] if os.path.isdir(argv[0]) else os.path.dirname(os.path.abspath(argv[0]))
-    out_dir = argv[1] if len(argv) > 1 else src
-    write_plots(results, out_dir)
-    print(write_report(results, out_dir))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

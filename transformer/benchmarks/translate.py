@@ -15,9 +15,7 @@ import re
 import numpy as np
 
 from . import harness, limits, peers as peer_setup, stats
-from .. import machine
-from .engines import Setup, engine_notes, load_engines, reference_options
-from .process import run_in_process
+from .engines import Setup, run_model_suite
 from .stats import log
 
 TAG = "translate"
@@ -34,6 +32,7 @@ MARIAN_TINY = dict(MARIAN, vocab_size=1000, d_model=64, encoder_layers=2, decode
 NEAR_TIE = 1e-3             # HF score gap below which a divergence is a float near-tie
 TARGETS = {"float32": {"torch": 2.0, "ctranslate2": 0.8}, "int8": {"ctranslate2": 1.25}}
 MAX_SCORED = 64             # divergent sentences scored by HF per engine (time bound)
+BATCH_SIZE, BEAMS = 32, 4   # CTranslate2's benchmark protocol
 
 # Per size level: model, sentences used (0: all), rounds.
 LEVELS = {"tiny": dict(model=("marian-tiny-random", MARIAN_TINY), max_sentences=4, rounds=3),
@@ -204,160 +203,85 @@ def dense_flops(config, src_lengths, tgt_counts, beams):
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def translate_table(rows):
-    """The suite's own table (its columns: engine, compute type, target tokens/s, time s median
-    (min-max), target tokens, ratio, fraction of the dense limit, identity with HF torch
-    float32: the accuracy at int8), a TABLE."""
-    out = []
-    for r in rows:
-        failed = r["status"] in ("error", "disagrees")
-        name = r["engine"] + (" **(failed)**" if failed else "")
-        s = r["seconds"]
-        if s is None:
-            timing = ["not timed"] * 2 + [str(r.get("target_tokens") or "-")] + ["-"] * 2
-        else:
-            timing = [f"{r['figures'][0]['value']:.1f}",
-                      f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f})",
-                      str(r["target_tokens"]),
-                      "-" if r["ratio"] is None else f"{r['ratio']:.2f}",
-                      "-" if r["fraction_of_limit"] is None
-                      else f"{100 * r['fraction_of_limit']:.1f}%"]
-        check_text = fmt_agreement(r["agreement"]) if r["agreement"] else (r["note"] or "-")
-        out.append([name, r.get("compute_type") or "-"] + timing + [check_text])
-    limit = next((r["limit"] for r in rows if r.get("limit")), None)
-    return {"title": None,
-            "header": ["engine", "compute type", "target tokens/s", "time s median (min-max)",
-                       "target tokens", "ratio (transformer / engine)",
-                       "fraction of " + (limit or "the dense limit"),
-                       "identical to HF torch float32"],
-            "rows": out, "align": ["l", "l"] + ["r"] * 5 + ["l"]}
-
-
-def run_translate(threads, rounds, peers, batch_size=32, beams=4,
-                  workdir=os.path.join(".cache", "bench"), sentences=None, max_sentences=0,
-                  target_factor=1.0, max_new_tokens=0, length_penalty=1.0, seed=0, pause=0.25,
-                  model=("marian-random", MARIAN), dtype="float32"):
-    """Make/load the model, build the batches, check every engine at `dtype` against HF torch
-    float32, time, return the SUITE record (report.py). sentences: the file whose lengths make
-    the sources (None: the one shipped in the package); max_sentences: use the first N (0:
-    all). Raises ValueError for bad sizes; ImportError when the model must be made and torch is
-    missing."""
+def run(cfg):
+    """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed, dtype,
+    sentences: the file whose lengths make the sources): make/load the model, build the
+    batches (batch 32, beam 4, length penalty 1, decoding capped at the batch's longest
+    source), check every engine at cfg.dtype against HF torch float32, time; returns the SUITE
+    record (report.py). Raises SuiteSkipped when the model must be made without torch."""
+    from . import require_random_model
     from .encode import default_sentences
-    if (threads < 1 or rounds < 1 or batch_size < 1 or beams < 1 or max_sentences < 0
-            or max_new_tokens < 0 or not target_factor > 0):
-        raise ValueError("threads, rounds, batch size, beams and target factor must be "
-                         "positive; max sentences and max new tokens non-negative")
-    sentences = sentences or default_sentences()
-    name, shape = model
-    model_dir, model_note = ensure_model(workdir, name, shape)
+    level, dtype, threads = LEVELS[cfg.sizes], cfg.dtype, cfg.threads
+    (name, shape), rounds = level["model"], cfg.rounds or level["rounds"]
+    batch_size, beams, length_penalty = BATCH_SIZE, BEAMS, 1.0
+    sentences = cfg.sentences or default_sentences()
+    require_random_model(cfg.workdir, name)
+    model_dir, model_note = ensure_model(cfg.workdir, name, shape)
     log(model_note, TAG)
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    pad = config["pad_token_id"]
     lengths, length_note = sentence_lengths(sentences)
-    if max_sentences:
-        lengths = lengths[:max_sentences]
-    batches = make_batches(lengths, batch_size, seed, target_factor, max_new_tokens,
-                           config["vocab_size"])
+    lengths = lengths[:level["max_sentences"]] if level["max_sentences"] else lengths
+    batches = make_batches(lengths, batch_size, cfg.seed, 1.0, 0, config["vocab_size"])
     src_lengths = np.concatenate([b["lengths"] for b in batches])
-    rule = (f"fixed {max_new_tokens}" if max_new_tokens else
-            f"ceil({target_factor:g} x longest source of the batch)")
     n_new = [b["max_new_tokens"] for b in batches]
     log(f"model {model_dir}; {len(src_lengths)} sources ({length_note}; {src_lengths.min()}-"
-        f"{src_lengths.max()} tokens with eos, mean {src_lengths.mean():.1f}); max_new_tokens "
-        f"per batch {n_new}; beams {beams}; threads {threads}; dtype {dtype}", TAG)
-
-    engines, reference, skipped = load_engines(
-        Setup("translate", model_dir, threads, dtype, workdir, vocab_size=config["vocab_size"],
-              eos=EOS, unk=UNK, pad=pad), peers, TAG, isolated=True)
-    case = {"batches": batches, "beams": beams, "length_penalty": length_penalty}
-
-    def compare(out, ref, case):
-        alive = None if reference is None or getattr(reference, "skipped", None) else reference
-        return check(out, ref, batches, alive)
-
+        f"{src_lengths.max()} tokens with eos); max_new_tokens per batch {n_new}", TAG)
     C, V = config["d_model"], config["vocab_size"]
     M, F = batch_size * beams, config["decoder_ffn_dim"]
     limit = limits.DenseLimit(dtype, [(M, C, C)] * 6 + [(M, C, F), (M, F, C), (M, C, V)],
                               threads)
-    log(f"checking, then timing {rounds} rounds x {[e.name for e in engines]}", TAG)
-    ticks = stats.cpu_sample()
-    rows, probes = harness.compare_engines(
-        engines, [case], compare, rounds, pause=pause,
-        probe=lambda: run_in_process(limit.measure), tag=TAG,
-        case_label=lambda c: f"batch {batch_size}, beam {beams}",
-        **reference_options(reference, engines))
-    usage, warning = stats.busy_check(ticks, TAG)
-    lim = limit.summarize(probes)
-    notes = [model_note, length_note] + engine_notes(reference, engines, skipped,
-                                                     "hypotheses are", dtype)
-    engines = [e for e in engines if not e.skipped]
-
-    last = {r["engine"]: r["output"][0] for r in rows if r["output"] is not None}
+    case = {"label": f"batch {batch_size}, beam {beams}", "batches": batches, "beams": beams,
+            "length_penalty": length_penalty}
+    got = run_model_suite(
+        Setup("translate", model_dir, threads, dtype, cfg.workdir, vocab_size=V, eos=EOS,
+              unk=UNK, pad=config["pad_token_id"]), cfg.peers, [case],
+        lambda out, ref, case, reference: check(out, ref, batches, reference), rounds, limit,
+        cfg.pause, cfg.time_disagreeing, "hypotheses are")
+    lim = limit.summarize(got["probes"])
+    last = {r["engine"]: r["output"][0] for r in got["rows"] if r["output"] is not None}
     counts = {n: [len(h) for h in hyps] for n, hyps in last.items()}
 
     def figures(r, med):
         flops = dense_flops(config, src_lengths, counts[r["engine"]], beams)
         return [{"value": sum(counts[r["engine"]]) / med, "unit": "target tokens/s"},
                 {"value": flops / med / 1e9, "unit": "GFLOP/s"}], flops / 1e9
-    out_rows = harness.report_rows(rows, engines, "translate", figures,
-                                   (lim["value"], lim["label"]))
-    for row in out_rows:
-        hyps, e = last.get(row["engine"]), {e.name: e for e in engines}[row["engine"]]
-        row.update(version=e.version, target_tokens=None if hyps is None else
-                   int(sum(counts[row["engine"]])), eos_ended=None if hyps is None else
+    rows = harness.report_rows(got["rows"], got["engines"], "translate", figures,
+                               (lim["value"], lim["label"]))
+    for row in rows:
+        hyps = last.get(row["engine"])
+        row.update(target_tokens=None if hyps is None else int(sum(counts[row["engine"]])),
+                   eos_ended=None if hyps is None else
                    int(sum(1 for h in hyps if h and h[-1] == EOS)))
-        if row["seconds"]:
-            row["dense_gflop"] = row["figures"][1]["value"] * row["seconds"]["median"]
-    targets = harness.target_notes(out_rows, TARGETS.get(dtype, {}), dtype)
-
-    problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in out_rows
+        if row["figures"]:
+            row["figures"].insert(1, {"value": row["target_tokens"], "unit": "target tokens"})
+    problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in rows
                 if r["status"] == "error" and r["note"]]
-    problems += [f"{r['engine']}: {r['agreement']['problem']}" for r in out_rows
-                 if r["agreement"] and r["agreement"].get("problem")]
-    for r in out_rows:
-        a = r["agreement"]
-        if a and a.get("divergences"):
-            first = ", ".join(
+    for r in rows:
+        a = r["agreement"] or {}
+        if a.get("divergences"):
+            problems.append(f"{r['engine']} first divergences from the reference: " + ", ".join(
                 f"#{d['sentence']} (batch {d['batch']}) at {d['position']}: "
                 f"{d['reference_token']} vs {d['engine_token']}"
                 + ("" if "score_gap" not in d else f", gap {d['score_gap']:.1e}")
-                for d in a["divergences"][:5])
-            problems.append(f"{r['engine']} first divergences from the reference: {first}"
-                            + (" ..." if len(a["divergences"]) > 5 else ""))
+                for d in a["divergences"][:5]) + (" ..." if len(a["divergences"]) > 5 else ""))
     summary = [
         f"CPU, {dtype}, {stats.plural(threads, 'thread')}: {len(src_lengths)} sources "
         f"({int(src_lengths.sum())} tokens with eos, lengths of {os.path.basename(sentences)}) "
         f"in batches of {batch_size}, beam {beams}, length penalty {length_penalty}, "
-        f"max_new_tokens {rule} ({n_new}); median of {rounds} interleaved rounds; machine: "
-        f"{machine.describe(threads)['cpu']}, {machine.available_cores()} cores; each engine in "
-        f"a fresh process of its own per round{stats.usage_text(usage)}.",
-    ]
+        f"max_new_tokens the batch's longest source ({n_new}); {got['protocol']}."]
     if lim["value"]:
         summary.append(f"Machine limit (same run, median over rounds): {lim['text']}.")
     return {"title": f"Translate: beam-search translation, {name} (Marian shape, random "
                      f"weights, {dtype})", "status": "ok", "summary": summary,
-            "warnings": [warning] if warning else [],
-            "rows": out_rows, "show_rows": False, "tables": [translate_table(out_rows)],
-            "scaling": [], "skipped": skipped, "notes": targets + problems + notes,
-            "limits": {"dense": lim, **usage},
+            "warnings": got["warnings"], "rows": rows,
+            "skipped": got["skipped"], "notes": harness.target_notes(
+                rows, TARGETS.get(dtype, {}), dtype) + problems + [model_note, length_note]
+            + got["notes"], "limits": {"dense": lim, **got["usage"]},
             "config": {"model_dir": model_dir, "model": name,
                        "shape": {k: config.get(k) for k in shape}, "threads": threads,
                        "rounds": rounds, "batch_size": batch_size, "beams": beams,
-                       "length_penalty": length_penalty, "seed": seed, "sentences": sentences,
-                       "n_sentences": int(len(src_lengths)),
-                       "n_source_tokens": int(src_lengths.sum()),
-                       "source_lengths": src_lengths.tolist(), "max_new_tokens_rule": rule,
-                       "max_new_tokens": n_new, "pause": pause, "dtype": dtype}}
-
-
-def run(cfg):
-    """The translate suite for a BenchConfig (sizes level, threads, peers, rounds, seed,
-    dtype, sentences)."""
-    from . import require_random_model
-    level = LEVELS[cfg.sizes]
-    require_random_model(cfg.workdir, level["model"][0])
-    return run_translate(cfg.threads, cfg.rounds or level["rounds"], cfg.peers,
-                         workdir=cfg.workdir, sentences=cfg.sentences,
-                         max_sentences=level["max_sentences"], seed=cfg.seed, pause=cfg.pause,
-                         model=level["model"], dtype=cfg.dtype)
+                       "length_penalty": length_penalty, "seed": cfg.seed,
+                       "sentences": sentences, "n_source_tokens": int(src_lengths.sum()),
+                       "source_lengths": src_lengths.tolist(), "max_new_tokens": n_new,
+                       "pause": cfg.pause, "dtype": dtype}}
