@@ -19,8 +19,8 @@ Engines per family (the models of the generate / translate / encode suites):
 Reported per engine and load: throughput, time to first token and inter-token latency p50 /
 p99, and the issue's target ratios at 32 clients.
 """
-import math
 import threading
+import traceback
 import time
 from importlib.util import find_spec
 
@@ -350,33 +350,27 @@ def combine(rounds):
 
 
 def target_ratios(family, results, static=None, load=TARGET_LOAD):
-    """The issue's targets of `family` (TARGETS): results {engine: combine()'s dict}; static:
-    the static batch's median decode step (seconds). Returns [{"text", "ratio", "goal", "met"}]
-    for every target whose numbers are there: our throughput over the peer's at `load` (the
-    peer's only load when it has one: batches of 32), or our p99 inter-token latency over
-    the static step (met when <= the goal)."""
+    """The issue's targets of `family` (TARGETS) whose numbers are there: results {engine:
+    combine()'s dict}; static: the static batch's median decode step (seconds). Our
+    throughput over the peer's at `load` (or at the peer's only load: batches of 32), met when
+    >= the goal; our p99 inter-token latency over `static`, met when <= the goal. Returns
+    [{"text", "ratio", "goal", "met"}]."""
     ours, out = results.get(ENGINE, {}).get(load), []
     for fam, peer, goal in TARGETS:
-        if fam != family or ours is None:
+        theirs = results.get(peer, {})
+        theirs = theirs.get(load) or (list(theirs.values())[0] if len(theirs) == 1 else None)
+        if fam != family or ours is None or (peer is None and not (static and ours["itl_p99"])) \
+                or (peer and not (theirs and theirs["throughput"] and ours["throughput"])):
             continue
         if peer is None:
-            if not static or ours["itl_p99"] is None:
-                continue
-            ratio = ours["itl_p99"] / static
-            text = f"p99 inter-token latency at {load} / median static-batch decode step"
-            met = ratio <= goal
+            ratio, what, met = ours["itl_p99"] / static, "p99 inter-token latency at " \
+                f"{load} / median static-batch decode step", ours["itl_p99"] / static <= goal
         else:
-            theirs = results.get(peer, {})
-            theirs = theirs.get(load) or (next(iter(theirs.values())) if len(theirs) == 1
-                                          else None)
-            if not theirs or not theirs["throughput"] or ours["throughput"] is None:
-                continue
-            ratio, met = ours["throughput"] / theirs["throughput"], None
-            text = f"throughput at {load}, {ENGINE} / {peer}"
-            met = ratio >= goal
-        out.append({"text": f"{family}: {text} = {ratio:.2f} (target {'<=' if peer is None else '>='}"
-                            f" {goal}) -> {'met' if met else '**not met**'}",
-                    "ratio": ratio, "goal": goal, "met": met})
+            ratio = ours["throughput"] / theirs["throughput"]
+            what, met = f"throughput at {load}, {ENGINE} / {peer}", ratio >= goal
+        out.append({"ratio": ratio, "goal": goal, "met": met, "text": f"{family}: {what} = "
+                    f"{ratio:.2f} (target {'<=' if peer is None else '>='} {goal}) -> "
+                    + ("met" if met else "**not met**")})
     return out
 
 
@@ -387,16 +381,12 @@ def _ms(v):
 def table_rows(family, results, identical):
     """Table cells per engine and load: family, engine, load, requests (failed), throughput,
     TTFT and ITL p50 / p99 in ms, requests identical to one at a time."""
-    rows = []
-    for engine, loads in results.items():
-        for label, f in loads.items():
-            same = identical.get((engine, label))
-            rows.append([family, engine, label, f"{f['requests']}" + (
-                f" ({f['failed']} failed)" if f["failed"] else ""),
-                "-" if f["throughput"] is None else f"{f['throughput']:.1f} {f['unit']}",
-                _ms(f["ttft_p50"]), _ms(f["ttft_p99"]), _ms(f["itl_p50"]), _ms(f["itl_p99"]),
-                "-" if same is None else f"{same[0]}/{same[1]}"])
-    return rows
+    return [[family, engine, label, f"{f['requests']}" + (f" ({f['failed']} failed)" if
+                                                          f["failed"] else ""),
+             "-" if f["throughput"] is None else f"{f['throughput']:.1f} {f['unit']}"]
+            + [_ms(f[k]) for k in FIGURES[1:]] + ["-" if (engine, label) not in identical else
+                                                  "%d/%d" % identical[(engine, label)]]
+            for engine, loads in results.items() for label, f in loads.items()]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,8 +483,9 @@ def run(cfg):
         try:
             results, skip, same, static, versions, fam_notes = run_family(family, cfg, level,
                                                                           rounds)
-        except (ImportError, FileNotFoundError) as e:
-            skipped[family] = f"{family}: {e}"
+        except Exception as e:  # noqa: BLE001 - one family failing must not lose the others
+            log(f"{family} failed: {traceback.format_exc()}", TAG)
+            skipped[family] = skip_reason(e)
             continue
         skipped.update({f"{family}: {k}": v for k, v in skip.items()})
         cells += table_rows(family, results, same)
@@ -507,13 +498,12 @@ def run(cfg):
         for engine, loads in results.items():
             for label, f in loads.items():
                 ours = results.get(ENGINE, {}).get(label)
-                rows.append({"case": f"{family} {label}", "group": family, "engine": engine,
-                             "status": "timed", "seconds": f["wall"], "figures": [
-                                 {"value": f["throughput"], "unit": f["unit"]}],
-                             "ratio": ours["throughput"] / f["throughput"] if ours and
-                             f["throughput"] else None, "fraction_of_limit": None,
-                             "limit": None, "agreement": None, "note": None, **{
-                                 k: f[k] for k in FIGURES}})
+                rows.append(dict(case=f"{family} {label}", group=family, engine=engine,
+                                 status="timed", seconds=f["wall"], figures=[
+                                     {"value": f["throughput"], "unit": f["unit"]}],
+                                 ratio=ours["throughput"] / f["throughput"] if ours and
+                                 f["throughput"] else None, fraction_of_limit=None, limit=None,
+                                 agreement=None, note=None, **{k: f[k] for k in FIGURES}))
         config[family] = {"static_step_s": static, "engines": list(results)}
     if not cells:
         raise SuiteSkipped("; ".join(skipped.values()) or "nothing ran")
