@@ -134,3 +134,18 @@ def test_options_reach_the_config():
                         "--threads", "1"])
     assert cfg.suites == ["serving"] and cfg.family == "marian" and cfg.dtype == "int8"
     assert "serving" not in parse_config(["all", "--threads", "1"]).suites
+
+
+def test_ctranslate2_batches_count_every_request(tiny_gpt2, tmp_path):
+    pytest.importorskip("ctranslate2")
+    import dataclasses
+    from transformer.benchmarks.engines import Ct2Engine
+    setup = dataclasses.replace(tiny_gpt2[0], workdir=str(tmp_path))
+    Ct2Engine.prepare_files(setup)
+    loads = serving.make_loads("gpt2", dict(TINY, clients=[3], rates=[50.0], open_n=4),
+                               tiny_gpt2[1], seed=5)
+    got = serving.serve_engine(serving.CT2, setup, "gpt2", loads)
+    for ld, want in zip(got["loads"], loads):
+        assert ld["failed"] == 0 and ld["units"] == sum(r["new"] for r in want["requests"])
+        assert [len(t) for t in ld["tokens"]] == [r["new"] for r in want["requests"]]
+        assert ld["itl_p50"] is not None                 # greedy tokens streamed (callback)

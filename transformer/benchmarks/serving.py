@@ -177,7 +177,7 @@ class Client:
     def __init__(self, name, setup, family):
         self.name, self.family, self.setup = name, family, setup
         self.unit = "sentences/s" if family == "minilm" else "new tokens/s"
-        self.lock, self.notes = threading.Lock(), []
+        self.lock = threading.Lock()
         base = make({SEQUENTIAL: ENGINE, CT2: "ctranslate2"}.get(name, name), setup)
         self.base, self.version = base, base.version
         self.gen = dict(max_new_tokens=1, num_beams=BEAMS) if family == "marian" else \
@@ -212,6 +212,8 @@ class Client:
                 self.waiting.append(job)
                 self.cond.notify()
             job["done"].wait()
+            if "error" in job:
+                raise RuntimeError(f"CTranslate2's batch failed: {job['error']}")
             return self._record(job["times"] or [time.perf_counter()], job["tokens"],
                                 self.family == "gpt2")
         times, ids = [], req["ids"]
@@ -243,34 +245,41 @@ class Client:
     def _dispatch(self):
         """CTranslate2's side: whenever the previous batch ended, every waiting request (up to
         MAX_BATCH) as one asynchronous generate_batch / translate_batch."""
-        runner, vocab = self.base.runner, self.base.vocab
+        vocab = self.base.vocab
         while True:
             with self.cond:
                 self.cond.wait_for(lambda: self.waiting)
                 jobs, self.waiting = self.waiting[:MAX_BATCH], self.waiting[MAX_BATCH:]
-            tokens = [[vocab[i] for i in j["req"]["ids"]] for j in jobs]
-            longest = max(j["req"]["new"] for j in jobs)
-            if self.family == "marian":
-                results = runner.translate_batch(
-                    tokens, asynchronous=True, max_batch_size=MAX_BATCH, beam_size=BEAMS,
-                    max_decoding_length=longest, return_end_token=True, max_input_length=0)
-                for j, r in zip(jobs, results):
-                    ids = [self.base.ids[t] for t in r.result().hypotheses[0]]
-                    j["tokens"] = target_tokens(ids, self.setup.pad, self.setup.eos)[
-                        :j["req"]["new"]]
-                    j["done"].set()
-                continue
-
-            def step(s):  # each row's token times; True stops a row at its own count
-                times = jobs[s.batch_id]["times"]
-                times.append(time.perf_counter())
-                return len(times) >= jobs[s.batch_id]["req"]["new"]
-            results = runner.generate_batch(
-                tokens, asynchronous=True, max_batch_size=MAX_BATCH, max_length=longest,
-                sampling_topk=1, end_token=[], include_prompt_in_result=False, callback=step)
-            for j, r in zip(jobs, results):
-                j["tokens"] = r.result().sequences_ids[0][:j["req"]["new"]]
+            try:
+                self._run_batch(jobs, [[vocab[i] for i in j["req"]["ids"]] for j in jobs])
+            except Exception as e:  # noqa: BLE001 - every client of the batch gets the error
+                for j in jobs:
+                    j["error"] = f"{type(e).__name__}: {e}"
+            for j in jobs:
                 j["done"].set()
+
+    def _run_batch(self, jobs, tokens):
+        """One CTranslate2 batch (asynchronous=True): each job's "tokens" (cut to its own
+        max_new_tokens; greedy rows stopped there by the callback) and token "times"."""
+        longest = max(j["req"]["new"] for j in jobs)
+        if self.family == "marian":
+            results = self.base.runner.translate_batch(
+                tokens, asynchronous=True, max_batch_size=MAX_BATCH, beam_size=BEAMS,
+                max_decoding_length=longest, return_end_token=True, max_input_length=0)
+            for j, r in zip(jobs, results):
+                ids = [self.base.ids[t] for t in r.result().hypotheses[0]]
+                j["tokens"] = target_tokens(ids, self.setup.pad, self.setup.eos)[:j["req"]["new"]]
+            return
+
+        def step(s):  # each row's token times; True stops a row at its own count
+            times = jobs[s.batch_id]["times"]
+            times.append(time.perf_counter())
+            return len(times) >= jobs[s.batch_id]["req"]["new"]
+        results = self.base.runner.generate_batch(
+            tokens, asynchronous=True, max_batch_size=MAX_BATCH, max_length=longest,
+            sampling_topk=1, end_token=[], include_prompt_in_result=False, callback=step)
+        for j, r in zip(jobs, results):
+            j["tokens"] = r.result().sequences_ids[0][:j["req"]["new"]]
 
 
 def static_step(model, requests, steps):
