@@ -69,6 +69,17 @@ def test_closed_and_open_loops_count_every_request(tiny_gpt2, name):
     assert serving_helpers.serving_threads() == []               # the engine shut down
 
 
+def test_embeddings_engine_and_one_caller_count_every_sentence(minilm_path):
+    setup = Setup("encode", str(minilm_path), threads=1, dtype="int8")
+    sentences = ["A man is playing a guitar.", "The cat sleeps.", "Rain again today."]
+    loads = serving.make_loads("minilm", dict(TINY, clients=[3], rates=[50.0], open_n=4),
+                               None, seed=0, sentences=sentences)
+    ours = serving.serve_engine(serving.ENGINE, setup, "minilm", loads)["loads"]
+    assert [(ld["requests"], ld["units"], ld["failed"]) for ld in ours] == [(8, 8, 0), (4, 4, 0)]
+    (one,) = serving.serve_engine(serving.ONE_CALLER, setup, "minilm", loads)["loads"]
+    assert one["label"] == "batches of 32" and one["units"] == 8 and one["throughput"] > 0
+
+
 def test_engine_static_step_and_failures_counted(tiny_gpt2):
     setup, vocab = tiny_gpt2
     loads = serving.make_loads("gpt2", dict(TINY, clients=[32], rates=[]), vocab, seed=2)
@@ -112,7 +123,7 @@ def test_summary_percentiles_and_ratios_on_synthetic_numbers():
         (4.5, 4.0, True), (1.5, 2.0, False), (2.0, 1.5, False)]
     assert "not met" in got[1]["text"] and "met" in got[0]["text"]
     emb = {serving.ENGINE: serving.combine([[load("32 clients", 95.0)]]),
-           serving.SEQUENTIAL: serving.combine([[load("batches of 32", 100.0)]])}
+           serving.ONE_CALLER: serving.combine([[load("batches of 32", 100.0)]])}
     (t,) = serving.target_ratios("minilm", emb)
     assert t["ratio"] == pytest.approx(0.95) and t["met"]
     assert serving.target_ratios("marian", {}) == []

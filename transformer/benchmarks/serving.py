@@ -1,27 +1,18 @@
-"""Serving suite (bench/README.md, "serving"; issue 19 point 4): concurrent requests against
-transformer.serving.Engine and the other ways to serve them. A seeded workload (prompts,
-new-token counts, Poisson arrival times) is run by a load generator inside each engine's own
-fresh process (process.run_in_process), client threads calling the engine once it is warm:
-closed loops of 1 / 8 / 32 / 64 clients (each client sends its next request when the last one
-ended) and open loops (requests arrive at their Poisson times whatever is running).
-
-Engines per family (the models of the generate / translate / encode suites):
-  transformer                 transformer.serving.Engine (continuous batching; streamed columns)
-  transformer (one at a time) the same model, one request at a time through model.generate
-                              (a lock; streamer) - or, for embeddings, one caller sending the
-                              sentences in batches of 32 (model.embed)
-  ctranslate2 (async)         Generator / Translator generate_batch / translate_batch
-                              (asynchronous=True, max_batch_size): a dispatcher sends every
-                              waiting request as one batch whenever the previous batch ended
-                              (CTranslate2 does not merge separate calls), greedy tokens
-                              streamed through its callback, each row stopped at its own count
-  llama.cpp                   llama-cpp-python on the GGUF of the same weights, one at a time
-Reported per engine and load: throughput, time to first token and inter-token latency p50 /
-p99, and the issue's target ratios at 32 clients.
+"""Serving suite (bench/README.md, "serving"; issue 19 point 4): concurrent requests. A seeded
+workload (prompts, new-token counts, Poisson arrival times) is fed by a load generator (client
+threads: closed loops of N clients, open loops of Poisson arrivals) inside each engine's own
+fresh process, once the engine is warm. Engines: `transformer` (transformer.serving.Engine),
+`transformer (one at a time)` (the same requests through model.generate one after another; for
+embeddings one caller sending batches of 32), `ctranslate2 (async)` (generate_batch /
+translate_batch with asynchronous=True and max_batch_size, every waiting request sent as one
+batch whenever the previous one ended: CTranslate2 does not merge separate calls) and
+`llama.cpp` (llama-cpp-python on the GGUF of the same weights, one at a time). Reported per
+engine and load: throughput, time to first token and inter-token latency p50 / p99, and the
+issue's target ratios at 32 clients (TARGETS).
 """
 import threading
-import traceback
 import time
+import traceback
 from importlib.util import find_spec
 
 import numpy as np
@@ -35,28 +26,24 @@ from .stats import log, summarize
 TAG = "serving"
 FAMILIES = ("gpt2", "marian", "minilm")
 SEQUENTIAL, CT2, LLAMA = "transformer (one at a time)", "ctranslate2 (async)", "llama.cpp"
+ONE_CALLER = "transformer (one caller, batches of 32)"
 ENGINES = {"gpt2": (ENGINE, SEQUENTIAL, CT2, LLAMA), "marian": (ENGINE, SEQUENTIAL, CT2),
-           "minilm": (ENGINE, SEQUENTIAL)}
+           "minilm": (ENGINE, ONE_CALLER)}
 TARGET_LOAD = "32 clients"
 # (family, peer or None for the static decode step, goal): ours / peer >= goal, or our p99
 # inter-token latency / the static batch's median decode step <= goal
 TARGETS = [("gpt2", SEQUENTIAL, 4.0), ("gpt2", CT2, 2.0), ("gpt2", None, 1.5),
-           ("marian", CT2, 1.5), ("minilm", SEQUENTIAL, 0.9)]
+           ("marian", CT2, 1.5), ("minilm", ONE_CALLER, 0.9)]
 BEAMS, EMBED_BATCH, MAX_BATCH = 4, 32, 64
 LEVELS = {"tiny": dict(prompt=(4, 12), new=(2, 6), clients=[1, 4], rates=[20.0], open_n=6,
-                       sentences=8, rounds=1, static_steps=3, gpt2="gpt2-tiny-random",
-                       marian="marian-tiny-random"),
+                       sentences=8, rounds=1, static_steps=3),
           "quick": dict(prompt=(16, 128), new=(16, 64), clients=[1, 8, 32], rates=[2.0],
-                        open_n=16, sentences=64, rounds=1, static_steps=8,
-                        gpt2="gpt2-small-random", marian="marian-random"),
+                        open_n=16, sentences=64, rounds=1, static_steps=8),
           "full": dict(prompt=(16, 512), new=(64, 256), clients=[1, 8, 32, 64],
                        rates=[0.5, 1.0, 2.0], open_n=64, sentences=256, rounds=3,
-                       static_steps=16, gpt2="gpt2-small-random", marian="marian-random")}
+                       static_steps=16)}  # models: the generate / translate suites' LEVELS
 
 
-# ---------------------------------------------------------------------------------------------
-# The workload
-# ---------------------------------------------------------------------------------------------
 
 def make_requests(n, family, level, vocab, seed, rate=None, lengths=None, sentences=None):
     """n seeded requests: [{"ids": (P,) int64, "new": max_new_tokens, "at": arrival seconds
@@ -95,9 +82,6 @@ def make_loads(family, level, vocab, seed, lengths=None, sentences=None):
         for j, r in enumerate(level["rates"])]
 
 
-# ---------------------------------------------------------------------------------------------
-# Load generators and the summary of one load
-# ---------------------------------------------------------------------------------------------
 
 def _call(serve, request, start):
     try:
@@ -166,9 +150,6 @@ def summarize_load(records, wall, unit):
             "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99)}
 
 
-# ---------------------------------------------------------------------------------------------
-# The engines' clients (in the engine's own process)
-# ---------------------------------------------------------------------------------------------
 
 class Client:
     """One engine of a family serving requests: serve(request) -> the record of
@@ -301,7 +282,7 @@ def serve_engine(name, setup, family, loads, static_steps=0):
     (closed_loop or open_loop; embeddings one caller: batches of EMBED_BATCH) and return
     {"version", "loads": [summarize_load + "tokens" per request], "static_step" (ours,
     gpt2: the static batch of the TARGET_LOAD's requests, after the loads)}."""
-    if family == "minilm" and name == SEQUENTIAL:
+    if name == ONE_CALLER:
         base = make(ENGINE, setup)
         model = base.model
         texts = [r["text"] for r in loads[0]["requests"]]
@@ -309,11 +290,11 @@ def serve_engine(name, setup, family, loads, static_steps=0):
                    for i in range(0, len(texts), EMBED_BATCH)]
         model.embed(**batches[0])                                      # the warm-up
         records, t0 = [], time.perf_counter()
-        for b in batches:
+        for b in batches:              # each sentence's latency: its batch's
             start = time.perf_counter()
             model.embed(**b)
-            records.append({"start": start, "times": [time.perf_counter()],
-                            "n": len(b["input_ids"]), "streamed": False})
+            records += [{"start": start, "times": [time.perf_counter()], "n": 1,
+                         "streamed": False}] * len(b["input_ids"])
         return {"version": base.version, "loads": [dict(
             summarize_load(records, time.perf_counter() - t0, "sentences/s"),
             label=f"batches of {EMBED_BATCH}", tokens=[])]}
@@ -336,9 +317,6 @@ def serve_engine(name, setup, family, loads, static_steps=0):
     return {"version": client.version, "loads": out, "static_step": step}
 
 
-# ---------------------------------------------------------------------------------------------
-# The report: medians over rounds, the target ratios, the table
-# ---------------------------------------------------------------------------------------------
 
 FIGURES = ("throughput", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
 
@@ -398,39 +376,33 @@ def table_rows(family, results, identical):
             for engine, loads in results.items() for label, f in loads.items()]
 
 
-# ---------------------------------------------------------------------------------------------
-# The suite
-# ---------------------------------------------------------------------------------------------
 
-def family_setup(family, cfg, level):
+def family_setup(family, cfg):
     """(Setup, vocab, notes, lengths, sentences) of a family: the generate / translate suites'
-    random models (made once, cached), the encode suite's MiniLM."""
+    random models at cfg.sizes (made once, cached), the encode suite's MiniLM."""
     from . import encode, generate, translate
+    text = cfg.sentences or encode.default_sentences()
     if family == "minilm":
-        return (Setup("encode", encode.default_model_dir(), cfg.threads, cfg.dtype, cfg.workdir),
-                None, [], None, encode.read_sentences(cfg.sentences or
-                                                      encode.default_sentences()))
+        return (Setup("encode", encode.default_model_dir(), cfg.threads, cfg.dtype,
+                      cfg.workdir), None, [], None, encode.read_sentences(text))
     mod = generate if family == "gpt2" else translate
-    shape = {"gpt2-tiny-random": generate.GPT2_TINY, "gpt2-small-random": generate.GPT2_SMALL,
-             "marian-tiny-random": translate.MARIAN_TINY,
-             "marian-random": translate.MARIAN}[level[family]]
-    model_dir, note = mod.ensure_model(cfg.workdir, level[family], shape)
-    vocab = shape["vocab_size"]
+    name, shape = mod.LEVELS[cfg.sizes]["model"]
+    model_dir, note = mod.ensure_model(cfg.workdir, name, shape)
+    V = shape["vocab_size"]
     if family == "gpt2":
-        return (Setup("generate", model_dir, cfg.threads, cfg.dtype, cfg.workdir,
-                      vocab_size=vocab), vocab, [note], None, None)
-    lengths, length_note = translate.sentence_lengths(cfg.sentences or
-                                                      encode.default_sentences())
-    return (Setup("translate", model_dir, cfg.threads, cfg.dtype, cfg.workdir,
-                  vocab_size=vocab, eos=translate.EOS, unk=translate.UNK, pad=vocab - 1),
-            vocab, [note, length_note], lengths, None)
+        return Setup("generate", model_dir, cfg.threads, cfg.dtype, cfg.workdir,
+                     vocab_size=V), V, [note], None, None
+    lengths, length_note = translate.sentence_lengths(text)
+    return (Setup("translate", model_dir, cfg.threads, cfg.dtype, cfg.workdir, vocab_size=V,
+                  eos=translate.EOS, unk=translate.UNK, pad=V - 1), V, [note, length_note],
+            lengths, None)
 
 
 def run_family(family, cfg, level, rounds):
     """Every engine of `family` on the same loads, `rounds` interleaved rounds, each engine in
     a fresh process per round. Returns (results {engine: combine()}, skipped {engine: why},
     identical {(engine, load): (same, total)}, static step or None, versions, notes)."""
-    setup, vocab, notes, lengths, sentences = family_setup(family, cfg, level)
+    setup, vocab, notes, lengths, sentences = family_setup(family, cfg)
     loads = make_loads(family, level, vocab, cfg.seed, lengths, sentences)
     engines, skipped = [], {}
     for name in ENGINES[family]:
@@ -484,14 +456,12 @@ def run(cfg):
     from . import SuiteSkipped
     level = LEVELS[cfg.sizes]
     rounds = cfg.rounds or level["rounds"]
-    families = FAMILIES if getattr(cfg, "family", "all") == "all" else (cfg.family,)
     ticks = stats.cpu_sample()
-    cells, rows, notes, skipped, summary, config = [], [], [], {}, [], {}
-    for family in families:
+    cells, rows, notes, skipped, config = [], [], [], {}, {}
+    for family in FAMILIES if cfg.family == "all" else (cfg.family,):
         log(f"=== {family} ===", TAG)
         try:
-            results, skip, same, static, versions, fam_notes = run_family(family, cfg, level,
-                                                                          rounds)
+            results, skip, same, static, versions, more = run_family(family, cfg, level, rounds)
         except Exception as e:  # noqa: BLE001 - one family failing must not lose the others
             log(f"{family} failed: {traceback.format_exc()}", TAG)
             skipped[family] = skip_reason(e)
@@ -499,38 +469,37 @@ def run(cfg):
         skipped.update({f"{family}: {k}": v for k, v in skip.items()})
         cells += table_rows(family, results, same)
         notes += [t["text"] for t in target_ratios(family, results, static)]
-        notes += [f"{family}: {n}" for n in fam_notes] + [f"{family}: {k}: {v}" for k, v in
-                                                          versions.items()]
+        notes += [f"{family}: {n}" for n in more + [f"{k}: {v}" for k, v in versions.items()]]
         if static:
             notes.append(f"{family}: median decode step of a static batch of the "
                          f"{TARGET_LOAD}' prompts: {1e3 * static:.1f} ms")
-        for engine, loads in results.items():
+        for engine, loads in results.items():           # ROWs: the summary's ratios, plots
             for label, f in loads.items():
-                ours = results.get(ENGINE, {}).get(label)
+                ours = results.get(ENGINE, {}).get(label) or {}
                 rows.append(dict(case=f"{family} {label}", group=family, engine=engine,
                                  status="timed", seconds=f["wall"], figures=[
                                      {"value": f["throughput"], "unit": f["unit"]}],
-                                 ratio=ours["throughput"] / f["throughput"] if ours and
-                                 f["throughput"] else None, fraction_of_limit=None, limit=None,
-                                 agreement=None, note=None, **{k: f[k] for k in FIGURES}))
+                                 ratio=(ours.get("throughput") or 0) / f["throughput"]
+                                 if f["throughput"] else None, fraction_of_limit=None,
+                                 limit=None, agreement=None, note=None,
+                                 **{k: f[k] for k in FIGURES}))
         config[family] = {"static_step_s": static, "engines": list(results)}
     if not cells:
         raise SuiteSkipped("; ".join(skipped.values()) or "nothing ran")
     usage, warning = stats.busy_check(ticks, TAG)
-    summary.append(
-        f"CPU, {cfg.dtype}, {stats.plural(cfg.threads, 'thread')}, sizes {cfg.sizes}: "
-        f"closed loops of {level['clients']} clients, open loops at {level['rates']} "
-        f"requests/s ({level['open_n']} requests); gpt2 prompts {level['prompt']} tokens, "
-        f"{level['new']} new tokens, greedy (eos off); marian beam {BEAMS}, max_new_tokens = "
-        f"the source's length; minilm one sentence a request; median of {rounds} rounds, each "
-        f"engine in a fresh process per round, timing from a warm engine"
-        f"{stats.usage_text(usage)}.")
+    summary = [
+        f"CPU, {cfg.dtype}, {stats.plural(cfg.threads, 'thread')}, sizes {cfg.sizes}: closed "
+        f"loops of {level['clients']} clients, open loops at {level['rates']} requests/s "
+        f"({level['open_n']} requests); gpt2 prompts {level['prompt']} tokens, {level['new']} "
+        f"new tokens, greedy (eos off); marian beam {BEAMS}, max_new_tokens = the source's "
+        f"length; minilm one sentence a request; median of {rounds} rounds, each engine in a "
+        f"fresh process per round, timed from a warm engine{stats.usage_text(usage)}."]
+    header = ["family", "engine", "load", "requests", "throughput", "TTFT p50 ms",
+              "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "identical to one at a time"]
     return {"title": f"Serving: concurrent requests ({cfg.dtype})", "status": "ok",
             "summary": summary, "warnings": [warning] if warning else [], "rows": rows,
-            "show_rows": False, "tables": [{"title": None, "header": [
-                "family", "engine", "load", "requests", "throughput", "TTFT p50 ms",
-                "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "identical to one at a time"],
-                "rows": cells, "align": ["l"] * 4 + ["r"] * 6}],
-            "scaling": [], "skipped": skipped, "notes": notes, "limits": usage,
+            "show_rows": False, "scaling": [], "skipped": skipped, "notes": notes,
+            "tables": [{"title": None, "header": header, "rows": cells,
+                        "align": ["l"] * 4 + ["r"] * 6}], "limits": usage,
             "config": dict(config, dtype=cfg.dtype, sizes=cfg.sizes, rounds=rounds,
                            seed=cfg.seed, threads=cfg.threads, level=level)}
