@@ -35,14 +35,17 @@ TARGET_LOAD = "32 clients"
 TARGETS = [("gpt2", SEQUENTIAL, 4.0), ("gpt2", CT2, 2.0), ("gpt2", None, 1.5),
            ("marian", CT2, 1.5), ("minilm", ONE_CALLER, 0.9)]
 BEAMS, EMBED_BATCH, MAX_BATCH = 4, 32, 64
-LEVELS = {"tiny": dict(prompt=(4, 12), new=(2, 6), clients=[1, 4], rates=[20.0], open_n=6,
-                       sentences=8, rounds=1, static_steps=3),
-          "quick": dict(prompt=(16, 128), new=(16, 64), clients=[1, 8, 32], rates=[2.0],
-                        open_n=16, sentences=64, rounds=1, static_steps=8),
-          "full": dict(prompt=(16, 512), new=(64, 256), clients=[1, 8, 32, 64],
-                       rates=[0.5, 1.0, 2.0], open_n=64, sentences=256, rounds=3,
-                       static_steps=16)}  # models: the generate / translate suites' LEVELS
-
+# closed loops: max(min_requests, per_client x clients) requests (minilm: `sentences`);
+# models: the generate / translate suites' LEVELS at the same size
+LEVELS = {"tiny": dict(prompt=(4, 12), new=(2, 6), clients=[1, 4], per_client=1,
+                       min_requests=4, rates=[20.0], open_n=6, sentences=8, rounds=1,
+                       static_steps=3),
+          "quick": dict(prompt=(16, 128), new=(16, 64), clients=[1, 8, 32], per_client=1,
+                        min_requests=4, rates=[2.0], open_n=16, sentences=64, rounds=1,
+                        static_steps=8),
+          "full": dict(prompt=(16, 512), new=(64, 256), clients=[1, 8, 32, 64], per_client=2,
+                       min_requests=8, rates=[0.5, 1.0, 2.0], open_n=64, sentences=256,
+                       rounds=3, static_steps=16)}
 
 
 def make_requests(n, family, level, vocab, seed, rate=None, lengths=None, sentences=None):
@@ -70,17 +73,18 @@ def make_requests(n, family, level, vocab, seed, rate=None, lengths=None, senten
 
 def make_loads(family, level, vocab, seed, lengths=None, sentences=None):
     """The loads of a run: closed loops ({"label": "N clients", "clients": N, "requests"}:
-    max(4, N) requests, or every sentence for minilm) then open loops ({"label": "Poisson r/s",
+    max(min_requests, per_client x N) requests, level["sentences"] for minilm) then open loops ({"label": "Poisson r/s",
     "clients": 0, ...}); each load its own seed (seed + 1000 k)."""
     kw = dict(family=family, level=level, vocab=vocab, lengths=lengths, sentences=sentences)
     loads = [{"label": f"{c} client" + "s" * (c > 1), "clients": c, "requests": make_requests(
-        level["sentences"] if family == "minilm" else max(4, c), seed=seed + 1000 * k, **kw)}
+        level["sentences"] if family == "minilm" else max(level["min_requests"],
+                                                          level["per_client"] * c),
+        seed=seed + 1000 * k, **kw)}
         for k, c in enumerate(level["clients"])]
     k = len(loads)
     return loads + [{"label": f"Poisson {r:g}/s", "clients": 0, "requests": make_requests(
         level["open_n"], seed=seed + 1000 * (k + j), rate=r, **kw)}
         for j, r in enumerate(level["rates"])]
-
 
 
 def _call(serve, request, start):
@@ -148,7 +152,6 @@ def summarize_load(records, wall, unit):
             "unit": unit, "wall_s": wall, "throughput": units / wall if wall > 0 else None,
             "ttft_p50": _pct(ttft, 50), "ttft_p99": _pct(ttft, 99),
             "itl_p50": _pct(itl, 50), "itl_p99": _pct(itl, 99)}
-
 
 
 class Client:
@@ -317,7 +320,6 @@ def serve_engine(name, setup, family, loads, static_steps=0):
     return {"version": client.version, "loads": out, "static_step": step}
 
 
-
 FIGURES = ("throughput", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99")
 
 
@@ -374,7 +376,6 @@ def table_rows(family, results, identical):
             + [_ms(f[k]) for k in FIGURES[1:]] + ["-" if (engine, label) not in identical else
                                                   "%d/%d" % identical[(engine, label)]]
             for engine, loads in results.items() for label, f in loads.items()]
-
 
 
 def family_setup(family, cfg):
