@@ -1,6 +1,6 @@
 """`transformer bench`: performance comparison runs, one command from measurement to report.
 
-    transformer bench {kernels,encode,generate,translate,attention-memory,all}
+    transformer bench {kernels,encode,generate,translate,attention-memory,serving,all}
         [--device cpu|cuda] [--dtype DTYPE] [--threads N] [--quick] [--output DIR]
         [--peers torch,onnxruntime,ctranslate2,llama.cpp]
 
@@ -18,7 +18,9 @@ Suites (bench/README.md says exactly what each measures):
   generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)
   translate         beam-search translation, Marian shape (random weights); CPU only
   attention-memory  peak memory and time against sequence length, tiled against naive; CPU only
-  all               every suite above, in that order
+  serving           concurrent requests (transformer.serving.Engine against one at a time,
+                    CTranslate2's asynchronous batches, llama.cpp); --family; CPU only
+  all               every suite above but serving, in that order
 
 Output (--output DIR, default bench/results/<date-time>): results.json and report.md.
 Progress goes to stderr, the report to stdout. A peer that is not installed
@@ -34,12 +36,14 @@ import traceback
 from ..dtypes import DTYPES as DEVICE_DTYPES, all_dtypes
 from .engines import peer_names
 
-SUITES = ("kernels", "encode", "generate", "translate", "attention-memory")
+SUITES = ("kernels", "encode", "generate", "translate", "attention-memory", "serving")
+ALL = SUITES[:-1]          # `all`: serving (minutes of concurrent load) runs on its own
 PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
 DTYPES = DEVICE_DTYPES["cpu"]
-CPU_ONLY = ("translate", "attention-memory")
+CPU_ONLY = ("translate", "attention-memory", "serving")
 MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
-           "translate": "translate", "attention-memory": "attention_memory"}
+           "translate": "translate", "attention-memory": "attention_memory",
+           "serving": "serving"}
 
 __all__ = ["main", "run", "BenchConfig", "SuiteSkipped", "SUITES", "PEERS"]
 
@@ -88,6 +92,7 @@ class BenchConfig:
     seed: int = 0
     dtype: str = "float32"
     sentences: str = None
+    family: str = "all"
 
     @property
     def quick(self):
@@ -152,6 +157,8 @@ def build_parser():
     p.add_argument("--sentences", default=None, metavar="FILE",
                    help="one sentence per line, for encode and the source lengths of "
                         "translate (default: the file shipped in the package)")
+    p.add_argument("--family", default="all", choices=("gpt2", "marian", "minilm", "all"),
+                   help="serving: the model family (default all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     return p
 
@@ -180,6 +187,8 @@ def parse_config(argv):
     if dtype not in DEVICE_DTYPES[args.device]:
         p.error(f"--dtype {dtype} on --device {args.device}: choose from "
                 f"{', '.join(DEVICE_DTYPES[args.device])}")
+    if args.suite == "serving" and dtype not in ("float32", "int8"):
+        p.error(f"--dtype {dtype}: the serving suite runs float32 or int8")
     problem = check_device(args.device)
     if problem:
         p.exit(2, f"error: {problem}\n")
@@ -194,12 +203,12 @@ def parse_config(argv):
         p.error(str(e))
     sizes = args.sizes or ("quick" if args.quick else "full")
     output = args.output or os.path.join("bench", "results", time.strftime("%Y%m%d-%H%M%S"))
-    return BenchConfig(suites=list(SUITES) if args.suite == "all" else [args.suite],
+    return BenchConfig(suites=list(ALL) if args.suite == "all" else [args.suite],
                        device=args.device, threads=threads, sizes=sizes, rounds=args.rounds,
                        peers=peers, output=output, workdir=args.workdir, model=args.model,
                        pause=args.pause, time_disagreeing=args.time_disagreeing,
                        seed=args.seed, dtype=dtype,
-                       sentences=args.sentences)
+                       sentences=args.sentences, family=args.family)
 
 
 def run(cfg, command="transformer bench"):

@@ -1,0 +1,162 @@
+"""The serving benchmark (transformer/benchmarks/serving.py): the seeded workload, the closed and
+open load generators against transformer.serving.Engine on a tiny model, the summary's
+percentiles and the target ratios on synthetic numbers, the refusal of bad options."""
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+from transformer.benchmarks import parse_config, serving
+from transformer.benchmarks.engines import Setup
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent / "serving"))
+
+TINY = serving.LEVELS["tiny"]
+
+
+def test_workload_is_seeded_and_reproducible():
+    a = serving.make_requests(20, "gpt2", TINY, 1000, seed=3, rate=5.0)
+    b = serving.make_requests(20, "gpt2", TINY, 1000, seed=3, rate=5.0)
+    c = serving.make_requests(20, "gpt2", TINY, 1000, seed=4, rate=5.0)
+    assert all(np.array_equal(x["ids"], y["ids"]) and x["new"] == y["new"] and x["at"] == y["at"]
+               for x, y in zip(a, b))
+    assert any(not np.array_equal(x["ids"], y["ids"]) for x, y in zip(a, c))
+    for r in a:
+        assert TINY["prompt"][0] <= len(r["ids"]) <= TINY["prompt"][1]
+        assert TINY["new"][0] <= r["new"] <= TINY["new"][1]
+        assert r["ids"].dtype == np.int64 and 0 <= r["ids"].min() and r["ids"].max() < 999
+    at = [r["at"] for r in a]
+    assert at == sorted(at) and at[0] > 0
+    closed = serving.make_requests(5, "gpt2", TINY, 1000, seed=3)
+    assert [r["at"] for r in closed] == [0.0] * 5
+    src = serving.make_requests(6, "marian", TINY, 1000, seed=1, lengths=np.array([3, 9]))
+    assert all(r["ids"][-1] == 0 and len(r["ids"]) in (4, 10) and r["new"] == len(r["ids"])
+               for r in src)
+    loads = serving.make_loads("gpt2", TINY, 1000, 0)
+    assert [ld["label"] for ld in loads] == ["1 client", "4 clients", "Poisson 20/s"]
+    assert [len(ld["requests"]) for ld in loads] == [4, 4, TINY["open_n"]]
+    again = serving.make_loads("gpt2", TINY, 1000, 0)
+    assert all(np.array_equal(x["ids"], y["ids"]) for la, lb in zip(loads, again)
+               for x, y in zip(la["requests"], lb["requests"]))
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2():
+    import serving_helpers
+    serving_helpers.generation_model("gpt2")          # writes the directory once
+    path = serving_helpers._root() / "gpt2"
+    vocab = json.loads((path / "config.json").read_text())["vocab_size"]
+    return Setup("generate", str(path), threads=1, dtype="float32", vocab_size=vocab), vocab
+
+
+@pytest.mark.parametrize("name", [serving.ENGINE, serving.SEQUENTIAL])
+def test_closed_and_open_loops_count_every_request(tiny_gpt2, name):
+    setup, vocab = tiny_gpt2
+    loads = serving.make_loads("gpt2", dict(TINY, clients=[1, 3], rates=[50.0], open_n=5),
+                               vocab, seed=1)
+    got = serving.serve_engine(name, setup, "gpt2", loads)
+    assert [ld["label"] for ld in got["loads"]] == [ld["label"] for ld in loads]
+    for ld, want in zip(got["loads"], loads):
+        reqs = want["requests"]
+        assert ld["requests"] == len(reqs) and ld["failed"] == 0
+        assert ld["units"] == sum(r["new"] for r in reqs)       # eos off: every new token
+        assert [len(t) for t in ld["tokens"]] == [r["new"] for r in reqs]
+        assert ld["throughput"] > 0 and 0 <= ld["ttft_p50"] <= ld["ttft_p99"]
+        assert 0 <= ld["itl_p50"] <= ld["itl_p99"]
+    import serving_helpers
+    assert serving_helpers.serving_threads() == []               # the engine shut down
+
+
+def test_embeddings_engine_and_one_caller_count_every_sentence(minilm_path):
+    setup = Setup("encode", str(minilm_path), threads=1, dtype="int8")
+    sentences = ["A man is playing a guitar.", "The cat sleeps.", "Rain again today."]
+    loads = serving.make_loads("minilm", dict(TINY, clients=[3], rates=[50.0], open_n=4),
+                               None, seed=0, sentences=sentences)
+    ours = serving.serve_engine(serving.ENGINE, setup, "minilm", loads)["loads"]
+    assert [(ld["requests"], ld["units"], ld["failed"]) for ld in ours] == [(8, 8, 0), (4, 4, 0)]
+    (one,) = serving.serve_engine(serving.ONE_CALLER, setup, "minilm", loads)["loads"]
+    assert one["label"] == "batches of 32" and one["units"] == 8 and one["throughput"] > 0
+
+
+def test_engine_static_step_and_failures_counted(tiny_gpt2):
+    setup, vocab = tiny_gpt2
+    loads = serving.make_loads("gpt2", dict(TINY, clients=[32], rates=[]), vocab, seed=2)
+    got = serving.serve_engine(serving.ENGINE, setup, "gpt2", loads, static_steps=3)
+    assert got["static_step"] > 0 and got["loads"][0]["requests"] == 32
+
+    def serve(req):
+        if req["new"] % 2:
+            raise RuntimeError("odd")
+        return {"times": [1.0], "n": 1, "tokens": np.zeros(0), "streamed": False}
+    reqs = loads[0]["requests"]
+    records, wall = serving.closed_loop(serve, reqs, 5)
+    s = serving.summarize_load(records, wall, "x/s")
+    assert s["requests"] == 32 and s["failed"] == sum(r["new"] % 2 for r in reqs)
+    records, _ = serving.open_loop(serve, [dict(r, at=0.001 * i) for i, r in enumerate(reqs)])
+    assert sum("error" in r for r in records) == s["failed"] and None not in records
+
+
+def test_summary_percentiles_and_ratios_on_synthetic_numbers():
+    recs = [{"start": 0.0, "times": [1.0 + i, 1.5 + i, 3.0 + i], "n": 3, "streamed": True}
+            for i in range(3)] + [{"start": 0.0, "error": "boom"}]
+    s = serving.summarize_load(recs, 6.0, "new tokens/s")
+    assert s["units"] == 9 and s["failed"] == 1 and s["throughput"] == 1.5
+    assert s["ttft_p50"] == 2.0 and s["ttft_p99"] == pytest.approx(np.percentile([1, 2, 3], 99))
+    gaps = [0.5, 1.5] * 3
+    assert s["itl_p50"] == np.percentile(gaps, 50) and s["itl_p99"] == np.percentile(gaps, 99)
+
+    def load(label, tput, itl99=None):
+        return {"label": label, "unit": "u", "requests": 4, "failed": 0, "wall_s": 1.0,
+                "throughput": tput, "ttft_p50": 0.1, "ttft_p99": 0.2, "itl_p50": 0.01,
+                "itl_p99": itl99}
+    ours = serving.combine([[load("32 clients", 800.0, 0.03)], [load("32 clients", 1000.0,
+                                                                     0.05)]])
+    assert ours["32 clients"]["throughput"] == 900.0 and ours["32 clients"]["itl_p99"] == 0.04
+    assert ours["32 clients"]["wall"]["n"] == 2
+    results = {serving.ENGINE: ours,
+               serving.SEQUENTIAL: serving.combine([[load("32 clients", 200.0)]]),
+               serving.CT2: serving.combine([[load("32 clients", 600.0)]])}
+    got = serving.target_ratios("gpt2", results, static=0.02)
+    assert [(round(t["ratio"], 6), t["goal"], t["met"]) for t in got] == [
+        (4.5, 4.0, True), (1.5, 2.0, False), (2.0, 1.5, False)]
+    assert "not met" in got[1]["text"] and "met" in got[0]["text"]
+    emb = {serving.ENGINE: serving.combine([[load("32 clients", 95.0)]]),
+           serving.ONE_CALLER: serving.combine([[load("batches of 32", 100.0)]])}
+    (t,) = serving.target_ratios("minilm", emb)
+    assert t["ratio"] == pytest.approx(0.95) and t["met"]
+    assert serving.target_ratios("marian", {}) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["serving", "--dtype", "bfloat16"], "serving suite runs float32 or int8"),
+    (["serving", "--family", "bert"], "invalid choice"),
+    (["serving", "--rounds", "0"], "positive integer"),
+])
+def test_bad_options_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_config(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_options_reach_the_config():
+    cfg = parse_config(["serving", "--quick", "--dtype", "int8", "--family", "marian",
+                        "--threads", "1"])
+    assert cfg.suites == ["serving"] and cfg.family == "marian" and cfg.dtype == "int8"
+    assert "serving" not in parse_config(["all", "--threads", "1"]).suites
+
+
+def test_ctranslate2_batches_count_every_request(tiny_gpt2, tmp_path):
+    pytest.importorskip("ctranslate2")
+    import dataclasses
+    from transformer.benchmarks.engines import Ct2Engine
+    setup = dataclasses.replace(tiny_gpt2[0], workdir=str(tmp_path))
+    Ct2Engine.prepare_files(setup)
+    loads = serving.make_loads("gpt2", dict(TINY, clients=[3], rates=[50.0], open_n=4),
+                               tiny_gpt2[1], seed=5)
+    got = serving.serve_engine(serving.CT2, setup, "gpt2", loads)
+    for ld, want in zip(got["loads"], loads):
+        assert ld["failed"] == 0 and ld["units"] == sum(r["new"] for r in want["requests"])
+        assert [len(t) for t in ld["tokens"]] == [r["new"] for r in want["requests"]]
+        assert ld["itl_p50"] is not None                 # greedy tokens streamed (callback)
