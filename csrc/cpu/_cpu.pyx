@@ -72,6 +72,29 @@ def openmp_enabled():
     return bool(_openmp())
 
 
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int _release_threads(void) { return omp_pause_resource_all(omp_pause_soft); }
+    #else
+    static int _release_threads(void) { return 0; }
+    #endif
+    """
+    int _release_threads() nogil
+
+
+def release_threads():
+    """Release the OpenMP worker threads of the calling thread's team (OpenMP 5.0
+    omp_pause_resource_all(omp_pause_soft); libgomp frees the caller's thread pool). With
+    libgomp, once more threads are kept in teams than there are cores, idle workers stop
+    spinning and every parallel region pays a futex wake-up: a thread that ran kernels
+    (e.g. the main thread at load) and then leaves them to another (a serving engine's
+    scheduler, a web app's workers) makes that other thread's kernels several times slower.
+    Returns 0 on success (also without OpenMP)."""
+    return _release_threads()
+
+
 cdef inline void _gemm_nt(int M, int N, int K, float alpha, const float *a, int lda,
                           const float *b, int ldb, float beta, float *c, int ldc) noexcept nogil:
     # Row-major c (M, N) = alpha * a (M, K) @ b (N, K)^T + beta * c, as column-major

@@ -217,9 +217,10 @@ class Client:
                         break
             return self._record(times, out)
         else:
-            with self.lock:
+            with self.lock:  # one request at a time, each client thread's workers released
                 out = self.base.model.generate(ids[None], streamer=lambda c: times.append(
                     time.perf_counter()), **kw)
+                self.base.model.kernels.release_threads()
         out = np.asarray(out)[0]
         if self.family == "marian":
             return self._record([time.perf_counter()], target_tokens(
@@ -302,6 +303,8 @@ def serve_engine(name, setup, family, loads, static_steps=0):
             summarize_load(records, time.perf_counter() - t0, "sentences/s"),
             label=f"batches of {EMBED_BATCH}", tokens=[])]}
     client = Client(name, setup, family)
+    if name == SEQUENTIAL:  # the main thread loaded the model; the client threads compute
+        client.base.model.kernels.release_threads()
     first = loads[0]["requests"][0]
     # the warm-up in a client thread as the loads' own requests: with libgomp, OpenMP regions
     # run from a thread other than the one that ran them first are several times slower

@@ -184,6 +184,14 @@ class CPUBackend(Backend):
         return vals, idx
 
     # -- placement and outputs ------------------------------------------------------------------
+    def release_threads(self):
+        """Release the OpenMP workers of the calling thread (transformer._cpu.release_threads):
+        call it in a thread that ran kernels (e.g. where the model was loaded) before other
+        threads run them, or libgomp's idle workers stop spinning and every kernel of those
+        threads pays a wake-up (several times slower on few cores). They come back on the
+        caller's next kernel."""
+        _cpu.release_threads()
+
     def place_weight(self, name, a):
         """Weight `name` (host or device array, or PackedWeight) as the model keeps it: packed
         for an int8 / bfloat16 compute type when `packs` says so (int8 quantized per row,

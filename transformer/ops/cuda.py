@@ -543,6 +543,9 @@ class CUDABackend(Backend):
         return out
 
     # -- placement and outputs ------------------------------------------------------------------
+    def release_threads(self):
+        """Nothing to release on the GPU (the CPU backend's OpenMP workers)."""
+
     def place_weight(self, name, a):
         return self.place(a)
 

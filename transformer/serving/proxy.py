@@ -48,6 +48,12 @@ class ProxyDecoding:
     logits that make the search choose eos (or, without eos, token 0) without calling the
     model (the engine cuts those tokens)."""
 
+    # the search's own kernels (beam search's fused top-k) run in the request's thread on one
+    # thread: no OpenMP team there, whose idle workers would slow every kernel of the scheduler
+    # (libgomp throttles its spinning once more threads are kept than there are cores); the
+    # top-k of each row is the same whatever the thread count
+    threads = 1
+
     def __init__(self, real, post, stops=None):
         self._real, self._post, self._stops = real, post, stops
         self._reorder = None
