@@ -336,7 +336,7 @@ def test_sources_admitted_together_are_encoded_together(serving_models, monkeypa
     batches, go = [], threading.Event()
     encode = model.encode
 
-    def spy(input_ids, attention_mask=None):  # the first source waits for the other five
+    def spy(input_ids, attention_mask=None):  # the first encode waits for the others' submits
         batches.append(len(input_ids))
         go.wait(30)
         return encode(input_ids, attention_mask)
@@ -344,7 +344,7 @@ def test_sources_admitted_together_are_encoded_together(serving_models, monkeypa
     monkeypatch.setattr(model, "encode", spy)
     with Engine(model) as engine:
         handles = [engine.submit(s, max_new_tokens=6, num_beams=2) for s in sources]
-        go.set()
+        go.set()  # the waiting ones are admitted together, and their constructions gathered
         got = [h.result(timeout=60) for h in handles]
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)

@@ -336,8 +336,9 @@ class Engine:
 
     # -- the scheduler ------------------------------------------------------------------------
     # how long a decode step waits for running requests whose search is still choosing their
-    # next token (seconds): without it a step would take only the requests that were quick,
-    # and every weight would be read twice per token
+    # next token, and a prefill for admitted requests still posting their first work (seconds):
+    # without it a step would take only the requests that were quick, and every weight would
+    # be read twice per token
     STEP_GATHER = 0.02
 
     def _loop(self):
@@ -346,6 +347,12 @@ class Engine:
                 gather_until = None
                 while True:
                     admitted = self._admit()
+                    if not admitted and self._prefill_jobs and self._posting_first():
+                        now = time.monotonic()  # newcomers: their sources / prompts together
+                        gather_until = gather_until or now + self.STEP_GATHER
+                        if now < gather_until:
+                            self._cond.wait(gather_until - now)
+                            continue
                     prefill = self._take_prefill()
                     if not (admitted or prefill) and self._step_jobs and self._choosing():
                         now = time.monotonic()
@@ -377,6 +384,12 @@ class Engine:
         """Under the lock: True when a running request has had logits back and has not yet
         posted its next step (its search is choosing the next token in its own thread)."""
         return any(r.last is not None and r.job is None and not r.busy for r in self._running)
+
+    def _posting_first(self):
+        """Under the lock: True when an admitted request has not yet posted its construction
+        or its prefill (its thread is on its way: waiting for it batches the newcomers'
+        encoders and prompt chunks)."""
+        return any(r.last is None and r.job is None and not r.busy for r in self._running)
 
     def _fail_all(self, jobs, embeds, error):
         """The scheduler's safety net: every job and embedding request of a failed iteration
