@@ -16,6 +16,8 @@ are placed (`place_weight`, `place`, `upload`, `indices`), how outputs come back
 packed rows are summed per sequence (`segment_sums`).
 
 Shapes: N rows, C width, H query heads, Hkv key/value heads, D head_dim, O outputs, P planes."""
+import math
+
 import numpy as np
 
 from .._threads import resolve_threads
@@ -67,6 +69,13 @@ class Backend:
         self.threads = resolve_threads(threads)
         self.dtype = dtype
         self.row_invariant = bool(row_invariant)
+
+    @staticmethod
+    def attention_args(head_dim, scale, position_bias):
+        """The attention kernels' scale (None: 1/sqrt(head_dim), Vaswani et al. 2017 eq. 1)
+        and position-bias keywords (an ops.PositionBias's kernel_args(), or none)."""
+        return (1.0 / math.sqrt(head_dim) if scale is None else scale,
+                {} if position_bias is None else position_bias.kernel_args())
 
     def attention_varlen(self, q, k, v, plan, causal, scale, position_bias=None, out=None):
         """Attention of packed rows: q (N, H, D), k, v (Nk, Hkv, D) views; plan: a VarlenPlan;

@@ -2,7 +2,6 @@
 directly from each method. int8 / bfloat16 are compute types of the matrix products only
 (weights packed as transformer.ops.packed.PackedWeight); everything else stays float32.
 The interface and its contract (no checks): transformer.ops.backend."""
-import math
 
 import numpy as np
 
@@ -119,8 +118,7 @@ class CPUBackend(Backend):
         (P, rows_k) float32 additive or None; scale None: 1/sqrt(D). Returns out."""
         if out is None:
             out = self.xp.empty(q.shape, np.float32)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        bias = {} if position_bias is None else position_bias.kernel_args()
+        scale, bias = self.attention_args(q.shape[-1], scale, position_bias)
         _cpu.attention(q, k, v, out, plan.planes, plan.starts, plan.lens, plan.k_starts,
                        plan.k_lens, key_bias, causal, scale, self.threads, **bias)
         return out
@@ -135,8 +133,7 @@ class CPUBackend(Backend):
             out = self.xp.empty(q.shape, np.float32)
         if not len(q):
             return out
-        scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
-        bias = {} if position_bias is None else position_bias.kernel_args()
+        scale, bias = self.attention_args(q.shape[2], scale, position_bias)
         _cpu.decode_attention(q, k_cache, v_cache, kv_index, kv_rows, lengths, key_bias, out,
                               scale, self.decode_chunk(lengths, k_cache.shape[2])
                               if chunk is None else chunk, self.threads, **bias)
@@ -154,10 +151,10 @@ class CPUBackend(Backend):
         R, D = len(qkv), k_cache.shape[3]
         out = self.xp.empty((R, n_heads, D), np.float32)
         cos, sin = (None, None) if rope is None else rope
-        bias = {} if position_bias is None else position_bias.kernel_args()
+        scale, bias = self.attention_args(D, scale, position_bias)
         _cpu.decode_self_attention(
             qkv, n_heads, positions, cos, sin, interleaved, k_cache, v_cache, kv_rows, lengths,
-            out, 1.0 / math.sqrt(D) if scale is None else scale,
+            out, scale,
             self.decode_chunk(lengths, k_cache.shape[2]) if chunk is None else chunk,
             self.threads, **bias)
         return out

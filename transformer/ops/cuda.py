@@ -487,8 +487,7 @@ class CUDABackend(Backend):
                   out=None):
         if out is None:
             out = self.xp.empty(q.shape, q.dtype)
-        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-        bias = {} if position_bias is None else position_bias.kernel_args()
+        scale, bias = self.attention_args(q.shape[-1], scale, position_bias)
         attention(q, k, v, out, plan.planes, plan.starts, plan.lens, plan.k_starts, plan.k_lens,
                   key_bias, causal, scale, self.threads, **bias)
         return out
@@ -499,8 +498,7 @@ class CUDABackend(Backend):
             out = self.xp.empty(q.shape, q.dtype)
         if not len(q):
             return out
-        scale = 1.0 / math.sqrt(q.shape[2]) if scale is None else scale
-        bias = {} if position_bias is None else position_bias.kernel_args()
+        scale, bias = self.attention_args(q.shape[2], scale, position_bias)
         if kv_rows is not None:  # the kernel reads planes: gather each row's keys first
             rows = self.xp.asarray(kv_rows)
             pos = self.xp.arange(kv_rows.shape[1])[None]
