@@ -26,6 +26,27 @@ _ids = itertools.count()
 _HIDDEN = ("hidden states",)  # the "pooling" of Engine.encode requests: model(...) itself
 
 
+
+def _stack(parts):
+    """Rows of several requests as one right-padded batch: parts [(ids (b, t), mask (b, t) or
+    None (all real), token types (b, t) or None)] -> ids, mask (rows, widest t) int64 and
+    token types (None when no part has them), zeros beyond each part's columns, so that each
+    row keeps the columns (positions) it has alone."""
+    width = max(ids.shape[1] for ids, _, _ in parts)
+    rows = sum(len(ids) for ids, _, _ in parts)
+    ids_all, mask_all = np.zeros((rows, width), np.int64), np.zeros((rows, width), np.int64)
+    types_all = np.zeros((rows, width), np.int64) \
+        if any(types is not None for _, _, types in parts) else None
+    at = 0
+    for ids, mask, types in parts:
+        b, t = ids.shape
+        ids_all[at:at + b, :t] = ids
+        mask_all[at:at + b, :t] = 1 if mask is None else mask
+        if types is not None:
+            types_all[at:at + b, :t] = types
+        at += b
+    return ids_all, mask_all, types_all
+
 class _Job:
     """One piece of model work a request's thread posted: kind "create" / "start" / "step",
     its payload, its token cost for the prefill budget; value or error once run."""
@@ -347,19 +368,13 @@ class Engine:
                 gather_until = None
                 while True:
                     admitted = self._admit()
-                    if not admitted and self._prefill_jobs and self._posting_first():
-                        now = time.monotonic()  # newcomers: their sources / prompts together
-                        gather_until = gather_until or now + self.STEP_GATHER
-                        if now < gather_until:
-                            self._cond.wait(gather_until - now)
-                            continue
-                    prefill = self._take_prefill()
-                    if not (admitted or prefill) and self._step_jobs and self._choosing():
+                    if not admitted and self._gathering():
                         now = time.monotonic()
                         gather_until = gather_until or now + self.STEP_GATHER
                         if now < gather_until:
                             self._cond.wait(gather_until - now)
                             continue
+                    prefill = self._take_prefill()
                     steps = self._take(self._step_jobs)
                     embeds = self._take_embeds()
                     if admitted or prefill or steps or embeds:
@@ -380,16 +395,21 @@ class Engine:
             except BaseException as e:  # a bug of the engine: fail this work, keep serving
                 self._fail_all(prefill + steps, embeds, e)
 
-    def _choosing(self):
-        """Under the lock: True when a running request has had logits back and has not yet
-        posted its next step (its search is choosing the next token in its own thread)."""
-        return any(r.last is not None and r.job is None and not r.busy for r in self._running)
-
-    def _posting_first(self):
-        """Under the lock: True when an admitted request has not yet posted its construction
-        or its prefill (its thread is on its way: waiting for it batches the newcomers'
-        encoders and prompt chunks)."""
-        return any(r.last is None and r.job is None and not r.busy for r in self._running)
+    def _gathering(self):
+        """Under the lock: True when the work posted should wait for running requests on their
+        way to post theirs. Before a prefill: admitted requests that have not yet posted
+        their construction or prefill (the newcomers' sources are encoded and their prompts
+        chunked together). Before a step (no prefill posted): requests that have had logits
+        back and not yet posted their next step (their search is choosing the next token in
+        its own thread; one token round is then one step)."""
+        if self._prefill_jobs:
+            first = True
+        elif self._step_jobs:
+            first = False
+        else:
+            return False
+        return any((r.last is None) == first and r.job is None and not r.busy
+                   for r in self._running)
 
     def _fail_all(self, jobs, embeds, error):
         """The scheduler's safety net: every job and embedding request of a failed iteration
@@ -549,19 +569,10 @@ class Engine:
         batch (their rows padded to one width), split back per request: {job: its
         EncoderOutput}; {} when the batch fails (each request then encodes alone and gets its
         own error)."""
-        sources = [(np.asarray(job.payload[0][0]), job.payload[0][1]) for job in jobs]
-        width = max(ids.shape[1] for ids, _ in sources)
-        rows = sum(len(ids) for ids, _ in sources)
-        ids_all = np.zeros((rows, width), np.int64)
-        mask_all = np.zeros((rows, width), np.int64)
-        at = 0
-        for ids, mask in sources:
-            n, t = ids.shape
-            ids_all[at:at + n, :t] = ids
-            mask_all[at:at + n, :t] = 1 if mask is None else np.asarray(mask)
-            at += n
+        sources = [(np.asarray(job.payload[0][0]), job.payload[0][1], None) for job in jobs]
+        ids, mask, _ = _stack(sources)
         try:
-            parts = self.model.encode(ids_all, mask_all).split([len(ids) for ids, _ in sources])
+            parts = self.model.encode(ids, mask).split([len(s[0]) for s in sources])
         except Exception:  # noqa: BLE001 - each request then raises its own error alone
             return {}
         return dict(zip(jobs, parts))
@@ -620,19 +631,7 @@ class Engine:
         self._deliver(jobs)
 
     def _run_embeds(self, reqs):
-        width = max(r.ids.shape[1] for r in reqs)
-        rows = sum(len(r.ids) for r in reqs)
-        ids = np.zeros((rows, width), np.int64)
-        mask = np.zeros((rows, width), np.int64)
-        types = np.zeros((rows, width), np.int64) if any(r.types is not None for r in reqs) \
-            else None
-        at = 0
-        for r in reqs:
-            b, t = r.ids.shape
-            ids[at:at + b, :t], mask[at:at + b, :t] = r.ids, r.mask
-            if r.types is not None:
-                types[at:at + b, :t] = r.types
-            at += b
+        ids, mask, types = _stack([(r.ids, r.mask, r.types) for r in reqs])
         hidden = reqs[0].modes == _HIDDEN
 
         def run(ids, mask, types):  # one model call: hidden states or pooled embeddings
