@@ -320,6 +320,30 @@ class RowGroups:
                                       for g, ctx in enumerate(self.contexts)])
 
 
+def row_groups(k, contexts, sizes):
+    """The attention of consecutive row groups of `sizes` rows, each attended by its own
+    context: contexts[0] itself for one group (no bookkeeping on a lone request's decode
+    step), else a RowGroups; and the offsets (G + 1,) that split_rows cuts the forward's
+    output by (None for one group)."""
+    if len(contexts) == 1:
+        return contexts[0], None
+    offsets = np.cumsum([0] + list(sizes))
+    return RowGroups(k, contexts, offsets), offsets
+
+
+def split_rows(x, offsets):
+    """x (N, ...) cut into its row groups [offsets[g], offsets[g + 1]) (views); [x] for
+    offsets None (one group)."""
+    if offsets is None:
+        return [x]
+    return [x[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def concat_rows(arrays):
+    """The host arrays of every row group as one (the array itself for one group)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+
+
 class PackedCrossAttention:
     """Cross-attention of packed decoder rows with cu_seqlens cu to an encoder's packed keys and
     values: kv[i] (Ns, 2, H, D) of layer i with cu_seqlens cu_k. record(i, q (N, H, D)) is

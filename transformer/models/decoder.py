@@ -178,16 +178,7 @@ class DecoderModel(Model):
         """One new token per sequence: tokens (B,) integers in [0, V), appended at position
         cache.lengths[b] of cache rows b < B. Returns logits (B, V) as `logits`; the cache
         grows by one position. Raises ValueError / IndexError for tokens that do not fit."""
-        tokens = check_tokens(tokens, self.config.vocab_size, len(cache.lengths))
-        positions = self._step_positions(tokens, cache)
-        spec, k = self.config.block, self.kernels
-        attend = block.CachedSelfAttention(spec, k, cache, positions,
-                                           self._rope_for(max(positions.tolist())),
-                                           self._position_bias)
-        with blas_single_threaded():
-            h = block.run(spec, k, self.stack(), self._embed(tokens, positions), attend)
-            cache.lengths[:len(tokens)] += 1
-            return self.logits(h)
+        return self.decode_steps([(tokens, cache)])[0]
 
     def decode_steps(self, steps):
         """decode_step for several caches at once, as one forward: steps [(tokens (B_i,),
@@ -196,24 +187,21 @@ class DecoderModel(Model):
         (B_i, V)], each what decode_step(tokens_i, cache_i) returns (bit for bit when the model
         is batch_invariant). Every step is checked before any cache changes: ValueError /
         IndexError as decode_step's."""
-        if len(steps) == 1:
-            return [self.decode_step(*steps[0])]
         V = self.config.vocab_size
         tokens = [check_tokens(t, V, len(cache.lengths)) for t, cache in steps]
         positions = [self._step_positions(t, cache) for t, (_, cache) in zip(tokens, steps)]
         spec, k = self.config.block, self.kernels
         rope = self._rope_for(max(max(p.tolist()) for p in positions))
-        offsets = np.cumsum([0] + [len(t) for t in tokens])
-        attend = block.RowGroups(k, [
+        attend, offsets = block.row_groups(k, [
             block.CachedSelfAttention(spec, k, cache, p, rope, self._position_bias)
-            for (_, cache), p in zip(steps, positions)], offsets)
+            for (_, cache), p in zip(steps, positions)], map(len, tokens))
         with blas_single_threaded():
             h = block.run(spec, k, self.stack(),
-                          self._embed(np.concatenate(tokens), np.concatenate(positions)), attend)
+                          self._embed(block.concat_rows(tokens), block.concat_rows(positions)),
+                          attend)
             for t, (_, cache) in zip(tokens, steps):
                 cache.lengths[:len(t)] += 1
-            logits = self.logits(h)
-        return [logits[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            return block.split_rows(self.logits(h), offsets)
 
     def prefill_decodings(self, work):
         """The next chunk of several one-prompt decodings' prompts as one forward (the serving
@@ -236,17 +224,17 @@ class DecoderModel(Model):
         rope = self._rope_for(max(start + n for _, start, n, _ in chunks))
         contexts = [block.PromptChunk(spec, k, cache, 0, start, n, rope, self._position_bias)
                     for cache, start, n, _ in chunks]
-        offsets = np.cumsum([0] + [n for _, _, n, _ in chunks])
-        attend = contexts[0] if len(contexts) == 1 else block.RowGroups(k, contexts, offsets)
-        ids = np.concatenate([c[3] for c in chunks])
-        positions = np.concatenate([ctx.positions for ctx in contexts])
+        attend, _ = block.row_groups(k, contexts, [n for _, _, n, _ in chunks])
+        ids = block.concat_rows([c[3] for c in chunks])
+        positions = block.concat_rows([ctx.positions for ctx in contexts])
         with blas_single_threaded():
             h = block.run(spec, k, self.stack(), self._embed(ids, positions), attend)
             done = []
             for (decoding, _), (cache, start, n, _) in zip(work, chunks):
                 cache.lengths[0] = start + n
                 done.append(start + n == len(decoding.prompt))
-            last = [int(o) - 1 for o, d in zip(offsets[1:], done) if d]
+            ends = np.cumsum([n for _, _, n, _ in chunks])
+            last = [int(e) - 1 for e, d in zip(ends, done) if d]
             logits = iter(self.logits(k.xp.ascontiguousarray(h[last])) if last else [])
         return [next(logits)[None] if d else None for d in done]
 

@@ -363,24 +363,16 @@ class Seq2SeqModel(Model):
             attends.append(block.CachedSelfAttention(spec, k, state, p, position_bias=bias))
             crosses.append(block.CachedCrossAttention(spec, k, enc.cross_planes, enc.lengths,
                                                       src, self._recorder(state, src)))
-        if len(steps) == 1:
-            attend, cross = attends[0], crosses[0]
-            ids, pos = tokens[0], positions[0]
-        else:
-            offsets = np.cumsum([0] + [len(t) for t in tokens])
-            attend, cross = block.RowGroups(k, attends, offsets), block.RowGroups(k, crosses,
-                                                                                  offsets)
-            ids = np.concatenate(tokens)
-            pos = np.concatenate(positions)
+        sizes = [len(t) for t in tokens]
+        attend, offsets = block.row_groups(k, attends, sizes)
+        cross, _ = block.row_groups(k, crosses, sizes)
         with blas_single_threaded():
-            h = block.run(spec, k, self._decoder_stack(), self._embed("decoder", ids, pos),
-                          attend, cross)
+            h = block.run(spec, k, self._decoder_stack(),
+                          self._embed("decoder", block.concat_rows(tokens),
+                                      block.concat_rows(positions)), attend, cross)
             for t, (_, state) in zip(tokens, steps):
                 state.lengths[:len(t)] += 1
-            logits = self._logits(h)
-        if len(steps) == 1:
-            return [logits]
-        return [logits[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
+            return block.split_rows(self._logits(h), offsets)
 
     def step_decodings(self, work):
         """One search step of several requests as one forward (the serving engine's batched
