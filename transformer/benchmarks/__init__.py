@@ -1,6 +1,6 @@
 """`transformer bench`: performance comparison runs, one command from measurement to report.
 
-    transformer bench {kernels,encode,generate,translate,attention-memory,serving,all}
+    transformer bench {kernels,encode,generate,translate,serving,all}
         [--device cpu|cuda] [--dtype DTYPE] [--threads N] [--quick] [--output DIR]
         [--peers torch,onnxruntime,ctranslate2,llama.cpp]
 
@@ -17,7 +17,6 @@ Suites (bench/README.md says exactly what each measures):
   encode            sentence embeddings (all-MiniLM-L6-v2, or --model DIR)
   generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)
   translate         beam-search translation, Marian shape (random weights); CPU only
-  attention-memory  peak memory and time against sequence length, tiled against naive; CPU only
   serving           concurrent requests (transformer.serving.Engine against one at a time,
                     CTranslate2's asynchronous batches, llama.cpp); --family; CPU only
   all               every suite above but serving, in that order
@@ -36,14 +35,13 @@ import traceback
 from ..dtypes import DTYPES as DEVICE_DTYPES, all_dtypes
 from .engines import peer_names
 
-SUITES = ("kernels", "encode", "generate", "translate", "attention-memory", "serving")
+SUITES = ("kernels", "encode", "generate", "translate", "serving")
 ALL = SUITES[:-1]          # `all`: serving (minutes of concurrent load) runs on its own
 PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
 DTYPES = DEVICE_DTYPES["cpu"]
-CPU_ONLY = ("translate", "attention-memory", "serving")
+CPU_ONLY = ("translate", "serving")
 MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
-           "translate": "translate", "attention-memory": "attention_memory",
-           "serving": "serving"}
+           "translate": "translate", "serving": "serving"}
 
 __all__ = ["main", "run", "BenchConfig", "SuiteSkipped", "SUITES", "PEERS"]
 
@@ -265,8 +263,7 @@ def run(cfg, command="transformer bench"):
             traceback.print_exc(file=sys.stderr)
             log(f"suite {name} failed: {type(e).__name__}: {e}")
             suite = {"title": name, "status": "error", "error": f"{type(e).__name__}: {e}"}
-        if cfg.device == "cpu" and cfg.dtype != "float32" and name in ("kernels",
-                                                                       "attention-memory"):
+        if cfg.device == "cpu" and cfg.dtype != "float32" and name == "kernels":
             suite.setdefault("notes", []).append(f"--dtype {cfg.dtype} does not apply: "
                                                  "this suite measures the float32 ops")
         suite["wall_s"] = time.perf_counter() - t0

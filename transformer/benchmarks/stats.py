@@ -56,17 +56,6 @@ def ratio(ours_seconds, their_seconds):
     return their_seconds / ours_seconds
 
 
-def loglog_slope(x, y):
-    """Growth exponent: the least-squares slope of log(y) against log(x) (2 for quadratic growth,
-    1 for linear). Points with x <= 0 or y <= 0 are dropped; None with fewer than 2 left."""
-    pts = [(a, b) for a, b in zip(x, y) if a and b and a > 0 and b > 0]
-    if len(pts) < 2:
-        return None
-    lx = np.log([a for a, _ in pts])
-    ly = np.log([b for _, b in pts])
-    return float(np.polyfit(lx, ly, 1)[0])
-
-
 # ---------------------------------------------------------------------------------------------
 # Timing
 # ---------------------------------------------------------------------------------------------
