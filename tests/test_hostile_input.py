@@ -349,3 +349,89 @@ def test_cli_binary_stdin(tmp_path):
     p = subprocess.run(cmd + ["--on-bad-line", "fail"], input=b"\xff\xfe\x00binary",
                        capture_output=True, timeout=300, cwd=ROOT)
     assert p.returncode == 2 and b"line 1" in p.stderr and b"Traceback" not in p.stderr
+
+
+# -- issue 24: silent wrong answers, unbounded work from small files, lost output ----------------
+def _hf_tiny(path, kind, **overrides):
+    """A tiny random HF model of `kind` saved in `path` (safetensors); returns the HF model."""
+    torch = pytest.importorskip("torch")
+    hf = pytest.importorskip("transformers")
+    from conftest import perturb
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = hf.GPT2LMHeadModel(hf.GPT2Config(**dict(
+            dict(vocab_size=97, n_embd=32, n_head=4, n_layer=1, n_positions=64, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "bloom":
+        model = hf.BloomForCausalLM(hf.BloomConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, n_head=4, n_layer=1, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "llama":
+        model = hf.LlamaForCausalLM(hf.LlamaConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "t5":
+        model = hf.T5ForConditionalGeneration(hf.T5Config(**dict(
+            dict(vocab_size=67, d_model=32, d_kv=8, d_ff=40, num_layers=1,
+                 num_decoder_layers=1, num_heads=4, decoder_start_token_id=0, eos_token_id=1,
+                 pad_token_id=0, dropout_rate=0.0), **overrides)))
+    elif kind == "mpnet":
+        model = hf.MPNetModel(hf.MPNetConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64), **overrides)),
+            add_pooling_layer=False)
+    elif kind == "xlm-roberta":
+        model = hf.XLMRobertaModel(hf.XLMRobertaConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64), **overrides)),
+            add_pooling_layer=False)
+    else:
+        model = hf.BartForConditionalGeneration(hf.BartConfig(**dict(
+            dict(vocab_size=67, d_model=32, encoder_layers=1, decoder_layers=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=40,
+                 decoder_ffn_dim=40, max_position_embeddings=64), **overrides)))
+    perturb(model, 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def _edit_config(path, file="config.json", **changes):
+    """Rewrite path/file with `changes` (a value None drops nothing: it writes null)."""
+    cfg = json.loads((path / file).read_text())
+    cfg.update(changes)
+    (path / file).write_text(json.dumps(cfg))
+
+
+def _hf_logits(model, ids):
+    import torch
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bloom", "llama"])
+def test_stored_untied_lm_head_is_used(tmp_path, rng, kind):
+    """GPT-2 / BLOOM saved with tie_word_embeddings false, and a Llama whose config says tied
+    but whose file holds its own head: HF uses the stored head, so do we."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    model = _hf_tiny(tmp_path, kind, tie_word_embeddings=kind == "llama")
+    if kind == "llama":  # tied in the config, yet its own head in the file
+        t = load_file(str(tmp_path / "model.safetensors"))
+        t["lm_head.weight"] = torch.randn_like(t["model.embed_tokens.weight"])
+        save_file(t, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+        model = type(model).from_pretrained(tmp_path)
+    ids = rng.integers(3, 97, (2, 7))
+    want = _hf_logits(model, ids)
+    got = transformer.load(tmp_path, threads=1)(ids)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_untied_head_missing_from_the_file_is_an_error(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    _hf_tiny(tmp_path, "gpt2", tie_word_embeddings=False)
+    t = load_file(str(tmp_path / "model.safetensors"))
+    del t["lm_head.weight"]
+    save_file(t, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightsError, match="missing.*lm_head.weight"):
+        transformer.load(tmp_path)
