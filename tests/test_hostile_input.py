@@ -435,3 +435,83 @@ def test_untied_head_missing_from_the_file_is_an_error(tmp_path):
     save_file(t, str(tmp_path / "model.safetensors"))
     with pytest.raises(WeightsError, match="missing.*lm_head.weight"):
         transformer.load(tmp_path)
+
+
+def test_dtype_round_trips_start_from_the_loaded_weights(tmp_path, rng):
+    """int8 then float32 gives the float32 logits back (not the dequantized int8 weights);
+    bfloat16 then int8 gives what int8 from float32 gives (not the rounded weights
+    quantized)."""
+    _hf_tiny(tmp_path, "t5")
+    src, tgt = rng.integers(2, 67, (2, 6)), rng.integers(2, 67, (2, 4))
+    model = transformer.load(tmp_path, threads=1)
+    want = model(src, None, tgt)
+    model.to("cpu", "int8").to("cpu", "float32")
+    assert model.dtype == "float32"
+    np.testing.assert_array_equal(model(src, None, tgt), want)
+    int8 = transformer.load(tmp_path, threads=1, dtype="int8")(src, None, tgt)
+    np.testing.assert_array_equal(model.to("cpu", "bfloat16").to("cpu", "int8")(src, None, tgt),
+                                  int8)
+
+
+def test_t5_relative_attention_max_distance(tmp_path, rng):
+    """Below the exact buckets (HF's formula divides by log(max_distance / max_exact)): one
+    error naming the field; 10 ** 8: no table sized by it (the distances stop at the model's
+    positions), the logits those of HF's."""
+    model = _hf_tiny(tmp_path, "t5")
+    for bad in (4, 16, 0, "128"):
+        d = tmp_path / f"bad{bad}"
+        shutil.copytree(tmp_path, d, ignore=shutil.ignore_patterns("bad*"))
+        _edit_config(d, relative_attention_max_distance=bad)
+        with pytest.raises(ValueError, match="relative_attention_max_distance"):
+            transformer.load(d)
+    import torch
+    hf = pytest.importorskip("transformers")
+    _edit_config(tmp_path, relative_attention_max_distance=10 ** 8, n_positions=512)
+    model = hf.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    src, tgt = rng.integers(2, 67, (2, 40)), rng.integers(2, 67, (2, 9))
+    tracemalloc.start()
+    ours = transformer.load(tmp_path, threads=1)
+    got = ours(src, None, tgt)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(src), decoder_input_ids=torch.tensor(tgt)).logits
+    assert np.abs(got - want.numpy()).max() <= 1e-4
+    assert peak < 50 << 20, peak
+
+
+@pytest.mark.parametrize("kind", ["t5", "mpnet"])
+def test_relative_positions_refuse_a_mask_with_a_hole(tmp_path, rng, kind):
+    """A mask (1, 0, 1) on T5's encoder or MPNet: HF measures relative distances over columns,
+    the packed kernels over real tokens; one error naming attention_mask, not other values.
+    Padding (pad ids) on either side still matches HF."""
+    import torch
+    model = _hf_tiny(tmp_path, kind)
+    ours = transformer.load(tmp_path, threads=1)
+    ids = rng.integers(3, 60, (2, 6))
+    args = (lambda m: (ids, m, ids[:, :3])) if kind == "t5" else (lambda m: (ids, m))
+    hole = np.array([[1, 1, 0, 1, 1, 1], [1] * 6])
+    with pytest.raises(ValueError, match="attention_mask row 0 has a hole"):
+        ours(*args(hole))
+    padded = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    ids = np.where(padded == 1, ids, 1 if kind == "mpnet" else 0)  # the pad ids in the padding
+    kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(padded))
+    if kind == "t5":
+        kw["decoder_input_ids"] = torch.tensor(ids[:, :3])
+    with torch.no_grad():
+        out = model(**kw)
+    want = (out.logits if kind == "t5" else out.last_hidden_state).numpy()
+    got = ours(*args(padded))
+    real = slice(None) if kind == "t5" else padded.astype(bool)
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+
+
+def test_null_decoder_start_token_id(tmp_path):
+    _hf_tiny(tmp_path, "bart")
+    (tmp_path / "generation_config.json").unlink()
+    _edit_config(tmp_path, decoder_start_token_id=None)
+    model = transformer.load(tmp_path)
+    with pytest.raises(ValueError, match="decoder_start_token_id"):
+        model.generate(np.array([[5, 6, 7]]), max_new_tokens=2)
+    out = model.generate(np.array([[5, 6, 7]]), max_new_tokens=2, decoder_start_token_id=2)
+    assert out[0, 0] == 2

@@ -33,7 +33,7 @@ from ..generation.contract import Decoding
 from ..ops import sinusoid_table
 from ..ops.packed import PackedWeight
 from . import block
-from ._inputs import check_batch, check_tokens, pack
+from ._inputs import check_batch, check_no_holes, check_tokens, pack
 from .base import Model
 from .block import KVCache
 from .config import Seq2SeqConfig
@@ -150,6 +150,9 @@ class Seq2SeqDecoding(Decoding):
             else encoder_output
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
+        if start is None:
+            raise ValueError("decoder_start_token_id is null (config.json and "
+                             "generation_config.json): give decoder_start_token_id")
         if decoder_input_ids is None:
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask needs decoder_input_ids")
@@ -304,6 +307,8 @@ class Seq2SeqModel(Model):
         """Checked and packed batch: ids (N,), positions (N,), flat indices, cu_seqlens, lengths."""
         mask_name = "attention_mask" if name == "input_ids" else "decoder_attention_mask"
         ids, mask, lens = check_batch(input_ids, attention_mask, vocab, name, mask_name)
+        if self.config.positions == "relative":
+            check_no_holes(mask, mask_name)
         flat, cu, positions = pack(mask)
         return ids.ravel()[flat], positions, flat, cu, lens
 
