@@ -515,3 +515,54 @@ def test_null_decoder_start_token_id(tmp_path):
         model.generate(np.array([[5, 6, 7]]), max_new_tokens=2)
     out = model.generate(np.array([[5, 6, 7]]), max_new_tokens=2, decoder_start_token_id=2)
     assert out[0, 0] == 2
+
+
+def test_generation_work_is_bounded_before_allocation(tmp_path):
+    """max_new_tokens 10 ** 9 (or max_length in generation_config.json) is refused before
+    anything B x (T + N) is allocated: fast, small, naming the option."""
+    _hf_tiny(tmp_path, "gpt2")
+    model = transformer.load(tmp_path, threads=1)
+    ids = np.array([[5, 6, 7]] * 4)
+    for kw in (dict(max_new_tokens=10 ** 9), dict(max_new_tokens=10 ** 9, num_beams=3)):
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match="max_new_tokens=1000000000 exceeds the model's 64"):
+            model.generate(ids, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - t0 < 2 and peak < 10 << 20, peak
+    _edit_config(tmp_path, "generation_config.json", max_length=10 ** 9)
+    model = transformer.load(tmp_path, threads=1)
+    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+        model.generate(ids)
+    assert model.generate(ids, max_new_tokens=3).shape == (4, 6)
+
+
+def test_length_penalty_that_overflows_is_named(tmp_path):
+    _hf_tiny(tmp_path, "bart")
+    model = transformer.load(tmp_path, threads=1)
+    with pytest.raises(ValueError, match="length_penalty"):
+        model.generate(np.array([[5, 6, 7]]), num_beams=2, max_new_tokens=8, length_penalty=2000)
+    model.generate(np.array([[5, 6, 7]]), num_beams=2, max_new_tokens=8, length_penalty=30)
+
+
+def test_score_target_mask_and_eos_list(tmp_path, rng):
+    _hf_tiny(tmp_path, "t5")
+    model = transformer.load(tmp_path, threads=1)
+    src, tgt = rng.integers(2, 67, (2, 5)), rng.integers(2, 67, (2, 4))
+    for bad in (0.5, 2, -1):
+        mask = np.ones((2, 4)) * bad if bad == 0.5 else np.full((2, 4), bad)
+        with pytest.raises(ValueError, match="target_mask"):
+            model.score(src, None, tgt, mask)
+    with pytest.raises(ValueError, match="target_mask"):
+        model.score(src, None, tgt, np.array([[1, 0, 1, 1], [1, 1, 1, 1]]))
+    good = model.score(src, None, tgt, np.array([[1, 1, 0, 0], [1, 1, 1, 1]]))
+    assert [len(r) for r in good] == [3, 5]
+    # an eos_token_id list in an encoder-decoder config.json (HF runs it): every eos ends a row
+    (tmp_path / "generation_config.json").unlink()
+    _edit_config(tmp_path, eos_token_id=[1, 5])
+    model = transformer.load(tmp_path, threads=1)
+    assert model.config.eos_token_ids == (1, 5)
+    out = model.generate(src, max_new_tokens=6)
+    assert out.shape[0] == 2
+    assert len(model.score(src, None, tgt)[0]) == 5

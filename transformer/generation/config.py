@@ -23,6 +23,9 @@ _NULLABLE = ("max_new_tokens", "max_length", "bad_words_ids", "suppress_tokens",
              "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "seed")
 
 
+_FLOAT32_LOG_MAX = math.log(float(np.finfo(np.float32).max))  # ~88.7
+
+
 class TokenIdError(IndexError, ValueError):
     """A token id outside the vocabulary: an IndexError (as every out-of-range id in this
     package) and a ValueError (a bad generation option)."""
@@ -180,6 +183,11 @@ class GenerationConfig:
         if self.num_beams > 1:
             check("num_return_sequences", self.num_return_sequences <= self.num_beams,
                   f"at most num_beams={self.num_beams}")
+            # beam scores divide by new_length ** length_penalty (float32): it must stay finite
+            # and non-zero up to max_new_tokens (Python's float power raises OverflowError)
+            check("length_penalty", abs(self.length_penalty) * math.log(self.max_new_tokens)
+                  < _FLOAT32_LOG_MAX, f"such that max_new_tokens={self.max_new_tokens} ** "
+                  "length_penalty fits float32 (|length_penalty| * ln(max_new_tokens) < 88)")
         else:
             check("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
                   "1 for greedy search (sample with do_sample, or use num_beams)")

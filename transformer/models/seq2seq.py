@@ -519,12 +519,22 @@ class Seq2SeqModel(Model):
         if target_mask is None:
             lens = np.full(len(tgt), tgt.shape[1])
         else:
-            if np.shape(target_mask) != tgt.shape:
+            m = np.asarray(target_mask)
+            if m.shape != tgt.shape:
                 raise ValueError(f"target_mask must have shape {tgt.shape}")
-            lens = np.asarray(target_mask).sum(1)
+            lens = m.sum(1) if m.size else np.zeros(len(tgt), np.int64)
+            if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_) \
+                    or np.any(m != (np.arange(m.shape[1])[None] < lens[:, None])):
+                raise ValueError("target_mask must hold 1 for each row's target tokens then 0 "
+                                 "(integers or booleans, right padding)")
+            lens = lens.astype(np.int64)
         B, T = len(tgt), int(lens.max()) + 1
+        if cfg.decoder_start_token_id is None:
+            raise ValueError("decoder_start_token_id is null (config.json): score needs it")
         dec_in = np.full((B, T), cfg.decoder_start_token_id, np.int64)
-        labels = np.full((B, T), cfg.eos_token_id, np.int64)
+        if not cfg.eos_token_ids:
+            raise ValueError("score needs an eos_token_id (config.json)")
+        labels = np.full((B, T), cfg.eos_token_ids[0], np.int64)
         dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
         for b, L in enumerate(lens):
             dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]
