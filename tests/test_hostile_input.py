@@ -566,3 +566,66 @@ def test_score_target_mask_and_eos_list(tmp_path, rng):
     out = model.generate(src, max_new_tokens=6)
     assert out.shape[0] == 2
     assert len(model.score(src, None, tgt)[0]) == 5
+
+
+def test_t5_extra_ids_bounded_by_the_vocabulary(tmp_path):
+    """extra_ids 10 ** 6 in tokenizer_config.json: refused at once (the model's vocabulary
+    cannot hold them), not seconds and gigabytes of sentinels."""
+    pytest.importorskip("sentencepiece")
+    from test_tokenizers import train_t5_spiece
+    _hf_tiny(tmp_path, "t5", vocab_size=250)
+    train_t5_spiece(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 10 ** 6}))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="extra_ids=1000000 .* exceed the model's vocab_size=250"):
+        transformer.load(tmp_path)
+    assert time.perf_counter() - t0 < 5
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 100}))
+    assert transformer.load(tmp_path).tokenizer.vocab_size == 250
+
+
+def test_t5_without_n_positions_is_bounded(tmp_path):
+    """A transformers-5 T5 config.json has no n_positions: 512 positions (T5's), so one long
+    line is cut or refused, not run for hours."""
+    _hf_tiny(tmp_path, "t5")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("n_positions", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = transformer.load(tmp_path)
+    assert model.config.max_position_embeddings == 512
+    from transformer.corpus import TranslateTask
+    assert TranslateTask(tmp_path).limit(model) == 512  # a corpus line's tokens at most
+
+
+@pytest.mark.parametrize("kind,changes,match", [
+    ("gpt2", dict(n_head=0), "n_heads must be a positive integer"),
+    ("t5", dict(d_model=0), "d_model must be a positive integer"),
+    ("llama", dict(rope_parameters=[1, 2]), "rope_parameters"),
+    ("llama", dict(num_key_value_heads=3), "multiple of n_kv_heads"),
+    ("mpnet", dict(relative_attention_num_buckets=2), "relative_attention_num_buckets"),
+    ("xlm-roberta", dict(pad_token_id=None), "pad_token_id"),
+    ("gpt2", dict(layer_norm_epsilon="1e-5"), "eps"),
+    ("t5", dict(layer_norm_epsilon=float("inf")), "eps"),
+    ("bart", dict(scale_embedding="false"), "scale_embedding"),
+    ("gpt2", dict(tie_word_embeddings="no"), "tie_word_embeddings"),
+    ("bart", dict(eos_token_id=-2), "eos_token_id"),
+])
+def test_config_fields_get_one_clear_error(tmp_path, kind, changes, match):
+    """Each bad config.json field: one ValueError naming it, at load, never a
+    ZeroDivisionError / TypeError / AttributeError from deep inside."""
+    _hf_tiny(tmp_path, kind)
+    _edit_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=match):
+        transformer.load(tmp_path)
+
+
+def test_bad_generation_config_and_sentence_bert_config(tmp_path, minilm_path):
+    _hf_tiny(tmp_path / "g", "gpt2")
+    (tmp_path / "g" / "generation_config.json").write_bytes(b'{"max_length": "\xff\xfe"}')
+    with pytest.raises(ValueError, match="generation_config.json: not valid UTF-8"):
+        transformer.load(tmp_path / "g")
+    d = _copy(minilm_path, tmp_path)
+    for bad in ("-1", "Infinity", "0", "\"128\"", "1e3"):
+        (d / "sentence_bert_config.json").write_text('{"max_seq_length": %s}' % bad)
+        with pytest.raises(ValueError, match="sentence_bert_config.json: max_seq_length"):
+            transformer.load(d)

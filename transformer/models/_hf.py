@@ -87,7 +87,8 @@ class HFFamily:
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, _layers(config), source)
         weights = cls.weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings,
+                                                 config.vocab_size), threads)
 
 
 def _layers(config):

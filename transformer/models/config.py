@@ -54,15 +54,15 @@ def check_flags(config, names):
             raise ValueError(f"config {name} must be true or false, got {value!r}")
 
 
-def check_real(config, name, low=0.0, nullable=False):
-    """Raise ValueError unless the field `name` of `config` is a finite number > low (or None
+def check_real(config, name, nullable=False):
+    """Raise ValueError unless the field `name` of `config` is a finite positive number (or None
     when nullable)."""
     value = getattr(config, name)
     if value is None and nullable:
         return
     if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-            and math.isfinite(value) and value > low):
-        raise ValueError(f"config {name} must be a finite number > {low}, got {value!r}")
+            and math.isfinite(value) and value > 0):
+        raise ValueError(f"config {name} must be a finite positive number, got {value!r}")
 
 
 def check_buckets(config, bidirectional):
@@ -135,6 +135,7 @@ class EncoderConfig:
                               "max_position_embeddings"))
         check_token_ids(self, ("pad_token_id",), nullable=False)
         check_flags(self, ("pre_norm",))
+        check_real(self, "layer_norm_eps")
         if not _is_int(self.type_vocab_size) or self.type_vocab_size < 0:
             raise ValueError(f"config type_vocab_size must be an integer >= 0, got "
                              f"{self.type_vocab_size!r}")
@@ -231,7 +232,8 @@ class DecoderConfig:
         check_token_ids(self, ("bos_token_id", "eos_token_id", "pad_token_id"))
         check_flags(self, ("rope_interleaved", "embedding_norm", "bias", "tie_word_embeddings",
                            "gated"))
-        check_real(self, "rope_theta", 1.0)
+        check_real(self, "rope_theta")
+        check_real(self, "norm_eps")
         _check_positions(self, ("learned", "rotary", "alibi"))
         _check_blocks(self, "block")
 
@@ -322,6 +324,7 @@ class Seq2SeqConfig:
                              f"{self.position_offset!r}")
         check_real(self, "attention_scale", nullable=True)
         check_real(self, "lm_head_scale")
+        check_real(self, "norm_eps")
         if self.d_kv is None and self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
                              f"n_heads={self.n_heads} (or give d_kv)")
