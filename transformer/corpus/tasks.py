@@ -27,9 +27,11 @@ class CorpusTask:
         self.device, self.dtype, self.threads, self.tokenizer = device, dtype, threads, tokenizer
 
     def identity(self):
-        """JSON-able dict naming everything that changes the output (for resume)."""
+        """JSON-able dict naming everything that changes the output (for resume): the task's
+        settings and the model's files as they are now (model_files)."""
         d = {k: v for k, v in vars(self).items() if k != "threads"}
         d["kind"] = self.kind
+        d["model_files"] = model_files(self.model, self.tokenizer)
         return d
 
     def with_threads(self, threads):
@@ -65,6 +67,11 @@ class CorpusTask:
         """The result of a blank line."""
         return ""
 
+    def width(self, model):
+        """The row width of an .npy output (None: a text output): what an input without lines
+        gives (0, width)."""
+        return None
+
     def collect(self, results):
         """Results of a shard (list, input order) -> what the driver writes."""
         return results
@@ -73,6 +80,29 @@ class CorpusTask:
         """Write a shard's results to the binary file f (suffix: the output's)."""
         for r in results:
             f.write((r.replace("\n", " ") + "\n").encode("utf-8"))
+
+
+def model_files(model, tokenizer=None):
+    """{path: [size, mtime_ns]} of the files a model is loaded from: the file at `model`, or the
+    regular files directly inside the directory `model`, and a tokenizer file: a model
+    rewritten at the same path changes it (what resume compares, besides the settings). {} for
+    None or a path that is not there (the load then says so)."""
+    if model is None:
+        return {}
+    paths = [model]
+    if os.path.isdir(model):
+        with os.scandir(model) as entries:
+            paths = sorted(e.path for e in entries if e.is_file())
+    if tokenizer:
+        paths.append(os.fspath(tokenizer))
+    found = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        found[os.path.abspath(p)] = [st.st_size, st.st_mtime_ns]
+    return found
 
 
 def _hf_encode(tokenizer, texts, limit):
@@ -109,6 +139,13 @@ class EmbedTask(CorpusTask):
         super().__init__(model, **load)
         self.pooling, self.normalize = pooling, normalize
 
+    def load(self):
+        model = super().load()
+        if model.kind != "encoder":
+            raise CorpusError(f"embed needs an encoder (a sentence-embedding model); this is a "
+                              f"{model.kind} model")
+        return model
+
     def limit(self, model):
         tok = getattr(model.tokenizer, "max_length", None)
         P = model.config.max_position_embeddings
@@ -127,6 +164,9 @@ class EmbedTask(CorpusTask):
 
     def blank(self, model):
         return np.zeros(model.config.d_model, np.float32)
+
+    def width(self, model):
+        return model.config.d_model
 
     def collect(self, results):
         return np.stack(results).astype(np.float32, copy=False)
@@ -156,7 +196,8 @@ class TranslateTask(CorpusTask):
     def load(self):
         model = super().load()
         if model.kind != "seq2seq":
-            raise CorpusError("translate needs an encoder-decoder model")
+            raise CorpusError(f"translate needs an encoder-decoder model; this is a {model.kind} "
+                              "model")
         return model
 
     def encode(self, model, texts):
