@@ -386,6 +386,12 @@ def _hf_tiny(path, kind, **overrides):
             dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
                  intermediate_size=40, max_position_embeddings=64), **overrides)),
             add_pooling_layer=False)
+    elif kind == "marian":
+        model = hf.MarianMTModel(hf.MarianConfig(**dict(
+            dict(vocab_size=67, d_model=32, encoder_layers=1, decoder_layers=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=40,
+                 decoder_ffn_dim=40, max_position_embeddings=64, pad_token_id=1,
+                 eos_token_id=2, decoder_start_token_id=3), **overrides)))
     else:
         model = hf.BartForConditionalGeneration(hf.BartConfig(**dict(
             dict(vocab_size=67, d_model=32, encoder_layers=1, decoder_layers=1,

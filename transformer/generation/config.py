@@ -44,6 +44,8 @@ def _token_list(name, value, V=None):
     any id >= 0)."""
     if value is None:
         return ()
+    if not (_is_int(value) or isinstance(value, (list, tuple, np.ndarray))):
+        raise ValueError(f"{name} must be a token id or a list of them, got {value!r}")
     ids = [value] if _is_int(value) else list(value)
     for t in ids:
         if not _is_int(t) or t < 0 or (V is not None and t >= V):

@@ -8,6 +8,7 @@ import numpy as np
 from ..weights import check_tensors
 from . import register_family
 from ._hf import HFFamily, head_expected, lm_head
+from .config import is_int
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
 IGNORED = ()
@@ -24,7 +25,7 @@ def config_from_hf(cfg, source="config.json"):
     try:
         return DecoderConfig(
             vocab_size=cfg["vocab_size"], d_model=C, n_heads=cfg.get("n_head", 8),
-            n_layers=cfg.get("n_layer", 2), d_ff=4 * C,
+            n_layers=cfg.get("n_layer", 2), d_ff=4 * C if is_int(C) else C,
             max_position_embeddings=cfg.get("seq_length", 2048), norm="layer_norm",
             norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation="gelu_tanh",
             positions="alibi", embedding_norm=True, bias=True,

@@ -20,8 +20,12 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": 
                   "gelu_fast": "gelu_tanh", "relu": "relu"}
 
 
-def _is_int(value):
+def is_int(value):
+    """Whether value is an int and not a bool (JSON true is no count)."""
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+_is_int = is_int
 
 
 def check_positive(config, names):

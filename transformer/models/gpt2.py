@@ -5,6 +5,7 @@ to wte unless the file holds its own (tie_word_embeddings false, or a stored hea
 from ..weights import check_tensors
 from . import register_family
 from ._hf import HFFamily, head_expected, lm_head
+from .config import is_int
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
 IGNORED = (".attn.bias", ".attn.masked_bias")
@@ -26,7 +27,7 @@ def config_from_hf(cfg, source="config.json"):
     try:
         return DecoderConfig(
             vocab_size=cfg["vocab_size"], d_model=C, n_heads=cfg.get("n_head", 12),
-            n_layers=cfg.get("n_layer", 12), d_ff=cfg.get("n_inner") or 4 * C,
+            n_layers=cfg.get("n_layer", 12), d_ff=cfg.get("n_inner") or (4 * C if is_int(C) else C),
             max_position_embeddings=cfg.get("n_positions", 1024), norm="layer_norm",
             norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation=ACTIVATIONS[act],
             positions="learned", bias=True,

@@ -87,6 +87,10 @@ class T5Tokenizer:
             raise ValueError(f"{where}extra_ids must be an integer >= 0, got {extra!r}")
         clean = (settings.get("clean_up_tokenization_spaces", False)
                  if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces)
+        if not isinstance(clean, (bool, np.bool_)):  # a string "false" would read as true
+            where = f"{config}: " if clean_up_tokenization_spaces is None else ""
+            raise ValueError(f"{where}clean_up_tokenization_spaces must be true or false, got "
+                             f"{clean!r}")
         self.max_length = positive_int(max_length, "max_length")
         self.extra_ids, self.clean_up_tokenization_spaces = int(extra), bool(clean)
 
