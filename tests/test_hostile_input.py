@@ -513,9 +513,14 @@ def test_relative_positions_refuse_a_mask_with_a_hole(tmp_path, rng, kind):
 
 
 def test_null_decoder_start_token_id(tmp_path):
+    """A null decoder_start_token_id: bos_token_id starts the decoder (HF's
+    _get_decoder_start_token_id); neither: one error naming it."""
     _hf_tiny(tmp_path, "bart")
     (tmp_path / "generation_config.json").unlink()
-    _edit_config(tmp_path, decoder_start_token_id=None)
+    _edit_config(tmp_path, decoder_start_token_id=None, bos_token_id=4)
+    assert transformer.load(tmp_path).generate(np.array([[5, 6, 7]]), max_new_tokens=2)[0, 0] \
+        == 4
+    _edit_config(tmp_path, bos_token_id=None)
     model = transformer.load(tmp_path)
     with pytest.raises(ValueError, match="decoder_start_token_id"):
         model.generate(np.array([[5, 6, 7]]), max_new_tokens=2)

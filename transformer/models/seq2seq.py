@@ -150,8 +150,10 @@ class Seq2SeqDecoding(Decoding):
             else encoder_output
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
+        if start is None:  # HF _get_decoder_start_token_id: bos_token_id next
+            start = cfg.bos_token_id
         if start is None:
-            raise ValueError("decoder_start_token_id is null (config.json and "
+            raise ValueError("decoder_start_token_id and bos_token_id are null (config.json and "
                              "generation_config.json): give decoder_start_token_id")
         if decoder_input_ids is None:
             if decoder_attention_mask is not None:
