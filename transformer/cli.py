@@ -53,7 +53,7 @@ def _load(args):
     path = args.model or default_model_path()
     if path is None:
         raise CLIError("no --model given and the default model is not installed "
-                         f"({INSTALL_HINT})")
+                       f"({INSTALL_HINT})")
     try:
         return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
                                 **({"tokenizer": args.tokenizer}
@@ -173,8 +173,8 @@ def cmd_generate(args):
         raise CLIError("this model cannot generate text (an encoder-only model?)")
     if model.kind == "seq2seq":  # its output is a target text, not a continuation
         raise CLIError("this is an encoder-decoder model: text in, text out is "
-                         "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
-                         "as \"summarize: \" in TEXT)")
+                       "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
+                       "as \"summarize: \" in TEXT)")
     tok = model.tokenizer
     if tok is None:
         raise CLIError("the model has no tokenizer (give --tokenizer FILE)")
@@ -183,7 +183,7 @@ def cmd_generate(args):
         raise CLIError("the prompt encodes to no tokens")
     if not args.temperature >= 0:  # also NaN
         raise CLIError(f"--temperature must be >= 0 (0: greedy), got "
-                         f"{args.temperature}")
+                       f"{args.temperature}")
     sampling = args.temperature > 0 or args.top_k > 0 or args.top_p < 1.0
     ids = np.array([prompt], np.int64)
     to_file = args.output is not None  # a JSON line at the end, nothing streamed
@@ -211,14 +211,10 @@ def cmd_generate(args):
                                   streamer=None if args.num_beams > 1 else stream))
     text = tok.decode(out[0])
     if to_file:  # the corpus job's line (transformer.corpus.GenerateTask)
-        head = tok.decode(prompt)
-        eos = set(model.config.eos_token_ids)
-        tail = [int(t) for t in out[0][len(prompt):]]
-        tail = tail[:next((i for i, t in enumerate(tail) if t in eos), len(tail))]
-        full = tok.decode(prompt + tail)
-        completion = full[len(head):] if full.startswith(head) else tok.decode(tail)
+        from .corpus.tasks import completion
+        new_text = completion(tok, prompt, out[0][len(prompt):], model.config.eos_token_ids)
         with atomic_output(args.output) as f:
-            f.write(json.dumps({"prompt": args.prompt, "completion": completion},
+            f.write(json.dumps({"prompt": args.prompt, "completion": new_text},
                                ensure_ascii=False) + "\n")
         return 0
     if text.startswith(printed):
@@ -294,7 +290,7 @@ def _corpus_job(kind, args):
     model = args.model or (default_model_path() if kind == "embed" else None)
     if model is None:
         raise CLIError(f"--model is required for {kind} --input"
-                         + (f" (or {INSTALL_HINT})" if kind == "embed" else ""))
+                       + (f" (or {INSTALL_HINT})" if kind == "embed" else ""))
     load = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
     if kind == "embed":
         task = dist.EmbedTask(model, **load)

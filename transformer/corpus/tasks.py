@@ -8,7 +8,8 @@ import numpy as np
 
 from .errors import CorpusError
 
-__all__ = ["CorpusTask", "EmbedTask", "TranslateTask", "GenerateTask"]
+__all__ = ["CorpusTask", "EmbedTask", "TranslateTask", "GenerateTask", "completion",
+           "model_files"]
 
 
 class CorpusTask:
@@ -80,6 +81,17 @@ class CorpusTask:
         """Write a shard's results to the binary file f (suffix: the output's)."""
         for r in results:
             f.write((r.replace("\n", " ") + "\n").encode("utf-8"))
+
+
+def completion(tokenizer, prompt, new, eos_token_ids):
+    """The text of the new tokens `new` after the token list `prompt`, up to the first of
+    eos_token_ids: decoded together with the prompt, so that a word joining the two keeps its
+    spacing (the decode of the new tokens alone otherwise)."""
+    new = [int(t) for t in new]
+    eos = set(eos_token_ids)
+    new = new[:next((i for i, t in enumerate(new) if t in eos), len(new))]
+    head, full = tokenizer.decode(prompt), tokenizer.decode(list(prompt) + new)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(new)
 
 
 def model_files(model, tokenizer=None):
@@ -257,15 +269,8 @@ class GenerateTask(CorpusTask):
                                       top_k=self.top_k, top_p=self.top_p,
                                       num_beams=self.num_beams,
                                       seed=None if self.seed is None else seed))
-        eos = set(cfg.eos_token_ids)
-        completions = []
-        for prompt, row in zip(batch, out):
-            new = [int(t) for t in row[ids.shape[1]:]]
-            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-            head, full = tok.decode(prompt), tok.decode(list(prompt) + new[:cut])
-            completions.append(full[len(head):] if full.startswith(head) else
-                               tok.decode(new[:cut]))
-        return completions
+        return [completion(tok, prompt, row[ids.shape[1]:], cfg.eos_token_ids)
+                for prompt, row in zip(batch, out)]
 
     def write(self, f, suffix, lines, results):
         for prompt, c in zip(lines, results):

@@ -1,8 +1,9 @@
 """BLOOM (BigScience 2022) from a Hugging Face directory, HF modeling_bloom.py
 (BloomForCausalLM): pre-LN decoder with a LayerNorm after the word embedding, ALiBi positions
 (Press et al. 2022; the slopes added in the attention kernels, ops.PositionBias), GELU-tanh MLP,
-LM head tied to the word embeddings unless the file holds its own. The fused query_key_value rows are per head (H, 3, D) and
-are reordered here to our Q | K | V layout. Names with or without the "transformer." prefix."""
+LM head tied to the word embeddings unless the file holds its own. The fused query_key_value
+rows are per head (H, 3, D) and are reordered here to our Q | K | V layout. Names with or
+without the "transformer." prefix."""
 import numpy as np
 
 from ..weights import check_tensors

@@ -1,7 +1,8 @@
 """GPT-2 family (Radford et al. 2019) from a Hugging Face directory (config.json +
 model.safetensors), names as in HF modeling_gpt2.py: Conv1D weights stored (in, out) and
 transposed here, the fused c_attn split-free (its Q|K|V column order is ours), the LM head tied
-to wte unless the file holds its own (tie_word_embeddings false, or a stored head that differs). Names with or without the "transformer." prefix of GPT2LMHeadModel."""
+to wte unless the file holds its own (tie_word_embeddings false, or a stored head that
+differs). Names with or without the "transformer." prefix of GPT2LMHeadModel."""
 from ..weights import check_tensors
 from . import register_family
 from ._hf import HFFamily, head_expected, lm_head
