@@ -43,8 +43,8 @@ def check_token_ids(config, names, nullable=True):
     for name in names:
         value = getattr(config, name)
         ids = value if isinstance(value, tuple) and name == "eos_token_id" else (value,)
-        if not all((v is None and nullable) or (_is_int(v) and v >= 0) for v in ids):
-            raise ValueError(f"config {name} must be a token id (an integer >= 0)"
+        if not all((v is None and nullable) or (_is_int(v) and 0 <= v < 2 ** 63) for v in ids):
+            raise ValueError(f"config {name} must be a token id (an integer in [0, 2 ** 63))"
                              f"{' or null' if nullable else ''}, got {value!r}")
 
 
