@@ -193,3 +193,53 @@ def test_translate_marian_spm_directory(tmp_path):
     texts = [">>de<< hello world", "", "the lazy fox sleeps", "ein hund, ein fuchs!"]
     model = _check_translate_cli(path, texts, tmp_path)
     assert isinstance(model.tokenizer, MarianTokenizer)
+
+
+def test_output_flags_write_their_file(shared_models, tmp_path):
+    """translate TEXT --output f and generate --prompt ... --output f write f (nothing on
+    stdout), as their --input forms do."""
+    ct2 = shared_models / "aren-transliteration" / "float32"
+    out = tmp_path / "t.txt"
+    p = run("translate", "--model", ct2, "آ ت ز م و ن", "", "--output", out)
+    assert p.stdout == "" and out.read_text(encoding="utf-8") == "a t z m o n\n\n"
+    stories = shared_models / "stories260K" / "stories260K.bin"
+    out = tmp_path / "g.jsonl"
+    p = run("generate", "--model", stories, "--prompt", "Once upon a time",
+            "--max-new-tokens", 8, "--output", out)
+    row = json.loads(out.read_text())
+    assert p.stdout == "" and row["prompt"] == "Once upon a time"
+    assert row["completion"].startswith(", there was a little girl")
+
+
+def test_outputs_refused_before_the_job(minilm_path, shared_models, tmp_path):
+    """--input F --output F, an output that is a directory, a model of the wrong kind: exit 2
+    with one line, the input intact, no traceback."""
+    src, lines = tmp_path / "in.txt", tmp_path / "in.jsonl"  # .jsonl: a name embed writes
+    src.write_text("one\ntwo\n")
+    lines.write_text("one\ntwo\n")
+    (tmp_path / "dir.npy").mkdir()
+    stories = shared_models / "stories260K" / "stories260K.bin"
+    ct2 = shared_models / "aren-transliteration" / "float32"
+    for args, match in (
+            (("embed", "--input", lines, "--output", lines, "--model", minilm_path),
+             "is the input file too"),
+            (("embed", "x", "--input", lines, "--output", lines, "--model", minilm_path),
+             "is the input file too"),
+            (("translate", "--input", src, "--output", src, "--model", ct2),
+             "is the input file too"),
+            (("embed", "--input", src, "--output", tmp_path / "dir.npy", "--model", minilm_path),
+             "is a directory"),
+            (("embed", "hello", "--output", tmp_path / "dir.npy", "--model", minilm_path),
+             "is a directory"),
+            (("embed", "hello", "--model", stories), "embed needs an encoder"),
+            (("embed", "--input", src, "--model", stories), "embed needs an encoder"),
+            (("search", "hello", "--input", src, "--model", stories), "search needs an encoder"),
+            (("translate", "hello", "--model", minilm_path), "translate needs an encoder-decoder"),
+            (("translate", "--input", src, "--model", minilm_path),
+             "translate needs an encoder-decoder"),
+            (("translate", "hello", "--model", ct2, "--length-penalty", 2000, "--max-new-tokens",
+              8), "length_penalty")):
+        p = run(*args, check=False)
+        assert p.returncode == 2 and match in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert src.read_text() == lines.read_text() == "one\ntwo\n"

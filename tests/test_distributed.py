@@ -173,6 +173,97 @@ def test_argument_errors(tmp_path, monkeypatch):
         dist.run_corpus_job(Upper(), src, scheduler="local:2", progress=False)
 
 
+class Longest(Upper):
+    """Upper that records the longest text its encode was given."""
+
+    seen = 0
+
+    def encode(self, model, texts):
+        Longest.seen = max([Longest.seen] + [len(t.encode("utf-8")) for t in texts])
+        return super().encode(model, texts)
+
+
+def test_a_long_line_is_cut_before_it_is_tokenized(tmp_path, capsys):
+    """One 4 MB line: the tokenizer sees at most limit x BYTES_PER_TOKEN bytes of it (the line
+    is cut first, with the warning naming it), not the whole line."""
+    from transformer.tokenizer.checks import BYTES_PER_TOKEN
+    src = write_lines(tmp_path / "in.txt", ["short", "é" * (2 << 20), "last"])
+    report = dist.run_corpus_job(Longest(max_tokens=100), src, tmp_path / "out.txt",
+                                 progress=False)
+    assert report.bad_lines == 1 and "line 2 is longer than the model's 100 tokens" in \
+        capsys.readouterr().err
+    assert 0 < Longest.seen <= 100 * BYTES_PER_TOKEN
+    out = (tmp_path / "out.txt").read_text(encoding="utf-8").split("\n")
+    assert out[0] == "SHORT" and out[2] == "LAST" and len(out[1]) == 50  # 100 bytes: 50 "É"
+
+
+def test_outputs_checked_before_the_job(tmp_path):
+    """--input F --output F, the same file through a link, or an output that is a directory:
+    refused before any work, the input intact and nothing left behind."""
+    src = write_lines(tmp_path / "in.txt", ["a", "b"])
+    (tmp_path / "link.txt").symlink_to(src)
+    for out in (src, tmp_path / "link.txt"):
+        with pytest.raises(CorpusError, match="is the input file too"):
+            dist.run_corpus_job(Upper(), src, out, progress=False)
+        assert src.read_text() == "a\nb\n"
+    (tmp_path / "x.npy").mkdir()
+    with pytest.raises(CorpusError, match="x.npy is a directory"):
+        dist.embed_file(src, tmp_path / "x.npy", model=tmp_path / "no-model")
+    with pytest.raises(CorpusError, match="does not exist"):
+        dist.run_corpus_job(Upper(), src, tmp_path / "no" / "out.txt", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "link.txt", "x.npy"]
+
+
+def test_resume_checks_the_model_and_the_manifest(tmp_path):
+    """A manifest records the model's files: resume after the model at that path changed is
+    refused naming them; a corrupt or non-object manifest is one clear error."""
+    src = write_lines(tmp_path / "in.txt", [f"line {i}" for i in range(30)])
+    out = tmp_path / "out.txt"
+    weights = tmp_path / "model.bin"
+    weights.write_bytes(b"v1")
+    task = Upper()
+    task.model = str(weights)
+
+    def interrupt(done, total):
+        if done > 15:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        dist.run_corpus_job(task, src, out, shard_lines=10, progress=interrupt)
+    weights.write_bytes(b"v2, retrained")
+    with pytest.raises(CorpusError, match="different job .*task.model_files"):
+        dist.run_corpus_job(task, src, out, shard_lines=10, resume=True, progress=False)
+    manifest = tmp_path / "out.txt.parts" / "manifest.json"
+    for bad, match in (("{not json", "not valid JSON"), ("[1, 2]", "expected a JSON object")):
+        manifest.write_text(bad)
+        with pytest.raises(CorpusError, match=match + ".*remove"):
+            dist.run_corpus_job(task, src, out, shard_lines=10, resume=True, progress=False)
+
+
+def test_embed_an_empty_file(minilm_path, tmp_path):
+    """A 0-byte input: (0, C) float32, not (0, 0)."""
+    src = tmp_path / "empty.txt"
+    src.write_bytes(b"")
+    dist.embed_file(src, tmp_path / "e.npy", model=minilm_path, progress=False)
+    emb = np.load(tmp_path / "e.npy")
+    assert emb.shape == (0, 384) and emb.dtype == np.float32
+
+
+def test_generate_cuts_a_long_prompt_line(shared_models, tmp_path, capsys):
+    """A 5 KB prompt line is cut to the model's positions with a warning naming it (the
+    documented default), not the end of the job."""
+    model = shared_models / "stories260K" / "stories260K.bin"
+    if not model.is_file():
+        pytest.skip("stories260K not found")
+    src = write_lines(tmp_path / "p.txt", ["Once upon a time", "Lily " * 1000, "Tom"])
+    report = dist.generate_file(src, tmp_path / "o.jsonl", model=model, max_new_tokens=4,
+                                progress=False)
+    assert report.lines == 3 and report.bad_lines == 1
+    assert "line 2 is longer than the model's" in capsys.readouterr().err
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Once upon a time", "Lily " * 1000, "Tom"]
+
+
 # -- real models, in process ------------------------------------------------------------------
 def test_embed_file_matches_embed_texts(minilm_path, minilm, rng, tmp_path):
     lines = random_lines(rng, 120) + ["word " * 400]  # the last one: over the 256 tokens

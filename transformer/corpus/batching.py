@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 
+from ..tokenizer.checks import cut_text
 from .errors import CorpusError
 
 
@@ -41,18 +42,23 @@ def batch_seed(seed, shard, batch):
 
 
 def run_shard(task, model, shard, options, progress=None):
-    """Run one shard: tokenize, sort by length, batch by tokens, run, restore the order.
+    """Run one shard: cut each line to a bound on the bytes of task.limit(model) tokens
+    (tokenizer.cut_text), tokenize, sort by length, batch by tokens, run, restore the order.
     options: dict with max_batch_tokens, max_batch_lines, on_bad_line. progress: optional
     callable(lines done in this shard). Returns a ShardResult. Raises CorpusError for a bad
     line under on_bad_line="fail"."""
     fail = options["on_bad_line"] == "fail"
     warnings = []
     todo = [i for i, t in enumerate(shard.lines) if t.strip()]
-    ids, cut = task.encode(model, [shard.lines[i] for i in todo]) if todo else ([], [])
+    # each line cut to a bound derived from the model's positions before any tokenizer sees it
+    limit = task.limit(model) if todo else 0
+    texts = [cut_text(getattr(model, "tokenizer", None), shard.lines[i], limit) for i in todo]
+    ids, cut = task.encode(model, [t for t, _ in texts]) if todo else ([], [])
+    cut = [c or was for c, (_, was) in zip(cut, texts)]
     run, seqs = [], []  # rows that run: their index in the shard and their tokens
     for i, seq, was_cut in zip(todo, ids, cut):
         line_no = shard.first + i
-        problem = (f"line {line_no} is longer than the model's {task.limit(model)} tokens"
+        problem = (f"line {line_no} is longer than the model's {limit} tokens"
                    if was_cut else None if seq else f"line {line_no} encodes to no tokens")
         if problem and fail:
             raise CorpusError(f"{problem} (--on-bad-line truncate would "

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 
-from .._io import Progress, atomic_output
+from .._io import Progress, atomic_output, check_output
 from .._paths import INSTALL_HINT, default_model_path
 from .batching import run_shard
 from .errors import CorpusError
@@ -65,6 +65,10 @@ def run_corpus_job(task, input, output=None, *, scheduler="local", shard_lines=4
         if not output.endswith(task.suffixes):
             raise CorpusError(f"output for {task.kind} must end in "
                               f"{' or '.join(task.suffixes)}, got {output}")
+        try:
+            check_output(output, "output", (input,))
+        except ValueError as e:
+            raise CorpusError(str(e)) from None
     if resume and (output is None or input == "-"):
         raise CorpusError("resume needs an input file and an output file")
     options = {"max_batch_tokens": max_batch_tokens, "max_batch_lines": max_batch_lines,
@@ -134,6 +138,7 @@ def run_corpus_job(task, input, output=None, *, scheduler="local", shard_lines=4
             lines_of[shard.index] = shard.lines
             yield shard
 
+    model = None
     try:
         if mode == "inprocess":
             model = task.load()
@@ -154,7 +159,10 @@ def run_corpus_job(task, input, output=None, *, scheduler="local", shard_lines=4
     if report.bad_lines > MAX_WARNINGS_SHOWN:
         print(f"warning: {report.bad_lines} bad lines in all", file=sys.stderr, flush=True)
     if parts is not None:
-        parts.join(report.shards)
+        width = None
+        if report.shards == 0 and output.endswith(".npy"):  # no lines: (0, width), not (0, 0)
+            width = task.width(model if model is not None else task.load())
+        parts.join(report.shards, width)
     if show:
         show(state["done"], final=True)
     report.seconds = time.monotonic() - t0

@@ -17,8 +17,9 @@ class Parts:
     """OUTPUT.parts/ of the job writing `output`: one file per finished shard, written
     atomically, and the job's manifest (a JSON-able dict naming everything that changes the
     output). resume: keep the parts of an earlier run of the same job (else they are removed).
-    Raises CorpusError for a folder that is not a corpus job's partial output, or (resume) one
-    of a different job, naming the keys that differ; ValueError for an unreadable manifest."""
+    Raises CorpusError for a folder that is not a corpus job's partial output (no manifest, or
+    one that is not a JSON object), or (resume) one of a different job, naming the keys that
+    differ (task: the settings or the model's files)."""
 
     def __init__(self, output, manifest, resume):
         self.output, self.suffix = output, os.path.splitext(output)[1]
@@ -27,13 +28,21 @@ class Parts:
         if os.path.isdir(self.dir):
             old = None
             if os.path.isfile(path):
-                old = read_json(path, "JSON object (a corpus job's manifest)")
+                try:
+                    old = read_json(path, "JSON object (a corpus job's manifest)")
+                except ValueError as e:
+                    raise CorpusError(f"{e}: remove {self.dir} or choose another output")
             if old is None:
                 raise CorpusError(f"{self.dir} exists and is not the partial output of a "
                                   "corpus job (no manifest.json): remove it or choose another "
                                   "output")
             if resume and old != manifest:
                 keys = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
+                task_old, task_new = old.get("task"), manifest.get("task")
+                if "task" in keys and isinstance(task_old, dict):  # name the task's keys too
+                    keys.remove("task")
+                    keys += [f"task.{k}" for k in sorted(set(task_old) | set(task_new))
+                             if task_old.get(k) != task_new.get(k)]
                 raise CorpusError(f"resume: the partial output in {self.dir} comes from a "
                                   f"different job (differs in {', '.join(keys)}); remove it or "
                                   "run without resume")
@@ -58,12 +67,13 @@ class Parts:
             return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b"")) \
                 == len(shard.lines)
 
-    def join(self, n_shards):
-        """Concatenate the parts in order into the output (atomically), then drop the parts."""
+    def join(self, n_shards, width=None):
+        """Concatenate the parts in order into the output (atomically), then drop the parts.
+        width: the row width of an .npy output without parts (an empty input: (0, width))."""
         paths = [self.path(i) for i in range(n_shards)]
         if self.suffix == ".npy":
             arrays = [np.load(p, mmap_mode="r") for p in paths]
-            C = arrays[0].shape[1] if arrays else 0
+            C = arrays[0].shape[1] if arrays else width
             N = sum(len(a) for a in arrays)
 
             with atomic_output(self.output, "wb") as f:

@@ -8,7 +8,8 @@ import numpy as np
 
 from .errors import CorpusError
 
-__all__ = ["CorpusTask", "EmbedTask", "TranslateTask", "GenerateTask"]
+__all__ = ["CorpusTask", "EmbedTask", "TranslateTask", "GenerateTask", "completion",
+           "model_files"]
 
 
 class CorpusTask:
@@ -27,9 +28,11 @@ class CorpusTask:
         self.device, self.dtype, self.threads, self.tokenizer = device, dtype, threads, tokenizer
 
     def identity(self):
-        """JSON-able dict naming everything that changes the output (for resume)."""
+        """JSON-able dict naming everything that changes the output (for resume): the task's
+        settings and the model's files as they are now (model_files)."""
         d = {k: v for k, v in vars(self).items() if k != "threads"}
         d["kind"] = self.kind
+        d["model_files"] = model_files(self.model, self.tokenizer)
         return d
 
     def with_threads(self, threads):
@@ -65,6 +68,11 @@ class CorpusTask:
         """The result of a blank line."""
         return ""
 
+    def width(self, model):
+        """The row width of an .npy output (None: a text output): what an input without lines
+        gives (0, width)."""
+        return None
+
     def collect(self, results):
         """Results of a shard (list, input order) -> what the driver writes."""
         return results
@@ -73,6 +81,40 @@ class CorpusTask:
         """Write a shard's results to the binary file f (suffix: the output's)."""
         for r in results:
             f.write((r.replace("\n", " ") + "\n").encode("utf-8"))
+
+
+def completion(tokenizer, prompt, new, eos_token_ids):
+    """The text of the new tokens `new` after the token list `prompt`, up to the first of
+    eos_token_ids: decoded together with the prompt, so that a word joining the two keeps its
+    spacing (the decode of the new tokens alone otherwise)."""
+    new = [int(t) for t in new]
+    eos = set(eos_token_ids)
+    new = new[:next((i for i, t in enumerate(new) if t in eos), len(new))]
+    head, full = tokenizer.decode(prompt), tokenizer.decode(list(prompt) + new)
+    return full[len(head):] if full.startswith(head) else tokenizer.decode(new)
+
+
+def model_files(model, tokenizer=None):
+    """{path: [size, mtime_ns]} of the files a model is loaded from: the file at `model`, or the
+    regular files directly inside the directory `model`, and a tokenizer file: a model
+    rewritten at the same path changes it (what resume compares, besides the settings). {} for
+    None or a path that is not there (the load then says so)."""
+    if model is None:
+        return {}
+    paths = [model]
+    if os.path.isdir(model):
+        with os.scandir(model) as entries:
+            paths = sorted(e.path for e in entries if e.is_file())
+    if tokenizer:
+        paths.append(os.fspath(tokenizer))
+    found = {}
+    for p in paths:
+        try:
+            st = os.stat(p)
+        except OSError:
+            continue
+        found[os.path.abspath(p)] = [st.st_size, st.st_mtime_ns]
+    return found
 
 
 def _hf_encode(tokenizer, texts, limit):
@@ -109,6 +151,13 @@ class EmbedTask(CorpusTask):
         super().__init__(model, **load)
         self.pooling, self.normalize = pooling, normalize
 
+    def load(self):
+        model = super().load()
+        if model.kind != "encoder":
+            raise CorpusError(f"embed needs an encoder (a sentence-embedding model); this is a "
+                              f"{model.kind} model")
+        return model
+
     def limit(self, model):
         tok = getattr(model.tokenizer, "max_length", None)
         P = model.config.max_position_embeddings
@@ -127,6 +176,9 @@ class EmbedTask(CorpusTask):
 
     def blank(self, model):
         return np.zeros(model.config.d_model, np.float32)
+
+    def width(self, model):
+        return model.config.d_model
 
     def collect(self, results):
         return np.stack(results).astype(np.float32, copy=False)
@@ -156,7 +208,8 @@ class TranslateTask(CorpusTask):
     def load(self):
         model = super().load()
         if model.kind != "seq2seq":
-            raise CorpusError("translate needs an encoder-decoder model")
+            raise CorpusError(f"translate needs an encoder-decoder model; this is a {model.kind} "
+                              "model")
         return model
 
     def encode(self, model, texts):
@@ -216,15 +269,8 @@ class GenerateTask(CorpusTask):
                                       top_k=self.top_k, top_p=self.top_p,
                                       num_beams=self.num_beams,
                                       seed=None if self.seed is None else seed))
-        eos = set(cfg.eos_token_ids)
-        completions = []
-        for prompt, row in zip(batch, out):
-            new = [int(t) for t in row[ids.shape[1]:]]
-            cut = next((i for i, t in enumerate(new) if t in eos), len(new))
-            head, full = tok.decode(prompt), tok.decode(list(prompt) + new[:cut])
-            completions.append(full[len(head):] if full.startswith(head) else
-                               tok.decode(new[:cut]))
-        return completions
+        return [completion(tok, prompt, row[ids.shape[1]:], cfg.eos_token_ids)
+                for prompt, row in zip(batch, out)]
 
     def write(self, f, suffix, lines, results):
         for prompt, c in zip(lines, results):

@@ -129,6 +129,20 @@ def stream(model, input_ids, attention_mask=None, generation_config=None, **kwar
     yield from greedy_steps(decoding, cfg, processors, warpers, rng)
 
 
+def check_work(cfg, decoding, positions):
+    """The work bound of a search, checked before anything sized by max_new_tokens is allocated
+    (the searches' (B, T + max_new_tokens) arrays, the KV cache): the longest prompt (its real
+    tokens) + max_new_tokens must fit the model's `positions` (None: no limit). Raises
+    ValueError naming max_new_tokens (or max_length, where it set the count)."""
+    if positions is None:
+        return
+    longest = int(decoding.mask.sum(1).max()) if decoding.mask.size else 0
+    if longest + cfg.max_new_tokens > positions:
+        raise ValueError(f"a prompt of {longest} tokens + max_new_tokens={cfg.max_new_tokens} "
+                         f"exceeds the model's {positions} positions (max_new_tokens, else "
+                         "max_length, of the call or generation_config.json)")
+
+
 def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
     """The options resolved and validated, the model's decoding object, the processors and
     warpers, and the sampling generator (None without do_sample), for generate and stream."""
@@ -144,6 +158,7 @@ def _prepare(model, input_ids, attention_mask, generation_config, kwargs):
     if cfg.pad_token_id is None:
         cfg = cfg.update(pad_token_id=(np.atleast_1d(cfg.eos_token_id).tolist() or [0])[0])
     cfg = cfg.validate(decoding.vocab_size)
+    check_work(cfg, decoding, getattr(model.config, "max_position_embeddings", None))
     processors = build_processors(cfg, T, decoding.vocab_size, decoding.ignore)
     warpers = build_warpers(cfg)
     rng = np.random.default_rng(cfg.seed) if cfg.do_sample else None

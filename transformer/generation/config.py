@@ -23,6 +23,10 @@ _NULLABLE = ("max_new_tokens", "max_length", "bad_words_ids", "suppress_tokens",
              "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id", "seed")
 
 
+MAX_TOKEN_ID = 2 ** 63  # token ids are int64 (an id past the vocabulary: never produced)
+_FLOAT32_LOG_MAX = math.log(float(np.finfo(np.float32).max))  # ~88.7
+
+
 class TokenIdError(IndexError, ValueError):
     """A token id outside the vocabulary: an IndexError (as every out-of-range id in this
     package) and a ValueError (a bad generation option)."""
@@ -41,10 +45,12 @@ def _token_list(name, value, V=None):
     any id >= 0)."""
     if value is None:
         return ()
+    if not (_is_int(value) or isinstance(value, (list, tuple, np.ndarray))):
+        raise ValueError(f"{name} must be a token id or a list of them, got {value!r}")
     ids = [value] if _is_int(value) else list(value)
     for t in ids:
-        if not _is_int(t) or t < 0 or (V is not None and t >= V):
-            where = f"[0, {V})" if V is not None else ">= 0"
+        if not _is_int(t) or t < 0 or t >= (MAX_TOKEN_ID if V is None else V):
+            where = f"[0, {V})" if V is not None else "[0, 2 ** 63)"
             raise (TokenIdError if _is_int(t) else ValueError)(
                 f"{name} must hold token ids {where}, got {value!r}")
     return tuple(int(t) for t in ids)
@@ -180,12 +186,17 @@ class GenerationConfig:
         if self.num_beams > 1:
             check("num_return_sequences", self.num_return_sequences <= self.num_beams,
                   f"at most num_beams={self.num_beams}")
+            # beam scores divide by new_length ** length_penalty (float32): it must stay finite
+            # and non-zero up to max_new_tokens (Python's float power raises OverflowError)
+            check("length_penalty", abs(self.length_penalty) * math.log(self.max_new_tokens)
+                  < _FLOAT32_LOG_MAX, f"such that max_new_tokens={self.max_new_tokens} ** "
+                  "length_penalty fits float32 (|length_penalty| * ln(max_new_tokens) < 88)")
         else:
             check("num_return_sequences", self.do_sample or self.num_return_sequences == 1,
                   "1 for greedy search (sample with do_sample, or use num_beams)")
-        check("pad_token_id", self.pad_token_id is None or (_is_int(self.pad_token_id)
-                                                            and self.pad_token_id >= 0),
-              "None or a token id >= 0")
+        check("pad_token_id", self.pad_token_id is None or (
+            _is_int(self.pad_token_id) and 0 <= self.pad_token_id < MAX_TOKEN_ID),
+            "None or a token id in [0, 2 ** 63)")
         for name in ("forced_bos_token_id", "forced_eos_token_id", "decoder_start_token_id"):
             v = getattr(self, name)
             check(name, v is None or _is_int(v), "None or an integer token id")

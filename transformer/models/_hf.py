@@ -45,6 +45,25 @@ def read_hf_weights(path):
                             "pickled .bin files are never loaded)")
 
 
+def head_expected(tensors, config, name="lm_head.weight"):
+    """Whether the LM head `name` is a tensor of its own to read and shape-check: when the config
+    unties it (tie_word_embeddings false: the file must hold it) or the file holds one anyway
+    (HF then loads the stored head whatever the config says, when it differs from the word
+    embeddings: transformers' "both are present in the checkpoints with different values, so
+    we will NOT tie them")."""
+    return not config.tie_word_embeddings or name in tensors
+
+
+def lm_head(found, name, embeddings):
+    """The LM head: found[name] when read (head_expected) and not equal to the word embeddings,
+    else the embeddings themselves (one array: tied)."""
+    import numpy as np
+    head = found.get(name)
+    if head is None or head is embeddings or np.array_equal(head, embeddings):
+        return embeddings
+    return head
+
+
 def check_layer_count(tensors, n_layers, source):
     """Raise WeightsError when the config asks for more layers than `tensors` could hold (every
     layer has at least one tensor), before any per-layer work is done for that count."""
@@ -68,7 +87,8 @@ class HFFamily:
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, _layers(config), source)
         weights = cls.weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings,
+                                                 config.vocab_size), threads)
 
 
 def _layers(config):

@@ -58,6 +58,20 @@ def check_tokens(tokens, vocab_size, rows):
     return tokens
 
 
+def check_no_holes(mask, mask_name="attention_mask"):
+    """Raise ValueError when a row of the (B, T) bool mask has a hole (a 0 between 1s): models
+    with relative position buckets (T5, MPNet) measure distances over the packed real tokens,
+    where HF measures them over columns, so such a mask would silently give other values
+    (padding on the left or the right is no hole)."""
+    first = mask.argmax(1)
+    last = mask.shape[1] - 1 - mask[:, ::-1].argmax(1)
+    holes = np.flatnonzero(mask.sum(1) != last - first + 1)
+    if len(holes):
+        raise ValueError(f"{mask_name} row {int(holes[0])} has a hole (a 0 between real "
+                         "tokens): this model's relative positions count the real tokens, HF "
+                         "counts columns; pad only on the left or the right")
+
+
 def pack(mask):
     """Packing of the real tokens of a (B, T) bool mask: flat indices into (B*T,), cu_seqlens
     (B+1,) int64, and each real token's column in the padded batch (its HF position id)."""

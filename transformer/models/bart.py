@@ -39,7 +39,7 @@ def config_from_hf(cfg, source="config.json"):
             positions="learned" if kind == "bart" else "sinusoidal", sinusoids="marian",
             position_offset=2 if kind == "bart" else 0,
             max_position_embeddings=cfg.get("max_position_embeddings", 1024),
-            scale_embedding=bool(cfg.get("scale_embedding", kind == "marian")), norm_eps=1e-5,
+            scale_embedding=cfg.get("scale_embedding", kind == "marian"), norm_eps=1e-5,
             decoder_start_token_id=cfg["decoder_start_token_id"],
             eos_token_id=cfg.get("eos_token_id"), pad_token_id=cfg.get("pad_token_id"),
             bos_token_id=cfg.get("bos_token_id"),

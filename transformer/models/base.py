@@ -59,6 +59,9 @@ class Model:
         self.tokenizer = tokenizer
         self.threads = resolve_threads(threads)
         self.weights = host_weights(weights)
+        # the weights as loaded: every move places from them, so that a round trip through a
+        # rounding dtype (int8, bfloat16, float16) never keeps the rounded values
+        self._source = self.weights
         self._tables = {}
         self._moved()
 
@@ -68,6 +71,9 @@ class Model:
         On the CPU, dtype "int8" / "bfloat16" packs the linear weights and word embeddings
         (transformer.ops.cpu.packs; int8 quantized per row, CTranslate2's int8) and keeps the
         rest float32. Tensors shared between names (tied embeddings and LM head) stay shared.
+        Every move starts from the weights as loaded (kept on the host while the model lives
+        in another dtype or on the GPU), so `dtype` never lies: int8 then float32 gives the
+        loaded float32 weights back, bfloat16 then int8 quantizes the float32 ones.
         Raises ValueError for a device this family does not run on or a dtype the device does
         not run, RuntimeError without CuPy or a GPU."""
         device, dtype = check(device, dtype)
@@ -75,10 +81,10 @@ class Model:
             raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
         place = ops.backend(device, dtype, self.threads).place_weight
         moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        for k, v in self.weights.items():
+        for k, v in self._source.items():
             if id(v) not in moved:
                 moved[id(v)] = place(k, v)
-        self.weights = {k: moved[id(v)] for k, v in self.weights.items()}
+        self.weights = {k: moved[id(v)] for k, v in self._source.items()}
         self.device, self.dtype = device, dtype
         self._tables = {}
         self._moved()
@@ -138,14 +144,16 @@ class Model:
     def _relative_bias(self, prefix, max_distance, bidirectional=True):
         """The relative position bias (an ops.PositionBias) of the table
         `<prefix>position_bias.relative` (H, num_buckets), or None without one; made once per
-        table."""
+        table, its distances bounded by the config's max_position_embeddings (+ offset)."""
         table = self.weights.get(prefix + "position_bias.relative")
         if table is None:
             return None
         hit = self._tables.get(("relative", prefix))
         if hit is None or hit[0] is not table:
+            cfg = self.config
+            longest = cfg.max_position_embeddings + getattr(cfg, "position_offset", 0)
             hit = self._tables[("relative", prefix)] = (table, ops.PositionBias.relative(
-                self.kernels.to_host(table), max_distance, bidirectional))
+                self.kernels.to_host(table), max_distance, bidirectional, longest))
         return hit[1]
 
     # -- outputs ----------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ def config_from_hf(cfg, source="config.json", roberta=False):
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise ValueError(f"{source}: position_embedding_type "
                          f"{cfg['position_embedding_type']!r} is not supported (only 'absolute')")
+    pad = cfg.get("pad_token_id", 1 if roberta else 0)
+    if roberta and (not isinstance(pad, int) or isinstance(pad, bool) or pad < 0):
+        raise ValueError(f"{source}: pad_token_id must be a token id (an integer >= 0: RoBERTa's "
+                         f"positions start after it), got {pad!r}")
     try:
         return EncoderConfig(
             vocab_size=cfg["vocab_size"], d_model=cfg["hidden_size"],
@@ -40,8 +44,7 @@ def config_from_hf(cfg, source="config.json", roberta=False):
             max_position_embeddings=cfg.get("max_position_embeddings", 512),
             type_vocab_size=cfg.get("type_vocab_size", 2), activation=HF_ACTIVATIONS[act],
             layer_norm_eps=cfg.get("layer_norm_eps", 1e-12), pre_norm=False,
-            pad_token_id=cfg.get("pad_token_id", 1 if roberta else 0),
-            position_start=cfg.get("pad_token_id", 1) + 1 if roberta else None)
+            pad_token_id=pad, position_start=pad + 1 if roberta else None)
     except KeyError as e:
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
 

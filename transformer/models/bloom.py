@@ -1,16 +1,18 @@
 """BLOOM (BigScience 2022) from a Hugging Face directory, HF modeling_bloom.py
 (BloomForCausalLM): pre-LN decoder with a LayerNorm after the word embedding, ALiBi positions
 (Press et al. 2022; the slopes added in the attention kernels, ops.PositionBias), GELU-tanh MLP,
-LM head tied to the word embeddings. The fused query_key_value rows are per head (H, 3, D) and
-are reordered here to our Q | K | V layout. Names with or without the "transformer." prefix."""
+LM head tied to the word embeddings unless the file holds its own. The fused query_key_value
+rows are per head (H, 3, D) and are reordered here to our Q | K | V layout. Names with or
+without the "transformer." prefix."""
 import numpy as np
 
 from ..weights import check_tensors
 from . import register_family
-from ._hf import HFFamily
+from ._hf import HFFamily, head_expected, lm_head
+from .config import is_int
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
-IGNORED = ("lm_head.weight",)
+IGNORED = ()
 
 
 def config_from_hf(cfg, source="config.json"):
@@ -24,10 +26,11 @@ def config_from_hf(cfg, source="config.json"):
     try:
         return DecoderConfig(
             vocab_size=cfg["vocab_size"], d_model=C, n_heads=cfg.get("n_head", 8),
-            n_layers=cfg.get("n_layer", 2), d_ff=4 * C,
+            n_layers=cfg.get("n_layer", 2), d_ff=4 * C if is_int(C) else C,
             max_position_embeddings=cfg.get("seq_length", 2048), norm="layer_norm",
             norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation="gelu_tanh",
-            positions="alibi", embedding_norm=True, bias=True, tie_word_embeddings=True,
+            positions="alibi", embedding_norm=True, bias=True,
+            tie_word_embeddings=cfg.get("tie_word_embeddings", True),
             bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
             pad_token_id=cfg.get("pad_token_id"))
     except KeyError as e:
@@ -54,14 +57,17 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
                                 ("ff2", "mlp.dense_4h_to_h", (C, F))):
             names[p + ours + ".weight"] = (q + hf + ".weight", shape)
             names[p + ours + ".bias"] = (q + hf + ".bias", shape[:1])
-    found = check_tensors(tensors, dict(names.values()), IGNORED, source)
+    expected = dict(names.values())
+    if head_expected(tensors, config):
+        expected["lm_head.weight"] = (V, C)
+    found = check_tensors(tensors, expected, IGNORED, source)
     weights = {ours: found[hf] for ours, (hf, _) in names.items()}
     for i in range(config.n_layers):  # rows (H, 3, D) -> (3, H, D)
         for s in ("weight", "bias"):
             w = weights[f"layers.{i}.qkv.{s}"]
             weights[f"layers.{i}.qkv.{s}"] = np.ascontiguousarray(
                 w.reshape((H, 3, D) + w.shape[1:]).swapaxes(0, 1).reshape(w.shape))
-    weights["lm_head.weight"] = weights["embeddings.word"]
+    weights["lm_head.weight"] = lm_head(found, "lm_head.weight", weights["embeddings.word"])
     assert set(weights) == set(decoder_shapes(config))
     return weights
 

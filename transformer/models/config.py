@@ -3,13 +3,15 @@ HF), one vocabulary for all three, that of the blocks (transformer.models.block)
 activation in ACTIVATIONS (gated: act(gate) * up, Shazeer 2020), positions in POSITIONS. Each
 config builds the BlockSpec of its layers when it is made, so that its fields are validated
 there, once (a ValueError prefixed "config")."""
+import math
 from dataclasses import dataclass, replace
 from functools import cached_property
 
 from .block import ACTIVATIONS, NORMS, POSITIONS, BlockSpec
 
 __all__ = ["EncoderConfig", "DecoderConfig", "Seq2SeqConfig", "ACTIVATIONS", "NORMS",
-           "POSITIONS", "SINUSOIDS", "HF_ACTIVATIONS", "check_positive"]
+           "POSITIONS", "SINUSOIDS", "HF_ACTIVATIONS", "check_positive", "check_token_ids",
+           "check_flags", "check_buckets", "check_real"]
 
 SINUSOIDS = ("paper", "marian", "t2t")  # layouts of sinusoidal positions (Seq2SeqConfig)
 
@@ -18,12 +20,71 @@ HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": 
                   "gelu_fast": "gelu_tanh", "relu": "relu"}
 
 
+def is_int(value):
+    """Whether value is an int and not a bool (JSON true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_is_int = is_int
+
+
 def check_positive(config, names):
     """Raise ValueError unless each named field of `config` is a positive integer."""
     for name in names:
         value = getattr(config, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not _is_int(value) or value < 1:
             raise ValueError(f"config {name} must be a positive integer, got {value!r}")
+
+
+def check_token_ids(config, names, nullable=True):
+    """Raise ValueError unless each named field of `config` is a token id (an integer >= 0; an
+    id beyond the vocabulary is allowed, as HF: such an eos is never produced) or, when
+    nullable, None; a tuple of them for eos_token_id."""
+    for name in names:
+        value = getattr(config, name)
+        ids = value if isinstance(value, tuple) and name == "eos_token_id" else (value,)
+        if not all((v is None and nullable) or (_is_int(v) and 0 <= v < 2 ** 63) for v in ids):
+            raise ValueError(f"config {name} must be a token id (an integer in [0, 2 ** 63))"
+                             f"{' or null' if nullable else ''}, got {value!r}")
+
+
+def check_flags(config, names):
+    """Raise ValueError unless each named field of `config` is True or False (a JSON string
+    "false" would otherwise read as true)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, bool):
+            raise ValueError(f"config {name} must be true or false, got {value!r}")
+
+
+def check_real(config, name, nullable=False):
+    """Raise ValueError unless the field `name` of `config` is a finite positive number (or None
+    when nullable)."""
+    value = getattr(config, name)
+    if value is None and nullable:
+        return
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0):
+        raise ValueError(f"config {name} must be a finite positive number, got {value!r}")
+
+
+def check_buckets(config, bidirectional):
+    """Raise ValueError unless relative_attention_num_buckets / relative_attention_max_distance
+    fit HF's bucket formula (modeling_t5.py _relative_position_bucket): buckets (halved when
+    bidirectional) with at least one exact bucket, max_exact = those // 2, and max_distance >
+    max_exact (the log-spaced buckets divide by log(max_distance / max_exact): at or below the
+    exact range HF itself gives inf / nan or negative buckets)."""
+    nb, md = config.relative_attention_num_buckets, config.relative_attention_max_distance
+    least = 4 if bidirectional else 2
+    if not _is_int(nb) or nb < least:
+        raise ValueError(f"config relative_attention_num_buckets must be an integer >= {least}"
+                         f"{' (bidirectional: half for each direction)' if bidirectional else ''}"
+                         f", got {nb!r}")
+    max_exact = (nb // 2 if bidirectional else nb) // 2
+    if not _is_int(md) or md <= max_exact:
+        raise ValueError(f"config relative_attention_max_distance must be an integer above the "
+                         f"{max_exact} exact buckets of relative_attention_num_buckets={nb}, "
+                         f"got {md!r}")
 
 
 def _check_blocks(config, *names):
@@ -75,6 +136,14 @@ class EncoderConfig:
     def __post_init__(self):
         check_positive(self, ("vocab_size", "d_model", "n_heads", "n_layers", "d_ff",
                               "max_position_embeddings"))
+        check_token_ids(self, ("pad_token_id",), nullable=False)
+        check_flags(self, ("pre_norm",))
+        check_real(self, "layer_norm_eps")
+        if not _is_int(self.type_vocab_size) or self.type_vocab_size < 0:
+            raise ValueError(f"config type_vocab_size must be an integer >= 0, got "
+                             f"{self.type_vocab_size!r}")
+        if self.relative_attention_num_buckets != 0:
+            check_buckets(self, bidirectional=True)
         if self.position_start is not None and not (
                 isinstance(self.position_start, int)
                 and 0 <= self.position_start < self.max_position_embeddings):
@@ -150,6 +219,7 @@ class DecoderConfig:
             object.__setattr__(self, "gated", True)
         if self.n_kv_heads is None:
             object.__setattr__(self, "n_kv_heads", self.n_heads)
+        check_positive(self, ("d_model", "n_heads", "n_kv_heads"))
         if self.head_dim is None:
             if self.d_model % self.n_heads:
                 raise ValueError(f"config d_model={self.d_model} must be a multiple of "
@@ -159,6 +229,14 @@ class DecoderConfig:
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         check_positive(self, ("vocab_size", "d_model", "n_heads", "n_kv_heads", "n_layers",
                               "d_ff", "max_position_embeddings", "head_dim"))
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"config n_heads={self.n_heads} must be a multiple of "
+                             f"n_kv_heads={self.n_kv_heads}")
+        check_token_ids(self, ("bos_token_id", "eos_token_id", "pad_token_id"))
+        check_flags(self, ("rope_interleaved", "embedding_norm", "bias", "tie_word_embeddings",
+                           "gated"))
+        check_real(self, "rope_theta")
+        check_real(self, "norm_eps")
         _check_positions(self, ("learned", "rotary", "alibi"))
         _check_blocks(self, "block")
 
@@ -237,6 +315,19 @@ class Seq2SeqConfig:
         check_positive(self, ("src_vocab_size", "tgt_vocab_size", "d_model", "n_heads",
                               "encoder_layers", "decoder_layers", "d_ff",
                               "max_position_embeddings"))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        check_token_ids(self, ("decoder_start_token_id", "eos_token_id", "pad_token_id",
+                               "bos_token_id",
+                               "forced_bos_token_id", "forced_eos_token_id"))
+        check_flags(self, ("pre_norm", "encoder_final_norm", "decoder_final_norm",
+                           "layernorm_embedding", "scale_embedding", "gated", "bias"))
+        if not _is_int(self.position_offset) or self.position_offset < 0:
+            raise ValueError(f"config position_offset must be an integer >= 0, got "
+                             f"{self.position_offset!r}")
+        check_real(self, "attention_scale", nullable=True)
+        check_real(self, "lm_head_scale")
+        check_real(self, "norm_eps")
         if self.d_kv is None and self.d_model % self.n_heads:
             raise ValueError(f"config d_model={self.d_model} must be a multiple of "
                              f"n_heads={self.n_heads} (or give d_kv)")
@@ -246,6 +337,9 @@ class Seq2SeqConfig:
             object.__setattr__(self, "sinusoids", self.positions[len("sinusoidal_"):])
             object.__setattr__(self, "positions", "sinusoidal")
         _check_positions(self, ("learned", "sinusoidal", "relative"))
+        if self.positions == "relative":  # bidirectional in the encoder, causal in the decoder
+            check_buckets(self, bidirectional=True)
+            check_buckets(self, bidirectional=False)
         if self.sinusoids not in SINUSOIDS:
             raise ValueError(f"config sinusoids must be one of {SINUSOIDS}, got "
                              f"{self.sinusoids!r}")
@@ -276,5 +370,7 @@ class Seq2SeqConfig:
 
     @property
     def eos_token_ids(self):
-        """The end-of-sequence ids as a tuple."""
-        return () if self.eos_token_id is None else (self.eos_token_id,)
+        """The end-of-sequence ids as a tuple (empty when none; eos_token_id may be a list in
+        config.json, as HF allows)."""
+        eos = self.eos_token_id
+        return () if eos is None else tuple(eos) if isinstance(eos, tuple) else (eos,)

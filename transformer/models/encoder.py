@@ -26,7 +26,7 @@ from .._threads import blas_single_threaded
 from ..device import to_numpy
 from .._io import read_json
 from .base import Model
-from ._inputs import check_batch, pack
+from ._inputs import check_batch, check_no_holes, pack
 
 POOLING_MODES = ("mean", "max", "cls", "mean_sqrt_len")
 # sentence-transformers' Pooling config flags, in the order its forward() concatenates them
@@ -110,6 +110,8 @@ class EncoderModel(Model):
             input_ids, attention_mask, token_type_ids = map(cut, (input_ids, attention_mask,
                                                                   token_type_ids))
         ids, mask, _ = check_batch(input_ids, attention_mask, cfg.vocab_size)
+        if cfg.positions == "relative":
+            check_no_holes(mask)
         B, T = ids.shape
         if T > P:
             raise ValueError(f"input_ids has T={T} tokens but the model takes at most {P} "

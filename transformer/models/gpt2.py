@@ -1,13 +1,15 @@
 """GPT-2 family (Radford et al. 2019) from a Hugging Face directory (config.json +
 model.safetensors), names as in HF modeling_gpt2.py: Conv1D weights stored (in, out) and
 transposed here, the fused c_attn split-free (its Q|K|V column order is ours), the LM head tied
-to wte. Names with or without the "transformer." prefix of GPT2LMHeadModel."""
+to wte unless the file holds its own (tie_word_embeddings false, or a stored head that
+differs). Names with or without the "transformer." prefix of GPT2LMHeadModel."""
 from ..weights import check_tensors
 from . import register_family
-from ._hf import HFFamily
+from ._hf import HFFamily, head_expected, lm_head
+from .config import is_int
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
-IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")
+IGNORED = (".attn.bias", ".attn.masked_bias")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "gelu": "gelu", "relu": "relu"}
 
@@ -26,10 +28,11 @@ def config_from_hf(cfg, source="config.json"):
     try:
         return DecoderConfig(
             vocab_size=cfg["vocab_size"], d_model=C, n_heads=cfg.get("n_head", 12),
-            n_layers=cfg.get("n_layer", 12), d_ff=cfg.get("n_inner") or 4 * C,
+            n_layers=cfg.get("n_layer", 12), d_ff=cfg.get("n_inner") or (4 * C if is_int(C) else C),
             max_position_embeddings=cfg.get("n_positions", 1024), norm="layer_norm",
             norm_eps=cfg.get("layer_norm_epsilon", 1e-5), activation=ACTIVATIONS[act],
-            positions="learned", bias=True, tie_word_embeddings=True,
+            positions="learned", bias=True,
+            tie_word_embeddings=cfg.get("tie_word_embeddings", True),
             bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
             pad_token_id=cfg.get("pad_token_id"))
     except KeyError as e:
@@ -62,9 +65,11 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
                                    ("ff2.bias", "mlp.c_proj.bias", (C,), False)):
             expected[q + hf] = shape
             names[p + ours] = (q + hf, t)
+    if head_expected(tensors, config):
+        expected["lm_head.weight"] = (V, C)
     found = check_tensors(tensors, expected, IGNORED, source)
     weights = {ours: (found[hf].T if t else found[hf]) for ours, (hf, t) in names.items()}
-    weights["lm_head.weight"] = weights["embeddings.word"]
+    weights["lm_head.weight"] = lm_head(found, "lm_head.weight", weights["embeddings.word"])
     assert set(weights) == set(decoder_shapes(config))
     return weights
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..weights import check_tensors
 from . import register_family
-from ._hf import HFFamily
+from ._hf import HFFamily, head_expected, lm_head
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
 
 IGNORED = (".rotary_emb.inv_freq",)
@@ -18,10 +18,15 @@ def config_from_hf(cfg, source="config.json"):
     if cfg.get("hidden_act", "silu") != "silu":
         raise ValueError(f"{source}: hidden_act {cfg['hidden_act']!r} is not supported (silu)")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+    if not isinstance(rope, dict):
+        raise ValueError(f"{source}: rope_parameters / rope_scaling must be a JSON object, got "
+                         f"{rope!r}")
     if rope.get("rope_type", rope.get("type", "default")) not in ("default", None):
         raise ValueError(f"{source}: rope scaling {rope.get('rope_type', rope.get('type'))!r} "
                          "is not supported")
     theta = rope.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)):
+        raise ValueError(f"{source}: rope_theta must be a number, got {theta!r}")
     if cfg.get("mlp_bias") or (cfg.get("attention_bias") and cfg.get("model_type") == "llama"):
         raise ValueError(f"{source}: attention_bias / mlp_bias are not supported")
     try:
@@ -46,7 +51,7 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
     C, D, F, V = config.d_model, config.head_dim, config.d_ff, config.vocab_size
     Q, K = config.n_heads * D, config.n_kv_heads * D
     expected = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
-    if not config.tie_word_embeddings:
+    if head_expected(tensors, config):
         expected["lm_head.weight"] = (V, C)
     for i in range(config.n_layers):
         q = f"model.layers.{i}."
@@ -56,11 +61,9 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
                          q + "self_attn.v_proj.weight": (K, C), q + "self_attn.o_proj.weight": (C, Q),
                          q + "mlp.gate_proj.weight": (F, C), q + "mlp.up_proj.weight": (F, C),
                          q + "mlp.down_proj.weight": (C, F)})
-    ignore = IGNORED + (("lm_head.weight",) if config.tie_word_embeddings else ())
-    t = check_tensors(tensors, expected, ignore, source)
+    t = check_tensors(tensors, expected, IGNORED, source)
     w = {"embeddings.word": t["model.embed_tokens.weight"], "final_norm.weight": t["model.norm.weight"],
-         "lm_head.weight": t["model.embed_tokens.weight"] if config.tie_word_embeddings
-         else t["lm_head.weight"]}
+         "lm_head.weight": lm_head(t, "lm_head.weight", t["model.embed_tokens.weight"])}
     for i in range(config.n_layers):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         w[p + "norm1.weight"] = t[q + "input_layernorm.weight"]

@@ -33,7 +33,7 @@ from ..generation.contract import Decoding
 from ..ops import sinusoid_table
 from ..ops.packed import PackedWeight
 from . import block
-from ._inputs import check_batch, check_tokens, pack
+from ._inputs import check_batch, check_no_holes, check_tokens, pack
 from .base import Model
 from .block import KVCache
 from .config import Seq2SeqConfig
@@ -150,6 +150,11 @@ class Seq2SeqDecoding(Decoding):
             else encoder_output
         B = len(self.enc.lengths)
         start = cfg.decoder_start_token_id if start_token_id is None else start_token_id
+        if start is None:  # HF _get_decoder_start_token_id: bos_token_id next
+            start = cfg.bos_token_id
+        if start is None:
+            raise ValueError("decoder_start_token_id and bos_token_id are null (config.json and "
+                             "generation_config.json): give decoder_start_token_id")
         if decoder_input_ids is None:
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask needs decoder_input_ids")
@@ -304,6 +309,8 @@ class Seq2SeqModel(Model):
         """Checked and packed batch: ids (N,), positions (N,), flat indices, cu_seqlens, lengths."""
         mask_name = "attention_mask" if name == "input_ids" else "decoder_attention_mask"
         ids, mask, lens = check_batch(input_ids, attention_mask, vocab, name, mask_name)
+        if self.config.positions == "relative":
+            check_no_holes(mask, mask_name)
         flat, cu, positions = pack(mask)
         return ids.ravel()[flat], positions, flat, cu, lens
 
@@ -514,12 +521,22 @@ class Seq2SeqModel(Model):
         if target_mask is None:
             lens = np.full(len(tgt), tgt.shape[1])
         else:
-            if np.shape(target_mask) != tgt.shape:
+            m = np.asarray(target_mask)
+            if m.shape != tgt.shape:
                 raise ValueError(f"target_mask must have shape {tgt.shape}")
-            lens = np.asarray(target_mask).sum(1)
+            lens = m.sum(1) if m.size else np.zeros(len(tgt), np.int64)
+            if not (np.issubdtype(m.dtype, np.integer) or m.dtype == np.bool_) \
+                    or np.any(m != (np.arange(m.shape[1])[None] < lens[:, None])):
+                raise ValueError("target_mask must hold 1 for each row's target tokens then 0 "
+                                 "(integers or booleans, right padding)")
+            lens = lens.astype(np.int64)
         B, T = len(tgt), int(lens.max()) + 1
+        if cfg.decoder_start_token_id is None:
+            raise ValueError("decoder_start_token_id is null (config.json): score needs it")
         dec_in = np.full((B, T), cfg.decoder_start_token_id, np.int64)
-        labels = np.full((B, T), cfg.eos_token_id, np.int64)
+        if not cfg.eos_token_ids:
+            raise ValueError("score needs an eos_token_id (config.json)")
+        labels = np.full((B, T), cfg.eos_token_ids[0], np.int64)
         dmask = (np.arange(T)[None] <= lens[:, None]).astype(np.int64)
         for b, L in enumerate(lens):
             dec_in[b, 1:L + 1] = labels[b, :L] = tgt[b, :L]

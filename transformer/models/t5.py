@@ -7,6 +7,8 @@ decoder; computed inside the attention kernels), one shared embedding for both s
 embedding with the decoder output rescaled by d_model^-0.5 (config scale_decoder_outputs, or a
 tied config), or a separate lm_head.weight (v1.1). CPU and GPU: the relative bias runs inside
 either backend's attention kernels."""
+from dataclasses import replace
+
 import numpy as np
 
 from ..weights import check_tensors
@@ -19,8 +21,16 @@ FFN = {"relu": ("relu", False), "gated-gelu": ("gelu_tanh", True), "gelu": ("gel
 IGNORED = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
 
 
+# the longest sequence of a config.json without n_positions (transformers 5 writes none; T5 has
+# no position table, HF no limit): T5's pre-training length and the n_positions of every
+# original T5 / flan-T5 config, so that one long line is refused or cut, not run for hours
+DEFAULT_POSITIONS = 512
+
+
 def config_from_hf(cfg, source="config.json"):
-    """Seq2SeqConfig from an HF T5Config dict. Raises ValueError for unsupported settings."""
+    """Seq2SeqConfig from an HF T5Config dict (max_position_embeddings: n_positions, else
+    DEFAULT_POSITIONS). Raises ValueError for unsupported settings or a field out of range
+    (Seq2SeqConfig's checks)."""
     proj = cfg.get("feed_forward_proj", "relu")
     if proj not in FFN:
         raise ValueError(f"{source}: feed_forward_proj {proj!r} is not supported "
@@ -31,7 +41,7 @@ def config_from_hf(cfg, source="config.json"):
     try:
         V, C = cfg["vocab_size"], cfg["d_model"]
         L = cfg.get("num_layers", 6)
-        return Seq2SeqConfig(
+        config = Seq2SeqConfig(
             src_vocab_size=V, tgt_vocab_size=V, d_model=C, n_heads=cfg.get("num_heads", 8),
             encoder_layers=L, decoder_layers=cfg.get("num_decoder_layers") or L,
             d_ff=cfg["d_ff"], d_kv=cfg.get("d_kv", 64), activation=act, gated=gated,
@@ -40,12 +50,13 @@ def config_from_hf(cfg, source="config.json"):
             positions="relative", scale_embedding=False,
             relative_attention_num_buckets=cfg.get("relative_attention_num_buckets", 32),
             relative_attention_max_distance=cfg.get("relative_attention_max_distance", 128),
-            max_position_embeddings=cfg.get("n_positions", 1 << 20),
-            lm_head_scale=C ** -0.5 if scale else 1.0,
+            max_position_embeddings=cfg.get("n_positions") or DEFAULT_POSITIONS,
             decoder_start_token_id=cfg.get("decoder_start_token_id", 0),
             eos_token_id=cfg.get("eos_token_id", 1), pad_token_id=cfg.get("pad_token_id", 0))
     except KeyError as e:
         raise ValueError(f"{source}: missing key {e.args[0]!r}")
+    # the head's rescaling once d_model is known to be a positive integer
+    return replace(config, lm_head_scale=C ** -0.5) if scale else config
 
 
 def weights_from_hf(tensors, config, source="model.safetensors"):

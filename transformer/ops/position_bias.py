@@ -61,9 +61,13 @@ class PositionBias:
     bidirectional): table (H, num_buckets) float, the learned bias of each head and bucket
     (HF's relative_attention_bias weight, transposed). Positions: the queries of a sequence sit
     at the end of its keys (query t of T at t + S - T, as with a KV cache), keys at 0..S-1.
+    max_length: the longest sequence the bias will see (None: any): the kernels' table of
+    buckets per distance then stops at that distance, not at max_distance, so that a huge
+    max_distance costs nothing (the bucket of a distance does not depend on it).
     Raises ValueError for shapes or values that do not fit."""
 
-    def __init__(self, slopes=None, table=None, max_distance=128, bidirectional=True):
+    def __init__(self, slopes=None, table=None, max_distance=128, bidirectional=True,
+                 max_length=None):
         if (slopes is None) == (table is None):
             raise ValueError("give exactly one of slopes (ALiBi) and table (relative buckets)")
         self.slopes = None if slopes is None else _vector("slopes", slopes)
@@ -72,7 +76,12 @@ class PositionBias:
             raise ValueError(f"table must be (H, num_buckets >= 2), got {self.table.shape}")
         if not (isinstance(max_distance, (int, np.integer)) and max_distance >= 1):
             raise ValueError(f"max_distance must be a positive integer, got {max_distance!r}")
+        if max_length is not None and not (isinstance(max_length, (int, np.integer))
+                                           and max_length >= 1):
+            raise ValueError(f"max_length must be None or a positive integer, got "
+                             f"{max_length!r}")
         self.max_distance, self.bidirectional = int(max_distance), bool(bidirectional)
+        self.max_length = None if max_length is None else int(max_length)
         self.n_heads = len(self.slopes) if self.table is None else self.table.shape[0]
         self._kernel_args = None
 
@@ -82,9 +91,10 @@ class PositionBias:
         return cls(slopes=slopes)
 
     @classmethod
-    def relative(cls, table, max_distance=128, bidirectional=True):
+    def relative(cls, table, max_distance=128, bidirectional=True, max_length=None):
         """Relative position buckets with a learned (H, num_buckets) table."""
-        return cls(table=table, max_distance=max_distance, bidirectional=bidirectional)
+        return cls(table=table, max_distance=max_distance, bidirectional=bidirectional,
+                   max_length=max_length)
 
     def kernel_args(self):
         """Keyword arguments of the backends' attention kernels (transformer._cpu.attention /
@@ -97,7 +107,10 @@ class PositionBias:
                 self._kernel_args = dict(alibi=self.slopes)
             else:
                 nb = self.table.shape[1]
-                n = np.arange(self.max_distance + 2)
+                # distances 0..max_distance + 1 (the last saturates), or only up to the
+                # longest that occurs (a distance past the table reads its last entry)
+                n = np.arange(self.max_distance + 2 if self.max_length is None
+                              else min(self.max_distance + 2, self.max_length + 1))
                 # the distance's bucket without the "key after query" offset
                 of = relative_bucket(-n, nb, self.max_distance, self.bidirectional)
                 self._kernel_args = dict(rel_table=self.table,

@@ -1,7 +1,13 @@
 """The checks every tokenizer makes at its boundary (text in, ids out) and batch padding."""
 import numpy as np
 
-__all__ = ["check_text", "check_ids", "text_list", "pad_batch", "positive_int"]
+__all__ = ["check_text", "check_ids", "text_list", "pad_batch", "positive_int", "cut_text",
+           "BYTES_PER_TOKEN"]
+
+# UTF-8 bytes a token may cover, for bounding a text before it is tokenized (cut_text): GPT-2's
+# longest pieces are 128 bytes, but nearly all are under 16, so a text cut to 64 bytes a token
+# still holds its first n tokens unless it is made of the very longest pieces
+BYTES_PER_TOKEN = 64
 
 
 def check_text(text, name="text"):
@@ -58,3 +64,19 @@ def positive_int(value, name):
     return int(value)
 
 
+
+
+def cut_text(tokenizer, text, n_tokens):
+    """(text, was_cut): `text` cut at a character boundary to the UTF-8 bytes that its first
+    n_tokens tokens can cover, so that tokenizing it is bounded work whatever the length of the
+    input (one 200 MB line otherwise aborts the tokenizer). The bound: the tokenizer's
+    text_bytes(n_tokens) when it has one (llama2.c: what its max_length check accepts), else
+    n_tokens * BYTES_PER_TOKEN. The caller still cuts the token ids to n_tokens."""
+    limit = tokenizer.text_bytes(n_tokens) if hasattr(tokenizer, "text_bytes") \
+        else n_tokens * BYTES_PER_TOKEN
+    if len(text) <= limit // 4:  # at most 4 bytes a character: no need to encode
+        return text, False
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text, False
+    return data[:limit].decode("utf-8", "ignore"), True

@@ -61,17 +61,18 @@ class Tokenizer:
 
 
 
-def hf_tokenizer(path, max_length):
+def hf_tokenizer(path, max_length, vocab_size=None):
     """Tokenizer of `path` truncating to max_length tokens, the one place that chooses it:
     tokenizer.json (the `tokenizers` library), else a Marian SentencePiece pair (source.spm,
-    target.spm, vocab.json), else a T5 SentencePiece model (spiece.model), else None."""
+    target.spm, vocab.json), else a T5 SentencePiece model (spiece.model; its pieces and
+    extra_ids must fit the model's vocab_size when given), else None."""
     tok = os.path.join(path, "tokenizer.json")
     if os.path.isfile(tok):
         return Tokenizer(tok, max_length)
     if os.path.isfile(os.path.join(path, "source.spm")):
         return MarianTokenizer(path, max_length)
     if os.path.isfile(os.path.join(path, "spiece.model")):
-        return T5Tokenizer(path, max_length)
+        return T5Tokenizer(path, max_length, vocab_size=vocab_size)
     return None
 
 
@@ -79,12 +80,16 @@ def max_input_length(path, limit, tokenizer_json):
     """Longest input in tokens of the encoder directory `path`: sentence-transformers'
     max_seq_length (sentence_bert_config.json) when present, else the truncation length of
     `tokenizer_json`, capped at `limit` (the model's positions). Raises ValueError naming the
-    directory for a setting that is not a number."""
+    file and the setting for one that is not a positive integer."""
     st = os.path.join(path, "sentence_bert_config.json")
-    try:
-        if os.path.isfile(st):
-            return min(limit, int(read_json(st).get("max_seq_length", limit)))
+    if os.path.isfile(st):
+        file, key, value = st, "max_seq_length", read_json(st).get("max_seq_length", limit)
+    else:
         trunc = read_json(tokenizer_json).get("truncation") or {}
-        return min(limit, int(trunc.get("max_length", limit)))
-    except (TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{path}: bad max_seq_length or truncation setting ({e})")
+        if not isinstance(trunc, dict):
+            raise ValueError(f"{tokenizer_json}: truncation must be a JSON object or null, got "
+                             f"{trunc!r}")
+        file, key, value = tokenizer_json, "truncation.max_length", trunc.get("max_length", limit)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{file}: {key} must be a positive integer, got {value!r}")
+    return min(limit, value)

@@ -58,6 +58,11 @@ class Llama2cTokenizer:
             raise ValueError(f"{path}: no ' ' token (encode starts every text with it)")
         self.max_length = max_length
 
+    def text_bytes(self, n_tokens):
+        """The UTF-8 bytes of a text that encode (bos, no eos) accepts when n_tokens <=
+        max_length: (n_tokens - 2) * max_token_length (tokenizer.cut_text's bound)."""
+        return max(0, n_tokens - 2) * self.max_token_length
+
     def encode(self, text, bos=True, eos=False):
         """Token ids (list of int) of `text` (a str). Raises TypeError for a non-str, ValueError
         for text that is not valid Unicode or needs more than max_length tokens."""

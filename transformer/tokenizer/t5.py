@@ -59,7 +59,8 @@ class T5Tokenizer:
     path: a directory holding spiece.model (and optionally tokenizer_config.json, whose
     "extra_ids" and "clean_up_tokenization_spaces" are read) or the spiece.model file itself;
     max_length: the longest encoding in tokens, </s> included; extra_ids /
-    clean_up_tokenization_spaces: override tokenizer_config.json (defaults 100 / False, HF's).
+    clean_up_tokenization_spaces: override tokenizer_config.json (defaults 100 / False, HF's);
+    vocab_size: the model's vocabulary (None: unchecked), which pieces + extra_ids must fit.
 
     __call__(texts) -> {"input_ids", "attention_mask"} (B, T) int64, right-padded with <pad>;
     encode(text) -> list of int; decode(ids) -> str. Raises FileNotFoundError for a missing
@@ -68,7 +69,8 @@ class T5Tokenizer:
 
     SPECIAL = ("<pad>", "</s>", "<unk>")
 
-    def __init__(self, path, max_length, extra_ids=None, clean_up_tokenization_spaces=None):
+    def __init__(self, path, max_length, extra_ids=None, clean_up_tokenization_spaces=None,
+                 vocab_size=None):
         sentencepiece = sentencepiece_module("T5 directories")
 
         path = os.fspath(path)
@@ -85,6 +87,10 @@ class T5Tokenizer:
             raise ValueError(f"{where}extra_ids must be an integer >= 0, got {extra!r}")
         clean = (settings.get("clean_up_tokenization_spaces", False)
                  if clean_up_tokenization_spaces is None else clean_up_tokenization_spaces)
+        if not isinstance(clean, (bool, np.bool_)):  # a string "false" would read as true
+            where = f"{config}: " if clean_up_tokenization_spaces is None else ""
+            raise ValueError(f"{where}clean_up_tokenization_spaces must be true or false, got "
+                             f"{clean!r}")
         self.max_length = positive_int(max_length, "max_length")
         self.extra_ids, self.clean_up_tokenization_spaces = int(extra), bool(clean)
 
@@ -103,6 +109,11 @@ class T5Tokenizer:
             ids[token] = i
         self.pad_token_id, self.eos_token_id, self.unk_token_id = (ids[t] for t in self.SPECIAL)
         self.n_pieces = sp.get_piece_size()
+        if vocab_size is not None and self.n_pieces + self.extra_ids > vocab_size:
+            # checked before the sentinels are made: 10 ** 6 of them took seconds and GBs
+            where = f"{config}: " if extra_ids is None else ""
+            raise ValueError(f"{where}extra_ids={self.extra_ids} + the {self.n_pieces} pieces of "
+                             f"{model} exceed the model's vocab_size={vocab_size}")
         self.vocab_size = self.n_pieces + self.extra_ids
         self.added = dict(ids)
         self.added.update({f"<extra_id_{i}>": self.vocab_size - 1 - i
