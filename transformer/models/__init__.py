@@ -49,7 +49,7 @@ def family_for_path(path):
     """The family class that loads `path`: the first registered layout whose detect(path) is
     true, else the family of path/config.json (family_for). Raises FileNotFoundError for a
     missing directory or config.json, ValueError for a bad config.json or unknown family."""
-    from . import ctranslate2, llama2c  # noqa: F401  (registers the layouts)
+    from . import ctranslate2, gguf, llama2c  # noqa: F401  (registers the layouts)
     from .._io import read_json
 
     for _, detect, cls in _LAYOUTS:
@@ -61,6 +61,13 @@ def family_for_path(path):
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path}: no config.json")
     return family_for(read_json(config_path, "JSON object (the model's config)"), config_path)
+
+
+def default_dtype(path):
+    """The CPU compute type the file at `path` loads in when none is asked: its layout's
+    default_dtype(path) (a GGUF file of q8_0 blocks: "int8"), else "float32"."""
+    cls = family_for_path(path)
+    return cls.default_dtype(path) if hasattr(cls, "default_dtype") else "float32"
 
 
 def load(path, threads=None, tokenizer=None, dtype="float32"):
