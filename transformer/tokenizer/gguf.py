@@ -7,7 +7,7 @@ src/llama-vocab.cpp reads the same keys), built with the `tokenizers` library:
 - model "llama": SentencePiece BPE from tokens and scores: merges recovered from the vocabulary,
   best merged token first (as llama.cpp's llm_tokenizer_spm merges the best-scoring pair, and
   transformers' generate_merges orders them), byte fallback to the <0xNN> tokens, "▁" for a
-  space and one prepended to the text, BOS added unless tokenizer.ggml.add_bos_token is false.
+  space and one prepended to the text (also before leading spaces, as llama.cpp), BOS added unless tokenizer.ggml.add_bos_token is false.
 Control tokens (token type 3) are special: kept whole and skipped when decoding; user-defined
 ones (type 4) are kept whole. The conversion follows transformers' integrations/gguf
 (gguf_tokenizer_mapping.py) for these two models."""
@@ -41,7 +41,8 @@ def gguf_tokenizer(metadata, max_length, source="GGUF file"):
     transformer.weights.gguf.read_gguf returns it), truncating to max_length tokens; None when
     the file has no tokens. Raises ValueError naming the key for a tokenizer model or
     pre-tokenizer this does not build (model: gpt2, llama; pre: GPT-2's and Llama 3's)."""
-    from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers, processors
+    from tokenizers import (AddedToken, Regex, decoders, models, normalizers, pre_tokenizers,
+                            processors)
     from tokenizers import Tokenizer as HFTokenizer
 
     tokens = metadata.get("tokenizer.ggml.tokens")
@@ -55,8 +56,12 @@ def gguf_tokenizer(metadata, max_length, source="GGUF file"):
         if pre not in GPT2_PRE + LLAMA3_PRE:
             raise ValueError(f"{source}: tokenizer.ggml.pre {pre!r} is not supported (GPT-2's "
                              f"{GPT2_PRE[:2]} and Llama 3's {LLAMA3_PRE})")
+        vocab = {t: i for i, t in enumerate(tokens)}
         merges = [tuple(m.split(" ", 1)) for m in metadata.get("tokenizer.ggml.merges") or ()]
-        tok = HFTokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+        # a merge whose parts or result is not a token can never apply (llama.cpp skips it too)
+        merges = [m for m in merges if len(m) == 2 and m[0] in vocab and m[1] in vocab
+                  and m[0] + m[1] in vocab]
+        tok = HFTokenizer(models.BPE(vocab, merges))
         if pre in LLAMA3_PRE:
             tok.pre_tokenizer = pre_tokenizers.Sequence([
                 pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
@@ -72,8 +77,10 @@ def gguf_tokenizer(metadata, max_length, source="GGUF file"):
                                      _merges_from_scores(tokens, scores), fuse_unk=True,
                                      byte_fallback=True,
                                      unk_token=tokens[unk] if unk is not None else None))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first",
-                                                     split=False)
+        # "▁" prepended to the text always (llama.cpp's add_space_prefix, run.c's dummy
+        # prefix), also before leading spaces, where Metaspace(prepend_scheme="first") adds none
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                               normalizers.Replace(" ", "\u2581")])
         tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
                                          decoders.Fuse(), decoders.Strip(" ", 1, 0)])
         add_bos = bool(metadata.get("tokenizer.ggml.add_bos_token", True))

@@ -235,7 +235,8 @@ def write_gguf(path, arch, config, state, qtype="F32", tokens=None, scores=None,
         w.add_block_count(L)
         w.add_head_count(H)
         w.add_head_count_kv(H_kv)
-        w.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
+        rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+        w.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
         w.add_layer_norm_rms_eps(config.get("rms_norm_eps", 1e-6))
         w.add_rope_dimension_count(config.get("head_dim") or C // H)
     w.add_file_type(getattr(gguf.LlamaFileType, file_type))
