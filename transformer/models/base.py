@@ -38,18 +38,32 @@ def place_weights(weights, backend):
     for name, value in weights.items():
         if id(value) not in moved:
             moved[id(value)] = _place(backend, name, value)
+            if isinstance(value, Lazy) and value.ndim == 2:
+                _trim_heap()  # the temporaries of this weight, before the next is read
         out[name] = moved[id(value)]
     return out
 
 
+def _trim_heap():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim(0)): the float32
+    temporaries of packing, freed, would otherwise stay resident in the heap beside the packed
+    model (glibc serves allocations under its dynamic mmap threshold, up to 32 MiB, from the
+    heap). Does nothing where the C library has no malloc_trim."""
+    import ctypes
+    import ctypes.util
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _place(backend, name, value):
-    """One weight placed by `backend`, a Lazy one read first (or taken as stored)."""
-    if isinstance(value, Lazy):
-        if backend.dtype == "int4" and value.ndim == 2:
-            stored = value.stored()  # GGUF q4_0 / q4_K blocks: codes, scale, minimum per 32
-            if stored is not None and stored[0] == "int4":
-                return ops.PackedWeight.from_int4(*stored[1])  # issue 22: taken as stored
-        value = value.read()
+    """One weight placed by `backend`; a Lazy one is read by the backend (np.asarray, or a
+    chunk of rows at a time by PackedWeight.pack), or taken as stored."""
+    if isinstance(value, Lazy) and backend.dtype == "int4" and value.ndim == 2:
+        stored = value.stored()  # GGUF q4_0 / q4_K blocks: codes, scale, minimum per 32
+        if stored is not None and stored[0] == "int4":
+            return ops.PackedWeight.from_int4(*stored[1])  # issue 22: taken as stored
     return backend.place_weight(name, value)
 
 

@@ -155,12 +155,35 @@ def read_gguf(path):
     for t in found:
         shape = tuple(int(n) for n in reversed(t.shape.tolist()))
 
-        def read(t=t, shape=shape):
-            return np.array(gguf.quants.dequantize(t.data, t.tensor_type), np.float32,
-                            copy=True).reshape(shape)
-        tensors[t.name] = Lazy(shape, np.float32, read, _stored(t), t.name)
+        def read_rows(start, stop, t=t, shape=shape):
+            data = t.data[start:stop] if len(shape) > 1 else t.data
+            out = np.array(gguf.quants.dequantize(data, t.tensor_type), np.float32, copy=True)
+            _release(reader, t, start, stop, len(t.data) if len(shape) > 1 else 1)
+            return out.reshape((stop - start,) + shape[1:] if len(shape) > 1 else shape)
+
+        def read(t=t, shape=shape, read_rows=read_rows):
+            return read_rows(0, shape[0] if len(shape) > 1 else 1)
+        tensors[t.name] = Lazy(shape, np.float32, read, _stored(t), t.name,
+                               read_rows if len(shape) == 2 else None)
         types[t.name] = t.tensor_type.name
     return metadata, tensors, types
+
+
+def _release(reader, t, start, stop, rows):
+    """Drop the file pages of rows [start, stop) of tensor t from the process's resident set
+    once read (madvise MADV_DONTNEED on the read-only map: they come back from the page cache
+    if read again), so that a GGUF file read whole does not stay resident beside the model."""
+    mm = getattr(reader.data, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or not rows:
+        return
+    import mmap
+    per_row = t.n_bytes // rows
+    lo = t.data_offset + start * per_row
+    hi = t.data_offset + stop * per_row
+    page = mmap.PAGESIZE
+    lo, hi = -(-lo // page) * page, hi // page * page  # whole pages inside the range only
+    if hi > lo:
+        mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def permute_rows(n_rows, n_head):

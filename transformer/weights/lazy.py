@@ -23,14 +23,22 @@ class Lazy(np.lib.mixins.NDArrayOperatorsMixin):
     each use reads again); stored: optional () -> (kind, arrays): the quantized blocks as
     stored, row-major over the rows of `shape` (kind "int4": codes (O, K) uint8 in 0..15,
     scale and minimum (O, K // 32) float32, value = code * scale + minimum; kind "int8":
-    q (O, K) int8 and scale (O, K // 32) float32, value = q * scale); name: for messages."""
+    q (O, K) int8 and scale (O, K // 32) float32, value = q * scale); name: for messages;
+    read_rows / read_cols: optional (start, stop) -> the rows / columns [start, stop) of
+    read() (2-D), so that a packer reads a large table a chunk of rows at a time, also through
+    a transpose (a row selection or a concatenation has none)."""
 
     __array_priority__ = 100
 
-    def __init__(self, shape, dtype, read, stored=None, name="tensor"):
+    def __init__(self, shape, dtype, read, stored=None, name="tensor", read_rows=None,
+                 read_cols=None):
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self._read, self._stored, self.name = read, stored, name
+        # (start, stop) -> rows [start, stop) as read() gives them, or None: the packers read a
+        # large table in chunks of rows (transformer.ops.PackedWeight.pack)
+        self.read_rows = read_rows
+        self._read_cols = read_cols  # (start, stop) -> columns [start, stop): the transpose's rows
 
     ndim = property(lambda self: len(self.shape))
     size = property(lambda self: int(np.prod(self.shape)))
@@ -71,7 +79,9 @@ class Lazy(np.lib.mixins.NDArrayOperatorsMixin):
         original = self.__dict__.get("_transposed_of")
         if original is not None:
             return original
-        t = Lazy(self.shape[::-1], self.dtype, lambda: self._read().T, name=self.name + ".T")
+        t = Lazy(self.shape[::-1], self.dtype, lambda: self._read().T, name=self.name + ".T",
+                 read_rows=self._read_cols and (lambda a, b: self._read_cols(a, b).T),
+                 read_cols=self.read_rows and (lambda a, b: self.read_rows(a, b).T))
         t._transposed_of = self
         return t
 
