@@ -205,6 +205,8 @@ def hf_to_gguf(arch, state, n_layers, n_head=None, n_head_kv=None):
             table[h.format(i=i)] = g.format(i=i)
     out = []
     for name, a in state.items():
+        if arch == "gpt2" and not name.startswith(("transformer.", "lm_head.")):
+            name = "transformer." + name  # saved from GPT2Model rather than GPT2LMHeadModel
         if name not in table or (name == "lm_head.weight" and arch == "gpt2"):
             continue
         a = np.ascontiguousarray(a, np.float32)
@@ -222,7 +224,8 @@ def write_gguf(path, arch, config, state, qtype="F32", tokens=None, scores=None,
     """Write an HF model as a GGUF file at `path` the way convert_hf_to_gguf.py does for "gpt2"
     and "llama": config = the HF config dict, state {HF name: float32 array} (hf_to_gguf),
     qtype the type of the 2-D weights ("F32", "F16", "BF16", "Q8_0", "Q4_0", through
-    gguf.quants.quantize); 1-D tensors stay F32, as llama.cpp keeps norms and biases. The
+    gguf.quants.quantize); 1-D tensors and position_embd stay F32, as the converter keeps them
+    (conversion/base.py prepare_tensors). The
     tokenizer metadata ("tokenizer.ggml.*") is written when tokens is given: tokenizer_model
     "gpt2" with merges (byte-level BPE) or "llama" with scores (SentencePiece), token_types
     (gguf.TokenType values). Written to a temporary name and renamed (no half-written file).
@@ -278,9 +281,11 @@ def write_gguf(path, arch, config, state, qtype="F32", tokens=None, scores=None,
             if config.get(f"{key}_token_id") is not None:
                 getattr(w, f"add_{key}_token_id")(config[f"{key}_token_id"])
     for gname, a in hf_to_gguf(arch, state, L, H, H_kv):
-        if a.ndim == 2 and qtype == "F16":
+        if a.ndim != 2 or gname == "position_embd.weight":  # as the converter: kept F32
+            w.add_tensor(gname, a)
+        elif qtype == "F16":
             w.add_tensor(gname, a.astype(np.float16))
-        elif a.ndim == 2 and qtype != "F32":
+        elif qtype != "F32":
             w.add_tensor(gname, gguf.quants.quantize(a, q), raw_dtype=q)
         else:
             w.add_tensor(gname, a)
