@@ -131,14 +131,18 @@ def read_gguf(path):
     "tokenizer.ggml.tokens"); tensors {GGUF name: Lazy} of numpy shape (ggml's ne reversed),
     each read as float32 when placed (gguf.quants.dequantize), with Lazy.stored for q4_0 / q4_K
     (int4 groups) and q8_0 (int8 groups); types {GGUF name: type name ("F32", "Q4_K", ...)}.
-    Raises FileNotFoundError, or WeightsError naming the file for one the reader cannot parse
+    Raises FileNotFoundError, ImportError without the gguf package, or WeightsError naming
+    the file for one the reader cannot parse
     (truncated, corrupt) and naming the tensor and its type for a type it does not read
     (READ_TYPES)."""
-    import gguf
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"GGUF file not found: {path}")
+    try:
+        import gguf
+    except ImportError as e:
+        raise ImportError(f"{path}: reading GGUF files needs the gguf package (pip install "
+                          "'transformer[gguf]')") from e
     try:
         reader = gguf.GGUFReader(path)
         metadata = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
