@@ -37,15 +37,13 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     (checked before anything is read), transformer.weights.WeightsError for weights that do not
     fit the config."""
     from .device import check
-    from .models import default_dtype, load as load_family
+    from .models import load as load_family
 
-    if dtype is None and device == "cpu":
-        dtype = default_dtype(os.fspath(path))  # a GGUF file of q8_0 blocks: int8
-    device, dtype = check(device, dtype)
-
+    device, checked = check(device, dtype)
+    # on the CPU the weights are packed as they are read; None lets the file choose (GGUF)
     model = load_family(os.fspath(path), threads, tokenizer,
                         dtype if device == "cpu" else "float32")
-    if device == "cpu" and dtype == "float32":
+    if device == "cpu" and (dtype is None or model.dtype == checked):
         return model
-    return model.to(device, dtype)  # ValueError for a family that does not run on the device
+    return model.to(device, checked)  # ValueError for a family that does not run on the device
 

@@ -63,15 +63,9 @@ def family_for_path(path):
     return family_for(read_json(config_path, "JSON object (the model's config)"), config_path)
 
 
-def default_dtype(path):
-    """The CPU compute type the file at `path` loads in when none is asked: its layout's
-    default_dtype(path) (a GGUF file of q8_0 blocks: "int8"), else "float32"."""
-    cls = family_for_path(path)
-    return cls.default_dtype(path) if hasattr(cls, "default_dtype") else "float32"
-
-
 def load(path, threads=None, tokenizer=None, dtype="float32"):
-    """The model at `path` loaded by its family (family_for_path), on the CPU: dtype is what
-    a layout may keep as stored (a CTranslate2 int8 model), tokenizer a layout's tokenizer file
-    (llama2.c); transformer.load places the model afterwards."""
+    """The model at `path` loaded by its family (family_for_path), on the CPU in `dtype`
+    (packed as the weights are read; None: the file's own default, float32 but for a GGUF file
+    of q8_0 blocks; a CTranslate2 int8 model kept as stored at int8), tokenizer a layout's
+    tokenizer file (llama2.c); transformer.load moves the model afterwards when needed."""
     return family_for_path(path).load(path, threads=threads, tokenizer=tokenizer, dtype=dtype)

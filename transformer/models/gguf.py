@@ -19,6 +19,7 @@ from ..tokenizer.gguf import gguf_tokenizer
 from ..weights import WeightsError
 from ..weights.gguf import GGUF_NAMES, is_gguf, read_gguf
 from . import register_family
+from ._hf import check_layer_count
 
 
 def _hf_config(arch, meta, tensors, source):
@@ -86,13 +87,13 @@ def _hf_tensors(arch, tensors, config, source):
     return out
 
 
-def default_dtype(path):
-    """The CPU compute type a GGUF file loads in when none is asked: "int8" when every 2-D
-    weight of its blocks is q8_0 (llama.cpp's int8), else "float32". (q4_0 / q4_K files: "int4"
-    once that type exists: see transformer.models.base._place.)"""
-    from ..weights.gguf import read_gguf as _read
-    _, tensors, types = _read(path)
-    blocks = [types[n] for n, t in tensors.items() if n.startswith("blk.") and t.ndim == 2]
+def default_dtype(types):
+    """The CPU compute type of a GGUF file when none is asked, from its tensor types {name:
+    type name}: "int8" when every 2-D weight of its blocks is q8_0 (llama.cpp's int8), else
+    "float32". (q4_0 / q4_K files: "int4" once that type exists: see
+    transformer.models.base._place, where their blocks are taken as stored.)"""
+    blocks = [t for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight")
+              and t not in ("F32",)]
     return "int8" if blocks and all(t == "Q8_0" for t in blocks) else "float32"
 
 
@@ -102,12 +103,12 @@ class GGUFModel:
     GPT2Model or transformer.models.llama.LlamaModel (not an instance of this class)."""
 
     ARCHITECTURES = ("gpt2", "llama")
-    default_dtype = staticmethod(default_dtype)
 
     @classmethod
     def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
         """The model of the GGUF file `path`, its weights placed in `dtype` on the CPU as they
-        are read (Model.from_weights). tokenizer: unused (the file carries its own). Raises
+        are read (Model.from_weights; None: default_dtype of the file's tensor types).
+        tokenizer: unused (the file carries its own). Raises
         FileNotFoundError, WeightsError naming the file (unreadable file, missing metadata,
         tensors that do not fit, a tensor type not read) or ValueError (an unsupported
         architecture or setting)."""
@@ -115,7 +116,8 @@ class GGUFModel:
         from .llama import LlamaModel
 
         source = os.fspath(path)
-        meta, tensors, _ = read_gguf(source)
+        meta, tensors, types = read_gguf(source)
+        dtype = default_dtype(types) if dtype is None else dtype
         arch = meta.get("general.architecture")
         if arch not in cls.ARCHITECTURES:
             raise ValueError(f"{source}: GGUF architecture {arch!r} is not supported "
@@ -123,6 +125,7 @@ class GGUFModel:
         family = {"gpt2": GPT2Model, "llama": LlamaModel}[arch]
         config_dict = _hf_config(arch, meta, tensors, source)
         config = family.config_from_hf(config_dict, source)
+        check_layer_count(tensors, config.n_layers, source)
         hf = _hf_tensors(arch, tensors, config_dict, source)
         output = hf.pop("lm_head.weight", None) if arch == "gpt2" else None
         weights = family.weights_from_hf(hf, config, source)
