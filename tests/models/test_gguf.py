@@ -337,3 +337,23 @@ def test_bad_files(tmp_path):
     w.close()
     with pytest.raises(ValueError, match="architecture 'falcon' is not supported"):
         transformer.load(tmp_path / "a.gguf")
+
+
+def test_fuzz_gguf(tmp_path):
+    """Truncated GGUF files and flipped header bytes (the loader fuzz of tests/test_loader_fuzz.py
+    on a Q8_0 Llama with its vocabulary): each load succeeds or raises a ValueError naming the
+    file, within the fuzz's memory bound."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from test_loader_fuzz import _check_fuzzed
+
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=V, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+               num_hidden_layers=1, intermediate_size=64, max_position_embeddings=16,
+               bos_token_id=1, eos_token_id=2)
+    state = {k: v.numpy() for k, v in hf.LlamaForCausalLM(hf.LlamaConfig(**cfg)).state_dict()
+             .items()}
+    path = tmp_path / "m.gguf"
+    write_gguf(str(path), "llama", cfg, state, "Q8_0", **stand_in_vocabulary("llama"))
+    _check_fuzzed(path, path, "m.gguf", np.random.default_rng(3), n=6)
