@@ -12,16 +12,20 @@ __all__ = ["load", "__version__"]
 
 
 def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
-    """Load a model directory in the Hugging Face layout (config.json + model.safetensors, and
-    tokenizer.json when present; the family comes from config.json's model_type/architectures),
-    a CTranslate2 model directory (model.bin + source/target_vocabulary.txt), or a llama2.c
-    checkpoint file (tokenizer: its tokenizer file, default tokenizer.bin or tok{vocab}.bin
-    beside it).
+    """Load a model directory in the Hugging Face layout (config.json + model.safetensors in
+    float32, float16 or bfloat16, and tokenizer.json when present; the family comes from
+    config.json's model_type/architectures), a CTranslate2 model directory (model.bin +
+    source/target_vocabulary.txt), a GGUF file of llama.cpp (architectures gpt2 and llama; types
+    F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K..Q6_K, dequantized as read; tokenizer from
+    its metadata), or a llama2.c checkpoint file (tokenizer: its tokenizer file, default
+    tokenizer.bin or tok{vocab}.bin beside it). Weights are read one tensor at a time and packed
+    in `dtype` as they come (the float32 model never exists whole at int8 / bfloat16).
 
     device: "cpu" or "cuda" (needs CuPy: the cuda12 / cuda13 extras, and a GPU; every family
     runs there: encoders, decoders with their KV cache, encoder-decoders with beam search);
-    dtype: None (float32), "float32"; on the CPU "int8" (CTranslate2's int8: every linear
-    layer and word-embedding table int8 with one scale per row, activations quantized per row
+    dtype: None (float32; a GGUF file whose blocks are all q8_0: int8), "float32"; on the CPU
+    "int8" (CTranslate2's int8: every linear layer and word-embedding table int8 with one scale
+    per row, activations quantized per row
     before each product, int32 accumulation, float32 out; a CTranslate2 int8 directory is taken
     as stored) or "bfloat16" (those weights in bf16, float32 accumulation); on the GPU
     "float16" / "bfloat16"; threads: CPU kernel threads (default OMP_NUM_THREADS, else every
@@ -33,13 +37,13 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     (checked before anything is read), transformer.weights.WeightsError for weights that do not
     fit the config."""
     from .device import check
-
-    device, dtype = check(device, dtype)
     from .models import load as load_family
 
+    device, checked = check(device, dtype)
+    # on the CPU the weights are packed as they are read; None lets the file choose (GGUF)
     model = load_family(os.fspath(path), threads, tokenizer,
                         dtype if device == "cpu" else "float32")
-    if device == "cpu" and dtype == "float32":
+    if device == "cpu" and (dtype is None or model.dtype == checked):
         return model
-    return model.to(device, dtype)  # ValueError for a family that does not run on the device
+    return model.to(device, checked)  # ValueError for a family that does not run on the device
 

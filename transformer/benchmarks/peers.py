@@ -317,76 +317,30 @@ def gguf_vocabulary(vocab_size):
     return tokens + ["<|endoftext|>"]
 
 
-def gpt2_gguf_tensors(state, n_layer):
-    """GPT-2 weights of an HF state dict (name -> float32 NumPy array) under llama.cpp's names
-    for the "gpt2" architecture, as (name, array, is_matrix): HF's Conv1D weights (in, out) are
-    transposed to (out, in), the row-major layout GGUF stores (ggml's ne = (in, out)). The
-    LM head is tied to token_embd (no output.weight), as in GPT-2."""
-    def t(name):
-        return np.ascontiguousarray(state[name], dtype=np.float32)
-    out = [("token_embd.weight", t("transformer.wte.weight"), True),
-           ("position_embd.weight", t("transformer.wpe.weight"), False)]
-    pairs = [("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
-             ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down")]
-    for i in range(n_layer):
-        for hf, gg in pairs:
-            w = t(f"transformer.h.{i}.{hf}.weight")
-            matrix = w.ndim == 2
-            out.append((f"blk.{i}.{gg}.weight", np.ascontiguousarray(w.T) if matrix else w,
-                        matrix))
-            out.append((f"blk.{i}.{gg}.bias", t(f"transformer.h.{i}.{hf}.bias"), False))
-    out += [("output_norm.weight", t("transformer.ln_f.weight"), False),
-            ("output_norm.bias", t("transformer.ln_f.bias"), False)]
-    return out
-
-
 def write_gpt2_gguf(model_dir, path, dtype):
     """Write the GPT-2 directory's weights (model.safetensors, config.json) as a llama.cpp GGUF
-    file at `path` for `dtype`: "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32
-    weights with one scale each), "bfloat16" BF16, for the matrices; norms, biases and position
-    embeddings stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one
-    merge): a random model has no tokenizer; ids go in and come out directly. Returns a note. Raises
+    file at `path` for `dtype` (transformer.weights.gguf.write_gguf, as convert_hf_to_gguf.py
+    lays them out): "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32 weights with
+    one scale each), "bfloat16" BF16, for the matrices; norms, biases and position embeddings
+    stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one merge): a random
+    model has no tokenizer; ids go in and come out directly. Returns a note. Raises
     ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 cannot
     hold (not a multiple of 32)."""
-    import gguf
     from safetensors.numpy import load_file
+
+    from ..weights.gguf import write_gguf
     if dtype not in GGUF_TYPES:
         raise ValueError(f"no GGUF type for dtype {dtype!r}; choose from {list(GGUF_TYPES)}")
-    qtype = getattr(gguf.GGMLQuantizationType, GGUF_TYPES[dtype])
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
+    C, V = cfg["n_embd"], cfg["vocab_size"]
     if dtype == "int8" and C % 32:
         raise ValueError(f"Q8_0 needs rows of a multiple of 32 weights; C = {C}")
-    state = load_file(os.path.join(model_dir, "model.safetensors"))
-    w = gguf.GGUFWriter(path + ".tmp", "gpt2")
-    w.add_name(os.path.basename(os.path.normpath(model_dir)))
-    w.add_context_length(cfg["n_positions"])
-    w.add_embedding_length(C)
-    w.add_feed_forward_length(cfg.get("n_inner") or 4 * C)
-    w.add_block_count(L)
-    w.add_head_count(cfg["n_head"])
-    w.add_layer_norm_eps(cfg.get("layer_norm_epsilon", 1e-5))
-    w.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "int8": gguf.LlamaFileType.MOSTLY_Q8_0,
-                     "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
-    tokens = gguf_vocabulary(V)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types([gguf.TokenType.NORMAL] * (V - 1) + [gguf.TokenType.CONTROL])
-    w.add_token_merges(["\u0120 t"])           # GPT-2's first merge ("Ġ t")
-    w.add_bos_token_id(V - 1)
-    w.add_eos_token_id(V - 1)
-    for name, arr, matrix in gpt2_gguf_tensors(state, L):
-        if matrix and dtype != "float32":
-            w.add_tensor(name, gguf.quants.quantize(arr, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(name, arr)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
-    os.replace(path + ".tmp", path)
+    write_gguf(path, "gpt2", dict(cfg, bos_token_id=V - 1, eos_token_id=V - 1),
+               load_file(os.path.join(model_dir, "model.safetensors")), GGUF_TYPES[dtype],
+               tokens=gguf_vocabulary(V), token_types=[1] * (V - 1) + [3],  # 3: control
+               merges=["\u0120 t"],                # GPT-2's first merge ("Ġ t")
+               name=os.path.basename(os.path.normpath(model_dir)))
     from .limits import package_version
     return (f"GGUF written with gguf {package_version('gguf')} from {model_dir}: "
             f"matrices {GGUF_TYPES[dtype]}, norms, biases and position embeddings F32")

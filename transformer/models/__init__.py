@@ -49,7 +49,7 @@ def family_for_path(path):
     """The family class that loads `path`: the first registered layout whose detect(path) is
     true, else the family of path/config.json (family_for). Raises FileNotFoundError for a
     missing directory or config.json, ValueError for a bad config.json or unknown family."""
-    from . import ctranslate2, llama2c  # noqa: F401  (registers the layouts)
+    from . import ctranslate2, gguf, llama2c  # noqa: F401  (registers the layouts)
     from .._io import read_json
 
     for _, detect, cls in _LAYOUTS:
@@ -64,7 +64,8 @@ def family_for_path(path):
 
 
 def load(path, threads=None, tokenizer=None, dtype="float32"):
-    """The model at `path` loaded by its family (family_for_path), on the CPU: dtype is what
-    a layout may keep as stored (a CTranslate2 int8 model), tokenizer a layout's tokenizer file
-    (llama2.c); transformer.load places the model afterwards."""
+    """The model at `path` loaded by its family (family_for_path), on the CPU in `dtype`
+    (packed as the weights are read; None: the file's own default, float32 but for a GGUF file
+    of q8_0 blocks; a CTranslate2 int8 model kept as stored at int8), tokenizer a layout's
+    tokenizer file (llama2.c); transformer.load moves the model afterwards when needed."""
     return family_for_path(path).load(path, threads=threads, tokenizer=tokenizer, dtype=dtype)

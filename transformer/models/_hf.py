@@ -4,7 +4,7 @@ import os
 
 from .._io import read_json
 from ..tokenizer import hf_tokenizer
-from ..weights import WeightsError, read_safetensors
+from ..weights import WeightsError, open_safetensors
 
 
 def _shard_paths(path, index):
@@ -29,17 +29,19 @@ def _shard_paths(path, index):
 
 def read_hf_weights(path):
     """All tensors of `path`/model.safetensors, or of the shards listed in
-    model.safetensors.index.json (each must lie inside `path`). Raises FileNotFoundError when
+    model.safetensors.index.json (each must lie inside `path`), as {name: Lazy} (read when
+    placed: transformer.weights.safetensors; float32, float16 and bfloat16 files alike), and
+    the source name for messages. Raises FileNotFoundError when
     there are none (pickled .bin checkpoints are never loaded) and WeightsError for an
     unreadable file or a shard outside the directory."""
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(single):
-        return read_safetensors(single), single
+        return open_safetensors(single), single
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
         tensors = {}
         for shard in _shard_paths(path, index):
-            tensors.update(read_safetensors(shard))
+            tensors.update(open_safetensors(shard))
         return tensors, index
     raise FileNotFoundError(f"{path}: no model.safetensors (only safetensors weights are read; "
                             "pickled .bin files are never loaded)")
@@ -80,15 +82,16 @@ class HFFamily:
     config_from_hf = weights_from_hf = None
 
     @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's model from `path`. Raises FileNotFoundError, WeightsError or
-        ValueError naming the file and the problem."""
+    def from_pretrained(cls, path, config_dict, threads=None, dtype="float32"):
+        """Load config.json's model from `path`, packed in `dtype` as it streams in
+        (Model.from_weights). Raises FileNotFoundError, WeightsError or ValueError naming the
+        file and the problem."""
         config = cls.config_from_hf(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, _layers(config), source)
         weights = cls.weights_from_hf(tensors, config, source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings,
-                                                 config.vocab_size), threads)
+        tokenizer = hf_tokenizer(path, config.max_position_embeddings, config.vocab_size)
+        return cls.from_weights(config, weights, tokenizer, threads, dtype)
 
 
 def _layers(config):

@@ -12,7 +12,9 @@ around the one stack runner (transformer.models.block.run).
                  biases per stack, rebuilt when their table changes)
   kind           "encoder", "decoder" or "seq2seq": what the model takes and returns
   loading        `load(path, threads, tokenizer, dtype)`, every family's entry
-                 (transformer.models.register_family): a config.json directory here
+                 (transformer.models.register_family): a config.json directory here;
+                 `from_weights` places a family's weights as they stream in (place_weights:
+                 transformer.weights.Lazy tensors read, packed and dropped one at a time)
 
 No device is tested here: whatever differs between devices is a method of the backend."""
 import os
@@ -22,7 +24,47 @@ import numpy as np
 from .. import ops
 from .._threads import resolve_threads
 from ..device import check, host_weights
+from ..weights import Lazy
 from . import block
+
+
+def place_weights(weights, backend):
+    """{name: weight placed by `backend`} (transformer.ops.backend: its place_weight packs for
+    the CPU's int8 / bfloat16), each distinct value placed once so that tied tensors stay one
+    array. A transformer.weights.Lazy value is read here, placed and dropped before the next
+    one is read, so that a model loaded at int8 or bfloat16 never holds its float32 weights
+    whole (issue 22: peak during load about the final size plus the largest tensor)."""
+    moved, out = {}, {}
+    for name, value in weights.items():
+        if id(value) not in moved:
+            moved[id(value)] = _place(backend, name, value)
+            if isinstance(value, Lazy) and value.ndim == 2:
+                _trim_heap()  # the temporaries of this weight, before the next is read
+        out[name] = moved[id(value)]
+    return out
+
+
+def _trim_heap():
+    """Give the C heap's free pages back to the system (glibc's malloc_trim(0)): the float32
+    temporaries of packing, freed, would otherwise stay resident in the heap beside the packed
+    model (glibc serves allocations under its dynamic mmap threshold, up to 32 MiB, from the
+    heap). Does nothing where the C library has no malloc_trim."""
+    import ctypes
+    import ctypes.util
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _place(backend, name, value):
+    """One weight placed by `backend`; a Lazy one is read by the backend (np.asarray, or a
+    chunk of rows at a time by PackedWeight.pack), or taken as stored."""
+    if isinstance(value, Lazy) and backend.dtype == "int4" and value.ndim == 2:
+        stored = value.stored()  # GGUF q4_0 / q4_K blocks: codes, scale, minimum per 32
+        if stored is not None and stored[0] == "int4":
+            return ops.PackedWeight.from_int4(*stored[1])  # issue 22: taken as stored
+    return backend.place_weight(name, value)
 
 
 class Model:
@@ -42,17 +84,29 @@ class Model:
     def load(cls, path, threads=None, tokenizer=None, dtype="float32"):
         """The model at `path`, the one loading signature of every family (transformer.load's
         entry; tokenizer and dtype serve the layouts that override it): here a config.json
-        directory, through the family's from_pretrained(path, config_dict, threads), with HF's
-        generation_config.json as the decoding defaults of a model that generates. Raises
+        directory, through the family's from_pretrained(path, config_dict, threads, dtype), with
+        HF's generation_config.json as the decoding defaults of a model that generates; dtype: the
+        CPU compute type the weights are packed in as they are read (from_weights). Raises
         FileNotFoundError, ValueError or transformer.weights.WeightsError naming the file."""
         from .._io import read_json
         config_dict = read_json(os.path.join(path, "config.json"),
                                 "JSON object (the model's config)")
-        model = cls.from_pretrained(path, config_dict, threads=threads)
+        model = cls.from_pretrained(path, config_dict, threads=threads, dtype=dtype)
         if model.kind != "encoder":
             from ..generation.config import GenerationConfig
             model.generation_config = GenerationConfig.from_file(path)
         return model
+
+    @classmethod
+    def from_weights(cls, config, weights, tokenizer=None, threads=None, dtype="float32",
+                     **extra):
+        """cls(config, weights, tokenizer, threads, **extra) on the CPU in `dtype`, each weight
+        placed as it is read (place_weights: Lazy tensors streamed, packed for int8 / bfloat16),
+        so that the float32 model never exists whole. Raises ValueError for a dtype the CPU
+        does not run."""
+        device, dtype = check("cpu", dtype)
+        weights = place_weights(weights, ops.backend(device, dtype, resolve_threads(threads)))
+        return cls(config, weights, tokenizer, threads, **extra).to(device, dtype)
 
     def __init__(self, config, weights, tokenizer=None, threads=None):
         self.config = config
@@ -73,18 +127,14 @@ class Model:
         rest float32. Tensors shared between names (tied embeddings and LM head) stay shared.
         Every move starts from the weights as loaded (kept on the host while the model lives
         in another dtype or on the GPU), so `dtype` never lies: int8 then float32 gives the
-        loaded float32 weights back, bfloat16 then int8 quantizes the float32 ones.
+        loaded float32 weights back, bfloat16 then int8 quantizes the float32 ones (a model
+        loaded at int8 has only its int8 weights to start from: load it at float32 to move it).
         Raises ValueError for a device this family does not run on or a dtype the device does
         not run, RuntimeError without CuPy or a GPU."""
         device, dtype = check(device, dtype)
         if device not in self.DEVICES:
             raise ValueError(f"{type(self).__name__} runs on {self.DEVICES}, not {device!r}")
-        place = ops.backend(device, dtype, self.threads).place_weight
-        moved = {}  # id of a source array -> its copy, so that tied tensors stay one array
-        for k, v in self._source.items():
-            if id(v) not in moved:
-                moved[id(v)] = place(k, v)
-        self.weights = {k: moved[id(v)] for k, v in self._source.items()}
+        self.weights = place_weights(self._source, ops.backend(device, dtype, self.threads))
         self.device, self.dtype = device, dtype
         self._tables = {}
         self._moved()

@@ -121,9 +121,9 @@ class BertModel(EncoderModel):
         return weights_from_hf(tensors, config, source)
 
     @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
-        """Load config.json's model from `path` (model.safetensors; tokenizer.json and a
-        sentence-transformers pooling config optional). Raises FileNotFoundError, WeightsError
+    def from_pretrained(cls, path, config_dict, threads=None, dtype="float32"):
+        """Load config.json's model from `path` (model.safetensors, packed in `dtype` as it
+        streams in; tokenizer.json and a sentence-transformers pooling config optional). Raises FileNotFoundError, WeightsError
         or ValueError with the file and the problem."""
         config = cls.hf_config(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
@@ -133,7 +133,7 @@ class BertModel(EncoderModel):
         tokenizer = None
         if os.path.isfile(tok_path):
             tokenizer = Tokenizer(tok_path, max_input_length(path, config.max_length, tok_path))
-        model = cls(config, weights, tokenizer, threads)
+        model = cls.from_weights(config, weights, tokenizer, threads, dtype)
         declared = sentence_transformers_pooling(path)
         if declared:
             model.pooling, model.normalize = declared

@@ -2,9 +2,7 @@
 modeling_llama.py: RMSNorm, rotary positions in the rotate-half convention with rope_theta,
 SwiGLU feed-forward (gate_proj, up_proj, down_proj), grouped-query attention (num_key_value_heads),
 tied or untied lm_head."""
-import numpy as np
-
-from ..weights import check_tensors
+from ..weights import check_tensors, concat
 from . import register_family
 from ._hf import HFFamily, head_expected, lm_head
 from .decoder import DecoderConfig, DecoderModel, decoder_shapes
@@ -47,7 +45,8 @@ def config_from_hf(cfg, source="config.json"):
 
 
 def weights_from_hf(tensors, config, source="model.safetensors"):
-    """Map HF Llama tensors to our names, fusing q/k/v and gate/up; every shape checked."""
+    """Map HF Llama tensors to our names, fusing q/k/v and gate/up (weights.concat: lazily for
+    Lazy tensors); every shape checked."""
     C, D, F, V = config.d_model, config.head_dim, config.d_ff, config.vocab_size
     Q, K = config.n_heads * D, config.n_kv_heads * D
     expected = {"model.embed_tokens.weight": (V, C), "model.norm.weight": (C,)}
@@ -68,10 +67,9 @@ def weights_from_hf(tensors, config, source="model.safetensors"):
         p, q = f"layers.{i}.", f"model.layers.{i}."
         w[p + "norm1.weight"] = t[q + "input_layernorm.weight"]
         w[p + "norm2.weight"] = t[q + "post_attention_layernorm.weight"]
-        w[p + "qkv.weight"] = np.concatenate([t[q + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+        w[p + "qkv.weight"] = concat([t[q + f"self_attn.{n}_proj.weight"] for n in "qkv"])
         w[p + "out.weight"] = t[q + "self_attn.o_proj.weight"]
-        w[p + "ff1.weight"] = np.concatenate([t[q + "mlp.gate_proj.weight"],
-                                              t[q + "mlp.up_proj.weight"]])
+        w[p + "ff1.weight"] = concat([t[q + "mlp.gate_proj.weight"], t[q + "mlp.up_proj.weight"]])
         w[p + "ff2.weight"] = t[q + "mlp.down_proj.weight"]
     assert set(w) == set(decoder_shapes(config))
     return w

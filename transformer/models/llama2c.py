@@ -7,12 +7,19 @@ import numpy as np
 
 from ..tokenizer.llama2c import BOS, Llama2cTokenizer, find_tokenizer
 from ..weights import WeightsError
+from ..weights.gguf import is_gguf
 from ..weights.llama2c import read_llama2c
 from . import register_family
 from .decoder import DecoderConfig, DecoderModel
 
 
-@register_family(layout="llama2.c checkpoint", detect=os.path.isfile)
+def _is_checkpoint(path):
+    """Any file but a GGUF one (those start with their magic) is taken for a llama2.c
+    checkpoint; read_llama2c checks its header."""
+    return os.path.isfile(path) and not is_gguf(path)
+
+
+@register_family(layout="llama2.c checkpoint", detect=_is_checkpoint)
 class Llama2cModel(DecoderModel):
     """A llama2.c checkpoint as a DecoderModel (see it for the API)."""
 

@@ -34,7 +34,7 @@ class TransformerModel(Seq2SeqModel):
     (transformer.models.seq2seq's docstring; lm_head.bias optional)."""
 
     @classmethod
-    def from_pretrained(cls, path, config_dict, threads=None):
+    def from_pretrained(cls, path, config_dict, threads=None, dtype="float32"):
         """Load the directory; ValueError for unknown config keys, WeightsError for tensors that
         do not fit the config."""
         fields = {k: v for k, v in config_dict.items()
@@ -50,4 +50,5 @@ class TransformerModel(Seq2SeqModel):
         check_layer_count(tensors, config.encoder_layers + config.decoder_layers, source)
         shapes = seq2seq_shapes(config, lm_head_bias="lm_head.bias" in tensors)
         weights = check_tensors(tensors, shapes, (), source)
-        return cls(config, weights, hf_tokenizer(path, config.max_position_embeddings), threads)
+        return cls.from_weights(config, weights, hf_tokenizer(path, config.max_position_embeddings),
+                                threads, dtype)

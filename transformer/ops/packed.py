@@ -115,12 +115,16 @@ class PackedWeight:
     @classmethod
     def pack(cls, w, dtype):
         """Quantize (int8) or round (bfloat16) a float weight w (O, K) and pack it. A
-        PackedWeight of the same dtype is returned as it is. Raises ValueError for another
+        PackedWeight of the same dtype is returned as it is; a weight with read_rows (a
+        transformer.weights.Lazy tensor of a file) is read and packed in chunks of rows. Raises ValueError for another
         dtype or a weight that is not 2-D."""
         if isinstance(w, PackedWeight):
             if w.dtype == dtype:
                 return w
             w = np.asarray(w)
+        if getattr(w, "read_rows", None) is not None and len(w.shape) == 2 \
+                and dtype in ("int8", "bfloat16"):
+            return cls._pack_rows(w, dtype)
         w = np.asarray(w, np.float32)
         if w.ndim != 2:
             raise ValueError(f"only 2-D weights are packed, got shape {w.shape}")
@@ -133,6 +137,38 @@ class PackedWeight:
         data = np.zeros(O64 * K2, np.uint16)
         if O and K:
             _cpu.pack_bf16(_bf16_bits(w), data)
+        return cls("bfloat16", (O, K), data.view(np.uint8))
+
+    @classmethod
+    def _pack_rows(cls, w, dtype, chunk_bytes=2 << 20):
+        """pack(w, dtype), bit for bit, of a weight read in chunks of rows (w.read_rows(start,
+        stop) -> float32 (stop - start, K): a transformer.weights.Lazy tensor of a file), so
+        that the float32 weight never exists whole: each chunk of a multiple of 64 rows (about
+        chunk_bytes of float32) is quantized or rounded and packed into its own slice of the
+        layout (whole 16-row blocks are contiguous there: csrc/cpu/gemm.h)."""
+        O, K = w.shape
+        O64 = -(-O // 64) * 64
+        step = max(64, chunk_bytes // max(4 * K, 1) // 64 * 64)
+        if dtype == "int8":
+            K4 = -(-K // 4) * 4
+            data, comp = np.zeros(O64 * K4, np.int8), np.zeros(O64, np.int32)
+            scale = np.ones(O, np.float32)
+        else:
+            K2 = -(-K // 2) * 2
+            data = np.zeros(O64 * K2, np.uint16)
+        for r0 in range(0, O if K else 0, step):
+            r1 = min(O, r0 + step)
+            rows = np.ascontiguousarray(w.read_rows(r0, r1), np.float32)
+            n64 = -(-(r1 - r0) // 64) * 64
+            if dtype == "int8":
+                q, scale[r0:r1] = quantize_int8(rows)
+                _cpu.pack_int8(q, data[r0 * K4:(r0 + n64) * K4], comp[r0:r0 + n64])
+            else:
+                _cpu.pack_bf16(_bf16_bits(rows), data[r0 * K2:(r0 + n64) * K2])
+        if dtype == "int8":
+            if not np.all(np.isfinite(scale) & (scale > 0)):
+                raise ValueError("int8 weight scales must be finite and positive")
+            return cls("int8", (O, K), data.view(np.uint8), scale, comp)
         return cls("bfloat16", (O, K), data.view(np.uint8))
 
     @property

@@ -33,6 +33,18 @@ class Tokenizer:
         padding = read_json(path).get("padding") or {}
         if not isinstance(padding, dict):
             raise ValueError(f"{path}: padding must be a JSON object, got {padding!r}")
+        self._setup(max_length, padding)
+
+    @classmethod
+    def wrap(cls, tokenizer, max_length, pad_id=0, pad_token="[PAD]"):
+        """A Tokenizer around a built tokenizers.Tokenizer (e.g. from a GGUF file's metadata:
+        transformer.tokenizer.gguf), padding with pad_id / pad_token."""
+        self = cls.__new__(cls)
+        self._tok = tokenizer
+        self._setup(max_length, {"pad_id": pad_id, "pad_token": pad_token})
+        return self
+
+    def _setup(self, max_length, padding):
         self.max_length = int(max_length)
         self._tok.enable_truncation(self.max_length)
         self._tok.enable_padding(pad_id=padding.get("pad_id", 0),

@@ -14,9 +14,11 @@ def check_tensors(tensors, expected, ignore=(), source="weights"):
     ignore: name prefixes or suffixes that may be present and are dropped (e.g. "pooler.",
     ".position_ids"). Returns {name: array} holding exactly the expected names.
     Raises WeightsError listing missing, unexpected and mismatched tensors (name, expected shape,
-    found shape), and NumPy tensors of a non-floating dtype (integer bit patterns are no
+    found shape), and NumPy or Lazy tensors of a non-floating dtype (integer bit patterns are no
     weights)."""
     import numpy as np
+
+    from .lazy import Lazy
 
     missing = [n for n in expected if n not in tensors]
     unexpected = [n for n in tensors if n not in expected
@@ -24,7 +26,7 @@ def check_tensors(tensors, expected, ignore=(), source="weights"):
     mismatched = [(n, tuple(expected[n]), tuple(tensors[n].shape)) for n in expected
                   if n in tensors and tuple(tensors[n].shape) != tuple(expected[n])]
     wrong_dtype = [(n, tensors[n].dtype) for n in expected if n in tensors
-                   and isinstance(tensors[n], np.ndarray)
+                   and isinstance(tensors[n], (np.ndarray, Lazy))
                    and not np.issubdtype(tensors[n].dtype, np.floating)]
     if missing or unexpected or mismatched or wrong_dtype:
         lines = [f"{source} do not match the model:"]
