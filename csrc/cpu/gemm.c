@@ -3,8 +3,8 @@
  * Register tiles: AVX-512, MR rows (up to 6) x one panel of 64 outputs (4 zmm accumulators per
  * row, 24 in all): per step of k, 4 weight vectors are loaded and each row's 4 (int8) or 2
  * (bf16) values are broadcast, 4 * MR dot-product instructions.  AVX2: up to 2 (int8) or 3 (bf16)
- * rows x 16 or 32 outputs.  int4: up to MR4 rows x 32 outputs (int32 group sums and float32
- * totals, 8 + 8 zmm at 4 rows) on AVX-512, 2 rows x 16 outputs on AVX2.  The portable twin loops
+ * rows x 16 or 32 outputs.  int4: up to 2 rows x 64 or 4 rows x 32 outputs (int32 group sums
+ * and float32 totals, 8 + 8 zmm) on AVX-512, 2 rows x 16 outputs on AVX2.  The portable twin loops
  * over the same packed layout.
  */
 #include <math.h>
@@ -560,46 +560,54 @@ static void int4_panel_portable(const int8_t *xq, int M, int G, const uint8_t *p
 #if TF_X86
 /* ---- int4: AVX-512 VNNI --------------------------------------------------------------------- */
 
-/* MR rows x 32 outputs (blocks b0 and b0 + bs of a panel, n of them valid): per group, isum =
+/* MR rows x NB blocks of 16 outputs (b0, b0 + bs, ...; n outputs valid): per group, isum =
  * codes (u8, the nibbles split) . x (s8, 4 consecutive k broadcast) by vpdpbusd, exact; then
  * stored raw (acc_out) or folded into float32 totals, f += isum * scale; f += minimum * xsum;
  * finally out = f * inv_sx + bias.  The same operations in the same order for every row, so a
- * row's result does not depend on the others. */
+ * row's result does not depend on the others.  NB = 4 (the whole panel: 4 streams of weights in
+ * flight) for up to 2 rows, NB = 2 for up to 4 (the registers: 2 NB MR accumulators). */
 TGT_VNNI INLINE void int4_tile_512(const int8_t *x, long ldx, const uint8_t *b0, long bs, int G,
-                                   const int MR, const float *xsum, const float *inv_sx,
-                                   const float *bias, int n, int32_t *acc_out, long lda,
-                                   float *out, long ldo) {
+                                   const int MR, const int NB, const float *xsum,
+                                   const float *inv_sx, const float *bias, int n,
+                                   int32_t *acc_out, long lda, float *out, long ldo) {
     const __m512i lo4 = _mm512_set1_epi8(0x0f);
-    __m512 f[MR4][2];
+    __m512 f[MR4][4];
 #pragma GCC unroll 4
-    for (int i = 0; i < MR; i++) f[i][0] = f[i][1] = _mm512_setzero_ps();
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) f[i][j] = _mm512_setzero_ps();
     for (int g = 0; g < G; g++) {
-        const uint8_t *r0 = b0 + (long)g * REC, *r1 = r0 + bs;
+        const uint8_t *r0 = b0 + (long)g * REC;
         const int8_t *xg = x + g * 32;
-        __m512i s[MR4][2];
+        __m512i s[MR4][4];
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) s[i][0] = s[i][1] = _mm512_setzero_si512();
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_si512();
 #pragma GCC unroll 4
         for (int c = 0; c < 4; c++) {
-            const __m512i v0 = _mm512_loadu_si512(r0 + 64 * c);
-            const __m512i v1 = _mm512_loadu_si512(r1 + 64 * c);
-            const __m512i l0 = _mm512_and_si512(v0, lo4);
-            const __m512i h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), lo4);
-            const __m512i l1 = _mm512_and_si512(v1, lo4);
-            const __m512i h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), lo4);
+            __m512i l[4], h[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) {
+                const __m512i v = _mm512_loadu_si512(r0 + j * bs + 64 * c);
+                l[j] = _mm512_and_si512(v, lo4);
+                h[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+            }
 #pragma GCC unroll 4
             for (int i = 0; i < MR; i++) {
                 int32_t lo, hi;
                 memcpy(&lo, xg + i * ldx + 8 * c, 4);
                 memcpy(&hi, xg + i * ldx + 8 * c + 4, 4);
                 const __m512i xl = _mm512_set1_epi32(lo), xh = _mm512_set1_epi32(hi);
-                s[i][0] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[i][0], l0, xl), h0, xh);
-                s[i][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[i][1], l1, xl), h1, xh);
+#pragma GCC unroll 4
+                for (int j = 0; j < NB; j++)
+                    s[i][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[i][j], l[j], xl), h[j],
+                                                  xh);
             }
         }
         if (acc_out) {
             for (int i = 0; i < MR; i++)
-                for (int j = 0; j < 2; j++) {
+                for (int j = 0; j < NB; j++) {
                     int32_t t[16];
                     _mm512_storeu_si512(t, s[i][j]);
                     for (int l = 0; l < 16 && 16 * j + l < n; l++)
@@ -607,20 +615,20 @@ TGT_VNNI INLINE void int4_tile_512(const int8_t *x, long ldx, const uint8_t *b0,
                 }
             continue;
         }
-        const __m512 sc0 = _mm512_loadu_ps(r0 + 256), mn0 = _mm512_loadu_ps(r0 + 320);
-        const __m512 sc1 = _mm512_loadu_ps(r1 + 256), mn1 = _mm512_loadu_ps(r1 + 320);
 #pragma GCC unroll 4
-        for (int i = 0; i < MR; i++) {
-            const __m512 xs = _mm512_set1_ps(xsum[(long)i * G + g]);
-            f[i][0] = _mm512_fmadd_ps(mn0, xs, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][0]), sc0,
-                                                               f[i][0]));
-            f[i][1] = _mm512_fmadd_ps(mn1, xs, _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][1]), sc1,
-                                                               f[i][1]));
+        for (int j = 0; j < NB; j++) {
+            const __m512 sc = _mm512_loadu_ps(r0 + j * bs + 256);
+            const __m512 mn = _mm512_loadu_ps(r0 + j * bs + 320);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++)
+                f[i][j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xsum[(long)i * G + g]),
+                                          _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][j]), sc,
+                                                          f[i][j]));
         }
     }
     if (acc_out) return;
-#pragma GCC unroll 2
-    for (int j = 0; j < 2; j++) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++) {
         const int cnt = n - 16 * j;
         if (cnt <= 0) break;
         const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
@@ -636,6 +644,15 @@ TGT_VNNI static void int4_panel_512(const int8_t *xq, int M, int G, const uint8_
                                     const float *xsum, const float *inv_sx, const float *bias,
                                     int n, int32_t *acc_out, long lda, float *out, long ldo) {
     const long bs = (long)G * REC, K32 = 32L * G;
+    if (M <= 2) { /* decode: the whole panel in one pass */
+        if (M == 2)
+            int4_tile_512(xq, K32, panel, bs, G, 2, 4, xsum, inv_sx, bias, n, acc_out, lda, out,
+                          ldo);
+        else
+            int4_tile_512(xq, K32, panel, bs, G, 1, 4, xsum, inv_sx, bias, n, acc_out, lda, out,
+                          ldo);
+        return;
+    }
     for (int h = 0; 32 * h < n; h++) { /* the panel's two halves of 32 outputs */
         const uint8_t *b0 = panel + 2 * h * bs;
         const float *bh = bias ? bias + 32 * h : NULL;
@@ -646,8 +663,8 @@ TGT_VNNI static void int4_panel_512(const int8_t *xq, int M, int G, const uint8_
             int32_t *ao = acc_out ? acc_out + m * lda + 32L * h * G : NULL;
             float *o = out ? out + m * ldo + 32 * h : NULL;
             switch (M - m >= MR4 ? MR4 : M - m) { /* constant MR: accumulators in registers */
-#define CASE(R) case R: int4_tile_512(x, K32, b0, bs, G, R, xs, isx, bh, n - 32 * h, ao, lda, \
-                                      o, ldo); break;
+#define CASE(R) case R: int4_tile_512(x, K32, b0, bs, G, R, 2, xs, isx, bh, n - 32 * h, ao, \
+                                      lda, o, ldo); break;
                 CASE(1) CASE(2) CASE(3) CASE(4)
 #undef CASE
             }

@@ -13,7 +13,7 @@ from transformer.ops import reference as ref
 from transformer.ops.packed import PackedWeight, quantize_int4
 
 SHAPES = [(1, 1, 1), (1, 32, 16), (3, 67, 17), (5, 96, 130), (17, 130, 129), (4, 768, 65),
-          (9, 40, 200), (1, 768, 64)]  # (M rows, K, O): K not a multiple of 32, O of 16 or 64
+          (9, 40, 200), (1, 768, 64), (2, 100, 70)]  # (M, K, O): K not a multiple of 32, O of 64
 VARIANTS = list(packed.supported_variants("int4"))
 
 
