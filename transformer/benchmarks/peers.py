@@ -297,7 +297,7 @@ class StandInMarianTokenizer:
 # GGUF for llama.cpp, written from the same weights (the `gguf` package)
 # ---------------------------------------------------------------------------------------------
 
-GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "bfloat16": "BF16"}
+GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_0", "bfloat16": "BF16"}
 
 
 def gguf_vocabulary(vocab_size):
@@ -343,11 +343,12 @@ def gpt2_gguf_tensors(state, n_layer):
 def write_gpt2_gguf(model_dir, path, dtype):
     """Write the GPT-2 directory's weights (model.safetensors, config.json) as a llama.cpp GGUF
     file at `path` for `dtype`: "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32
-    weights with one scale each), "bfloat16" BF16, for the matrices; norms, biases and position
+    weights with one scale each), "int4" Q4_0 (4-bit, blocks of 32 with one scale; the tied
+    token embedding too), "bfloat16" BF16, for the matrices; norms, biases and position
     embeddings stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one
     merge): a random model has no tokenizer; ids go in and come out directly. Returns a note. Raises
-    ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 cannot
-    hold (not a multiple of 32)."""
+    ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 / Q4_0
+    cannot hold (not a multiple of 32)."""
     import gguf
     from safetensors.numpy import load_file
     if dtype not in GGUF_TYPES:
@@ -356,8 +357,8 @@ def write_gpt2_gguf(model_dir, path, dtype):
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     C, L, V = cfg["n_embd"], cfg["n_layer"], cfg["vocab_size"]
-    if dtype == "int8" and C % 32:
-        raise ValueError(f"Q8_0 needs rows of a multiple of 32 weights; C = {C}")
+    if dtype in ("int8", "int4") and C % 32:
+        raise ValueError(f"{GGUF_TYPES[dtype]} needs rows of a multiple of 32 weights; C = {C}")
     state = load_file(os.path.join(model_dir, "model.safetensors"))
     w = gguf.GGUFWriter(path + ".tmp", "gpt2")
     w.add_name(os.path.basename(os.path.normpath(model_dir)))
@@ -368,6 +369,7 @@ def write_gpt2_gguf(model_dir, path, dtype):
     w.add_head_count(cfg["n_head"])
     w.add_layer_norm_eps(cfg.get("layer_norm_epsilon", 1e-5))
     w.add_file_type({"float32": gguf.LlamaFileType.ALL_F32, "int8": gguf.LlamaFileType.MOSTLY_Q8_0,
+                     "int4": gguf.LlamaFileType.MOSTLY_Q4_0,
                      "bfloat16": gguf.LlamaFileType.MOSTLY_BF16}[dtype])
     tokens = gguf_vocabulary(V)
     w.add_tokenizer_model("gpt2")
