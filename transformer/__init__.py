@@ -27,7 +27,9 @@ def load(path, device="cpu", dtype=None, threads=None, tokenizer=None):
     "int8" (CTranslate2's int8: every linear layer and word-embedding table int8 with one scale
     per row, activations quantized per row
     before each product, int32 accumulation, float32 out; a CTranslate2 int8 directory is taken
-    as stored) or "bfloat16" (those weights in bf16, float32 accumulation); on the GPU
+    as stored), "int4" (those weights 4-bit in groups of 32 along the input, a float32 scale
+    and minimum per group, transformer.ops.packed) or "bfloat16" (those weights in bf16,
+    float32 accumulation); on the GPU
     "float16" / "bfloat16"; threads: CPU kernel threads (default OMP_NUM_THREADS, else every
     core available). Returns the family's model
     object (e.g. transformer.models.bert.BertModel), its weights on `device`; on "cuda" its

@@ -21,7 +21,7 @@ from . import __version__
 from ._io import Progress, atomic_output, check_output
 from ._paths import INSTALL_HINT, default_model_path
 from .device import DEVICES, to_numpy
-from .dtypes import all_dtypes
+from .dtypes import DTYPES, all_dtypes
 
 __all__ = ["main", "build_parser", "default_model_path", "CLIError"]
 
@@ -400,8 +400,8 @@ def build_parser():
                         help="cpu (default) or cuda (needs CuPy and a GPU)")
         sp.add_argument("--dtype", default=None,
                         choices=all_dtypes(),
-                        help="float32 (default); int8 or bfloat16 on cpu; float16 or "
-                        "bfloat16 on cuda")
+                        help="float32 (default); " + "; ".join(
+                            f"{', '.join(d[1:])} on {dev}" for dev, d in DTYPES.items()))
         sp.add_argument("--threads", type=int, default=None,
                         help="kernel threads (default: OMP_NUM_THREADS, else all cores)")
         sp.add_argument("--batch-size", type=int, default=32)

@@ -1,8 +1,9 @@
-"""Where a model's weights live and in which dtype: device "cpu" (csrc/cpu) in float32, int8 or
-bfloat16, or "cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or bfloat16.
+"""Where a model's weights live and in which dtype: device "cpu" (csrc/cpu) in float32, int8, int4
+or bfloat16, or "cuda" (CuPy arrays on the current GPU, csrc/cuda) in float32, float16 or
+bfloat16 (transformer.dtypes.DTYPES).
 
-On the CPU, int8 and bfloat16 are compute types of the matrix products: every linear weight and
-the word-embedding tables are packed once (transformer.ops.packed.PackedWeight; which ones:
+On the CPU, int8, int4 and bfloat16 are compute types of the matrix products: every linear weight
+and the word-embedding tables are packed once (transformer.ops.packed.PackedWeight; which ones:
 transformer.ops.cpu.packs), everything else
 (norms, biases, position tables, activations, attention, the KV cache) stays float32.
 On the GPU, CuPy has no bfloat16 dtype: bfloat16 tensors are uint16 arrays of bf16 bit patterns
@@ -21,8 +22,9 @@ DEVICES = tuple(DTYPES)
 
 def check(device, dtype):
     """(device, dtype) validated, dtype defaulting to "float32". Raises ValueError for an unknown
-    device or a dtype the device does not run (CPU: float32, int8, bfloat16; GPU: float32,
-    float16, bfloat16) and RuntimeError when device="cuda" but CuPy or a GPU is missing (the
+    device or a dtype the device does not run (transformer.dtypes.DTYPES; CPU: float32, int8,
+    int4, bfloat16; GPU: float32, float16, bfloat16: int4 there is refused naming it) and
+    RuntimeError when device="cuda" but CuPy or a GPU is missing (the
     message says what to install)."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")

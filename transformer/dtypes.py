@@ -4,17 +4,21 @@ variant computes with. The device checks, the CLI (`--dtype`, `transformer info`
 benchmarks read this table; a new compute type is added here first (docs/ARCHITECTURE.md)."""
 
 # device -> the dtypes a model placed there runs, float32 first (the default)
-DTYPES = {"cpu": ("float32", "int8", "bfloat16"), "cuda": ("float32", "float16", "bfloat16")}
+DTYPES = {"cpu": ("float32", "int8", "int4", "bfloat16"),
+          "cuda": ("float32", "float16", "bfloat16")}
 
 # CPU dtypes whose matrix-product weights are packed (PackedWeight) and run by our own kernels;
 # float32 products go through BLAS sgemm (or the skinny decode kernel)
-PACKED = ("int8", "bfloat16")
+PACKED = ("int8", "int4", "bfloat16")
 
 # the CPU products' kernel variants (csrc/cpu/gemm.c), slowest first, and their instructions
 VARIANTS = ("portable", "avx2", "avx512")
 INSTRUCTIONS = {
     "int8": {"avx512": "AVX-512 VNNI vpdpbusd",
              "avx2": "AVX2 vpmaddubsw + vpmaddwd (exact int16 pairs)",
+             "portable": "portable C"},
+    "int4": {"avx512": "AVX-512 VNNI vpdpbusd (4-bit codes as the unsigned operand)",
+             "avx2": "AVX2 vpmaddubsw + vpmaddwd (exact int16 group sums)",
              "portable": "portable C"},
     "bfloat16": {"avx512": "AVX512-BF16 vdpbf16ps",
                  "avx2": "AVX2 FMA on bf16 widened to float32",

@@ -10,7 +10,7 @@ from cython.parallel cimport prange, parallel
 from libc.stdlib cimport malloc, free
 from libc.string cimport memcpy, memset
 from libc.math cimport INFINITY
-from libc.stdint cimport int8_t, int32_t, uint16_t
+from libc.stdint cimport int8_t, int32_t, uint8_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm
 
 from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, TF_ACT_SILU,
@@ -19,10 +19,11 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_rotary_row, tf_gated_act_row, tf_gemm_small, tf_decode_attention_chunk,
                       tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge,
                       tf_pos_bias, tf_position_bias_tile)
-from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16,
+from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16, TF_INT4,
                    tf_gemm_best_variant, tf_pack_int8, tf_pack_bf16, tf_unpack_row_int8,
-                   tf_unpack_row_bf16, tf_quantize_row_int8, tf_round_row_bf16, tf_gemm_int8_raw,
-                   tf_gemm_int8, tf_gemm_bf16)
+                   tf_unpack_row_bf16, tf_unpack_row_int4, tf_group_sums_int8,
+                   tf_quantize_row_int8, tf_round_row_bf16, tf_gemm_int8_raw, tf_gemm_int8,
+                   tf_gemm_bf16, tf_gemm_int4_raw, tf_gemm_int4)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
@@ -578,18 +579,19 @@ def beam_topk(const float[:, ::1] logits,       # IN  (R, V), R = B * num_beams
 
 
 # ---------------------------------------------------------------------------------------------
-# Packed int8 / bfloat16 products (gemm.c; layouts in gemm.h)
+# Packed int8 / int4 / bfloat16 products (gemm.c; layouts in gemm.h)
 # ---------------------------------------------------------------------------------------------
 
 GEMM_VARIANTS = {"portable": TF_GEMM_PORTABLE, "avx2": TF_GEMM_AVX2, "avx512": TF_GEMM_AVX512}
-GEMM_KINDS = {"int8": TF_INT8, "bfloat16": TF_BF16}
+GEMM_KINDS = {"int8": TF_INT8, "bfloat16": TF_BF16, "int4": TF_INT4}
 cdef enum:
     PANEL = 64       # outputs per work item (the packed panel)
     ROW_CHUNK = 48   # rows per work item when there are fewer panels than 2 per thread
 
 
 def best_gemm_variant(str kind):
-    """Name of the fastest variant of the `kind` ("int8" / "bfloat16") product this CPU runs."""
+    """Name of the fastest variant of the `kind` ("int8" / "int4" / "bfloat16") product this CPU
+    runs."""
     cdef int v = tf_gemm_best_variant(GEMM_KINDS[kind])
     return {TF_GEMM_PORTABLE: "portable", TF_GEMM_AVX2: "avx2", TF_GEMM_AVX512: "avx512"}[v]
 
@@ -618,12 +620,14 @@ def unpack_rows(str kind,
     """out[i] = row rows[i] of a packed matrix, dequantized (the embedding gather of a packed
     table)."""
     cdef int N = out.shape[0], K = out.shape[1], i
-    cdef int k_int8 = GEMM_KINDS[kind] == TF_INT8
+    cdef int k = GEMM_KINDS[kind]
     with nogil:
         for i in prange(N, schedule="static", num_threads=n_threads):
-            if k_int8:
+            if k == TF_INT8:
                 tf_unpack_row_int8(<const int8_t *>&packed[0], K, <int>rows[i],
                                    inv_scale[rows[i]], &out[i, 0])
+            elif k == TF_INT4:
+                tf_unpack_row_int4(&packed[0], K, <int>rows[i], &out[i, 0])
             else:
                 tf_unpack_row_bf16(<const uint16_t *>&packed[0], K, <int>rows[i], &out[i, 0])
 
@@ -656,25 +660,46 @@ def gemm_int8_raw(str variant,
                              min(PANEL, O - o0), &out[0, o0], O)
 
 
+def gemm_int4_raw(str variant,
+                  const int8_t[:, ::1] xq,          # IN  (M, K32) quantized rows
+                  const unsigned char[::1] packed,  # IN  packed (O, K) int4 weights
+                  int32_t[:, :, ::1] out):          # OUT (M, O, G) exact int32 group sums
+    """The per-group int32 sums of one variant (tests compare them with an exact reference)."""
+    cdef int M = xq.shape[0], O = out.shape[1], G = out.shape[2], p, o0
+    cdef int v = GEMM_VARIANTS[variant]
+    if M == 0 or O == 0 or G == 0:
+        return
+    with nogil:
+        for p in range((O + PANEL - 1) // PANEL):
+            o0 = p * PANEL
+            tf_gemm_int4_raw(v, &xq[0, 0], M, G, &packed[0], o0, min(PANEL, O - o0),
+                             &out[0, o0, 0], <long>O * G)
+
+
 def linear_packed(str kind, str variant,
                   const float[:, ::1] x,            # IN  (M, K) float32
                   const unsigned char[::1] packed,  # IN  packed (O, K) weights, int8 or bf16
                   const float[::1] inv_scale,       # IN  (O64) 1 / weight row scale, int8 only
-                  const int32_t[::1] comp,          # IN  (O64) int8 only
+                  const int32_t[::1] comp,          # IN  (O64) int8 only (int4: scales and
+                                                    #     minimums are in the packed records)
                   const float[::1] bias,            # IN  (O) or None
                   float[:, ::1] out,                # OUT (M, O) float32
                   str activation, int n_threads):
     """out = act(x @ w^T + bias) through the packed kernels: each row of x is first quantized
-    (int8: per-row scale) or rounded to bf16, in parallel; then work items of one 64-output
+    (int8, int4: per-row scale; int4 also the per-group sums of the quantized row) or rounded to
+    bf16, in parallel; then work items of one 64-output
     panel (x all rows when M <= 16: a decode step streams each weight once for every row; else
     blocks of rows when there are too few panels for the threads) run the register-tiled
     product with dequantization and bias fused, and the activation on the block while it is in
     cache."""
     cdef int M = x.shape[0], K = x.shape[1], O = out.shape[1]
-    cdef int is_int8 = GEMM_KINDS[kind] == TF_INT8
+    cdef int k = GEMM_KINDS[kind]
+    cdef int is_int8 = k == TF_INT8 or k == TF_INT4   # int8 activations
     cdef int v = GEMM_VARIANTS[variant]
     cdef int act = ACTIVATIONS[activation]
-    cdef int Kp = (K + 3) // 4 * 4 if is_int8 else (K + 1) // 2 * 2
+    cdef int Kp = (K + 3) // 4 * 4 if k == TF_INT8 else (
+        (K + 31) // 32 * 32 if k == TF_INT4 else (K + 1) // 2 * 2)
+    cdef int G = Kp // 32 if k == TF_INT4 else 0
     cdef int n_panels = (O + PANEL - 1) // PANEL
     cdef int n_rc = 1, rows_per, item, p, rc, m0, m1, o0, n, r
     cdef const float *b = &bias[0] if bias is not None else NULL
@@ -684,16 +709,20 @@ def linear_packed(str kind, str variant,
         n_rc = max(1, min((M + ROW_CHUNK - 1) // ROW_CHUNK,
                           (2 * n_threads + n_panels - 1) // n_panels))
     rows_per = (M + n_rc - 1) // n_rc
-    cdef char *xa = <char *>malloc(<size_t>M * Kp * (1 if is_int8 else 2) + sizeof(float) * M)
+    cdef size_t x_bytes = (<size_t>M * Kp * (1 if is_int8 else 2) + 3) // 4 * 4
+    cdef char *xa = <char *>malloc(x_bytes + sizeof(float) * M * (1 + G))
     if xa == NULL:
         raise MemoryError()
-    cdef float *inv_sx = <float *>(xa + <size_t>M * Kp * (1 if is_int8 else 2))
+    cdef float *inv_sx = <float *>(xa + x_bytes)
+    cdef float *xsum = inv_sx + M                    # (M, G) int4 only
     cdef const unsigned char *pk = &packed[0]
     with nogil:
         for r in prange(M, schedule="static", num_threads=n_threads):
             if is_int8:
                 inv_sx[r] = <float>1.0 / tf_quantize_row_int8(&x[r, 0], K, Kp,
                                                        <int8_t *>xa + <size_t>r * Kp)
+                if G:
+                    tf_group_sums_int8(<int8_t *>xa + <size_t>r * Kp, G, xsum + <size_t>r * G)
             else:
                 tf_round_row_bf16(&x[r, 0], K, Kp, <uint16_t *>xa + <size_t>r * Kp)
         for item in prange(n_panels * n_rc, schedule="static", num_threads=n_threads):
@@ -705,10 +734,13 @@ def linear_packed(str kind, str variant,
                 continue
             o0 = p * PANEL
             n = min(PANEL, O - o0)
-            if is_int8:
+            if k == TF_INT8:
                 tf_gemm_int8(v, <int8_t *>xa + <size_t>m0 * Kp, m1 - m0, Kp, inv_sx + m0,
                              <const int8_t *>pk, &comp[0], &inv_scale[0], b, o0, n,
                              &out[m0, 0], O)
+            elif k == TF_INT4:
+                tf_gemm_int4(v, <int8_t *>xa + <size_t>m0 * Kp, m1 - m0, G, inv_sx + m0,
+                             xsum + <size_t>m0 * G, pk, b, o0, n, &out[m0, 0], O)
             else:
                 tf_gemm_bf16(v, <uint16_t *>xa + <size_t>m0 * Kp, m1 - m0, Kp,
                              <const uint16_t *>pk, b, o0, n, &out[m0, 0], O)

@@ -1,9 +1,11 @@
-/* Packed int8 and bf16 matrix products; see gemm.h for the layouts and the contract.
+/* Packed int8, int4 and bf16 matrix products; see gemm.h for the layouts and the contract.
  *
  * Register tiles: AVX-512, MR rows (up to 6) x one panel of 64 outputs (4 zmm accumulators per
  * row, 24 in all): per step of k, 4 weight vectors are loaded and each row's 4 (int8) or 2
  * (bf16) values are broadcast, 4 * MR dot-product instructions.  AVX2: up to 2 (int8) or 3 (bf16)
- * rows x 16 or 32 outputs.  The portable twin loops over the same packed layout.
+ * rows x 16 or 32 outputs.  int4: up to 2 rows x 64 or 4 rows x 32 outputs (int32 group sums
+ * and float32 totals, 8 + 8 zmm) on AVX-512, 2 rows x 16 outputs on AVX2.  The portable twin loops
+ * over the same packed layout.
  */
 #include <math.h>
 #include <string.h>
@@ -28,7 +30,7 @@ int tf_gemm_best_variant(int kind) {
 #if TF_X86
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512bw") &&
-        (kind == TF_INT8 ? __builtin_cpu_supports("avx512vnni")
+        (kind != TF_BF16 ? __builtin_cpu_supports("avx512vnni")
                          : __builtin_cpu_supports("avx512bf16")))
         return TF_GEMM_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return TF_GEMM_AVX2;
@@ -490,4 +492,295 @@ void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t
             for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
         }
     }
+}
+
+
+/* ---- int4 ----------------------------------------------------------------------------------- */
+
+#define REC TF_INT4_RECORD
+#define MR4 4
+
+void tf_unpack_row_int4(const uint8_t *packed, int K, int o, float *out) {
+    const int G = (K + 31) / 32;
+    const uint8_t *blk = packed + (size_t)(o / 16) * G * REC;
+    const int ol = o % 16;
+    for (int k = 0; k < K; k++) {
+        const uint8_t *r = blk + (size_t)(k / 32) * REC;
+        const int c = (k % 32) / 8, hi = (k % 8) / 4, kk = k % 4;
+        const int code = (r[c * 64 + ol * 4 + kk] >> (4 * hi)) & 15;
+        float scale, minimum;
+        memcpy(&scale, r + 256 + 4 * ol, 4);
+        memcpy(&minimum, r + 320 + 4 * ol, 4);
+        out[k] = (float)code * scale + minimum;
+    }
+}
+
+void tf_group_sums_int8(const int8_t *q, int G, float *xsum) {
+    for (int g = 0; g < G; g++) {
+        int32_t s = 0;
+        for (int k = 0; k < 32; k++) s += q[g * 32 + k];
+        xsum[g] = (float)s;
+    }
+}
+
+/* Rows [0, M) x outputs [0, n) of one panel: raw group sums into acc_out, or the dequantized
+ * product (the reference twin of the SIMD tiles, same packed layout). */
+static void int4_panel_portable(const int8_t *xq, int M, int G, const uint8_t *panel,
+                                const float *xsum, const float *inv_sx, const float *bias, int n,
+                                int32_t *acc_out, long lda, float *out, long ldo) {
+    const long bs = (long)G * REC; /* bytes between the panel's 16-output blocks */
+    for (int m = 0; m < M; m++) {
+        const int8_t *x = xq + (size_t)m * G * 32;
+        for (int o = 0; o < n; o++) {
+            const int ol = o % 16;
+            float f = 0.f;
+            for (int g = 0; g < G; g++) {
+                const uint8_t *r = panel + (o / 16) * bs + (long)g * REC;
+                const int8_t *xg = x + g * 32;
+                int32_t s = 0;
+                for (int c = 0; c < 4; c++)
+                    for (int kk = 0; kk < 4; kk++) {
+                        const int b = r[c * 64 + ol * 4 + kk];
+                        s += (b & 15) * xg[8 * c + kk] + (b >> 4) * xg[8 * c + 4 + kk];
+                    }
+                if (acc_out) {
+                    acc_out[m * lda + (long)o * G + g] = s;
+                } else {
+                    float scale, minimum;
+                    memcpy(&scale, r + 256 + 4 * ol, 4);
+                    memcpy(&minimum, r + 320 + 4 * ol, 4);
+                    f += (float)s * scale + minimum * xsum[(long)m * G + g];
+                }
+            }
+            if (!acc_out) out[m * ldo + o] = f * inv_sx[m] + (bias ? bias[o] : 0.f);
+        }
+    }
+}
+
+#if TF_X86
+/* ---- int4: AVX-512 VNNI --------------------------------------------------------------------- */
+
+/* MR rows x NB blocks of 16 outputs (b0, b0 + bs, ...; n outputs valid): per group, isum =
+ * codes (u8, the nibbles split) . x (s8, 4 consecutive k broadcast) by vpdpbusd, exact; then
+ * stored raw (acc_out) or folded into float32 totals, f += isum * scale; f += minimum * xsum;
+ * finally out = f * inv_sx + bias.  The same operations in the same order for every row, so a
+ * row's result does not depend on the others.  NB = 4 (the whole panel: 4 streams of weights in
+ * flight) for up to 2 rows, NB = 2 for up to 4 (the registers: 2 NB MR accumulators). */
+TGT_VNNI INLINE void int4_tile_512(const int8_t *x, long ldx, const uint8_t *b0, long bs, int G,
+                                   const int MR, const int NB, const float *xsum,
+                                   const float *inv_sx, const float *bias, int n,
+                                   int32_t *acc_out, long lda, float *out, long ldo) {
+    const __m512i lo4 = _mm512_set1_epi8(0x0f);
+    __m512 f[MR4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) f[i][j] = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        const uint8_t *r0 = b0 + (long)g * REC;
+        const int8_t *xg = x + g * 32;
+        __m512i s[MR4][4];
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) s[i][j] = _mm512_setzero_si512();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; c++) {
+            __m512i l[4], h[4];
+#pragma GCC unroll 4
+            for (int j = 0; j < NB; j++) {
+                const __m512i v = _mm512_loadu_si512(r0 + j * bs + 64 * c);
+                l[j] = _mm512_and_si512(v, lo4);
+                h[j] = _mm512_and_si512(_mm512_srli_epi16(v, 4), lo4);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++) {
+                int32_t lo, hi;
+                memcpy(&lo, xg + i * ldx + 8 * c, 4);
+                memcpy(&hi, xg + i * ldx + 8 * c + 4, 4);
+                const __m512i xl = _mm512_set1_epi32(lo), xh = _mm512_set1_epi32(hi);
+#pragma GCC unroll 4
+                for (int j = 0; j < NB; j++)
+                    s[i][j] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[i][j], l[j], xl), h[j],
+                                                  xh);
+            }
+        }
+        if (acc_out) {
+            for (int i = 0; i < MR; i++)
+                for (int j = 0; j < NB; j++) {
+                    int32_t t[16];
+                    _mm512_storeu_si512(t, s[i][j]);
+                    for (int l = 0; l < 16 && 16 * j + l < n; l++)
+                        acc_out[i * lda + (long)(16 * j + l) * G + g] = t[l];
+                }
+            continue;
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < NB; j++) {
+            const __m512 sc = _mm512_loadu_ps(r0 + j * bs + 256);
+            const __m512 mn = _mm512_loadu_ps(r0 + j * bs + 320);
+#pragma GCC unroll 4
+            for (int i = 0; i < MR; i++)
+                f[i][j] = _mm512_fmadd_ps(mn, _mm512_set1_ps(xsum[(long)i * G + g]),
+                                          _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[i][j]), sc,
+                                                          f[i][j]));
+        }
+    }
+    if (acc_out) return;
+#pragma GCC unroll 4
+    for (int j = 0; j < NB; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++)
+            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k,
+                                  _mm512_fmadd_ps(f[i][j], _mm512_set1_ps(inv_sx[i]), bv));
+    }
+}
+
+TGT_VNNI static void int4_panel_512(const int8_t *xq, int M, int G, const uint8_t *panel,
+                                    const float *xsum, const float *inv_sx, const float *bias,
+                                    int n, int32_t *acc_out, long lda, float *out, long ldo) {
+    const long bs = (long)G * REC, K32 = 32L * G;
+    if (M <= 2) { /* decode: the whole panel in one pass */
+        if (M == 2)
+            int4_tile_512(xq, K32, panel, bs, G, 2, 4, xsum, inv_sx, bias, n, acc_out, lda, out,
+                          ldo);
+        else
+            int4_tile_512(xq, K32, panel, bs, G, 1, 4, xsum, inv_sx, bias, n, acc_out, lda, out,
+                          ldo);
+        return;
+    }
+    for (int h = 0; 32 * h < n; h++) { /* the panel's two halves of 32 outputs */
+        const uint8_t *b0 = panel + 2 * h * bs;
+        const float *bh = bias ? bias + 32 * h : NULL;
+        for (int m = 0; m < M; m += MR4) {
+            const int8_t *x = xq + m * K32;
+            const float *xs = xsum ? xsum + (long)m * G : NULL;
+            const float *isx = inv_sx ? inv_sx + m : NULL;
+            int32_t *ao = acc_out ? acc_out + m * lda + 32L * h * G : NULL;
+            float *o = out ? out + m * ldo + 32 * h : NULL;
+            switch (M - m >= MR4 ? MR4 : M - m) { /* constant MR: accumulators in registers */
+#define CASE(R) case R: int4_tile_512(x, K32, b0, bs, G, R, 2, xs, isx, bh, n - 32 * h, ao, \
+                                      lda, o, ldo); break;
+                CASE(1) CASE(2) CASE(3) CASE(4)
+#undef CASE
+            }
+        }
+    }
+}
+
+/* ---- int4: AVX2 ----------------------------------------------------------------------------- */
+
+/* R rows x 16 outputs (one block): vpmaddubsw of the codes (u8 <= 15) with x (s8) gives int16
+ * pairs of at most 2 * 15 * 128 = 3840, and a group's 8 of them per lane sum to at most 30720 in
+ * int16 (exact); vpmaddwd with ones widens to one int32 per output.  A 32-byte half of a chunk
+ * is 8 outputs x 4 k.  Then as the AVX-512 tile. */
+TGT2 INLINE void int4_tile_avx2(const int8_t *x, long ldx, const uint8_t *blk, int G, const int R,
+                                const float *xsum, const float *inv_sx, const float *bias, int n,
+                                int32_t *acc_out, long lda, float *out, long ldo) {
+    const __m256i lo4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 f[2][2];
+    for (int i = 0; i < R; i++) f[i][0] = f[i][1] = _mm256_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        const uint8_t *r = blk + (long)g * REC;
+        const int8_t *xg = x + g * 32;
+        __m256i s[2][2];
+        for (int i = 0; i < R; i++) s[i][0] = s[i][1] = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++) {
+            const __m256i v0 = _mm256_loadu_si256((const __m256i *)(r + 64 * c));
+            const __m256i v1 = _mm256_loadu_si256((const __m256i *)(r + 64 * c + 32));
+            const __m256i l0 = _mm256_and_si256(v0, lo4);
+            const __m256i h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4);
+            const __m256i l1 = _mm256_and_si256(v1, lo4);
+            const __m256i h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4);
+            for (int i = 0; i < R; i++) {
+                int32_t lo, hi;
+                memcpy(&lo, xg + i * ldx + 8 * c, 4);
+                memcpy(&hi, xg + i * ldx + 8 * c + 4, 4);
+                const __m256i xl = _mm256_set1_epi32(lo), xh = _mm256_set1_epi32(hi);
+                s[i][0] = _mm256_add_epi16(s[i][0], _mm256_add_epi16(
+                    _mm256_maddubs_epi16(l0, xl), _mm256_maddubs_epi16(h0, xh)));
+                s[i][1] = _mm256_add_epi16(s[i][1], _mm256_add_epi16(
+                    _mm256_maddubs_epi16(l1, xl), _mm256_maddubs_epi16(h1, xh)));
+            }
+        }
+        for (int i = 0; i < R; i++)
+            for (int j = 0; j < 2; j++) {
+                const __m256i d = _mm256_madd_epi16(s[i][j], ones);
+                if (acc_out) {
+                    int32_t t[8];
+                    _mm256_storeu_si256((__m256i *)t, d);
+                    for (int l = 0; l < 8 && 8 * j + l < n; l++)
+                        acc_out[i * lda + (long)(8 * j + l) * G + g] = t[l];
+                    continue;
+                }
+                const __m256 sc = _mm256_loadu_ps((const float *)(r + 256) + 8 * j);
+                const __m256 mn = _mm256_loadu_ps((const float *)(r + 320) + 8 * j);
+                f[i][j] = _mm256_fmadd_ps(mn, _mm256_set1_ps(xsum[(long)i * G + g]),
+                                          _mm256_fmadd_ps(_mm256_cvtepi32_ps(d), sc, f[i][j]));
+            }
+    }
+    if (acc_out) return;
+    for (int i = 0; i < R; i++)
+        for (int j = 0; j < 2; j++) {
+            float t[8];
+            _mm256_storeu_ps(t, _mm256_mul_ps(f[i][j], _mm256_set1_ps(inv_sx[i])));
+            for (int l = 0; l < 8 && 8 * j + l < n; l++)
+                out[i * ldo + 8 * j + l] = t[l] + (bias ? bias[8 * j + l] : 0.f);
+        }
+}
+
+TGT2 static void int4_panel_avx2(const int8_t *xq, int M, int G, const uint8_t *panel,
+                                 const float *xsum, const float *inv_sx, const float *bias, int n,
+                                 int32_t *acc_out, long lda, float *out, long ldo) {
+    const long bs = (long)G * REC, K32 = 32L * G;
+    for (int j = 0; 16 * j < n; j++)
+        for (int m = 0; m < M; m += 2) {
+            const int8_t *x = xq + m * K32;
+            const float *xs = xsum ? xsum + (long)m * G : NULL;
+            const float *isx = inv_sx ? inv_sx + m : NULL;
+            const float *bj = bias ? bias + 16 * j : NULL;
+            int32_t *ao = acc_out ? acc_out + m * lda + 16L * j * G : NULL;
+            float *o = out ? out + m * ldo + 16 * j : NULL;
+            if (M - m >= 2)
+                int4_tile_avx2(x, K32, panel + j * bs, G, 2, xs, isx, bj, n - 16 * j, ao, lda, o,
+                               ldo);
+            else
+                int4_tile_avx2(x, K32, panel + j * bs, G, 1, xs, isx, bj, n - 16 * j, ao, lda, o,
+                               ldo);
+        }
+}
+#endif
+
+static void int4_panel(int variant, const int8_t *xq, int M, int G, const uint8_t *packed,
+                       int o0, const float *xsum, const float *inv_sx, const float *bias, int n,
+                       int32_t *acc_out, long lda, float *out, long ldo) {
+    const uint8_t *panel = packed + (size_t)(o0 / 16) * G * REC;
+#if TF_X86
+    if (variant == TF_GEMM_AVX512) {
+        int4_panel_512(xq, M, G, panel, xsum, inv_sx, bias, n, acc_out, lda, out, ldo);
+        return;
+    }
+    if (variant == TF_GEMM_AVX2) {
+        int4_panel_avx2(xq, M, G, panel, xsum, inv_sx, bias, n, acc_out, lda, out, ldo);
+        return;
+    }
+#endif
+    (void)variant;
+    int4_panel_portable(xq, M, G, panel, xsum, inv_sx, bias, n, acc_out, lda, out, ldo);
+}
+
+void tf_gemm_int4_raw(int variant, const int8_t *xq, int M, int G, const uint8_t *packed, int o0,
+                      int n, int32_t *acc, long lda) {
+    int4_panel(variant, xq, M, G, packed, o0, NULL, NULL, NULL, n, acc, lda, NULL, 0);
+}
+
+void tf_gemm_int4(int variant, const int8_t *xq, int M, int G, const float *inv_sx,
+                  const float *xsum, const uint8_t *packed, const float *bias, int o0, int n,
+                  float *out, long ldo) {
+    int4_panel(variant, xq, M, G, packed, o0, xsum, inv_sx, bias ? bias + o0 : NULL, n, NULL, 0,
+               out + o0, ldo);
 }

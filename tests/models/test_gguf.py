@@ -156,11 +156,12 @@ def test_f16_logits_close_to_hf(files, rng):
 
 
 def test_default_dtype_and_tensor_types(files):
-    """A file of q8_0 blocks loads as int8 by default, others as float32; the stored types are
-    what was written (2-D weights quantized, norms and biases F32)."""
+    """A file of q8_0 blocks loads as int8 by default, of q4_0 blocks as int4, others as
+    float32; the stored types are what was written (2-D weights quantized, norms and biases
+    F32)."""
     arch, _, paths = files
     for qtype, dtype in (("F32", "float32"), ("F16", "float32"), ("Q8_0", "int8"),
-                         ("Q4_0", "float32")):
+                         ("Q4_0", "int4")):
         _, _, types = read_gguf(paths[qtype])
         assert set(types.values()) == ({"F32"} if qtype == "F32" else {"F32", qtype})
         assert transformer.load(paths[qtype], threads=1).dtype == dtype

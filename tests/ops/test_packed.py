@@ -176,6 +176,6 @@ def test_packed_bad_input(rng):
     with pytest.raises(ValueError, match="positive"):
         PackedWeight.from_int8(np.zeros((2, 2), np.int8), np.array([1.0, 0.0]))
     with pytest.raises(ValueError, match="dtype"):
-        PackedWeight.pack(np.zeros((2, 2), np.float32), "int4")
+        PackedWeight.pack(np.zeros((2, 2), np.float32), "int3")
     with pytest.raises(ValueError, match="2-D"):
         PackedWeight.pack(np.zeros(3, np.float32), "bfloat16")

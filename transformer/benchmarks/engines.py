@@ -7,7 +7,7 @@ compute types it has (bench/README.md lists what each runs and how).
   torch         PyTorch eager ops and HF transformers models (also the float32 reference)
   onnxruntime   encode: the exported encoder (int8: quantize_dynamic on it)
   ctranslate2   the CTranslate2 conversion at compute_type = the dtype (no MPNet)
-  llama.cpp     generate: llama-cpp-python on a GGUF of the same weights, batch 1
+  llama.cpp     generate: llama-cpp-python on a GGUF of the same weights (llama_batch API)
 
 A suite gets its engines from load_engines(setup, peers): each an Isolated, which
 builds the engine in a fresh process of its own for the check round and for every timed round
@@ -31,7 +31,7 @@ import traceback
 import numpy as np
 
 from . import peers as peer_setup
-from .harness import NotApplicable, Unsupported, compare_engines, run_cases, skip_reason
+from .harness import Unsupported, compare_engines, run_cases, skip_reason
 from .process import Worker, run_in_process
 from .stats import busy_check, cpu_sample, log, usage_text
 
@@ -235,6 +235,12 @@ class Isolated:
             w.request("new", make, (self.engine, self.setup))
             return w.request("modules")
 
+    def once(self, method, *args):
+        """engine.method(*args) in a fresh process of its own."""
+        with Worker() as w:
+            w.request("new", make, (self.engine, self.setup))
+            return w.request("call", method, args)
+
     def call(self, method, *args):
         """engine.method(*args) in the kept process."""
         return self.worker.request("call", method, args)
@@ -317,6 +323,10 @@ class TransformerEngine(Engine):
                                   max_new_tokens=batch["max_new_tokens"], num_beams=self.beams,
                                   length_penalty=self.length_penalty)
         return self.start_rows(i, batch, self.to_numpy(out))
+
+    def logits(self, prompts):
+        """Next-token logits (B, T, V) float32 at every position of prompts (B, T)."""
+        return np.asarray(self.to_numpy(self.model(prompts)), np.float32)
 
 
 def _np_softmax(x):
@@ -498,6 +508,11 @@ class TorchEngine(Engine):
         return self.start_rows(i, batch, out.cpu().numpy())
 
     # --- the reference's tools (the float32 model)
+    def logits(self, prompts):
+        """Next-token logits (B, T, V) float32 of the float32 model at every position."""
+        with self.torch.inference_mode():
+            return self.float_model(self.tensor(prompts)).logits.float().cpu().numpy()
+
     def logit_gap(self, prompt, prefix, token_a, token_b):
         """logit[token_a] - logit[token_b] at the position after prompt + prefix (1-D ids), by
         the float32 model."""
@@ -698,10 +713,11 @@ class Ct2Engine(Engine):
 
 @register
 class LlamaCppEngine(Engine):
-    """llama-cpp-python (`llama_cpp.Llama`, n_threads = n_threads_batch = n) on a GGUF written
-    from the same GPT-2 weights (peers.write_gpt2_gguf: F32 for float32, Q8_0 for int8, BF16
-    for bfloat16; cached); greedy (top_k=1, temp=0) through Llama.generate, which does not stop
-    at eos, prompt ids in, new ids out. One sequence at a time: batch 1 only."""
+    """llama-cpp-python on a GGUF written from the same GPT-2 weights (peers.write_gpt2_gguf: F32
+    for float32, Q8_0 for int8, Q4_0 for int4, BF16 for bfloat16; cached), through its low-level
+    API: a context of B sequences (n_threads = n_threads_batch = n), all of them in one
+    llama_batch per llama_decode (the B prompts together, then one token of each per step),
+    greedy (argmax of llama_get_logits_ith), prompt ids in, new ids out, no stop at eos."""
     name = "llama.cpp"
     tasks = ("generate",)
 
@@ -725,31 +741,61 @@ class LlamaCppEngine(Engine):
     def __init__(self, setup):
         super().__init__(setup)
         import llama_cpp
+        self.lc, self.contexts = llama_cpp, {}
         self.version = f"llama-cpp-python {llama_cpp.__version__}"
         self.compute_type = peer_setup.GGUF_TYPES[setup.dtype]
-        path = self.gguf_path(setup)
-        with open(os.path.join(setup.model_dir, "config.json"), encoding="utf-8") as f:
-            n_ctx = json.load(f)["n_positions"]
-        self.llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_batch=512,
-                                   n_threads=setup.threads, n_threads_batch=setup.threads,
-                                   seed=0, verbose=False)
+        self.llm = llama_cpp.Llama(model_path=self.gguf_path(setup), n_ctx=256, seed=0,
+                                   verbose=False)  # the model; contexts are made per batch
+
+    def context(self, B, T):
+        """A cleared context for B sequences of up to T tokens each (cached per shape)."""
+        lc = self.lc
+        if (B, T) not in self.contexts:
+            p = lc.llama_context_default_params()
+            p.n_ctx, p.n_seq_max = B * -(-T // 256) * 256, B
+            p.n_batch = p.n_ubatch = max(512, B * T)
+            p.n_threads = p.n_threads_batch = self.setup.threads
+            self.contexts[(B, T)] = lc.llama_init_from_model(self.llm._model.model, p)
+        ctx = self.contexts[(B, T)]
+        lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
+        return ctx
+
+    def decode(self, ctx, tokens, start, every=False):
+        """llama_decode of one llama_batch: tokens (B, n) of B sequences at positions start..
+        start + n - 1; returns the logits (B, n, V) float32 of every position (every) or
+        (B, 1, V) of the last."""
+        lc, (B, n) = self.lc, tokens.shape
+        b = lc.llama_batch_init(B * n, 0, 1)
+        try:
+            b.n_tokens = B * n
+            for i, tok in enumerate(tokens.ravel().tolist()):
+                b.token[i], b.pos[i], b.n_seq_id[i] = tok, start + i % n, 1
+                b.seq_id[i][0], b.logits[i] = i // n, every or i % n == n - 1
+            if lc.llama_decode(ctx, b) != 0:
+                raise RuntimeError("llama_decode failed")
+        finally:
+            lc.llama_batch_free(b)
+        V = self.llm.n_vocab()
+        rows = range(B * n) if every else range(n - 1, B * n, n)
+        return np.stack([np.ctypeslib.as_array(lc.llama_get_logits_ith(ctx, i), (V,))
+                         for i in rows]).reshape(B, -1, V)
 
     def generator(self, prompts, new_tokens):
-        if prompts.shape[0] != 1:
-            raise NotApplicable("llama-cpp-python's Llama runs one sequence at a time: "
-                                "batch 1 only")
-        prompt = prompts[0].tolist()
+        B, P = prompts.shape
+        self.context(B, P + new_tokens)  # made here, outside the timed runs
 
         def fn():
-            out = []
-            self.llm.reset()            # no KV-cache reuse of the previous call's prompt
-            for tok in self.llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0,
-                                         repeat_penalty=1.0, reset=True):
-                out.append(tok)
-                if len(out) == new_tokens:
-                    break
-            return np.asarray([out], dtype=np.int64), None
+            ctx, out, tokens = self.context(B, P + new_tokens), [], prompts
+            for step in range(new_tokens):
+                start = P + step - 1 if step else 0
+                tokens = self.decode(ctx, tokens, start)[:, -1].argmax(axis=1)[:, None]
+                out.append(tokens)
+            return np.concatenate(out, axis=1).astype(np.int64), None
         return fn
+
+    def logits(self, prompts):
+        """Next-token logits (B, T, V) float32 at every position of prompts (B, T)."""
+        return self.decode(self.context(*prompts.shape), prompts, 0, every=True).copy()
 
 
 def load_engines(setup, peers, tag="bench"):

@@ -5,6 +5,7 @@ of its own per round; checked against HF torch float32 first (at float32 a diver
 float near-tie by the HF logit gap; at int8 / bfloat16 / float16 it is the accuracy column);
 a fraction of the read-bandwidth limit (every weight read once per decode step).
 """
+import dataclasses
 import json
 import os
 import statistics
@@ -21,7 +22,7 @@ GPT2_TINY = dict(vocab_size=1000, n_positions=128, n_embd=64, n_layer=2, n_head=
                  bos_token_id=999, eos_token_id=999)
 NEAR_TIE = 1e-3             # HF logit gap below which a divergence is a float near-tie
 TARGETS = {"float32": {"torch": 1.3, "ctranslate2": 0.8, "llama.cpp": 1.0},
-           "int8": {"ctranslate2": 1.25, "llama.cpp": 1.1}}
+           "int8": {"ctranslate2": 1.25, "llama.cpp": 1.1}, "int4": {"llama.cpp": 1.0}}
 SOURCE_TEXT = {"sgemv_numpy": "NumPy's matmul", "sgemv_scipy": "SciPy's sgemv",
                "device_copy": "a device-to-device copy (CuPy; read + written)"}
 
@@ -52,8 +53,9 @@ def weight_bytes(cfg, dtype):
     """Bytes of weights read per decode step at a compute type: every parameter once
     (model_params; the tied LM head once) at 4 bytes in float32; at int8 the matrices (the
     per-layer projections and the LM head = token embedding) at 1 byte plus one float32 scale
-    per output row, at bfloat16 at 2 bytes, the rest (biases, norms, position embeddings) at
-    4 bytes. The KV cache is not counted."""
+    per output row, at int4 at 6 bits (4-bit codes, a float32 scale and minimum per 32), at
+    bfloat16 at 2 bytes, the rest (biases, norms, position embeddings) at 4 bytes. The KV cache
+    is not counted."""
     C, V, L = cfg["n_embd"], cfg["vocab_size"], cfg["n_layer"]
     F = cfg.get("n_inner") or 4 * C
     total = model_params(cfg)
@@ -63,6 +65,8 @@ def weight_bytes(cfg, dtype):
     rows = L * (3 * C + C + F + C) + V                  # output rows: one scale each at int8
     if dtype == "int8":
         return matrices + 4 * rows + 4 * (total - matrices)
+    if dtype == "int4":
+        return matrices * 3 // 4 + 4 * (total - matrices)
     return 2 * matrices + 4 * (total - matrices)
 
 
@@ -123,6 +127,22 @@ def token_agreement(out, ref, prompts, batch, reference, dtype="float32"):
     return a
 
 
+def next_token_kl(setup, engines, prompts):
+    """{engine name: mean KL(p_float32 || p_engine)} in nats of the next-token distributions at
+    every position of prompts (B, T), HF torch float32 the reference (Engine.logits), each
+    engine in a fresh process of its own; engines without logits are left out."""
+    from .engines import REGISTRY, Isolated
+
+    def log_softmax(z):
+        z = z.astype(np.float64) - z.max(-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(-1, keepdims=True))
+    reference = Isolated("torch", dataclasses.replace(setup, dtype="float32"))
+    ref = log_softmax(reference.once("logits", prompts))
+    return {e.name: float((np.exp(ref) * (ref - log_softmax(e.once("logits", prompts))))
+                          .sum(-1).mean())
+            for e in engines if hasattr(REGISTRY[e.engine], "logits")}
+
+
 def accuracy_text(agreement):
     """The accuracy cell of a generate row: tokens identical to the float32 reference's."""
     if not agreement or agreement.get("identical_fraction") is None:
@@ -155,9 +175,10 @@ def run(cfg):
     cases = [{"label": f"batch {b}", "batch": b, "prompts": prompts[b],
               "new_tokens": new_tokens} for b in batch_sizes]
     probe = limits.DeviceProbe([bw_mib << 20]) if gpu else limits.BandwidthProbe(bw_mib, threads)
+    setup = Setup("generate", model_dir, threads, dtype, cfg.workdir,
+                  vocab_size=config["vocab_size"], device=cfg.device)
     got = run_model_suite(
-        Setup("generate", model_dir, threads, dtype, cfg.workdir,
-              vocab_size=config["vocab_size"], device=cfg.device), cfg.peers, cases,
+        setup, cfg.peers, cases,
         lambda out, ref, case, reference: token_agreement(out, ref, prompts, case["batch"],
                                                           reference, dtype),
         rounds, probe, cfg.pause, cfg.time_disagreeing, "tokens are")
@@ -177,6 +198,11 @@ def run(cfg):
                                accuracy_text if dtype != "float32" else None)
     for row, r in zip(rows, got["rows"]):
         row["batch"] = batch_sizes[r["case_index"]]
+    kl_prompts = make_prompts([4], 32, config["vocab_size"], cfg.seed + 1)[4]
+    kl = next_token_kl(setup, got["engines"], kl_prompts)
+    got["notes"].append("Quality: mean KL(float32 || engine) of next-token distributions over "
+                        "4 random prompts x 32 positions, HF torch float32 the reference: "
+                        + ", ".join(f"{n} {v:.2e} nats" for n, v in kl.items()))
     summary = [
         f"Greedy generation, {name} (GPT-2 shape: {shape['n_layer']} layers, C="
         f"{shape['n_embd']}, {shape['n_head']} heads, vocab {shape['vocab_size']}; random "
@@ -206,4 +232,5 @@ def run(cfg):
                        "batch_sizes": batch_sizes, "new_tokens": new_tokens,
                        "prompt_len": level["prompt_len"], "rounds": rounds, "threads": threads,
                        "seed": cfg.seed, "n_params": n_params, "weight_bytes": nbytes,
+                       "next_token_kl": kl,
                        "dtype": dtype, "pause": cfg.pause}}

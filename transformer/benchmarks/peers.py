@@ -10,7 +10,6 @@ import os
 import shutil
 import warnings
 
-import numpy as np
 
 from .stats import log
 
@@ -297,7 +296,7 @@ class StandInMarianTokenizer:
 # GGUF for llama.cpp, written from the same weights (the `gguf` package)
 # ---------------------------------------------------------------------------------------------
 
-GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "bfloat16": "BF16"}
+GGUF_TYPES = {"float32": "F32", "int8": "Q8_0", "int4": "Q4_0", "bfloat16": "BF16"}
 
 
 def gguf_vocabulary(vocab_size):
@@ -321,7 +320,8 @@ def write_gpt2_gguf(model_dir, path, dtype):
     """Write the GPT-2 directory's weights (model.safetensors, config.json) as a llama.cpp GGUF
     file at `path` for `dtype` (transformer.weights.gguf.write_gguf, as convert_hf_to_gguf.py
     lays them out): "float32" F32, "int8" Q8_0 (llama.cpp's int8: blocks of 32 weights with
-    one scale each), "bfloat16" BF16, for the matrices; norms, biases and position embeddings
+    one scale each), "int4" Q4_0 (blocks of 32 with one scale; the tied token embedding too),
+    "bfloat16" BF16, for the matrices; norms, biases and position embeddings
     stay F32. The vocabulary is a stand-in GPT-2 BPE one (gguf_vocabulary, one merge): a random
     model has no tokenizer; ids go in and come out directly. Returns a note. Raises
     ImportError without gguf, ValueError for an unknown dtype or a row length Q8_0 cannot
@@ -334,8 +334,8 @@ def write_gpt2_gguf(model_dir, path, dtype):
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
     C, V = cfg["n_embd"], cfg["vocab_size"]
-    if dtype == "int8" and C % 32:
-        raise ValueError(f"Q8_0 needs rows of a multiple of 32 weights; C = {C}")
+    if dtype in ("int8", "int4") and C % 32:
+        raise ValueError(f"{GGUF_TYPES[dtype]} needs rows of a multiple of 32 weights; C = {C}")
     write_gguf(path, "gpt2", dict(cfg, bos_token_id=V - 1, eos_token_id=V - 1),
                load_file(os.path.join(model_dir, "model.safetensors")), GGUF_TYPES[dtype],
                tokens=gguf_vocabulary(V), token_types=[1] * (V - 1) + [3],  # 3: control

@@ -122,8 +122,9 @@ class Model:
     # -- placement --------------------------------------------------------------------------------
     def to(self, device, dtype=None):
         """Move the weights to device ("cpu" or "cuda") in dtype (default float32); returns self.
-        On the CPU, dtype "int8" / "bfloat16" packs the linear weights and word embeddings
-        (transformer.ops.cpu.packs; int8 quantized per row, CTranslate2's int8) and keeps the
+        On the CPU, dtype "int8" / "int4" / "bfloat16" packs the linear weights and word
+        embeddings (transformer.ops.cpu.packs; int8 quantized per row, CTranslate2's int8; int4
+        per group of 32, transformer.ops.packed) and keeps the
         rest float32. Tensors shared between names (tied embeddings and LM head) stay shared.
         Every move starts from the weights as loaded (kept on the host while the model lives
         in another dtype or on the GPU), so `dtype` never lies: int8 then float32 gives the

@@ -89,12 +89,17 @@ def _hf_tensors(arch, tensors, config, source):
 
 def default_dtype(types):
     """The CPU compute type of a GGUF file when none is asked, from its tensor types {name:
-    type name}: "int8" when every 2-D weight of its blocks is q8_0 (llama.cpp's int8), else
-    "float32". (q4_0 / q4_K files: "int4" once that type exists: see
-    transformer.models.base._place, where their blocks are taken as stored.)"""
-    blocks = [t for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight")
-              and t not in ("F32",)]
-    return "int8" if blocks and all(t == "Q8_0" for t in blocks) else "float32"
+    type name}: "int8" when every 2-D weight of its blocks is q8_0 (llama.cpp's int8), "int4"
+    when they are 4-bit blocks (q4_0, q4_K, taken as stored: transformer.models.base._place)
+    beside at most the higher k-quants of a q4_K_M file (q5_K / q6_K, requantized to int4
+    groups), else "float32"."""
+    blocks = {t for n, t in types.items() if n.startswith("blk.") and n.endswith(".weight")
+              and t not in ("F32",)}
+    if blocks == {"Q8_0"}:
+        return "int8"
+    if blocks & {"Q4_0", "Q4_K"} and blocks <= {"Q4_0", "Q4_K", "Q5_K", "Q6_K"}:
+        return "int4"
+    return "float32"
 
 
 @register_family(layout="GGUF file", detect=is_gguf)

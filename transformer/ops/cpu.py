@@ -1,5 +1,5 @@
 """The CPU backend: float32 activations on NumPy, kernels in csrc/cpu (transformer._cpu), called
-directly from each method. int8 / bfloat16 are compute types of the matrix products only
+directly from each method. int8 / int4 / bfloat16 are compute types of the matrix products only
 (weights packed as transformer.ops.packed.PackedWeight); everything else stays float32.
 The interface and its contract (no checks): transformer.ops.backend."""
 
@@ -11,7 +11,7 @@ from .packed import PackedWeight
 
 
 def packs(name, a):
-    """True for a weight that a CPU int8 / bfloat16 model packs: a 2-D tensor named
+    """True for a weight that a CPU int8 / int4 / bfloat16 model packs: a 2-D tensor named
     "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
     gathered from the packed rows; tied to the LM head it stays one array)."""
     return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
@@ -21,7 +21,7 @@ def packs(name, a):
 class CPUBackend(Backend):
     """The kernels of csrc/cpu for `threads`, bound once. Methods take and return float32
     C-contiguous NumPy arrays (weights float32 or PackedWeight) and allocate their output unless
-    `out` is given. dtype: the model's compute type ("float32", "int8", "bfloat16"), which
+    `out` is given. dtype: the model's compute type ("float32", "int8", "int4", "bfloat16"), which
     place_weight packs for."""
 
     device = "cpu"
@@ -191,8 +191,9 @@ class CPUBackend(Backend):
 
     def place_weight(self, name, a):
         """Weight `name` (host or device array, or PackedWeight) as the model keeps it: packed
-        for an int8 / bfloat16 compute type when `packs` says so (int8 quantized per row,
-        CTranslate2's int8), else float32 (place)."""
+        for an int8 / int4 / bfloat16 compute type when `packs` says so (int8 quantized per row,
+        CTranslate2's int8; int4 per group of 32, transformer.ops.packed), else float32
+        (place)."""
         if self.dtype != "float32" and packs(name, a):
             return PackedWeight.pack(a, self.dtype)
         return self.place(a)
