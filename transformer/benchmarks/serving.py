@@ -14,7 +14,7 @@ issue's target ratios at 32 clients (TARGETS).
 the same load generator in a fresh process, to servers each started in a process of its own
 (server_argv): `transformer serve` against llama-cpp-python's OpenAI server (the GGUF of the
 same weights: Q8_0 for int8, F32 for float32) for streamed /v1/completions (gpt2, prompts as
-token ids), and against Infinity (its torch engine) and sentence-transformers behind a minimal
+text), and against Infinity (its torch engine) and sentence-transformers behind a minimal
 FastAPI app (st_app) for /v1/embeddings (minilm; the peers float32); HTTP_TARGETS.
 """
 import json
@@ -48,11 +48,13 @@ OURS_HTTP, LLAMA_HTTP = "transformer serve", "llama-cpp-python server"
 INFINITY, ST_APP = "infinity-emb (torch)", "sentence-transformers (FastAPI)"
 SERVERS = {"gpt2": (OURS_HTTP, LLAMA_HTTP), "minilm": (OURS_HTTP, INFINITY, ST_APP)}
 # the modules a server needs (found, not imported), its distribution
-NEEDS = {OURS_HTTP: (("transformer.server", "fastapi", "uvicorn"), "transformer"),
-         LLAMA: (("llama_cpp",), "llama-cpp-python"),
-         LLAMA_HTTP: (("llama_cpp", "sse_starlette", "starlette_context"), "llama-cpp-python"),
-         INFINITY: (("infinity_emb",), "infinity-emb"),
-         ST_APP: (("sentence_transformers", "fastapi", "uvicorn"), "sentence-transformers")}
+NEEDS = {OURS_HTTP: (("transformer.server", "fastapi", "uvicorn"), "transformer", "[server]"),
+         LLAMA: (("llama_cpp",), "llama-cpp-python", ""),
+         LLAMA_HTTP: (("llama_cpp", "sse_starlette", "starlette_context"), "llama-cpp-python",
+                      "[server]"),
+         INFINITY: (("infinity_emb",), "infinity-emb", "[server,torch]"),
+         ST_APP: (("sentence_transformers", "fastapi", "uvicorn"), "sentence-transformers",
+                  " fastapi uvicorn")}
 # ours over theirs at 32 clients >= goal; with a figure: ours / theirs of it < goal
 HTTP_TARGETS = [("gpt2", LLAMA_HTTP, 4.0), ("gpt2", LLAMA_HTTP, 1.0, "ttft_p99"),
                 ("minilm", INFINITY, 2.0)]
@@ -455,10 +457,11 @@ def run_family(family, cfg, level, rounds, names=None):
         peer = {CT2: "ctranslate2", LLAMA: "llama.cpp", LLAMA_HTTP: "llama.cpp"}.get(name)
         if peer and peer not in cfg.peers:
             continue
-        modules, dist = NEEDS.get(name, ((), None))
+        modules, dist, extra = NEEDS.get(name, ((), None, None))
         missing = [m for m in modules if find_spec(m) is None]
         if missing:
-            skipped[name] = f"n/a: {', '.join(missing)} not importable (pip install {dist})"
+            skipped[name] = f"n/a: {', '.join(missing)} not importable (pip install " \
+                f"'{dist}{extra}')"
             continue
         try:
             if peer:
@@ -635,9 +638,11 @@ def st_app(model_dir):
 
 def http_request(client, family, model, req):
     """One request of a load over HTTP (an httpx.Client): minilm POST /v1/embeddings of the
-    sentence; else POST /v1/completions streamed (server-sent events), the prompt as token ids,
-    greedy, max_tokens = req["new"], each event with text one unit. Returns closed_loop's
-    record. Raises httpx.HTTPStatusError for an error status."""
+    sentence; else POST /v1/completions streamed (server-sent events), greedy, max_tokens =
+    req["new"], each event with text one unit; the prompt is text (llama-cpp-python's server
+    takes no token ids): the ids as printable ASCII bytes, one token each in the stand-in
+    byte-level vocabulary both servers read (_served_dir, peers.gguf_vocabulary). Returns
+    closed_loop's record. Raises httpx.HTTPStatusError for an error status."""
     if family == "minilm":
         client.post("/v1/embeddings", json={"model": model, "input": [req["text"]]}
                     ).raise_for_status()
@@ -645,14 +650,16 @@ def http_request(client, family, model, req):
                 "streamed": False}
     times = []
     with client.stream("POST", "/v1/completions", json={
-            "model": model, "prompt": req["ids"].tolist(), "max_tokens": req["new"],
+            "model": model, "prompt": bytes((33 + req["ids"] % 94).astype(np.uint8)).decode(),
+            "max_tokens": req["new"],
             "temperature": 0.0, "stream": True}) as r:
         r.raise_for_status()
         for line in r.iter_lines():
             if line.startswith("data:") and line[5:].strip() != "[DONE]" and any(
                     c.get("text") for c in json.loads(line[5:])["choices"]):
                 times.append(time.perf_counter())
-    return {"times": times, "n": len(times), "tokens": np.zeros(0, np.int64), "streamed": True}
+    return {"times": times or [time.perf_counter()], "n": len(times),  # eos at once: no text
+            "tokens": np.zeros(0, np.int64), "streamed": True}
 
 
 def serve_http(name, setup, family, loads, ready_s=600):
