@@ -204,8 +204,9 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         for i in range(req["max_tokens"] + 1):
-            event = "data: " + json.dumps({"choices": [{"index": 0, "text": f" t{i}" if i else ""}]})
-            event = (event + "\n\n").encode()
+            text = f" t{i}" if i else ""
+            event = ("data: " + json.dumps({"choices": [{"index": 0, "text": text}]})
+                     + "\n\n").encode()
             self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             self.wfile.flush()
             time.sleep(0.002)

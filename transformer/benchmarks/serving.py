@@ -55,6 +55,8 @@ NEEDS = {OURS_HTTP: (("transformer.server", "fastapi", "uvicorn"), "transformer"
          INFINITY: (("infinity_emb",), "infinity-emb", "[server,torch]"),
          ST_APP: (("sentence_transformers", "fastapi", "uvicorn"), "sentence-transformers",
                   " fastapi uvicorn")}
+# a server's own Python (infinity-emb pins numpy<2 and transformers<5: a venv of its own)
+PYTHONS = {INFINITY: os.environ.get("TRANSFORMER_BENCH_INFINITY_PYTHON")}
 # ours over theirs at 32 clients >= goal; with a figure: ours / theirs of it < goal
 HTTP_TARGETS = [("gpt2", LLAMA_HTTP, 4.0), ("gpt2", LLAMA_HTTP, 1.0, "ttft_p99"),
                 ("minilm", INFINITY, 2.0)]
@@ -448,8 +450,9 @@ def family_setup(family, cfg):
 
 def run_family(family, cfg, level, rounds, names=None):
     """Every engine of `family` (or those of `names`) on the same loads, `rounds` interleaved
-    rounds, each engine in a fresh process per round. Returns (results {engine: combine()}, skipped {engine: why},
-    identical {(engine, load): (same, total)}, static step or None, versions, notes)."""
+    rounds, each engine in a fresh process per round. Returns (results {engine: combine()},
+    skipped {engine: why}, identical {(engine, load): (same, total)}, static step or None,
+    versions, notes)."""
     setup, vocab, notes, lengths, sentences = family_setup(family, cfg)
     loads = make_loads(family, level, vocab, cfg.seed, lengths, sentences)
     engines, skipped = [], {}
@@ -458,7 +461,7 @@ def run_family(family, cfg, level, rounds, names=None):
         if peer and peer not in cfg.peers:
             continue
         modules, dist, extra = NEEDS.get(name, ((), None, None))
-        missing = [m for m in modules if find_spec(m) is None]
+        missing = [] if PYTHONS.get(name) else [m for m in modules if find_spec(m) is None]
         if missing:
             skipped[name] = f"n/a: {', '.join(missing)} not importable (pip install " \
                 f"'{dist}{extra}')"
@@ -601,8 +604,10 @@ def _served_dir(setup):
 def server_argv(name, setup, port, host="127.0.0.1"):
     """The command line of server `name` (SERVERS) on setup's model at host:port, with
     setup.threads threads (Infinity and sentence-transformers: OMP_NUM_THREADS, which
-    `transformer bench` sets) and, for ours and llama.cpp, setup.dtype."""
-    py, at, t = sys.executable, ["--host", host, "--port", str(port)], str(setup.threads)
+    `transformer bench` sets) and, for ours and llama.cpp, setup.dtype; run by PYTHONS[name]
+    ($TRANSFORMER_BENCH_INFINITY_PYTHON), else this Python."""
+    py, at, t = PYTHONS.get(name) or sys.executable, ["--host", host, "--port", str(port)], \
+        str(setup.threads)
     if name == OURS_HTTP:
         return [py, "-m", "transformer", "serve", "--model", _served_dir(setup), "--dtype",
                 setup.dtype, "--threads", t] + at
