@@ -48,7 +48,7 @@ OURS_HTTP, LLAMA_HTTP = "transformer serve", "llama-cpp-python server"
 INFINITY, ST_APP = "infinity-emb (torch)", "sentence-transformers (FastAPI)"
 SERVERS = {"gpt2": (OURS_HTTP, LLAMA_HTTP), "minilm": (OURS_HTTP, INFINITY, ST_APP)}
 # the modules a server needs (found, not imported), its distribution
-NEEDS = {OURS_HTTP: (("transformer.server", "fastapi", "uvicorn"), "transformer", "[server]"),
+NEEDS = {OURS_HTTP: (("transformer.server", "starlette", "uvicorn"), "transformer", "[server]"),
          LLAMA: (("llama_cpp",), "llama-cpp-python", ""),
          LLAMA_HTTP: (("llama_cpp", "sse_starlette", "starlette_context"), "llama-cpp-python",
                       "[server]"),
@@ -539,8 +539,9 @@ def run(cfg, http=False):
                 rows.append(dict(case=f"{family} {label}", group=family, engine=engine,
                                  status="timed", seconds=f["wall"], figures=[
                                      {"value": f["throughput"], "unit": f["unit"]}],
-                                 ratio=(ours.get("throughput") or 0) / f["throughput"]
-                                 if f["throughput"] else None, fraction_of_limit=None,
+                                 ratio=ours["throughput"] / f["throughput"]
+                                 if f["throughput"] and ours.get("throughput") else None,
+                                 fraction_of_limit=None,
                                  limit=None, agreement=None, note=None,
                                  **{k: f[k] for k in FIGURES}))
         config[family] = {"static_step_s": static, "engines": list(results)}
