@@ -615,7 +615,8 @@ def server_argv(name, setup, port, host="127.0.0.1"):
     if name == LLAMA_HTTP:
         from .engines import LlamaCppEngine
         return [py, "-m", "llama_cpp.server", "--model", LlamaCppEngine.gguf_path(setup),
-                "--n_threads", t, "--n_threads_batch", t, "--n_ctx", "2048"] + at
+                "--n_threads", t, "--n_threads_batch", t, "--n_ctx", "2048",
+                "--interrupt_requests", "False"] + at  # default: a new request cuts the stream
     if name == INFINITY:
         return [py, "-m", "infinity_emb.cli", "v2", "--model-id", setup.model_dir, "--engine",
                 "torch", "--device", "cpu", "--url-prefix", "/v1"] + at
