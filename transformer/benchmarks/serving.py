@@ -715,5 +715,8 @@ def serve_http(name, setup, family, loads, ready_s=600):
             proc.wait()
         logf.close()
     from .limits import package_version
-    return {"version": f"{NEEDS[name][1]} {package_version(NEEDS[name][1])}", "loads": out,
-            "static_step": None}
+    dist, py = NEEDS[name][1], PYTHONS.get(name)
+    version = subprocess.run([py, "-c", f"import importlib.metadata as m; print(m.version("
+                              f"{dist!r}))"], capture_output=True, text=True).stdout.strip() \
+        if py else package_version(dist)
+    return {"version": f"{dist} {version}", "loads": out, "static_step": None}
