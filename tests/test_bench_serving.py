@@ -133,6 +133,7 @@ def test_summary_percentiles_and_ratios_on_synthetic_numbers():
     (["serving", "--dtype", "bfloat16"], "serving suite runs float32 or int8"),
     (["serving", "--family", "bert"], "invalid choice"),
     (["serving", "--rounds", "0"], "positive integer"),
+    (["serve", "--dtype", "bfloat16"], "serving suite runs float32 or int8"),
 ])
 def test_bad_options_are_refused(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
@@ -144,7 +145,10 @@ def test_options_reach_the_config():
     cfg = parse_config(["serving", "--quick", "--dtype", "int8", "--family", "marian",
                         "--threads", "1"])
     assert cfg.suites == ["serving"] and cfg.family == "marian" and cfg.dtype == "int8"
-    assert "serving" not in parse_config(["all", "--threads", "1"]).suites
+    assert not {"serving", "serve"} & set(parse_config(["all", "--threads", "1"]).suites)
+    from transformer.benchmarks import SuiteSkipped
+    with pytest.raises(SuiteSkipped, match="gpt2"):         # no marian server to compare
+        serving.run_serve(parse_config(["serve", "--family", "marian", "--threads", "1"]))
 
 
 def test_ctranslate2_batches_count_every_request(tiny_gpt2, tmp_path):
