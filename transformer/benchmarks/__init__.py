@@ -19,7 +19,10 @@ Suites (bench/README.md says exactly what each measures):
   translate         beam-search translation, Marian shape (random weights); CPU only
   serving           concurrent requests (transformer.serving.Engine against one at a time,
                     CTranslate2's asynchronous batches, llama.cpp); --family; CPU only
-  all               every suite above but serving, in that order
+  serve             the same loads over HTTP: `transformer serve` against llama-cpp-python's
+                    server (completions) and Infinity / sentence-transformers (embeddings),
+                    each server a process of its own; --family gpt2 / minilm; CPU only
+  all               every suite above but serving and serve, in that order
 
 Output (--output DIR, default bench/results/<date-time>): results.json and report.md.
 Progress goes to stderr, the report to stdout. A peer that is not installed
@@ -35,13 +38,14 @@ import traceback
 from ..dtypes import DTYPES as DEVICE_DTYPES, all_dtypes
 from .engines import peer_names
 
-SUITES = ("kernels", "encode", "generate", "translate", "serving")
-ALL = SUITES[:-1]          # `all`: serving (minutes of concurrent load) runs on its own
+SUITES = ("kernels", "encode", "generate", "translate", "serving", "serve")
+ALL = SUITES[:-2]          # `all`: serving and serve (minutes of concurrent load) run alone
 PEERS = peer_names()       # the registry's: torch, onnxruntime, ctranslate2, llama.cpp
 DTYPES = DEVICE_DTYPES["cpu"]
-CPU_ONLY = ("translate", "serving")
-MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",
-           "translate": "translate", "serving": "serving"}
+CPU_ONLY = ("translate", "serving", "serve")
+MODULES = {"kernels": "kernels", "encode": "encode", "generate": "generate",  # module[:run fn]
+           "translate": "translate",
+           "serving": "serving", "serve": "serving:run_serve"}
 
 __all__ = ["main", "run", "BenchConfig", "SuiteSkipped", "SUITES", "PEERS"]
 
@@ -185,7 +189,7 @@ def parse_config(argv):
     if dtype not in DEVICE_DTYPES[args.device]:
         p.error(f"--dtype {dtype} on --device {args.device}: choose from "
                 f"{', '.join(DEVICE_DTYPES[args.device])}")
-    if args.suite == "serving" and dtype not in ("float32", "int8"):
+    if args.suite in ("serving", "serve") and dtype not in ("float32", "int8"):
         p.error(f"--dtype {dtype}: the serving suite runs float32 or int8")
     problem = check_device(args.device)
     if problem:
@@ -252,8 +256,8 @@ def run(cfg, command="transformer bench"):
         try:
             if cfg.device != "cpu" and name in CPU_ONLY:
                 raise SuiteSkipped(f"{name} compares CPU engines (run it with --device cpu)")
-            module = __import__(f"{__name__}.{MODULES[name]}", fromlist=["run"])
-            suite = module.run(cfg)
+            module, _, fn = MODULES[name].partition(":")
+            suite = getattr(__import__(f"{__name__}.{module}", fromlist=["run"]), fn or "run")(cfg)
         except SuiteSkipped as e:
             log(f"suite {name} skipped: {e}")
             suite = {"title": name, "status": "skipped", "error": str(e)}

@@ -9,10 +9,24 @@ batch whenever the previous one ended: CTranslate2 does not merge separate calls
 `llama.cpp` (llama-cpp-python on the GGUF of the same weights, one at a time). Reported per
 engine and load: throughput, time to first token and inter-token latency p50 / p99, and the
 issue's target ratios at 32 clients (TARGETS).
+
+`transformer bench serve` (run_serve; issue 20 point 5) sends the same loads over HTTP, from
+the same load generator in a fresh process, to servers each started in a process of its own
+(server_argv): `transformer serve` against llama-cpp-python's OpenAI server (the GGUF of the
+same weights: Q8_0 for int8, F32 for float32) for streamed /v1/completions (gpt2, prompts as
+text), and against Infinity (its torch engine) and sentence-transformers behind a minimal
+FastAPI app (st_app) for /v1/embeddings (minilm; the peers float32); HTTP_TARGETS.
 """
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
+import urllib.request
 from importlib.util import find_spec
 
 import numpy as np
@@ -30,6 +44,22 @@ ONE_CALLER = "transformer (one caller, batches of 32)"
 ENGINES = {"gpt2": (ENGINE, SEQUENTIAL, CT2, LLAMA), "marian": (ENGINE, SEQUENTIAL, CT2),
            "minilm": (ENGINE, ONE_CALLER)}
 TARGET_LOAD = "32 clients"
+OURS_HTTP, LLAMA_HTTP = "transformer serve", "llama-cpp-python server"
+INFINITY, ST_APP = "infinity-emb (torch)", "sentence-transformers (FastAPI)"
+SERVERS = {"gpt2": (OURS_HTTP, LLAMA_HTTP), "minilm": (OURS_HTTP, INFINITY, ST_APP)}
+# the modules a server needs (found, not imported), its distribution
+NEEDS = {OURS_HTTP: (("transformer.server", "starlette", "uvicorn"), "transformer", "[server]"),
+         LLAMA: (("llama_cpp",), "llama-cpp-python", ""),
+         LLAMA_HTTP: (("llama_cpp", "sse_starlette", "starlette_context"), "llama-cpp-python",
+                      "[server]"),
+         INFINITY: (("infinity_emb",), "infinity-emb", "[server,torch]"),
+         ST_APP: (("sentence_transformers", "fastapi", "uvicorn"), "sentence-transformers",
+                  " fastapi uvicorn")}
+# a server's own Python (infinity-emb pins numpy<2 and transformers<5: a venv of its own)
+PYTHONS = {INFINITY: os.environ.get("TRANSFORMER_BENCH_INFINITY_PYTHON")}
+# ours over theirs at 32 clients >= goal; with a figure: ours / theirs of it < goal
+HTTP_TARGETS = [("gpt2", LLAMA_HTTP, 4.0), ("gpt2", LLAMA_HTTP, 1.0, "ttft_p99"),
+                ("minilm", INFINITY, 2.0)]
 # (family, peer or None for the static decode step, goal): ours / peer >= goal, or our p99
 # inter-token latency / the static batch's median decode step <= goal
 TARGETS = [("gpt2", SEQUENTIAL, 4.0), ("gpt2", CT2, 2.0), ("gpt2", None, 1.5),
@@ -285,7 +315,10 @@ def serve_engine(name, setup, family, loads, static_steps=0):
     """In a fresh process: build engine `name`, warm it with one request, run each load
     (closed_loop or open_loop; embeddings one caller: batches of EMBED_BATCH) and return
     {"version", "loads": [summarize_load + "tokens" per request], "static_step" (ours,
-    gpt2: the static batch of the TARGET_LOAD's requests, after the loads)}."""
+    gpt2: the static batch of the TARGET_LOAD's requests, after the loads)}; an HTTP server
+    of SERVERS: serve_http."""
+    if name in NEEDS and name != LLAMA:
+        return serve_http(name, setup, family, loads)
     if name == ONE_CALLER:
         base = make(ENGINE, setup)
         model = base.model
@@ -346,14 +379,16 @@ def combine(rounds):
     return out
 
 
-def target_ratios(family, results, static=None, load=TARGET_LOAD):
-    """The issue's targets of `family` (TARGETS) whose numbers are there: results {engine:
-    combine()'s dict}; static: the static batch's median decode step (seconds). Our
-    throughput over the peer's at `load` (or at the peer's only load: batches of 32), met when
-    >= the goal; our p99 inter-token latency over `static`, met when <= the goal. Returns
-    [{"text", "ratio", "goal", "met"}]."""
-    ours, out = results.get(ENGINE, {}).get(load), []
-    for fam, peer, goal in TARGETS:
+def target_ratios(family, results, static=None, load=TARGET_LOAD, targets=TARGETS,
+                  ours_name=ENGINE):
+    """The issue's targets of `family` (TARGETS, or HTTP_TARGETS with ours_name OURS_HTTP)
+    whose numbers are there: results {engine: combine()'s dict}; static: the static batch's
+    median decode step (seconds). Our throughput over the peer's at `load` (or at the peer's
+    only load: batches of 32), met when >= the goal; a target naming a figure (ttft_p99): ours
+    over the peer's, met when < the goal; our p99 inter-token latency over `static`, met when
+    <= the goal. Returns [{"text", "ratio", "goal", "met"}]."""
+    ours, out = results.get(ours_name, {}).get(load), []
+    for fam, peer, goal, *figure in targets:
         theirs = results.get(peer, {})
         theirs = theirs.get(load) or (list(theirs.values())[0] if len(theirs) == 1 else None)
         if fam != family or ours is None or (peer is None and not (static and ours["itl_p99"])) \
@@ -362,11 +397,17 @@ def target_ratios(family, results, static=None, load=TARGET_LOAD):
         if peer is None:
             ratio, what, met = ours["itl_p99"] / static, "p99 inter-token latency at " \
                 f"{load} / median static-batch decode step", ours["itl_p99"] / static <= goal
+        elif figure:
+            if not (ours[figure[0]] and theirs[figure[0]]):
+                continue
+            ratio = ours[figure[0]] / theirs[figure[0]]
+            what, met = f"{figure[0]} at {load}, {ours_name} / {peer}", ratio < goal
         else:
             ratio = ours["throughput"] / theirs["throughput"]
-            what, met = f"throughput at {load}, {ENGINE} / {peer}", ratio >= goal
+            what, met = f"throughput at {load}, {ours_name} / {peer}", ratio >= goal
         out.append({"ratio": ratio, "goal": goal, "met": met, "text": f"{family}: {what} = "
-                    f"{ratio:.2f} (target {'<=' if peer is None else '>='} {goal}) -> "
+                    f"{ratio:.2f} (target {'<=' if peer is None else '<' if figure else '>='} "
+                    f"{goal}) -> "
                     + ("met" if met else "**not met**")})
     return out
 
@@ -407,20 +448,23 @@ def family_setup(family, cfg):
             lengths, None)
 
 
-def run_family(family, cfg, level, rounds):
-    """Every engine of `family` on the same loads, `rounds` interleaved rounds, each engine in
-    a fresh process per round. Returns (results {engine: combine()}, skipped {engine: why},
-    identical {(engine, load): (same, total)}, static step or None, versions, notes)."""
+def run_family(family, cfg, level, rounds, names=None):
+    """Every engine of `family` (or those of `names`) on the same loads, `rounds` interleaved
+    rounds, each engine in a fresh process per round. Returns (results {engine: combine()},
+    skipped {engine: why}, identical {(engine, load): (same, total)}, static step or None,
+    versions, notes)."""
     setup, vocab, notes, lengths, sentences = family_setup(family, cfg)
     loads = make_loads(family, level, vocab, cfg.seed, lengths, sentences)
     engines, skipped = [], {}
-    for name in ENGINES[family]:
-        peer = {CT2: "ctranslate2", LLAMA: "llama.cpp"}.get(name)
+    for name in names or ENGINES[family]:
+        peer = {CT2: "ctranslate2", LLAMA: "llama.cpp", LLAMA_HTTP: "llama.cpp"}.get(name)
         if peer and peer not in cfg.peers:
             continue
-        if name == LLAMA and find_spec("llama_cpp") is None:
-            skipped[name] = ("n/a: llama-cpp-python is not installed (llama_cpp not importable;"
-                             " pip install llama-cpp-python)")
+        modules, dist, extra = NEEDS.get(name, ((), None, None))
+        missing = [] if PYTHONS.get(name) else [m for m in modules if find_spec(m) is None]
+        if missing:
+            skipped[name] = f"n/a: {', '.join(missing)} not importable (pip install " \
+                f"'{dist}{extra}')"
             continue
         try:
             if peer:
@@ -459,37 +503,45 @@ def run_family(family, cfg, level, rounds):
             versions, notes)
 
 
-def run(cfg):
+def run(cfg, http=False):
     """The serving suite for a BenchConfig (sizes, threads, dtype float32 / int8, rounds,
-    peers, seed, family: one of FAMILIES or "all"). Returns the SUITE record (report.py)."""
+    peers, seed, family: one of FAMILIES or "all"); http: `transformer bench serve` (the
+    SERVERS of gpt2 and minilm). Returns the SUITE record (report.py)."""
     from . import SuiteSkipped
+    families = tuple(SERVERS) if http else FAMILIES
+    if cfg.family not in families + ("all",):
+        raise SuiteSkipped(f"--family {cfg.family}: `bench serve` runs {families}")
     level = LEVELS[cfg.sizes]
     rounds = cfg.rounds or level["rounds"]
     ticks = stats.cpu_sample()
     cells, rows, notes, skipped, config = [], [], [], {}, {}
-    for family in FAMILIES if cfg.family == "all" else (cfg.family,):
+    for family in families if cfg.family == "all" else (cfg.family,):
         log(f"=== {family} ===", TAG)
         try:
-            results, skip, same, static, versions, more = run_family(family, cfg, level, rounds)
+            results, skip, same, static, versions, more = run_family(
+                family, cfg, level, rounds, SERVERS[family] if http else None)
         except Exception as e:  # noqa: BLE001 - one family failing must not lose the others
             log(f"{family} failed: {traceback.format_exc()}", TAG)
             skipped[family] = skip_reason(e)
             continue
         skipped.update({f"{family}: {k}": v for k, v in skip.items()})
         cells += table_rows(family, results, same)
-        notes += [t["text"] for t in target_ratios(family, results, static)]
+        notes += [t["text"] for t in (target_ratios(family, results, targets=HTTP_TARGETS,
+                                                    ours_name=OURS_HTTP) if http
+                                      else target_ratios(family, results, static))]
         notes += [f"{family}: {n}" for n in more + [f"{k}: {v}" for k, v in versions.items()]]
         if static:
             notes.append(f"{family}: median decode step of a static batch of the "
                          f"{TARGET_LOAD}' prompts: {1e3 * static:.1f} ms")
         for engine, loads in results.items():           # ROWs: the summary's ratios
             for label, f in loads.items():
-                ours = results.get(ENGINE, {}).get(label) or {}
+                ours = results.get(OURS_HTTP if http else ENGINE, {}).get(label) or {}
                 rows.append(dict(case=f"{family} {label}", group=family, engine=engine,
                                  status="timed", seconds=f["wall"], figures=[
                                      {"value": f["throughput"], "unit": f["unit"]}],
-                                 ratio=(ours.get("throughput") or 0) / f["throughput"]
-                                 if f["throughput"] else None, fraction_of_limit=None,
+                                 ratio=ours["throughput"] / f["throughput"]
+                                 if f["throughput"] and ours.get("throughput") else None,
+                                 fraction_of_limit=None,
                                  limit=None, agreement=None, note=None,
                                  **{k: f[k] for k in FIGURES}))
         config[family] = {"static_step_s": static, "engines": list(results)}
@@ -502,13 +554,169 @@ def run(cfg):
         f"({level['open_n']} requests); gpt2 prompts {level['prompt']} tokens, {level['new']} "
         f"new tokens, greedy (eos off); marian beam {BEAMS}, max_new_tokens = the source's "
         f"length; minilm one sentence a request; median of {rounds} rounds, each engine in a "
-        f"fresh process per round, timed from a warm engine{stats.usage_text(usage)}."]
+        f"fresh process per round, timed from a warm engine{stats.usage_text(usage)}."
+        + (" Over HTTP: each server a process of its own, the load generator (threads, "
+           "one httpx client) another; gpt2 streamed /v1/completions, minilm /v1/embeddings."
+           if http else "")]
     header = ["family", "engine", "load", "requests", "throughput", "TTFT p50 ms",
               "TTFT p99 ms", "ITL p50 ms", "ITL p99 ms", "identical to one at a time"]
-    return {"title": f"Serving: concurrent requests ({cfg.dtype})", "status": "ok",
+    return {"title": f"Serving{' over HTTP' if http else ''}: concurrent requests "
+                     f"({cfg.dtype})", "status": "ok",
             "summary": summary, "warnings": [warning] if warning else [], "rows": rows,
             "skipped": skipped, "notes": notes,
             "tables": [{"title": None, "header": header, "rows": cells,
                         "align": ["l"] * 4 + ["r"] * 6}], "limits": usage,
             "config": dict(config, dtype=cfg.dtype, sizes=cfg.sizes, rounds=rounds,
                            seed=cfg.seed, threads=cfg.threads, level=level)}
+
+
+def run_serve(cfg):
+    """`transformer bench serve`: run(cfg, http=True)."""
+    return run(cfg, http=True)
+
+
+def _served_dir(setup):
+    """The model directory `transformer serve` gets: setup.model_dir, or for a random GPT-2
+    without a tokenizer a folder in setup.cache of hard links to its files plus a tokenizer.json
+    of the GGUF's stand-in vocabulary (peers.gguf_vocabulary, byte-level BPE), made once."""
+    if setup.vocab_size is None or os.path.exists(os.path.join(setup.model_dir,
+                                                               "tokenizer.json")):
+        return setup.model_dir
+    path = os.path.join(setup.cache, "served")
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+        from .peers import gguf_vocabulary
+        os.makedirs(path, exist_ok=True)
+        for f in os.listdir(setup.model_dir):
+            if not os.path.exists(os.path.join(path, f)):
+                try:
+                    os.link(os.path.join(setup.model_dir, f), os.path.join(path, f))
+                except OSError:
+                    shutil.copy2(os.path.join(setup.model_dir, f), path)
+        vocab = {t: i for i, t in enumerate(gguf_vocabulary(setup.vocab_size))}
+        tok = Tokenizer(models.BPE(vocab, []))
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        tok.save(os.path.join(path, "tokenizer.json.tmp"))
+        os.replace(os.path.join(path, "tokenizer.json.tmp"), os.path.join(path, "tokenizer.json"))
+    return path
+
+
+def server_argv(name, setup, port, host="127.0.0.1"):
+    """The command line of server `name` (SERVERS) on setup's model at host:port, with
+    setup.threads threads (Infinity and sentence-transformers: OMP_NUM_THREADS, which
+    `transformer bench` sets) and, for ours and llama.cpp, setup.dtype; run by PYTHONS[name]
+    ($TRANSFORMER_BENCH_INFINITY_PYTHON), else this Python."""
+    py, at, t = PYTHONS.get(name) or sys.executable, ["--host", host, "--port", str(port)], \
+        str(setup.threads)
+    if name == OURS_HTTP:
+        return [py, "-m", "transformer", "serve", "--model", _served_dir(setup), "--dtype",
+                setup.dtype, "--threads", t] + at
+    if name == LLAMA_HTTP:
+        from .engines import LlamaCppEngine
+        return [py, "-m", "llama_cpp.server", "--model", LlamaCppEngine.gguf_path(setup),
+                "--n_threads", t, "--n_threads_batch", t, "--n_ctx", "2048",
+                "--interrupt_requests", "False"] + at  # default: a new request cuts the stream
+    if name == INFINITY:
+        return [py, "-m", "infinity_emb.cli", "v2", "--model-id", setup.model_dir, "--engine",
+                "torch", "--device", "cpu", "--url-prefix", "/v1"] + at
+    return [py, "-c", "import sys, uvicorn; from transformer.benchmarks.serving import st_app; "
+            "uvicorn.run(st_app(sys.argv[1]), host=sys.argv[2], port=int(sys.argv[3]), "
+            "log_level='warning')", setup.model_dir, host, str(port)]
+
+
+def st_app(model_dir):
+    """The sentence-transformers peer: SentenceTransformer(model_dir) on the CPU behind a
+    minimal FastAPI app: GET /v1/models, POST /v1/embeddings (OpenAI's: input a string or a
+    list of strings; each request encoded on its own, in FastAPI's thread pool)."""
+    from fastapi import FastAPI
+    from sentence_transformers import SentenceTransformer
+    model, app = SentenceTransformer(model_dir, device="cpu"), FastAPI()
+    app.get("/v1/models")(lambda: {"object": "list", "data": [{"id": "st", "object": "model"}]})
+
+    @app.post("/v1/embeddings")
+    def embeddings(body: dict):
+        texts = [body["input"]] if isinstance(body["input"], str) else body["input"]
+        return {"object": "list", "model": "st", "data": [
+            {"object": "embedding", "index": i, "embedding": v.tolist()}
+            for i, v in enumerate(model.encode(texts, batch_size=EMBED_BATCH))]}
+    return app
+
+
+def http_request(client, family, model, req):
+    """One request of a load over HTTP (an httpx.Client): minilm POST /v1/embeddings of the
+    sentence; else POST /v1/completions streamed (server-sent events), greedy, max_tokens =
+    req["new"], each event with text one unit; the prompt is text (llama-cpp-python's server
+    takes no token ids): the ids as printable ASCII bytes, one token each in the stand-in
+    byte-level vocabulary both servers read (_served_dir, peers.gguf_vocabulary). Returns
+    closed_loop's record. Raises httpx.HTTPStatusError for an error status."""
+    if family == "minilm":
+        client.post("/v1/embeddings", json={"model": model, "input": [req["text"]]}
+                    ).raise_for_status()
+        return {"times": [time.perf_counter()], "n": 1, "tokens": np.zeros(0, np.int64),
+                "streamed": False}
+    times = []
+    with client.stream("POST", "/v1/completions", json={
+            "model": model, "prompt": bytes((33 + req["ids"] % 94).astype(np.uint8)).decode(),
+            "max_tokens": req["new"],
+            "temperature": 0.0, "stream": True}) as r:
+        r.raise_for_status()
+        for line in r.iter_lines():
+            if line.startswith("data:") and line[5:].strip() != "[DONE]" and any(
+                    c.get("text") for c in json.loads(line[5:])["choices"]):
+                times.append(time.perf_counter())
+    return {"times": times or [time.perf_counter()], "n": len(times),  # eos at once: no text
+            "tokens": np.zeros(0, np.int64), "streamed": True}
+
+
+def serve_http(name, setup, family, loads, ready_s=600):
+    """Server `name` started in a process of its own on a free localhost port, ready when GET
+    /v1/models answers (its first model id is the requests' "model"), warmed by one request,
+    then every load from this process (closed_loop / open_loop over one httpx client), then
+    stopped (SIGTERM, killed after 30 s). Returns serve_engine's dict. Raises RuntimeError
+    with the end of the server's log when it exits or is not ready within ready_s seconds."""
+    import tempfile
+    import httpx
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url, logf = f"http://127.0.0.1:{port}", tempfile.TemporaryFile()
+    proc = subprocess.Popen(server_argv(name, setup, port), stdout=logf, stderr=logf)
+    try:
+        model, deadline = None, time.monotonic() + ready_s
+        while model is None and proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url + "/v1/models", timeout=5) as r:
+                    model = json.load(r)["data"][0]["id"]
+            except OSError:
+                time.sleep(0.25)
+        if model is None:
+            logf.seek(0)
+            raise RuntimeError(f"{name} did not start (status {proc.poll()}): "
+                               f"{logf.read()[-800:].decode(errors='replace')}")
+        client = httpx.Client(base_url=url, timeout=600, limits=httpx.Limits(
+            max_connections=256, max_keepalive_connections=256))
+        serve = lambda req: http_request(client, family, model, req)  # noqa: E731
+        first = loads[0]["requests"][0]
+        serve(dict(first, new=min(first.get("new", 1), 4)))
+        out = []
+        for load in loads:
+            records, wall = closed_loop(serve, load["requests"], load["clients"]) \
+                if load["clients"] else open_loop(serve, load["requests"])
+            out.append(dict(summarize_load(records, wall, "sentences/s" if family == "minilm"
+                                           else "new tokens/s"), label=load["label"], tokens=[]))
+        client.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        logf.close()
+    from .limits import package_version
+    dist, py = NEEDS[name][1], PYTHONS.get(name)
+    version = subprocess.run([py, "-c", f"import importlib.metadata as m; print(m.version("
+                              f"{dist!r}))"], capture_output=True, text=True).stdout.strip() \
+        if py else package_version(dist)
+    return {"version": f"{dist} {version}", "loads": out, "static_step": None}

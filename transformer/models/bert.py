@@ -1,6 +1,7 @@
 """BERT family (Devlin et al. 2019) from a Hugging Face directory: config.json +
 model.safetensors (+ tokenizer.json). Names follow HF modeling_bert.py (BertModel), with or
-without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored.
+without the "bert." prefix of the task models; heads (pooler, MLM/NSP heads) are ignored, except
+the sequence classifiers' (transformer.models.classifier: EncoderModel.classify).
 RoBERTa and XLM-RoBERTa (Liu et al. 2019; Conneau et al. 2020) are the same stack with positions
 counted from padding_idx + 1 (HF modeling_roberta.py) and the "roberta." prefix."""
 import os
@@ -11,6 +12,7 @@ from ..tokenizer import Tokenizer, max_input_length
 from ..weights import WeightsError, check_tensors
 from . import register_family
 from ._hf import check_layer_count, read_hf_weights
+from .classifier import head_layout, head_shapes, head_weights, labels
 from .config import HF_ACTIVATIONS, EncoderConfig
 from .encoder import EncoderModel, encoder_shapes, sentence_transformers_pooling
 
@@ -116,9 +118,10 @@ class BertModel(EncoderModel):
         return config_from_hf(config_dict, source, cls.ROBERTA)
 
     @classmethod
-    def hf_weights(cls, tensors, config, source):
-        """{our name: array} of this family from HF tensors (shapes checked)."""
-        return weights_from_hf(tensors, config, source)
+    def hf_weights(cls, tensors, config, source, head=None):
+        """{our name: array} of this family from HF tensors (shapes checked); head: {HF name:
+        shape} of a classification head's tensors, returned under their HF names."""
+        return weights_from_hf(tensors, config, source, extra=head)
 
     @classmethod
     def from_pretrained(cls, path, config_dict, threads=None, dtype="float32"):
@@ -128,12 +131,20 @@ class BertModel(EncoderModel):
         config = cls.hf_config(config_dict, os.path.join(path, "config.json"))
         tensors, source = read_hf_weights(path)
         check_layer_count(tensors, config.n_layers, source)
-        weights = cls.hf_weights(tensors, config, source)
+        layout = head_layout(config_dict)  # a sequence classifier (transformer.models.classifier)
+        if layout is None:
+            weights = cls.hf_weights(tensors, config, source)
+        else:
+            names = labels(config_dict, os.path.join(path, "config.json"))
+            weights = head_weights(cls.hf_weights(
+                tensors, config, source, head_shapes(layout, config.d_model, len(names))), layout)
         tok_path = os.path.join(path, "tokenizer.json")
         tokenizer = None
         if os.path.isfile(tok_path):
             tokenizer = Tokenizer(tok_path, max_input_length(path, config.max_length, tok_path))
         model = cls.from_weights(config, weights, tokenizer, threads, dtype)
+        if layout is not None:
+            model.labels = names
         declared = sentence_transformers_pooling(path)
         if declared:
             model.pooling, model.normalize = declared

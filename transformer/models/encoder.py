@@ -27,6 +27,7 @@ from ..device import to_numpy
 from .._io import read_json
 from .base import Model
 from ._inputs import check_batch, check_no_holes, pack
+from .classifier import run_head
 
 POOLING_MODES = ("mean", "max", "cls", "mean_sqrt_len")
 # sentence-transformers' Pooling config flags, in the order its forward() concatenates them
@@ -210,6 +211,52 @@ class EncoderModel(Model):
             xp = self.kernels.xp
             e /= xp.maximum(xp.linalg.norm(e, axis=1, keepdims=True), 1e-12)
         return e
+
+    labels = None  # a sequence classifier's class names (classify's columns), else None
+
+    def classify(self, input_ids, attention_mask=None, token_type_ids=None, truncate=False):
+        """Logits (B, num_labels) float32 of a sequence classifier (a cross-encoder: config.json
+        architectures BertForSequenceClassification, (XLM-)RobertaForSequenceClassification):
+        the head of transformer.models.classifier on the last hidden state of each sequence's
+        first real token ([CLS] / <s>: HF's column 0 of a right-padded batch); column j is the
+        class `self.labels[j]` (config.json id2label). No softmax / sigmoid: as HF's
+        `logits`. Inputs as for __call__ (a query / passage pair: token_type_ids 1 on the
+        passage for BERT, as the tokenizer makes them, classify_texts). Raises TypeError for a
+        model without a classification head, and __call__'s errors for bad inputs."""
+        if self.labels is None:
+            raise TypeError(f"{type(self).__name__} has no sequence-classification head "
+                            f"(config.json architectures: BertForSequenceClassification or "
+                            f"XLMRobertaForSequenceClassification); use embed()")
+        ids, pos, types, flat, cu, _ = self._pack(input_ids, attention_mask, token_type_ids,
+                                                  truncate)
+        with blas_single_threaded():
+            h = self._forward_packed(ids, pos, types, cu)
+            return run_head(self.kernels, self.weights, h[cu[:-1]])
+
+    def classify_texts(self, texts, text_pair=None, batch_size=32):
+        """Logits (len(texts), num_labels) float32 of strings, or of (text, text_pair[i])
+        pairs (a reranker's query and passage), tokenised by the model's tokenizer.json as HF's
+        tokenizer(texts, text_pair) does (the pair template's token types, longest-first
+        truncation to the model's maximum length), in batches of `batch_size`. Raises
+        ValueError without a tokenizer or for lists of different lengths, and classify's
+        errors."""
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer.json; call classify() with input_ids")
+        if isinstance(texts, str) or isinstance(text_pair, str):
+            raise TypeError("texts and text_pair must be lists of strings, not a single string")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        texts = list(texts)
+        pairs = None if text_pair is None else list(text_pair)
+        if pairs is not None and len(pairs) != len(texts):
+            raise ValueError(f"text_pair has {len(pairs)} strings but texts has {len(texts)}")
+        out = []
+        for start in range(0, len(texts), batch_size):
+            end = start + batch_size
+            batch = self.tokenizer(texts[start:end], None if pairs is None else pairs[start:end])
+            out.append(self.classify(**batch))
+        xp = self.kernels.xp
+        return xp.concatenate(out) if out else xp.zeros((0, len(self.labels)), np.float32)
 
     def embed_texts(self, texts, batch_size=32, pooling=None, normalize=None, progress=None):
         """Embeddings (len(texts), C * pooling modes) float32 of a list of strings, tokenised

@@ -24,6 +24,7 @@ from .stops import StopStrings, check_stop_strings
 
 _ids = itertools.count()
 _HIDDEN = ("hidden states",)  # the "pooling" of Engine.encode requests: model(...) itself
+_LOGITS = ("logits",)  # the "pooling" of Engine.classify requests: model.classify(...)
 
 
 
@@ -216,7 +217,10 @@ class Engine:
                                  f"{ids.shape}, got {types.shape}")
         modes = None if pooling is None else (pooling,) if isinstance(pooling, str) \
             else tuple(pooling)
-        if modes is not None and modes != _HIDDEN:  # the model's own check, before queueing
+        if modes == _LOGITS and model.labels is None:
+            raise TypeError("classify needs a sequence classifier (config.json architectures "
+                            "*ForSequenceClassification); this encoder has no such head")
+        if modes is not None and modes not in (_HIDDEN, _LOGITS):  # the model's own check
             if not modes or any(m not in POOLING_MODES for m in modes):
                 raise ValueError(f"pooling must be one of {POOLING_MODES} or a tuple of them, "
                                  f"got {pooling!r}")
@@ -233,6 +237,15 @@ class Engine:
         positions. Packed with the other waiting encode requests by max_batch_tokens, as
         embed. Raises embed's errors."""
         return self.embed(input_ids, attention_mask, token_type_ids, pooling=_HIDDEN)
+
+    def classify(self, input_ids, attention_mask=None, token_type_ids=None):
+        """Queue a request for a sequence classifier's logits (a cross-encoder's scores, the
+        /rerank of text-embeddings-inference); its handle's result() is
+        model.classify(input_ids, attention_mask, token_type_ids) for these rows, bit for bit:
+        (B, num_labels) float32, columns model.labels. Packed with the other waiting classify
+        requests by max_batch_tokens, as embed. Raises embed's errors, and TypeError for a
+        model without a classification head."""
+        return self.embed(input_ids, attention_mask, token_type_ids, pooling=_LOGITS)
 
     def _enqueue(self, req, queue):
         with self._cond:
@@ -634,9 +647,11 @@ class Engine:
         ids, mask, types = _stack([(r.ids, r.mask, r.types) for r in reqs])
         hidden = reqs[0].modes == _HIDDEN
 
-        def run(ids, mask, types):  # one model call: hidden states or pooled embeddings
+        def run(ids, mask, types):  # one model call: hidden states, logits or embeddings
             if hidden:
                 return self.model(ids, mask, types)
+            if reqs[0].modes == _LOGITS:
+                return self.model.classify(ids, mask, types)
             return self.model.embed(ids, mask, types, pooling=reqs[0].modes,
                                     normalize=reqs[0].normalize)
 

@@ -51,10 +51,19 @@ class Tokenizer:
                                  pad_type_id=padding.get("pad_type_id", 0),
                                  pad_token=padding.get("pad_token", "[PAD]"))
 
-    def __call__(self, texts):
+    def __call__(self, texts, text_pair=None):
+        """texts: a string or a list of B; text_pair: None or as many second texts, each pair
+        encoded as one sequence by the tokenizer's pair template (BERT: [CLS] a [SEP] b [SEP],
+        token types 1 on b), as HF's tokenizer(texts, text_pair)."""
         if isinstance(texts, str):
             texts = [texts]
         texts = [check_text(t) for t in texts]
+        if text_pair is not None:
+            pairs = [check_text(t) for t in ([text_pair] if isinstance(text_pair, str)
+                                             else text_pair)]
+            if len(pairs) != len(texts):
+                raise ValueError(f"text_pair has {len(pairs)} texts but texts has {len(texts)}")
+            texts = list(zip(texts, pairs))
         enc = self._tok.encode_batch(texts)
         return {"input_ids": np.array([e.ids for e in enc], np.int64),
                 "attention_mask": np.array([e.attention_mask for e in enc], np.int64),
