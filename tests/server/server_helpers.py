@@ -68,17 +68,22 @@ def _write_json(path, value):
 
 
 def build_models(root):
-    """{"gpt2": dir, "marian": dir, "bert": dir} of tiny random models with tokenizers."""
+    """{"gpt2": dir, "marian": dir, "bert": dir, "gpt2-long": dir} of tiny random models with
+    tokenizers; gpt2-long: a wider GPT-2 of 1024 positions whose requests run long enough
+    (a second or more) to be interrupted."""
     import test_bert as bert
     import test_decoder as dec
     import test_seq2seq as s2s
 
     rng = np.random.default_rng(2020)
-    dirs = {name: root / name for name in ("gpt2", "marian", "bert")}
+    dirs = {name: root / name for name in ("gpt2", "marian", "bert", "gpt2-long")}
     dec._save(dirs["gpt2"], rng, "gpt2", dict(dec.GPT2_CONFIGS[0], n_positions=128))
     write_tokenizer(dirs["gpt2"], 97, ["<unk>", "<s>", "</s>"])
     _write_json(dirs["gpt2"] / "tokenizer_config.json",
                 {"chat_template": CHAT_TEMPLATE, "bos_token": "<s>", "eos_token": "</s>"})
+    dec._save(dirs["gpt2-long"], rng, "gpt2", dict(vocab_size=97, n_embd=256, n_head=4,
+                                                    n_layer=4, n_positions=1024))
+    write_tokenizer(dirs["gpt2-long"], 97, ["<unk>", "<s>", "</s>"])
     s2s._save(dirs["marian"], rng, "marian")
     write_tokenizer(dirs["marian"], 67, ["<s>", "<pad>", "</s>", "<go>", "<unk>"], "$A </s>")
     _write_json(dirs["marian"] / "tokenizer_config.json",

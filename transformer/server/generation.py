@@ -138,7 +138,8 @@ class Generation:
 
 def options(served, body, max_tokens, prompt_lengths):
     """generate's keyword arguments of an OpenAI request `body` (temperature 0: greedy; else
-    sampling with temperature, top_p, top_k; seed; repetition_penalty), after refusing what
+    sampling with temperature, top_p, top_k; seed; repetition_penalty; min_tokens as
+    min_new_tokens), after refusing what
     the engine does not do (ApiError 400 naming the field) and a prompt + max_tokens beyond
     the model's positions (400 naming max_tokens, OpenAI's context-length message)."""
     if body.frequency_penalty or body.presence_penalty:
@@ -156,8 +157,11 @@ def options(served, body, max_tokens, prompt_lengths):
                            f"prompt or max_tokens.", "max_tokens",
                            code="context_length_exceeded")
     sampling = body.temperature > 0
+    if body.min_tokens > max_tokens:
+        raise ApiError(400, f"min_tokens={body.min_tokens} exceeds max_tokens={max_tokens}",
+                       "min_tokens")
     opts = dict(max_new_tokens=max_tokens, do_sample=sampling, seed=body.seed,
-                repetition_penalty=body.repetition_penalty)
+                repetition_penalty=body.repetition_penalty, min_new_tokens=body.min_tokens)
     if sampling:
         opts.update(temperature=body.temperature, top_p=body.top_p, top_k=body.top_k)
     return opts

@@ -2,7 +2,7 @@
 
 OpenAI (the API reference of /v1/embeddings, /v1/completions, /v1/chat/completions): unknown
 fields refused ("Unrecognized request argument supplied", as the OpenAI API answers); our
-extensions top_k and repetition_penalty (vLLM's names). text-embeddings-inference
+extensions top_k, repetition_penalty and min_tokens (vLLM's names). text-embeddings-inference
 (router/src/http/types.rs: EmbedRequest, EmbedAllRequest, TokenizeRequest, DecodeRequest) and
 LibreTranslate (/translate: q, source, target, format, alternatives, api_key): unknown fields
 ignored, as those servers do."""
@@ -50,6 +50,7 @@ class _Sampling(_OpenAI):
     # extensions (vLLM's names): the model's generate options
     top_k: Annotated[int, Field(ge=0)] = 0
     repetition_penalty: Annotated[float, Field(gt=0)] = 1.0
+    min_tokens: Annotated[int, Field(ge=0)] = 0
 
 
 class CompletionRequest(_Sampling):
