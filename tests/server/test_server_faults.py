@@ -28,23 +28,23 @@ def _wait(predicate, timeout=30.0):
 
 
 def _long_stream(url, client):
-    """A streamed completion of gpt2-long that runs for a second or more (300 tokens, no eos
+    """A streamed completion of gpt2-long that runs for a second or more (1000 tokens, no eos
     before: min_tokens), its response open: returns the response after its first event."""
-    body = {"prompt": "once upon a time", "max_tokens": 300, "min_tokens": 300,
+    body = {"prompt": "once upon a time", "max_tokens": 1000, "min_tokens": 1000,
             "temperature": 0, "stream": True}
     request = client.build_request("POST", url + "/v1/completions", json=body)
     response = client.send(request, stream=True)
     assert response.status_code == 200
     lines = response.iter_lines()
     assert next(line for line in lines if line.startswith("data: "))
-    return response
+    return response, lines  # the iterator kept: collecting it would close the response
 
 
 def test_disconnect_cancels_the_request(servers):
     url = servers("gpt2-long").url
     before = _metrics(url)["transformer_requests_cancelled_total"]
     with httpx.Client(timeout=30) as client:
-        response = _long_stream(url, client)
+        response, lines = _long_stream(url, client)
         assert _metrics(url)["transformer_running_requests"] == 1
         response.close()  # the client goes away mid-stream
     assert _wait(lambda: _metrics(url)["transformer_running_requests"] == 0, 10)
@@ -56,10 +56,10 @@ def test_disconnect_cancels_the_request(servers):
 
 
 def test_full_queue_answers_429_at_once(servers):
-    # room for one running request (a KV budget of 400 tokens) and one waiting
-    url = servers("gpt2-long", "--max-queue", "1", "--kv-budget-tokens", "400").url
+    # room for one running request (a KV budget of 1100 tokens) and one waiting
+    url = servers("gpt2-long", "--max-queue", "1", "--kv-budget-tokens", "1100").url
     with httpx.Client(timeout=60) as client:
-        running = _long_stream(url, client)
+        running, lines = _long_stream(url, client)
         waiting = {}
 
         def wait():
@@ -81,13 +81,13 @@ def test_full_queue_answers_429_at_once(servers):
 
 
 def test_sigterm_drains_and_exits_0(model_dirs):
-    server = Server(model_dirs["gpt2-long"], "--shutdown-timeout", "60")
+    server = Server(model_dirs["gpt2-long"], "--shutdown-timeout", "120")
     done = {}
 
     def run():
-        done["r"] = httpx.post(server.url + "/v1/completions", timeout=90,
-                               json={"prompt": "once upon a time", "max_tokens": 200,
-                                     "min_tokens": 200, "temperature": 0})
+        done["r"] = httpx.post(server.url + "/v1/completions", timeout=150,
+                               json={"prompt": "once upon a time", "max_tokens": 300,
+                                     "min_tokens": 300, "temperature": 0})
     t = threading.Thread(target=run)
     t.start()
     assert _wait(lambda: _metrics(server.url)["transformer_running_requests"] == 1)
@@ -96,45 +96,50 @@ def test_sigterm_drains_and_exits_0(model_dirs):
     with pytest.raises(httpx.HTTPError):  # the listening socket is closed: nothing admitted
         httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2},
                    timeout=5)
-    t.join(90)
+    t.join(150)
     assert done["r"].status_code == 200
-    assert done["r"].json()["usage"]["completion_tokens"] == 200
+    assert done["r"].json()["usage"]["completion_tokens"] == 300
     assert server.proc.wait(60) == 0
 
 
 @pytest.mark.slow
 def test_soak_2000_requests_memory_flat(servers):
-    """2,000 requests (completions streamed and not, some cut off, embeddings) from 16
-    clients; the server's resident memory after them is within 40 MiB of that after the
-    first 400 (no leak of requests, threads or handles)."""
+    """2,000 requests from 16 clients: a quarter completions (streamed and not, some cut off
+    after their first event), a quarter embeddings, half /tokenize and /decode; the servers'
+    resident memory after them is within 40 MiB of that after the first 400 (no leak of
+    requests, threads, handles or connections), the KV pool is empty again."""
     gen, emb = servers("gpt2"), servers("bert")
 
-    async def client(k, n, sizes):
+    async def client(k, n, done):
         async with httpx.AsyncClient(timeout=60) as c:
             for i in range(n):
-                kind = (k + i) % 4
-                if kind == 3:
-                    r = await c.post(emb.url + "/embed", json={"inputs": ["the cat", "a dog"]})
-                elif kind == 2:  # a stream read to its end
-                    async with c.stream("POST", gen.url + "/v1/completions", json={
-                            "prompt": "the cat", "max_tokens": 3, "stream": True}) as r:
-                        async for _ in r.aiter_lines():
-                            pass
-                elif kind == 1 and i % 8 == 1:  # a stream cut off after its first event
+                kind = (k + i) % 8
+                if kind == 0 and i % 16 == 0:  # a stream cut off after its first event
                     async with c.stream("POST", gen.url + "/v1/completions", json={
                             "prompt": "a dog", "max_tokens": 30, "stream": True}) as r:
                         async for _ in r.aiter_lines():
                             break
-                else:
+                elif kind == 0:  # a stream read to its end
+                    async with c.stream("POST", gen.url + "/v1/completions", json={
+                            "prompt": "the cat", "max_tokens": 2, "stream": True}) as r:
+                        async for _ in r.aiter_lines():
+                            pass
+                elif kind == 1:
                     r = await c.post(gen.url + "/v1/completions",
-                                     json={"prompt": "the cat", "max_tokens": 2, "seed": i})
+                                     json={"prompt": "the cat", "max_tokens": 1, "seed": i})
+                elif kind in (2, 3):
+                    r = await c.post(emb.url + "/embed", json={"inputs": ["the cat", "a dog"]})
+                elif kind in (4, 5):
+                    r = await c.post(emb.url + "/tokenize", json={"inputs": "the cat"})
+                else:
+                    r = await c.post(gen.url + "/decode", json={"ids": [5, 6, 7]})
                 assert r.status_code == 200
-                sizes.append(1)
+                done.append(1)
 
     async def run(n_each):
-        sizes = []
-        await asyncio.gather(*(client(k, n_each, sizes) for k in range(16)))
-        return len(sizes)
+        done = []
+        await asyncio.gather(*(client(k, n_each, done) for k in range(16)))
+        return len(done)
 
     start = time.monotonic()
     assert asyncio.run(run(25)) == 400
