@@ -2,6 +2,7 @@
 answers 429 at once, SIGTERM drains (running requests finish, exit status 0), and a
 2,000-request soak keeps the process' memory flat."""
 import asyncio
+import functools
 import threading
 import time
 
@@ -10,10 +11,12 @@ import pytest
 from server_helpers import Server, model_dirs, reference, servers  # noqa: F401
 
 httpx = pytest.importorskip("httpx")
+# a loaded machine (the suite, other jobs): generous timeouts
+post, get = (functools.partial(f, timeout=120) for f in (httpx.post, httpx.get))
 
 
 def _metrics(url):
-    text = httpx.get(url + "/metrics", timeout=10).text
+    text = get(url + "/metrics", timeout=10).text
     return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
             if line and not line.startswith("#")}
 
@@ -51,7 +54,7 @@ def test_disconnect_cancels_the_request(servers):
     after = _metrics(url)
     assert after["transformer_requests_cancelled_total"] == before + 1
     assert after["transformer_kv_reserved_tokens"] == 0
-    r = httpx.post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
+    r = post(url + "/v1/completions", json={"prompt": "x", "max_tokens": 2})
     assert r.status_code == 200  # the worker serves on
 
 
@@ -63,16 +66,16 @@ def test_full_queue_answers_429_at_once(servers):
         waiting = {}
 
         def wait():
-            waiting["r"] = httpx.post(url + "/v1/completions", timeout=60,
+            waiting["r"] = post(url + "/v1/completions", timeout=60,
                                       json={"prompt": "the cat", "max_tokens": 90})
         t = threading.Thread(target=wait)
         t.start()
         assert _wait(lambda: _metrics(url)["transformer_queue_length"] == 1)
         start = time.monotonic()
-        r = httpx.post(url + "/v1/completions", json={"prompt": "a dog", "max_tokens": 90})
+        r = post(url + "/v1/completions", json={"prompt": "a dog", "max_tokens": 90})
         assert time.monotonic() - start < 2.0
         assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limit_exceeded"
-        r = httpx.post(url + "/embed", json={"inputs": "x"})  # a decoder: refused, not queued
+        r = post(url + "/embed", json={"inputs": "x"})  # a decoder: refused, not queued
         assert r.status_code in (400, 422)
         running.close()
         t.join(60)
@@ -85,7 +88,7 @@ def test_sigterm_drains_and_exits_0(model_dirs):
     done = {}
 
     def run():
-        done["r"] = httpx.post(server.url + "/v1/completions", timeout=150,
+        done["r"] = post(server.url + "/v1/completions", timeout=150,
                                json={"prompt": "once upon a time", "max_tokens": 300,
                                      "min_tokens": 300, "temperature": 0})
     t = threading.Thread(target=run)
@@ -94,7 +97,7 @@ def test_sigterm_drains_and_exits_0(model_dirs):
     server.proc.send_signal(__import__("signal").SIGTERM)
     time.sleep(0.3)
     with pytest.raises(httpx.HTTPError):  # the listening socket is closed: nothing admitted
-        httpx.post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2},
+        post(server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 2},
                    timeout=5)
     t.join(150)
     assert done["r"].status_code == 200

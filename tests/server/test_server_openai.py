@@ -3,6 +3,7 @@ process: every answer equal, bit for bit, to the Python API's (model.generate / 
 the same model loaded here with batch-invariant products), also under 64 concurrent clients."""
 import asyncio
 import base64
+import functools
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ def _text(rng, n_min=2, n_max=8):
 
 def _client(server, cls=None, key="none"):
     return (cls or openai.OpenAI)(base_url=server.url + "/v1", api_key=key, max_retries=0,
-                                  timeout=60)
+                                  timeout=120)
 
 
 def _ref_embed(model, texts):
@@ -185,14 +186,15 @@ def test_models_and_errors(servers):
         client.embeddings.create(model="gpt2", input="x")
     assert e.value.body["param"] == "model"
     import httpx
-    r = httpx.post(server.url + "/v1/completions", content=b"{not json",
+    post, get = (functools.partial(f, timeout=120) for f in (httpx.post, httpx.get))
+    r = post(server.url + "/v1/completions", content=b"{not json",
                    headers={"Content-Type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
-    r = httpx.post(server.url + "/v1/completions", json=[1, 2])
+    r = post(server.url + "/v1/completions", json=[1, 2])
     assert r.status_code == 400
-    r = httpx.post(server.url + "/v1/completions", content=b"x" * (9 << 20))
+    r = post(server.url + "/v1/completions", content=b"x" * (9 << 20))
     assert r.status_code == 413 and "error" in r.json()
-    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # the worker lives
+    assert get(server.url + "/health").json() == {"status": "ok"}  # the worker lives
 
 
 def test_api_key(servers):

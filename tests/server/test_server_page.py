@@ -1,5 +1,6 @@
 """The page at / in headless Chromium (Debian's `chromium` and `chromium-driver`, driven by
 selenium): it loads, a query runs, the streamed text appears and equals the API's answer."""
+import functools
 import shutil
 
 import numpy as np
@@ -9,6 +10,8 @@ from server_helpers import model_dirs, reference, servers  # noqa: F401
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (pip) drives Chromium")
 httpx = pytest.importorskip("httpx")
+# a loaded machine (the suite, other jobs): generous timeouts
+post, get = (functools.partial(f, timeout=120) for f in (httpx.post, httpx.get))
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -54,7 +57,7 @@ def test_page_generates_streaming(browser, servers):
     browser.find_element("id", "run").click()
     wait(browser, 60).until(lambda d: d.find_element("id", "output").get_attribute("data-done"))
     shown = browser.execute_script("return document.getElementById('output').textContent")
-    want = httpx.post(server.url + "/v1/completions", timeout=60, json={
+    want = post(server.url + "/v1/completions", timeout=60, json={
         "prompt": "the little dog", "max_tokens": 40, "temperature": 0}).json()
     assert shown == want["choices"][0]["text"] and shown
 
@@ -88,6 +91,6 @@ def test_page_translates(browser, servers):
     browser.find_element("id", "run").click()
     wait(browser, 60).until(lambda d: d.find_element("id", "output").text)
     shown = browser.execute_script("return document.getElementById('output').textContent")
-    want = httpx.post(server.url + "/translate", timeout=60, json={
+    want = post(server.url + "/translate", timeout=60, json={
         "q": ["the cat", "where is the station"], "source": "en", "target": "de"}).json()
     assert shown == "\n".join(want["translatedText"])

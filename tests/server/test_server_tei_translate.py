@@ -1,12 +1,15 @@
 """text-embeddings-inference's routes through plain httpx and LibreTranslate's /translate
 through libretranslatepy against real `transformer serve` processes, each answer the Python
 API's; their error shapes; /metrics, /health, /info and the page's files."""
+import functools
 import numpy as np
 import pytest
 
 from server_helpers import CORPUS, model_dirs, reference, servers  # noqa: F401
 
 httpx = pytest.importorskip("httpx")
+# a loaded machine (the suite, other jobs): generous timeouts
+post, get = (functools.partial(f, timeout=120) for f in (httpx.post, httpx.get))
 WORDS = " ".join(CORPUS).replace(".", "").split()
 
 
@@ -18,49 +21,49 @@ def test_embed_embed_all_tokenize_decode(servers, reference, rng):
     server, ref = servers("bert"), reference("bert")
     texts = _texts(rng, int(rng.integers(1, 5)))
     batch = ref.tokenizer(texts)
-    r = httpx.post(server.url + "/embed", json={"inputs": texts})
+    r = post(server.url + "/embed", json={"inputs": texts})
     assert r.status_code == 200
     assert np.array_equal(np.array(r.json(), np.float32),
                           ref.embed(batch["input_ids"], batch["attention_mask"]))
-    r = httpx.post(server.url + "/embed", json={"inputs": texts[0], "normalize": False})
+    r = post(server.url + "/embed", json={"inputs": texts[0], "normalize": False})
     one = ref.tokenizer([texts[0]])
     assert np.array_equal(np.array(r.json(), np.float32),
                           ref.embed(one["input_ids"], one["attention_mask"], normalize=False))
-    r = httpx.post(server.url + "/embed_all", json={"inputs": texts})
+    r = post(server.url + "/embed_all", json={"inputs": texts})
     hidden = ref(batch["input_ids"], batch["attention_mask"])
     for got, h, m in zip(r.json(), hidden, batch["attention_mask"]):
         assert np.array_equal(np.array(got, np.float32), h[:m.sum()])
-    r = httpx.post(server.url + "/tokenize", json={"inputs": texts})
+    r = post(server.url + "/tokenize", json={"inputs": texts})
     for got, ids, m in zip(r.json(), batch["input_ids"], batch["attention_mask"]):
         assert [t["id"] for t in got] == ids[:m.sum()].tolist()
         assert got[0]["special"] and got[0]["start"] is None
         word = next(t for t in got if not t["special"])
         assert word["stop"] > word["start"] >= 0
     ids = batch["input_ids"][0][:batch["attention_mask"][0].sum()].tolist()
-    r = httpx.post(server.url + "/decode", json={"ids": ids})
+    r = post(server.url + "/decode", json={"ids": ids})
     assert r.json() == [ref.tokenizer.decode(ids)]
 
 
 def test_tei_errors(servers):
     url = servers("bert").url
     long = " ".join(["a"] * 200)  # more tokens than the model's 64 positions
-    r = httpx.post(url + "/embed", json={"inputs": long})
+    r = post(url + "/embed", json={"inputs": long})
     assert r.status_code == 413 and r.json()["error_type"] == "validation"
     assert "64" in r.json()["error"]
-    r = httpx.post(url + "/embed", json={"inputs": long, "truncate": True})
+    r = post(url + "/embed", json={"inputs": long, "truncate": True})
     assert r.status_code == 200 and len(r.json()) == 1
-    r = httpx.post(url + "/embed", json={"inputs": 3})
+    r = post(url + "/embed", json={"inputs": 3})
     assert r.status_code == 422 and set(r.json()) == {"error", "error_type"}
     assert "inputs" in r.json()["error"]
-    r = httpx.post(url + "/embed", json={"inputs": []})
+    r = post(url + "/embed", json={"inputs": []})
     assert r.status_code == 400 and r.json()["error_type"] == "empty"
-    r = httpx.post(url + "/embed", content=b"{", headers={"Content-Type": "application/json"})
+    r = post(url + "/embed", content=b"{", headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "error" in r.json()
-    r = httpx.post(url + "/embed", json={"inputs": ["x"] * 600})
+    r = post(url + "/embed", json={"inputs": ["x"] * 600})
     assert r.status_code == 413 and "batch size" in r.json()["error"]
-    r = httpx.post(url + "/decode", json={"ids": [10 ** 6]})
+    r = post(url + "/decode", json={"ids": [10 ** 6]})
     assert r.status_code == 422 and r.json()["error_type"] == "tokenizer"
-    assert httpx.get(url + "/health").status_code == 200
+    assert get(url + "/health").status_code == 200
 
 
 def test_translate_libretranslatepy(servers, reference, rng):
@@ -76,28 +79,28 @@ def test_translate_libretranslatepy(servers, reference, rng):
     api = lt.LibreTranslateAPI(server.url)
     assert api.translate(text, "en", "de") == beams(text, 1)[0]  # a form body
     texts = _texts(rng, 3)
-    r = httpx.post(server.url + "/translate", json={"q": texts + [""], "source": "en",
+    r = post(server.url + "/translate", json={"q": texts + [""], "source": "en",
                                                      "target": "de", "alternatives": 2})
     assert r.status_code == 200
     want = [beams(t, 3) for t in texts]
     assert r.json()["translatedText"] == [w[0] for w in want] + [""]
     assert r.json()["alternatives"] == [w[1:] for w in want] + [["", ""]]
-    r = httpx.post(server.url + "/translate", json={"q": text, "source": "fr", "target": "de"})
+    r = post(server.url + "/translate", json={"q": text, "source": "fr", "target": "de"})
     assert r.status_code == 400 and "fr" in r.json()["error"]
-    r = httpx.post(server.url + "/translate", json={"q": text, "source": "auto",
+    r = post(server.url + "/translate", json={"q": text, "source": "auto",
                                                      "target": "de", "num_beams": 2})
     ids = np.array([ref.tokenizer.encode(text)])
     assert r.json()["translatedText"] == ref.tokenizer.decode(ref.generate(ids, num_beams=2)[0])
-    r = httpx.post(server.url + "/translate", json={"source": "en", "target": "de"})
+    r = post(server.url + "/translate", json={"source": "en", "target": "de"})
     assert r.status_code == 400 and "q" in r.json()["error"]
-    assert httpx.get(server.url + "/languages").json()[0] == {"code": "en", "name": "en",
+    assert get(server.url + "/languages").json()[0] == {"code": "en", "name": "en",
                                                               "targets": ["de"]}
 
 
 def test_translate_api_key(servers):
     lt = pytest.importorskip("libretranslatepy")
     server = servers("marian", "--api-key", "k3y")
-    r = httpx.post(server.url + "/translate", data={"q": "hi", "source": "en", "target": "de",
+    r = post(server.url + "/translate", data={"q": "hi", "source": "en", "target": "de",
                                                     "api_key": "nope"})
     assert r.status_code == 403 and "error" in r.json()
     assert isinstance(lt.LibreTranslateAPI(server.url, "k3y").translate("hi", "en", "de"), str)
@@ -105,9 +108,9 @@ def test_translate_api_key(servers):
 
 def test_metrics_health_info_page(servers):
     server = servers("gpt2")
-    httpx.post(server.url + "/v1/completions", json={"prompt": "the cat", "max_tokens": 3,
+    post(server.url + "/v1/completions", json={"prompt": "the cat", "max_tokens": 3,
                                                       "temperature": 0})
-    text = httpx.get(server.url + "/metrics").text
+    text = get(server.url + "/metrics").text
     values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
               if line and not line.startswith("#")}
     assert values["transformer_tokens_generated_total"] >= 3
@@ -119,7 +122,7 @@ def test_metrics_health_info_page(servers):
         assert name in values
     assert any(k.startswith('transformer_request_duration_seconds_count{route="/v1/completions"')
                for k in values)
-    assert httpx.get(server.url + "/info").json()["model_type"] == "decoder"
-    page = httpx.get(server.url + "/")
+    assert get(server.url + "/info").json()["model_type"] == "decoder"
+    page = get(server.url + "/")
     assert page.status_code == 200 and "app.js" in page.text
-    assert "fetch" in httpx.get(server.url + "/app.js").text
+    assert "fetch" in get(server.url + "/app.js").text

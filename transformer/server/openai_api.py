@@ -6,8 +6,6 @@ import json
 import time
 import uuid
 
-import numpy as np
-from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
@@ -15,6 +13,7 @@ from .bodies import check_key, json_response, model_name, read_body, route
 from .errors import OPENAI, ApiError, error_body
 from .generation import Generation, options, stop_strings
 from .schemas import ChatRequest, CompletionRequest, EmbeddingsRequest
+from .served import truncate_dimensions
 
 API = OPENAI
 
@@ -34,19 +33,6 @@ async def models(request):
     return json_response({"object": "list", "data": [
         {"id": served.name, "object": "model", "created": served.created,
          "owned_by": "transformer"}]})
-
-
-def normalize_rows(e, dimensions, param="dimensions"):
-    """Matryoshka truncation: the first `dimensions` components of each row of e (B, C)
-    float32, L2-renormalised (sentence-transformers' truncate_dim followed by normalisation);
-    e itself when dimensions is None. ApiError 400 naming `param` beyond C."""
-    if dimensions is None:
-        return e
-    if dimensions > e.shape[1]:
-        raise ApiError(400, f"dimensions must be at most the model's {e.shape[1]}, got "
-                       f"{dimensions}", param)
-    e = np.ascontiguousarray(e[:, :dimensions])
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))
 
 
 def _inputs(served, value, param):
@@ -70,14 +56,6 @@ def _inputs(served, value, param):
     return None, [list(ids) for ids in value]
 
 
-async def _encode(served, texts, param, add_special_tokens=True):
-    def run():
-        return [served.encode(t, param, add_special_tokens) for t in texts]
-    if sum(map(len, texts)) > 4096:  # long tokenisations off the event loop
-        return await run_in_threadpool(run)
-    return run()
-
-
 def _openai_limit(error):
     """The tokenizer's 413 for a too long input: a 400 on the OpenAI routes."""
     if error.status == 413:
@@ -88,8 +66,8 @@ def _openai_limit(error):
 @route(API)
 async def embeddings(request):
     served = request.app.state.served
-    body = await read_body(request, API, EmbeddingsRequest)
     check_key(request)
+    body = await read_body(request, API, EmbeddingsRequest)
     model_name(served, body.model)
     if served.kind != "encoder":
         raise ApiError(400, f"the model {served.name} is a {served.kind} model: it does not "
@@ -97,11 +75,11 @@ async def embeddings(request):
     texts, rows = _inputs(served, body.input, "input")
     try:
         if texts is not None:
-            rows = await _encode(served, texts, "input")
+            rows = await served.encode_many(texts, "input")
     except ApiError as e:
         raise _openai_limit(e)
     e = await served.embed(rows).aresult()
-    e = normalize_rows(e, body.dimensions)
+    e = truncate_dimensions(e, body.dimensions)
     data = []
     for i, row in enumerate(e):
         value = base64.b64encode(row.astype("<f4").tobytes()).decode() \
@@ -122,8 +100,8 @@ def _generating(served):
 @route(API)
 async def completions(request):
     served = request.app.state.served
-    body = await read_body(request, API, CompletionRequest)
     check_key(request)
+    body = await read_body(request, API, CompletionRequest)
     model_name(served, body.model)
     _generating(served)
     if body.best_of not in (None, body.n):
@@ -134,7 +112,7 @@ async def completions(request):
     texts, prompts = _inputs(served, body.prompt, "prompt")
     try:
         if texts is not None:
-            prompts = await _encode(served, texts, "prompt")
+            prompts = await served.encode_many(texts, "prompt")
     except ApiError as e:
         raise _openai_limit(e)
     gen = Generation(served, prompts, body.n,
@@ -204,8 +182,8 @@ async def completions(request):
 @route(API)
 async def chat_completions(request):
     served = request.app.state.served
-    body = await read_body(request, API, ChatRequest)
     check_key(request)
+    body = await read_body(request, API, ChatRequest)
     model_name(served, body.model)
     _generating(served)
     if body.response_format not in (None, {"type": "text"}):

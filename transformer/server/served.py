@@ -110,6 +110,17 @@ class Served:
             ids = list(self.tokenizer.encode(text))
         return self.check_length(ids, param, truncate, left)
 
+    async def encode_many(self, texts, param, add_special_tokens=True, truncate=False,
+                          left=False):
+        """encode() of each text (a list of id lists); a large batch (over 4096 characters)
+        is tokenised in a worker thread, off the event loop."""
+        def run():
+            return [self.encode(t, param, add_special_tokens, truncate, left) for t in texts]
+        if sum(map(len, texts)) > 4096:
+            from starlette.concurrency import run_in_threadpool
+            return await run_in_threadpool(run)
+        return run()
+
     def check_length(self, ids, param, truncate=False, left=False):
         limit = self.max_input_tokens
         if len(ids) > limit:
@@ -214,6 +225,19 @@ class Served:
                                                            and given == "auto"):
                 raise ApiError(400, f"{given} is not supported by this model: its {field} "
                                f"language is {have}", field)
+
+
+def truncate_dimensions(e, dimensions, param="dimensions"):
+    """Matryoshka truncation: the first `dimensions` components of each row of e (B, C)
+    float32, L2-renormalised (sentence-transformers' truncate_dim, then normalisation); e
+    itself when dimensions is None. ApiError 400 naming `param` beyond C."""
+    if dimensions is None:
+        return e
+    if dimensions > e.shape[1]:
+        raise ApiError(400, f"{param} must be at most the model's {e.shape[1]}, got "
+                       f"{dimensions}", param)
+    e = np.ascontiguousarray(e[:, :dimensions])
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), np.float32(1e-12))
 
 
 def _token_text(token):

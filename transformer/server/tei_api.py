@@ -5,8 +5,8 @@ from starlette.routing import Route
 
 from .bodies import check_key, json_response, read_body, route
 from .errors import TEI, ApiError
-from .openai_api import normalize_rows
 from .schemas import DecodeRequest, EmbedAllRequest, EmbedRequest, TokenizeRequest
+from .served import truncate_dimensions
 
 API = TEI
 
@@ -35,31 +35,30 @@ def _encoder(served):
                        f"embed", "inputs", kind="validation")
 
 
-def _rows(served, body):
+async def _rows(served, body):
     left = body.truncation_direction.lower() == "left"
-    return [served.encode(t, "inputs", truncate=body.truncate, left=left)
-            for t in _texts(served, body.inputs)]
+    return await served.encode_many(_texts(served, body.inputs), "inputs",
+                                    truncate=body.truncate, left=left)
 
 
 @route(API)
 async def embed(request):
     served = request.app.state.served
-    body = await read_body(request, API, EmbedRequest)
     check_key(request)
+    body = await read_body(request, API, EmbedRequest)
     _encoder(served)
-    rows = _rows(served, body)
+    rows = await _rows(served, body)
     e = await served.embed(rows, normalize=body.normalize).aresult()
-    return json_response(normalize_rows(e, body.dimensions, "dimensions").tolist()
-                         if body.dimensions else e.tolist())
+    return json_response(truncate_dimensions(e, body.dimensions).tolist())
 
 
 @route(API)
 async def embed_all(request):
     served = request.app.state.served
-    body = await read_body(request, API, EmbedAllRequest)
     check_key(request)
+    body = await read_body(request, API, EmbedAllRequest)
     _encoder(served)
-    rows = _rows(served, body)
+    rows = await _rows(served, body)
     hidden = await served.embed(rows, hidden=True).aresult()
     return json_response([h[:len(r)].tolist() for h, r in zip(hidden, rows)])
 
@@ -67,8 +66,8 @@ async def embed_all(request):
 @route(API)
 async def tokenize(request):
     served = request.app.state.served
-    body = await read_body(request, API, TokenizeRequest)
     check_key(request)
+    body = await read_body(request, API, TokenizeRequest)
     return json_response([served.tokens(t, body.add_special_tokens)
                           for t in _texts(served, body.inputs)])
 
@@ -76,8 +75,8 @@ async def tokenize(request):
 @route(API)
 async def decode(request):
     served = request.app.state.served
-    body = await read_body(request, API, DecodeRequest)
     check_key(request)
+    body = await read_body(request, API, DecodeRequest)
     rows = body.ids if body.ids and isinstance(body.ids[0], list) else [body.ids]
     if len(rows) > served.max_batch_inputs:
         raise ApiError(413, f"batch size {len(rows)} > maximum allowed batch size "

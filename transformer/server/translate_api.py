@@ -66,7 +66,8 @@ async def translate(request):
         raise ApiError(400, f"q has {len(texts)} texts, more than the server's limit of "
                        f"{served.max_batch_inputs}", "q")
     opts = beam_options(served, body)
-    sources = [served.encode(t, "q") if t.strip() else None for t in texts]
+    encoded = iter(await served.encode_many([t for t in texts if t.strip()], "q"))
+    sources = [next(encoded) if t.strip() else None for t in texts]
     handles = []
     try:
         for ids in sources:
