@@ -244,3 +244,29 @@ def test_64_concurrent_clients(servers, reference, rng):
         else:
             choices, ids = _ref_generate(ref, text, 1, max_tokens, temperature, seed=seed)
             _check_text(ref, ids, choices[0][0], got)
+
+
+@pytest.mark.slow
+def test_stories260k_completions(shared_models, rng):
+    """A real decoder (llama2.c's stories260K and its tokenizer): greedy and seeded sampling
+    through the openai client, the text of model.generate's tokens after the prompt."""
+    import transformer
+    from server_helpers import Server
+
+    path = shared_models / "stories260K" / "stories260K.bin"
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    ref = transformer.load(path, threads=2)
+    ref.batch_invariant = True
+    server = Server(path)
+    try:
+        client = _client(server)
+        for kw in (dict(temperature=0.0), dict(temperature=0.8, seed=int(rng.integers(1000)))):
+            choices, ids = _ref_generate(ref, "Once upon a time", 1, 40, **kw)
+            got = client.completions.create(model="stories260K", prompt="Once upon a time",
+                                            max_tokens=40, logprobs=0, **kw)
+            c = got.choices[0]
+            _check_text(ref, ids, choices[0][0], c.text)
+            assert c.logprobs.token_logprobs == choices[0][1]
+    finally:
+        assert server.stop() == 0

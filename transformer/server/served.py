@@ -18,7 +18,7 @@ class Served:
     model: transformer.load's result; engine: a transformer.serving.Engine on it; path: the
     model directory (tokenizer.json, tokenizer_config.json and chat_template.jinja are read
     from it when present; a llama2.c checkpoint file: its directory). name: the model's id in
-    the APIs (default the directory's name). max_input_tokens: tokens of one input at most
+    the APIs (default the directory's name; a checkpoint file's name without its extension). max_input_tokens: tokens of one input at most
     (default and cap: what the model takes: an encoder's max_length, a decoder's or
     encoder-decoder's max_position_embeddings). source_lang / target_lang: a translation
     model's language codes (default: tokenizer_config.json's source_lang / target_lang; None:
@@ -29,7 +29,8 @@ class Served:
         self.model, self.engine, self.kind = model, engine, model.kind
         path = os.fspath(path)
         self.dir = path if os.path.isdir(path) else os.path.dirname(path) or "."
-        self.name = name or os.path.basename(os.path.normpath(path))
+        base = os.path.basename(os.path.normpath(path))
+        self.name = name or (base if os.path.isdir(path) else os.path.splitext(base)[0])
         self.created = int(time.time())
         self.tokenizer = getattr(model, "tokenizer", None)
         self._raw = self._raw_tokenizer()
