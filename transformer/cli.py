@@ -9,6 +9,7 @@
     transformer translate --model t5-small "translate English to German: Hello"  # spiece.model
     transformer generate --model gpt2-dir --prompt "Hello" --device cuda --dtype float16
     transformer bench kernels --quick --output bench/results/kernels   # see transformer.benchmarks
+    transformer serve --model gpt2-dir --port 8000      # HTTP: OpenAI, TEI, LibreTranslate APIs
     transformer info
 """
 import argparse
@@ -386,6 +387,12 @@ def cmd_bench(args):
     return bench_main(args.args)
 
 
+def cmd_serve(args):
+    """Serve --model over HTTP (transformer.server, the `server` extra; docs/SERVER.md)."""
+    from . import server
+    return server.serve(args)
+
+
 def build_parser():
     """The argparse parser of the `transformer` command."""
     p = argparse.ArgumentParser(prog="transformer", description=__doc__.split("\n")[0],
@@ -455,6 +462,12 @@ def build_parser():
                              "(transformer bench --help)")
     sp.add_argument("args", nargs=argparse.REMAINDER)
     sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("serve", help="serve a model over HTTP: OpenAI, text-embeddings-"
+                        "inference and LibreTranslate APIs (pip install \"transformer[server]\")")
+    from .server.options import add_arguments as serve_arguments
+    serve_arguments(sp)
+    sp.set_defaults(func=cmd_serve)
 
     sp = sub.add_parser("info", help="version, build, threads, SIMD, BLAS")
     sp.add_argument("--threads", type=int, default=None)
