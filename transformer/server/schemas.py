@@ -3,7 +3,8 @@
 OpenAI (the API reference of /v1/embeddings, /v1/completions, /v1/chat/completions): unknown
 fields refused ("Unrecognized request argument supplied", as the OpenAI API answers); our
 extensions top_k, repetition_penalty and min_tokens (vLLM's names). text-embeddings-inference
-(router/src/http/types.rs: EmbedRequest, EmbedAllRequest, TokenizeRequest, DecodeRequest) and
+(router/src/http/types.rs: EmbedRequest, EmbedAllRequest, RerankRequest, TokenizeRequest,
+DecodeRequest) and
 LibreTranslate (/translate: q, source, target, format, alternatives, api_key): unknown fields
 ignored, as those servers do."""
 from typing import Annotated, Literal, Optional, Union
@@ -98,6 +99,15 @@ class EmbedRequest(TeiInputs):
 class EmbedAllRequest(TeiInputs):
     truncate: bool = False
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
+
+
+class RerankRequest(_Lenient):
+    query: str
+    texts: list[str]
+    truncate: bool = False
+    truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
+    raw_scores: bool = False
+    return_text: bool = False
 
 
 class TokenizeRequest(TeiInputs):

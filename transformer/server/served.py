@@ -122,6 +122,27 @@ class Served:
             return await run_in_threadpool(run)
         return run()
 
+    async def encode_pairs(self, query, texts, param, truncate=False):
+        """The model tokenizer's batch (input_ids, attention_mask, token_type_ids: (B, T)
+        int64) of the pairs (query, texts[i]), as model.classify_texts tokenises them (the pair
+        template; with `truncate`, HF's longest-first truncation to the model's own limit). A
+        pair longer than max_input_tokens without `truncate` is ApiError 413 naming `param`.
+        Tokenised in a worker thread, off the event loop."""
+        self.need_tokenizer(param)
+        if self._raw is None:
+            raise ApiError(400, "the model has no tokenizer.json to make text pairs", param)
+
+        def run():
+            for text in texts:
+                n = len(self._raw.encode(query, text).ids)
+                if n > self.max_input_tokens and not truncate:
+                    raise ApiError(413, f"`{param}` must have less than {self.max_input_tokens}"
+                                   f" tokens with the query. Given: {n}", param,
+                                   kind="validation")
+            return self.tokenizer([query] * len(texts), texts)
+        from starlette.concurrency import run_in_threadpool
+        return await run_in_threadpool(run)
+
     def check_length(self, ids, param, truncate=False, left=False):
         limit = self.max_input_tokens
         if len(ids) > limit:

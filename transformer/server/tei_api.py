@@ -1,11 +1,15 @@
-"""Hugging Face text-embeddings-inference's routes: POST /embed, /embed_all, /tokenize, /decode
-(router/src/http/types.rs: EmbedRequest, EmbedAllRequest, TokenizeRequest, DecodeRequest;
+"""Hugging Face text-embeddings-inference's routes: POST /embed, /embed_all, /rerank, /tokenize,
+/decode (router/src/http/types.rs: EmbedRequest, EmbedAllRequest, RerankRequest, TokenizeRequest,
+DecodeRequest;
 answers as bare JSON arrays; errors {"error", "error_type"} with TEI's statuses)."""
 from starlette.routing import Route
 
+import numpy as np
+
 from .bodies import check_key, json_response, read_body, route
 from .errors import TEI, ApiError
-from .schemas import DecodeRequest, EmbedAllRequest, EmbedRequest, TokenizeRequest
+from .schemas import (DecodeRequest, EmbedAllRequest, EmbedRequest, RerankRequest,
+                      TokenizeRequest)
 from .served import truncate_dimensions
 
 API = TEI
@@ -15,6 +19,7 @@ def routes():
     """The Starlette routes of text-embeddings-inference's API."""
     return [Route("/embed", embed, methods=["POST"]),
             Route("/embed_all", embed_all, methods=["POST"]),
+            Route("/rerank", rerank, methods=["POST"]),
             Route("/tokenize", tokenize, methods=["POST"]),
             Route("/decode", decode, methods=["POST"])]
 
@@ -61,6 +66,31 @@ async def embed_all(request):
     rows = await _rows(served, body)
     hidden = await served.embed(rows, hidden=True).aresult()
     return json_response([h[:len(r)].tolist() for h, r in zip(hidden, rows)])
+
+
+@route(API)
+async def rerank(request):
+    """TEI's /rerank on a cross-encoder (a sequence classifier of one label: config.json
+    BertForSequenceClassification / XLMRobertaForSequenceClassification): each (query, text)
+    pair tokenised by the pair template (HF's longest-first truncation when `truncate`, whatever
+    truncation_direction says; else a pair over the input limit is a 413), scored by Engine.classify (the
+    batch-invariant model.classify), sigmoid(logit) unless raw_scores (TEI's convention);
+    answers [{index, score, text?}] by score, best first."""
+    served = request.app.state.served
+    check_key(request)
+    body = await read_body(request, API, RerankRequest)
+    if served.kind != "encoder" or getattr(served.model, "labels", None) is None \
+            or len(served.model.labels) != 1:
+        raise ApiError(400, f"the model {served.name} is not a re-ranker (a sequence classifier "
+                       f"of one label)", "query", kind="validation")
+    texts = _texts(served, body.texts)
+    batch = await served.encode_pairs(body.query, texts, "texts", body.truncate)
+    logits = (await served.engine.classify(**batch).aresult())[:, 0].astype(np.float64)
+    scores = logits if body.raw_scores else 1 / (1 + np.exp(-logits))
+    order = sorted(range(len(texts)), key=lambda i: -scores[i])
+    return json_response([dict(index=i, score=float(scores[i]),
+                               **({"text": texts[i]} if body.return_text else {}))
+                          for i in order])
 
 
 @route(API)
