@@ -101,7 +101,7 @@ def test_a_worker_error_comes_back_with_its_kind():
     from transformer.benchmarks import process
     assert process.run_in_process(engines.target_tokens, [5, 0, 7], 9, 0) == [5, 0]
     with pytest.raises(engines.Unsupported, match="not applicable to encode"):
-        engines.Isolated("numpy", engines.Setup("encode")).imported()
+        engines.Isolated("llama.cpp", engines.Setup("encode")).imported()
     with pytest.raises(process.WorkerError, match="KeyError"):
         process.run_in_process(engines.make, "nope", engines.Setup("kernels"))
     with pytest.raises(ValueError, match="not a name of this package"):
@@ -508,7 +508,6 @@ def test_smoke_bench_kernels_quick_tiny(tmp_path):
     copy_rows = [r for r in ours if r["limit"].startswith("copy")]
     assert copy_rows and all(" on " in r["limit"] and "KiB" in r["limit"] for r in copy_rows)
     assert any(k.startswith("copy_at_") for k in suite["limits"])
-    assert {r["engine"] for r in suite["rows"]} >= {"transformer", "numpy"}
     if limits.package_version("torch") is None:
         assert "torch" in suite["skipped"]
     assert results["limits"]["sgemm_gflops"] > 0 and results["limits"]["copy_gbs"] > 0
@@ -581,7 +580,7 @@ def test_load_engines_reports_failures_and_skips():
         "setup failed: RuntimeError: conversion broke"
     loaded, reference, skipped = engines.load_engines(engines.Setup("kernels"),
                                                       ["llama.cpp", "onnxruntime"])
-    assert reference is None and [e.name for e in loaded] == ["transformer", "numpy"]
+    assert reference is None and [e.name for e in loaded] == ["transformer"]
     assert skipped == {"llama.cpp": "not applicable to kernels on cpu",
                        "onnxruntime": "not applicable to kernels on cpu"}
 

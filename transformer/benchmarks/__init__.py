@@ -12,7 +12,7 @@ engine's throughput to each peer's, and each result as a fraction of the machine
 (sgemm GFLOP/s, int8 GOP/s, copy GB/s, read bandwidth) measured in the same run.
 
 Suites (bench/README.md says exactly what each measures):
-  kernels           each op of transformer.ops against NumPy and PyTorch at several sizes
+  kernels           each op of transformer.ops against PyTorch at several sizes
                     (--device cuda: attention against torch SDPA, row kernels against a copy)
   encode            sentence embeddings (all-MiniLM-L6-v2, or --model DIR)
   generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)

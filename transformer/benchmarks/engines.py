@@ -3,7 +3,6 @@ implementing the tasks it has (kernels, encode, generate, translate) on the devi
 compute types it has (bench/README.md lists what each runs and how).
 
   transformer   this project: transformer.ops (kernels), transformer.load(dir, device, dtype)
-  numpy         kernels only: the same math as plain float32 NumPy/SciPy (not a peer)
   torch         PyTorch eager ops and HF transformers models (also the float32 reference)
   onnxruntime   encode: the exported encoder (int8: quantize_dynamic on it)
   ctranslate2   the CTranslate2 conversion at compute_type = the dtype (no MPNet)
@@ -327,69 +326,6 @@ class TransformerEngine(Engine):
     def logits(self, prompts):
         """Next-token logits (B, T, V) float32 at every position of prompts (B, T)."""
         return np.asarray(self.to_numpy(self.model(prompts)), np.float32)
-
-
-def _np_softmax(x):
-    """float32 softmax over the last axis, in place on a fresh array."""
-    e = x - x.max(-1, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(-1, keepdims=True)
-    return e
-
-
-@register
-class NumpyEngine(Engine):
-    """The kernel lab's baseline: the same math as straightforward float32 NumPy (and
-    scipy.special.erf for GELU), BLAS pinned to n threads by threadpoolctl."""
-    name = "numpy"
-    tasks = ("kernels",)
-    peer = False
-
-    def __init__(self, setup):
-        super().__init__(setup)
-        from threadpoolctl import threadpool_limits
-        self.version = f"numpy {np.__version__}"
-        threadpool_limits(limits=setup.threads, user_api="blas")
-
-    def kernel(self, case):
-        """The op as a closure; the decode cache is transposed to (B, H, S, D) here."""
-        from scipy.special import erf
-        i, p, f32 = case.inputs, case.params, np.float32
-        x = i.get("x")
-        if case.op == "layer_norm":
-            w, b, eps = i["w"], i["b"], f32(p["eps"])
-
-            def layer_norm():
-                xc = x - x.mean(-1, keepdims=True)
-                xc *= 1 / np.sqrt(np.mean(xc * xc, axis=-1, keepdims=True) + eps)
-                xc *= w
-                xc += b
-                return xc
-            return layer_norm
-        if case.op in ("attention", "decode_attention"):
-            q = i["q"] if case.op == "attention" else i["q"][:, :, None, :]
-            k, v = (i["k"], i["v"]) if case.op == "attention" else (
-                np.ascontiguousarray(i[c].transpose(0, 2, 1, 3)) for c in ("k_cache", "v_cache"))
-            scale, T, S = f32(q.shape[-1] ** -0.5), q.shape[2], k.shape[2]
-            mask = np.where(np.arange(S)[None] <= np.arange(T)[:, None] + S - T, 0, -np.inf
-                            ).astype(f32) if p.get("causal") else None
-
-            def attention():
-                s = q @ k.swapaxes(-1, -2)
-                s *= scale
-                if mask is not None:
-                    s += mask
-                out = _np_softmax(s) @ v
-                return out if case.op == "attention" else out[:, :, 0]
-            return attention
-        c = f32((2 / np.pi) ** 0.5)
-        return {"softmax": lambda: _np_softmax(x),
-                "gelu": lambda: f32(0.5) * x * (f32(1) + erf(x * f32(0.5 ** 0.5))),
-                "gelu_tanh": lambda: f32(0.5) * x * (f32(1) + np.tanh(
-                    c * (x + f32(0.044715) * x * x * x))),
-                "silu": lambda: x / (f32(1) + np.exp(-x)),
-                "relu": lambda: np.maximum(x, f32(0)),
-                "linear": lambda: i["x"] @ i["w"].T + i["b"]}[case.op]
 
 
 @register
@@ -808,8 +744,7 @@ def load_engines(setup, peers, tag="bench"):
     engine, which is in engines when torch is timed at float32, or None when it could not be
     prepared; {peer: reason skipped})."""
     engines, skipped = [], {}
-    names = [ENGINE] + (["numpy"] if setup.task == "kernels" else []) \
-        + [n for n in peer_names() if n in peers]
+    names = [ENGINE] + [n for n in peer_names() if n in peers]
 
     def attempt(name, s):
         log(f"preparing {name} ({s.dtype})", tag)

@@ -1,4 +1,4 @@
-"""Kernel lab: each op of transformer.ops against NumPy (float32) and PyTorch eager at several
+"""Kernel lab: each op of transformer.ops against PyTorch eager at several
 sizes, each engine in a fresh process of its own per round (engines.Isolated), checked against
 the float64 reference (transformer/ops/reference.py) first. Row kernels and memory-bound cases
 are given in GB/s as a fraction of the copy bandwidth on the same footprint, linear and
@@ -271,7 +271,7 @@ def run(cfg):
 
     where = "on the GPU" if gpu else f"{stats.plural(n, 'thread')} each (BLAS pinned to {n})"
     summary = [
-        ("Each op through transformer.ops, " + ("" if gpu else "NumPy float32 ") + "and "
+        ("Each op through transformer.ops and "
          f"PyTorch eager on the same inputs, {where}, each engine in a fresh process of its own "
          f"per round. Checked against the float64 reference first; median of {rounds} "
          f"interleaved rounds, each sample at least {MIN_SECONDS[level] * 1e3:g} ms of "
@@ -291,7 +291,7 @@ def run(cfg):
         summary.append(f"GPU limits (median of {limits['rounds']} rounds): fp16 GEMM "
                        f"{limits['hgemm_tflops']:.1f} TFLOP/s; device copy: the limit column.")
     notes = [f"{e.name} ({e.version}): {x}" for e in engines if not e.skipped for x in e.notes]
-    return {"title": "Kernels: transformer.ops against NumPy and PyTorch"
+    return {"title": "Kernels: transformer.ops against PyTorch"
                      + (" (GPU)" if gpu else ""), "status": "ok",
             "warnings": [warning] if warning else [], "cpu": usage,
             "summary": summary, "rows": out_rows,

@@ -37,13 +37,13 @@ def jsonable(obj):
 
 
 def write_results(results, out_dir):
-    """Write results.json into out_dir (created if needed); returns its path."""
+    """Write results.json into out_dir (created if needed; _io.atomic_output: no half-written
+    file); returns its path."""
+    from .._io import atomic_output
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "results.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_output(path) as f:
         json.dump(jsonable(results), f, indent=2)
-    os.replace(tmp, path)
     return path
 
 
