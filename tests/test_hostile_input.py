@@ -163,7 +163,9 @@ def test_llama2c_tokenizer_is_not_quadratic(stories):
 
 # 8 ---------------------------------------------------------------------------------------------
 class _FakeModel:
-    """embed_texts that writes nothing and fails or is interrupted on demand."""
+    """An encoder whose embed_texts writes nothing and fails or is interrupted on demand."""
+
+    kind = "encoder"
 
     def __init__(self, error=None):
         self.error = error
