@@ -435,8 +435,8 @@ def test_bench_cli_errors():
     assert p.returncode == 2 and "unknown peers" in p.stderr
     p = bench("kernels", "--threads", "0", check=False)
     assert p.returncode == 2 and "positive integer" in p.stderr
-    p = bench("encode", "--dtype", "int4", check=False)
-    assert p.returncode == 2 and "invalid choice: 'int4'" in p.stderr
+    p = bench("encode", "--dtype", "int3", check=False)
+    assert p.returncode == 2 and "invalid choice: 'int3'" in p.stderr
     p = bench("--help")
     for option in ("--dtype", "--sentences", "--sizes", "--peers", "llama.cpp"):
         assert option in p.stdout
@@ -445,7 +445,7 @@ def test_bench_cli_errors():
 def test_bench_config_from_the_command_line():
     from transformer.benchmarks import PEERS, DTYPES, parse_config
     assert PEERS == ("torch", "onnxruntime", "ctranslate2", "llama.cpp")
-    assert DTYPES == ("float32", "int8", "bfloat16")
+    assert DTYPES == ("float32", "int8", "int4", "bfloat16")
     cfg = parse_config(["generate", "--dtype", "int8", "--peers", "llama.cpp,torch",
                         "--threads", "1", "--sentences", "s.txt"])
     assert (cfg.dtype, cfg.peers, cfg.sentences, cfg.suites) == \
@@ -700,7 +700,7 @@ def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
 
 def test_gguf_written_from_the_same_weights(tmp_path):
     """The llama.cpp GGUF of the tiny GPT-2: llama.cpp's tensor names and shapes, F32 / Q8_0 /
-    BF16 matrices that dequantize to the safetensors weights (transposed), F32 norms."""
+    Q4_0 / BF16 matrices that dequantize to the safetensors weights (transposed), F32 norms."""
     gguf = pytest.importorskip("gguf")
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
@@ -709,9 +709,9 @@ def test_gguf_written_from_the_same_weights(tmp_path):
     model_dir, _ = generate.ensure_model(str(tmp_path), *level["model"])
     w = load_file(os.path.join(model_dir, "model.safetensors"))
     hf = w["transformer.h.1.mlp.c_fc.weight"].T                     # (out, in)
-    # Q8_0: half a step of max/127 per block of 32
+    # Q8_0: half a step of max/127 per block of 32; Q4_0: up to a step of max/8 (the clamp at 7)
     for dtype, kind, tol in (("float32", "F32", 0), ("int8", "Q8_0", 5e-3),
-                             ("bfloat16", "BF16", 1e-2)):
+                             ("int4", "Q4_0", 0.13), ("bfloat16", "BF16", 1e-2)):
         path = str(tmp_path / f"m-{kind}.gguf")
         assert kind in peers.write_gpt2_gguf(model_dir, path, dtype)
         reader = gguf.GGUFReader(path)
@@ -726,7 +726,7 @@ def test_gguf_written_from_the_same_weights(tmp_path):
         arch = reader.fields["general.architecture"]
         assert bytes(arch.parts[arch.data[0]]).decode() == "gpt2"
     with pytest.raises(ValueError, match="no GGUF type"):
-        peers.write_gpt2_gguf(model_dir, str(tmp_path / "x.gguf"), "int4")
+        peers.write_gpt2_gguf(model_dir, str(tmp_path / "x.gguf"), "int3")
 
 
 # ---------------------------------------------------------------------------------------------
