@@ -675,7 +675,7 @@ def test_generate_check_at_int8_reports_divergences_and_times():
 def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
     """The generate suite at int8 in-process on the tiny GPT-2: our engine (float32 while the CPU
     backend refuses int8), torch dynamic int8 (Conv1D made Linear), CTranslate2 int8 and
-    llama.cpp (or its skip)."""
+    llama.cpp (or its skip); the next-token KL of each engine with logits."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     float32_load(monkeypatch)
@@ -692,10 +692,12 @@ def test_generate_suite_int8_tiny(tmp_path, monkeypatch):
     if limits.package_version("llama_cpp_python") is None:
         assert suite["skipped"]["llama.cpp"].startswith("not installed")
     else:
-        assert rows[("llama.cpp", 2)]["status"] == "n/a"          # one sequence at a time
+        assert rows[("llama.cpp", 2)]["status"] == "timed"  # 2 sequences in one llama_batch
     md = report.render_suite("generate", suite)
     assert "| compute type |" in md and "| accuracy against float32 |" in md
     assert "Weights read per decode step at int8" in md
+    kl = suite["config"]["next_token_kl"]
+    assert 0 <= kl["transformer"] < 1e-2 and "mean KL" in md
 
 
 def test_gguf_written_from_the_same_weights(tmp_path):
