@@ -84,17 +84,20 @@ def test_full_queue_answers_429_at_once(servers):
 
 
 def test_sigterm_drains_and_exits_0(model_dirs):
-    # a deadline that a loaded machine's 100 tokens meet (unloaded they take about a second)
+    # 300 tokens: about 3 s unloaded (SIGTERM lands while they run), within the deadline on a
+    # loaded machine
     server = Server(model_dirs["gpt2-long"], "--shutdown-timeout", "600")
     done = {}
 
     def run():
         done["r"] = post(server.url + "/v1/completions", timeout=600,
-                               json={"prompt": "once upon a time", "max_tokens": 100,
-                                     "min_tokens": 100, "temperature": 0})
+                               json={"prompt": "once upon a time", "max_tokens": 300,
+                                     "min_tokens": 300, "temperature": 0})
     t = threading.Thread(target=run)
     t.start()
-    assert _wait(lambda: _metrics(server.url)["transformer_running_requests"] == 1)
+    in_flight = ("transformer_running_requests", "transformer_queue_length")
+    assert _wait(lambda: sum(_metrics(server.url)[k] for k in in_flight) == 1, 120)
+    assert "r" not in done
     server.proc.send_signal(__import__("signal").SIGTERM)
     time.sleep(0.3)
     with pytest.raises(httpx.HTTPError):  # the listening socket is closed: nothing admitted
@@ -102,7 +105,7 @@ def test_sigterm_drains_and_exits_0(model_dirs):
                    timeout=5)
     t.join(600)
     assert done["r"].status_code == 200
-    assert done["r"].json()["usage"]["completion_tokens"] == 100
+    assert done["r"].json()["usage"]["completion_tokens"] == 300
     assert server.proc.wait(600) == 0
 
 
