@@ -528,6 +528,10 @@ def test_null_decoder_start_token_id(tmp_path):
         model.generate(np.array([[5, 6, 7]]), max_new_tokens=2)
     out = model.generate(np.array([[5, 6, 7]]), max_new_tokens=2, decoder_start_token_id=2)
     assert out[0, 0] == 2
+    # not a token id (the config fuzz's finds): named before the decoder prefix is made of it
+    for bad in ({}, [None], 2 ** 70, -1, True, 10 ** 6):
+        with pytest.raises(ValueError, match="decoder_start_token_id must be a token id"):
+            model.generate(np.array([[5, 6, 7]]), max_new_tokens=2, decoder_start_token_id=bad)
 
 
 def test_generation_work_is_bounded_before_allocation(tmp_path):

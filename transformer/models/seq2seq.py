@@ -155,6 +155,10 @@ class Seq2SeqDecoding(Decoding):
         if start is None:
             raise ValueError("decoder_start_token_id and bos_token_id are null (config.json and "
                              "generation_config.json): give decoder_start_token_id")
+        if isinstance(start, (bool, np.bool_)) or not isinstance(start, (int, np.integer)) \
+                or not 0 <= start < self.vocab_size:  # checked before the prefix is made of it
+            raise ValueError(f"decoder_start_token_id must be a token id in [0, "
+                             f"{self.vocab_size}), got {start!r}")
         if decoder_input_ids is None:
             if decoder_attention_mask is not None:
                 raise ValueError("decoder_attention_mask needs decoder_input_ids")
