@@ -66,7 +66,7 @@ def measure(path, dtype):
 def test_packed_models_are_small_in_memory(tmp_path):
     write_gpt2(tmp_path, C=512, L=8, V=32000)
     f32 = measure(tmp_path, "float32")
-    for dtype, ratio in (("int8", 0.40), ("bfloat16", 0.65)):
+    for dtype, ratio in (("int8", 0.40), ("int4", 0.30), ("bfloat16", 0.65)):
         got = measure(tmp_path, dtype)
         assert got["resident"] <= ratio * f32["resident"], (dtype, got, f32)
         assert got["peak"] <= 1.5 * got["resident"], (dtype, got)
@@ -82,7 +82,7 @@ def test_chunked_packing_equals_whole(rng):
     w[5] = 0  # a row of zeros keeps scale 1
     lazy = Lazy(w.shape, np.float32, lambda: w, read_rows=lambda a, b: w[a:b],
                 read_cols=lambda a, b: w[:, a:b])
-    for dtype in ("int8", "bfloat16"):
+    for dtype in ("int8", "int4", "bfloat16"):
         for src, ref in ((lazy, w), (lazy.T, w.T)):
             whole = PackedWeight.pack(np.ascontiguousarray(ref), dtype)
             chunked = PackedWeight._pack_rows(src, dtype, chunk_bytes=64 * 4 * 70)
@@ -96,7 +96,7 @@ if __name__ == "__main__":
     import tempfile
     with tempfile.TemporaryDirectory() as d:
         write_gpt2(d, C=768, L=8, V=50257)
-        res = {dtype: measure(d, dtype) for dtype in ("float32", "int8", "bfloat16")}
+        res = {dtype: measure(d, dtype) for dtype in ("float32", "int8", "int4", "bfloat16")}
     for dtype, r in res.items():
         print(f"{dtype:9s} resident {r['resident'] / 2**20:7.1f} MiB "
               f"({r['resident'] / res['float32']['resident']:.3f}x float32)  peak "

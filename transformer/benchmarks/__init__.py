@@ -15,7 +15,7 @@ Suites (bench/README.md says exactly what each measures):
   kernels           each op of transformer.ops against PyTorch at several sizes
                     (--device cuda: attention against torch SDPA, row kernels against a copy)
   encode            sentence embeddings (all-MiniLM-L6-v2, or --model DIR)
-  generate          greedy generation, GPT-2-small shape (llama.cpp: batch 1)
+  generate          greedy generation, GPT-2-small shape (llama.cpp through llama_batch)
   translate         beam-search translation, Marian shape (random weights); CPU only
   serving           concurrent requests (transformer.serving.Engine against one at a time,
                     CTranslate2's asynchronous batches, llama.cpp); --family; CPU only

@@ -207,14 +207,14 @@ class PackedWeight:
         """Quantize (int8: quantize_int8, int4: quantize_int4) or round (bfloat16) a float
         weight w (O, K) and pack it. A PackedWeight of the same dtype is returned as it is; a
         weight with read_rows (a transformer.weights.Lazy tensor of a file) is read and packed in
-        chunks of rows at int8 / bfloat16 (_pack_rows), whole at int4. Raises ValueError for
+        chunks of rows (_pack_rows). Raises ValueError for
         another dtype, a weight that is not 2-D, or (int4) not finite."""
         if isinstance(w, PackedWeight):
             if w.dtype == dtype:
                 return w
             w = np.asarray(w)
         if getattr(w, "read_rows", None) is not None and len(w.shape) == 2 \
-                and dtype in ("int8", "bfloat16"):
+                and dtype in ("int8", "int4", "bfloat16"):
             return cls._pack_rows(w, dtype)
         w = np.asarray(w, np.float32)
         if w.ndim != 2:
@@ -246,6 +246,9 @@ class PackedWeight:
             K4 = -(-K // 4) * 4
             data, comp = np.zeros(O64 * K4, np.int8), np.zeros(O64, np.int32)
             scale = np.ones(O, np.float32)
+        elif dtype == "int4":  # records of 16 rows (_int4_records): a chunk's are contiguous
+            record = -(-K // 32) * 384
+            data = np.zeros(O64 // 16 * record, np.uint8)
         else:
             K2 = -(-K // 2) * 2
             data = np.zeros(O64 * K2, np.uint16)
@@ -256,13 +259,16 @@ class PackedWeight:
             if dtype == "int8":
                 q, scale[r0:r1] = quantize_int8(rows)
                 _cpu.pack_int8(q, data[r0 * K4:(r0 + n64) * K4], comp[r0:r0 + n64])
+            elif dtype == "int4":
+                data[r0 // 16 * record:(r0 + n64) // 16 * record] = \
+                    _int4_records(*quantize_int4(rows))
             else:
                 _cpu.pack_bf16(_bf16_bits(rows), data[r0 * K2:(r0 + n64) * K2])
         if dtype == "int8":
             if not np.all(np.isfinite(scale) & (scale > 0)):
                 raise ValueError("int8 weight scales must be finite and positive")
             return cls("int8", (O, K), data.view(np.uint8), scale, comp)
-        return cls("bfloat16", (O, K), data.view(np.uint8))
+        return cls(dtype, (O, K), data.view(np.uint8))
 
     @property
     def nbytes(self):
