@@ -115,9 +115,12 @@ def test_completions_match_generate(servers, reference, rng, sampling):
 def test_completions_stop_and_token_prompts(servers, reference, rng):
     server, ref = servers("gpt2"), reference("gpt2")
     client = _client(server)
-    prompt = _text(rng)
-    want, ids = _ref_generate(ref, prompt, 1, 24)
-    full = ref.tokenizer.decode(ids + want[0][0])[len(ref.tokenizer.decode(ids)):]
+    for _ in range(20):  # a prompt whose continuation has text to stop in (not only eos / spaces)
+        prompt = _text(rng)
+        want, ids = _ref_generate(ref, prompt, 1, 24)
+        full = ref.tokenizer.decode(ids + want[0][0])[len(ref.tokenizer.decode(ids)):]
+        if len(full.strip()) >= 2:
+            break
     stop = full.strip()[len(full.strip()) // 2:][:2]  # a string that occurs in the text
     got = client.completions.create(model="gpt2", prompt=[ids], max_tokens=24, temperature=0,
                                     stop=[stop])
