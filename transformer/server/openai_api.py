@@ -139,10 +139,7 @@ async def completions(request):
         return texts[p] if texts is not None else served.decode(prompts[p])
 
     def usage(choices):
-        done = sum(c.completion_tokens for c in choices)
-        prompt = sum(map(len, prompts))
-        return {"prompt_tokens": prompt, "completion_tokens": done,
-                "total_tokens": prompt + done}
+        return _usage(sum(map(len, prompts)), choices)
 
     if not body.stream:
         choices = await gen.results()
@@ -154,11 +151,7 @@ async def completions(request):
                               "usage": usage(choices)})
 
     def chunk(choices, use=None):
-        out = {"id": rid, "object": "text_completion", "created": created,
-               "model": served.name, "choices": choices}
-        if use is not None:
-            out["usage"] = use
-        return out
+        return _chunk(rid, "text_completion", created, served.name, choices, use)
 
     async def events():
         done, started = [], set()
@@ -218,9 +211,7 @@ async def chat_completions(request):
         return {"content": content}
 
     def usage(choices):
-        done = sum(c.completion_tokens for c in choices)
-        return {"prompt_tokens": len(prompt), "completion_tokens": done,
-                "total_tokens": len(prompt) + done}
+        return _usage(len(prompt), choices)
 
     if not body.stream:
         choices = await gen.results()
@@ -233,11 +224,7 @@ async def chat_completions(request):
                               "usage": usage(choices)})
 
     def chunk(choices, use=None):
-        out = {"id": rid, "object": "chat.completion.chunk", "created": created,
-               "model": served.name, "choices": choices}
-        if use is not None:
-            out["usage"] = use
-        return out
+        return _chunk(rid, "chat.completion.chunk", created, served.name, choices, use)
 
     async def events():
         for i in range(body.n):
@@ -257,6 +244,22 @@ async def chat_completions(request):
             yield chunk([], usage(done))
 
     return sse(events())
+
+
+def _usage(prompt_tokens, choices):
+    """OpenAI's usage object of a request: its prompt tokens and its choices' new tokens."""
+    done = sum(c.completion_tokens for c in choices)
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": done,
+            "total_tokens": prompt_tokens + done}
+
+
+def _chunk(rid, kind, created, model, choices, use=None):
+    """One streamed event of a completion ("text_completion") or chat completion
+    ("chat.completion.chunk"): its choices, and the usage object when given."""
+    out = {"id": rid, "object": kind, "created": created, "model": model, "choices": choices}
+    if use is not None:
+        out["usage"] = use
+    return out
 
 
 def sse(events, api=API):

@@ -24,6 +24,8 @@ class _Lenient(BaseModel):
 
 
 class EmbeddingsRequest(_OpenAI):
+    """OpenAI POST /v1/embeddings: input (a string, strings, or token-id lists), encoding_format
+    float | base64, dimensions (Matryoshka truncation)."""
     input: Union[str, list[str], TokenIds, list[TokenIds]]
     model: Optional[str] = None
     encoding_format: Literal["float", "base64"] = "float"
@@ -32,6 +34,7 @@ class EmbeddingsRequest(_OpenAI):
 
 
 class StreamOptions(_OpenAI):
+    """OpenAI stream_options: include_usage adds a last event with the usage object."""
     include_usage: bool = False
 
 
@@ -55,6 +58,8 @@ class _Sampling(_OpenAI):
 
 
 class CompletionRequest(_Sampling):
+    """OpenAI POST /v1/completions: prompt (strings or token-id lists), max_tokens, logprobs (0..5:
+    the chosen token's), echo; best_of only equal to n, suffix refused."""
     prompt: Union[str, list[str], TokenIds, list[TokenIds]]
     max_tokens: Optional[PositiveInt] = 16
     logprobs: Optional[Annotated[int, Field(ge=0, le=5)]] = None
@@ -64,18 +69,23 @@ class CompletionRequest(_Sampling):
 
 
 class ContentPart(BaseModel):
+    """A chat message's text part (OpenAI content parts: only type \"text\")."""
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
     text: str
 
 
 class ChatMessage(BaseModel):
+    """A chat message: role, content (a string or text parts); other fields (name, ...) go to the
+    chat template."""
     model_config = ConfigDict(extra="allow")  # name, tool_call_id, ...: passed to the template
     role: str
     content: Union[str, list[ContentPart], None] = None
 
 
 class ChatRequest(_Sampling):
+    """OpenAI POST /v1/chat/completions: messages (at least one), max_tokens or
+    max_completion_tokens, logprobs / top_logprobs, response_format text only."""
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: Optional[PositiveInt] = None
     max_completion_tokens: Optional[PositiveInt] = None
@@ -85,11 +95,13 @@ class ChatRequest(_Sampling):
 
 
 class TeiInputs(_Lenient):
+    """TEI's inputs: a string or a list of strings (prompt_name accepted, unused)."""
     inputs: Union[str, list[str]]
     prompt_name: Optional[str] = None
 
 
 class EmbedRequest(TeiInputs):
+    """TEI POST /embed: truncate, truncation_direction, normalize, dimensions."""
     truncate: bool = False
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
     normalize: bool = True
@@ -97,11 +109,13 @@ class EmbedRequest(TeiInputs):
 
 
 class EmbedAllRequest(TeiInputs):
+    """TEI POST /embed_all: the last hidden states of each input."""
     truncate: bool = False
     truncation_direction: Literal["Left", "Right", "left", "right"] = "Right"
 
 
 class RerankRequest(_Lenient):
+    """TEI POST /rerank: query, texts, truncate, raw_scores (logits, not sigmoid), return_text."""
     query: str
     texts: list[str]
     truncate: bool = False
@@ -111,10 +125,12 @@ class RerankRequest(_Lenient):
 
 
 class TokenizeRequest(TeiInputs):
+    """TEI POST /tokenize: add_special_tokens."""
     add_special_tokens: bool = True
 
 
 class DecodeRequest(_Lenient):
+    """TEI POST /decode: ids (one list or several), skip_special_tokens."""
     ids: Union[TokenIds, list[TokenIds]]
     skip_special_tokens: bool = True
 
