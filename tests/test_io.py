@@ -3,11 +3,12 @@ atomic_output never leaves a half-written file or a temporary one, Progress prin
 once per interval and its last line once."""
 import io
 import os
+import pathlib
 
 import numpy as np
 import pytest
 
-from transformer._io import Progress, atomic_output, read_json
+from transformer._io import Progress, atomic_output, atomic_path, read_json
 
 
 def test_read_json_errors_name_the_file(tmp_path):
@@ -26,6 +27,30 @@ def test_read_json_errors_name_the_file(tmp_path):
     assert read_json(tmp_path / "list.json", "JSON list", list) == [1, 2]
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "missing.json")
+
+
+def test_atomic_path_renames_a_whole_file_or_folder_or_nothing(tmp_path):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "old.bin").write_bytes(b"previous")
+    (tmp_path / "model.tmp").mkdir()                    # left by a run cut short
+    with pytest.raises(RuntimeError):
+        with atomic_path(out) as tmp:
+            os.mkdir(tmp)
+            pathlib.Path(tmp, "half.bin").write_bytes(b"half")
+            raise RuntimeError("interrupted mid-conversion")
+    assert os.listdir(tmp_path) == ["model"] and os.listdir(out) == ["old.bin"]
+    with atomic_path(out) as tmp:                       # a folder replaces the folder whole
+        os.mkdir(tmp)
+        pathlib.Path(tmp, "new.bin").write_bytes(b"new")
+    assert os.listdir(tmp_path) == ["model"] and os.listdir(out) == ["new.bin"]
+    with atomic_path(tmp_path / "file.onnx") as tmp:    # a file
+        pathlib.Path(tmp).write_text("graph")
+    assert sorted(os.listdir(tmp_path)) == ["file.onnx", "model"]
+    with pytest.raises(FileNotFoundError):              # the writer wrote nothing
+        with atomic_path(tmp_path / "nothing"):
+            pass
+    assert sorted(os.listdir(tmp_path)) == ["file.onnx", "model"]
 
 
 def test_atomic_output_writes_whole_or_not_at_all(tmp_path, monkeypatch):

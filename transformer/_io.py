@@ -1,13 +1,17 @@
 """Files and the terminal, once for the whole package: reading a JSON file with errors that name
 it (read_json), writing an output file that is never left half written (atomic_output), and
-progress lines on stderr (Progress). Only the standard library is imported here."""
+progress lines on stderr (Progress); atomic_path for a writer that takes a path (a
+converter writing a folder, a library writing a file). Only the standard library is imported
+here."""
+import contextlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
 
-__all__ = ["read_json", "atomic_output", "check_output", "Progress"]
+__all__ = ["read_json", "atomic_output", "atomic_path", "check_output", "Progress"]
 
 
 def read_json(path, what="JSON object", kind=dict):
@@ -91,6 +95,37 @@ class atomic_output:
             if os.path.exists(self.tmp):
                 os.unlink(self.tmp)
         return False
+
+
+def _remove(path):
+    """Remove the file or folder at path, if any."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Context manager for a writer that takes a path: yields a temporary name beside `path`
+    (PATH.tmp; what a cut-short run left there is removed first) for it to write a file or a
+    folder at; when the `with` block completes that is renamed onto `path` (a folder at `path`
+    is replaced whole); on any exception it is removed and `path` is left as it was.
+
+        with atomic_path("model.onnx") as tmp:
+            torch.onnx.export(model, args, tmp)
+
+    Raises what writing or renaming raises (OSError)."""
+    path = os.fspath(path)
+    tmp = path + ".tmp"
+    _remove(tmp)
+    try:
+        yield tmp
+        if os.path.isdir(tmp):
+            _remove(path)
+        os.replace(tmp, path)
+    finally:
+        _remove(tmp)
 
 
 class Progress:

@@ -70,9 +70,26 @@ def blas():
         return []
 
 
+def llc_bytes():
+    """Size of the largest CPU cache in bytes (Linux sysfs, cpu0), or None when unknown."""
+    import glob
+    sizes = []
+    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
+        try:
+            with open(path) as f:
+                text = f.read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
+        digits = text.rstrip("KMGkmg")
+        if digits.isdigit():
+            sizes.append(int(digits) * mult)
+    return max(sizes) if sizes else None
+
+
 def describe(threads=None):
     """The machine as a dict: "cpu" (model name), "simd" (level), "flags" (the SIMD flags
-    among sse4_2, avx, avx2, fma, f16c, avx512*, amx*), "cores", "threads" (resolved:
+    among sse4_2, avx, avx2, fma, f16c, avx512*, amx*), "llc_bytes" (llc_bytes), "cores", "threads" (resolved:
     transformer._threads.resolve_threads(threads)), "blas" (list of str), "memory"
     ({"total_gib", "available_gib"}), "platform", "machine", "python", "omp_num_threads".
     Raises ValueError for a bad `threads` (see resolve_threads)."""
@@ -81,7 +98,8 @@ def describe(threads=None):
     simd = sorted(f for f in flags if f in ("sse4_2", "avx", "avx2", "fma", "f16c")
                   or f.startswith(("avx512", "amx")))
     return {"cpu": _cpuinfo("model name") or platform.processor() or "unknown CPU",
-            "simd": simd_level(flags), "flags": simd, "cores": available_cores(),
+            "simd": simd_level(flags), "flags": simd, "llc_bytes": llc_bytes(),
+            "cores": available_cores(),
             "threads": resolve_threads(threads), "blas": blas(), "memory": memory(),
             "platform": platform.platform(), "machine": platform.machine(),
             "python": platform.python_version(),

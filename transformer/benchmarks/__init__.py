@@ -232,11 +232,9 @@ def run(cfg, command="transformer bench"):
         log(f"note: OMP_NUM_THREADS was {prev}; set to {cfg.threads} for this run")
     # Every engine's process (torch's OpenMP, ORT, CTranslate2) reads it when it starts.
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-    options = {"suites": cfg.suites, "device": cfg.device, "threads": cfg.threads,
-               "quick": cfg.quick, "sizes": cfg.sizes, "rounds": cfg.rounds, "peers": cfg.peers,
-               "output": os.path.abspath(cfg.output), "workdir": os.path.abspath(cfg.workdir),
-               "pause": cfg.pause, "seed": cfg.seed, "dtype": cfg.dtype,
-               "protocol": "each engine in a fresh process of its own per round"}
+    options = dict(dataclasses.asdict(cfg), quick=cfg.quick, output=os.path.abspath(cfg.output),
+                   workdir=os.path.abspath(cfg.workdir),
+                   protocol="each engine in a fresh process of its own per round")
     results = report.new_results(command, options, limits.machine_info(cfg.threads))
     if hasattr(os, "getloadavg"):
         results["machine"]["load_before"] = os.getloadavg()[0]

@@ -230,15 +230,13 @@ class Isolated:
 
     def imported(self):
         """The modules a fresh process of this engine has imported once loaded (sys.modules)."""
-        with Worker() as w:
-            w.request("new", make, (self.engine, self.setup))
-            return w.request("modules")
+        return self.once(None)
 
     def once(self, method, *args):
-        """engine.method(*args) in a fresh process of its own."""
+        """engine.method(*args) in a fresh process of its own (method None: its sys.modules)."""
         with Worker() as w:
             w.request("new", make, (self.engine, self.setup))
-            return w.request("call", method, args)
+            return w.request("call", method, args) if method else w.request("modules")
 
     def call(self, method, *args):
         """engine.method(*args) in the kept process."""

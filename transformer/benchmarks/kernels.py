@@ -13,7 +13,8 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from . import harness, stats
-from .limits import DeviceProbe, LimitProbe, limits_summary, llc_bytes
+from ..machine import llc_bytes
+from .limits import DeviceProbe, LimitProbe, limits_summary
 from .engines import ACTIVATIONS, Setup, load_engines
 from .process import run_in_process
 from .stats import log
@@ -197,11 +198,6 @@ def compare(out, expected, case):
 # The suite
 # ---------------------------------------------------------------------------------------------
 
-def footprint_key(nbytes):
-    """The limits key of the copy bandwidth on a footprint of nbytes."""
-    return f"copy_at_{int(nbytes)}"
-
-
 def footprint_text(nbytes, llc):
     """"256 KiB, in cache" / "48 MiB, beyond the last-level cache" (llc: bytes or None)."""
     size = f"{nbytes / 2**20:.3g} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.3g} KiB"
@@ -218,7 +214,7 @@ def _figures(case, seconds, limits, llc=None, gpu=False):
     if case.limit == "copy" and case.nbytes:
         gbs = case.nbytes / seconds / 1e9
         figs.append({"value": gbs, "unit": "GB/s"})
-        copy = limits.get(footprint_key(case.nbytes))
+        copy = limits.get(f"copy_at_{int(case.nbytes)}")       # LimitProbe's, DeviceProbe's
         if copy:
             frac = gbs / copy
             limit = f"{'device ' if gpu else ''}copy {copy:.1f} GB/s on " \

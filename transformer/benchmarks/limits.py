@@ -10,6 +10,7 @@ threadpoolctl are imported here. GB = 1e9 bytes, GFLOP = 1e9 floating-point oper
 multiply-add counts 2), GOP = 1e9 integer operations (likewise).
 """
 import statistics
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -38,14 +39,8 @@ class GemmProbe:
         self.threads, self.reps, self.min_seconds = threads, reps, min_seconds
         self.shapes, self.ops = [tuple(s) for s in shapes], None
         self.flops = sum(2.0 * M * K * N for M, K, N in self.shapes)
-        runs = []                                   # consecutive equal shapes: [shape, count]
-        for shape in self.shapes:
-            if runs and runs[-1][0] == shape:
-                runs[-1][1] += 1
-            else:
-                runs.append([shape, 1])
         self.shape_text = " + ".join(("" if n == 1 else f"{n}x ") + f"({M}x{K})@({K}x{N})"
-                                     for (M, K, N), n in runs)
+                                     for (M, K, N), n in Counter(self.shapes).items())
 
     def _passes(self):
         import scipy.linalg.blas
@@ -58,16 +53,6 @@ class GemmProbe:
             ops["numpy"].append(lambda a=a, b=b, c=c: np.matmul(a, b, out=c))
             ops["scipy"].append(lambda a=af, b=bf: scipy.linalg.blas.sgemm(1.0, a, b))
         return {k: (lambda fns=fns: [f() for f in fns]) for k, fns in ops.items()}
-
-    @staticmethod
-    def roofline(probes):
-        """From the rounds' measure() results: ({"numpy", "scipy"} median GFLOP/s, the faster
-        one's name, its GFLOP/s); ({}, None, None) for no rounds."""
-        if not probes:
-            return {}, None, None
-        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
-        source = max(sgemm, key=sgemm.get)
-        return sgemm, source, sgemm[source]
 
     def measure(self):
         """GFLOP/s of the whole mix through NumPy's matmul and SciPy's sgemm."""
@@ -297,23 +282,6 @@ def int8_kernel():
     return prepare
 
 
-def llc_bytes():
-    """Size of the largest CPU cache in bytes (Linux sysfs, cpu0), or None when unknown."""
-    import glob
-    sizes = []
-    for path in glob.glob("/sys/devices/system/cpu/cpu0/cache/index*/size"):
-        try:
-            with open(path) as f:
-                text = f.read().strip()
-        except OSError:
-            continue
-        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:].upper(), 1)
-        digits = text.rstrip("KMGkmg")
-        if digits.isdigit():
-            sizes.append(int(digits) * mult)
-    return max(sizes) if sizes else None
-
-
 class DenseLimit:
     """The limit of a model's dense (matmul) work at a compute type, measured once per round:
     float32 and bfloat16: GemmProbe on the model's own shapes (sgemm GFLOP/s; bfloat16 is held
@@ -354,7 +322,9 @@ class DenseLimit:
             out.update(value=v, label=f"int8 {v:.0f} GOP/s", text=f"int8 {v:.1f} GOP/s ({text})",
                        source=text.split("through ")[-1])
             return out
-        sgemm, source, v = self.probe.roofline(probes)
+        sgemm = {k: statistics.median(p[k] for p in probes) for k in ("numpy", "scipy")}
+        source = max(sgemm, key=sgemm.get)
+        v = sgemm[source]
         threads = plural(self.probe.threads, "thread")
         out.update(value=v, label=f"sgemm {v:.0f} GFLOP/s", source=source, sgemm=sgemm,
                    shapes=self.probe.shape_text,

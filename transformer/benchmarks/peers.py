@@ -7,11 +7,11 @@ needs it; conversions run in a preparation process (engines.Engine.prepare_files
 import hashlib
 import json
 import os
-import shutil
 import warnings
 
-
+from .._io import atomic_path
 from .stats import log
+
 
 def load_torch(threads):
     """torch and transformers ready for a timed peer: transformers' warnings off, torch pinned
@@ -54,11 +54,8 @@ def cached_model(workdir, name, expected, make, tag="bench"):
         log(f"cached model {path} has another configuration; making it again", tag)
     log(f"making the random model {name} (once; cached in {path})", tag)
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    note = run_in_process(make, tmp, expected)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        note = run_in_process(make, tmp, expected)
     return path, f"made {path}: {note}"
 
 
@@ -80,13 +77,9 @@ def ct2_convert(model_dir, out_dir, notes, tag="bench", tokenizer=None):
             return tokenizer
 
     log("converting the model with CTranslate2's TransformersConverter (once; cached)", tag)
-    tmp = out_dir + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(out_dir) as tmp:
         warnings.simplefilter("ignore")
         Converter(model_dir).convert(tmp, force=True)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
     notes.append("converted with ctranslate2.converters.TransformersConverter (no quantization"
                  + ("" if tokenizer is None else "; stand-in tokenizer for the vocabulary")
                  + ")")
@@ -105,66 +98,41 @@ def model_inputs(model):
 
 
 def export_onnx(model_dir, path):
-    """Export the HF model's last_hidden_state to ONNX at `path` (dynamic batch and sequence
-    axes; inputs: those of input_ids, attention_mask, token_type_ids that the model takes,
-    model_inputs). Tries the legacy TorchScript exporter (dynamo=False) first, then the
-    torch.export-based one. Returns a note saying which worked; raises RuntimeError with both
-    errors when neither does."""
+    """Export the HF model's last_hidden_state to ONNX at `path` with torch.onnx.export's
+    TorchScript exporter (dynamo=False; torch 2.13, the bench extra's pin, has it), opset 17,
+    dynamic batch and sequence axes; inputs: those of input_ids, attention_mask, token_type_ids
+    that the model takes (model_inputs). Written to a temporary file, then renamed. Returns a
+    note; raises RuntimeError for a model without input_ids and attention_mask first."""
     import torch
     import transformers
 
     model = transformers.AutoModel.from_pretrained(model_dir, attn_implementation="eager").eval()
     names = model_inputs(model)
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise RuntimeError(f"ONNX export: the model takes {names} of {list(ENCODER_INPUTS)}")
 
     class LastHidden(torch.nn.Module):
-        """Wrapper returning only last_hidden_state, with positional inputs for the exporter."""
+        """The model with positional inputs (`names`), returning only last_hidden_state."""
 
-        def __init__(self, model):
+        def __init__(self):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                              token_type_ids=token_type_ids).last_hidden_state
+        def forward(self, *inputs):
+            return self.model(**dict(zip(names, inputs))).last_hidden_state
 
-    class LastHiddenNoTypes(LastHidden):
-        """The same for a model without token types (MPNet)."""
-
-        def forward(self, input_ids, attention_mask):
-            return self.model(input_ids=input_ids,
-                              attention_mask=attention_mask).last_hidden_state
-
-    if names[:2] != ["input_ids", "attention_mask"]:
-        raise RuntimeError(f"ONNX export: the model takes {names} of {list(ENCODER_INPUTS)}")
-    wrapper = (LastHidden if "token_type_ids" in names else LastHiddenNoTypes)(model)
     # A padded example, so that no "mask is all ones" shortcut is traced into the graph.
     ids = torch.tensor([[101, 7592, 2088, 102, 0, 0], [101, 2023, 2003, 1037, 3231, 102]])
-    mask = (ids != 0).long()
-    example = tuple({"input_ids": ids, "attention_mask": mask,
-                     "token_type_ids": torch.zeros_like(ids)}[n] for n in names)
+    example = {"input_ids": ids, "attention_mask": (ids != 0).long(),
+               "token_type_ids": torch.zeros_like(ids)}
     axes = {0: "batch", 1: "sequence"}
-    tmp = path + ".tmp"
-    errors = []
-    for dynamo in (False, True):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                kw = dict(input_names=names, output_names=["last_hidden_state"],
-                          opset_version=17, dynamo=dynamo)
-                if dynamo:
-                    kw["dynamic_shapes"] = ({0: torch.export.Dim("batch"),
-                                             1: torch.export.Dim("sequence")},) * len(names)
-                else:
-                    kw["dynamic_axes"] = {n: axes for n in names + ["last_hidden_state"]}
-                with torch.no_grad():
-                    torch.onnx.export(wrapper, example, tmp, **kw)
-            os.replace(tmp, path)
-            which = "legacy TorchScript exporter (dynamo=False)" if not dynamo else \
-                "torch.export-based exporter (dynamo=True)"
-            return f"exported with torch.onnx.export, {which}, opset 17"
-        except Exception as e:  # noqa: BLE001 - try the other exporter, report both on failure
-            errors.append(f"dynamo={dynamo}: {type(e).__name__}: {e}")
-    raise RuntimeError("ONNX export failed: " + " | ".join(errors))
+    with warnings.catch_warnings(), torch.no_grad(), atomic_path(path) as tmp:
+        warnings.simplefilter("ignore")
+        torch.onnx.export(LastHidden(), tuple(example[n] for n in names), tmp,
+                          input_names=names, output_names=["last_hidden_state"],
+                          opset_version=17, dynamo=False,
+                          dynamic_axes={n: axes for n in names + ["last_hidden_state"]})
+    return "exported with torch.onnx.export, TorchScript exporter (dynamo=False), opset 17"
 
 
 def cache_dir(workdir, model_dir):
@@ -202,10 +170,9 @@ def onnx_model(model_dir, cache, dtype, notes, tag="bench"):
         return qpath
     from onnxruntime.quantization import QuantType, quantize_dynamic
     log("quantizing the ONNX model to int8 (once; cached)", tag)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), atomic_path(qpath) as tmp:
         warnings.simplefilter("ignore")
-        quantize_dynamic(path, qpath + ".tmp", weight_type=QuantType.QInt8)
-    os.replace(qpath + ".tmp", qpath)
+        quantize_dynamic(path, tmp, weight_type=QuantType.QInt8)
     notes.append("int8: onnxruntime.quantization.quantize_dynamic(weight_type=QInt8) on the "
                  "exported float32 graph")
     return qpath

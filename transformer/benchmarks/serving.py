@@ -165,6 +165,19 @@ def open_loop(serve, requests):
     return records, time.perf_counter() - t0
 
 
+def run_loads(serve, loads, unit):
+    """Each load of make_loads through serve (closed_loop, or open_loop for "clients": 0):
+    [summarize_load + "label" + "tokens" (each request's, None where it failed)]."""
+    out = []
+    for load in loads:
+        records, wall = closed_loop(serve, load["requests"], load["clients"]) \
+            if load["clients"] else open_loop(serve, load["requests"])
+        out.append(dict(summarize_load(records, wall, unit), label=load["label"],
+                        tokens=[None if r is None or "error" in r else r["tokens"]
+                                for r in records]))
+    return out
+
+
 def _pct(x, q):
     return float(np.percentile(x, q)) if len(x) else None
 
@@ -345,14 +358,7 @@ def serve_engine(name, setup, family, loads, static_steps=0):
                                                                            4)),))
     warm.start()
     warm.join()
-    out = []
-    for load in loads:
-        reqs = load["requests"]
-        records, wall = closed_loop(client.serve, reqs, load["clients"]) if load["clients"] \
-            else open_loop(client.serve, reqs)
-        out.append(dict(summarize_load(records, wall, client.unit), label=load["label"],
-                        tokens=[None if r is None or "error" in r else r["tokens"]
-                                for r in records]))
+    out = run_loads(client.serve, loads, client.unit)
     step = None
     target = next((ld for ld in loads if ld["label"] == TARGET_LOAD), None)
     if name == ENGINE and family == "gpt2" and static_steps and target:
@@ -586,6 +592,7 @@ def _served_dir(setup):
     if not os.path.exists(os.path.join(path, "tokenizer.json")):
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers
         from .peers import gguf_vocabulary
+        from .._io import atomic_path
         os.makedirs(path, exist_ok=True)
         for f in os.listdir(setup.model_dir):
             if not os.path.exists(os.path.join(path, f)):
@@ -597,8 +604,8 @@ def _served_dir(setup):
         tok = Tokenizer(models.BPE(vocab, []))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        tok.save(os.path.join(path, "tokenizer.json.tmp"))
-        os.replace(os.path.join(path, "tokenizer.json.tmp"), os.path.join(path, "tokenizer.json"))
+        with atomic_path(os.path.join(path, "tokenizer.json")) as tmp:
+            tok.save(tmp)
     return path
 
 
@@ -699,12 +706,7 @@ def serve_http(name, setup, family, loads, ready_s=600):
         serve = lambda req: http_request(client, family, model, req)  # noqa: E731
         first = loads[0]["requests"][0]
         serve(dict(first, new=min(first.get("new", 1), 4)))
-        out = []
-        for load in loads:
-            records, wall = closed_loop(serve, load["requests"], load["clients"]) \
-                if load["clients"] else open_loop(serve, load["requests"])
-            out.append(dict(summarize_load(records, wall, "sentences/s" if family == "minilm"
-                                           else "new tokens/s"), label=load["label"], tokens=[]))
+        out = run_loads(serve, loads, "sentences/s" if family == "minilm" else "new tokens/s")
         client.close()
     finally:
         proc.terminate()

@@ -1,5 +1,5 @@
 """Statistics and timing of the benchmark suite: progress lines, the summary of timing samples
-(median, min, max, quartiles), ratios and growth exponents, calibrated samples, and who else
+(median, min, max, quartiles), calibrated samples, and who else
 used the CPUs while timing (other processes, hypervisor steal).
 
 Only NumPy is imported here. Conventions: times are seconds (float); rates are per second.
@@ -46,14 +46,6 @@ def summarize(samples):
     return {"median": med, "min": min(x), "max": max(x), "mean": statistics.fmean(x),
             "q1": q1, "q3": q3, "iqr": q3 - q1,
             "spread": (max(x) - min(x)) / med if med > 0 else 0.0, "n": len(x), "all": x}
-
-
-def ratio(ours_seconds, their_seconds):
-    """Throughput of ours over theirs for the same work: their_seconds / ours_seconds (> 1: ours is
-    faster). None when either is missing or zero."""
-    if not ours_seconds or not their_seconds:
-        return None
-    return their_seconds / ours_seconds
 
 
 # ---------------------------------------------------------------------------------------------

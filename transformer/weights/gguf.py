@@ -25,9 +25,11 @@ Nothing here parses GGUF bytes by hand.
   share.
 """
 import os
+import pathlib
 
 import numpy as np
 
+from .._io import atomic_path
 from .lazy import Lazy
 from .mapping import WeightsError
 
@@ -252,7 +254,7 @@ def write_gguf(path, arch, config, state, qtype="F32", tokens=None, scores=None,
         raise ValueError(f"qtype must be F32, F16, BF16, Q8_0 or Q4_0, got {qtype!r}")
     file_type = {"F32": "ALL_F32", "F16": "MOSTLY_F16", "BF16": "MOSTLY_BF16",
                  "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}[qtype]
-    w = gguf.GGUFWriter(path + ".tmp", arch)
+    w = gguf.GGUFWriter(None, arch)        # the file: write_header_to_file's, atomic_path's
     w.add_name(name)
     if arch == "gpt2":
         C, H, L = config["n_embd"], config["n_head"], config["n_layer"]
@@ -301,12 +303,8 @@ def write_gguf(path, arch, config, state, qtype="F32", tokens=None, scores=None,
             w.add_tensor(gname, gguf.quants.quantize(a, q), raw_dtype=q)
         else:
             w.add_tensor(gname, a)
-    try:
-        w.write_header_to_file()
+    with atomic_path(path) as tmp:
+        w.write_header_to_file(pathlib.Path(tmp))
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(path + ".tmp", path)
-    finally:
-        if os.path.exists(path + ".tmp"):
-            os.remove(path + ".tmp")
