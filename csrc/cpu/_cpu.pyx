@@ -32,9 +32,12 @@ ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
 cdef enum:
     BQ = 64
     BK = 64
-    # linear: up to SMALL_N rows go through tf_gemm_small (one pass over the weights) in blocks
-    # of SMALL_BLOCK output features; more rows go through sgemm
+    # linear: up to SMALL_ROWS rows go through tf_gemm_small in blocks of SMALL_BLOCK output
+    # features, SMALL_N rows at a time (each block's weights stay in cache); more rows go
+    # through sgemm. Zen 4, 2 threads, K 384-1536: tf_gemm_small 105-175 GFLOP/s at 17-64 rows
+    # where sgemm, which packs the weights on every call, gets 65-135 (even at 128 rows).
     SMALL_N = 16
+    SMALL_ROWS = 64
     SMALL_BLOCK = 64
 
 
@@ -117,12 +120,12 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
            const float[::1] bias,            # IN  (O) or None
            float[:, ::1] out,                # OUT (N, O)
            str activation, int n_threads, bint row_invariant=False):
-    """out = act(x @ weight^T + bias). Up to SMALL_N rows (decode steps): blocks of output features
-    across threads through tf_gemm_small, one pass over the weights. row_invariant: every row
-    count takes that path, SMALL_N rows at a time inside each block of outputs (whose weights
-    stay in cache), so each output row is the same bits whatever the other rows (tf_gemm_small
-    sums each dot product in one order, whatever N and the row's place: batch invariance for
-    the serving engine). More rows: each thread runs
+    """out = act(x @ weight^T + bias). Up to SMALL_ROWS rows (decode steps, short sentences):
+    blocks of output features across threads through tf_gemm_small, SMALL_N rows at a time
+    inside each block of outputs (whose weights stay in cache). row_invariant: every row
+    count takes that path, so each output row is the same bits whatever the other rows
+    (tf_gemm_small sums each dot product in one order, whatever N and the row's place: batch
+    invariance for the serving engine). More rows: each thread runs
     one single-threaded sgemm on its share of output columns, so each packs only its part of the
     weights (decode steps of many beams, N < O: the LM head runs 1.35x faster than split by rows),
     or on its share of rows when there are at least as many rows as output features. Bias and
@@ -135,7 +138,7 @@ def linear(const float[:, ::1] x,            # IN  (N, K)
     cdef int chunk, r0, r1, c0, c1, r, step
     if N == 0 or O == 0:
         return
-    if N <= SMALL_N or row_invariant:
+    if N <= SMALL_ROWS or row_invariant:
         with nogil:
             for chunk in prange((O + SMALL_BLOCK - 1) // SMALL_BLOCK, schedule="dynamic",
                                 num_threads=n_threads):
