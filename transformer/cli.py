@@ -358,11 +358,11 @@ def cmd_info(args):
 
 
 def _compute_types():
-    """CPU compute types: float32 always; int8 and bfloat16 with the kernel variant in use and
-    the instructions it computes with (transformer.dtypes.INSTRUCTIONS)."""
+    """CPU compute types, each with the kernel variant in use and the instructions it computes
+    with (transformer.dtypes.INSTRUCTIONS)."""
     from .dtypes import INSTRUCTIONS
     from .ops import packed
-    parts = ["float32 (BLAS sgemm)"]
+    parts = []
     for dtype in packed.DTYPES:
         v = packed.VARIANT[dtype]
         parts.append(f"{dtype} ({v} kernel: {INSTRUCTIONS[dtype][v]})")

@@ -7,13 +7,15 @@ benchmarks read this table; a new compute type is added here first (docs/ARCHITE
 DTYPES = {"cpu": ("float32", "int8", "int4", "bfloat16"),
           "cuda": ("float32", "float16", "bfloat16")}
 
-# CPU dtypes whose matrix-product weights are packed (PackedWeight) and run by our own kernels;
-# float32 products go through BLAS sgemm (or the skinny decode kernel)
-PACKED = ("int8", "int4", "bfloat16")
+# CPU dtypes whose matrix-product weights are packed (PackedWeight) and run by our own kernels:
+# every CPU compute type (float32 too: its panels need no per-call packing, where sgemm packs the
+# weights on every call)
+PACKED = ("float32", "int8", "int4", "bfloat16")
 
 # the CPU products' kernel variants (csrc/cpu/gemm.c), slowest first, and their instructions
 VARIANTS = ("portable", "avx2", "avx512")
 INSTRUCTIONS = {
+    "float32": {"avx512": "AVX-512F FMA", "avx2": "AVX2 FMA", "portable": "portable C"},
     "int8": {"avx512": "AVX-512 VNNI vpdpbusd",
              "avx2": "AVX2 vpmaddubsw + vpmaddwd (exact int16 pairs)",
              "portable": "portable C"},

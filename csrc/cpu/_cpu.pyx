@@ -20,10 +20,11 @@ from kernels cimport (TF_ACT_NONE, TF_ACT_RELU, TF_ACT_GELU, TF_ACT_GELU_TANH, T
                       tf_decode_attention_combine, tf_beam_topk_row, tf_topk_merge,
                       tf_pos_bias, tf_position_bias_tile)
 from gemm cimport (TF_GEMM_PORTABLE, TF_GEMM_AVX2, TF_GEMM_AVX512, TF_INT8, TF_BF16, TF_INT4,
-                   tf_gemm_best_variant, tf_pack_int8, tf_pack_bf16, tf_unpack_row_int8,
-                   tf_unpack_row_bf16, tf_unpack_row_int4, tf_group_sums_int8,
-                   tf_quantize_row_int8, tf_round_row_bf16, tf_gemm_int8_raw, tf_gemm_int8,
-                   tf_gemm_bf16, tf_gemm_int4_raw, tf_gemm_int4)
+                   TF_F32, tf_gemm_best_variant, tf_pack_int8, tf_pack_bf16, tf_pack_f32,
+                   tf_unpack_row_int8, tf_unpack_row_bf16, tf_unpack_row_int4,
+                   tf_unpack_row_f32, tf_group_sums_int8, tf_quantize_row_int8,
+                   tf_round_row_bf16, tf_gemm_int8_raw, tf_gemm_int8, tf_gemm_bf16,
+                   tf_gemm_f32, tf_gemm_int4_raw, tf_gemm_int4)
 
 ACTIVATIONS = {None: TF_ACT_NONE, "relu": TF_ACT_RELU, "gelu": TF_ACT_GELU,
                "gelu_tanh": TF_ACT_GELU_TANH, "silu": TF_ACT_SILU}
@@ -586,15 +587,15 @@ def beam_topk(const float[:, ::1] logits,       # IN  (R, V), R = B * num_beams
 # ---------------------------------------------------------------------------------------------
 
 GEMM_VARIANTS = {"portable": TF_GEMM_PORTABLE, "avx2": TF_GEMM_AVX2, "avx512": TF_GEMM_AVX512}
-GEMM_KINDS = {"int8": TF_INT8, "bfloat16": TF_BF16, "int4": TF_INT4}
+GEMM_KINDS = {"int8": TF_INT8, "bfloat16": TF_BF16, "int4": TF_INT4, "float32": TF_F32}
 cdef enum:
     PANEL = 64       # outputs per work item (the packed panel)
     ROW_CHUNK = 48   # rows per work item when there are fewer panels than 2 per thread
 
 
 def best_gemm_variant(str kind):
-    """Name of the fastest variant of the `kind` ("int8" / "int4" / "bfloat16") product this CPU
-    runs."""
+    """Name of the fastest variant of the `kind` ("float32" / "int8" / "int4" / "bfloat16")
+    product this CPU runs."""
     cdef int v = tf_gemm_best_variant(GEMM_KINDS[kind])
     return {TF_GEMM_PORTABLE: "portable", TF_GEMM_AVX2: "avx2", TF_GEMM_AVX512: "avx512"}[v]
 
@@ -614,6 +615,13 @@ def pack_bf16(const uint16_t[:, ::1] w,     # IN  (O, K) bf16 bits
         tf_pack_bf16(&w[0, 0], w.shape[0], w.shape[1], &packed[0])
 
 
+def pack_f32(const float[:, ::1] w,         # IN  (O, K) float32
+             float[::1] packed):              # OUT (O64 * K) the f32 layout
+    """Pack float32 weights for tf_gemm_f32."""
+    with nogil:
+        tf_pack_f32(&w[0, 0], w.shape[0], w.shape[1], &packed[0])
+
+
 def unpack_rows(str kind,
                 const unsigned char[::1] packed,   # IN  the packed bytes of an (O, K) matrix
                 const float[::1] inv_scale,        # IN  (O64) 1 / row scale (int8) or None
@@ -631,6 +639,8 @@ def unpack_rows(str kind,
                                    inv_scale[rows[i]], &out[i, 0])
             elif k == TF_INT4:
                 tf_unpack_row_int4(&packed[0], K, <int>rows[i], &out[i, 0])
+            elif k == TF_F32:
+                tf_unpack_row_f32(<const float *>&packed[0], K, <int>rows[i], &out[i, 0])
             else:
                 tf_unpack_row_bf16(<const uint16_t *>&packed[0], K, <int>rows[i], &out[i, 0])
 
@@ -681,7 +691,7 @@ def gemm_int4_raw(str variant,
 
 def linear_packed(str kind, str variant,
                   const float[:, ::1] x,            # IN  (M, K) float32
-                  const unsigned char[::1] packed,  # IN  packed (O, K) weights, int8 or bf16
+                  const unsigned char[::1] packed,  # IN  packed (O, K) weights
                   const float[::1] inv_scale,       # IN  (O64) 1 / weight row scale, int8 only
                   const int32_t[::1] comp,          # IN  (O64) int8 only (int4: scales and
                                                     #     minimums are in the packed records)
@@ -690,7 +700,7 @@ def linear_packed(str kind, str variant,
                   str activation, int n_threads):
     """out = act(x @ w^T + bias) through the packed kernels: each row of x is first quantized
     (int8, int4: per-row scale; int4 also the per-group sums of the quantized row) or rounded to
-    bf16, in parallel; then work items of one 64-output
+    bf16, in parallel (float32: x as it is); then work items of one 64-output
     panel (x all rows when M <= 16: a decode step streams each weight once for every row; else
     blocks of rows when there are too few panels for the threads) run the register-tiled
     product with dequantization and bias fused, and the activation on the block while it is in
@@ -701,7 +711,7 @@ def linear_packed(str kind, str variant,
     cdef int v = GEMM_VARIANTS[variant]
     cdef int act = ACTIVATIONS[activation]
     cdef int Kp = (K + 3) // 4 * 4 if k == TF_INT8 else (
-        (K + 31) // 32 * 32 if k == TF_INT4 else (K + 1) // 2 * 2)
+        (K + 31) // 32 * 32 if k == TF_INT4 else (K + 1) // 2 * 2 if k == TF_BF16 else K)
     cdef int G = Kp // 32 if k == TF_INT4 else 0
     cdef int n_panels = (O + PANEL - 1) // PANEL
     cdef int n_rc = 1, rows_per, item, p, rc, m0, m1, o0, n, r
@@ -712,7 +722,8 @@ def linear_packed(str kind, str variant,
         n_rc = max(1, min((M + ROW_CHUNK - 1) // ROW_CHUNK,
                           (2 * n_threads + n_panels - 1) // n_panels))
     rows_per = (M + n_rc - 1) // n_rc
-    cdef size_t x_bytes = (<size_t>M * Kp * (1 if is_int8 else 2) + 3) // 4 * 4
+    cdef size_t x_bytes = 0 if k == TF_F32 else \
+        (<size_t>M * Kp * (1 if is_int8 else 2) + 3) // 4 * 4
     cdef char *xa = <char *>malloc(x_bytes + sizeof(float) * M * (1 + G))
     if xa == NULL:
         raise MemoryError()
@@ -720,7 +731,7 @@ def linear_packed(str kind, str variant,
     cdef float *xsum = inv_sx + M                    # (M, G) int4 only
     cdef const unsigned char *pk = &packed[0]
     with nogil:
-        for r in prange(M, schedule="static", num_threads=n_threads):
+        for r in prange(M if k != TF_F32 else 0, schedule="static", num_threads=n_threads):
             if is_int8:
                 inv_sx[r] = <float>1.0 / tf_quantize_row_int8(&x[r, 0], K, Kp,
                                                        <int8_t *>xa + <size_t>r * Kp)
@@ -744,6 +755,9 @@ def linear_packed(str kind, str variant,
             elif k == TF_INT4:
                 tf_gemm_int4(v, <int8_t *>xa + <size_t>m0 * Kp, m1 - m0, G, inv_sx + m0,
                              xsum + <size_t>m0 * G, pk, b, o0, n, &out[m0, 0], O)
+            elif k == TF_F32:
+                tf_gemm_f32(v, &x[m0, 0], m1 - m0, K, <const float *>pk, b, o0, n, &out[m0, 0],
+                            O)
             else:
                 tf_gemm_bf16(v, <uint16_t *>xa + <size_t>m0 * Kp, m1 - m0, Kp,
                              <const uint16_t *>pk, b, o0, n, &out[m0, 0], O)

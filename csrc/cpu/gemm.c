@@ -1,11 +1,13 @@
-/* Packed int8, int4 and bf16 matrix products; see gemm.h for the layouts and the contract.
+/* Packed float32, int8, int4 and bf16 matrix products; see gemm.h for the layouts and the
+ * contract.
  *
  * Register tiles: AVX-512, MR rows (up to 6) x one panel of 64 outputs (4 zmm accumulators per
  * row, 24 in all): per step of k, 4 weight vectors are loaded and each row's 4 (int8) or 2
  * (bf16) values are broadcast, 4 * MR dot-product instructions.  AVX2: up to 2 (int8) or 3 (bf16)
  * rows x 16 or 32 outputs.  int4: up to 2 rows x 64 or 4 rows x 32 outputs (int32 group sums
- * and float32 totals, 8 + 8 zmm) on AVX-512, 2 rows x 16 outputs on AVX2.  The portable twin loops
- * over the same packed layout.
+ * and float32 totals, 8 + 8 zmm) on AVX-512, 2 rows x 16 outputs on AVX2.  f32: 6 rows x 64
+ * outputs (one FMA per accumulator and k) on AVX-512, 6 rows x 16 outputs on AVX2.  The portable
+ * twin loops over the same packed layout.
  */
 #include <math.h>
 #include <string.h>
@@ -18,6 +20,7 @@
 #define TGT_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define TGT_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define TGT2 __attribute__((target("avx2,fma")))
+#define TGT_F32 __attribute__((target("avx512f")))
 #define INLINE static inline __attribute__((always_inline))
 #else
 #define TF_X86 0
@@ -29,9 +32,10 @@
 int tf_gemm_best_variant(int kind) {
 #if TF_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512bw") &&
-        (kind != TF_BF16 ? __builtin_cpu_supports("avx512vnni")
-                         : __builtin_cpu_supports("avx512bf16")))
+    if (kind == TF_F32 ? __builtin_cpu_supports("avx512f")
+                       : __builtin_cpu_supports("avx512bw") &&
+                             (kind != TF_BF16 ? __builtin_cpu_supports("avx512vnni")
+                                              : __builtin_cpu_supports("avx512bf16")))
         return TF_GEMM_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return TF_GEMM_AVX2;
 #endif
@@ -64,6 +68,20 @@ void tf_pack_bf16(const uint16_t *w, int O, int K, uint16_t *packed) {
         uint16_t *dst = packed + (size_t)(o / 16) * K2 * 16 + (o % 16) * 2;
         for (int k = 0; k < K; k++) dst[(size_t)(k / 2) * 32 + k % 2] = w[(size_t)o * K + k];
     }
+}
+
+void tf_pack_f32(const float *w, int O, int K, float *packed) {
+    const int O64 = (O + PANEL - 1) / PANEL * PANEL;
+    memset(packed, 0, (size_t)O64 * K * sizeof(float));
+    for (int o = 0; o < O; o++) {
+        float *dst = packed + (size_t)(o / 16) * K * 16 + o % 16;
+        for (int k = 0; k < K; k++) dst[(size_t)k * 16] = w[(size_t)o * K + k];
+    }
+}
+
+void tf_unpack_row_f32(const float *packed, int K, int o, float *out) {
+    const float *src = packed + (size_t)(o / 16) * K * 16 + o % 16;
+    for (int k = 0; k < K; k++) out[k] = src[(size_t)k * 16];
 }
 
 void tf_unpack_row_int8(const int8_t *packed, int K, int o, float inv_scale, float *out) {
@@ -487,6 +505,126 @@ void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t
         else
 #endif
             bf16_panel_portable(xb + (size_t)m * K2, rows, K2, panel, tmp, PANEL);
+        for (int i = 0; i < rows; i++) {
+            float *o = out + (size_t)(m + i) * ldo + o0;
+            for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
+        }
+    }
+}
+
+
+/* ---- f32 ------------------------------------------------------------------------------------ */
+
+/* Rows of x against a panel, one row at a time over the 4 blocks of 16 outputs: each output's
+ * sum runs along k in order (the same order as the SIMD twins). */
+static void f32_panel_portable(const float *x, int M, int K, const float *panel, float *acc,
+                               long lda) {
+    const long bs = (long)K * 16;
+    for (int m = 0; m < M; m++)
+        for (int j = 0; j < 4; j++) {
+            float a[16] = {0.f};
+            const float *w = panel + j * bs;
+            for (int k = 0; k < K; k++) {
+                const float v = x[(size_t)m * K + k];
+                for (int c = 0; c < 16; c++) a[c] += v * w[(long)k * 16 + c];
+            }
+            memcpy(acc + m * lda + 16 * j, a, sizeof a);
+        }
+}
+
+#if TF_X86
+TGT_F32 INLINE void f32_tile_512(const float *x, long ldx, const float *panel, int K,
+                                 const int MR, const float *bias, int n, float *out, long ldo) {
+    const long bs = (long)K * 16;
+    __m512 acc[MR512][4];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const float *w = panel + (long)k * 16;
+        const __m512 b0 = _mm512_loadu_ps(w), b1 = _mm512_loadu_ps(w + bs),
+                     b2 = _mm512_loadu_ps(w + 2 * bs), b3 = _mm512_loadu_ps(w + 3 * bs);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m512 a = _mm512_set1_ps(x[i * ldx + k]);
+            acc[i][0] = _mm512_fmadd_ps(a, b0, acc[i][0]);
+            acc[i][1] = _mm512_fmadd_ps(a, b1, acc[i][1]);
+            acc[i][2] = _mm512_fmadd_ps(a, b2, acc[i][2]);
+            acc[i][3] = _mm512_fmadd_ps(a, b3, acc[i][3]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
+    }
+}
+
+TGT_F32 static void f32_panel_512(const float *x, int M, int K, const float *panel,
+                                  const float *bias, int n, float *out, long ldo) {
+    for (int m = 0; m < M; m += MR512) {
+        const float *xm = x + (size_t)m * K;
+        float *o = out + (size_t)m * ldo;
+        switch (M - m >= MR512 ? MR512 : M - m) {
+#define CASE(R) case R: f32_tile_512(xm, K, panel, K, R, bias, n, o, ldo); break;
+            CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
+        }
+    }
+}
+
+/* Up to 6 rows x 16 outputs (12 ymm accumulators), one block of 16 at a time. */
+TGT2 static void f32_panel_avx2(const float *x, int M, int K, const float *panel, float *acc_out,
+                                long lda) {
+    const long bs = (long)K * 16;
+    for (int m = 0; m < M; m += 6) {
+        const int rows = M - m >= 6 ? 6 : M - m;
+        for (int j = 0; j < 4; j++) {
+            __m256 a[6][2];
+            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+            const float *wb = panel + j * bs;
+            for (int k = 0; k < K; k++) {
+                const __m256 w0 = _mm256_loadu_ps(wb + (long)k * 16);
+                const __m256 w1 = _mm256_loadu_ps(wb + (long)k * 16 + 8);
+                for (int i = 0; i < rows; i++) {
+                    const __m256 v = _mm256_set1_ps(x[(size_t)(m + i) * K + k]);
+                    a[i][0] = _mm256_fmadd_ps(v, w0, a[i][0]);
+                    a[i][1] = _mm256_fmadd_ps(v, w1, a[i][1]);
+                }
+            }
+            for (int i = 0; i < rows; i++) {
+                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j, a[i][0]);
+                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j + 8, a[i][1]);
+            }
+        }
+    }
+}
+#endif
+
+void tf_gemm_f32(int variant, const float *x, int M, int K, const float *packed,
+                 const float *bias, int o0, int n, float *out, long ldo) {
+    const float *panel = packed + (size_t)o0 * K;
+#if TF_X86
+    if (variant == TF_GEMM_AVX512) {
+        f32_panel_512(x, M, K, panel, bias ? bias + o0 : NULL, n, out + o0, ldo);
+        return;
+    }
+#endif
+    float tmp[MR512 * PANEL];
+    for (int m = 0; m < M; m += MR512) {
+        const int rows = M - m >= MR512 ? MR512 : M - m;
+#if TF_X86
+        if (variant == TF_GEMM_AVX2)
+            f32_panel_avx2(x + (size_t)m * K, rows, K, panel, tmp, PANEL);
+        else
+#endif
+            f32_panel_portable(x + (size_t)m * K, rows, K, panel, tmp, PANEL);
         for (int i = 0; i < rows; i++) {
             float *o = out + (size_t)(m + i) * ldo + o0;
             for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);

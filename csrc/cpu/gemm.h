@@ -1,7 +1,10 @@
-/* Packed int8, int4 and bfloat16 matrix products of the CPU backend:
+/* Packed float32, int8, int4 and bfloat16 matrix products of the CPU backend:
  * out (M, O) = x (M, K) @ w (O, K)^T.
  *
  * The weights are packed once, at load, for the register tile of the kernels:
+ *   f32:   (O64 = O rounded up to 64, K) as [O64/16][K][16] float32: one 64-byte vector holds
+ *          one k of 16 consecutive outputs, the operand of an FMA against a broadcast x; zero
+ *          padding.
  *   int8:  (O64 = O rounded up to 64, K4 = K rounded up to 4) as [O64/16][K4/4][16][4] int8: one
  *          64-byte vector holds 4 consecutive k of 16 consecutive outputs, the operand layout of
  *          AVX-512 VNNI vpdpbusd; zero padding.
@@ -27,9 +30,10 @@
  * and int4: the codes are vpdpbusd's unsigned operand, x its signed one; BF16 for bf16), AVX2
  * (int8: vpmaddubsw on |w| and sign(w) x, exact since |x| <= 127, then vpmaddwd into int32;
  * int4: vpmaddubsw on the codes (u8) and x, int16 sums of a group, then vpmaddwd; bf16: widened
- * to float32 for FMA) and a portable C twin, the reference in tests and the fallback on any CPU.
- * All variants of a product give the same int32 accumulators (int8; int4 per group) or the same
- * float32 products summed in another order (bf16; int4's group terms).
+ * to float32 for FMA; f32: FMA on broadcast x, AVX-512F or AVX2) and a portable C twin, the
+ * reference in tests and the fallback on any CPU.  All variants of a product give the same int32
+ * accumulators (int8; int4 per group) or the same float32 products summed in another order
+ * (bf16; int4's group terms) or in the same order (f32, but for FMA's single rounding).
  */
 #ifndef TRANSFORMER_CPU_GEMM_H
 #define TRANSFORMER_CPU_GEMM_H
@@ -43,12 +47,13 @@
 #define TF_INT8 0
 #define TF_BF16 1
 #define TF_INT4 2
+#define TF_F32 3
 
 #define TF_INT4_RECORD 384 /* bytes of one int4 record: 16 outputs x 32 k, see above */
 
-/* Best variant this CPU runs for kind TF_INT8, TF_INT4 or TF_BF16 (TF_GEMM_AVX512 needs
- * AVX512BW + VNNI for the integer kinds, resp. AVX512BW + AVX512_BF16; TF_GEMM_AVX2 needs
- * AVX2 + FMA). */
+/* Best variant this CPU runs for kind TF_INT8, TF_INT4, TF_BF16 or TF_F32 (TF_GEMM_AVX512
+ * needs AVX512BW + VNNI for the integer kinds, resp. AVX512BW + AVX512_BF16, AVX512F for f32;
+ * TF_GEMM_AVX2 needs AVX2 + FMA). */
 int tf_gemm_best_variant(int kind);
 
 /* packed (O64/16 * K4/4 * 64) = w (O, K) int8 row-major in the int8 layout; comp (O64) =
@@ -58,10 +63,14 @@ void tf_pack_int8(const int8_t *w, int O, int K, int8_t *packed, int32_t *comp);
 /* packed (O64/16 * K2/2 * 32) = w (O, K) bf16 bits row-major in the bf16 layout. */
 void tf_pack_bf16(const uint16_t *w, int O, int K, uint16_t *packed);
 
+/* packed (O64/16 * K * 16) = w (O, K) float32 row-major in the f32 layout. */
+void tf_pack_f32(const float *w, int O, int K, float *packed);
+
 /* Row o of a packed matrix back in row-major order, as float32: out (K) = w[o, :] / scale
  * (int8; scale = the row's quantization scale) or the bf16 values. */
 void tf_unpack_row_int8(const int8_t *packed, int K, int o, float inv_scale, float *out);
 void tf_unpack_row_bf16(const uint16_t *packed, int K, int o, float *out);
+void tf_unpack_row_f32(const float *packed, int K, int o, float *out);
 /* out (K) = code * scale + minimum of row o of a packed int4 matrix. */
 void tf_unpack_row_int4(const uint8_t *packed, int K, int o, float *out);
 
@@ -106,5 +115,12 @@ void tf_gemm_int4(int variant, const int8_t *xq, int M, int G, const float *inv_
  * from tf_round_row_bf16. */
 void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t *packed,
                   const float *bias, int o0, int n, float *out, long ldo);
+
+/* float32 product of a tile: out[m, o] = x[m] . w[o] + bias[o] for rows [0, M) of x (M, K),
+ * row stride K, and outputs [o0, o0 + n), n <= 64, o0 a multiple of 64.  Each row is summed on
+ * its own (FMA along k, in order in the SIMD variants), so a row's result is the same bits
+ * whatever the other rows and M: batch invariance. */
+void tf_gemm_f32(int variant, const float *x, int M, int K, const float *packed,
+                 const float *bias, int o0, int n, float *out, long ldo);
 
 #endif

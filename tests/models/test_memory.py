@@ -82,7 +82,7 @@ def test_chunked_packing_equals_whole(rng):
     w[5] = 0  # a row of zeros keeps scale 1
     lazy = Lazy(w.shape, np.float32, lambda: w, read_rows=lambda a, b: w[a:b],
                 read_cols=lambda a, b: w[:, a:b])
-    for dtype in ("int8", "int4", "bfloat16"):
+    for dtype in ("float32", "int8", "int4", "bfloat16"):
         for src, ref in ((lazy, w), (lazy.T, w.T)):
             whole = PackedWeight.pack(np.ascontiguousarray(ref), dtype)
             chunked = PackedWeight._pack_rows(src, dtype, chunk_bytes=64 * 4 * 70)

@@ -1,7 +1,8 @@
-"""The packed int8 and bfloat16 products (csrc/cpu/gemm.c, transformer.ops.packed) of every
-variant this CPU runs (the portable twin always): int8 int32 accumulators bit-exact against an
-integer reference on odd shapes, the dequantized output within the quantization bound of the
-float64 product, bf16 within bf16 bounds; outputs poisoned before the kernels write them."""
+"""The packed float32, int8 and bfloat16 products (csrc/cpu/gemm.c, transformer.ops.packed) of
+every variant this CPU runs (the portable twin always): int8 int32 accumulators bit-exact against
+an integer reference on odd shapes, the dequantized output within the quantization bound of the
+float64 product, bf16 within bf16 bounds, float32 within float32 summation bounds and its
+packing lossless; outputs poisoned before the kernels write them."""
 import numpy as np
 import pytest
 
@@ -104,6 +105,27 @@ def test_bf16_linear_within_bf16_bound(rng, variant, M, K, O):
     bound = (2 * 2.0 ** -8 + K * 2.0 ** -23) * (np.abs(x64) @ np.abs(w64).T) + 1e-6
     silu_slope = 1.1  # |d silu / dz| <= 1.1
     assert np.all(np.abs(got - ref.bias_act(pre, None, "silu")) <= silu_slope * bound)
+
+
+@pytest.mark.parametrize("variant", [("float32", v) for v in variants("float32")],
+                         indirect=True)
+@pytest.mark.parametrize("M,K,O", SHAPES + [(6, 384, 1152), (64, 1536, 70)])
+def test_f32_linear_within_float32_summation_bound(rng, variant, M, K, O):
+    """float32 weights packed as they are (unpacked bit for bit), products summed in float32:
+    within K * 2^-23 * |x| |w| (+ one rounding of the bias) of the float64 product, for tile
+    edges (M not a multiple of 6, O of 64) and MiniLM's shapes."""
+    x = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((O, K)).astype(np.float32)
+    b = rng.standard_normal(O).astype(np.float32)
+    pw = PackedWeight.pack(w, "float32")
+    assert np.array_equal(np.asarray(pw), w) and pw.shape == (O, K)
+    ids = rng.integers(0, O, 5)
+    assert np.array_equal(pw.rows(ids), w[ids])
+    got = ops.linear(x, pw, b, "relu")
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    bound = (K + 2) * 2.0 ** -23 * (np.abs(x64) @ np.abs(w64).T + np.abs(b)) + 1e-30
+    assert np.all(np.abs(got - np.maximum(x64 @ w64.T + b, 0)) <= bound)
+    np.testing.assert_array_equal(np.asarray(pw.scaled(2.0)), 2 * w)  # a power of two: exact
 
 
 @pytest.mark.parametrize("dtype", packed.DTYPES)

@@ -147,11 +147,12 @@ def _activation(activation):
 def linear(x, weight, bias=None, activation=None, threads=None):
     """act(x @ weight^T + bias), the nn.Linear layout (Vaswani et al. 2017, section 3.3).
 
-    x: (..., K) float; weight: (O, K) float, or a PackedWeight (CPU int8 / bfloat16, see
-    transformer.ops.packed); bias: (O,) or None; activation: None, "relu", "gelu" (exact erf),
-    "gelu_tanh" or "silu". Returns (..., O) float32. float32: matmul through BLAS sgemm (or
-    our skinny kernel for up to 16 rows); packed: our int8 / bf16 kernels, dequantization and
-    bias fused; the activation runs on each output block while it is in cache."""
+    x: (..., K) float; weight: (O, K) float, or a PackedWeight (CPU float32 / int8 / int4 /
+    bfloat16 as a model keeps them, see transformer.ops.packed); bias: (O,) or None; activation:
+    None, "relu", "gelu" (exact erf), "gelu_tanh" or "silu". Returns (..., O) float32. A float
+    array: matmul through BLAS sgemm (or our skinny kernel for up to 64 rows); packed: our
+    kernels, dequantization and bias fused; the activation runs on each output block while it
+    is in cache."""
     x = _float32("x", x, min_ndim=1)
     packed = isinstance(weight, PackedWeight)
     if packed and on_device(x):

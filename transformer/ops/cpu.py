@@ -1,6 +1,6 @@
 """The CPU backend: float32 activations on NumPy, kernels in csrc/cpu (transformer._cpu), called
-directly from each method. int8 / int4 / bfloat16 are compute types of the matrix products only
-(weights packed as transformer.ops.packed.PackedWeight); everything else stays float32.
+directly from each method. float32 / int8 / int4 / bfloat16 are compute types of the matrix
+products (weights packed as transformer.ops.packed.PackedWeight); everything else stays float32.
 The interface and its contract (no checks): transformer.ops.backend."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from .packed import PackedWeight
 
 
 def packs(name, a):
-    """True for a weight that a CPU int8 / int4 / bfloat16 model packs: a 2-D tensor named
+    """True for a weight that a CPU model packs (every compute type): a 2-D tensor named
     "*.weight" (a linear layer, the LM head) or "*embeddings.word" (a word-embedding table,
     gathered from the packed rows; tied to the LM head it stays one array)."""
     return getattr(a, "ndim", 0) == 2 and (name.endswith(".weight")
@@ -191,10 +191,10 @@ class CPUBackend(Backend):
 
     def place_weight(self, name, a):
         """Weight `name` (host or device array, or PackedWeight) as the model keeps it: packed
-        for an int8 / int4 / bfloat16 compute type when `packs` says so (int8 quantized per row,
-        CTranslate2's int8; int4 per group of 32, transformer.ops.packed), else float32
+        for the compute type when `packs` says so (float32 as it is, int8 quantized per row,
+        CTranslate2's int8; int4 per group of 32; transformer.ops.packed), else float32
         (place)."""
-        if self.dtype != "float32" and packs(name, a):
+        if packs(name, a):
             return PackedWeight.pack(a, self.dtype)
         return self.place(a)
 

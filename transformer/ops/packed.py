@@ -1,8 +1,13 @@
-"""Weights packed for the CPU's int8, int4 and bfloat16 matrix products (csrc/cpu/gemm.c).
+"""Weights packed for the CPU's float32, int8, int4 and bfloat16 matrix products
+(csrc/cpu/gemm.c).
 
 A `PackedWeight` stands where a float32 (O, K) weight would: `ops.linear(x, packed, bias, act)`
 runs the packed product, `ops.embedding(ids, packed, ...)` gathers and dequantizes its rows (a
 word-embedding table, tied or not to the LM head). Compute types:
+- "float32": the weights as they are, in panels of 64 outputs (csrc/cpu/gemm.h, f32), float32
+  FMA. BLAS sgemm packs its operand on every call, which costs as much as the product itself for
+  the few rows of a short sentence or a decode step; packed once at load, the panels serve every
+  row count.
 - "int8", CTranslate2's int8: weights symmetric int8 with one float32 scale per output row,
   q = round(w * scale), scale = 127 / max|w[o]| (python/ctranslate2/specs/model_spec.py,
   `_quantize`); activations quantized the same way per row right before each product; int32
@@ -35,8 +40,8 @@ from ..dtypes import PACKED as DTYPES, VARIANTS as _VARIANT_ORDER
 
 
 def best_variant(dtype):
-    """"avx512" (VNNI for int8 and int4, AVX512-BF16 for bfloat16), "avx2" or "portable": the
-    fastest kernel variant of `dtype`'s product this CPU runs."""
+    """"avx512" (AVX-512F for float32, VNNI for int8 and int4, AVX512-BF16 for bfloat16), "avx2"
+    or "portable": the fastest kernel variant of `dtype`'s product this CPU runs."""
     return _cpu.best_gemm_variant(dtype)
 
 
@@ -129,12 +134,12 @@ def _int4_records(codes, scale, minimum):
 
 
 class PackedWeight:
-    """An (O, K) weight packed for the int8, int4 or bfloat16 products (layouts in
+    """An (O, K) weight packed for the float32, int8, int4 or bfloat16 products (layouts in
     csrc/cpu/gemm.h).
 
-    dtype: "int8", "int4" or "bfloat16"; shape: (O, K); data: the packed bytes (uint8, O64 * K4,
-    O64 * G * 24 (int4: codes, scales and minimums together) or O64 * K2 * 2 of them, O64 = O
-    rounded up to 64, G = ceil(K / 32)); scale: (O,) float32 row scales (int8, value = q /
+    dtype: "float32", "int8", "int4" or "bfloat16"; shape: (O, K); data: the packed bytes
+    (uint8, O64 * K * 4, O64 * K4, O64 * G * 24 (int4: codes, scales and minimums together) or
+    O64 * K2 * 2 of them, O64 = O rounded up to 64, G = ceil(K / 32)); scale: (O,) float32 row scales (int8, value = q /
     scale; None otherwise); nbytes: bytes held. Build with `PackedWeight.pack(w, dtype)` from
     float32, `PackedWeight.from_int8(q, scale)` from stored int8 rows (a CTranslate2 int8 model,
     taken as stored) or `PackedWeight.from_int4(codes, scale, minimum)` from stored 4-bit
@@ -204,8 +209,8 @@ class PackedWeight:
 
     @classmethod
     def pack(cls, w, dtype):
-        """Quantize (int8: quantize_int8, int4: quantize_int4) or round (bfloat16) a float
-        weight w (O, K) and pack it. A PackedWeight of the same dtype is returned as it is; a
+        """Quantize (int8: quantize_int8, int4: quantize_int4), round (bfloat16) or keep
+        (float32) a float weight w (O, K) and pack it. A PackedWeight of the same dtype is returned as it is; a
         weight with read_rows (a transformer.weights.Lazy tensor of a file) is read and packed in
         chunks of rows (_pack_rows). Raises ValueError for
         another dtype, a weight that is not 2-D, or (int4) not finite."""
@@ -213,8 +218,7 @@ class PackedWeight:
             if w.dtype == dtype:
                 return w
             w = np.asarray(w)
-        if getattr(w, "read_rows", None) is not None and len(w.shape) == 2 \
-                and dtype in ("int8", "int4", "bfloat16"):
+        if getattr(w, "read_rows", None) is not None and len(w.shape) == 2 and dtype in DTYPES:
             return cls._pack_rows(w, dtype)
         w = np.asarray(w, np.float32)
         if w.ndim != 2:
@@ -223,10 +227,16 @@ class PackedWeight:
             return cls.from_int8(*quantize_int8(w))
         if dtype == "int4":
             return cls.from_int4(*quantize_int4(w))
-        if dtype != "bfloat16":
+        if dtype not in ("bfloat16", "float32"):
             raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
         O, K = w.shape
-        O64, K2 = -(-O // 64) * 64, -(-K // 2) * 2
+        O64 = -(-O // 64) * 64
+        if dtype == "float32":
+            data = np.zeros(O64 * K, np.float32)
+            if O and K:
+                _cpu.pack_f32(w, data)
+            return cls("float32", (O, K), data.view(np.uint8))
+        K2 = -(-K // 2) * 2
         data = np.zeros(O64 * K2, np.uint16)
         if O and K:
             _cpu.pack_bf16(_bf16_bits(w), data)
@@ -249,6 +259,8 @@ class PackedWeight:
         elif dtype == "int4":  # records of 16 rows (_int4_records): a chunk's are contiguous
             record = -(-K // 32) * 384
             data = np.zeros(O64 // 16 * record, np.uint8)
+        elif dtype == "float32":
+            data = np.zeros(O64 * K, np.float32)
         else:
             K2 = -(-K // 2) * 2
             data = np.zeros(O64 * K2, np.uint16)
@@ -262,6 +274,8 @@ class PackedWeight:
             elif dtype == "int4":
                 data[r0 // 16 * record:(r0 + n64) // 16 * record] = \
                     _int4_records(*quantize_int4(rows))
+            elif dtype == "float32":
+                _cpu.pack_f32(rows, data[r0 * K:(r0 + n64) * K])
             else:
                 _cpu.pack_bf16(_bf16_bits(rows), data[r0 * K2:(r0 + n64) * K2])
         if dtype == "int8":
@@ -291,8 +305,8 @@ class PackedWeight:
     def scaled(self, factor):
         """The same weight times a positive float `factor`: int8 keeps its integers and divides
         the row scales (so an embedding scaled by sqrt(C) costs nothing), int4 keeps its codes
-        and multiplies the group scales and minimums; bfloat16 scales the float32 values and
-        rounds again."""
+        and multiplies the group scales and minimums; float32 and bfloat16 scale the float32
+        values (bfloat16 rounds again)."""
         if self.dtype == "int8":
             return PackedWeight("int8", self.shape, self.data,
                                 (self.scale / np.float32(factor)).astype(np.float32),
@@ -302,7 +316,7 @@ class PackedWeight:
             params = records[:, 256:].view(np.float32)  # the 16 scales and 16 minimums
             params *= np.float32(factor)
             return PackedWeight("int4", self.shape, records.ravel())
-        return PackedWeight.pack(np.asarray(self) * np.float32(factor), "bfloat16")
+        return PackedWeight.pack(np.asarray(self) * np.float32(factor), self.dtype)
 
     def int32_product(self, q, variant=None, out=None):
         """The exact int32 accumulators of int8 rows q (M, K) (zero padded to K4, int4: K32,
