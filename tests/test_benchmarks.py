@@ -6,7 +6,6 @@ int8 peers of encode built in this process through engines.make), the command li
 one smoke run of `transformer bench kernels` at the tiny size. Runs with and without the peers
 installed (each is used only when present)."""
 import dataclasses
-import io
 import json
 import math
 import os
@@ -102,10 +101,8 @@ def test_a_worker_error_comes_back_with_its_kind():
         process.run_in_process(engines.make, "nope", engines.Setup("kernels"))
     with pytest.raises(ValueError, match="not a name of this package"):
         process.run_in_process(os.path.join, "a", "b")        # nothing outside it is looked up
-    value, f = {1: (np.arange(6, dtype=np.float32).reshape(2, 3), None, "x"), "k": [2.5]}, \
-        io.BytesIO()
-    process.write_message(f, value)
-    back = process.read_message(io.BytesIO(f.getvalue()))
+    arrays, value = [], {1: (np.arange(6, dtype=np.float32).reshape(2, 3), None, "x"), "k": [2.5]}
+    back = process.decode(json.loads(json.dumps(process.encode(value, arrays))), arrays)
     assert back[1][0].dtype == np.float32 and back[1][0].tolist() == value[1][0].tolist()
     assert back[1][1:] == (None, "x") and back["k"] == [2.5]
 

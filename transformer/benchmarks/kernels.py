@@ -166,25 +166,21 @@ def reference(case):
     from ..ops import reference as ref
     i, p = case.inputs, case.params
     case._inputs = None                         # made again where the engines run
-    if case.op == "softmax":
-        return ref.softmax(i["x"])
-    if case.op == "layer_norm":
-        return ref.layer_norm(i["x"], i["w"], i["b"], p["eps"])
-    if case.op == "rms_norm":
-        return ref.rms_norm(i["x"], i["w"])
     if case.op in ACTIVATIONS:
         return ref.bias_act(i["x"], None, case.op)
-    if case.op == "linear":
-        return ref.linear(i["x"], i["w"], i["b"])
-    if case.op == "attention":
-        q, k, v = i["q"], i["k"], i["v"]
-        if case.check is not None:
-            b, h = case.check
-            q, k, v = (a[b:b + 1, h:h + 1] for a in (q, k, v))
-        return ref.attention(q, k, v, causal=p["causal"])
-    if case.op == "decode_attention":
-        return ref.decode_attention(i["q"], i["k_cache"], i["v_cache"], p["lengths"])
-    raise ValueError(f"unknown op {case.op!r}")
+    if case.op == "attention" and case.check is not None:
+        b, h = case.check
+        i = {n: i[n][b:b + 1, h:h + 1] for n in "qkv"}
+    run = {"softmax": lambda: ref.softmax(i["x"]),
+           "layer_norm": lambda: ref.layer_norm(i["x"], i["w"], i["b"], p["eps"]),
+           "rms_norm": lambda: ref.rms_norm(i["x"], i["w"]),
+           "linear": lambda: ref.linear(i["x"], i["w"], i["b"]),
+           "attention": lambda: ref.attention(i["q"], i["k"], i["v"], causal=p["causal"]),
+           "decode_attention": lambda: ref.decode_attention(i["q"], i["k_cache"], i["v_cache"],
+                                                            p["lengths"])}.get(case.op)
+    if run is None:
+        raise ValueError(f"unknown op {case.op!r}")
+    return run()
 
 
 def compare(out, expected, case):

@@ -270,15 +270,11 @@ def gguf_vocabulary(vocab_size):
     """Token strings for llama.cpp's GPT-2 BPE vocabulary of a random model: GPT-2's byte-level
     symbols for the first 256 ids (so any text llama.cpp tokenizes at load, e.g. its newline
     probe, has tokens), "<i>" for the rest, "<|endoftext|>" for the last id (bos = eos)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
-            *range(ord("\xae"), ord("\xff") + 1)]
-    symbol, extra = {}, 0
-    for b in range(256):                 # GPT-2's bytes_to_unicode
-        if b in keep:
-            symbol[b] = chr(b)
-        else:
-            symbol[b] = chr(256 + extra)
-            extra += 1
+    # GPT-2's bytes_to_unicode: printable bytes stand for themselves, the others for 256, 257, ...
+    keep = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1),
+            *range(ord("\xae"), ord("\xff") + 1)}
+    extra = iter(range(256, 512))
+    symbol = [chr(b) if b in keep else chr(next(extra)) for b in range(256)]
     tokens = [symbol[i] if i < 256 else f"<{i}>" for i in range(vocab_size - 1)]
     return tokens + ["<|endoftext|>"]
 

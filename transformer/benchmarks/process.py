@@ -12,71 +12,113 @@ A reply is ("ok", value) or ("error", kind, message, traceback); the error is ra
 the parent as the same class for ImportError, ValueError, engines.Unsupported and
 harness.NotApplicable, else as WorkerError naming the kind.
 
-A message is a pickle (the standard library's, as multiprocessing sends) behind its length.
-Both sides read it with Unpickler.find_class limited to this package's functions and classes,
-NumPy's array, dtype and scalar reconstruction and a few builtin types, so a message can name no
-other callable: a function from elsewhere is refused with ValueError ("not a name of this
-package"). A bound method travels as (object, public method name).
+Messages are JSON with the NumPy arrays sent as raw buffers after it (write_message): plain
+values, lists, tuples, dicts, arrays of non-object dtypes, and functions, classes and objects
+(their __dict__) of this package's modules only, named "module:qualname" and looked up, never
+executed from the message (decode refuses any other name).
 """
-import io
+import importlib
+import json
 import os
-import pickle
 import struct
 import subprocess
 import sys
 import traceback
 import types
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NUMPY_NAMES = {"_reconstruct", "ndarray", "dtype", "scalar", "_frombuffer"}
-BUILTIN_NAMES = {"set", "frozenset", "slice", "complex", "bytearray", "range"}
 
 
-def _method(obj, name):
-    """The bound method obj.name, as a message names it: public names only."""
-    if name.startswith("_"):
-        raise ValueError(f"refused to send the private method {name!r}")
-    return getattr(obj, name)
+def _name(obj):
+    return f"{obj.__module__}:{obj.__qualname__}"
 
 
-class _Pickler(pickle.Pickler):
-    def reducer_override(self, obj):
-        if isinstance(obj, types.MethodType):
-            return _method, (obj.__self__, obj.__func__.__name__)
-        return NotImplemented
+def _lookup(name):
+    """The function or class "module:qualname" of this package; ValueError for any other."""
+    module, _, qual = name.partition(":")
+    if not module.startswith("transformer."):
+        raise ValueError(f"refused to look up {name!r}: not a name of this package")
+    obj = importlib.import_module(module)
+    for part in qual.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
-class _Unpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        ours = (module == "transformer" or module.startswith("transformer.")) and \
-            not any(p.startswith("__") for p in name.split("."))
-        if ours or (module.split(".")[0] == "numpy" and name in NUMPY_NAMES) or \
-                (module == "builtins" and name in BUILTIN_NAMES):
-            return super().find_class(module, name)
-        raise ValueError(f"refused to look up {module}:{name}: not a name of this package")
+def encode(value, arrays):
+    """value as JSON-able data, its arrays appended to `arrays` (see the module docstring).
+    Raises TypeError for a value it cannot send."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        if value.dtype.hasobject:
+            raise TypeError("object arrays are not sent")
+        arrays.append(np.ascontiguousarray(value))
+        return {"nd": len(arrays) - 1, "dtype": value.dtype.str, "shape": list(value.shape)}
+    if isinstance(value, list):
+        return [encode(v, arrays) for v in value]
+    if isinstance(value, tuple):
+        return {"tuple": [encode(v, arrays) for v in value]}
+    if isinstance(value, dict):
+        return {"dict": [[encode(k, arrays), encode(v, arrays)] for k, v in value.items()]}
+    if isinstance(value, types.MethodType):
+        return {"method": [encode(value.__self__, arrays), value.__func__.__name__]}
+    if isinstance(value, (type, types.FunctionType)):
+        return {"fn": _name(value)}
+    if hasattr(value, "__dict__"):
+        state = value.__getstate__() if hasattr(value, "__getstate__") else value.__dict__
+        return {"obj": _name(type(value)), "state": encode(dict(state or {}), arrays)}
+    raise TypeError(f"cannot send a {type(value).__name__}")
+
+
+def decode(data, arrays):
+    """The value encode() described (arrays: the buffers that came with it, in order)."""
+    if isinstance(data, list):
+        return [decode(v, arrays) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "nd" in data:      # an array's buffer (bytes or the array itself) as described
+        return np.frombuffer(arrays[data["nd"]], np.dtype(data["dtype"])).reshape(data["shape"])
+    if "tuple" in data:
+        return tuple(decode(v, arrays) for v in data["tuple"])
+    if "dict" in data:
+        return {decode(k, arrays): decode(v, arrays) for k, v in data["dict"]}
+    if "method" in data:
+        return getattr(decode(data["method"][0], arrays), data["method"][1])
+    if "fn" in data:
+        return _lookup(data["fn"])
+    cls = _lookup(data["obj"])
+    obj = cls.__new__(cls)
+    obj.__dict__.update(decode(data["state"], arrays))
+    return obj
 
 
 def write_message(f, value):
-    """Send value on the binary stream f: its pickle's length, then the pickle."""
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=5).dump(value)
-    f.write(struct.pack("<Q", buf.tell()) + buf.getbuffer())
+    """Send value on the binary stream f: sizes, the JSON, then each array's bytes."""
+    arrays = []
+    head = json.dumps(encode(value, arrays)).encode()
+    f.write(struct.pack("<QQ", len(head), len(arrays)) + head)
+    for a in arrays:
+        f.write(struct.pack("<Q", a.nbytes))
+        f.write(a.tobytes())
     f.flush()
 
 
 def _read(f, n):
-    data = f.read(n)
+    data = f.read(n)        # a buffered pipe: all n bytes, or fewer at the end of the stream
     if len(data) < n:
         raise EOFError("the stream ended")
     return data
 
 
 def read_message(f):
-    """The value write_message sent on f (read whole before it is unpickled, so a refused
-    message leaves the stream in step); EOFError at the end of the stream, ValueError for a
-    message naming a callable from elsewhere."""
-    data = _read(f, struct.unpack("<Q", _read(f, 8))[0])
-    return _Unpickler(io.BytesIO(data)).load()
+    """The value write_message sent on f; EOFError at the end of the stream."""
+    n_head, n_arrays = struct.unpack("<QQ", _read(f, 16))
+    data = json.loads(bytes(_read(f, n_head)))
+    return decode(data, [_read(f, struct.unpack("<Q", _read(f, 8))[0]) for _ in range(n_arrays)])
 
 
 class WorkerError(RuntimeError):
@@ -170,5 +212,5 @@ def serve():
             reply = ("error", type(e).__name__, str(e), traceback.format_exc())
         try:
             write_message(channel, reply)
-        except Exception as e:  # noqa: BLE001 - a value that cannot be sent
-            write_message(channel, ("error", type(e).__name__, str(e), ""))
+        except TypeError as e:
+            write_message(channel, ("error", "TypeError", str(e), ""))

@@ -216,10 +216,6 @@ class Client:
             self.waiting, self.cond = [], threading.Condition()
             threading.Thread(target=self._dispatch, daemon=True).start()
 
-    def close(self):
-        if self.name == ENGINE:
-            self.engine.shutdown()
-
     def _record(self, times, tokens, streamed=True):
         return {"times": times, "n": len(tokens), "tokens": np.asarray(tokens, np.int64),
                 "streamed": streamed and self.family == "gpt2"}
@@ -363,7 +359,8 @@ def serve_engine(name, setup, family, loads, static_steps=0):
     target = next((ld for ld in loads if ld["label"] == TARGET_LOAD), None)
     if name == ENGINE and family == "gpt2" and static_steps and target:
         step = static_step(client.base.model, target["requests"], static_steps)
-    client.close()
+    if name == ENGINE:
+        client.engine.shutdown()
     return {"version": client.version, "loads": out, "static_step": step}
 
 

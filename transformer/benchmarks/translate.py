@@ -255,16 +255,9 @@ def run(cfg):
                    int(sum(1 for h in hyps if h and h[-1] == EOS)))
         if row["figures"]:
             row["figures"].insert(1, {"value": row["target_tokens"], "unit": "target tokens"})
+    # errors in a line each; divergences: the check cell, the log and results.json's agreement
     problems = [f"{r['engine']}: {r['note'].strip().splitlines()[0]}" for r in rows
                 if r["status"] == "error" and r["note"]]
-    for r in rows:
-        a = r["agreement"] or {}
-        if a.get("divergences"):
-            problems.append(f"{r['engine']} first divergences from the reference: " + ", ".join(
-                f"#{d['sentence']} (batch {d['batch']}) at {d['position']}: "
-                f"{d['reference_token']} vs {d['engine_token']}"
-                + ("" if "score_gap" not in d else f", gap {d['score_gap']:.1e}")
-                for d in a["divergences"][:5]) + (" ..." if len(a["divergences"]) > 5 else ""))
     summary = [
         f"CPU, {dtype}, {stats.plural(threads, 'thread')}: {len(src_lengths)} sources "
         f"({int(src_lengths.sum())} tokens with eos, lengths of {os.path.basename(sentences)}) "
