@@ -22,7 +22,8 @@ INSTRUCTIONS = {
     "int4": {"avx512": "AVX-512 VNNI vpdpbusd (4-bit codes as the unsigned operand)",
              "avx2": "AVX2 vpmaddubsw + vpmaddwd (exact int16 group sums)",
              "portable": "portable C"},
-    "bfloat16": {"avx512": "AVX512-BF16 vdpbf16ps",
+    "bfloat16": {"avx512": "AVX512-BF16 vdpbf16ps (without it: AVX-512F FMA on bf16 widened "
+                           "to float32)",
                  "avx2": "AVX2 FMA on bf16 widened to float32",
                  "portable": "portable C"},
 }

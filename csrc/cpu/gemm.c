@@ -3,7 +3,8 @@
  *
  * Register tiles: AVX-512, MR rows (up to 6) x one panel of 64 outputs (4 zmm accumulators per
  * row, 24 in all): per step of k, 4 weight vectors are loaded and each row's 4 (int8) or 2
- * (bf16) values are broadcast, 4 * MR dot-product instructions.  AVX2: up to 2 (int8) or 3 (bf16)
+ * (bf16) values are broadcast, 4 * MR dot-product instructions (bf16 without AVX512-BF16: 4 rows,
+ * each pair widened to float32 for two FMAs).  AVX2: up to 2 (int8) or 3 (bf16)
  * rows x 16 or 32 outputs.  int4: up to 2 rows x 64 or 4 rows x 32 outputs (int32 group sums
  * and float32 totals, 8 + 8 zmm) on AVX-512, 2 rows x 16 outputs on AVX2.  f32: 6 rows x 64
  * outputs (one FMA per accumulator and k) on AVX-512, 6 rows x 16 outputs on AVX2.  The portable
@@ -32,10 +33,9 @@
 int tf_gemm_best_variant(int kind) {
 #if TF_X86
     __builtin_cpu_init();
-    if (kind == TF_F32 ? __builtin_cpu_supports("avx512f")
-                       : __builtin_cpu_supports("avx512bw") &&
-                             (kind != TF_BF16 ? __builtin_cpu_supports("avx512vnni")
-                                              : __builtin_cpu_supports("avx512bf16")))
+    if (kind == TF_F32 || kind == TF_BF16 ? __builtin_cpu_supports("avx512f")
+                                          : __builtin_cpu_supports("avx512bw") &&
+                                                __builtin_cpu_supports("avx512vnni"))
         return TF_GEMM_AVX512;
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return TF_GEMM_AVX2;
 #endif
@@ -452,6 +452,64 @@ TGT_BF16 static void bf16_panel_512(const uint16_t *xb, int M, int K2, const uin
     }
 }
 
+/* AVX-512F without AVX512-BF16: each pair widened to float32 (its first value: << 16; its
+ * second: the high half), two FMAs; 4 rows x 64 outputs (16 accumulators, 8 widened weights). */
+TGT_F32 INLINE void bf16_tile_512f(const uint16_t *x, long ldx, const uint16_t *panel, int K2,
+                                   const int MR, const float *bias, int n, float *out,
+                                   long ldo) {
+    const long bs = (long)K2 * 16;
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int i = 0; i < MR; i++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    for (int kp = 0; kp < K2 / 2; kp++) {
+        const uint16_t *w = panel + (long)kp * 32;
+        __m512 e[4], o[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++) {
+            const __m512i b = _mm512_loadu_si512(w + j * bs);
+            e[j] = _mm512_castsi512_ps(_mm512_slli_epi32(b, 16));
+            o[j] = _mm512_castsi512_ps(_mm512_and_si512(b, hi));
+        }
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++) {
+            int32_t two;
+            memcpy(&two, x + i * ldx + kp * 2, 4);
+            const __m512i a = _mm512_set1_epi32(two);
+            const __m512 xe = _mm512_castsi512_ps(_mm512_slli_epi32(a, 16));
+            const __m512 xo = _mm512_castsi512_ps(_mm512_and_si512(a, hi));
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++)
+                acc[i][j] = _mm512_fmadd_ps(xo, o[j], _mm512_fmadd_ps(xe, e[j], acc[i][j]));
+        }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 4
+        for (int i = 0; i < MR; i++)
+            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
+    }
+}
+
+TGT_F32 static void bf16_panel_512f(const uint16_t *xb, int M, int K2, const uint16_t *panel,
+                                    const float *bias, int n, float *out, long ldo) {
+    for (int m = 0; m < M; m += 4) {
+        const uint16_t *x = xb + (size_t)m * K2;
+        float *o = out + (size_t)m * ldo;
+        switch (M - m >= 4 ? 4 : M - m) {
+#define CASE(R) case R: bf16_tile_512f(x, K2, panel, K2, R, bias, n, o, ldo); break;
+            CASE(1) CASE(2) CASE(3) CASE(4)
+#undef CASE
+        }
+    }
+}
+
 /* bf16 widened to float32 (a pair's first value: << 16; its second: the high half), FMA. */
 TGT2 static void bf16_panel_avx2(const uint16_t *xb, int M, int K2, const uint16_t *panel,
                                  float *acc_out, long lda) {
@@ -492,7 +550,9 @@ void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t
     const uint16_t *panel = packed + (size_t)o0 * K2;
 #if TF_X86
     if (variant == TF_GEMM_AVX512) {
-        bf16_panel_512(xb, M, K2, panel, bias ? bias + o0 : NULL, n, out + o0, ldo);
+        /* AVX512-BF16 vdpbf16ps where the CPU has it, else widened FMA (the same bound) */
+        (__builtin_cpu_supports("avx512bf16") ? bf16_panel_512 : bf16_panel_512f)(
+            xb, M, K2, panel, bias ? bias + o0 : NULL, n, out + o0, ldo);
         return;
     }
 #endif

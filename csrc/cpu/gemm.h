@@ -27,7 +27,8 @@
  * xsum the group's sum of the int8 activations.
  *
  * Each product has three variants, chosen at run time (tf_gemm_variant): AVX-512 (VNNI for int8
- * and int4: the codes are vpdpbusd's unsigned operand, x its signed one; BF16 for bf16), AVX2
+ * and int4: the codes are vpdpbusd's unsigned operand, x its signed one; BF16 for bf16, or
+ * where the CPU lacks it bf16 widened to float32 for FMA, 4 rows x 64 outputs), AVX2
  * (int8: vpmaddubsw on |w| and sign(w) x, exact since |x| <= 127, then vpmaddwd into int32;
  * int4: vpmaddubsw on the codes (u8) and x, int16 sums of a group, then vpmaddwd; bf16: widened
  * to float32 for FMA; f32: FMA on broadcast x, AVX-512F or AVX2) and a portable C twin, the
@@ -52,8 +53,9 @@
 #define TF_INT4_RECORD 384 /* bytes of one int4 record: 16 outputs x 32 k, see above */
 
 /* Best variant this CPU runs for kind TF_INT8, TF_INT4, TF_BF16 or TF_F32 (TF_GEMM_AVX512
- * needs AVX512BW + VNNI for the integer kinds, resp. AVX512BW + AVX512_BF16, AVX512F for f32;
- * TF_GEMM_AVX2 needs AVX2 + FMA). */
+ * needs AVX512BW + VNNI for the integer kinds, AVX512F for f32 and bf16 (bf16: vdpbf16ps where
+ * the CPU has AVX512_BF16, else each pair widened to float32 for two FMAs); TF_GEMM_AVX2 needs
+ * AVX2 + FMA). */
 int tf_gemm_best_variant(int kind);
 
 /* packed (O64/16 * K4/4 * 64) = w (O, K) int8 row-major in the int8 layout; comp (O64) =

@@ -40,8 +40,9 @@ from ..dtypes import PACKED as DTYPES, VARIANTS as _VARIANT_ORDER
 
 
 def best_variant(dtype):
-    """"avx512" (AVX-512F for float32, VNNI for int8 and int4, AVX512-BF16 for bfloat16), "avx2"
-    or "portable": the fastest kernel variant of `dtype`'s product this CPU runs."""
+    """"avx512" (AVX-512F for float32 and bfloat16, which uses AVX512-BF16 where present; VNNI
+    for int8 and int4), "avx2" or "portable": the fastest kernel variant of `dtype`'s product
+    this CPU runs."""
     return _cpu.best_gemm_variant(dtype)
 
 
