@@ -35,7 +35,7 @@ cdef enum:
     BK = 64
     # linear: up to SMALL_ROWS rows go through tf_gemm_small in blocks of SMALL_BLOCK output
     # features, SMALL_N rows at a time (each block's weights stay in cache); more rows go
-    # through sgemm. Zen 4, 2 threads, K 384-1536: tf_gemm_small 105-175 GFLOP/s at 17-64 rows
+    # through sgemm. Intel Xeon VM (AVX-512), 2 threads, K 384-1536: tf_gemm_small 105-175 GFLOP/s at 17-64 rows
     # where sgemm, which packs the weights on every call, gets 65-135 (even at 128 rows).
     SMALL_N = 16
     SMALL_ROWS = 64
