@@ -553,6 +553,20 @@ def test_generation_work_is_bounded_before_allocation(tmp_path):
     with pytest.raises(ValueError, match="exceeds the model's 64 positions"):
         model.generate(ids)
     assert model.generate(ids, max_new_tokens=3).shape == (4, 6)
+    # a billion beams or samples (the config fuzz's find: 2 x 10^9 rows took 23 GB, killed)
+    for kw, name in ((dict(num_beams=10 ** 9), "num_beams"),
+                     (dict(do_sample=True, num_return_sequences=2 ** 31 - 1),
+                      "num_return_sequences")):
+        tracemalloc.start()
+        t0 = time.perf_counter()
+        with pytest.raises(ValueError, match=f"{name}=.* search rows of"):
+            model.generate(ids, max_new_tokens=2, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert time.perf_counter() - t0 < 2 and peak < 10 << 20, peak
+    _edit_config(tmp_path, "generation_config.json", max_length=20, num_beams=10 ** 9)
+    with pytest.raises(ValueError, match="num_beams=1000000000 for 4 prompts"):
+        transformer.load(tmp_path, threads=1).generate(ids)
 
 
 def test_length_penalty_that_overflows_is_named(tmp_path):

@@ -129,11 +129,24 @@ def stream(model, input_ids, attention_mask=None, generation_config=None, **kwar
     yield from greedy_steps(decoding, cfg, processors, warpers, rng)
 
 
+MAX_STEP_LOGITS = 1 << 31  # rows x vocabulary of one step's logits (8 GiB of float32)
+
+
 def check_work(cfg, decoding, positions):
-    """The work bound of a search, checked before anything sized by max_new_tokens is allocated
-    (the searches' (B, T + max_new_tokens) arrays, the KV cache): the longest prompt (its real
-    tokens) + max_new_tokens must fit the model's `positions` (None: no limit). Raises
-    ValueError naming max_new_tokens (or max_length, where it set the count)."""
+    """The work bound of a search, checked before anything sized by max_new_tokens or the rows is
+    allocated (the searches' (R, T + max_new_tokens) arrays, the KV cache, a step's (R, V)
+    logits): the search's rows R = B x max(num_beams, num_return_sequences) times the
+    vocabulary must stay under MAX_STEP_LOGITS, and the longest prompt (its real tokens) +
+    max_new_tokens must fit the model's `positions` (None: no limit). Raises ValueError naming
+    num_beams / num_return_sequences, or max_new_tokens (or max_length, where it set the
+    count)."""
+    B = decoding.sequences.shape[0]
+    width = max(cfg.num_beams, cfg.num_return_sequences)
+    if B * width * max(decoding.vocab_size, 1) > MAX_STEP_LOGITS:
+        name = "num_beams" if cfg.num_beams >= cfg.num_return_sequences \
+            else "num_return_sequences"
+        raise ValueError(f"{name}={width} for {B} prompts: {B * width} search rows of "
+                         f"{decoding.vocab_size} logits exceed {MAX_STEP_LOGITS} values a step")
     if positions is None:
         return
     longest = int(decoding.mask.sum(1).max()) if decoding.mask.size else 0
