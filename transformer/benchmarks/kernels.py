@@ -12,8 +12,8 @@ import math
 import numpy as np
 
 from ..dtypes import DTYPES
-from . import harness, stats
 from ..machine import llc_bytes
+from . import harness, stats
 from .limits import DeviceProbe, LimitProbe, limits_summary
 from .engines import ACTIVATIONS, Setup, load_engines
 from .process import run_in_process
