@@ -639,31 +639,43 @@ TGT_F32 static void f32_panel_512(const float *x, int M, int K, const float *pan
     }
 }
 
-/* Up to 6 rows x 16 outputs (12 ymm accumulators), one block of 16 at a time. */
+/* MR (<= 6, a constant after inlining: the accumulators stay in registers) rows x 16 outputs of
+ * one block, 12 ymm accumulators. */
+TGT2 INLINE void f32_tile_avx2(const float *x, int K, const float *wb, const int MR, float *acc,
+                               long lda) {
+    __m256 a[6][2];
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+    for (int k = 0; k < K; k++) {
+        const __m256 w0 = _mm256_loadu_ps(wb + (long)k * 16);
+        const __m256 w1 = _mm256_loadu_ps(wb + (long)k * 16 + 8);
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++) {
+            const __m256 v = _mm256_broadcast_ss(x + (size_t)i * K + k);
+            a[i][0] = _mm256_fmadd_ps(v, w0, a[i][0]);
+            a[i][1] = _mm256_fmadd_ps(v, w1, a[i][1]);
+        }
+    }
+#pragma GCC unroll 6
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_ps(acc + i * lda, a[i][0]);
+        _mm256_storeu_ps(acc + i * lda + 8, a[i][1]);
+    }
+}
+
 TGT2 static void f32_panel_avx2(const float *x, int M, int K, const float *panel, float *acc_out,
                                 long lda) {
     const long bs = (long)K * 16;
-    for (int m = 0; m < M; m += 6) {
-        const int rows = M - m >= 6 ? 6 : M - m;
+    for (int m = 0; m < M; m += 6)
         for (int j = 0; j < 4; j++) {
-            __m256 a[6][2];
-            for (int i = 0; i < 6; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
-            const float *wb = panel + j * bs;
-            for (int k = 0; k < K; k++) {
-                const __m256 w0 = _mm256_loadu_ps(wb + (long)k * 16);
-                const __m256 w1 = _mm256_loadu_ps(wb + (long)k * 16 + 8);
-                for (int i = 0; i < rows; i++) {
-                    const __m256 v = _mm256_set1_ps(x[(size_t)(m + i) * K + k]);
-                    a[i][0] = _mm256_fmadd_ps(v, w0, a[i][0]);
-                    a[i][1] = _mm256_fmadd_ps(v, w1, a[i][1]);
-                }
-            }
-            for (int i = 0; i < rows; i++) {
-                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j, a[i][0]);
-                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j + 8, a[i][1]);
+            const float *xm = x + (size_t)m * K, *wb = panel + j * bs;
+            float *acc = acc_out + m * lda + 16 * j;
+            switch (M - m >= 6 ? 6 : M - m) {
+#define CASE(R) case R: f32_tile_avx2(xm, K, wb, R, acc, lda); break;
+                CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6)
+#undef CASE
             }
         }
-    }
 }
 #endif
 
