@@ -511,37 +511,51 @@ TGT_F32 static void bf16_panel_512f(const uint16_t *xb, int M, int K2, const uin
 }
 
 /* bf16 widened to float32 (a pair's first value: << 16; its second: the high half), FMA. */
+TGT2 INLINE void bf16_tile_avx2(const uint16_t *xb, int K2, const uint16_t *wb, const int MR,
+                                float *acc, long lda) {
+    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a[3][2];
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
+    for (int kp = 0; kp < K2 / 2; kp++) {
+        const __m256i v0 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32));
+        const __m256i v1 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32 + 16));
+        const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
+        const __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi_mask));
+        const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
+        const __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi_mask));
+#pragma GCC unroll 3
+        for (int i = 0; i < MR; i++) {
+            int32_t two;
+            memcpy(&two, xb + (size_t)i * K2 + 2 * kp, 4);
+            const __m256i p = _mm256_set1_epi32(two);
+            const __m256 x0 = _mm256_castsi256_ps(_mm256_slli_epi32(p, 16));
+            const __m256 x1 = _mm256_castsi256_ps(_mm256_and_si256(p, hi_mask));
+            a[i][0] = _mm256_fmadd_ps(x1, o0, _mm256_fmadd_ps(x0, e0, a[i][0]));
+            a[i][1] = _mm256_fmadd_ps(x1, o1, _mm256_fmadd_ps(x0, e1, a[i][1]));
+        }
+    }
+#pragma GCC unroll 3
+    for (int i = 0; i < MR; i++) {
+        _mm256_storeu_ps(acc + i * lda, a[i][0]);
+        _mm256_storeu_ps(acc + i * lda + 8, a[i][1]);
+    }
+}
+
+/* Up to 3 rows (a constant per call site) x 16 outputs of one block at a time. */
 TGT2 static void bf16_panel_avx2(const uint16_t *xb, int M, int K2, const uint16_t *panel,
                                  float *acc_out, long lda) {
     const long bs = (long)K2 * 16;
-    const __m256i hi_mask = _mm256_set1_epi32((int)0xffff0000u);
-    for (int m = 0; m < M; m += 3) {
-        const int rows = M - m >= 3 ? 3 : M - m;
+    for (int m = 0; m < M; m += 3)
         for (int j = 0; j < 4; j++) {
-            __m256 a[3][2];
-            for (int i = 0; i < 3; i++) a[i][0] = a[i][1] = _mm256_setzero_ps();
-            const uint16_t *wb = panel + j * bs;
-            for (int kp = 0; kp < K2 / 2; kp++) {
-                const __m256i v0 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32));
-                const __m256i v1 = _mm256_loadu_si256((const __m256i *)(wb + kp * 32 + 16));
-                const __m256 e0 = _mm256_castsi256_ps(_mm256_slli_epi32(v0, 16));
-                const __m256 o0 = _mm256_castsi256_ps(_mm256_and_si256(v0, hi_mask));
-                const __m256 e1 = _mm256_castsi256_ps(_mm256_slli_epi32(v1, 16));
-                const __m256 o1 = _mm256_castsi256_ps(_mm256_and_si256(v1, hi_mask));
-                for (int i = 0; i < rows; i++) {
-                    const uint16_t *x = xb + (size_t)(m + i) * K2 + 2 * kp;
-                    const __m256 x0 = _mm256_set1_ps(bf16_to_float(x[0]));
-                    const __m256 x1 = _mm256_set1_ps(bf16_to_float(x[1]));
-                    a[i][0] = _mm256_fmadd_ps(x1, o0, _mm256_fmadd_ps(x0, e0, a[i][0]));
-                    a[i][1] = _mm256_fmadd_ps(x1, o1, _mm256_fmadd_ps(x0, e1, a[i][1]));
-                }
-            }
-            for (int i = 0; i < rows; i++) {
-                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j, a[i][0]);
-                _mm256_storeu_ps(acc_out + (m + i) * lda + 16 * j + 8, a[i][1]);
+            const uint16_t *x = xb + (size_t)m * K2, *wb = panel + j * bs;
+            float *acc = acc_out + m * lda + 16 * j;
+            switch (M - m >= 3 ? 3 : M - m) {
+#define CASE(R) case R: bf16_tile_avx2(x, K2, wb, R, acc, lda); break;
+                CASE(1) CASE(2) CASE(3)
+#undef CASE
             }
         }
-    }
 }
 #endif
 
