@@ -385,6 +385,24 @@ void tf_gemm_int8(int variant, const int8_t *xq, int M, int K4, const float *inv
     }
 }
 
+#if TF_X86
+/* out[i, 16 j + c] = acc[i][j][c] + bias[16 j + c] for the tile's MR rows and its first n (<= 64)
+ * outputs (masked stores past n), bias (64) or NULL. */
+TGT_F32 INLINE void store_tile_512(__m512 (*acc)[4], const int MR, const float *bias, int n,
+                                   float *out, long ldo) {
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) {
+        const int cnt = n - 16 * j;
+        if (cnt <= 0) break;
+        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
+        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
+#pragma GCC unroll 6
+        for (int i = 0; i < MR; i++)
+            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
+    }
+}
+#endif
+
 /* ---- bf16 ----------------------------------------------------------------------------------- */
 
 static void bf16_panel_portable(const uint16_t *xb, int M, int K2, const uint16_t *panel,
@@ -427,16 +445,7 @@ TGT_BF16 INLINE void bf16_tile_512(const uint16_t *x, long ldx, const uint16_t *
             acc[i][3] = _mm512_dpbf16_ps(acc[i][3], (__m512bh)a, (__m512bh)b3);
         }
     }
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        const int cnt = n - 16 * j;
-        if (cnt <= 0) break;
-        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
-        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++)
-            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
-    }
+    store_tile_512(acc, MR, bias, n, out, ldo);
 }
 
 TGT_BF16 static void bf16_panel_512(const uint16_t *xb, int M, int K2, const uint16_t *panel,
@@ -485,16 +494,7 @@ TGT_F32 INLINE void bf16_tile_512f(const uint16_t *x, long ldx, const uint16_t *
                 acc[i][j] = _mm512_fmadd_ps(xo, o[j], _mm512_fmadd_ps(xe, e[j], acc[i][j]));
         }
     }
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        const int cnt = n - 16 * j;
-        if (cnt <= 0) break;
-        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
-        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 4
-        for (int i = 0; i < MR; i++)
-            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
-    }
+    store_tile_512(acc, MR, bias, n, out, ldo);
 }
 
 TGT_F32 static void bf16_panel_512f(const uint16_t *xb, int M, int K2, const uint16_t *panel,
@@ -628,16 +628,7 @@ TGT_F32 INLINE void f32_tile_512(const float *x, long ldx, const float *panel, i
             acc[i][3] = _mm512_fmadd_ps(a, b3, acc[i][3]);
         }
     }
-#pragma GCC unroll 4
-    for (int j = 0; j < 4; j++) {
-        const int cnt = n - 16 * j;
-        if (cnt <= 0) break;
-        const __mmask16 k = cnt >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << cnt) - 1);
-        const __m512 bv = bias ? _mm512_maskz_loadu_ps(k, bias + 16 * j) : _mm512_setzero_ps();
-#pragma GCC unroll 6
-        for (int i = 0; i < MR; i++)
-            _mm512_mask_storeu_ps(out + i * ldo + 16 * j, k, _mm512_add_ps(acc[i][j], bv));
-    }
+    store_tile_512(acc, MR, bias, n, out, ldo);
 }
 
 TGT_F32 static void f32_panel_512(const float *x, int M, int K, const float *panel,

@@ -125,7 +125,7 @@ def test_completions_stop_and_token_prompts(servers, reference, rng):
     got = client.completions.create(model="gpt2", prompt=[ids], max_tokens=24, temperature=0,
                                     stop=[stop])
     text = got.choices[0].text
-    assert stop not in text and full.startswith(text)
+    assert stop not in text and full.startswith(text), (full, stop, text, ids, want[0][0])
     assert got.choices[0].finish_reason == "stop"
     # the longest prefix of whole tokens before the stop string
     assert len(text) + max(len(ref.tokenizer.decode([t])) for t in want[0][0]) + 1 >= \

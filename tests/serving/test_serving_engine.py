@@ -349,3 +349,26 @@ def test_sources_admitted_together_are_encoded_together(serving_models, monkeypa
     for a, b in zip(got, want):
         np.testing.assert_array_equal(a, b)
     assert max(batches) > 1, batches
+
+
+class _Pieces:
+    """A SentencePiece-like decode: "▁" is a space, and a text decoded alone loses its leading
+    one (as SentencePiece and Metaspace decoders do)."""
+    PIECES = {1: "▁a", 2: "▁to", 3: "x"}
+
+    def decode(self, ids):
+        return "".join(self.PIECES[i] for i in ids).replace("▁", " ").lstrip(" ")
+
+
+def test_stop_strings_match_the_text_a_client_is_sent():
+    """A row's text is its continuation of the prompt (with the leading space a token takes
+    after it), so " t" in the first new token " to" stops the row at once: nothing kept (the
+    text decoded alone, "to to", would first hold " t" one token later)."""
+    from transformer.serving.stops import StopStrings, continuation
+    assert continuation(_Pieces().decode, [1], [2, 2]) == " to to"
+    assert continuation(_Pieces().decode, [], [2, 2]) == "to to"
+    for tails, keep in (([[1]], 0), (None, 1)):
+        stops = StopStrings((" t",), _Pieces(), 1, eos_token_id=[], tails=tails)
+        for _ in range(3):
+            stops.observe(np.array([2]))
+        assert stops.keep == [keep] and stops.all_stopped

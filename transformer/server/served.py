@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from ..serving.stops import continuation
 from .errors import ApiError
 
 
@@ -181,11 +182,7 @@ class Served:
         the prompt's last tokens and the new ones, less that of the prompt's last tokens, so
         that a word boundary between them is kept (SentencePiece drops a leading space of a
         text decoded alone). Eos tokens are not part of the text."""
-        new = [t for t in new if t not in self.eos]
-        tail = list(prompt[-4:])
-        base = self.decode(tail) if tail else ""
-        text = self.decode(tail + new)
-        return text[len(base):] if text.startswith(base) else self.decode(new)
+        return continuation(self.decode, list(prompt[-4:]), [t for t in new if t not in self.eos])
 
     # -- engine requests -------------------------------------------------------------------------
     def embed(self, rows, normalize=None, hidden=False):

@@ -287,8 +287,15 @@ class Engine:
         stops = None
         as_tuple = False
         if req.strings is not None:
+            tails = None
+            if self.model.kind == "decoder":  # each row's text continues its prompt's
+                B, mask = len(plan.ids), plan.mask if plan.mask is not None else \
+                    np.ones_like(plan.ids)
+                tails = [plan.ids[b][mask[b] != 0][-4:].tolist()
+                         for b in range(B) for _ in range(plan.rows // B)]
             stops = StopStrings(req.strings, self.model.tokenizer, plan.rows,
-                                plan.cfg.eos_token_id, plan.cfg.pad_token_id, handle._push)
+                                plan.cfg.eos_token_id, plan.cfg.pad_token_id, handle._push,
+                                tails)
             if kwargs.get("return_scores") and not (kwargs.get("return_dict_in_generate")
                                                     or kwargs.get("return_attention")):
                 kwargs["return_dict_in_generate"], as_tuple = True, True

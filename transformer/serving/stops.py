@@ -12,6 +12,16 @@ sequences_scores are recomputed over the kept tokens."""
 import numpy as np
 
 
+def continuation(decode, tail, new):
+    """The text of the tokens `new` after the tokens `tail` (lists of int; decode(ids) -> str):
+    decode(tail + new) less decode(tail), so that a word boundary between them is kept
+    (SentencePiece and Metaspace decoders drop the leading space of a text decoded alone);
+    decode(new) where the tail's text is not a prefix of it."""
+    base = decode(list(tail)) if len(tail) else ""
+    text = decode(list(tail) + list(new))
+    return text[len(base):] if text.startswith(base) else decode(list(new))
+
+
 def check_stop_strings(stop_strings, tokenizer, num_beams):
     """stop_strings (a str or a list of non-empty str) as a tuple, or None. Raises ValueError
     without a tokenizer (model.tokenizer) or for beam search, TypeError for non-strings."""
@@ -36,10 +46,14 @@ class StopStrings:
     many new tokens to keep; `all_stopped` once no row is generating. push: callable(column
     (N,) int64) given each column as soon as no stop string can change it any more (a row's
     text is final up to its last len(longest stop string) - 1 characters), pad after a
-    row's cut: the columns of the result, streamed."""
+    row's cut: the columns of the result, streamed. tails: per row the last tokens of its
+    prompt (a list of int lists, or None): a row's text is its continuation of them
+    (`continuation`), as a client is sent it."""
 
-    def __init__(self, strings, tokenizer, rows, eos_token_id, pad_token_id=0, push=None):
+    def __init__(self, strings, tokenizer, rows, eos_token_id, pad_token_id=0, push=None,
+                 tails=None):
         self.strings, self.tokenizer = strings, tokenizer
+        self.tails = tails or [[] for _ in range(rows)]
         self.eos = set(np.atleast_1d(np.asarray(eos_token_id, np.int64)).tolist())
         self.new = [[] for _ in range(rows)]
         self.keep = [None] * rows  # new tokens kept (None: still generating)
@@ -63,13 +77,13 @@ class StopStrings:
                 self.keep[r] = len(self.new[r])
                 self.running -= 1
                 continue
-            text = self.tokenizer.decode(self.new[r])
+            text = self._text(r, len(self.new[r]))
             found = [i for i in (text.find(s) for s in self.strings) if i >= 0]
             if found:
                 at = min(found)
                 keep = 0
                 for j in range(1, len(self.new[r]) + 1):
-                    if len(self.tokenizer.decode(self.new[r][:j])) > at:
+                    if len(self._text(r, j)) > at:
                         break
                     keep = j
                 self.keep[r] = keep
@@ -78,11 +92,15 @@ class StopStrings:
             # the text before its last longest - 1 characters is final: a stop string
             # starting there would already be complete
             final, j = len(text) - self.longest + 1, len(self.new[r])
-            while j > self.safe[r] and len(self.tokenizer.decode(self.new[r][:j])) > final:
+            while j > self.safe[r] and len(self._text(r, j)) > final:
                 j -= 1
             self.safe[r] = j
         if self.push is not None:
             self._release()
+
+    def _text(self, r, j):
+        """The text of row r's first j new tokens (its prompt's continuation)."""
+        return continuation(self.tokenizer.decode, self.tails[r], self.new[r][:j])
 
     def _release(self):
         """Push the columns every row has settled: a running row up to its safe tokens, a
