@@ -385,6 +385,16 @@ void tf_gemm_int8(int variant, const int8_t *xq, int M, int K4, const float *inv
     }
 }
 
+/* out[i, o0 + c] = tmp[i, c] + bias[o0 + c] for rows [0, rows) and c < n (tmp's row stride
+ * PANEL; bias (O) or NULL): a portable or AVX2 tile's float32 outputs in place. */
+static void store_rows(const float *tmp, int rows, const float *bias, int o0, int n, float *out,
+                       long ldo) {
+    for (int i = 0; i < rows; i++) {
+        float *o = out + (size_t)i * ldo + o0;
+        for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
+    }
+}
+
 #if TF_X86
 /* out[i, 16 j + c] = acc[i][j][c] + bias[16 j + c] for the tile's MR rows and its first n (<= 64)
  * outputs (masked stores past n), bias (64) or NULL. */
@@ -579,10 +589,7 @@ void tf_gemm_bf16(int variant, const uint16_t *xb, int M, int K2, const uint16_t
         else
 #endif
             bf16_panel_portable(xb + (size_t)m * K2, rows, K2, panel, tmp, PANEL);
-        for (int i = 0; i < rows; i++) {
-            float *o = out + (size_t)(m + i) * ldo + o0;
-            for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
-        }
+        store_rows(tmp, rows, bias, o0, n, out + (size_t)m * ldo, ldo);
     }
 }
 
@@ -702,10 +709,7 @@ void tf_gemm_f32(int variant, const float *x, int M, int K, const float *packed,
         else
 #endif
             f32_panel_portable(x + (size_t)m * K, rows, K, panel, tmp, PANEL);
-        for (int i = 0; i < rows; i++) {
-            float *o = out + (size_t)(m + i) * ldo + o0;
-            for (int c = 0; c < n; c++) o[c] = tmp[i * PANEL + c] + (bias ? bias[o0 + c] : 0.f);
-        }
+        store_rows(tmp, rows, bias, o0, n, out + (size_t)m * ldo, ldo);
     }
 }
 
