@@ -44,11 +44,16 @@ def route(api):
 
 
 def error_response(error, api):
+    """The HTTP response of ApiError `error` in the error shape of `api` (errors.error_body:
+    OpenAI's {"error": {...}}, TEI's {"error", "error_type"}, LibreTranslate's {"error"}), with
+    the error's status."""
     status, body = error_body(error, api)
     return Response(body, status, media_type="application/json")
 
 
 def json_response(value, status=200):
+    """A JSON response of `value` (plain dicts, lists, str and numbers; Starlette's
+    JSONResponse) with HTTP `status`."""
     return JSONResponse(value, status)
 
 

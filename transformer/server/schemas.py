@@ -136,6 +136,10 @@ class DecodeRequest(_Lenient):
 
 
 class TranslateRequest(_Lenient):
+    """LibreTranslate POST /translate (JSON or form): q (a text or a list of texts), source
+    ("auto" or a language code), target, format text | html, alternatives (0-16 more
+    translations, the n-best), api_key; and our beam search options num_beams (1-64),
+    length_penalty, max_new_tokens."""
     q: Union[str, list[str]]
     source: str = "auto"
     target: str
