@@ -119,6 +119,7 @@ def test_f32_linear_within_float32_summation_bound(rng, variant, M, K, O):
     b = rng.standard_normal(O).astype(np.float32)
     pw = PackedWeight.pack(w, "float32")
     assert np.array_equal(np.asarray(pw), w) and pw.shape == (O, K)
+    assert np.array_equal(np.asarray(PackedWeight.pack(w.T.copy().T, "float32")), w)  # a view
     ids = rng.integers(0, O, 5)
     assert np.array_equal(pw.rows(ids), w[ids])
     got = ops.linear(x, pw, b, "relu")

@@ -235,7 +235,7 @@ class PackedWeight:
         if dtype == "float32":
             data = np.zeros(O64 * K, np.float32)
             if O and K:
-                _cpu.pack_f32(w, data)
+                _cpu.pack_f32(np.ascontiguousarray(w), data)
             return cls("float32", (O, K), data.view(np.uint8))
         K2 = -(-K // 2) * 2
         data = np.zeros(O64 * K2, np.uint16)

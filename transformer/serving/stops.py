@@ -12,12 +12,14 @@ sequences_scores are recomputed over the kept tokens."""
 import numpy as np
 
 
-def continuation(decode, tail, new):
+def continuation(decode, tail, new, base=None):
     """The text of the tokens `new` after the tokens `tail` (lists of int; decode(ids) -> str):
     decode(tail + new) less decode(tail), so that a word boundary between them is kept
     (SentencePiece and Metaspace decoders drop the leading space of a text decoded alone);
-    decode(new) where the tail's text is not a prefix of it."""
-    base = decode(list(tail)) if len(tail) else ""
+    decode(new) where the tail's text is not a prefix of it. base: decode(tail), when the
+    caller has it already."""
+    if base is None:
+        base = decode(list(tail)) if len(tail) else ""
     text = decode(list(tail) + list(new))
     return text[len(base):] if text.startswith(base) else decode(list(new))
 
@@ -54,6 +56,7 @@ class StopStrings:
                  tails=None):
         self.strings, self.tokenizer = strings, tokenizer
         self.tails = tails or [[] for _ in range(rows)]
+        self.bases = [tokenizer.decode(t) if t else "" for t in self.tails]  # decoded once
         self.eos = set(np.atleast_1d(np.asarray(eos_token_id, np.int64)).tolist())
         self.new = [[] for _ in range(rows)]
         self.keep = [None] * rows  # new tokens kept (None: still generating)
@@ -100,7 +103,8 @@ class StopStrings:
 
     def _text(self, r, j):
         """The text of row r's first j new tokens (its prompt's continuation)."""
-        return continuation(self.tokenizer.decode, self.tails[r], self.new[r][:j])
+        return continuation(self.tokenizer.decode, self.tails[r], self.new[r][:j],
+                            self.bases[r])
 
     def _release(self):
         """Push the columns every row has settled: a running row up to its safe tokens, a
