@@ -306,6 +306,14 @@ def _tiny_gguf(path, arch="gpt2", qtype="F32", extra=None):
     return path
 
 
+def _write(w):
+    """Write and close a gguf.GGUFWriter's file: header, metadata, tensors."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def test_tensor_type_not_read_is_named(tmp_path):
     """A tensor of a type we do not read (TQ1_0 here) is refused naming the tensor and type."""
     torch.manual_seed(0)
@@ -314,10 +322,7 @@ def test_tensor_type_not_read_is_named(tmp_path):
     q = gguf.GGMLQuantizationType.TQ1_0
     w.add_tensor("token_embd.weight",
                  gguf.quants.quantize(np.ones((4, 256), np.float32), q), raw_dtype=q)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write(w)
     with pytest.raises(WeightsError, match="token_embd.weight has type TQ1_0"):
         transformer.load(tmp_path / "t.gguf")
 
@@ -332,10 +337,7 @@ def test_bad_files(tmp_path):
     # an architecture we do not run
     w = gguf.GGUFWriter(str(tmp_path / "a.gguf"), "falcon")
     w.add_tensor("token_embd.weight", np.ones((4, 8), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _write(w)
     with pytest.raises(ValueError, match="architecture 'falcon' is not supported"):
         transformer.load(tmp_path / "a.gguf")
 

@@ -63,3 +63,20 @@ def serving_threads():
     """The engine's threads alive now (scheduler and request threads)."""
     import threading
     return [t for t in threading.enumerate() if t.name.startswith("transformer-serving")]
+
+
+def from_threads(submit, n, clients=4):
+    """submit(i) for i in range(n) from `clients` threads (thread k takes k, k + clients, ...);
+    returns the n handles in order, once every thread has joined (60 s each)."""
+    import threading
+    got = [None] * n
+
+    def client(k):
+        for i in range(k, n, clients):
+            got[i] = submit(i)
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return got

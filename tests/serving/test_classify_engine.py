@@ -1,12 +1,11 @@
 """Classify requests (Engine.classify, the cross-encoder scores behind /rerank) of many threads
 packed into shared batches, among embedding requests, against each caller's own model.classify:
 bit-identical on every CPU dtype."""
-import threading
 
 import numpy as np
 import pytest
 
-from serving_helpers import bert_models, serving_threads
+from serving_helpers import bert_models, from_threads, serving_threads
 from transformer.serving import Engine
 
 import test_classify as tc  # tests/models, on the path through serving_helpers
@@ -24,18 +23,11 @@ def test_classify_from_many_threads(tmp_path, dtype, kind):
     for i in range(30):
         ids, mask, types = tc._ragged(rng, kind, int(rng.integers(1, 4)), int(rng.integers(2, 20)))
         requests.append((ids, mask, types, i % 5 == 4))  # every fifth an embedding request
-    got = [None] * len(requests)
     with Engine(model, max_batch_tokens=100) as engine:
-        def client(k):
-            for i in range(k, len(requests), 4):
-                ids, mask, types, embed = requests[i]
-                got[i] = (engine.embed if embed else engine.classify)(ids, mask, types)
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        got = [h.result(30) for h in got]
+        def submit(i):
+            ids, mask, types, embed = requests[i]
+            return (engine.embed if embed else engine.classify)(ids, mask, types)
+        got = [h.result(30) for h in from_threads(submit, len(requests))]
         m = engine.metrics()
     assert m["embed_requests"] == len(requests) and m["embed_batches"] < len(requests)
     differ = []

@@ -1,11 +1,10 @@
 """Embedding requests of many threads packed into shared batches (Engine.embed) against each
 caller's own model.embed: bit-identical at int8 and float32."""
-import threading
 
 import numpy as np
 import pytest
 
-from serving_helpers import bert_models, serving_threads
+from serving_helpers import bert_models, from_threads, serving_threads
 from transformer.serving import Engine
 
 
@@ -26,18 +25,11 @@ def _requests(rng, n, V=99):
 def test_embed_from_many_threads(dtype):
     model = bert_models()[dtype]
     requests = _requests(np.random.default_rng(12), 40)
-    got = [None] * len(requests)
     with Engine(model, max_batch_tokens=120) as engine:
-        def client(k):
-            for i in range(k, len(requests), 4):
-                ids, mask, types, pooling = requests[i]
-                got[i] = engine.embed(ids, mask, types, pooling=pooling)
-        threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        got = [h.result(30) for h in got]
+        def submit(i):
+            ids, mask, types, pooling = requests[i]
+            return engine.embed(ids, mask, types, pooling=pooling)
+        got = [h.result(30) for h in from_threads(submit, len(requests))]
         m = engine.metrics()
     assert m["embed_requests"] == len(requests) and m["embed_batches"] < len(requests)
     differ = []
